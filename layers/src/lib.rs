@@ -1,0 +1,13 @@
+//! strata's image store and OCI distribution client.
+//!
+//! This crate owns everything about images that does not need FUSE or
+//! namespaces: parsing references, talking to registries, verifying and
+//! keeping blobs, turning layer tarballs into deduplicated file objects plus a
+//! per-layer metadata [`index`], and the small JSON records (images, tags)
+//! that name them. `fs` mounts what this crate stores; `cli` drives it.
+
+pub mod digest;
+pub mod index;
+
+pub use digest::{Digest, DigestError};
+pub use index::{Entry, EntryKind, IndexError, LayerIndex};
