@@ -8,6 +8,9 @@
 
 pub mod digest;
 pub mod index;
+pub mod layout;
+pub mod merge;
 
 pub use digest::{Digest, DigestError};
 pub use index::{Entry, EntryKind, IndexError, LayerIndex};
+pub use layout::StoreLayout;

@@ -1,1 +1,109 @@
-//! e2e harness
+//! End-to-end test harness: drives the real `strata` binary against real
+//! registries and compares what it stored with what reference tools produce.
+//!
+//! - [`paths`]: where the built binary and the cache live; a world-readable
+//!   copy of the binary for unprivileged runs.
+//! - [`strata`]: [`Strata`], a private store + environment, running commands as
+//!   root or as the unprivileged user `strata-test`.
+//! - [`registry`]: [`Registry`], a real `docker-registry` on a loopback port,
+//!   seeded with `skopeo copy`.
+//! - [`fake`]: [`FakeRegistry`], an in-process registry that serves a given
+//!   image and injects faults (bad digests, truncation, errors, hangs, hostile
+//!   layers), recording every request.
+//! - [`tarball`]: handcrafted tar streams (hostile ones included).
+//! - [`fixtures`]: the fixture images, built once per fixture-script version
+//!   and cached under `target/fixtures-cache`.
+//! - [`listing`]: the canonical tree listing (the contract with
+//!   `strata debug tree`, see below) and the reference listing from `umoci unpack`.
+//! - [`store`]: a fingerprint of a store directory, to prove a refused pull
+//!   left it untouched.
+//!
+//! # The canonical listing (contract with `strata debug tree IMAGE`)
+//!
+//! `strata debug tree IMAGE` prints the merged image — every layer applied in
+//! order, whiteouts and opaque directories honoured, whiteout entries
+//! themselves never shown — one line per path, in exactly this format:
+//!
+//! ```text
+//! PATH TYPE MODE UID GID SIZE TARGET[ RDEV][ XATTR...]
+//! ```
+//!
+//! - fields are separated by one space; lines end with `\n`; lines are sorted
+//!   byte-wise; the root directory itself is not listed;
+//! - `PATH`: absolute path inside the image (`/etc/passwd`), escaped: bytes
+//!   0x21..=0x7e other than `\` as themselves, every other byte as `\xHH`
+//!   (two lowercase hex digits);
+//! - `TYPE`: `f` regular file, `d` directory, `l` symlink, `p` fifo,
+//!   `c` character device, `b` block device, `s` socket;
+//! - `MODE`: permission bits including setuid/setgid/sticky (`mode & 0o7777`)
+//!   as exactly four octal digits (`0644`, `4755`, `1777`);
+//! - `UID`, `GID`: decimal, as recorded in the image (never mapped to the
+//!   caller's ids, also in rootless mode);
+//! - `SIZE`: byte size for regular files, `0` for every other type;
+//! - `TARGET`: regular file: sha256 of the content in lowercase hex; symlink:
+//!   the link target escaped like PATH; other types: `-`;
+//! - `RDEV`: only for `c` and `b`: `MAJOR,MINOR` in decimal;
+//! - `XATTR`: one token per extended attribute (except `security.selinux`),
+//!   sorted by name, as `NAME=HEX` with NAME escaped like PATH and HEX the value
+//!   in lowercase hex (`user.x=79`).
+//!
+//! Hardlinked files are listed once per path, each as a regular file.
+
+pub mod fake;
+pub mod fixtures;
+pub mod listing;
+pub mod paths;
+pub mod registry;
+pub mod store;
+pub mod strata;
+pub mod tarball;
+
+pub use fake::{FakeImage, FakeRegistry, Fault};
+pub use fixtures::{fixtures, Fixtures};
+pub use listing::{assert_same_listing, canonical_listing, unpack_reference};
+pub use paths::strata_bin;
+pub use registry::Registry;
+pub use store::StoreFingerprint;
+pub use strata::Strata;
+
+/// The unprivileged user the rootless tests run as (created by scripts/setup.sh).
+pub const TEST_USER: &str = "strata-test";
+
+/// Runs `cmd` with stdin closed and returns its output, panicking with a clear
+/// message when it cannot be started or exits non-zero. For setup steps
+/// (skopeo, umoci, htpasswd), not for strata itself.
+pub fn run_tool(cmd: &mut std::process::Command) -> String {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e} (did scripts/setup.sh run?)", cmd.get_program()));
+    if !out.status.success() {
+        panic!(
+            "{:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// sha256 of `data` in lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Polls `cond` every 20 ms until it holds, panicking with `what` after
+/// `timeout`. Only for readiness checks of things we cannot be notified about
+/// (a port opening, a request arriving); never to wait for "enough time".
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

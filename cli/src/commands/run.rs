@@ -1,0 +1,609 @@
+//! `run`, `create` and `start`: turning an image plus Docker's creation flags
+//! into a container record, and starting its supervisor.
+//!
+//! `create` resolves everything that can be resolved once (the image and its
+//! layers, Entrypoint/Cmd, environment, user, working directory, volumes,
+//! ports, hostname) into `config.json`, so that a later `start` from any
+//! shell runs exactly the same container. `run` is `create` + `start` +
+//! attach, with Docker's exit statuses: 125 when strata fails, 126 when the
+//! command cannot be executed, 127 when it is not found, otherwise the
+//! container's own status (128+N when killed by signal N).
+//!
+//! Every start goes through a separate supervisor process
+//! (`strata internal-supervise`, see `containers/supervisor.rs`), also for a
+//! foreground `run`: the client attaches to it over a socket pair. One code
+//! path serves `run`, `run -d`, `run -it` with detach keys, `start -a` and
+//! `attach`; the container outlives a client that exits or is killed; and the
+//! supervisor starts single-threaded, which a rootless supervisor needs to
+//! enter a new user namespace (a client that just pulled an image with a
+//! thread pool could not). The cost is one fork+exec, ~2 ms.
+//!
+//! Networking default: `private` (own network namespace connected by pasta)
+//! when `pasta` is installed, like rootless Podman; otherwise `host`, with a
+//! warning, since there would be no other way to reach the network.
+
+use crate::containers::record::{self, Container, ContainerConfig, ContainerState, MountRecord, PortBinding};
+use crate::containers::{attach, images, names, supervisor, volumes};
+use crate::context::Context;
+use crate::exit;
+use anyhow::{bail, Context as _, Result};
+use clap::{ArgAction, Args};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The flags shared by `run` and `create` (Docker's names and short forms).
+#[derive(Args, Serialize, Deserialize, Clone, Debug, Default)]
+pub struct CreateArgs {
+    /// Keep STDIN open even if not attached
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Allocate a pseudo-TTY
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Automatically remove the container and its anonymous volumes when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Assign a name to the container
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set environment variables (KEY=VALUE, or KEY to take it from this environment)
+    #[arg(short = 'e', long = "env", value_name = "list")]
+    pub env: Vec<String>,
+    /// Read in a file of environment variables
+    #[arg(long = "env-file", value_name = "list")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir", value_name = "string")]
+    pub workdir: Option<String>,
+    /// Username or UID (format: <name|uid>[:<group|gid>])
+    #[arg(short = 'u', long, value_name = "string")]
+    pub user: Option<String>,
+    /// Overwrite the default ENTRYPOINT of the image
+    #[arg(long, value_name = "string")]
+    pub entrypoint: Option<String>,
+    /// Bind mount a volume (HOST:CTR[:ro], NAME:CTR[:ro] or CTR for an anonymous volume)
+    #[arg(short = 'v', long = "volume", value_name = "list")]
+    pub volumes: Vec<String>,
+    /// Attach a filesystem mount (type=bind|volume|tmpfs,source=,target=,readonly)
+    #[arg(long = "mount", value_name = "mount")]
+    pub mounts: Vec<String>,
+    /// Mount a tmpfs directory (PATH[:OPTIONS])
+    #[arg(long = "tmpfs", value_name = "list")]
+    pub tmpfs: Vec<String>,
+    /// Mount the container's root filesystem as read only
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// Container host name
+    #[arg(short = 'h', long, value_name = "string")]
+    pub hostname: Option<String>,
+    /// Add a custom host-to-IP mapping (host:ip)
+    #[arg(long = "add-host", value_name = "list")]
+    pub add_host: Vec<String>,
+    /// Set custom DNS servers
+    #[arg(long = "dns", value_name = "list")]
+    pub dns: Vec<String>,
+    /// Connect a container to a network (private, host or none)
+    #[arg(long = "network", alias = "net", value_name = "network")]
+    pub network: Option<String>,
+    /// Publish a container's port(s) to the host ([IP:]HOST:CTR[/PROTO])
+    #[arg(short = 'p', long = "publish", value_name = "list")]
+    pub publish: Vec<String>,
+    /// Run an init inside the container that forwards signals and reaps processes
+    #[arg(long)]
+    pub init: bool,
+    /// Memory limit (e.g. 512m, 1g)
+    #[arg(short = 'm', long, value_name = "bytes")]
+    pub memory: Option<String>,
+    /// Number of CPUs
+    #[arg(long, value_name = "decimal")]
+    pub cpus: Option<f64>,
+    /// Tune container pids limit (set -1 for unlimited)
+    #[arg(long = "pids-limit", value_name = "int", allow_hyphen_values = true)]
+    pub pids_limit: Option<i64>,
+    /// Add Linux capabilities
+    #[arg(long = "cap-add", value_name = "list")]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities
+    #[arg(long = "cap-drop", value_name = "list")]
+    pub cap_drop: Vec<String>,
+    /// Give extended privileges to this container
+    #[arg(long)]
+    pub privileged: bool,
+    /// Security options (no-new-privileges)
+    #[arg(long = "security-opt", value_name = "list")]
+    pub security_opt: Vec<String>,
+    /// Ulimit options (NAME=SOFT[:HARD])
+    #[arg(long = "ulimit", value_name = "ulimit")]
+    pub ulimit: Vec<String>,
+    /// Signal to stop the container
+    #[arg(long = "stop-signal", value_name = "string")]
+    pub stop_signal: Option<String>,
+    /// Timeout (in seconds) to stop a container
+    #[arg(long = "stop-timeout", value_name = "int", allow_hyphen_values = true)]
+    pub stop_timeout: Option<i64>,
+    /// Set meta data on a container
+    #[arg(short = 'l', long = "label", value_name = "list")]
+    pub label: Vec<String>,
+    /// Pull image before running ("always", "missing", "never")
+    #[arg(long, default_value = "missing", value_name = "string")]
+    pub pull: String,
+    /// Expose a port or a range of ports
+    #[arg(long, value_name = "list")]
+    pub expose: Vec<String>,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys", value_name = "string")]
+    pub detach_keys: Option<String>,
+    /// The image to create the container from
+    pub image: String,
+    /// Command and arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `run`: `create` flags plus detaching and signal proxying.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run container in background and print container ID
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Proxy received signals to the process
+    #[arg(long = "sig-proxy", default_value_t = true, action = ArgAction::Set, value_name = "bool")]
+    pub sig_proxy: bool,
+    #[command(flatten)]
+    pub create: CreateArgs,
+}
+
+/// Prints an error the way Docker's CLI prints daemon errors for this verb
+/// (`strata: Error response from daemon: ...`) and returns the exit status.
+fn daemon_error(code: i32, msg: impl std::fmt::Display) -> anyhow::Error {
+    eprintln!("strata: Error response from daemon: {msg}");
+    exit::with_code(code, None)
+}
+
+/// `strata create`: prints the new container's id.
+pub fn create(ctx: &Context, args: CreateArgs) -> Result<i32> {
+    let c = create_container(ctx, args, false)?;
+    println!("{}", c.config.id);
+    Ok(0)
+}
+
+/// `strata run`.
+pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
+    if args.detach && args.create.rm && false {
+        unreachable!()
+    }
+    let c = create_container(ctx, args.create.clone(), args.detach)?;
+    if args.detach {
+        let mut start = supervisor::launch(ctx, &c, false).map_err(|e| start_error(e))?;
+        start.wait_started().map_err(start_error)?;
+        println!("{}", c.config.id);
+        return Ok(0);
+    }
+    let interactive = c.config.request.interactive;
+    let mut session = supervisor::launch(ctx, &c, true).map_err(start_error)?;
+    let detach_keys = attach::parse_detach_keys(c.config.request.detach_keys.as_deref())?;
+    let outcome = attach::run_client(
+        session.take_stream()?,
+        attach::ClientOptions {
+            stdin: interactive,
+            tty: c.config.request.tty,
+            detach_keys,
+            sig_proxy: args.sig_proxy && !c.config.request.tty,
+            init_pid: None,
+        },
+    );
+    finish_attached(outcome)
+}
+
+/// Maps what an attached client saw to strata's exit status.
+pub fn finish_attached(outcome: Result<attach::Outcome>) -> Result<i32> {
+    match outcome? {
+        attach::Outcome::Exited(code) => Ok(code),
+        attach::Outcome::StartFailed { code, message } => {
+            eprintln!("strata: Error response from daemon: {message}");
+            Err(exit::with_code(code, None))
+        }
+        attach::Outcome::Detached => Ok(0),
+        attach::Outcome::Lost => Err(exit::with_code(exit::STRATA_ERROR, Some("lost the connection to the container's supervisor".into()))),
+    }
+}
+
+fn start_error(e: anyhow::Error) -> anyhow::Error {
+    if let Some(s) = e.downcast_ref::<supervisor::StartError>() {
+        eprintln!("strata: Error response from daemon: {}", s.message);
+        return exit::with_code(s.code, None);
+    }
+    e
+}
+
+/// Resolves the request into a container record and writes it.
+pub fn create_container(ctx: &Context, mut args: CreateArgs, detach: bool) -> Result<Container> {
+    if args.detach_keys.is_some() {
+        attach::parse_detach_keys(args.detach_keys.as_deref())?;
+    }
+    if !matches!(args.pull.as_str(), "missing" | "always" | "never") {
+        bail!("invalid pull option: '{}': must be one of \"always\", \"missing\" or \"never\"", args.pull);
+    }
+    let name = match &args.name {
+        Some(n) => Some(names::validate(n).map_err(|m| daemon_error(exit::STRATA_ERROR, m))?),
+        None => None,
+    };
+    let _ = detach;
+    let image = images::resolve(ctx, &args.image, &args.pull)?;
+    let ic = image.config.clone();
+
+    // Command: --entrypoint replaces the image's Entrypoint and drops its Cmd.
+    let entrypoint: Vec<String> = match &args.entrypoint {
+        Some(e) if e.is_empty() => vec![],
+        Some(e) => vec![e.clone()],
+        None => ic.entrypoint.clone(),
+    };
+    let cmd: Vec<String> = if !args.command.is_empty() {
+        args.command.clone()
+    } else if args.entrypoint.is_some() {
+        vec![]
+    } else {
+        ic.cmd.clone()
+    };
+    let argv: Vec<String> = entrypoint.iter().chain(cmd.iter()).cloned().collect();
+    if argv.is_empty() {
+        return Err(daemon_error(exit::STRATA_ERROR, "No command specified"));
+    }
+
+    let env = resolve_env(&ic.env, &args)?;
+    let labels = parse_labels(&ic.labels, &args.label)?;
+    let ports = args.publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>>>()?;
+    let network = match args.network.as_deref() {
+        None | Some("") | Some("default") | Some("bridge") => {
+            if which("pasta") {
+                "private".to_string()
+            } else {
+                eprintln!("WARNING: pasta (passt) is not installed: the container shares the host's network");
+                "host".to_string()
+            }
+        }
+        Some(n @ ("private" | "host" | "none")) => n.to_string(),
+        Some(other) => {
+            return Err(daemon_error(exit::STRATA_ERROR, format!("network {other} not found (use private, host or none)")))
+        }
+    };
+    if network != "private" && !ports.is_empty() {
+        eprintln!("WARNING: Published ports are discarded when using {network} network mode");
+    }
+    let stop_signal = match &args.stop_signal {
+        Some(s) => s.clone(),
+        None => ic.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into()),
+    };
+    crate::containers::signals::parse(&stop_signal)?;
+    for o in &args.security_opt {
+        if !matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" | "no-new-privileges:false" | "no-new-privileges=false") {
+            bail!("invalid --security-opt: {o:?} (supported: no-new-privileges)");
+        }
+    }
+    let mut exposed: Vec<String> = ic.exposed_ports.clone();
+    for p in ports.iter().map(|p| format!("{}/{}", p.container_port, p.proto)).chain(args.expose.iter().map(|e| {
+        if e.contains('/') {
+            e.clone()
+        } else {
+            format!("{e}/tcp")
+        }
+    })) {
+        if !exposed.contains(&p) {
+            exposed.push(p);
+        }
+    }
+
+    let id = record::new_id();
+    let mounts = volumes::resolve_mounts(ctx, &args, &ic.volumes)?;
+    let hostname = args.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+    let working_dir = args.workdir.clone().or(ic.working_dir.clone()).filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
+    if !working_dir.starts_with('/') {
+        return Err(daemon_error(exit::STRATA_ERROR, format!("the working directory '{working_dir}' is invalid, it needs to be an absolute path")));
+    }
+    // `-e KEY` was resolved from this environment: record the result only.
+    args.env = env.iter().skip(ic.env.len()).cloned().collect();
+
+    let config = ContainerConfig {
+        id: id.clone(),
+        name: String::new(),
+        created: record::now(),
+        image: args.image.clone(),
+        image_id: image.id.clone(),
+        layers: image.layers.clone(),
+        path: argv[0].clone(),
+        args: argv[1..].to_vec(),
+        entrypoint,
+        cmd,
+        env,
+        working_dir,
+        user: args.user.clone().or(ic.user.clone()).unwrap_or_default(),
+        hostname,
+        stop_signal,
+        stop_timeout: args.stop_timeout,
+        labels,
+        mounts,
+        ports,
+        network,
+        exposed_ports: exposed,
+        request: args,
+    };
+
+    // Name and directory are claimed together under the records lock.
+    let _lock = record::lock(&ctx.layout)?;
+    let existing = record::list(&ctx.layout)?;
+    let name = match name {
+        Some(n) => {
+            if let Some(other) = existing.iter().find(|c| c.config.name == n) {
+                return Err(daemon_error(
+                    exit::STRATA_ERROR,
+                    format!(
+                        "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                        other.config.id
+                    ),
+                ));
+            }
+            n
+        }
+        None => {
+            let mut retry = 0;
+            loop {
+                let n = names::random_name(if retry > 5 { retry } else { 0 });
+                if !existing.iter().any(|c| c.config.name == n) {
+                    break n;
+                }
+                retry += 1;
+            }
+        }
+    };
+    let mut config = config;
+    config.name = name;
+    let dir = ctx.layout.container_dir(&id);
+    std::fs::create_dir_all(dir.join("upper")).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("rootfs"))?;
+    let c = Container { config, state: ContainerState::default(), dir };
+    write_etc_files(&c)?;
+    record::write_json(&c.dir.join("state.json"), &c.state)?;
+    record::write_json(&c.dir.join("config.json"), &c.config)?;
+    drop(_lock);
+    volumes::ensure_volumes(ctx, &c)?;
+    Ok(c)
+}
+
+/// Writes `hosts`, `hostname` and `resolv.conf` for the container.
+fn write_etc_files(c: &Container) -> Result<()> {
+    let cfg = &c.config;
+    std::fs::write(c.dir.join("hostname"), format!("{}\n", cfg.hostname))?;
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    hosts.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
+    for h in &cfg.request.add_host {
+        let (name, ip) = h.split_once(':').or_else(|| h.split_once('=')).with_context(|| format!("invalid argument \"{h}\" for \"--add-host\" flag: bad format for add-host"))?;
+        let ip = if ip == "host-gateway" { "127.0.0.1" } else { ip };
+        hosts.push_str(&format!("{ip}\t{name}\n"));
+    }
+    std::fs::write(c.dir.join("hosts"), hosts)?;
+    let resolv = if !cfg.request.dns.is_empty() {
+        cfg.request.dns.iter().map(|d| format!("nameserver {d}\n")).collect::<String>()
+    } else {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        // Loopback resolvers of the host are unreachable from a private network.
+        let mut out: String = host
+            .lines()
+            .filter(|l| {
+                !(cfg.network == "private" && l.trim_start().starts_with("nameserver") && {
+                    let a = l.split_whitespace().nth(1).unwrap_or("");
+                    a.starts_with("127.") || a == "::1"
+                })
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if !out.contains("nameserver") {
+            out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+        }
+        out
+    };
+    std::fs::write(c.dir.join("resolv.conf"), resolv)?;
+    Ok(())
+}
+
+fn which(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+}
+
+/// The environment: the image's, then --env-file lines, then -e, later
+/// entries replacing earlier ones with the same key.
+fn resolve_env(image_env: &[String], args: &CreateArgs) -> Result<Vec<String>> {
+    let mut out: Vec<String> = image_env.to_vec();
+    let mut set = |entry: String| {
+        let key = entry.split('=').next().unwrap_or("").to_string();
+        if let Some(slot) = out.iter_mut().find(|e| e.split('=').next() == Some(key.as_str())) {
+            *slot = entry;
+        } else {
+            out.push(entry);
+        }
+    };
+    let mut add = |spec: &str, set: &mut dyn FnMut(String)| -> Result<()> {
+        if spec.is_empty() || spec.starts_with('=') {
+            bail!("invalid environment variable: {spec}");
+        }
+        if spec.contains('=') {
+            set(spec.to_string());
+        } else if let Some(v) = std::env::var_os(spec) {
+            set(format!("{spec}={}", v.to_string_lossy()));
+        }
+        Ok(())
+    };
+    for f in &args.env_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("open {}", f.display()))?;
+        for line in text.lines() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            add(line, &mut set)?;
+        }
+    }
+    for e in &args.env {
+        add(e, &mut set)?;
+    }
+    if !out.iter().any(|e| e.starts_with("PATH=")) {
+        out.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    Ok(out)
+}
+
+fn parse_labels(image: &BTreeMap<String, String>, flags: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = image.clone();
+    for l in flags {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            bail!("invalid label: {l:?}");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// `-p [IP:][HOST:]CTR[/PROTO]`; a missing host port means "same as the
+/// container port" here (Docker would pick an ephemeral one).
+pub fn parse_publish(spec: &str) -> Result<PortBinding> {
+    let bad = || anyhow::anyhow!("invalid publish spec {spec:?}: expected [IP:]HOST_PORT:CONTAINER_PORT[/PROTO]");
+    let (rest, proto) = match spec.rsplit_once('/') {
+        Some((r, p)) if p == "tcp" || p == "udp" => (r, p.to_string()),
+        Some(_) => return Err(bad()),
+        None => (spec, "tcp".to_string()),
+    };
+    // IPv6 addresses come bracketed: [::1]:8080:80
+    let (ip, ports) = if let Some(r) = rest.strip_prefix('[') {
+        let (ip, after) = r.split_once("]:").ok_or_else(bad)?;
+        (ip.to_string(), after.to_string())
+    } else {
+        let parts: Vec<&str> = rest.split(':').collect();
+        match parts.len() {
+            1 | 2 => (String::new(), rest.to_string()),
+            3 => (parts[0].to_string(), format!("{}:{}", parts[1], parts[2])),
+            _ => return Err(bad()),
+        }
+    };
+    let (host, ctr) = match ports.split_once(':') {
+        Some((h, c)) => (h.to_string(), c.to_string()),
+        None => (String::new(), ports.clone()),
+    };
+    let container_port: u16 = ctr.parse().map_err(|_| bad())?;
+    let host_port: u16 = if host.is_empty() { container_port } else { host.parse().map_err(|_| bad())? };
+    if container_port == 0 {
+        return Err(bad());
+    }
+    Ok(PortBinding { host_ip: ip, host_port, container_port, proto })
+}
+
+/// `strata start [-a] [-i] CONTAINER...`.
+pub fn start(ctx: &Context, attach_out: bool, interactive: bool, detach_keys: Option<String>, containers: Vec<String>) -> Result<i32> {
+    if (attach_out || interactive) && containers.len() > 1 {
+        bail!("you cannot start and attach multiple containers at once");
+    }
+    let mut status = 0;
+    for key in containers {
+        let c = match record::find_fresh(&ctx.layout, &key) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("Error response from daemon: {e}");
+                status = 1;
+                continue;
+            }
+        };
+        if c.running() {
+            if !attach_out && !interactive {
+                println!("{key}");
+            }
+            continue;
+        }
+        if attach_out || interactive {
+            let mut session = supervisor::launch(ctx, &c, true).map_err(start_error)?;
+            let keys = attach::parse_detach_keys(detach_keys.as_deref().or(c.config.request.detach_keys.as_deref()))?;
+            let outcome = attach::run_client(
+                session.take_stream()?,
+                attach::ClientOptions {
+                    stdin: interactive && c.config.request.interactive,
+                    tty: c.config.request.tty,
+                    detach_keys: keys,
+                    sig_proxy: !c.config.request.tty,
+                    init_pid: None,
+                },
+            );
+            return finish_attached(outcome);
+        }
+        match supervisor::launch(ctx, &c, false).and_then(|mut s| s.wait_started()) {
+            Ok(()) => println!("{key}"),
+            Err(e) => {
+                let msg = match e.downcast_ref::<supervisor::StartError>() {
+                    Some(s) => s.message.clone(),
+                    None => format!("{e:#}"),
+                };
+                eprintln!("Error response from daemon: {msg}");
+                eprintln!("Error: failed to start containers: {key}");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+/// Removes a container's directory and its anonymous volumes (`rm -v`, `--rm`).
+pub fn remove_container_files(ctx: &Context, c: &Container, volumes_too: bool) -> Result<()> {
+    record::clear_stale_mount(&c.rootfs());
+    remove_tree(&c.dir)?;
+    if volumes_too {
+        for m in c.config.mounts.iter().filter(|m| m.kind == "volume" && m.anonymous) {
+            let _ = volumes::remove(ctx, &m.name, false);
+        }
+    }
+    Ok(())
+}
+
+/// Removes a directory tree without following symlinks; the container's
+/// upper layer may hold files the container made read-only.
+pub fn remove_tree(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_writable(dir);
+            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))
+        }
+    }
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _unused(_: &MountRecord) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_specs() {
+        let p = parse_publish("8080:80").unwrap();
+        assert_eq!((p.host_port, p.container_port, p.proto.as_str(), p.host_ip.as_str()), (8080, 80, "tcp", ""));
+        let p = parse_publish("127.0.0.1:8080:80/udp").unwrap();
+        assert_eq!((p.host_ip.as_str(), p.host_port, p.proto.as_str()), ("127.0.0.1", 8080, "udp"));
+        let p = parse_publish("[::1]:8080:80").unwrap();
+        assert_eq!(p.host_ip, "::1");
+        assert!(parse_publish("x:80").is_err());
+        assert!(parse_publish("80/sctp").is_err());
+    }
+}

@@ -1,0 +1,74 @@
+//! The image side of creating a container: find the image in the store
+//! (pulling it first when `--pull` says so, through the same code path as
+//! `strata pull`) and extract the parts of its config a container uses.
+
+use crate::context::Context;
+use anyhow::{Context as _, Result};
+use std::collections::BTreeMap;
+use strata_layers::store::Store;
+
+/// An image resolved for a new container.
+pub struct ResolvedImage {
+    /// `sha256:...` (the config digest).
+    pub id: String,
+    /// Layer diff_ids, bottom first (`sha256:...`).
+    pub layers: Vec<String>,
+    pub config: ImageSettings,
+}
+
+/// The run-related part of an image config, with absent fields as empty.
+#[derive(Clone, Debug, Default)]
+pub struct ImageSettings {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub stop_signal: Option<String>,
+    /// Paths of the image's anonymous volumes (`VOLUME`).
+    pub volumes: Vec<String>,
+    /// `80/tcp`, ...
+    pub exposed_ports: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Finds `name` in the store, pulling it according to `pull`
+/// (`missing`, `always`, `never`).
+pub fn resolve(ctx: &Context, name: &str, pull: &str) -> Result<ResolvedImage> {
+    let store = Store::open(ctx.layout.clone()).context("opening the store")?;
+    if pull == "always" {
+        pull_image(ctx, name)?;
+    }
+    let record = match store.resolve_image(name) {
+        Ok(r) => r,
+        Err(strata_layers::store::Error::NoSuchImage(_)) if pull == "missing" => {
+            eprintln!("Unable to find image '{name}' locally");
+            pull_image(ctx, name)?;
+            store.resolve_image(name)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let config = record.config(&store)?.container_config();
+    let opt_vec = |v: Option<Vec<String>>| v.unwrap_or_default();
+    let settings = ImageSettings {
+        entrypoint: opt_vec(config.entrypoint),
+        cmd: opt_vec(config.cmd),
+        env: opt_vec(config.env),
+        working_dir: config.working_dir.filter(|w| !w.is_empty()),
+        user: config.user.filter(|u| !u.is_empty()),
+        stop_signal: config.stop_signal.filter(|s| !s.is_empty()),
+        volumes: config.volumes.map(|v| v.into_keys().collect()).unwrap_or_default(),
+        exposed_ports: config.exposed_ports.map(|v| v.into_keys().collect()).unwrap_or_default(),
+        labels: config.labels.unwrap_or_default(),
+    };
+    Ok(ResolvedImage {
+        id: record.id.to_string(),
+        layers: record.layers.iter().map(|l| l.diff_id.to_string()).collect(),
+        config: settings,
+    })
+}
+
+/// Pulls like `strata pull NAME` does (progress on stderr-free stdout, as Docker's run).
+fn pull_image(ctx: &Context, name: &str) -> Result<()> {
+    crate::commands::image::pull_for_run(ctx, name)
+}

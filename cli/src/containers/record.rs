@@ -1,0 +1,447 @@
+//! Container records: what `create` decided (`config.json`) and what happened
+//! since (`state.json`), one directory per container under
+//! `ROOT/containers/<64-hex id>/`:
+//!
+//! ```text
+//! config.json    the creation request, the resolved image and command, name, created time
+//! state.json     status, pids (+ start times), exit code, started/finished times, error
+//! upper/         the container's writable layer
+//! rootfs/        where the supervisor mounts the union filesystem
+//! ctr.log        output, one JSON object per line: {"stream":"stdout","time":"...","log":"..."}
+//! hosts hostname resolv.conf   bind-mounted over /etc/* inside the container
+//! attach.sock    the supervisor's attach socket while it runs
+//! ```
+//!
+//! Both JSON files are replaced atomically (temp file, fsync, rename) while
+//! the store's records lock is held, so readers never see half a record and
+//! two writers never lose each other's update. Processes are remembered as
+//! pid plus the start time from `/proc/PID/stat`, so a recycled pid is never
+//! mistaken for a container or supervisor that is gone. A record that says
+//! "running" while its supervisor is gone is repaired by [`refresh`]: the
+//! container is marked exited (255) with the reason, its processes are
+//! killed and its stale mount is detached.
+
+use crate::commands::run::CreateArgs;
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use strata_layers::StoreLayout;
+
+/// Everything `create` resolved; never changes afterwards except for `name`
+/// (rename).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub name: String,
+    /// RFC 3339 with nanoseconds, UTC.
+    pub created: String,
+    /// The image as the user named it.
+    pub image: String,
+    /// `sha256:...` of the image config.
+    pub image_id: String,
+    /// Layer diff_ids, bottom first.
+    pub layers: Vec<String>,
+    /// The full creation request, as parsed from the command line.
+    pub request: CreateArgs,
+    /// argv[0] and the rest, after Entrypoint/Cmd resolution.
+    pub path: String,
+    pub args: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub hostname: String,
+    pub stop_signal: String,
+    pub stop_timeout: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    pub mounts: Vec<MountRecord>,
+    pub ports: Vec<PortBinding>,
+    /// `private`, `host` or `none`.
+    pub network: String,
+    /// Exposed ports of the image and `--expose`-like sources (`80/tcp`).
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MountRecord {
+    /// `bind`, `volume` or `tmpfs`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// Volume name for volumes; absolute host path for binds; empty for tmpfs.
+    #[serde(rename = "Name", default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(rename = "Source")]
+    pub source: String,
+    #[serde(rename = "Destination")]
+    pub destination: String,
+    #[serde(rename = "RW")]
+    pub rw: bool,
+    /// tmpfs options (`size=64m,mode=1777`) or bind propagation.
+    #[serde(rename = "Options", default, skip_serializing_if = "String::is_empty")]
+    pub options: String,
+    /// Anonymous volume (removed with `rm -v` / `--rm`).
+    #[serde(rename = "Anonymous", default)]
+    pub anonymous: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PortBinding {
+    pub host_ip: String,
+    pub host_port: u16,
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub proto: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Created,
+    Running,
+    Exited,
+    Removing,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Exited => "exited",
+            Status::Removing => "removing",
+        }
+    }
+}
+
+/// A process remembered by pid and start time (clock ticks since boot).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Proc {
+    pub pid: i32,
+    pub start: u64,
+}
+
+impl Proc {
+    pub fn of(pid: i32) -> Option<Proc> {
+        process_start_time(pid).map(|start| Proc { pid, start })
+    }
+    /// The same process (not a recycled pid) still exists (possibly a zombie).
+    pub fn alive(&self) -> bool {
+        self.pid > 0 && process_start_time(self.pid) == Some(self.start)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct ContainerState {
+    pub status: Status,
+    /// The container's init (host pid) while running.
+    #[serde(default)]
+    pub init: Option<Proc>,
+    #[serde(default)]
+    pub supervisor: Option<Proc>,
+    #[serde(default)]
+    pub exit_code: i32,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub error: String,
+    /// Set by `stop`/`kill`, so that an exit by signal is not reported as a crash.
+    #[serde(default)]
+    pub restart_count: u32,
+}
+
+/// A container as read from the store.
+#[derive(Clone, Debug)]
+pub struct Container {
+    pub config: ContainerConfig,
+    pub state: ContainerState,
+    pub dir: PathBuf,
+}
+
+impl Container {
+    pub fn short_id(&self) -> &str {
+        &self.config.id[..12]
+    }
+    pub fn running(&self) -> bool {
+        self.state.status == Status::Running
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("ctr.log")
+    }
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("attach.sock")
+    }
+}
+
+/// The store's records lock (`ROOT/records.lock`), held exclusively for the
+/// duration of one read-modify-write of container or volume records.
+pub struct RecordsLock {
+    _file: File,
+}
+
+pub fn lock(layout: &StoreLayout) -> Result<RecordsLock> {
+    fs::create_dir_all(layout.root()).with_context(|| format!("creating {}", layout.root().display()))?;
+    let path = layout.records_lock_path();
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock().with_context(|| format!("locking {}", path.display()))?;
+    Ok(RecordsLock { _file: file })
+}
+
+/// Writes `value` as JSON to `path` atomically: temp file, fsync, rename.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let dir = path.parent().context("record path has no parent")?;
+    let data = serde_json::to_vec_pretty(value)?;
+    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("x"), std::process::id()));
+    let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(&data).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let data = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&data).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Reads one container by directory; `None` if it is incomplete or gone.
+pub fn read_dir_record(dir: &Path) -> Option<Container> {
+    let config: ContainerConfig = read_json(&dir.join("config.json")).ok()?;
+    let state: ContainerState = read_json(&dir.join("state.json")).unwrap_or_default();
+    Some(Container { config, state, dir: dir.to_path_buf() })
+}
+
+/// All containers, newest first (the order of `ps`).
+pub fn list(layout: &StoreLayout) -> Result<Vec<Container>> {
+    let dir = layout.containers_dir();
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        if let Some(c) = read_dir_record(&entry.path()) {
+            out.push(c);
+        }
+    }
+    out.sort_by(|a, b| b.config.created.cmp(&a.config.created));
+    Ok(out)
+}
+
+/// Docker's "No such container" error (exit status 1 for most verbs).
+#[derive(Debug)]
+pub struct NoSuchContainer(pub String);
+
+impl std::fmt::Display for NoSuchContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "No such container: {}", self.0)
+    }
+}
+impl std::error::Error for NoSuchContainer {}
+
+/// Finds a container by full id, name (with or without `/`) or unique id prefix.
+pub fn find(layout: &StoreLayout, key: &str) -> Result<Container> {
+    let all = list(layout)?;
+    let name = key.strip_prefix('/').unwrap_or(key);
+    if let Some(c) = all.iter().find(|c| c.config.id == key || c.config.name == name) {
+        return Ok(c.clone());
+    }
+    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut matches = all.iter().filter(|c| c.config.id.starts_with(key));
+        if let Some(c) = matches.next() {
+            if matches.next().is_some() {
+                anyhow::bail!("multiple IDs found with provided prefix: {key}");
+            }
+            return Ok(c.clone());
+        }
+    }
+    Err(NoSuchContainer(key.to_string()).into())
+}
+
+/// Finds a container and repairs its record if its supervisor died.
+pub fn find_fresh(layout: &StoreLayout, key: &str) -> Result<Container> {
+    let c = find(layout, key)?;
+    refresh(layout, c)
+}
+
+/// All containers, with dead supervisors detected.
+pub fn list_fresh(layout: &StoreLayout) -> Result<Vec<Container>> {
+    list(layout)?.into_iter().map(|c| refresh(layout, c)).collect()
+}
+
+/// Writes the state of `c` (caller holds the records lock).
+pub fn save_state(c: &Container) -> Result<()> {
+    write_json(&c.dir.join("state.json"), &c.state)
+}
+
+/// Re-reads the state of the container in `dir`, applies `f`, and writes it
+/// back, all under the records lock. Returns the updated container, or `None`
+/// when the container is gone.
+pub fn update_state(
+    layout: &StoreLayout,
+    dir: &Path,
+    f: impl FnOnce(&mut ContainerState),
+) -> Result<Option<Container>> {
+    let _lock = lock(layout)?;
+    let Some(mut c) = read_dir_record(dir) else { return Ok(None) };
+    f(&mut c.state);
+    save_state(&c)?;
+    Ok(Some(c))
+}
+
+/// A running container whose supervisor is gone (killed, crashed, host
+/// rebooted) is marked `Exited (255)` with the reason; what is left of it is
+/// cleaned up (its processes killed, its mount detached).
+pub fn refresh(layout: &StoreLayout, c: Container) -> Result<Container> {
+    if c.state.status != Status::Running && c.state.status != Status::Removing {
+        return Ok(c);
+    }
+    if c.state.supervisor.is_some_and(|s| s.alive()) {
+        return Ok(c);
+    }
+    // A supervisor that is starting writes its pid before anything else; no
+    // pid at all means a start that never got that far.
+    let dir = c.dir.clone();
+    let updated = update_state(layout, &dir, |s| {
+        if (s.status == Status::Running || s.status == Status::Removing) && !s.supervisor.is_some_and(|p| p.alive()) {
+            if let Some(init) = s.init.filter(|p| p.alive()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init.pid), nix::sys::signal::SIGKILL);
+            }
+            s.status = Status::Exited;
+            s.exit_code = 255;
+            s.init = None;
+            s.supervisor = None;
+            s.finished_at = Some(now());
+            s.error = "the container's supervisor process died".to_string();
+        }
+    })?;
+    clear_stale_mount(&dir.join("rootfs"));
+    Ok(updated.unwrap_or(c))
+}
+
+/// Detaches whatever is still mounted on `path` (a FUSE mount whose server
+/// died answers ENOTCONN until it is unmounted).
+pub fn clear_stale_mount(path: &Path) {
+    use rustix::mount::{unmount, UnmountFlags};
+    if unmount(path, UnmountFlags::DETACH).is_ok() {
+        return;
+    }
+    // Rootless: a mount made through fusermount3 can only be removed by it.
+    if is_mountpoint(path) {
+        let _ = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Whether `path` is listed as a mount point in /proc/self/mountinfo.
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| unescape_mountinfo(m) == want))
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Field 22 of /proc/PID/stat: the start time in clock ticks after boot.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // rest starts at field 3 (state); start time is field 22.
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Now, as RFC 3339 with nanoseconds in UTC (Docker's timestamp format).
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// A new random 64-hex container id whose 12-char prefix is not all digits
+/// (Docker avoids those so short ids never look like numbers).
+pub fn new_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let bytes: [u8; 32] = rng.random();
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        if !id[..12].bytes().all(|b| b.is_ascii_digit()) {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self() {
+        let me = std::process::id() as i32;
+        let p = Proc::of(me).unwrap();
+        assert!(p.alive());
+        assert!(!Proc { pid: me, start: p.start + 1 }.alive());
+    }
+
+    #[test]
+    fn ids() {
+        let id = new_id();
+        assert_eq!(id.len(), 64);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+    }
+}

@@ -1,0 +1,1 @@
+//! Pull progress output (filled in below).

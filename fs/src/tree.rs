@@ -1,0 +1,562 @@
+//! The merged in-memory tree: one node per inode of the mounted view.
+//!
+//! At mount the lower layers are folded into this tree once, bottom to top,
+//! applying whiteouts and opaque markers as they come; an existing upper
+//! directory is then folded in on top (see `upper.rs`). After that every
+//! lookup, getattr and readdir is a memory operation. Inode numbers are indexes
+//! into `nodes` and never change or get reused while the mount lives; a hard
+//! link group of a layer is one node with several [`Link`]s.
+//!
+//! Per name the tree remembers whether something in the lower layers sits at
+//! that path (`Link::covers`) and per directory which lower names are hidden by
+//! a whiteout (`Dir::hidden`): that is all the writable layer needs to decide
+//! when an unlink must leave a `.wh.` whiteout and when a new directory must be
+//! opaque, without consulting the layers again.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use strata_layers::index::{Entry, EntryKind};
+
+use crate::source::LayerSource;
+
+pub(crate) type Ino = u64;
+pub(crate) const ROOT: Ino = 1;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Ts {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// What stat(2) reports for a node, except nlink (counted from the links).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Attr {
+    /// File type and permission bits (`st_mode`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number in the kernel's "new" encoding (what FUSE carries).
+    pub rdev: u32,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: Ts,
+    pub mtime: Ts,
+    pub ctime: Ts,
+}
+
+impl Attr {
+    pub fn kind(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind() == libc::S_IFDIR
+    }
+    pub fn is_reg(&self) -> bool {
+        self.kind() == libc::S_IFREG
+    }
+}
+
+/// The kernel's `new_encode_dev`.
+pub(crate) fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// The kernel's `new_decode_dev`: (major, minor).
+pub(crate) fn decode_dev(dev: u32) -> (u32, u32) {
+    ((dev & 0xfff00) >> 8, (dev & 0xff) | ((dev >> 12) & 0xfff00))
+}
+
+/// One name of a node.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    /// Parent directory; 0 when the node is no longer linked anywhere.
+    pub parent: Ino,
+    pub name: Box<[u8]>,
+    /// The lower layers have something at this path (so removing or moving
+    /// the name away needs a whiteout).
+    pub covers: bool,
+}
+
+/// Where the node's data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Up {
+    /// Only in the lower layers.
+    No,
+    /// Metadata copied up (an upper file marked metacopy); content still below.
+    Meta,
+    /// Entirely in the upper directory.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LowerRef {
+    pub layer: u32,
+    pub entry: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Dir {
+    pub children: BTreeMap<Box<[u8]>, Ino>,
+    /// Lower names hidden by a whiteout in the upper directory.
+    pub hidden: Option<Box<HashSet<Box<[u8]>>>>,
+    /// The upper directory carries an opaque marker.
+    pub opaque: bool,
+}
+
+impl Dir {
+    pub fn is_hidden(&self, name: &[u8]) -> bool {
+        self.hidden.as_ref().is_some_and(|h| h.contains(name))
+    }
+    pub fn hide(&mut self, name: &[u8]) {
+        self.hidden.get_or_insert_with(Default::default).insert(name.into());
+    }
+    pub fn unhide(&mut self, name: &[u8]) -> bool {
+        let Some(h) = self.hidden.as_mut() else { return false };
+        let was = h.remove(name);
+        if h.is_empty() {
+            self.hidden = None;
+        }
+        was
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub link: Link,
+    pub more: Vec<Link>,
+    pub attr: Attr,
+    pub lower: Option<LowerRef>,
+    pub up: Up,
+    /// Upper node kept as a regular file with its real type in an xattr
+    /// (special files and symlinks the host cannot hold as they are).
+    pub stand_in: bool,
+    pub dir: Option<Box<Dir>>,
+}
+
+impl Node {
+    pub fn new(attr: Attr, lower: Option<LowerRef>, up: Up) -> Node {
+        let dir = if attr.is_dir() { Some(Box::default()) } else { None };
+        Node {
+            link: Link { parent: 0, name: Box::default(), covers: false },
+            more: Vec::new(),
+            attr,
+            lower,
+            up,
+            stand_in: false,
+            dir,
+        }
+    }
+
+    pub fn nlink(&self) -> u32 {
+        if self.link.parent == 0 && self.more.is_empty() {
+            0
+        } else {
+            1 + self.more.len() as u32
+        }
+    }
+
+    pub fn links(&self) -> impl Iterator<Item = &Link> {
+        std::iter::once(&self.link).filter(|l| l.parent != 0).chain(self.more.iter())
+    }
+
+    pub fn link_to(&self, parent: Ino, name: &[u8]) -> Option<&Link> {
+        self.links().find(|l| l.parent == parent && &*l.name == name)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Tree {
+    nodes: Vec<Node>,
+}
+
+fn attr_of(e: &Entry) -> Attr {
+    let (kind_bits, rdev, size) = match &e.kind {
+        EntryKind::File { size, .. } => (libc::S_IFREG, 0, *size),
+        EntryKind::Dir | EntryKind::Opaque => (libc::S_IFDIR, 0, 4096),
+        EntryKind::Symlink { target } => (libc::S_IFLNK, 0, target.len() as u64),
+        EntryKind::CharDevice { major, minor } => (libc::S_IFCHR, encode_dev(*major, *minor), 0),
+        EntryKind::BlockDevice { major, minor } => (libc::S_IFBLK, encode_dev(*major, *minor), 0),
+        EntryKind::Fifo => (libc::S_IFIFO, 0, 0),
+        EntryKind::Hardlink { .. } | EntryKind::Whiteout => (libc::S_IFREG, 0, 0),
+    };
+    let t = Ts { sec: e.mtime, nsec: e.mtime_nsec.min(999_999_999) };
+    Attr {
+        mode: kind_bits | (e.mode & 0o7777),
+        uid: e.uid,
+        gid: e.gid,
+        rdev,
+        size,
+        blocks: size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+    }
+}
+
+/// Directories a layer implies without listing them: root-owned, 0755.
+fn implicit_dir_attr() -> Attr {
+    Attr { mode: libc::S_IFDIR | 0o755, size: 4096, ..Attr::default() }
+}
+
+fn split(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".")
+}
+
+/// Normalises a path as found in an index or a hardlink target.
+fn clean(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for c in split(path) {
+        if c == b".." {
+            // Never climb above the root; drop the last component.
+            while let Some(b) = out.pop() {
+                if b == b'/' {
+                    break;
+                }
+            }
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(c);
+    }
+    out
+}
+
+impl Tree {
+    /// A tree holding only an empty root directory.
+    pub fn empty() -> Tree {
+        let mut t = Tree { nodes: Vec::new() };
+        let mut root = Node::new(implicit_dir_attr(), None, Up::No);
+        root.link.parent = ROOT; // the root is its own parent, as ".." in it
+        t.nodes.push(root);
+        t
+    }
+
+    /// The node, also when it is no longer linked (it may still be open).
+    pub fn get(&self, ino: Ino) -> Option<&Node> {
+        let i = usize::try_from(ino).ok()?.checked_sub(1)?;
+        self.nodes.get(i)
+    }
+
+    pub fn get_mut(&mut self, ino: Ino) -> Option<&mut Node> {
+        let i = usize::try_from(ino).ok()?.checked_sub(1)?;
+        self.nodes.get_mut(i)
+    }
+
+    pub fn node(&self, ino: Ino) -> &Node {
+        &self.nodes[(ino - 1) as usize]
+    }
+
+    pub fn node_mut(&mut self, ino: Ino) -> &mut Node {
+        &mut self.nodes[(ino - 1) as usize]
+    }
+
+    pub fn dir(&self, ino: Ino) -> Option<&Dir> {
+        self.get(ino)?.dir.as_deref()
+    }
+
+    pub fn dir_mut(&mut self, ino: Ino) -> Option<&mut Dir> {
+        self.get_mut(ino)?.dir.as_deref_mut()
+    }
+
+    pub fn child(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
+        self.dir(parent)?.children.get(name).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn alloc(&mut self, node: Node) -> Ino {
+        self.nodes.push(node);
+        self.nodes.len() as Ino
+    }
+
+    /// Adds a name for `ino` in directory `parent` (which must not have it yet).
+    pub fn add_link(&mut self, ino: Ino, parent: Ino, name: &[u8], covers: bool) {
+        let link = Link { parent, name: name.into(), covers };
+        let n = self.node_mut(ino);
+        if n.link.parent == 0 {
+            n.link = link;
+        } else {
+            n.more.push(link);
+        }
+        if let Some(d) = self.dir_mut(parent) {
+            d.children.insert(name.into(), ino);
+        }
+    }
+
+    /// Removes one name of `ino`; returns the removed link.
+    pub fn remove_link(&mut self, ino: Ino, parent: Ino, name: &[u8]) -> Option<Link> {
+        if let Some(d) = self.dir_mut(parent) {
+            if d.children.get(name) == Some(&ino) {
+                d.children.remove(name);
+            }
+        }
+        let n = self.node_mut(ino);
+        if n.link.parent == parent && &*n.link.name == name {
+            let replacement = n.more.pop().unwrap_or(Link { parent: 0, name: Box::default(), covers: false });
+            return Some(std::mem::replace(&mut n.link, replacement));
+        }
+        let i = n.more.iter().position(|l| l.parent == parent && &*l.name == name)?;
+        Some(n.more.swap_remove(i))
+    }
+
+    /// Frees what an unreachable subtree holds (names, child maps). Inode
+    /// numbers are not reused.
+    pub fn free_subtree(&mut self, ino: Ino) {
+        let mut stack = vec![ino];
+        while let Some(i) = stack.pop() {
+            let n = self.node_mut(i);
+            if n.nlink() > 0 && i != ino {
+                continue; // still reachable through another name (hard link)
+            }
+            if let Some(d) = n.dir.take() {
+                stack.extend(d.children.values().copied());
+            }
+            if i != ino {
+                n.link = Link { parent: 0, name: Box::default(), covers: false };
+            }
+        }
+    }
+
+    /// Detaches every child of a directory (used for opaque directories).
+    pub fn clear_children(&mut self, dir: Ino) {
+        let children: Vec<(Box<[u8]>, Ino)> = match self.dir_mut(dir) {
+            Some(d) => std::mem::take(&mut d.children).into_iter().collect(),
+            None => return,
+        };
+        for (name, c) in children {
+            self.remove_link(c, dir, &name);
+            if self.node(c).nlink() == 0 {
+                self.free_subtree(c);
+            }
+        }
+    }
+
+    /// Unlinks the name and frees the subtree when nothing else links it.
+    pub fn remove_name(&mut self, parent: Ino, name: &[u8]) -> Option<Ino> {
+        let c = self.child(parent, name)?;
+        self.remove_link(c, parent, name);
+        if self.node(c).nlink() == 0 {
+            self.free_subtree(c);
+        }
+        Some(c)
+    }
+
+    /// The path of a node from the root, without a leading slash ("" for the root).
+    pub fn path_of(&self, ino: Ino) -> Vec<u8> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut cur = ino;
+        let mut guard = 0;
+        while cur != ROOT && guard < 4096 {
+            let n = self.node(cur);
+            if n.link.parent == 0 {
+                break;
+            }
+            parts.push(&n.link.name);
+            cur = n.link.parent;
+            guard += 1;
+        }
+        let mut out = Vec::new();
+        for p in parts.iter().rev() {
+            if !out.is_empty() {
+                out.push(b'/');
+            }
+            out.extend_from_slice(p);
+        }
+        out
+    }
+
+    pub fn lookup_path(&self, path: &[u8]) -> Option<Ino> {
+        let mut cur = ROOT;
+        for c in split(path) {
+            cur = self.child(cur, c)?;
+        }
+        Some(cur)
+    }
+
+    /// The number of subdirectories (for a directory's link count).
+    pub fn subdirs(&self, dir: &Dir) -> u32 {
+        dir.children.values().filter(|&&c| self.node(c).attr.is_dir()).count() as u32
+    }
+
+    /// Walks to the directory at `path`, creating implicit directories and
+    /// replacing non-directories on the way (what a tar extraction does).
+    fn ensure_dir(&mut self, path: &[u8], layer_covers: bool) -> Ino {
+        let mut cur = ROOT;
+        for c in split(path) {
+            cur = match self.child(cur, c) {
+                Some(i) if self.node(i).attr.is_dir() => i,
+                _ => {
+                    self.remove_name(cur, c);
+                    let n = self.alloc(Node::new(implicit_dir_attr(), None, Up::No));
+                    self.add_link(n, cur, c, layer_covers);
+                    n
+                }
+            };
+        }
+        cur
+    }
+
+    /// Folds one layer in on top of what the tree holds.
+    pub fn apply_layer(&mut self, layer: u32, src: &dyn LayerSource) {
+        let entries = src.entries();
+        // Whiteouts and opaque markers hide only what lies below this layer:
+        // apply them before adding this layer's own entries.
+        for e in entries {
+            match e.kind {
+                EntryKind::Whiteout => {
+                    let p = clean(&e.path);
+                    let (parent, name) = split_last(&p);
+                    if let Some(d) = self.lookup_path(parent) {
+                        self.remove_name(d, name);
+                    }
+                }
+                EntryKind::Opaque => {
+                    if let Some(d) = self.lookup_path(&clean(&e.path)) {
+                        if self.node(d).attr.is_dir() {
+                            self.clear_children(d);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut last_parent: (Vec<u8>, Ino) = (Vec::new(), ROOT);
+        for (i, e) in entries.iter().enumerate() {
+            let lref = LowerRef { layer, entry: i as u32 };
+            let p = clean(&e.path);
+            if p.is_empty() {
+                if matches!(e.kind, EntryKind::Dir | EntryKind::Opaque) {
+                    let root = self.node_mut(ROOT);
+                    root.attr = attr_of(e);
+                    root.lower = Some(lref);
+                }
+                continue;
+            }
+            let (parent_path, name) = split_last(&p);
+            let parent = if last_parent.0 == parent_path && self.get(last_parent.1).is_some_and(|n| n.attr.is_dir())
+            {
+                last_parent.1
+            } else {
+                let d = self.ensure_dir(parent_path, true);
+                last_parent = (parent_path.to_vec(), d);
+                d
+            };
+            match &e.kind {
+                EntryKind::Whiteout => {}
+                EntryKind::Dir | EntryKind::Opaque => match self.child(parent, name) {
+                    Some(c) if self.node(c).attr.is_dir() => {
+                        let n = self.node_mut(c);
+                        n.attr = attr_of(e);
+                        n.lower = Some(lref);
+                    }
+                    _ => {
+                        self.remove_name(parent, name);
+                        let n = self.alloc(Node::new(attr_of(e), Some(lref), Up::No));
+                        self.add_link(n, parent, name, true);
+                    }
+                },
+                EntryKind::Hardlink { target } => {
+                    let Some(t) = self.lookup_path(&clean(target)) else { continue };
+                    if self.node(t).attr.is_dir() || self.child(parent, name) == Some(t) {
+                        continue;
+                    }
+                    self.remove_name(parent, name);
+                    self.add_link(t, parent, name, true);
+                }
+                _ => {
+                    self.remove_name(parent, name);
+                    let n = self.alloc(Node::new(attr_of(e), Some(lref), Up::No));
+                    self.add_link(n, parent, name, true);
+                }
+            }
+        }
+    }
+
+    /// The merged tree of the given layers, bottom first.
+    pub fn build(sources: &[Arc<dyn LayerSource>]) -> Tree {
+        let mut t = Tree::empty();
+        for (i, s) in sources.iter().enumerate() {
+            t.apply_layer(i as u32, s.as_ref());
+        }
+        t
+    }
+}
+
+/// Splits "a/b/c" into ("a/b", "c").
+pub(crate) fn split_last(p: &[u8]) -> (&[u8], &[u8]) {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&p[..i], &p[i + 1..]),
+        None => (b"", p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Lower;
+    use strata_layers::index::LayerIndex;
+    use strata_layers::Digest;
+
+    fn e(path: &str, kind: EntryKind) -> Entry {
+        Entry { path: path.into(), kind, mode: 0o644, uid: 0, gid: 0, mtime: 1, mtime_nsec: 0, xattrs: vec![] }
+    }
+    fn file(path: &str) -> Entry {
+        e(path, EntryKind::File { size: 1, digest: Digest::of(path.as_bytes()) })
+    }
+    fn src(entries: Vec<Entry>) -> Arc<dyn LayerSource> {
+        Arc::new(Lower { index: Arc::new(LayerIndex::new(entries)), objects_dir: "/nonexistent".into() })
+    }
+
+    #[test]
+    fn whiteouts_opaque_and_hardlinks() {
+        let l0 = src(vec![
+            e("a", EntryKind::Dir),
+            file("a/x"),
+            file("a/y"),
+            e("b", EntryKind::Dir),
+            file("b/z"),
+            file("c"),
+            e("d", EntryKind::Hardlink { target: b"c".to_vec() }),
+        ]);
+        let l1 = src(vec![
+            e("a/x", EntryKind::Whiteout),
+            e("b", EntryKind::Opaque),
+            file("b/new"),
+            e("c", EntryKind::Whiteout),
+            file("implicit/dir/f"),
+        ]);
+        let t = Tree::build(&[l0, l1]);
+        assert!(t.lookup_path(b"a/x").is_none());
+        assert!(t.lookup_path(b"a/y").is_some());
+        assert!(t.lookup_path(b"b/z").is_none());
+        assert!(t.lookup_path(b"b/new").is_some());
+        assert!(t.lookup_path(b"c").is_none());
+        let d = t.lookup_path(b"d").unwrap();
+        assert_eq!(t.node(d).nlink(), 1);
+        assert_eq!(t.path_of(d), b"d");
+        let f = t.lookup_path(b"implicit/dir/f").unwrap();
+        assert_eq!(t.path_of(f), b"implicit/dir/f");
+        assert!(t.node(t.lookup_path(b"implicit").unwrap()).attr.is_dir());
+    }
+
+    #[test]
+    fn hardlink_group_is_one_node() {
+        let l0 = src(vec![file("x"), e("y", EntryKind::Hardlink { target: b"./x".to_vec() })]);
+        let t = Tree::build(&[l0]);
+        let (x, y) = (t.lookup_path(b"x").unwrap(), t.lookup_path(b"y").unwrap());
+        assert_eq!(x, y);
+        assert_eq!(t.node(x).nlink(), 2);
+    }
+
+    #[test]
+    fn dev_encoding_round_trips() {
+        for (ma, mi) in [(1, 3), (8, 0), (259, 70000), (0, 0)] {
+            assert_eq!(decode_dev(encode_dev(ma, mi)), (ma, mi));
+        }
+    }
+}

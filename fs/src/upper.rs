@@ -1,0 +1,527 @@
+//! The writable upper directory on the host, and how strata records in it what
+//! the host cannot hold.
+//!
+//! The upper directory is a plain directory tree in OCI layer form, so that a
+//! commit is a walk of it:
+//! - `.wh.NAME` (an empty regular file) hides NAME of the lower layers;
+//! - `.wh..wh..opq` in a directory hides all lower content of that directory;
+//! - a whiteout whose name would exceed the 255-byte name limit (NAME longer
+//!   than 251 bytes) is `.wh..wh..lng.HASH` instead, HASH being the first 40 hex
+//!   digits of NAME's sha256, and the file's content is NAME itself.
+//!
+//! Metadata the host cannot hold (a foreign uid/gid for an ordinary user, a
+//! mode without owner read/write, device nodes) lives in the xattr
+//! `user.strata.meta` = `"MODE UID GID RDEV"` (decimal; MODE includes the file
+//! type bits, RDEV is the kernel's new encoding) on the upper file. A node
+//! whose type cannot carry user xattrs (symlink, fifo, socket, device) is then
+//! kept as a regular "stand-in" file with that xattr, and for symlinks the
+//! file's content is the link target. `user.strata.metacopy` = digest hex
+//! marks an upper file whose metadata was changed while its content is still
+//! the lower object (the host file is empty). Other xattrs the host refuses
+//! (trusted.*, security.* as an ordinary user) are kept as
+//! `user.strata.x.NAME`. All `user.strata.*` names are hidden from and
+//! reserved against the mounted view.
+//!
+//! Every host access is relative to a directory fd opened with `openat2`
+//! (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) from the upper root, with
+//! `O_NOFOLLOW` on the last component: content of the container can never make
+//! strata touch a host path outside the upper directory.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+
+use crate::tree::{decode_dev, Attr, Ts};
+
+pub(crate) const OPAQUE: &[u8] = b".wh..wh..opq";
+pub(crate) const WH_PREFIX: &[u8] = b".wh.";
+pub(crate) const LONG_WH_PREFIX: &[u8] = b".wh..wh..lng.";
+pub(crate) const META_XATTR: &str = "user.strata.meta";
+pub(crate) const METACOPY_XATTR: &str = "user.strata.metacopy";
+pub(crate) const RESERVED_PREFIX: &[u8] = b"user.strata.";
+pub(crate) const ESCAPE_PREFIX: &[u8] = b"user.strata.x.";
+
+pub(crate) fn errno(e: rustix::io::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+pub(crate) fn cstr(b: &[u8]) -> io::Result<CString> {
+    CString::new(b).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The host name of the whiteout for `name`.
+pub(crate) fn whiteout_name(name: &[u8]) -> Vec<u8> {
+    if WH_PREFIX.len() + name.len() <= 255 {
+        [WH_PREFIX, name].concat()
+    } else {
+        let hex = strata_layers::Digest::of(name).hex();
+        [LONG_WH_PREFIX, &hex.as_bytes()[..40]].concat()
+    }
+}
+
+/// Host metadata of an upper entry plus what strata recorded about it.
+#[derive(Debug, Clone)]
+pub(crate) struct HostEntry {
+    pub st: rustix::fs::Stat,
+    /// `user.strata.meta`: (mode, uid, gid, rdev).
+    pub meta: Option<(u32, u32, u32, u32)>,
+    /// `user.strata.metacopy`: the content digest still below.
+    pub metacopy: Option<strata_layers::Digest>,
+}
+
+impl HostEntry {
+    pub fn host_kind(&self) -> u32 {
+        self.st.st_mode & libc::S_IFMT
+    }
+
+    /// The attributes the mount reports for this entry.
+    pub fn attr(&self) -> Attr {
+        let st = &self.st;
+        let rdev = crate::tree::encode_dev(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+        let (mode, uid, gid, rdev) = self.meta.unwrap_or((st.st_mode, st.st_uid, st.st_gid, rdev));
+        Attr {
+            mode,
+            uid,
+            gid,
+            rdev,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 },
+            mtime: Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 },
+            ctime: Ts { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 },
+        }
+    }
+
+    pub fn is_stand_in(&self) -> bool {
+        self.meta.is_some_and(|m| m.0 & libc::S_IFMT != self.host_kind())
+    }
+}
+
+pub(crate) struct Upper {
+    root: OwnedFd,
+    /// Root on the host (or in our user namespace): may chown and mknod.
+    pub privileged: bool,
+    euid: u32,
+    egid: u32,
+}
+
+fn can_hold_user_xattrs(kind: u32) -> bool {
+    kind == libc::S_IFREG || kind == libc::S_IFDIR
+}
+
+impl Upper {
+    pub fn open(path: &std::path::Path) -> io::Result<Upper> {
+        let root = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        let euid = rustix::process::geteuid().as_raw();
+        Ok(Upper { root, privileged: euid == 0, euid, egid: rustix::process::getegid().as_raw() })
+    }
+
+    /// Opens the directory at `rel` ("" for the upper root) for *at() calls.
+    pub fn dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)
+    }
+
+    /// Opens a directory readable (for listing).
+    pub fn dir_readable(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
+    }
+
+    fn open_beneath(&self, rel: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+        let p: &[u8] = if rel.is_empty() { b"." } else { rel };
+        rustix::fs::openat2(
+            &self.root,
+            std::ffi::OsStr::from_bytes(p),
+            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(errno)
+    }
+
+    pub fn stat(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<HostEntry> {
+        let st = rustix::fs::statat(dir, std::ffi::OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        let (mut meta, mut metacopy) = (None, None);
+        if can_hold_user_xattrs(kind) {
+            let f = self.path_fd(dir, name)?;
+            if let Some(v) = get_xattr_fd(&f, META_XATTR)? {
+                meta = parse_meta(&v);
+            }
+            if kind == libc::S_IFREG {
+                if let Some(v) = get_xattr_fd(&f, METACOPY_XATTR)? {
+                    metacopy = std::str::from_utf8(&v).ok().and_then(|h| strata_layers::Digest::from_hex(h).ok());
+                }
+            }
+        }
+        Ok(HostEntry { st, meta, metacopy })
+    }
+
+    /// An `O_PATH` fd of the entry itself (never following a symlink).
+    pub fn path_fd(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
+        rustix::fs::openat(
+            dir,
+            std::ffi::OsStr::from_bytes(name),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)
+    }
+
+    /// Opens a regular upper file for I/O.
+    pub fn open_file(&self, dir: BorrowedFd, name: &[u8], flags: OFlags) -> io::Result<File> {
+        let fd = rustix::fs::openat(
+            dir,
+            std::ffi::OsStr::from_bytes(name),
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(errno)?;
+        Ok(File::from(fd))
+    }
+
+    /// The permission bits the host file gets for the wanted mode.
+    fn host_perm(&self, want: u32) -> u32 {
+        let perm = want & 0o7777;
+        if self.privileged {
+            perm
+        } else {
+            let owner = if want & libc::S_IFMT == libc::S_IFDIR { 0o700 } else { 0o600 };
+            (perm & 0o777) | owner
+        }
+    }
+
+    /// The mode a new host entry is created with.
+    pub fn create_perm(&self, want: u32) -> Mode {
+        Mode::from_raw_mode(self.host_perm(want) & 0o777 | if self.privileged { 0 } else { 0o600 })
+    }
+
+    /// Makes the host entry report `want` (type, permissions, owner, device),
+    /// directly where the host can hold it, else through `user.strata.meta`.
+    /// Returns `Ok(false)` when the entry's type cannot carry the xattr and
+    /// has to become a stand-in (see [`Upper::make_stand_in`]).
+    pub fn write_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr) -> io::Result<bool> {
+        let os = std::ffi::OsStr::from_bytes(name);
+        let st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        let kind = st.st_mode & libc::S_IFMT;
+        if self.privileged && (st.st_uid != want.uid || st.st_gid != want.gid) {
+            // Refused for ids outside our user namespace's map: falls back below.
+            let _ = rustix::fs::chownat(
+                dir,
+                os,
+                Some(rustix::fs::Uid::from_raw(want.uid)),
+                Some(rustix::fs::Gid::from_raw(want.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            );
+        }
+        let f = self.path_fd(dir, name)?;
+        if kind != libc::S_IFLNK {
+            let perm = self.host_perm(want.mode);
+            // chown may have cleared setuid bits: always set the mode after it.
+            chmod_fd(&f, perm)?;
+        }
+        let st = rustix::fs::fstat(&f).map_err(errno)?;
+        let host_rdev = crate::tree::encode_dev(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+        let exact = st.st_mode == want.mode
+            && st.st_uid == want.uid
+            && st.st_gid == want.gid
+            && (host_rdev == want.rdev || !matches!(kind, libc::S_IFCHR | libc::S_IFBLK));
+        if !can_hold_user_xattrs(kind) {
+            return Ok(exact);
+        }
+        if exact {
+            match remove_xattr_fd(&f, META_XATTR) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            let v = format!("{} {} {} {}", want.mode, want.uid, want.gid, want.rdev);
+            set_xattr_fd(&f, META_XATTR, v.as_bytes(), 0)?;
+        }
+        Ok(true)
+    }
+
+    /// Replaces whatever is at `name` by a regular stand-in file for a node
+    /// of another type (its content: the symlink target, if any).
+    pub fn make_stand_in(&self, dir: BorrowedFd, name: &[u8], want: &Attr, content: &[u8]) -> io::Result<()> {
+        let os = std::ffi::OsStr::from_bytes(name);
+        match rustix::fs::unlinkat(dir, os, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(errno(e)),
+        }
+        let mut f = self.open_file(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+        f.write_all(content)?;
+        drop(f);
+        self.write_meta(dir, name, want)?;
+        Ok(())
+    }
+
+    pub fn set_times(&self, dir: BorrowedFd, name: &[u8], atime: Option<Ts>, mtime: Option<Ts>) -> io::Result<()> {
+        let ts = |t: Option<Ts>| match t {
+            Some(t) => rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ },
+            None => rustix::fs::Timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT as _ },
+        };
+        let times = rustix::fs::Timestamps { last_access: ts(atime), last_modification: ts(mtime) };
+        rustix::fs::utimensat(dir, std::ffi::OsStr::from_bytes(name), &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(errno)
+    }
+
+    /// Creates the whiteout for `name` in `dir` (no error if it exists).
+    pub fn create_whiteout(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
+        let wh = whiteout_name(name);
+        match self.open_file(dir, &wh, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL) {
+            Ok(mut f) => {
+                if wh.starts_with(LONG_WH_PREFIX) {
+                    f.write_all(name)?;
+                }
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn remove_whiteout(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
+        unlink_if_exists(dir, &whiteout_name(name), false)
+    }
+
+    pub fn create_opaque(&self, dir: BorrowedFd) -> io::Result<()> {
+        match self.open_file(dir, OPAQUE, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes everything inside an upper directory (whiteouts and markers of
+    /// a directory that is empty in the merged view), recursively.
+    pub fn empty_dir(&self, dir_rel: &[u8]) -> io::Result<()> {
+        let fd = self.dir_readable(dir_rel)?;
+        for name in list_dir(&fd)? {
+            let st = rustix::fs::statat(&fd, std::ffi::OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(errno)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                let sub = if dir_rel.is_empty() { name.clone() } else { [dir_rel, b"/", &name].concat() };
+                self.empty_dir(&sub)?;
+                unlink_if_exists(fd.as_fd(), &name, true)?;
+            } else {
+                unlink_if_exists(fd.as_fd(), &name, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the xattrs of an upper entry as the mount shows them.
+    pub fn list_xattrs(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let f = self.path_fd(dir, name)?;
+        let raw = list_xattr_fd(&f)?;
+        let mut out = Vec::new();
+        for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+            if let Some(orig) = n.strip_prefix(ESCAPE_PREFIX) {
+                out.push(orig.to_vec());
+            } else if !n.starts_with(RESERVED_PREFIX) {
+                out.push(n.to_vec());
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get_xattr(&self, dir: BorrowedFd, name: &[u8], xname: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let f = self.path_fd(dir, name)?;
+        let x = std::str::from_utf8(xname).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        if let Some(v) = get_xattr_fd(&f, x)? {
+            return Ok(Some(v));
+        }
+        if !xname.starts_with(b"user.") {
+            let escaped = format!("{}{x}", std::str::from_utf8(ESCAPE_PREFIX).unwrap_or_default());
+            return get_xattr_fd(&f, &escaped);
+        }
+        Ok(None)
+    }
+
+    /// Sets an xattr, escaping names the host refuses (see the module docs).
+    pub fn set_xattr(&self, dir: BorrowedFd, name: &[u8], xname: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+        let f = self.path_fd(dir, name)?;
+        let x = std::str::from_utf8(xname).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let escaped = format!("{}{x}", std::str::from_utf8(ESCAPE_PREFIX).unwrap_or_default());
+        if x.starts_with("user.") {
+            return set_xattr_fd(&f, x, value, flags);
+        }
+        if self.privileged {
+            match set_xattr_fd(&f, x, value, flags) {
+                Ok(()) => {
+                    let _ = remove_xattr_fd(&f, &escaped);
+                    return Ok(());
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        set_xattr_fd(&f, &escaped, value, flags)
+    }
+
+    pub fn remove_xattr(&self, dir: BorrowedFd, name: &[u8], xname: &[u8]) -> io::Result<()> {
+        let f = self.path_fd(dir, name)?;
+        let x = std::str::from_utf8(xname).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        match remove_xattr_fd(&f, x) {
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) && !x.starts_with("user.") => {
+                let escaped = format!("{}{x}", std::str::from_utf8(ESCAPE_PREFIX).unwrap_or_default());
+                remove_xattr_fd(&f, &escaped)
+            }
+            r => r,
+        }
+    }
+
+    pub fn set_metacopy(&self, dir: BorrowedFd, name: &[u8], digest: Option<&strata_layers::Digest>) -> io::Result<()> {
+        let f = self.path_fd(dir, name)?;
+        match digest {
+            Some(d) => set_xattr_fd(&f, METACOPY_XATTR, d.hex().as_bytes(), 0),
+            None => match remove_xattr_fd(&f, METACOPY_XATTR) {
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(()),
+                r => r,
+            },
+        }
+    }
+
+    /// The dev_t to mknod with.
+    pub fn host_dev(rdev: u32) -> rustix::fs::Dev {
+        let (ma, mi) = decode_dev(rdev);
+        rustix::fs::makedev(ma, mi)
+    }
+
+    pub fn ids(&self) -> (u32, u32) {
+        (self.euid, self.egid)
+    }
+
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+}
+
+pub(crate) fn unlink_if_exists(dir: BorrowedFd, name: &[u8], is_dir: bool) -> io::Result<()> {
+    let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+    match rustix::fs::unlinkat(dir, std::ffi::OsStr::from_bytes(name), flags) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(errno(e)),
+    }
+}
+
+/// Names in a directory (without "." and "..").
+pub(crate) fn list_dir(fd: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+    let dir = rustix::fs::Dir::read_from(fd).map_err(errno)?;
+    let mut out = Vec::new();
+    for ent in dir {
+        let ent = ent.map_err(errno)?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            out.push(n.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+fn parse_meta(v: &[u8]) -> Option<(u32, u32, u32, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let mut it = s.split_ascii_whitespace().map(|x| x.parse::<u32>());
+    Some((it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?))
+}
+
+/// `/proc/self/fd/N` for an fd: lets path-based calls act on an `O_PATH` fd
+/// (the magic link resolves to the entry itself, symlinks included).
+fn proc_path(fd: &OwnedFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+fn chmod_fd(fd: &OwnedFd, perm: u32) -> io::Result<()> {
+    let p = proc_path(fd);
+    // SAFETY: p is a valid C string.
+    if unsafe { libc::chmod(p.as_ptr(), perm as libc::mode_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(crate) fn get_xattr_fd(fd: &OwnedFd, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let p = proc_path(fd);
+    let n = cstr(name.as_bytes())?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid C strings and a buffer of the given length.
+        let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            buf.truncate(r as usize);
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::EOPNOTSUPP) => return Ok(None),
+            Some(libc::ERANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 8, 0),
+            _ => return Err(e),
+        }
+    }
+}
+
+pub(crate) fn set_xattr_fd(fd: &OwnedFd, name: &str, value: &[u8], flags: i32) -> io::Result<()> {
+    let p = proc_path(fd);
+    let n = cstr(name.as_bytes())?;
+    // SAFETY: valid C strings and a value slice.
+    let r = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(crate) fn remove_xattr_fd(fd: &OwnedFd, name: &str) -> io::Result<()> {
+    let p = proc_path(fd);
+    let n = cstr(name.as_bytes())?;
+    // SAFETY: valid C strings.
+    if unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+pub(crate) fn list_xattr_fd(fd: &OwnedFd) -> io::Result<Vec<u8>> {
+    let p = proc_path(fd);
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: valid C string and a buffer of the given length.
+        let r = unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            buf.truncate(r as usize);
+            return Ok(buf);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
+            Some(libc::ERANGE) if buf.len() < (1 << 22) => buf.resize(buf.len() * 8, 0),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Duplicates a borrowed fd into an owned one.
+pub(crate) fn dup(fd: BorrowedFd) -> io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
+}
+
+#[allow(dead_code)]
+pub(crate) fn from_raw(fd: i32) -> OwnedFd {
+    // SAFETY: only called with fds we just received from the kernel.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+#[allow(dead_code)]
+pub(crate) fn cstr_ref(c: &CStr) -> &[u8] {
+    c.to_bytes()
+}

@@ -1,0 +1,345 @@
+//! The container's filesystem view, built inside its new mount namespace: the rootfs bind, /proc,
+//! /dev (tmpfs with the usual nodes, devpts, shm, mqueue, console), /sys, user mounts, the /etc
+//! files, pivot_root, then masked and read-only paths.
+//!
+//! Safety rule: every path that comes from the container (mount targets, the working directory)
+//! is resolved with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) against an fd of the rootfs
+//! and the mount is made onto `/proc/self/fd/N`, so a symlink in the image (`/data -> /etc`, or
+//! `-> ../../../host`) resolves inside the rootfs and never on the host. Missing targets are
+//! created one component at a time through such fds.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::spec::{Mount, MountKind};
+use crate::sys::{self, cstring, cvt, fd_path, openat, openat2, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS};
+
+/// An error with the step that failed, for the message sent back to the caller.
+pub(crate) fn ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<T, String> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+/// An O_PATH fd of the container's root directory (the rootfs bind mount).
+pub(crate) struct Root(OwnedFd);
+
+fn rel(path: &str) -> &str {
+    let p = path.trim_start_matches('/');
+    if p.is_empty() {
+        "."
+    } else {
+        p
+    }
+}
+
+impl Root {
+    /// Make every mount private (nothing we do propagates to the host), bind the rootfs onto
+    /// itself so it is a mount point pivot_root accepts, and open it.
+    pub(crate) fn prepare(rootfs: &Path) -> Result<Root, String> {
+        ctx(sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None), || "make / rprivate".into())?;
+        let path = ctx(cstring(rootfs.as_os_str().as_bytes()), || "rootfs path".into())?;
+        ctx(sys::mount(Some(&path), &path, None, libc::MS_BIND | libc::MS_REC, None), || {
+            format!("bind rootfs {}", rootfs.display())
+        })?;
+        let fd = ctx(sys::open(&path, libc::O_PATH | libc::O_DIRECTORY), || format!("open rootfs {}", rootfs.display()))?;
+        Ok(Root(fd))
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+
+    /// Open `path` (container-absolute) inside the root.
+    pub(crate) fn open(&self, path: &str, flags: i32) -> io::Result<OwnedFd> {
+        openat2(self.fd(), &cstring(rel(path))?, flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    }
+
+    /// `mkdir -p` inside the root; returns an O_PATH fd of the directory.
+    pub(crate) fn mkdir_all(&self, path: &str, mode: u32) -> io::Result<OwnedFd> {
+        let mut prefix = String::new();
+        let mut dir = self.open(".", libc::O_PATH | libc::O_DIRECTORY)?;
+        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(comp);
+            dir = match self.open(&prefix, libc::O_PATH | libc::O_DIRECTORY) {
+                Ok(fd) => fd,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                    let name = cstring(comp)?;
+                    // SAFETY: valid fd and C string. A single component never follows a symlink.
+                    let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) };
+                    if ret == -1 {
+                        let e = io::Error::last_os_error();
+                        if e.raw_os_error() != Some(libc::EEXIST) {
+                            return Err(e);
+                        }
+                    }
+                    self.open(&prefix, libc::O_PATH | libc::O_DIRECTORY)?
+                }
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(dir)
+    }
+
+    /// Make sure a file exists at `path` (creating parents and an empty file); returns an O_PATH
+    /// fd of it. An existing directory is returned as is (the mount then fails with a clear error).
+    pub(crate) fn ensure_file(&self, path: &str) -> io::Result<OwnedFd> {
+        match self.open(path, libc::O_PATH) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            Err(_) => {}
+        }
+        let (parent, name) = match rel(path).rsplit_once('/') {
+            Some((p, n)) => (p, n),
+            None => (".", rel(path)),
+        };
+        let dir = self.mkdir_all(parent, 0o755)?;
+        // O_EXCL|O_NOFOLLOW: a dangling symlink here is an error, never followed.
+        drop(openat(dir.as_fd(), &cstring(name)?, libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY, 0o644)?);
+        self.open(path, libc::O_PATH)
+    }
+
+    /// Mount onto a target inside the root (created as a directory or a file).
+    pub(crate) fn mount(
+        &self,
+        target: &str,
+        file: bool,
+        source: Option<&CStr>,
+        fstype: Option<&CStr>,
+        flags: libc::c_ulong,
+        data: Option<&CStr>,
+    ) -> Result<(), String> {
+        let fd = if file { self.ensure_file(target) } else { self.mkdir_all(target, 0o755) };
+        let fd = ctx(fd, || format!("create mount point {target}"))?;
+        ctx(sys::mount(source, &fd_path(fd.as_fd()), fstype, flags, data), || format!("mount {target}"))
+    }
+
+    /// Make the mount at `target` (just mounted) read-only, recursively.
+    pub(crate) fn make_readonly(&self, target: &str) -> Result<(), String> {
+        let fd = ctx(self.open(target, libc::O_PATH), || format!("open {target}"))?;
+        ctx(sys::mount_setattr(fd.as_fd(), true, sys::MOUNT_ATTR_RDONLY), || format!("make {target} read-only"))
+    }
+}
+
+/// /proc for the container's pid namespace.
+pub(crate) fn mount_proc(root: &Root) -> Result<(), String> {
+    root.mount("/proc", false, Some(c"proc"), Some(c"proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)
+}
+
+/// /sys read-only (or rw when privileged). Without a network namespace of our own (rootless with
+/// host network) the kernel refuses a sysfs mount; bind the host's /sys recursively instead.
+pub(crate) fn mount_sys(root: &Root, rw: bool) -> Result<(), String> {
+    let ro = if rw { 0 } else { libc::MS_RDONLY };
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | ro;
+    match root.mount("/sys", false, Some(c"sysfs"), Some(c"sysfs"), flags, None) {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            root.mount("/sys", false, Some(c"/sys"), None, libc::MS_BIND | libc::MS_REC, None)?;
+            if !rw {
+                root.make_readonly("/sys")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+const DEVICES: &[(&CStr, u32, u32)] = &[
+    (c"null", 1, 3),
+    (c"zero", 1, 5),
+    (c"full", 1, 7),
+    (c"random", 1, 8),
+    (c"urandom", 1, 9),
+    (c"tty", 5, 0),
+];
+
+const DEV_LINKS: &[(&CStr, &CStr)] = &[
+    (c"fd", c"/proc/self/fd"),
+    (c"stdin", c"/proc/self/fd/0"),
+    (c"stdout", c"/proc/self/fd/1"),
+    (c"stderr", c"/proc/self/fd/2"),
+    (c"ptmx", c"pts/ptmx"),
+    (c"core", c"/proc/kcore"),
+];
+
+/// A pty pair allocated in the container's devpts instance.
+pub(crate) struct Pty {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+}
+
+/// /dev: a fresh tmpfs with the standard nodes (mknod, or bind mounts of the host's nodes where
+/// mknod is not allowed, i.e. in a user namespace), devpts, shm, mqueue, and for a tty a pty
+/// pair whose slave is bind-mounted on /dev/console.
+pub(crate) fn setup_dev(root: &Root, pts_gid5: bool, tty: bool) -> Result<Option<Pty>, String> {
+    root.mount(
+        "/dev",
+        false,
+        Some(c"tmpfs"),
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        Some(c"mode=755,size=65536k"),
+    )?;
+    // /dev is now our own empty tmpfs: names inside it cannot be symlinks we did not create.
+    let dev = ctx(root.open("/dev", libc::O_PATH | libc::O_DIRECTORY), || "open /dev".into())?;
+    let dfd = dev.as_raw_fd();
+    for (name, major, minor) in DEVICES {
+        // SAFETY: valid fd and C string.
+        let ret = unsafe { libc::mknodat(dfd, name.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(*major, *minor)) };
+        if ret == 0 {
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EPERM) {
+            return Err(format!("mknod /dev/{}: {err}", name.to_string_lossy()));
+        }
+        let f = ctx(openat(dev.as_fd(), name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o666), || {
+            format!("create /dev/{}", name.to_string_lossy())
+        })?;
+        let host = ctx(cstring(format!("/dev/{}", name.to_string_lossy())), || "device path".into())?;
+        ctx(sys::mount(Some(&host), &fd_path(f.as_fd()), None, libc::MS_BIND, None), || {
+            format!("bind host /dev/{}", name.to_string_lossy())
+        })?;
+    }
+    for (name, target) in DEV_LINKS {
+        // SAFETY: valid fd and C strings.
+        let ret = unsafe { libc::symlinkat(target.as_ptr(), dfd, name.as_ptr()) };
+        ctx(cvt(ret), || format!("symlink /dev/{}", name.to_string_lossy()))?;
+    }
+    for (name, mode) in [(c"pts", 0o755), (c"shm", 0o1777), (c"mqueue", 0o755)] {
+        // SAFETY: valid fd and C string.
+        ctx(cvt(unsafe { libc::mkdirat(dfd, name.as_ptr(), mode) }), || format!("mkdir /dev/{}", name.to_string_lossy()))?;
+    }
+    let pts_opts = if pts_gid5 { c"newinstance,ptmxmode=0666,mode=0620,gid=5" } else { c"newinstance,ptmxmode=0666,mode=0620" };
+    root.mount("/dev/pts", false, Some(c"devpts"), Some(c"devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some(pts_opts))?;
+    root.mount(
+        "/dev/shm",
+        false,
+        Some(c"shm"),
+        Some(c"tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        Some(c"mode=1777,size=65536k"),
+    )?;
+    // mqueue needs an IPC namespace owned by our user namespace; without one, go without it.
+    let _ = root.mount(
+        "/dev/mqueue",
+        false,
+        Some(c"mqueue"),
+        Some(c"mqueue"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    );
+    if !tty {
+        return Ok(None);
+    }
+    let pty = ctx(open_pty(dev.as_fd()), || "allocate a pty".into())?;
+    let console =
+        ctx(openat(dev.as_fd(), c"console", libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o620), || "create /dev/console".into())?;
+    drop(console);
+    let console = ctx(openat(dev.as_fd(), c"console", libc::O_PATH | libc::O_NOFOLLOW, 0), || "open /dev/console".into())?;
+    ctx(sys::mount(Some(&fd_path(pty.slave.as_fd())), &fd_path(console.as_fd()), None, libc::MS_BIND, None), || {
+        "bind /dev/console".into()
+    })?;
+    Ok(Some(pty))
+}
+
+/// Open a new pty pair through `<dir>/pts/ptmx` (or `ptmx` when `dir` is /dev/pts itself).
+pub(crate) fn open_pty(dev: BorrowedFd<'_>) -> io::Result<Pty> {
+    let master = openat(dev, c"pts/ptmx", libc::O_RDWR | libc::O_NOCTTY, 0)?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: ioctls on our own pty master with valid arguments.
+    cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
+    // TIOCGPTPEER opens the slave without a path lookup.
+    let slave = cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    // SAFETY: TIOCGPTPEER returned a new fd that we own.
+    let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave) };
+    Ok(Pty { master, slave })
+}
+
+/// A user mount (`-v`, `--mount`, `--tmpfs`).
+pub(crate) fn mount_user(root: &Root, m: &Mount) -> Result<(), String> {
+    match &m.kind {
+        MountKind::Bind { source, readonly } => {
+            let meta = ctx(std::fs::metadata(source), || format!("bind source {}", source.display()))?;
+            let src = ctx(cstring(source.as_os_str().as_bytes()), || "bind source".into())?;
+            root.mount(&m.target, !meta.is_dir(), Some(&src), None, libc::MS_BIND | libc::MS_REC, None)?;
+            if *readonly {
+                root.make_readonly(&m.target)?;
+            }
+            Ok(())
+        }
+        MountKind::Tmpfs { options } => {
+            let data = ctx(cstring(options.as_str()), || "tmpfs options".into())?;
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            root.mount(&m.target, false, Some(c"tmpfs"), Some(c"tmpfs"), flags, Some(&data))
+        }
+    }
+}
+
+/// pivot_root into the root with the `pivot_root(".", ".")` trick: the old root ends up stacked
+/// on the new one and is lazily detached, so no directory for it is needed in the image.
+pub(crate) fn pivot(root: Root) -> Result<(), String> {
+    // SAFETY: plain syscalls on a valid fd and static strings.
+    unsafe {
+        ctx(cvt(libc::fchdir(root.0.as_raw_fd())), || "chdir to rootfs".into())?;
+        ctx(cvt(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as i32), || "pivot_root".into())?;
+        ctx(sys::mount(None, c".", None, libc::MS_REC | libc::MS_PRIVATE, None), || "make old root private".into())?;
+        ctx(cvt(libc::umount2(c".".as_ptr(), libc::MNT_DETACH)), || "detach old root".into())?;
+        ctx(cvt(libc::chdir(c"/".as_ptr())), || "chdir /".into())?;
+    }
+    Ok(())
+}
+
+/// Masked paths (after pivot_root): /dev/null over files, an empty read-only tmpfs over
+/// directories. Missing paths are skipped.
+pub(crate) fn mask_paths(paths: &[String]) -> Result<(), String> {
+    for p in paths {
+        let path = ctx(cstring(p.as_str()), || "masked path".into())?;
+        let fd = match sys::open(&path, libc::O_PATH | libc::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(format!("open masked path {p}: {e}")),
+        };
+        let is_dir = fstat_is_dir(fd.as_fd());
+        let target = fd_path(fd.as_fd());
+        if is_dir {
+            ctx(sys::mount(Some(c"tmpfs"), &target, Some(c"tmpfs"), libc::MS_RDONLY, Some(c"size=0")), || format!("mask {p}"))?;
+        } else {
+            ctx(sys::mount(Some(c"/dev/null"), &target, None, libc::MS_BIND, None), || format!("mask {p}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Read-only paths (after pivot_root): bind each onto itself and make the bind read-only.
+pub(crate) fn readonly_paths(paths: &[String]) -> Result<(), String> {
+    for p in paths {
+        let path = ctx(cstring(p.as_str()), || "read-only path".into())?;
+        let fd = match sys::open(&path, libc::O_PATH | libc::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(format!("open read-only path {p}: {e}")),
+        };
+        let target = fd_path(fd.as_fd());
+        ctx(sys::mount(Some(&target), &target, None, libc::MS_BIND | libc::MS_REC, None), || format!("bind {p}"))?;
+        let fd = ctx(sys::open(&path, libc::O_PATH | libc::O_NOFOLLOW), || format!("open {p}"))?;
+        ctx(sys::mount_setattr(fd.as_fd(), true, sys::MOUNT_ATTR_RDONLY), || format!("make {p} read-only"))?;
+    }
+    Ok(())
+}
+
+/// Make the (already pivoted) root mount read-only; mounts below it keep their own flags.
+pub(crate) fn readonly_root() -> Result<(), String> {
+    let fd = ctx(sys::open(c"/", libc::O_PATH | libc::O_DIRECTORY), || "open /".into())?;
+    ctx(sys::mount_setattr(fd.as_fd(), false, sys::MOUNT_ATTR_RDONLY), || "make rootfs read-only".into())
+}
+
+fn fstat_is_dir(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: stat is plain data filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let ret = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
+    ret == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}

@@ -1,0 +1,336 @@
+//! What to run and how: the runner's equivalent of an OCI runtime `config.json`, reduced to what
+//! strata needs and with Docker's defaults (`Spec::new`).
+//!
+//! The spec is plain data (serde) so that it can be stored in a container record and replayed.
+//! File descriptors for stdio are not part of it; they are passed to `spawn` separately.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::caps::{Cap, DEFAULT_CAPS};
+
+/// The default `PATH` when the image does not set one (Docker's).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default masked paths: bind-mounted over with /dev/null (files) or an empty read-only
+/// tmpfs (directories).
+pub const DEFAULT_MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Docker's default read-only paths.
+pub const DEFAULT_READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// The full description of a container process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    /// The root filesystem (a directory; typically strata's union mount). It becomes `/`.
+    pub rootfs: PathBuf,
+    /// argv; `args[0]` is looked up in the container's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries. `PATH` here also drives the lookup of `args[0]`.
+    pub env: Vec<String>,
+    /// Working directory inside the container; created when missing (like Docker).
+    pub cwd: String,
+    pub user: User,
+    /// Set in a new UTS namespace; empty leaves the namespace's inherited name.
+    pub hostname: String,
+    pub namespaces: Namespaces,
+    /// `None` runs without a user namespace (needs real root). Anything else creates one.
+    pub id_mapping: IdMapping,
+    /// Extra mounts, applied in order after /proc, /sys and /dev.
+    pub mounts: Vec<Mount>,
+    pub readonly_rootfs: bool,
+    /// /etc/hosts, /etc/hostname, /etc/resolv.conf to bind into the container.
+    pub etc_files: Option<EtcFiles>,
+    /// The capability set of the process (bounding, permitted, effective; inheritable and
+    /// ambient stay empty as in Docker). A non-root user keeps only the bounding set across exec.
+    pub capabilities: Vec<Cap>,
+    pub no_new_privileges: bool,
+    pub rlimits: Vec<Rlimit>,
+    /// Allocate a pseudo-terminal: the slave becomes the controlling terminal and stdio of the
+    /// process, the master is returned to the caller.
+    pub tty: bool,
+    /// Run a tiny reaper as pid 1 that forwards signals to the command and reaps zombies.
+    pub init: bool,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    /// Mount /sys read-write (privileged containers).
+    pub sys_rw: bool,
+    pub cgroup: Option<CgroupSpec>,
+    pub network: Network,
+}
+
+impl Spec {
+    /// A spec with Docker's defaults: root user, all namespaces but the user namespace, host
+    /// network, Docker's default capabilities, masked and read-only paths.
+    pub fn new(rootfs: impl Into<PathBuf>, args: Vec<String>) -> Spec {
+        Spec {
+            rootfs: rootfs.into(),
+            args,
+            env: vec![format!("PATH={DEFAULT_PATH}")],
+            cwd: "/".to_string(),
+            user: User::default(),
+            hostname: String::new(),
+            namespaces: Namespaces::default(),
+            id_mapping: IdMapping::None,
+            mounts: Vec::new(),
+            readonly_rootfs: false,
+            etc_files: None,
+            capabilities: DEFAULT_CAPS.to_vec(),
+            no_new_privileges: false,
+            rlimits: Vec::new(),
+            tty: false,
+            init: false,
+            masked_paths: DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect(),
+            readonly_paths: DEFAULT_READONLY_PATHS.iter().map(|s| s.to_string()).collect(),
+            sys_rw: false,
+            cgroup: None,
+            network: Network::Host,
+        }
+    }
+
+    /// `--privileged`: every capability, nothing masked or read-only, /sys writable.
+    pub fn set_privileged(&mut self) {
+        self.capabilities = Cap::all();
+        self.masked_paths.clear();
+        self.readonly_paths.clear();
+        self.sys_rw = true;
+    }
+
+    /// Docker's `--cap-add` / `--cap-drop` on top of the current set; `ALL` is accepted in both.
+    pub fn adjust_capabilities(&mut self, add: &[Cap], drop: &[Cap], add_all: bool, drop_all: bool) {
+        if drop_all {
+            self.capabilities.clear();
+        }
+        self.capabilities.retain(|c| !drop.contains(c));
+        if add_all {
+            self.capabilities = Cap::all();
+        }
+        for c in add {
+            if !self.capabilities.contains(c) {
+                self.capabilities.push(*c);
+            }
+        }
+    }
+
+    /// The value of `PATH` in `env`, or Docker's default.
+    pub fn path_env(&self) -> &str {
+        path_from_env(&self.env)
+    }
+}
+
+pub(crate) fn path_from_env(env: &[String]) -> &str {
+    env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH)
+}
+
+/// The user the process runs as, in container ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+}
+
+/// Which namespaces to create besides the mount namespace (always new) and the network namespace
+/// (chosen by [`Network`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Namespaces {
+    pub pid: bool,
+    pub uts: bool,
+    pub ipc: bool,
+    pub cgroup: bool,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Namespaces { pid: true, uts: true, ipc: true, cgroup: false }
+    }
+}
+
+/// One line of a uid_map/gid_map: `size` ids starting at `container` map to ids starting at `host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub container: u32,
+    pub host: u32,
+    pub size: u32,
+}
+
+/// How container ids map to host ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdMapping {
+    /// No user namespace: container ids are host ids (root only).
+    None,
+    /// A new user namespace with these maps. Root writes them directly; an ordinary user gets a
+    /// one-line map of its own ids written directly, anything larger through
+    /// newuidmap/newgidmap (which check /etc/subuid and /etc/subgid).
+    Map { uids: Vec<IdRange>, gids: Vec<IdRange> },
+}
+
+impl IdMapping {
+    /// Whether container gid `gid` exists in this mapping.
+    pub fn maps_gid(&self, gid: u32) -> bool {
+        match self {
+            IdMapping::None => true,
+            IdMapping::Map { gids, .. } => gids.iter().any(|r| gid >= r.container && gid - r.container < r.size),
+        }
+    }
+
+    /// Whether container uid `uid` exists in this mapping.
+    pub fn maps_uid(&self, uid: u32) -> bool {
+        match self {
+            IdMapping::None => true,
+            IdMapping::Map { uids, .. } => uids.iter().any(|r| uid >= r.container && uid - r.container < r.size),
+        }
+    }
+}
+
+/// A mount inside the container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mount {
+    /// Absolute path inside the container; symlinks are resolved inside the rootfs.
+    pub target: String,
+    pub kind: MountKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MountKind {
+    /// A recursive bind mount of a host path (a file or a directory; volumes are bind mounts of
+    /// their store directory). The target is created like the source (file or directory).
+    Bind { source: PathBuf, readonly: bool },
+    /// A tmpfs with `nosuid,nodev,noexec` (Docker's `--tmpfs`) and these options
+    /// (e.g. `size=64m,mode=1777`).
+    Tmpfs { options: String },
+}
+
+/// Contents for /etc/hosts, /etc/hostname and /etc/resolv.conf. The runner writes the given
+/// files into `dir` (a host directory private to the container, e.g. its record directory) and
+/// bind-mounts them, so that the container can edit them like in Docker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcFiles {
+    pub dir: PathBuf,
+    pub hosts: Option<String>,
+    pub hostname: Option<String>,
+    pub resolv_conf: Option<String>,
+}
+
+/// A resource limit (Docker's `--ulimit name=soft:hard`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// Docker's names: core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc,
+    /// rss, rtprio, rttime, sigpending, stack, as.
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Cgroup placement and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CgroupSpec {
+    /// Leaf name of the container's cgroup (e.g. the container id).
+    pub name: String,
+    pub limits: CgroupLimits,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CgroupLimits {
+    /// Bytes (`--memory`).
+    pub memory: Option<u64>,
+    /// CPUs (`--cpus`), e.g. 0.5.
+    pub cpus: Option<f64>,
+    /// Maximum number of tasks (`--pids-limit`).
+    pub pids: Option<i64>,
+}
+
+impl CgroupLimits {
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none() && self.cpus.is_none() && self.pids.is_none()
+    }
+}
+
+/// Network mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Network {
+    /// Share the caller's network namespace (`--network host`).
+    Host,
+    /// A new network namespace with only loopback (`--network none`).
+    None,
+    /// A new network namespace connected to the host by `pasta`, with published ports.
+    Private { ports: Vec<PortForward> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+/// `-p [host_ip:]host_port:container_port[/proto]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub host_ip: Option<String>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+/// What to run in an existing container (`exec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: User,
+    pub tty: bool,
+    pub capabilities: Vec<Cap>,
+    pub no_new_privileges: bool,
+}
+
+impl ExecSpec {
+    pub fn new(args: Vec<String>) -> ExecSpec {
+        ExecSpec {
+            args,
+            env: vec![format!("PATH={DEFAULT_PATH}")],
+            cwd: "/".to_string(),
+            user: User::default(),
+            tty: false,
+            capabilities: DEFAULT_CAPS.to_vec(),
+            no_new_privileges: false,
+        }
+    }
+}
+
+/// The RLIMIT_* resource for a Docker ulimit name.
+pub(crate) fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
+    Some(match name {
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        "as" => libc::RLIMIT_AS,
+        _ => return None,
+    })
+}
