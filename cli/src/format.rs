@@ -757,7 +757,9 @@ impl State {
                     Some(Value::Number(n)) if n.as_u64().is_some() => {
                         (0..n.as_u64().unwrap_or(0)).map(|i| (Value::from(i), Value::from(i))).collect()
                     }
-                    Some(other) => return err(format!(":1: range can't iterate over {}", go_print(&Some(other.clone())))),
+                    Some(other) => {
+                        return err(format!(":1: range can't iterate over {}", go_print(&Some(other.clone()))))
+                    }
                 };
                 if elems.is_empty() {
                     return self.exec_list(otherwise, dot, out);
@@ -857,10 +859,7 @@ impl State {
     fn call(&self, name: &str, args: Vec<Val>) -> Result<Val, FormatError> {
         let want = |n: usize| -> Result<(), FormatError> {
             if args.len() != n {
-                return err(format!(
-                    ":1: wrong number of args for {name}: want {n} got {}",
-                    args.len()
-                ));
+                return err(format!(":1: wrong number of args for {name}: want {n} got {}", args.len()));
             }
             Ok(())
         };
@@ -1001,8 +1000,9 @@ impl State {
             }
             "lt" | "le" | "gt" | "ge" => {
                 want(2)?;
-                let ord = compare(&args[0], &args[1])
-                    .ok_or_else(|| FormatError(format!(":1: error calling {name}: incompatible types for comparison")))?;
+                let ord = compare(&args[0], &args[1]).ok_or_else(|| {
+                    FormatError(format!(":1: error calling {name}: incompatible types for comparison"))
+                })?;
                 use std::cmp::Ordering::*;
                 let r = match name {
                     "lt" => ord == Less,
@@ -1367,7 +1367,13 @@ mod tests {
             ("CreatedSince", "".into()),
             ("Size", "1kB".into()),
         ])];
-        let headers = [("Repository", "REPOSITORY"), ("Tag", "TAG"), ("ID", "IMAGE ID"), ("CreatedSince", "CREATED"), ("Size", "SIZE")];
+        let headers = [
+            ("Repository", "REPOSITORY"),
+            ("Tag", "TAG"),
+            ("ID", "IMAGE ID"),
+            ("CreatedSince", "CREATED"),
+            ("Size", "SIZE"),
+        ];
         let text = out.render(&rows, &headers).unwrap();
         assert_eq!(text, "REPOSITORY   TAG       IMAGE ID       CREATED   SIZE\n<none>       <none>    0123456789ab   N/A       1kB\n");
 
@@ -1378,9 +1384,13 @@ mod tests {
 
     #[test]
     fn json_and_raw_output() {
-        let rows = vec![row([("ID", "a".into()), ("Size", "1kB".into())]), row([("ID", "b".into()), ("Size", "2kB".into())])];
+        let rows =
+            vec![row([("ID", "a".into()), ("Size", "1kB".into())]), row([("ID", "b".into()), ("Size", "2kB".into())])];
         let out = Output::new(Some("json"), "table {{.ID}}").unwrap();
-        assert_eq!(out.render(&rows, &[]).unwrap(), "{\"ID\":\"a\",\"Size\":\"1kB\"}\n{\"ID\":\"b\",\"Size\":\"2kB\"}\n");
+        assert_eq!(
+            out.render(&rows, &[]).unwrap(),
+            "{\"ID\":\"a\",\"Size\":\"1kB\"}\n{\"ID\":\"b\",\"Size\":\"2kB\"}\n"
+        );
         let out = Output::new(Some("{{.ID}}: {{.Size}}"), "table {{.ID}}").unwrap();
         assert_eq!(out.render(&rows, &[]).unwrap(), "a: 1kB\nb: 2kB\n");
         let out = Output::new(Some("{{json .}}"), "table {{.ID}}").unwrap();

@@ -5,6 +5,7 @@
 //! without touching each other.
 
 mod commands;
+mod containers;
 mod context;
 mod exit;
 mod format;
@@ -28,6 +29,8 @@ pub struct Cli {
 enum Command {
     #[command(flatten)]
     Image(commands::image::ImageCommand),
+    #[command(flatten)]
+    Container(commands::container::ContainerCommand),
 }
 
 fn main() {
@@ -45,6 +48,7 @@ fn main() {
     let ctx = context::Context::new(cli.root);
     let result = match cli.command {
         Command::Image(c) => commands::image::run(&ctx, c),
+        Command::Container(c) => commands::container::run(&ctx, c),
     };
     std::process::exit(exit::report(result));
 }

@@ -1,1 +1,184 @@
-//! placeholder
+//! strata's FUSE union filesystem.
+//!
+//! [`mount`] stacks read-only image layers (layer indexes from the store, file
+//! contents from its object directory) into one view and, given an upper
+//! directory, makes it writable with copy-up, whiteouts and opaque
+//! directories in OCI form. It serves from background threads of the calling
+//! process until [`MountHandle::unmount`] or an external unmount.
+//!
+//! Modules: `source` (where layers come from), `tree` (the merged in-memory
+//! tree), `upper` (host side of the writable layer and its on-disk
+//! conventions), `load` (remounting an existing upper directory), `ops` (the
+//! FUSE handlers), `changes` (`docker diff`).
+//!
+//! What the mount reports — owners, modes, times, device numbers, xattrs — is
+//! exactly what the layer indexes and the upper directory's records say, also
+//! when an ordinary user mounts: FUSE reports what we answer.
+
+mod changes;
+mod load;
+mod ops;
+mod source;
+mod tree;
+mod upper;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use changes::{changes, Change, ChangeKind};
+pub use source::{LayerSource, Lower};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("cannot mount at {}: {source}", path.display())]
+    Mount { path: PathBuf, source: io::Error },
+    #[error("cannot unmount {}: {detail}", path.display())]
+    Unmount { path: PathBuf, detail: String },
+}
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// The writable upper directory; `None` mounts read-only.
+    pub upper: Option<PathBuf>,
+    /// Source name shown in /proc/mounts.
+    pub fsname: String,
+    /// Let users other than the mounting one in (containers whose processes
+    /// run as other uids need this). Through fusermount3 it requires
+    /// `user_allow_other` in /etc/fuse.conf; a direct mount does not.
+    pub allow_other: bool,
+    /// Request-serving threads.
+    pub threads: usize,
+    /// Honour setuid/setgid bits (a container root filesystem wants this).
+    pub suid: bool,
+    /// Allow device nodes to be opened as devices.
+    pub dev: bool,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            upper: None,
+            fsname: "strata".into(),
+            allow_other: false,
+            threads: std::thread::available_parallelism().map(|n| n.get().clamp(2, 8)).unwrap_or(2),
+            suid: false,
+            dev: false,
+        }
+    }
+}
+
+/// A live mount. Dropping it unmounts (lazily when busy).
+#[derive(Debug)]
+pub struct MountHandle {
+    session: fuser::BackgroundSession,
+    mountpoint: PathBuf,
+}
+
+impl MountHandle {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the serving threads to finish. When the mount
+    /// is busy it is detached instead (it goes away with its last user) and
+    /// the serving threads end on their own then.
+    pub fn unmount(self) -> Result<(), FsError> {
+        let path = self.mountpoint.clone();
+        let plain = match rustix::mount::unmount(&path, rustix::mount::UnmountFlags::empty()) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::PERM) => fusermount(&path, false).is_ok(),
+            Err(_) => false,
+        };
+        if plain {
+            let _ = self.session.join();
+            return Ok(());
+        }
+        unmount_path(&path)
+    }
+
+    /// Blocks until the filesystem is unmounted from outside.
+    pub fn join(self) {
+        let _ = self.session.join();
+    }
+}
+
+/// Mounts `lowers` (bottom layer first) at `mountpoint`.
+///
+/// Privileged callers (root, or root of a user namespace that owns the mount
+/// namespace) mount with mount(2) directly; anyone else goes through
+/// fusermount3.
+pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Result<MountHandle, FsError> {
+    let sources: Vec<Arc<dyn LayerSource>> =
+        lowers.iter().map(|l| Arc::new(l.clone()) as Arc<dyn LayerSource>).collect();
+    let mut tree = tree::Tree::build(&sources);
+    let upper = match &opts.upper {
+        Some(p) => {
+            let io = |source| FsError::Io { what: "opening upper directory", path: p.clone(), source };
+            let up = upper::Upper::open(p).map_err(io)?;
+            load::load_upper(&mut tree, &up, &sources).map_err(io)?;
+            Some(up)
+        }
+        None => None,
+    };
+    let statfs_fd: Option<OwnedFd> = lowers.first().and_then(|l| {
+        rustix::fs::open(&l.objects_dir, rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
+            .ok()
+    });
+    let fs = ops::StrataFs::new(tree, sources, upper, statfs_fd);
+
+    use fuser::MountOption as M;
+    let mut mo = vec![M::FSName(opts.fsname.clone()), M::Subtype("strata".into()), M::DefaultPermissions];
+    mo.push(if opts.upper.is_some() { M::RW } else { M::RO });
+    mo.push(if opts.suid { M::Suid } else { M::NoSuid });
+    mo.push(if opts.dev { M::Dev } else { M::NoDev });
+    let mut config = fuser::Config::default();
+    config.mount_options = mo;
+    config.acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+    let merr = |source| FsError::Mount { path: mountpoint.to_path_buf(), source };
+    let session = fuser::Session::new(fs, mountpoint, &config).map_err(merr)?;
+    let session = session.spawn().map_err(merr)?;
+    Ok(MountHandle { session, mountpoint: mountpoint.to_path_buf() })
+}
+
+/// Unmounts whatever is mounted at `path`, lazily (detached when busy):
+/// umount2(MNT_DETACH) when we may, else `fusermount3 -u -z`.
+pub fn unmount_path(path: &Path) -> Result<(), FsError> {
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::PERM) => {}
+        Err(e) => {
+            return Err(FsError::Unmount { path: path.to_path_buf(), detail: io::Error::from(e).to_string() });
+        }
+    }
+    fusermount(path, true)
+}
+
+/// `fusermount3 -u [-z] PATH`, the unprivileged way to unmount a FUSE mount.
+fn fusermount(path: &Path, lazy: bool) -> Result<(), FsError> {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg("--")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| FsError::Unmount { path: path.to_path_buf(), detail: format!("running fusermount3: {e}") })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(FsError::Unmount {
+            path: path.to_path_buf(),
+            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}

@@ -265,10 +265,6 @@ impl Tree {
         self.dir(parent)?.children.get(name).copied()
     }
 
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
     pub fn alloc(&mut self, node: Node) -> Ino {
         self.nodes.push(node);
         self.nodes.len() as Ino
@@ -430,7 +426,7 @@ impl Tree {
             let lref = LowerRef { layer, entry: i as u32 };
             let p = clean(&e.path);
             if p.is_empty() {
-                if matches!(e.kind, EntryKind::Dir | EntryKind::Opaque) {
+                if matches!(e.kind, EntryKind::Dir) {
                     let root = self.node_mut(ROOT);
                     root.attr = attr_of(e);
                     root.lower = Some(lref);
@@ -448,7 +444,15 @@ impl Tree {
             };
             match &e.kind {
                 EntryKind::Whiteout => {}
-                EntryKind::Dir | EntryKind::Opaque => match self.child(parent, name) {
+                // The opaque marker's own metadata is not the directory's.
+                EntryKind::Opaque => {
+                    if !self.child(parent, name).is_some_and(|c| self.node(c).attr.is_dir()) {
+                        self.remove_name(parent, name);
+                        let n = self.alloc(Node::new(implicit_dir_attr(), None, Up::No));
+                        self.add_link(n, parent, name, true);
+                    }
+                }
+                EntryKind::Dir => match self.child(parent, name) {
                     Some(c) if self.node(c).attr.is_dir() => {
                         let n = self.node_mut(c);
                         n.attr = attr_of(e);

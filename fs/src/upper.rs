@@ -27,10 +27,10 @@
 //! `O_NOFOLLOW` on the last component: content of the container can never make
 //! strata touch a host path outside the upper directory.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
@@ -105,8 +105,6 @@ pub(crate) struct Upper {
     root: OwnedFd,
     /// Root on the host (or in our user namespace): may chown and mknod.
     pub privileged: bool,
-    euid: u32,
-    egid: u32,
 }
 
 fn can_hold_user_xattrs(kind: u32) -> bool {
@@ -121,8 +119,7 @@ impl Upper {
             Mode::empty(),
         )
         .map_err(errno)?;
-        let euid = rustix::process::geteuid().as_raw();
-        Ok(Upper { root, privileged: euid == 0, euid, egid: rustix::process::getegid().as_raw() })
+        Ok(Upper { root, privileged: rustix::process::geteuid().is_root() })
     }
 
     /// Opens the directory at `rel` ("" for the upper root) for *at() calls.
@@ -201,7 +198,7 @@ impl Upper {
 
     /// The mode a new host entry is created with.
     pub fn create_perm(&self, want: u32) -> Mode {
-        Mode::from_raw_mode(self.host_perm(want) & 0o777 | if self.privileged { 0 } else { 0o600 })
+        Mode::from_raw_mode(self.host_perm(want) & 0o777)
     }
 
     /// Makes the host entry report `want` (type, permissions, owner, device),
@@ -271,6 +268,12 @@ impl Upper {
             None => rustix::fs::Timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT as _ },
         };
         let times = rustix::fs::Timestamps { last_access: ts(atime), last_modification: ts(mtime) };
+        if name.is_empty() {
+            // The directory fd itself (an O_PATH fd: go through its /proc link).
+            let own = dup(dir)?;
+            let p = proc_path(&own);
+            return rustix::fs::utimensat(rustix::fs::CWD, p.as_c_str(), &times, AtFlags::empty()).map_err(errno);
+        }
         rustix::fs::utimensat(dir, std::ffi::OsStr::from_bytes(name), &times, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(errno)
     }
@@ -398,10 +401,6 @@ impl Upper {
         rustix::fs::makedev(ma, mi)
     }
 
-    pub fn ids(&self) -> (u32, u32) {
-        (self.euid, self.egid)
-    }
-
     pub fn root_fd(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
     }
@@ -513,15 +512,4 @@ pub(crate) fn list_xattr_fd(fd: &OwnedFd) -> io::Result<Vec<u8>> {
 /// Duplicates a borrowed fd into an owned one.
 pub(crate) fn dup(fd: BorrowedFd) -> io::Result<OwnedFd> {
     fd.try_clone_to_owned()
-}
-
-#[allow(dead_code)]
-pub(crate) fn from_raw(fd: i32) -> OwnedFd {
-    // SAFETY: only called with fds we just received from the kernel.
-    unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-#[allow(dead_code)]
-pub(crate) fn cstr_ref(c: &CStr) -> &[u8] {
-    c.to_bytes()
 }

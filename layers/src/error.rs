@@ -60,8 +60,13 @@ pub enum Error {
     InvalidImage(String),
 
     /// A failure reported by the registry client (network, auth, HTTP).
-    #[error("{0}")]
-    Registry(String),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+
+    /// A manifest that cannot be used (schema 1, unknown media types, no
+    /// matching platform).
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
 
     /// The operation was abandoned because a sibling task failed.
     #[error("cancelled")]

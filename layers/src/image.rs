@@ -303,8 +303,10 @@ mod tests {
 
     #[test]
     fn minimal_oci_config() {
-        let cfg = ImageConfig::from_bytes(br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#)
-            .unwrap();
+        let cfg = ImageConfig::from_bytes(
+            br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+        )
+        .unwrap();
         assert_eq!(cfg.architecture, "arm64");
         assert!(cfg.config.is_none());
         assert!(ImageConfig::from_bytes(b"[1,2]").is_err());

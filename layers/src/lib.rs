@@ -7,9 +7,17 @@
 //! that name them. `fs` mounts what this crate stores; `cli` drives it.
 
 pub mod digest;
+pub mod error;
+pub mod image;
+pub mod ingest;
 pub mod index;
 pub mod layout;
+pub mod manifest;
+pub mod pull;
 pub mod merge;
+pub mod reference;
+pub mod registry;
+pub mod store;
 
 pub use digest::{Digest, DigestError};
 pub use index::{Entry, EntryKind, IndexError, LayerIndex};

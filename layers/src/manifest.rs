@@ -146,6 +146,8 @@ pub struct ImageIndex {
 }
 
 /// A parsed manifest of either kind.
+// Not boxed: one per pull, and plain variants keep matching on it simple.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Manifest {
     Image(ImageManifest),
@@ -221,11 +223,9 @@ pub fn parse_manifest(bytes: &[u8], content_type: &str) -> Result<Manifest, Mani
             return Err(ManifestError::UnknownConfigMediaType(m.config.media_type.clone()));
         }
         for layer in &m.layers {
-            LayerCompression::from_media_type(&layer.media_type).map_err(|_| {
-                ManifestError::UnknownLayerMediaType {
-                    media_type: layer.media_type.clone(),
-                    digest: layer.digest.to_string(),
-                }
+            LayerCompression::from_media_type(&layer.media_type).map_err(|_| ManifestError::UnknownLayerMediaType {
+                media_type: layer.media_type.clone(),
+                digest: layer.digest.to_string(),
             })?;
         }
         m.media_type = Some(media_type);
@@ -301,7 +301,12 @@ pub struct Platform {
     pub variant: Option<String>,
     #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
     pub os_version: Option<String>,
-    #[serde(rename = "os.features", default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        rename = "os.features",
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub os_features: Vec<String>,
 }
 
@@ -343,7 +348,9 @@ impl Platform {
         let (arch, variant) = match self.architecture.to_ascii_lowercase().as_str() {
             "x86_64" | "x86-64" | "amd64" => ("amd64", if variant == "v1" { String::new() } else { variant }),
             "i386" | "386" => ("386", String::new()),
-            "aarch64" | "arm64" => ("arm64", if matches!(variant.as_str(), "" | "8" | "v8") { "v8".into() } else { variant }),
+            "aarch64" | "arm64" => {
+                ("arm64", if matches!(variant.as_str(), "" | "8" | "v8") { "v8".into() } else { variant })
+            }
             "armhf" => ("arm", "v7".into()),
             "armel" => ("arm", "v6".into()),
             "arm" => (
@@ -517,7 +524,8 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, ManifestError::UnknownLayerMediaType { .. }), "{e}");
         assert!(e.to_string().contains(&d(2)), "{e}");
-        let helm = docker_manifest(DOCKER_LAYER_GZIP).replace(DOCKER_CONFIG, "application/vnd.cncf.helm.config.v1+json");
+        let helm =
+            docker_manifest(DOCKER_LAYER_GZIP).replace(DOCKER_CONFIG, "application/vnd.cncf.helm.config.v1+json");
         assert!(matches!(parse_manifest(helm.as_bytes(), ""), Err(ManifestError::UnknownConfigMediaType(_))));
         let e = parse_manifest(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#, "")
             .unwrap_err();

@@ -68,15 +68,21 @@ impl MergedTree {
                 EntryKind::Opaque => {
                     // The marker implies the directory exists; keep a lower
                     // directory's metadata when the layer does not list it.
+                    // (the marker file's own mode and owner say nothing about the directory).
                     if !matches!(self.entries.get(&e.path).map(|x| &x.kind), Some(EntryKind::Dir)) {
-                        self.insert(Entry { kind: EntryKind::Dir, xattrs: vec![], ..e.clone() });
+                        self.insert(Entry {
+                            kind: EntryKind::Dir,
+                            mode: 0o755,
+                            uid: 0,
+                            gid: 0,
+                            xattrs: vec![],
+                            ..e.clone()
+                        });
                     }
                 }
                 EntryKind::Hardlink { target } => {
                     let resolved = match self.entries.get(target) {
-                        Some(t) if !matches!(t.kind, EntryKind::Dir) => {
-                            Entry { path: e.path.clone(), ..t.clone() }
-                        }
+                        Some(t) if !matches!(t.kind, EntryKind::Dir) => Entry { path: e.path.clone(), ..t.clone() },
                         _ => {
                             return Err(MergeError::DanglingHardlink {
                                 layer: number,
@@ -154,7 +160,16 @@ mod tests {
     use crate::digest::Digest;
 
     fn e(path: &str, kind: EntryKind) -> Entry {
-        Entry { path: path.as_bytes().to_vec(), kind, mode: 0o644, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0, xattrs: vec![] }
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: vec![],
+        }
     }
     fn file(path: &str, content: &[u8]) -> Entry {
         e(path, EntryKind::File { size: content.len() as u64, digest: Digest::of(content) })

@@ -46,7 +46,9 @@ pub enum ReferenceError {
     Empty,
     #[error("invalid reference format: repository name ({0}) must be lowercase")]
     Uppercase(String),
-    #[error("invalid reference format: {0:?}: repository name must not be more than {NAME_TOTAL_LENGTH_MAX} characters")]
+    #[error(
+        "invalid reference format: {0:?}: repository name must not be more than {NAME_TOTAL_LENGTH_MAX} characters"
+    )]
     TooLong(String),
     #[error("invalid repository name ({0}), cannot specify 64-byte hexadecimal strings")]
     HexName(String),
@@ -164,11 +166,26 @@ impl fmt::Display for Reference {
 impl FromStr for Reference {
     type Err = ReferenceError;
 
+    /// Parses and normalises; `latest` is filled in when there is neither
+    /// tag nor digest (see [`Reference::parse_bare`] to tell that case apart).
     fn from_str(input: &str) -> Result<Self, ReferenceError> {
+        let mut r = Reference::parse_bare(input)?;
+        if r.tag.is_none() && r.digest.is_none() {
+            r.tag = Some(DEFAULT_TAG.to_string());
+        }
+        Ok(r)
+    }
+}
+
+impl Reference {
+    /// Like [`str::parse`] but without the default tag: `busybox` gives
+    /// `tag: None`, so a caller can say "Using default tag: latest" as Docker does.
+    pub fn parse_bare(input: &str) -> Result<Reference, ReferenceError> {
         if input.is_empty() {
             return Err(ReferenceError::Empty);
         }
-        let format = |problem: &str| ReferenceError::Format { reference: input.to_string(), problem: problem.to_string() };
+        let format =
+            |problem: &str| ReferenceError::Format { reference: input.to_string(), problem: problem.to_string() };
         if input.len() == 64 && input.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(ReferenceError::HexName(input.to_string()));
         }
@@ -234,11 +251,7 @@ impl FromStr for Reference {
         if registry.len() + 1 + repository.len() > NAME_TOTAL_LENGTH_MAX {
             return Err(ReferenceError::TooLong(input.to_string()));
         }
-        let tag = match (tag, &digest) {
-            (Some(t), _) => Some(t.to_string()),
-            (None, Some(_)) => None,
-            (None, None) => Some(DEFAULT_TAG.to_string()),
-        };
+        let tag = tag.map(str::to_string);
         Ok(Reference { registry: registry.to_string(), repository, tag, digest })
     }
 }
@@ -247,9 +260,7 @@ impl FromStr for Reference {
 /// contains '.' or ':', is "localhost", or is not all lowercase.
 fn split_registry(name: &str) -> (Option<&str>, &str) {
     match name.split_once('/') {
-        Some((first, rest))
-            if first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first =>
-        {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first => {
             (Some(first), rest)
         }
         _ => (None, name),
@@ -302,11 +313,12 @@ fn valid_path_component(c: &str) -> bool {
 }
 
 /// `host[:port]` where host is a DNS name (components `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?`
-/// joined by '.') or a bracketed IPv6 address.
+/// joined by '.') or a bracketed IPv6 address (hex groups only, as in Docker:
+/// no zone, no embedded IPv4).
 fn valid_domain(d: &str) -> bool {
     let (host, port) = if let Some(rest) = d.strip_prefix('[') {
         let Some((v6, after)) = rest.split_once(']') else { return false };
-        if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+        if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
             return false;
         }
         match after {
@@ -363,7 +375,8 @@ mod tests {
         assert_eq!(r.familiar_string(), "busybox:latest");
         assert_eq!(r.api_host(), "registry-1.docker.io");
 
-        for same in ["library/busybox", "docker.io/busybox", "docker.io/library/busybox:latest", "index.docker.io/busybox"]
+        for same in
+            ["library/busybox", "docker.io/busybox", "docker.io/library/busybox:latest", "index.docker.io/busybox"]
         {
             assert_eq!(p(same), r, "{same}");
         }
@@ -412,6 +425,68 @@ mod tests {
         assert!(r.with_tag(".bad").is_err());
         assert_eq!(t.with_digest(d).to_string(), format!("docker.io/library/busybox@sha256:{HEX}"));
         assert_eq!(p("busybox:1").manifest_ref(), "1");
+        let bare = Reference::parse_bare("busybox").unwrap();
+        assert_eq!(bare.tag_or_default(), "latest");
+        assert_eq!(bare.tag, None);
+        assert_eq!(Reference::parse_bare("busybox:1").unwrap().tag.as_deref(), Some("1"));
+    }
+
+    /// Docker's own normalisation cases (distribution/reference).
+    #[test]
+    fn docker_compatibility_vectors() {
+        for ok in [
+            "docker/docker",
+            "192.168.0.1",
+            "192.168.0.1:80",
+            "192.168.0.1:8/debian",
+            "thisisthesongthatneverendsitgoesonandonandonthisisthesongthatnev",
+            "[fc00::1]:5000/docker/docker",
+            "[fc00:1:2:3:4:5:6:7]:5000/library/debian",
+            "docker.io/1a3f5e7d9c1b3a5f7e9d1c3b5a7f9e1d3c5b7a9f1e3d5d7c9b1a3f5e7d9c1b3a",
+            "DOCKER/docker",
+            "docker---rules/docker",
+            "d/docker",
+            "dock__er/docker",
+            "xn--n3h.com:18080/foo",
+        ] {
+            p(ok);
+        }
+        for bad in [
+            "https://github.com/docker/docker",
+            "docker/Docker",
+            "-docker",
+            "-docker/docker",
+            "-docker.io/docker/docker",
+            "docker///docker",
+            "docker.io/docker/Docker",
+            "[fc00::1]",
+            "[fc00::1]:5000",
+            "fc00::1:5000/debian",
+            "[fe80::1%eth0]:5000/debian",
+            "[2001:db8:3:4::192.0.2.33]:5000/debian",
+            "1a3f5e7d9c1b3a5f7e9d1c3b5a7f9e1d3c5b7a9f1e3d5d7c9b1a3f5e7d9c1b3a",
+            "docker-/docker",
+            "____/____",
+            "_docker/_docker",
+            "dock..er/docker",
+            "dock_.er/docker",
+            "dock-.er/docker",
+            "docker/",
+        ] {
+            assert!(bad.parse::<Reference>().is_err(), "accepted {bad:?}");
+        }
+        for (input, registry, path, familiar) in [
+            ("test_com/foo", "docker.io", "test_com/foo", "test_com/foo"),
+            ("test-com:8080/foo", "test-com:8080", "foo", "test-com:8080/foo"),
+            ("docker.io/library/foo/bar", "docker.io", "library/foo/bar", "library/foo/bar"),
+            ("index.docker.io/fooo/bar", "docker.io", "fooo/bar", "fooo/bar"),
+            ("127.0.0.1:8000/privatebase", "127.0.0.1:8000", "privatebase", "127.0.0.1:8000/privatebase"),
+            ("FOO/bar", "FOO", "bar", "FOO/bar"),
+        ] {
+            let r = p(input);
+            assert_eq!((r.registry.as_str(), r.repository.as_str()), (registry, path), "{input}");
+            assert_eq!(r.familiar_name(), familiar, "{input}");
+        }
     }
 
     #[test]

@@ -130,12 +130,14 @@ pub(crate) fn switch_user(user: &User, caps_mask: u64, last_cap: u32, no_new_pri
     // SAFETY: plain syscalls.
     unsafe {
         cvt(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0)).map_err(|e| ChildError::setup(format!("keepcaps: {e}")))?;
-        let groups: Vec<libc::gid_t> = user.additional_gids.clone();
+        // Like Docker, the primary group is also in the supplementary list.
+        let mut groups: Vec<libc::gid_t> = vec![user.gid];
+        groups.extend(user.additional_gids.iter().filter(|g| **g != user.gid));
         if libc::setgroups(groups.len(), groups.as_ptr()) == -1 {
             let e = io::Error::last_os_error();
             // A user namespace with a single-id map has setgroups denied; that is only a problem
             // when supplementary groups were asked for.
-            if !(e.raw_os_error() == Some(libc::EPERM) && groups.is_empty()) {
+            if !(e.raw_os_error() == Some(libc::EPERM) && user.additional_gids.iter().all(|g| *g == user.gid)) {
                 return Err(ChildError::setup(format!("setgroups {:?}: {e}", user.additional_gids)));
             }
         }

@@ -1,1 +1,39 @@
-//! placeholder
+//! strata's container runner: runs a process in a root filesystem under new Linux namespaces,
+//! like runc/crun, as root or as an ordinary user.
+//!
+//! - [`spawn`] starts a container from a [`Spec`] (namespaces, id maps, mounts, pivot_root,
+//!   masked paths, capabilities, rlimits, cgroups, network, pty) and returns a [`Container`]
+//!   whose init is a child of the caller.
+//! - [`exec`] runs another process inside a running container (setns through its pidfd).
+//! - [`resolve_user`] turns Docker's `--user` syntax into ids using the image's /etc/passwd and
+//!   /etc/group, read safely inside the rootfs.
+//! - [`rootless_mapping`] picks the id mapping for an ordinary user from /etc/subuid.
+//!
+//! Errors carry Docker's exit-code convention ([`RunnerError::exit_code`]): 127 for a command
+//! that is not found, 126 for one that cannot be executed, 125 for everything else.
+
+mod caps;
+mod cgroup;
+mod child;
+mod error;
+mod exec;
+mod idmap;
+mod mounts;
+mod network;
+mod spawn;
+pub mod spec;
+mod sys;
+mod user;
+
+pub use caps::{Cap, DEFAULT_CAPS};
+pub use cgroup::Cgroup;
+pub use error::RunnerError;
+pub use exec::exec;
+pub use idmap::{rootless_mapping, ROOTLESS_RANGE};
+pub use network::Pasta;
+pub use spawn::{spawn, Container, Process, Stdio};
+pub use spec::{
+    CgroupLimits, CgroupSpec, EtcFiles, ExecSpec, IdMapping, IdRange, Mount, MountKind, Namespaces, Network, PortForward,
+    Protocol, Rlimit, Spec, User,
+};
+pub use user::{resolve_user, ResolvedUser};

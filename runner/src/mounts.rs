@@ -8,6 +8,7 @@
 //! `-> ../../../host`) resolves inside the rootfs and never on the host. Missing targets are
 //! created one component at a time through such fds.
 
+use std::collections::VecDeque;
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -24,6 +25,22 @@ pub(crate) fn ctx<T>(r: io::Result<T>, what: impl FnOnce() -> String) -> Result<
 
 /// An O_PATH fd of the container's root directory (the rootfs bind mount).
 pub(crate) struct Root(OwnedFd);
+
+fn components(path: &str) -> VecDeque<String> {
+    path.split('/').filter(|c| !c.is_empty() && *c != ".").map(str::to_string).collect()
+}
+
+/// The target of the symlink `name` in `dir`, if it is one.
+fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Option<String> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: valid fd, C string and buffer.
+    let n = unsafe { libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if n <= 0 {
+        return None;
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf).ok()
+}
 
 fn rel(path: &str) -> &str {
     let p = path.trim_start_matches('/');
@@ -56,51 +73,83 @@ impl Root {
         openat2(self.fd(), &cstring(rel(path))?, flags, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
     }
 
-    /// `mkdir -p` inside the root; returns an O_PATH fd of the directory.
+    /// `mkdir -p` inside the root; returns an O_PATH fd of the directory. A dangling symlink on
+    /// the way is followed inside the root (its target is created), like runc's MkdirAllInRoot.
     pub(crate) fn mkdir_all(&self, path: &str, mode: u32) -> io::Result<OwnedFd> {
-        let mut prefix = String::new();
+        let mut todo: VecDeque<String> = components(path);
+        let mut done: Vec<String> = Vec::new();
+        let mut links = 0;
         let mut dir = self.open(".", libc::O_PATH | libc::O_DIRECTORY)?;
-        for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(comp);
-            dir = match self.open(&prefix, libc::O_PATH | libc::O_DIRECTORY) {
-                Ok(fd) => fd,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    let name = cstring(comp)?;
-                    // SAFETY: valid fd and C string. A single component never follows a symlink.
-                    let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) };
-                    if ret == -1 {
-                        let e = io::Error::last_os_error();
-                        if e.raw_os_error() != Some(libc::EEXIST) {
-                            return Err(e);
-                        }
-                    }
-                    self.open(&prefix, libc::O_PATH | libc::O_DIRECTORY)?
+        while let Some(comp) = todo.pop_front() {
+            let prefix = if done.is_empty() { comp.clone() } else { format!("{}/{comp}", done.join("/")) };
+            match self.open(&prefix, libc::O_PATH | libc::O_DIRECTORY) {
+                Ok(fd) => {
+                    dir = fd;
+                    done.push(comp);
+                    continue;
                 }
-                Err(e) => return Err(e),
-            };
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+                Err(_) => {}
+            }
+            let name = cstring(comp.as_str())?;
+            // SAFETY: valid fd and C string. A single component never follows a symlink.
+            let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) };
+            if ret == -1 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+                // It exists but does not resolve: a dangling symlink. Continue at its target.
+                if let Some(target) = readlinkat(dir.as_fd(), &name) {
+                    links += 1;
+                    if links > 40 {
+                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    }
+                    if target.starts_with('/') {
+                        done.clear();
+                        dir = self.open(".", libc::O_PATH | libc::O_DIRECTORY)?;
+                    }
+                    for c in components(&target).into_iter().rev() {
+                        todo.push_front(c);
+                    }
+                    continue;
+                }
+            }
+            dir = self.open(&prefix, libc::O_PATH | libc::O_DIRECTORY)?;
+            done.push(comp);
         }
         Ok(dir)
     }
 
     /// Make sure a file exists at `path` (creating parents and an empty file); returns an O_PATH
     /// fd of it. An existing directory is returned as is (the mount then fails with a clear error).
+    /// A dangling symlink is followed inside the root and its target created.
     pub(crate) fn ensure_file(&self, path: &str) -> io::Result<OwnedFd> {
-        match self.open(path, libc::O_PATH) {
-            Ok(fd) => return Ok(fd),
-            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
-            Err(_) => {}
+        let mut path = rel(path).to_string();
+        for _ in 0..40 {
+            match self.open(&path, libc::O_PATH) {
+                Ok(fd) => return Ok(fd),
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+                Err(_) => {}
+            }
+            let (parent, name) = match path.rsplit_once('/') {
+                Some((p, n)) => (p.to_string(), n.to_string()),
+                None => (".".to_string(), path.clone()),
+            };
+            let dir = self.mkdir_all(&parent, 0o755)?;
+            let cname = cstring(name.as_str())?;
+            // O_EXCL|O_NOFOLLOW: never create through a symlink on the host's terms.
+            match openat(dir.as_fd(), &cname, libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY, 0o644) {
+                Ok(_) => return self.open(&path, libc::O_PATH),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match readlinkat(dir.as_fd(), &cname) {
+                    Some(t) if t.starts_with('/') => path = rel(&t).to_string(),
+                    Some(t) => path = format!("{parent}/{t}"),
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            }
         }
-        let (parent, name) = match rel(path).rsplit_once('/') {
-            Some((p, n)) => (p, n),
-            None => (".", rel(path)),
-        };
-        let dir = self.mkdir_all(parent, 0o755)?;
-        // O_EXCL|O_NOFOLLOW: a dangling symlink here is an error, never followed.
-        drop(openat(dir.as_fd(), &cstring(name)?, libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY, 0o644)?);
-        self.open(path, libc::O_PATH)
+        Err(io::Error::from_raw_os_error(libc::ELOOP))
     }
 
     /// Mount onto a target inside the root (created as a directory or a file).

@@ -25,7 +25,8 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// What the fake registry does wrong (at most one at a time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Layer blobs are served with one byte changed (same length).
+    /// Layer blobs are served with one byte changed (same length; for gzip
+    /// blobs a header byte, so the stream still decompresses to the same tar).
     WrongDigestBlob,
     /// Layer blobs announce their full length, send half, then close.
     TruncatedBlob,
@@ -183,8 +184,11 @@ impl FakeRegistry {
     pub fn start() -> FakeRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind fake registry: {e}"));
         let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("fake registry addr: {e}"));
-        let shared =
-            Arc::new(Shared { state: Mutex::new(State::default()), changed: Condvar::new(), stop: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
         let s = shared.clone();
         let thread = std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -326,7 +330,11 @@ fn handle(shared: &Shared, conn: TcpStream) {
         // Hold the connection open without a byte of answer.
         let mut st = shared.lock();
         while !shared.stop.load(Ordering::SeqCst) && st.fault == Some(Fault::Hang) {
-            st = shared.changed.wait_timeout(st, Duration::from_millis(500)).map(|r| r.0).unwrap_or_else(|p| p.into_inner().0);
+            st = shared
+                .changed
+                .wait_timeout(st, Duration::from_millis(500))
+                .map(|r| r.0)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
         return;
     }
@@ -374,10 +382,12 @@ fn route(shared: &Shared, fault: Option<Fault>, path: &str) -> Routed {
         if fault == Some(Fault::ManifestNotFound) {
             return R(Reply::error(404, "MANIFEST_UNKNOWN", "manifest unknown"));
         }
-        let image = st
-            .images
-            .get(&format!("{name}:{reference}"))
-            .or_else(|| st.images.iter().find(|(k, i)| k.starts_with(&format!("{name}:")) && i.manifest_digest() == reference).map(|(_, i)| i));
+        let image = st.images.get(&format!("{name}:{reference}")).or_else(|| {
+            st.images
+                .iter()
+                .find(|(k, i)| k.starts_with(&format!("{name}:")) && i.manifest_digest() == reference)
+                .map(|(_, i)| i)
+        });
         let Some(image) = image else {
             // Child manifests of an index are stored as blobs.
             if let Some(b) = st.images.values().find_map(|i| i.blobs.get(reference)) {
@@ -408,7 +418,8 @@ fn route(shared: &Shared, fault: Option<Fault>, path: &str) -> Routed {
         return R(r);
     }
     if let Some((_name, digest)) = rest.rsplit_once("/blobs/") {
-        let found = st.images.values().find_map(|i| i.blobs.get(digest).map(|b| (b.clone(), i.config_digest == digest)));
+        let found =
+            st.images.values().find_map(|i| i.blobs.get(digest).map(|b| (b.clone(), i.config_digest == digest)));
         return match found {
             Some((body, true)) => {
                 let mut r = Reply::new(200, "application/octet-stream", body);
@@ -452,7 +463,10 @@ fn serve_blob(shared: &Shared, out: &mut TcpStream, fault: Option<Fault>, mut bo
     let half = body.len() / 2;
     match fault {
         Some(Fault::WrongDigestBlob) => {
-            if let Some(b) = body.get_mut(half) {
+            // For gzip, change the header's mtime: still a valid stream with
+            // the same content, so only the digest check can catch it.
+            let at = if body.starts_with(&[0x1f, 0x8b]) && body.len() > 8 { 4 } else { half };
+            if let Some(b) = body.get_mut(at) {
                 *b ^= 0xff;
             }
             let _ = out.write_all(&body);

@@ -107,3 +107,28 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Splits a Docker-style table (columns separated by two or more spaces)
+/// into rows of cells; the header is row 0. Blank lines are skipped.
+pub fn parse_table(out: &str) -> Vec<Vec<String>> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.trim_end().split("  ").map(str::trim).filter(|c| !c.is_empty()).map(String::from).collect())
+        .collect()
+}
+
+/// The short (12 hex digit) form of `sha256:HEX`, as Docker shows image and layer ids.
+pub fn short_id(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    hex[..12.min(hex.len())].to_string()
+}
+
+/// Asserts that `text` (lowercased) contains at least one of `needles`.
+#[track_caller]
+pub fn assert_mentions(text: &str, needles: &[&str], what: &str) {
+    let lower = text.to_lowercase();
+    assert!(
+        needles.iter().any(|n| lower.contains(&n.to_lowercase())),
+        "{what}: expected the message to mention one of {needles:?}, got:\n{text}"
+    );
+}

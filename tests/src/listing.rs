@@ -75,13 +75,8 @@ fn line_for(path: &Path, rel: &[u8], meta: &fs::Metadata) -> String {
     } else {
         ("s", 0, "-".to_string())
     };
-    let mut line = format!(
-        "{} {kind} {:04o} {} {} {size} {target}",
-        escape(rel),
-        meta.mode() & 0o7777,
-        meta.uid(),
-        meta.gid()
-    );
+    let mut line =
+        format!("{} {kind} {:04o} {} {} {size} {target}", escape(rel), meta.mode() & 0o7777, meta.uid(), meta.gid());
     if kind == "c" || kind == "b" {
         let rdev = meta.rdev();
         line.push_str(&format!(" {},{}", libc::major(rdev), libc::minor(rdev)));
@@ -147,7 +142,9 @@ pub fn unpack_reference(layout: &Path, tag: &str) -> String {
         .tempdir()
         .unwrap_or_else(|e| panic!("cannot create a temp dir: {e}"));
     let bundle = tmp.path().join("bundle");
-    crate::run_tool(Command::new("umoci").arg("unpack").arg("--image").arg(format!("{}:{tag}", layout.display())).arg(&bundle));
+    crate::run_tool(
+        Command::new("umoci").arg("unpack").arg("--image").arg(format!("{}:{tag}", layout.display())).arg(&bundle),
+    );
     let listing = canonical_listing(&bundle.join("rootfs"));
     cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, listing.clone());
     listing

@@ -57,6 +57,7 @@ pub fn world_readable_bin() -> PathBuf {
             return dest;
         }
         mkdir_world(&dir);
+        remove_stale_copies(dir.parent().unwrap_or(&dir), &dir);
         let tmp = dir.join(format!(".strata.{}", std::process::id()));
         fs::write(&tmp, &data).unwrap_or_else(|e| panic!("cannot write {}: {e}", tmp.display()));
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
@@ -86,5 +87,24 @@ fn mkdir_world(dir: &Path) {
     if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
         panic!("{} is not a directory owned by us; remove it", dir.display());
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+}
+
+/// Removes copies of older builds (untouched for a day) so /tmp does not fill
+/// up with one binary per build; recent ones may still be in use by another run.
+fn remove_stale_copies(parent: &Path, keep: &Path) {
+    let Ok(rd) = fs::read_dir(parent) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(24 * 3600));
+        if p != keep && old {
+            let _ = fs::remove_dir_all(&p);
+        }
+    }
 }

@@ -105,6 +105,10 @@ impl Strata {
     pub fn registries_config_path(&self) -> PathBuf {
         self.base.path().join("config/registries.json")
     }
+    /// The binary this instance runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
     /// True for instances made by [`Strata::new_unprivileged`].
     pub fn is_unprivileged(&self) -> bool {
         self.user.is_some()
@@ -276,14 +280,8 @@ pub fn wait_output(mut child: Child, timeout: Duration, what: &str) -> Output {
 fn chown_tree(path: &Path, u: User) {
     let owner = Some(nix::unistd::Uid::from_raw(u.uid));
     let group = Some(nix::unistd::Gid::from_raw(u.gid));
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        owner,
-        group,
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    nix::unistd::fchownat(nix::fcntl::AT_FDCWD, path, owner, group, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
     if let Ok(rd) = fs::read_dir(path) {
         if fs::symlink_metadata(path).map(|m| m.is_dir()).unwrap_or(false) {
             for e in rd.flatten() {

@@ -1,3 +1,14 @@
 //! One module per area of commands; each has a clap subcommand enum and `run`.
 
+pub mod container;
+pub mod debug;
+pub mod exec;
 pub mod image;
+pub mod images;
+pub mod inspect;
+pub mod login;
+pub mod pull;
+pub mod run;
+pub mod support;
+pub mod sysinfo;
+pub mod volume;

@@ -22,7 +22,7 @@
 //! when `pasta` is installed, like rootless Podman; otherwise `host`, with a
 //! warning, since there would be no other way to reach the network.
 
-use crate::containers::record::{self, Container, ContainerConfig, ContainerState, MountRecord, PortBinding};
+use crate::containers::record::{self, Container, ContainerConfig, ContainerState, PortBinding};
 use crate::containers::{attach, images, names, supervisor, volumes};
 use crate::context::Context;
 use crate::exit;
@@ -163,17 +163,14 @@ fn daemon_error(code: i32, msg: impl std::fmt::Display) -> anyhow::Error {
 
 /// `strata create`: prints the new container's id.
 pub fn create(ctx: &Context, args: CreateArgs) -> Result<i32> {
-    let c = create_container(ctx, args, false)?;
+    let c = create_container(ctx, args)?;
     println!("{}", c.config.id);
     Ok(0)
 }
 
 /// `strata run`.
 pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
-    if args.detach && args.create.rm && false {
-        unreachable!()
-    }
-    let c = create_container(ctx, args.create.clone(), args.detach)?;
+    let c = create_container(ctx, args.create.clone())?;
     if args.detach {
         let mut start = supervisor::launch(ctx, &c, false).map_err(|e| start_error(e))?;
         start.wait_started().map_err(start_error)?;
@@ -218,7 +215,7 @@ fn start_error(e: anyhow::Error) -> anyhow::Error {
 }
 
 /// Resolves the request into a container record and writes it.
-pub fn create_container(ctx: &Context, mut args: CreateArgs, detach: bool) -> Result<Container> {
+pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container> {
     if args.detach_keys.is_some() {
         attach::parse_detach_keys(args.detach_keys.as_deref())?;
     }
@@ -229,7 +226,6 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs, detach: bool) -> Re
         Some(n) => Some(names::validate(n).map_err(|m| daemon_error(exit::STRATA_ERROR, m))?),
         None => None,
     };
-    let _ = detach;
     let image = images::resolve(ctx, &args.image, &args.pull)?;
     let ic = image.config.clone();
 
@@ -276,6 +272,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs, detach: bool) -> Re
         None => ic.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into()),
     };
     crate::containers::signals::parse(&stop_signal)?;
+    crate::containers::spec::validate(&args)?;
     for o in &args.security_opt {
         if !matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" | "no-new-privileges:false" | "no-new-privileges=false") {
             bail!("invalid --security-opt: {o:?} (supported: no-new-privileges)");
@@ -362,48 +359,11 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs, detach: bool) -> Re
     std::fs::create_dir_all(dir.join("upper")).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::create_dir_all(dir.join("rootfs"))?;
     let c = Container { config, state: ContainerState::default(), dir };
-    write_etc_files(&c)?;
     record::write_json(&c.dir.join("state.json"), &c.state)?;
     record::write_json(&c.dir.join("config.json"), &c.config)?;
     drop(_lock);
     volumes::ensure_volumes(ctx, &c)?;
     Ok(c)
-}
-
-/// Writes `hosts`, `hostname` and `resolv.conf` for the container.
-fn write_etc_files(c: &Container) -> Result<()> {
-    let cfg = &c.config;
-    std::fs::write(c.dir.join("hostname"), format!("{}\n", cfg.hostname))?;
-    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    hosts.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
-    for h in &cfg.request.add_host {
-        let (name, ip) = h.split_once(':').or_else(|| h.split_once('=')).with_context(|| format!("invalid argument \"{h}\" for \"--add-host\" flag: bad format for add-host"))?;
-        let ip = if ip == "host-gateway" { "127.0.0.1" } else { ip };
-        hosts.push_str(&format!("{ip}\t{name}\n"));
-    }
-    std::fs::write(c.dir.join("hosts"), hosts)?;
-    let resolv = if !cfg.request.dns.is_empty() {
-        cfg.request.dns.iter().map(|d| format!("nameserver {d}\n")).collect::<String>()
-    } else {
-        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        // Loopback resolvers of the host are unreachable from a private network.
-        let mut out: String = host
-            .lines()
-            .filter(|l| {
-                !(cfg.network == "private" && l.trim_start().starts_with("nameserver") && {
-                    let a = l.split_whitespace().nth(1).unwrap_or("");
-                    a.starts_with("127.") || a == "::1"
-                })
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        if !out.contains("nameserver") {
-            out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
-        }
-        out
-    };
-    std::fs::write(c.dir.join("resolv.conf"), resolv)?;
-    Ok(())
 }
 
 fn which(prog: &str) -> bool {
@@ -424,7 +384,7 @@ fn resolve_env(image_env: &[String], args: &CreateArgs) -> Result<Vec<String>> {
             out.push(entry);
         }
     };
-    let mut add = |spec: &str, set: &mut dyn FnMut(String)| -> Result<()> {
+    let add = |spec: &str, set: &mut dyn FnMut(String)| -> Result<()> {
         if spec.is_empty() || spec.starts_with('=') {
             bail!("invalid environment variable: {spec}");
         }
@@ -587,9 +547,6 @@ fn make_writable(dir: &Path) {
         }
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: &MountRecord) {}
 
 #[cfg(test)]
 mod tests {

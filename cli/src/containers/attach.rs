@@ -214,7 +214,9 @@ pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
     // Block the proxied signals and SIGWINCH before starting threads, so
     // only the signal thread receives them (via sigwait).
     let mut set = SigSet::empty();
+    let mut any_signal = false;
     if opts.sig_proxy {
+        any_signal = true;
         for s in PROXIED {
             set.add(*s);
         }
@@ -222,6 +224,7 @@ pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
     let stdin_tty = opts.tty && nix::unistd::isatty(io::stdin().as_fd()).unwrap_or(false);
     if stdin_tty {
         set.add(Signal::SIGWINCH);
+        any_signal = true;
     }
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("blocking signals")?;
 
@@ -235,7 +238,7 @@ pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
         }
     }
     // Signals -> SIGNAL / RESIZE frames.
-    if !set.is_empty() {
+    if any_signal {
         let w = writer.try_clone()?;
         std::thread::spawn(move || loop {
             let Ok(sig) = set.wait() else { return };

@@ -68,7 +68,36 @@ pub fn resolve(ctx: &Context, name: &str, pull: &str) -> Result<ResolvedImage> {
     })
 }
 
-/// Pulls like `strata pull NAME` does (progress on stderr-free stdout, as Docker's run).
+/// Pulls through the same code path as `strata pull NAME`. Docker's `run`
+/// shows pull progress on stderr, keeping stdout for the container (and
+/// `run -d`'s id), so stdout points at stderr meanwhile.
 fn pull_image(ctx: &Context, name: &str) -> Result<()> {
-    crate::commands::image::pull_for_run(ctx, name)
+    use std::io::Write;
+    let args = crate::commands::image::PullArgs {
+        platform: std::env::var("DOCKER_DEFAULT_PLATFORM").ok().filter(|p| !p.is_empty()),
+        quiet: false,
+        all_tags: false,
+        disable_content_trust: true,
+        reference: name.to_string(),
+    };
+    let _ = std::io::stdout().flush();
+    // SAFETY: plain fd juggling on fds 1 and 2, restored below.
+    let saved = unsafe { libc::dup(1) };
+    if saved >= 0 {
+        unsafe { libc::dup2(2, 1) };
+    }
+    let result = crate::commands::pull::run(ctx, args);
+    let _ = std::io::stdout().flush();
+    if saved >= 0 {
+        // SAFETY: as above; `saved` is ours to close.
+        unsafe {
+            libc::dup2(saved, 1);
+            libc::close(saved);
+        }
+    }
+    match result {
+        Ok(0) => Ok(()),
+        Ok(code) => Err(crate::exit::with_code(code, None)),
+        Err(e) => Err(e),
+    }
 }

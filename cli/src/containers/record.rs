@@ -130,9 +130,9 @@ impl Proc {
     pub fn of(pid: i32) -> Option<Proc> {
         process_start_time(pid).map(|start| Proc { pid, start })
     }
-    /// The same process (not a recycled pid) still exists (possibly a zombie).
+    /// The same process (not a recycled pid) still runs (a zombie does not).
     pub fn alive(&self) -> bool {
-        self.pid > 0 && process_start_time(self.pid) == Some(self.start)
+        self.pid > 0 && process_stat(self.pid).is_some_and(|(state, start)| start == self.start && state != 'Z' && state != 'X')
     }
 }
 
@@ -392,14 +392,21 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// Field 22 of /proc/PID/stat: the start time in clock ticks after boot.
 pub fn process_start_time(pid: i32) -> Option<u64> {
+    process_stat(pid).map(|(_, start)| start)
+}
+
+/// Fields 3 (state) and 22 (start time) of /proc/PID/stat.
+fn process_stat(pid: i32) -> Option<(char, u64)> {
     if pid <= 0 {
         return None;
     }
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // rest starts at field 3 (state); start time is field 22.
-    rest.split(' ').nth(19)?.parse().ok()
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    // `rest` starts at field 3; the start time is field 22.
+    Some((state, fields.nth(18)?.parse().ok()?))
 }
 
 /// Now, as RFC 3339 with nanoseconds in UTC (Docker's timestamp format).

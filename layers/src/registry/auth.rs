@@ -211,9 +211,10 @@ mod tests {
                 scope: Some("repository:library/busybox:pull,push".into()),
             }]
         );
-        assert_eq!(parse_challenges([r#"Basic realm="Registry Realm""#]), vec![Challenge::Basic {
-            realm: Some("Registry Realm".into())
-        }]);
+        assert_eq!(
+            parse_challenges([r#"Basic realm="Registry Realm""#]),
+            vec![Challenge::Basic { realm: Some("Registry Realm".into()) }]
+        );
         assert_eq!(parse_challenges(["basic"]), vec![Challenge::Basic { realm: None }]);
         // several challenges in one value, odd spacing, unquoted values, escapes
         let c = parse_challenges([r#"Basic realm="a\"b" , BEARER  realm = http://127.0.0.1:1/t , service=s"#]);

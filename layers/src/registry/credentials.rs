@@ -26,7 +26,10 @@ pub const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
 
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// An OAuth2 refresh token (`identitytoken`), exchanged at the token realm.
     IdentityToken(String),
 }
@@ -118,7 +121,7 @@ impl CredentialStore {
     fn helper_for(config: &Map<String, Value>, key: &str) -> (Option<String>, Option<String>) {
         let specific = config
             .get("credHelpers")
-            .and_then(|h| h.get(key).or_else(|| h.get(&normalize_registry(key))))
+            .and_then(|h| h.get(key).or_else(|| h.get(normalize_registry(key))))
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_string);
@@ -137,9 +140,8 @@ impl CredentialStore {
         let wanted = normalize_registry(registry);
         if let Some(auths) = config.get("auths").and_then(Value::as_object) {
             // An exact key first, then any key naming the same registry.
-            let entry = auths.get(&key).or_else(|| {
-                auths.iter().find(|(k, _)| normalize_registry(k) == wanted).map(|(_, v)| v)
-            });
+            let entry =
+                auths.get(&key).or_else(|| auths.iter().find(|(k, _)| normalize_registry(k) == wanted).map(|(_, v)| v));
             if let Some(cred) = entry.and_then(|e| self.parse_entry(e).transpose()) {
                 return cred.map(Some);
             }
@@ -156,7 +158,8 @@ impl CredentialStore {
             return Ok(Some(Credential::IdentityToken(token.to_string())));
         }
         if let Some(auth) = field("auth") {
-            let invalid = |message: &str| CredentialError::Invalid { path: self.config_path(), message: message.into() };
+            let invalid =
+                |message: &str| CredentialError::Invalid { path: self.config_path(), message: message.into() };
             let engine = base64::engine::GeneralPurpose::new(
                 &base64::alphabet::STANDARD,
                 base64::engine::GeneralPurposeConfig::new()
@@ -282,7 +285,13 @@ impl CredentialStore {
         }))
     }
 
-    fn run_helper(&self, helper: &str, action: &'static str, key: &str, input: &[u8]) -> Result<Vec<u8>, CredentialError> {
+    fn run_helper(
+        &self,
+        helper: &str,
+        action: &'static str,
+        key: &str,
+        input: &[u8],
+    ) -> Result<Vec<u8>, CredentialError> {
         let program = format!("docker-credential-{helper}");
         let program = match &self.helper_dir {
             Some(d) => d.join(&program),

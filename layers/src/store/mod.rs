@@ -33,11 +33,12 @@
 mod gc;
 mod records;
 
+pub use crate::error::{Error, Result};
 pub use gc::{DiskUsage, GcStats};
 pub use records::{is_image_in_use, Records, Removed};
 
 use crate::digest::{Digest, Hasher};
-use crate::error::{Error, IoContext, Result};
+use crate::error::IoContext;
 use crate::index::LayerIndex;
 use crate::layout::StoreLayout;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};

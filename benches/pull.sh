@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Pull of a Debian minbase image (gzip and zstd) from a loopback registry:
+# strata pull into an empty store vs skopeo copy into an empty OCI layout vs
+# podman pull into an empty graphroot, side by side in one hyperfine run.
+# Usage: RUNS=5 bash benches/pull.sh
+source "$(dirname "$0")/lib.sh"
+STRATA=$(strata_bin)
+work=$(mktemp -d /tmp/strata-pull-bench.XXXXXX)
+trap 'kill $REGISTRY_PID 2>/dev/null || true; rm -rf "$work"' EXIT
+registry_start "$work/registry"
+
+oci_from_rootfs_tar "$(debian_rootfs_tar)" "$work/layout" bookworm
+skopeo copy -q --dest-tls-verify=false "oci:$work/layout:bookworm" "docker://$REGISTRY/debian:gzip"
+skopeo copy -q --dest-compress-format zstd "oci:$work/layout:bookworm" "oci:$work/zstd:bookworm"
+skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$work/zstd:bookworm" "docker://$REGISTRY/debian:zstd"
+
+cat >"$work/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$work/p/g"
+runroot = "$work/p/r"
+CONF
+for variant in gzip zstd; do
+    ref=$REGISTRY/debian:$variant
+    hyperfine --runs "$RUNS" --export-json "$OUT/pull-$variant.json" \
+        --prepare "rm -rf $work/s $work/o $work/p" \
+        -n strata "$STRATA --root $work/s pull -q $ref" \
+        -n skopeo "skopeo copy -q --src-tls-verify=false docker://$ref oci:$work/o:x" \
+        -n podman "CONTAINERS_STORAGE_CONF=$work/storage.conf podman pull -q --tls-verify=false $ref"
+    echo "== pull $variant (ratio to skopeo)"
+    report_ratios "$OUT/pull-$variant.json" skopeo
+done

@@ -1,0 +1,1162 @@
+//! Container life-cycle commands other than run/create/start (`run.rs`) and
+//! exec (`exec.rs`): ps, stop, kill, restart, rm, wait, logs, top, inspect,
+//! rename, port, diff, attach, `container prune`, and the `container ...`
+//! aliases. Verbs, flags, columns, messages and exit statuses are Docker's:
+//! errors about a container ("No such container", "is not running") print
+//! `Error response from daemon: ...` and make the command exit 1 after it
+//! has handled the other arguments.
+
+use crate::commands::run::{self, CreateArgs, RunArgs};
+use crate::containers::record::{self, Container, Status};
+use crate::containers::{attach, signals, supervisor};
+use crate::context::Context;
+use crate::exit;
+use crate::format;
+use anyhow::{bail, Context as _, Result};
+use clap::{ArgAction, Args, Subcommand};
+use serde_json::{json, Value};
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum ContainerCommand {
+    /// Create and run a new container from an image
+    #[command(disable_help_flag = true)]
+    Run(RunCmd),
+    /// Create a new container
+    #[command(disable_help_flag = true)]
+    Create(CreateCmd),
+    /// Start one or more stopped containers
+    Start(StartArgs),
+    /// List containers
+    Ps(PsArgs),
+    /// Stop one or more running containers
+    Stop(StopArgs),
+    /// Kill one or more running containers
+    Kill(KillArgs),
+    /// Restart one or more containers
+    Restart(StopArgs),
+    /// Remove one or more containers
+    Rm(RmArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait(WaitArgs),
+    /// Fetch the logs of a container
+    Logs(LogsArgs),
+    /// Execute a command in a running container
+    Exec(crate::commands::exec::ExecArgs),
+    /// Display the running processes of a container
+    Top(TopArgs),
+    /// Rename a container
+    Rename(RenameArgs),
+    /// List port mappings or a specific mapping for the container
+    Port(PortArgs),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(DiffArgs),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(AttachArgs),
+    /// Manage containers
+    #[command(subcommand)]
+    Container(ContainerSub),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(crate::commands::volume::VolumeCommand),
+    /// Internal: supervise a container (started by run/start)
+    #[command(hide = true)]
+    InternalSupervise {
+        id: String,
+        #[arg(long)]
+        attach: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ContainerSub {
+    /// List containers
+    #[command(alias = "ps", alias = "list")]
+    Ls(PsArgs),
+    /// Create and run a new container from an image
+    #[command(disable_help_flag = true)]
+    Run(RunCmd),
+    /// Create a new container
+    #[command(disable_help_flag = true)]
+    Create(CreateCmd),
+    /// Start one or more stopped containers
+    Start(StartArgs),
+    /// Stop one or more running containers
+    Stop(StopArgs),
+    /// Kill one or more running containers
+    Kill(KillArgs),
+    /// Restart one or more containers
+    Restart(StopArgs),
+    /// Remove one or more containers
+    #[command(alias = "remove")]
+    Rm(RmArgs),
+    /// Block until one or more containers stop, then print their exit codes
+    Wait(WaitArgs),
+    /// Fetch the logs of a container
+    Logs(LogsArgs),
+    /// Execute a command in a running container
+    Exec(crate::commands::exec::ExecArgs),
+    /// Display the running processes of a container
+    Top(TopArgs),
+    /// Rename a container
+    Rename(RenameArgs),
+    /// List port mappings or a specific mapping for the container
+    Port(PortArgs),
+    /// Inspect changes to files or directories on a container's filesystem
+    Diff(DiffArgs),
+    /// Attach local standard input, output, and error streams to a running container
+    Attach(AttachArgs),
+    /// Display detailed information on one or more containers
+    Inspect(InspectArgs),
+    /// Remove all stopped containers
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+pub struct RunCmd {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Print help
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[derive(Args)]
+pub struct CreateCmd {
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// Print help
+    #[arg(long, action = ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[derive(Args)]
+pub struct StartArgs {
+    /// Attach STDOUT/STDERR and forward signals
+    #[arg(short = 'a', long)]
+    attach: bool,
+    /// Attach container's STDIN
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only display container IDs
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Display total file sizes
+    #[arg(short = 's', long)]
+    size: bool,
+    /// Don't truncate output
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Filter output based on conditions provided
+    #[arg(short = 'f', long = "filter", value_name = "filter")]
+    filter: Vec<String>,
+    /// Format output using a custom template
+    #[arg(long)]
+    format: Option<String>,
+    /// Show n last created containers (includes all states)
+    #[arg(short = 'n', long = "last", default_value_t = -1, allow_hyphen_values = true)]
+    last: i64,
+    /// Show the latest created container (includes all states)
+    #[arg(short = 'l', long)]
+    latest: bool,
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    /// Seconds to wait before killing the container
+    #[arg(short = 't', long = "time", alias = "timeout", allow_hyphen_values = true)]
+    time: Option<i64>,
+    /// Signal to send to the container
+    #[arg(short = 's', long)]
+    signal: Option<String>,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct KillArgs {
+    /// Signal to send to the container
+    #[arg(short = 's', long, default_value = "KILL")]
+    signal: String,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Force the removal of a running container (uses SIGKILL)
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Remove anonymous volumes associated with the container
+    #[arg(short = 'v', long)]
+    volumes: bool,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct LogsArgs {
+    /// Follow log output
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Number of lines to show from the end of the logs ("all" for everything)
+    #[arg(short = 'n', long, default_value = "all")]
+    tail: String,
+    /// Show timestamps
+    #[arg(short = 't', long)]
+    timestamps: bool,
+    container: String,
+}
+
+#[derive(Args)]
+pub struct TopArgs {
+    container: String,
+    /// ps options
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    ps_args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct RenameArgs {
+    container: String,
+    new_name: String,
+}
+
+#[derive(Args)]
+pub struct PortArgs {
+    container: String,
+    /// PRIVATE_PORT[/PROTO]
+    port: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    container: String,
+}
+
+#[derive(Args)]
+pub struct AttachArgs {
+    /// Do not attach STDIN
+    #[arg(long = "no-stdin")]
+    no_stdin: bool,
+    /// Proxy all received signals to the process
+    #[arg(long = "sig-proxy", default_value_t = true, action = ArgAction::Set)]
+    sig_proxy: bool,
+    /// Override the key sequence for detaching a container
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
+    container: String,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Format output using a custom template
+    #[arg(short = 'f', long)]
+    format: Option<String>,
+    /// Display total file sizes
+    #[arg(short = 's', long)]
+    size: bool,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation
+    #[arg(short = 'f', long)]
+    force: bool,
+    /// Provide filter values (e.g. "label=<key>=<value>")
+    #[arg(long = "filter")]
+    filter: Vec<String>,
+}
+
+pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
+    match cmd {
+        ContainerCommand::Run(a) => run::run(ctx, a.run),
+        ContainerCommand::Create(a) => run::create(ctx, a.create),
+        ContainerCommand::Start(a) => run::start(ctx, a.attach, a.interactive, a.detach_keys, a.containers),
+        ContainerCommand::Ps(a) => ps(ctx, a),
+        ContainerCommand::Stop(a) => stop(ctx, a, false),
+        ContainerCommand::Kill(a) => kill(ctx, a),
+        ContainerCommand::Restart(a) => stop(ctx, a, true),
+        ContainerCommand::Rm(a) => rm(ctx, a),
+        ContainerCommand::Wait(a) => wait(ctx, a),
+        ContainerCommand::Logs(a) => logs(ctx, a),
+        ContainerCommand::Exec(a) => crate::commands::exec::exec(ctx, a),
+        ContainerCommand::Top(a) => top(ctx, a),
+        ContainerCommand::Rename(a) => rename(ctx, a),
+        ContainerCommand::Port(a) => port(ctx, a),
+        ContainerCommand::Diff(a) => diff(ctx, a),
+        ContainerCommand::Attach(a) => attach_cmd(ctx, a),
+        ContainerCommand::Container(sub) => run_sub(ctx, sub),
+        ContainerCommand::Volume(v) => crate::commands::volume::run(ctx, v),
+        ContainerCommand::InternalSupervise { id, attach } => supervisor::supervise_main(ctx, &id, attach),
+    }
+}
+
+fn run_sub(ctx: &Context, sub: ContainerSub) -> Result<i32> {
+    match sub {
+        ContainerSub::Ls(a) => ps(ctx, a),
+        ContainerSub::Run(a) => run::run(ctx, a.run),
+        ContainerSub::Create(a) => run::create(ctx, a.create),
+        ContainerSub::Start(a) => run::start(ctx, a.attach, a.interactive, a.detach_keys, a.containers),
+        ContainerSub::Stop(a) => stop(ctx, a, false),
+        ContainerSub::Kill(a) => kill(ctx, a),
+        ContainerSub::Restart(a) => stop(ctx, a, true),
+        ContainerSub::Rm(a) => rm(ctx, a),
+        ContainerSub::Wait(a) => wait(ctx, a),
+        ContainerSub::Logs(a) => logs(ctx, a),
+        ContainerSub::Exec(a) => crate::commands::exec::exec(ctx, a),
+        ContainerSub::Top(a) => top(ctx, a),
+        ContainerSub::Rename(a) => rename(ctx, a),
+        ContainerSub::Port(a) => port(ctx, a),
+        ContainerSub::Diff(a) => diff(ctx, a),
+        ContainerSub::Attach(a) => attach_cmd(ctx, a),
+        ContainerSub::Inspect(a) => inspect(ctx, a),
+        ContainerSub::Prune(a) => prune(ctx, a),
+    }
+}
+
+/// Prints Docker's daemon-error line for one argument of a multi-container verb.
+fn daemon_err(e: &anyhow::Error) {
+    eprintln!("Error response from daemon: {e:#}");
+}
+
+/// For single-container verbs: print like Docker and exit 1.
+fn fail(e: anyhow::Error) -> anyhow::Error {
+    if e.downcast_ref::<exit::ExitStatus>().is_some() {
+        return e;
+    }
+    daemon_err(&e);
+    exit::with_code(1, None)
+}
+
+// ---------------------------------------------------------------------------
+// ps
+
+fn parse_time(s: &Option<String>) -> Option<chrono::DateTime<chrono::Utc>> {
+    s.as_deref().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&chrono::Utc))
+}
+
+fn since(t: chrono::DateTime<chrono::Utc>) -> Duration {
+    (chrono::Utc::now() - t).to_std().unwrap_or_default()
+}
+
+/// Docker's STATUS column.
+pub fn status_text(c: &Container) -> String {
+    match c.state.status {
+        Status::Created => "Created".into(),
+        Status::Running => match parse_time(&c.state.started_at) {
+            Some(t) => format!("Up {}", format::human_duration(since(t))),
+            None => "Up".into(),
+        },
+        Status::Exited => match parse_time(&c.state.finished_at) {
+            Some(t) => format!("Exited ({}) {} ago", c.state.exit_code, format::human_duration(since(t))),
+            None => format!("Exited ({})", c.state.exit_code),
+        },
+        Status::Removing => "Removal In Progress".into(),
+    }
+}
+
+/// Docker's PORTS column.
+pub fn ports_text(c: &Container) -> String {
+    if c.running() && c.config.network == "private" && !c.config.ports.is_empty() {
+        c.config
+            .ports
+            .iter()
+            .map(|p| {
+                let ip = if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip };
+                format!("{ip}:{}->{}/{}", p.host_port, p.container_port, p.proto)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    } else {
+        c.config.exposed_ports.join(", ")
+    }
+}
+
+fn command_text(c: &Container) -> String {
+    let mut parts = vec![c.config.path.clone()];
+    parts.extend(c.config.args.iter().cloned());
+    parts.join(" ")
+}
+
+/// Disk use of the container's writable layer (bytes of regular files).
+fn upper_size(c: &Container) -> u64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+        rd.flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path()),
+                Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => 0,
+            })
+            .sum()
+    }
+    walk(&c.upper())
+}
+
+fn image_size(ctx: &Context, c: &Container) -> u64 {
+    let Ok(store) = strata_layers::store::Store::open(ctx.layout.clone()) else { return 0 };
+    let Ok(id) = c.config.image_id.parse::<strata_layers::Digest>() else { return 0 };
+    store.image(&id).ok().flatten().map(|r| r.size).unwrap_or(0)
+}
+
+fn matches_filter(ctx: &Context, c: &Container, key: &str, value: &str) -> Result<bool> {
+    Ok(match key {
+        "status" => {
+            if !matches!(value, "created" | "restarting" | "running" | "removing" | "paused" | "exited" | "dead") {
+                bail!("invalid filter 'status={value}'");
+            }
+            c.state.status.as_str() == value
+        }
+        "name" => c.config.name.contains(value.trim_start_matches('/')),
+        "id" => c.config.id.starts_with(value),
+        "label" => match value.split_once('=') {
+            Some((k, v)) => c.config.labels.get(k).is_some_and(|x| x == v),
+            None => c.config.labels.contains_key(value),
+        },
+        "exited" => c.state.status == Status::Exited && value.parse::<i32>().ok() == Some(c.state.exit_code),
+        "ancestor" => {
+            let by_name = c.config.image == value
+                || c.config.image.strip_suffix(":latest") == Some(value)
+                || format!("{value}:latest") == c.config.image;
+            let by_id = {
+                let hex = value.strip_prefix("sha256:").unwrap_or(value);
+                hex.len() >= 4 && c.config.image_id.trim_start_matches("sha256:").starts_with(hex)
+            };
+            let resolved = strata_layers::store::Store::open(ctx.layout.clone())
+                .ok()
+                .and_then(|s| s.resolve_image(value).ok())
+                .is_some_and(|r| r.id.to_string() == c.config.image_id);
+            by_name || by_id || resolved
+        }
+        "volume" => c.config.mounts.iter().any(|m| m.name == value || m.destination == value),
+        "network" => c.config.network == value,
+        _ => bail!("invalid filter '{key}'"),
+    })
+}
+
+fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
+    let mut filters = Vec::new();
+    for f in &a.filter {
+        let (k, v) = f.split_once('=').with_context(|| format!("bad format of filter (expected name=value): {f}"))?;
+        filters.push((k.to_string(), v.to_string()));
+    }
+    let mut all = record::list_fresh(&ctx.layout)?;
+    let show_all = a.all || a.last >= 0 || a.latest || filters.iter().any(|(k, _)| k == "status" || k == "exited");
+    if !show_all {
+        all.retain(|c| c.running());
+    }
+    let mut selected = Vec::new();
+    for c in all {
+        // Filters with the same key are ORed, different keys ANDed (Docker).
+        let mut ok = true;
+        let mut keys: Vec<&str> = filters.iter().map(|(k, _)| k.as_str()).collect();
+        keys.dedup();
+        for key in keys {
+            let mut any = false;
+            for (k, v) in filters.iter().filter(|(k, _)| k == key) {
+                any |= matches_filter(ctx, &c, k, v)?;
+            }
+            ok &= any;
+        }
+        if ok {
+            selected.push(c);
+        }
+    }
+    if a.latest {
+        selected.truncate(1);
+    } else if a.last >= 0 {
+        selected.truncate(a.last as usize);
+    }
+    if a.quiet && a.format.is_none() {
+        for c in &selected {
+            println!("{}", if a.no_trunc { c.config.id.as_str() } else { c.short_id() });
+        }
+        return Ok(0);
+    }
+    let default = if a.size {
+        "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}\t{{.Size}}"
+    } else {
+        "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
+    };
+    let out = format::Output::new(a.format.as_deref(), default).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rows: Vec<Value> = selected
+        .iter()
+        .map(|c| {
+            let cmd = command_text(c);
+            let command = if a.no_trunc { format!("{cmd:?}") } else { format!("{:?}", format::ellipsis(&cmd, 20)) };
+            let created = parse_time(&Some(c.config.created.clone()));
+            let size = if a.size || a.format.as_deref().is_some_and(|f| f.contains(".Size")) {
+                format!(
+                    "{} (virtual {})",
+                    format::human_size3(upper_size(c)),
+                    format::human_size3(image_size(ctx, c) + upper_size(c))
+                )
+            } else {
+                String::new()
+            };
+            let labels = c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+            let mounts = c
+                .config
+                .mounts
+                .iter()
+                .map(|m| if m.kind == "volume" { format::ellipsis(&m.name, 15) } else { m.source.clone() })
+                .collect::<Vec<_>>()
+                .join(",");
+            format::row([
+                ("ID", if a.no_trunc { c.config.id.clone() } else { c.short_id().to_string() }),
+                ("Image", c.config.image.clone()),
+                ("Command", command),
+                (
+                    "CreatedAt",
+                    created.map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()).unwrap_or_default(),
+                ),
+                ("RunningFor", created.map(|t| format!("{} ago", format::human_duration(since(t)))).unwrap_or_default()),
+                ("Ports", ports_text(c)),
+                ("State", c.state.status.as_str().to_string()),
+                ("Status", status_text(c)),
+                ("Size", size),
+                ("Names", c.config.name.clone()),
+                ("Labels", labels),
+                ("Mounts", mounts),
+                ("Networks", c.config.network.clone()),
+                ("LocalVolumes", c.config.mounts.iter().filter(|m| m.kind == "volume").count().to_string()),
+            ])
+        })
+        .collect();
+    let headers = [
+        ("ID", "CONTAINER ID"),
+        ("Image", "IMAGE"),
+        ("Command", "COMMAND"),
+        ("CreatedAt", "CREATED AT"),
+        ("RunningFor", "CREATED"),
+        ("Ports", "PORTS"),
+        ("State", "STATE"),
+        ("Status", "STATUS"),
+        ("Size", "SIZE"),
+        ("Names", "NAMES"),
+        ("Labels", "LABELS"),
+        ("Mounts", "MOUNTS"),
+        ("Networks", "NETWORKS"),
+        ("LocalVolumes", "LOCAL VOLUMES"),
+    ];
+    let text = out.render(&rows, &headers).map_err(|e| anyhow::anyhow!("{e}"))?;
+    print!("{text}");
+    Ok(0)
+}
+
+// ---------------------------------------------------------------------------
+// stop / kill / restart / rm / wait
+
+/// Stops a running container: its stop signal, then SIGKILL after `timeout`
+/// seconds (negative: wait for ever). Returns once the supervisor recorded
+/// the exit.
+pub fn stop_container(c: &Container, signal: Option<&str>, timeout: Option<i64>) -> Result<()> {
+    if !c.running() {
+        return Ok(());
+    }
+    let sig = signals::parse(signal.unwrap_or(&c.config.stop_signal))?;
+    let secs = timeout.or(c.config.stop_timeout).unwrap_or(10);
+    let _ = supervisor::signal_container(c, sig);
+    let wait = if secs < 0 { None } else { Some(Duration::from_secs(secs as u64)) };
+    if !supervisor::wait_supervisor(c, wait) {
+        let _ = supervisor::signal_container(c, nix::sys::signal::Signal::SIGKILL);
+        supervisor::wait_supervisor(c, None);
+    }
+    Ok(())
+}
+
+fn stop(ctx: &Context, a: StopArgs, restart: bool) -> Result<i32> {
+    let mut status = 0;
+    for key in &a.containers {
+        let r = record::find_fresh(&ctx.layout, key).and_then(|c| {
+            stop_container(&c, a.signal.as_deref(), a.time)?;
+            if restart {
+                let c = record::find_fresh(&ctx.layout, &c.config.id)?;
+                if c.running() {
+                    bail!("container {} is still running", c.short_id());
+                }
+                supervisor::launch(ctx, &c, false)?.wait_started()?;
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => println!("{key}"),
+            Err(e) => {
+                daemon_err(&e);
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn kill(ctx: &Context, a: KillArgs) -> Result<i32> {
+    let sig = signals::parse(&a.signal)?;
+    let mut status = 0;
+    for key in &a.containers {
+        let r = record::find_fresh(&ctx.layout, key).and_then(|c| {
+            if !c.running() {
+                bail!("cannot kill container: {key}: container {} is not running", c.config.id);
+            }
+            supervisor::signal_container(&c, sig)?;
+            if sig == nix::sys::signal::Signal::SIGKILL {
+                supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => println!("{key}"),
+            Err(e) => {
+                daemon_err(&e);
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+/// Removes one container (`force`: kills it first if it runs).
+pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) -> Result<()> {
+    let c = record::find_fresh(&ctx.layout, key)?;
+    if c.running() {
+        if !force {
+            bail!(
+                "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                c.config.name
+            );
+        }
+        let _ = supervisor::signal_container(&c, nix::sys::signal::Signal::SIGKILL);
+        supervisor::wait_supervisor(&c, None);
+    } else if c.state.supervisor.is_some_and(|p| p.alive()) {
+        // A supervisor that is starting or finishing up (e.g. a failed start).
+        supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
+    }
+    {
+        let _lock = record::lock(&ctx.layout)?;
+        if let Some(mut cur) = record::read_dir_record(&c.dir) {
+            cur.state.status = Status::Removing;
+            record::save_state(&cur)?;
+        }
+    }
+    run::remove_container_files(ctx, &c, volumes)
+}
+
+fn rm(ctx: &Context, a: RmArgs) -> Result<i32> {
+    let mut status = 0;
+    for key in &a.containers {
+        match remove_container(ctx, key, a.force, a.volumes) {
+            Ok(()) => println!("{key}"),
+            Err(e) => {
+                daemon_err(&e);
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn wait(ctx: &Context, a: WaitArgs) -> Result<i32> {
+    let mut status = 0;
+    for key in &a.containers {
+        let r = record::find_fresh(&ctx.layout, key).map(|c| {
+            supervisor::wait_supervisor(&c, None);
+            record::read_dir_record(&c.dir)
+                .and_then(|c| record::refresh(&ctx.layout, c).ok())
+                .map(|c| c.state.exit_code)
+                .unwrap_or(c.state.exit_code)
+        });
+        match r {
+            Ok(code) => println!("{code}"),
+            Err(e) => {
+                daemon_err(&e);
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+// ---------------------------------------------------------------------------
+// logs
+
+#[derive(serde::Deserialize)]
+struct LogRecord {
+    stream: String,
+    time: String,
+    log: String,
+}
+
+fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
+    let c = record::find_fresh(&ctx.layout, &a.container).map_err(fail)?;
+    let tail: Option<usize> = match a.tail.as_str() {
+        "all" | "-1" => None,
+        n => Some(n.parse().with_context(|| format!("invalid value for --tail: {n}"))?),
+    };
+    let path = c.log_path();
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if !a.follow {
+                return Ok(0);
+            }
+            // Not started yet: wait for the file.
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                if let Ok(f) = std::fs::File::open(&path) {
+                    break f;
+                }
+                if record::read_dir_record(&c.dir).is_none() {
+                    return Ok(0);
+                }
+            }
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
+    let emit = |line: &str, stdout: &mut std::io::StdoutLock, stderr: &mut std::io::Stderr| {
+        let Ok(r) = serde_json::from_str::<LogRecord>(line) else { return };
+        let mut text = String::new();
+        if a.timestamps {
+            text.push_str(&r.time);
+            text.push(' ');
+        }
+        text.push_str(&r.log);
+        let _ = if r.stream == "stderr" {
+            stderr.write_all(text.as_bytes())
+        } else {
+            stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush())
+        };
+    };
+    // What is there now (honouring --tail), then follow.
+    let mut reader = std::io::BufReader::new(&mut file);
+    let mut lines: Vec<String> = Vec::new();
+    let mut pending = String::new();
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l)? == 0 {
+            break;
+        }
+        if l.ends_with('\n') {
+            lines.push(l);
+        } else {
+            pending = l;
+        }
+    }
+    let start = tail.map(|n| lines.len().saturating_sub(n)).unwrap_or(0);
+    for l in &lines[start..] {
+        emit(l.trim_end_matches('\n'), &mut stdout, &mut stderr);
+    }
+    if !a.follow {
+        return Ok(0);
+    }
+    loop {
+        let mut l = String::new();
+        let n = reader.read_line(&mut l)?;
+        if n > 0 {
+            pending.push_str(&l);
+            if pending.ends_with('\n') {
+                emit(pending.trim_end_matches('\n'), &mut stdout, &mut stderr);
+                pending.clear();
+            }
+            continue;
+        }
+        let still = record::read_dir_record(&c.dir)
+            .and_then(|c| record::refresh(&ctx.layout, c).ok())
+            .is_some_and(|c| c.running() || c.state.supervisor.is_some_and(|p| p.alive()));
+        if !still {
+            // One last read: the supervisor writes the log before it exits.
+            let mut l = String::new();
+            while reader.read_line(&mut l)? > 0 {
+                pending.push_str(&l);
+                l.clear();
+            }
+            for line in pending.lines() {
+                emit(line, &mut stdout, &mut stderr);
+            }
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// top / rename / port / diff / attach
+
+/// Host pids of every process in the container's pid namespace.
+pub fn container_pids(c: &Container) -> Vec<i32> {
+    let Some(init) = c.state.init.filter(|p| p.alive()) else { return Vec::new() };
+    let Ok(ns) = std::fs::read_link(format!("/proc/{}/ns/pid", init.pid)) else { return vec![init.pid] };
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            if std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|l| l == ns) {
+                out.push(pid);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+fn top(ctx: &Context, a: TopArgs) -> Result<i32> {
+    let c = record::find_fresh(&ctx.layout, &a.container).map_err(fail)?;
+    if !c.running() {
+        return Err(fail(anyhow::anyhow!("container {} is not running", c.config.id)));
+    }
+    let pids = container_pids(&c);
+    let ps_args: Vec<String> = if a.ps_args.is_empty() { vec!["-ef".into()] } else { a.ps_args.clone() };
+    let out = std::process::Command::new("ps")
+        .args(&ps_args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running ps")?;
+    if !out.status.success() {
+        return Err(fail(anyhow::anyhow!("ps: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or("");
+    let pid_col = header.split_whitespace().position(|h| h == "PID").context("ps output has no PID column")?;
+    let mut rows = vec![header.split_whitespace().map(String::from).collect::<Vec<_>>()];
+    let ncols = rows[0].len();
+    for l in lines {
+        let mut fields: Vec<String> = l.split_whitespace().map(String::from).collect();
+        if fields.get(pid_col).and_then(|p| p.parse::<i32>().ok()).is_some_and(|p| pids.contains(&p)) {
+            if fields.len() > ncols {
+                let rest = fields.split_off(ncols - 1).join(" ");
+                fields.push(rest);
+            }
+            rows.push(fields);
+        }
+    }
+    let table: String = rows.iter().map(|r| r.join("\t") + "\n").collect();
+    print!("{}", format::tabwrite(&table));
+    Ok(0)
+}
+
+fn rename(ctx: &Context, a: RenameArgs) -> Result<i32> {
+    let new = crate::containers::names::validate(&a.new_name).map_err(|m| fail(anyhow::anyhow!(m)))?;
+    let _lock = record::lock(&ctx.layout)?;
+    let c = record::find(&ctx.layout, &a.container).map_err(fail)?;
+    if c.config.name == new {
+        return Err(fail(anyhow::anyhow!("Renaming a container with the same name as its current name")));
+    }
+    if let Some(other) = record::list(&ctx.layout)?.into_iter().find(|o| o.config.name == new) {
+        return Err(fail(anyhow::anyhow!(
+            "Error when allocating new name: Conflict. The container name \"/{new}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+            other.config.id
+        )));
+    }
+    let mut cfg = c.config.clone();
+    cfg.name = new;
+    record::write_json(&c.dir.join("config.json"), &cfg)?;
+    Ok(0)
+}
+
+fn port(ctx: &Context, a: PortArgs) -> Result<i32> {
+    let c = record::find_fresh(&ctx.layout, &a.container).map_err(fail)?;
+    let bindings: Vec<_> = if c.running() && c.config.network == "private" { c.config.ports.clone() } else { vec![] };
+    match a.port {
+        Some(p) => {
+            let (num, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
+            let num: u16 = num.parse().with_context(|| format!("Invalid port: {p}"))?;
+            let found: Vec<_> = bindings.iter().filter(|b| b.container_port == num && b.proto == proto).collect();
+            if found.is_empty() {
+                return Err(fail(anyhow::anyhow!("No public port '{num}/{proto}' published for {}", a.container)));
+            }
+            for b in found {
+                let ip = if b.host_ip.is_empty() { "0.0.0.0" } else { &b.host_ip };
+                println!("{ip}:{}", b.host_port);
+            }
+        }
+        None => {
+            for b in &bindings {
+                let ip = if b.host_ip.is_empty() { "0.0.0.0" } else { &b.host_ip };
+                println!("{}/{} -> {ip}:{}", b.container_port, b.proto, b.host_port);
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn diff(ctx: &Context, a: DiffArgs) -> Result<i32> {
+    let c = record::find_fresh(&ctx.layout, &a.container).map_err(fail)?;
+    let store = strata_layers::store::Store::open(ctx.layout.clone())?;
+    let mut lowers = Vec::new();
+    for d in &c.config.layers {
+        let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
+        lowers.push(strata_fs::Lower {
+            index: std::sync::Arc::new(store.layer_index(&digest)?),
+            objects_dir: ctx.layout.objects_dir(),
+        });
+    }
+    let changes = strata_fs::changes(&lowers, &c.upper())?;
+    for ch in changes {
+        println!("{} {}", ch.kind.letter(), ch.path);
+    }
+    Ok(0)
+}
+
+fn attach_cmd(ctx: &Context, a: AttachArgs) -> Result<i32> {
+    let c = record::find_fresh(&ctx.layout, &a.container).map_err(fail)?;
+    if !c.running() {
+        eprintln!("You cannot attach to a stopped container, start it first");
+        return Err(exit::with_code(1, None));
+    }
+    let stream = attach::connect(&c.dir)?;
+    let keys = attach::parse_detach_keys(a.detach_keys.as_deref().or(c.config.request.detach_keys.as_deref()))?;
+    let outcome = attach::run_client(
+        stream,
+        attach::ClientOptions {
+            stdin: !a.no_stdin && c.config.request.interactive,
+            tty: c.config.request.tty,
+            detach_keys: keys,
+            sig_proxy: a.sig_proxy && !c.config.request.tty,
+            init_pid: None,
+        },
+    );
+    run::finish_attached(outcome)
+}
+
+// ---------------------------------------------------------------------------
+// inspect / prune
+
+fn rfc3339_or_zero(t: &Option<String>) -> String {
+    t.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
+}
+
+/// Docker's `inspect` object for a container.
+pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
+    let cfg = &c.config;
+    let st = &c.state;
+    let ports: serde_json::Map<String, Value> = cfg
+        .exposed_ports
+        .iter()
+        .map(|p| {
+            let bindings: Vec<Value> = cfg
+                .ports
+                .iter()
+                .filter(|b| format!("{}/{}", b.container_port, b.proto) == *p)
+                .map(|b| {
+                    json!({"HostIp": if b.host_ip.is_empty() { "0.0.0.0" } else { &b.host_ip }, "HostPort": b.host_port.to_string()})
+                })
+                .collect();
+            (p.clone(), if bindings.is_empty() || !c.running() { Value::Null } else { Value::Array(bindings) })
+        })
+        .collect();
+    let port_bindings: serde_json::Map<String, Value> = cfg
+        .ports
+        .iter()
+        .map(|b| {
+            (format!("{}/{}", b.container_port, b.proto), json!([{"HostIp": b.host_ip, "HostPort": b.host_port.to_string()}]))
+        })
+        .collect();
+    let exposed: serde_json::Map<String, Value> = cfg.exposed_ports.iter().map(|p| (p.clone(), json!({}))).collect();
+    let mounts: Vec<Value> = cfg
+        .mounts
+        .iter()
+        .map(|m| {
+            let mut v = json!({
+                "Type": m.kind,
+                "Source": m.source,
+                "Destination": m.destination,
+                "Mode": if m.kind == "bind" { "" } else { "z" },
+                "RW": m.rw,
+                "Propagation": if m.kind == "bind" { "rprivate" } else { "" },
+            });
+            if m.kind == "volume" {
+                v["Name"] = json!(m.name);
+                v["Driver"] = json!("local");
+            }
+            v
+        })
+        .collect();
+    let pid = st.init.filter(|_| c.running()).map(|p| p.pid).unwrap_or(0);
+    let state = json!({
+            "Status": st.status.as_str(),
+            "Running": c.running(),
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": st.oom_killed,
+            "Dead": false,
+            "Pid": pid,
+            "ExitCode": st.exit_code,
+            "Error": st.error,
+            "StartedAt": rfc3339_or_zero(&st.started_at),
+            "FinishedAt": rfc3339_or_zero(&st.finished_at),
+        });
+    let host_config = json!({
+            "Binds": cfg.request.volumes,
+            "NetworkMode": cfg.network,
+            "PortBindings": port_bindings,
+            "AutoRemove": cfg.request.rm,
+            "CapAdd": cfg.request.cap_add,
+            "CapDrop": cfg.request.cap_drop,
+            "Dns": cfg.request.dns,
+            "ExtraHosts": cfg.request.add_host,
+            "Privileged": cfg.request.privileged,
+            "ReadonlyRootfs": cfg.request.read_only,
+            "SecurityOpt": cfg.request.security_opt,
+            "Init": cfg.request.init,
+            "Memory": cfg.request.memory.as_deref().and_then(|m| crate::containers::spec::parse_bytes(m).ok()).unwrap_or(0),
+            "NanoCpus": cfg.request.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+            "PidsLimit": cfg.request.pids_limit,
+            "Tmpfs": cfg.request.tmpfs,
+        });
+    let config = json!({
+            "Hostname": cfg.hostname,
+            "Domainname": "",
+            "User": cfg.user,
+            "AttachStdin": cfg.request.interactive,
+            "AttachStdout": true,
+            "AttachStderr": true,
+            "ExposedPorts": if exposed.is_empty() { Value::Null } else { Value::Object(exposed) },
+            "Tty": cfg.request.tty,
+            "OpenStdin": cfg.request.interactive,
+            "StdinOnce": cfg.request.interactive,
+            "Env": cfg.env,
+            "Cmd": if cfg.cmd.is_empty() { Value::Null } else { json!(cfg.cmd) },
+            "Image": cfg.image,
+            "Volumes": Value::Null,
+            "WorkingDir": cfg.working_dir,
+            "Entrypoint": if cfg.entrypoint.is_empty() { Value::Null } else { json!(cfg.entrypoint) },
+            "OnBuild": Value::Null,
+            "Labels": cfg.labels,
+            "StopSignal": cfg.stop_signal,
+            "StopTimeout": cfg.stop_timeout,
+        });
+    let mut v = json!({
+        "Id": cfg.id,
+        "Created": cfg.created,
+        "Path": cfg.path,
+        "Args": cfg.args,
+        "State": state,
+        "Image": cfg.image_id,
+        "ResolvConfPath": c.dir.join("resolv.conf"),
+        "HostnamePath": c.dir.join("hostname"),
+        "HostsPath": c.dir.join("hosts"),
+        "LogPath": c.log_path(),
+        "Name": format!("/{}", cfg.name),
+        "RestartCount": st.restart_count,
+        "Driver": "strata",
+        "Platform": "linux",
+        "MountLabel": "",
+        "ProcessLabel": "",
+        "AppArmorProfile": "",
+        "ExecIDs": Value::Null,
+        "HostConfig": host_config,
+        "GraphDriver": {
+            "Name": "strata",
+            "Data": {
+                "UpperDir": c.upper(),
+                "MergedDir": c.rootfs(),
+            }
+        },
+        "Mounts": mounts,
+        "Config": config,
+        "NetworkSettings": {
+            "Ports": ports,
+            "SandboxKey": if pid > 0 { format!("/proc/{pid}/ns/net") } else { String::new() },
+        },
+    });
+    if size {
+        let rw = upper_size(c);
+        v["SizeRw"] = json!(rw);
+        v["SizeRootFs"] = json!(rw + image_size(ctx, c));
+    }
+    v
+}
+
+/// Finds a container for `inspect` (also used by the generic `inspect`).
+pub fn inspect_one(ctx: &Context, key: &str, size: bool) -> Result<Value> {
+    let c = record::find_fresh(&ctx.layout, key)?;
+    Ok(inspect_value(ctx, &c, size))
+}
+
+fn inspect(ctx: &Context, a: InspectArgs) -> Result<i32> {
+    let mut values = Vec::new();
+    let mut status = 0;
+    for key in &a.containers {
+        match inspect_one(ctx, key, a.size) {
+            Ok(v) => values.push(v),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                status = 1;
+            }
+        }
+    }
+    match a.format.as_deref() {
+        None | Some("") | Some("json") => {
+            println!("{}", serde_json::to_string_pretty(&Value::Array(values))?);
+        }
+        Some(f) => {
+            for v in &values {
+                let out = format::render_loose(f, v).map_err(|e| anyhow::anyhow!("template parsing error: {e}"))?;
+                println!("{out}");
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn prune(ctx: &Context, a: PruneArgs) -> Result<i32> {
+    if !a.force && !crate::commands::volume::confirm("WARNING! This will remove all stopped containers.")? {
+        return Ok(0);
+    }
+    let mut filters = Vec::new();
+    for f in &a.filter {
+        let (k, v) = f.split_once('=').with_context(|| format!("bad format of filter (expected name=value): {f}"))?;
+        if k != "label" {
+            bail!("invalid filter '{k}'");
+        }
+        filters.push(v.to_string());
+    }
+    let mut deleted = Vec::new();
+    let mut reclaimed = 0u64;
+    for c in record::list_fresh(&ctx.layout)? {
+        if c.running() || c.state.supervisor.is_some_and(|p| p.alive()) {
+            continue;
+        }
+        if !filters.iter().all(|f| matches_filter(ctx, &c, "label", f).unwrap_or(false)) {
+            continue;
+        }
+        let size = upper_size(&c);
+        if remove_container(ctx, &c.config.id, false, false).is_ok() {
+            reclaimed += size;
+            deleted.push(c.config.id.clone());
+        }
+    }
+    if !deleted.is_empty() {
+        println!("Deleted Containers:");
+        for id in &deleted {
+            println!("{id}");
+        }
+        println!();
+    }
+    println!("Total reclaimed space: {}", format::human_size(reclaimed));
+    Ok(0)
+}

@@ -1,0 +1,203 @@
+//! `strata exec [-i] [-t] [-d] [-e] [-u] [-w] CONTAINER COMMAND...`: runs a
+//! process in a running container through the runner (which joins the
+//! container's namespaces through its init's pidfd). The exec'd process is
+//! our child: without `-d` we wait for it and exit with its status; with
+//! `-t` we relay a pseudo-terminal between it and ours.
+
+use crate::containers::record;
+use crate::context::Context;
+use crate::exit;
+use anyhow::{Context as _, Result};
+use clap::Args;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Detached mode: run command in the background
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Keep STDIN open even if not attached
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a pseudo-TTY
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Set environment variables
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Username or UID (format: "<name|uid>[:<group|gid>]")
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// Give extended privileges to the command
+    #[arg(long)]
+    privileged: bool,
+    container: String,
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
+    let c = match record::find_fresh(&ctx.layout, &a.container) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error response from daemon: {e:#}");
+            return Err(exit::with_code(1, None));
+        }
+    };
+    let init = match c.state.init.filter(|p| c.running() && p.alive()) {
+        Some(p) => p,
+        None => {
+            eprintln!("Error response from daemon: container {} is not running", c.config.id);
+            return Err(exit::with_code(1, None));
+        }
+    };
+    let cfg = &c.config;
+    // The container's root as its init sees it (also for a rootless
+    // container whose mount only exists in its supervisor's namespace).
+    let root = std::path::PathBuf::from(format!("/proc/{}/root", init.pid));
+    let user = strata_runner::resolve_user(&root, a.user.as_deref().unwrap_or(&cfg.user)).map_err(|e| {
+        eprintln!("Error response from daemon: {e}");
+        exit::with_code(126, None)
+    })?;
+    let mut spec = strata_runner::ExecSpec::new(a.command.clone());
+    let mut env = cfg.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.push(format!("HOSTNAME={}", cfg.hostname));
+    }
+    if a.tty {
+        env.push("TERM=xterm".into());
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    for e in &a.env {
+        let entry = if e.contains('=') {
+            e.clone()
+        } else {
+            match std::env::var(e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue,
+            }
+        };
+        let key = entry.split('=').next().unwrap_or("").to_string();
+        env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        env.push(entry);
+    }
+    spec.env = env;
+    spec.cwd = a.workdir.clone().unwrap_or_else(|| cfg.working_dir.clone());
+    spec.user = user.user;
+    spec.tty = a.tty;
+    let mut caps: Vec<strata_runner::Cap> = strata_runner::DEFAULT_CAPS.to_vec();
+    if cfg.request.privileged || a.privileged {
+        caps = strata_runner::Cap::all();
+    }
+    for d in &cfg.request.cap_drop {
+        if d.eq_ignore_ascii_case("ALL") {
+            caps.clear();
+        } else if let Some(cap) = strata_runner::Cap::parse(d) {
+            caps.retain(|c| *c != cap);
+        }
+    }
+    for d in &cfg.request.cap_add {
+        if d.eq_ignore_ascii_case("ALL") {
+            caps = strata_runner::Cap::all();
+        } else if let Some(cap) = strata_runner::Cap::parse(d) {
+            if !caps.contains(&cap) {
+                caps.push(cap);
+            }
+        }
+    }
+    spec.capabilities = caps;
+    spec.no_new_privileges = cfg.request.security_opt.iter().any(|o| o.starts_with("no-new-privileges") && !o.ends_with("false"));
+
+    let devnull = || -> Result<OwnedFd> { Ok(std::fs::File::open("/dev/null")?.into()) };
+    let stdio = if a.detach {
+        let null_out = || -> Result<OwnedFd> { Ok(std::fs::OpenOptions::new().write(true).open("/dev/null")?.into()) };
+        strata_runner::Stdio { stdin: Some(devnull()?), stdout: Some(null_out()?), stderr: Some(null_out()?) }
+    } else if a.interactive {
+        strata_runner::Stdio::default()
+    } else {
+        strata_runner::Stdio { stdin: Some(devnull()?), stdout: None, stderr: None }
+    };
+    let mut process = match strata_runner::exec(init.pid, &spec, stdio, None) {
+        Ok(p) => p,
+        Err(e) => {
+            let code = e.exit_code();
+            eprintln!("OCI runtime exec failed: {e}");
+            return Err(exit::with_code(if code == 125 { 126 } else { code }, None));
+        }
+    };
+    if a.detach {
+        return Ok(0);
+    }
+    if let Some(master) = process.take_pty_master() {
+        return relay_pty(master, &mut process, a.interactive);
+    }
+    Ok(process.wait().context("waiting for the exec'd process")?)
+}
+
+/// Relays our terminal to `master` until the process exits.
+fn relay_pty(master: OwnedFd, process: &mut strata_runner::Process, stdin: bool) -> Result<i32> {
+    use crate::containers::attach::window_size;
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGWINCH);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    let set_size = |fd: i32| {
+        if let Some((rows, cols)) = window_size(0) {
+            let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+            // SAFETY: TIOCSWINSZ reads a winsize from the pointer.
+            unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+        }
+    };
+    set_size(master.as_raw_fd());
+    let raw_fd = master.as_raw_fd();
+    std::thread::spawn(move || loop {
+        if set.wait().is_err() {
+            return;
+        }
+        set_size(raw_fd);
+    });
+    let saved = nix::sys::termios::tcgetattr(std::io::stdin().as_fd()).ok();
+    if let (Some(s), true) = (&saved, stdin) {
+        let mut raw = s.clone();
+        nix::sys::termios::cfmakeraw(&mut raw);
+        let _ = nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSANOW, &raw);
+    }
+    if stdin {
+        let m = master.try_clone()?;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match nix::unistd::read(std::io::stdin().as_fd(), &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if nix::unistd::write(&m, &buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut buf = [0u8; 32 * 1024];
+    loop {
+        match nix::unistd::read(master.as_fd(), &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                use std::io::Write;
+                let mut out = std::io::stdout();
+                let _ = out.write_all(&buf[..n]).and_then(|_| out.flush());
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break,
+        }
+    }
+    if let (Some(s), true) = (&saved, stdin) {
+        let _ = nix::sys::termios::tcsetattr(std::io::stdin().as_fd(), nix::sys::termios::SetArg::TCSANOW, s);
+    }
+    Ok(process.wait()?)
+}

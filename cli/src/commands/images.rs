@@ -1,0 +1,450 @@
+//! `images` / `image ls`, `tag`, `rmi` / `image rm`, `image prune`: the
+//! commands that list and rename images and remove them from the store.
+//!
+//! Rows, filters and messages follow Docker (`docker images` rows per
+//! repository and tag, `<none>` for untagged images, newest first; rmi's
+//! `Untagged:`/`Deleted:` lines; prune's `Deleted Images:` report).
+
+use super::image::{ImagesArgs, PruneArgs, RmiArgs, TagArgs};
+use super::support::{exit_code_for, open_store, parse_reference, unix_time};
+use crate::context::Context;
+use crate::format::{self, Output};
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use strata_layers::image::ImageRecord;
+use strata_layers::reference::Reference;
+use strata_layers::store::{is_image_in_use, Removed, Store};
+use strata_layers::Digest;
+
+const DEFAULT_TABLE: &str =
+    "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{if .CreatedSince }}{{.CreatedSince}}{{else}}N/A{{end}}\t{{.Size}}";
+const DEFAULT_TABLE_DIGESTS: &str = "table {{.Repository}}\t{{.Tag}}\t{{.Digest}}\t{{.ID}}\t{{if .CreatedSince }}{{.CreatedSince}}{{else}}N/A{{end}}\t{{.Size}}";
+
+/// Column titles of the image listing (Docker's).
+pub const HEADERS: &[(&str, &str)] = &[
+    ("ID", "IMAGE ID"),
+    ("Repository", "REPOSITORY"),
+    ("Tag", "TAG"),
+    ("Digest", "DIGEST"),
+    ("CreatedSince", "CREATED"),
+    ("CreatedAt", "CREATED AT"),
+    ("Size", "SIZE"),
+    ("Containers", "CONTAINERS"),
+    ("VirtualSize", "SIZE"),
+    ("SharedSize", "SHARED SIZE"),
+    ("UniqueSize", "UNIQUE SIZE"),
+];
+
+/// An image with the references naming it.
+pub struct Listed {
+    pub record: ImageRecord,
+    pub tags: Vec<Reference>,
+    pub digests: Vec<Reference>,
+    /// Creation time (Unix seconds), 0 when the config has none.
+    pub created: i64,
+}
+
+/// Every image with its references, newest first (Docker's order).
+pub fn list_images(store: &Store) -> anyhow::Result<Vec<Listed>> {
+    let mut by_id: BTreeMap<Digest, (Vec<Reference>, Vec<Reference>)> = BTreeMap::new();
+    for (r, id) in store.references()? {
+        let e = by_id.entry(id).or_default();
+        if r.digest.is_some() {
+            e.1.push(r);
+        } else {
+            e.0.push(r);
+        }
+    }
+    let mut out: Vec<Listed> = store
+        .images()?
+        .into_iter()
+        .map(|record| {
+            let (tags, digests) = by_id.remove(&record.id).unwrap_or_default();
+            let created = record.created.as_deref().map(unix_time).unwrap_or(0);
+            Listed { record, tags, digests, created }
+        })
+        .collect();
+    out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.record.id.cmp(&b.record.id)));
+    Ok(out)
+}
+
+/// The parsed `--filter` flags of `images`.
+#[derive(Default)]
+struct Filters {
+    dangling: Option<bool>,
+    labels: Vec<(String, Option<String>)>,
+    before: Option<i64>,
+    since: Option<i64>,
+    references: Vec<String>,
+}
+
+fn parse_filters(store: &Store, specs: &[String]) -> anyhow::Result<Filters> {
+    let mut f = Filters::default();
+    for spec in specs {
+        let Some((key, value)) = spec.split_once('=') else {
+            bail!("bad format of filter (expected name=value)");
+        };
+        match key {
+            "dangling" => match value.to_ascii_lowercase().as_str() {
+                "true" | "1" => f.dangling = Some(true),
+                "false" | "0" => f.dangling = Some(false),
+                _ => bail!("invalid filter 'dangling={value}'"),
+            },
+            "label" => f.labels.push(match value.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (value.to_string(), None),
+            }),
+            "before" | "since" => {
+                let img = store.resolve_image(value).map_err(anyhow::Error::from)?;
+                let t = img.created.as_deref().map(unix_time).unwrap_or(0);
+                if key == "before" {
+                    f.before = Some(t);
+                } else {
+                    f.since = Some(t);
+                }
+            }
+            "reference" => f.references.push(value.to_string()),
+            _ => bail!("invalid filter '{key}'"),
+        }
+    }
+    Ok(f)
+}
+
+/// Go's `path.Match` (`*`, `?`, `[...]` classes, `\` escapes; `*` and `?`
+/// do not match `/`).
+pub fn path_match(pattern: &str, name: &str) -> bool {
+    fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
+        // p starts after '['; returns (matched, length consumed including ']').
+        let mut i = 0;
+        let negate = p.first() == Some(&'^');
+        if negate {
+            i += 1;
+        }
+        let mut matched = false;
+        let mut first = true;
+        loop {
+            let ch = *p.get(i)?;
+            if ch == ']' && !first {
+                i += 1;
+                break;
+            }
+            first = false;
+            let lo = if ch == '\\' {
+                i += 1;
+                *p.get(i)?
+            } else {
+                ch
+            };
+            i += 1;
+            let mut hi = lo;
+            if p.get(i) == Some(&'-') && p.get(i + 1).is_some_and(|c| *c != ']') {
+                hi = if p[i + 1] == '\\' { *p.get(i + 2)? } else { p[i + 1] };
+                i += if p[i + 1] == '\\' { 3 } else { 2 };
+            }
+            if lo <= c && c <= hi {
+                matched = true;
+            }
+        }
+        Some((matched != negate, i))
+    }
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => {
+                let rest = &p[1..];
+                for k in 0..=n.len() {
+                    if go(rest, &n[k..]) {
+                        return true;
+                    }
+                    if k < n.len() && n[k] == '/' {
+                        break;
+                    }
+                }
+                false
+            }
+            Some('?') => !n.is_empty() && n[0] != '/' && go(&p[1..], &n[1..]),
+            Some('[') => {
+                let Some(&c) = n.first() else { return false };
+                if c == '/' {
+                    return false;
+                }
+                match class_match(&p[1..], c) {
+                    Some((true, used)) => go(&p[1 + used..], &n[1..]),
+                    _ => false,
+                }
+            }
+            Some('\\') if p.len() > 1 => !n.is_empty() && n[0] == p[1] && go(&p[2..], &n[1..]),
+            Some(&c) => !n.is_empty() && n[0] == c && go(&p[1..], &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// Docker's `FamiliarMatch`: the pattern against `name:tag` (or
+/// `name@digest`), then against the bare familiar name.
+fn reference_matches(pattern: &str, r: &Reference) -> bool {
+    path_match(pattern, &r.familiar_string()) || path_match(pattern, &r.familiar_name())
+}
+
+pub fn list(ctx: &Context, a: ImagesArgs) -> anyhow::Result<i32> {
+    let store = open_store(ctx)?;
+    let mut filter_specs = a.filter.clone();
+    if let Some(r) = &a.reference {
+        filter_specs.push(format!("reference={r}"));
+    }
+    let filters = parse_filters(&store, &filter_specs)?;
+    let default = if a.quiet {
+        "{{.ID}}"
+    } else if a.digests {
+        DEFAULT_TABLE_DIGESTS
+    } else {
+        DEFAULT_TABLE
+    };
+    // As in Docker, -q only changes the default format; an explicit one wins.
+    let fmt_flag = a.format.as_deref().filter(|f| !f.is_empty() && *f != "table");
+    let mut format_src = fmt_flag.map(str::to_string);
+    // Docker appends the digest column to custom tables when --digests is given.
+    if let Some(f) = &format_src {
+        if f.starts_with("table") && a.digests && !f.contains("{{.Digest}}") {
+            format_src = Some(format!("{f}\\t{{{{.Digest}}}}"));
+        }
+    }
+    let output = Output::new(format_src.as_deref(), default)?;
+    let need_digest = a.digests || format_src.as_deref().is_some_and(|f| f.contains("{{.Digest}}"));
+
+    let mut rows = Vec::new();
+    for mut img in list_images(&store)? {
+        if !filters.references.is_empty() {
+            let keep = |r: &Reference| filters.references.iter().any(|p| reference_matches(p, r));
+            img.tags.retain(keep);
+            img.digests.retain(keep);
+            if img.tags.is_empty() && img.digests.is_empty() {
+                continue;
+            }
+        }
+        if let Some(d) = filters.dangling {
+            if d != img.tags.is_empty() {
+                continue;
+            }
+        }
+        if filters.before.is_some_and(|t| img.created >= t) || filters.since.is_some_and(|t| img.created <= t) {
+            continue;
+        }
+        if !filters.labels.is_empty() {
+            let labels = store
+                .image(&img.record.id)?
+                .map(|r| r.config(&store))
+                .transpose()?
+                .and_then(|c| c.config.and_then(|c| c.labels))
+                .unwrap_or_default();
+            let ok = filters.labels.iter().all(|(k, v)| match (labels.get(k), v) {
+                (Some(_), None) => true,
+                (Some(have), Some(want)) => have == want,
+                (None, _) => false,
+            });
+            if !ok {
+                continue;
+            }
+        }
+        for (repo, tag, digest) in expand_rows(&img, need_digest, a.digests) {
+            rows.push(image_row(&img, &repo, &tag, &digest, !a.no_trunc));
+        }
+    }
+    print!("{}", output.render(&rows, HEADERS)?);
+    Ok(0)
+}
+
+/// Docker's imageFormatTaggedAndDigest: one row per repository and tag
+/// (times each digest of that repository when digests are shown), then rows
+/// for repositories named only by digest.
+fn expand_rows(img: &Listed, need_digest: bool, show_digests: bool) -> Vec<(String, String, String)> {
+    if img.tags.is_empty() && img.digests.is_empty() {
+        return vec![("<none>".into(), "<none>".into(), "<none>".into())];
+    }
+    let mut repo_tags: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut repo_digests: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in &img.tags {
+        repo_tags.entry(r.familiar_name()).or_default().push(r.tag_or_default().to_string());
+    }
+    for r in &img.digests {
+        if let Some(d) = &r.digest {
+            repo_digests.entry(r.familiar_name()).or_default().push(d.to_string());
+        }
+    }
+    let mut rows = Vec::new();
+    for (repo, tags) in &repo_tags {
+        let digests = repo_digests.remove(repo).filter(|_| need_digest).unwrap_or_default();
+        for tag in tags {
+            if digests.is_empty() {
+                rows.push((repo.clone(), tag.clone(), "<none>".to_string()));
+            }
+            for d in &digests {
+                rows.push((repo.clone(), tag.clone(), d.clone()));
+            }
+        }
+    }
+    for (repo, digests) in repo_digests {
+        if show_digests {
+            for d in digests {
+                rows.push((repo.clone(), "<none>".into(), d));
+            }
+        } else {
+            rows.push((repo, "<none>".into(), String::new()));
+        }
+    }
+    rows
+}
+
+fn image_row(img: &Listed, repo: &str, tag: &str, digest: &str, trunc: bool) -> Value {
+    let id = if trunc { img.record.id.short() } else { img.record.id.to_string() };
+    let (since, at) = if img.created > 0 {
+        (format::human_since(img.created), go_time_string(img.created))
+    } else {
+        (String::new(), go_time_string(0))
+    };
+    format::row([
+        ("Containers", "N/A".to_string()),
+        ("CreatedAt", at),
+        ("CreatedSince", since),
+        ("Digest", digest.to_string()),
+        ("ID", id),
+        ("Repository", repo.to_string()),
+        ("SharedSize", "N/A".to_string()),
+        ("Size", format::human_size3(img.record.size)),
+        ("Tag", tag.to_string()),
+        ("UniqueSize", "N/A".to_string()),
+        ("VirtualSize", format::human_size(img.record.size)),
+    ])
+}
+
+/// Go's `time.Time.String()` in UTC: `2024-01-02 03:04:05 +0000 UTC`.
+pub fn go_time_string(unix: i64) -> String {
+    match chrono::DateTime::from_timestamp(unix, 0) {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string(),
+        None => String::new(),
+    }
+}
+
+pub fn tag(ctx: &Context, a: TagArgs) -> anyhow::Result<i32> {
+    let store = open_store(ctx)?;
+    let target = parse_reference(&a.target)?;
+    if target.digest.is_some() {
+        bail!("refusing to create a tag with a digest reference");
+    }
+    let target = match target.tag {
+        Some(_) => target,
+        None => target.with_tag(strata_layers::reference::DEFAULT_TAG).map_err(anyhow::Error::from)?,
+    };
+    let img = store.resolve_image(&a.source).map_err(exit_code_for)?;
+    store.tag(&img.id, &target).map_err(exit_code_for)?;
+    Ok(0)
+}
+
+pub fn remove(ctx: &Context, a: RmiArgs) -> anyhow::Result<i32> {
+    let store = open_store(ctx)?;
+    let lock = store.lock_exclusive()?;
+    let mut failed = false;
+    let mut out = std::io::stdout().lock();
+    for name in &a.images {
+        match store.remove_image(&lock, name, a.force) {
+            Ok(lines) => {
+                for l in lines {
+                    writeln!(out, "{l}")?;
+                }
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                failed = true;
+            }
+        }
+    }
+    out.flush()?;
+    // Free the content the removed images held (shared content stays).
+    store.gc(&lock).context("freeing the removed images' content")?;
+    Ok(if failed { 1 } else { 0 })
+}
+
+pub fn prune(ctx: &Context, a: PruneArgs) -> anyhow::Result<i32> {
+    if let Some(f) = a.filter.first() {
+        bail!("invalid filter '{}': strata's image prune supports no filters yet", f);
+    }
+    if !a.force {
+        let warning = if a.all {
+            "WARNING! This will remove all images without at least one container associated to them."
+        } else {
+            "WARNING! This will remove all dangling images."
+        };
+        if !confirm(warning)? {
+            println!("Total reclaimed space: 0B");
+            return Ok(0);
+        }
+    }
+    let store = open_store(ctx)?;
+    let lock = store.lock_exclusive()?;
+    let mut removed: Vec<Removed> = Vec::new();
+    for img in list_images(&store)? {
+        let dangling = img.tags.is_empty();
+        if !(dangling || a.all) || is_image_in_use(&store, &img.record.id).is_some() {
+            continue;
+        }
+        match store.remove_image(&lock, &img.record.id.to_string(), true) {
+            Ok(lines) => removed.extend(lines),
+            Err(e) => eprintln!("Error: {e}"),
+        }
+    }
+    let stats = store.gc(&lock).context("freeing the removed images' content")?;
+    if !removed.is_empty() {
+        println!("Deleted Images:");
+        for r in &removed {
+            match r {
+                Removed::Untagged(s) => println!("untagged: {s}"),
+                Removed::Deleted(d) => println!("deleted: {d}"),
+            }
+        }
+        println!();
+    }
+    println!("Total reclaimed space: {}", format::human_size(stats.bytes));
+    Ok(0)
+}
+
+/// Docker's confirmation prompt: the question on stdout, one line from
+/// stdin; only `y`/`Y` agrees (end of input declines).
+pub fn confirm(warning: &str) -> anyhow::Result<bool> {
+    print!("{warning}\nAre you sure you want to continue? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("reading the answer from stdin")?;
+    if line.is_empty() {
+        println!();
+    }
+    Ok(matches!(line.trim(), "y" | "Y"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_match_like_go() {
+        assert!(path_match("busybox", "busybox"));
+        assert!(path_match("busy*", "busybox"));
+        assert!(path_match("busybox:*", "busybox:latest"));
+        assert!(!path_match("*", "library/busybox"));
+        assert!(path_match("*/*", "library/busybox"));
+        assert!(path_match("b?sybox", "busybox"));
+        assert!(path_match("[a-c]usybox", "busybox"));
+        assert!(!path_match("[^a-c]usybox", "busybox"));
+        assert!(path_match("localhost:5000/*", "localhost:5000/app"));
+        assert!(!path_match("busy", "busybox"));
+    }
+
+    #[test]
+    fn go_time_strings() {
+        assert_eq!(go_time_string(0), "1970-01-01 00:00:00 +0000 UTC");
+        assert_eq!(go_time_string(1_700_000_000), "2023-11-14 22:13:20 +0000 UTC");
+    }
+}

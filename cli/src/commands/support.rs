@@ -1,0 +1,66 @@
+//! Small helpers the image commands share: opening the store, mapping
+//! store errors to Docker's exit statuses, references, times, Docker-style
+//! JSON.
+
+use crate::context::Context;
+use crate::exit;
+use anyhow::Context as _;
+use serde::Serialize;
+use strata_layers::error::Error as StoreError;
+use strata_layers::reference::Reference;
+use strata_layers::store::Store;
+
+/// Opens (creating if needed) the store the context names.
+pub fn open_store(ctx: &Context) -> anyhow::Result<Store> {
+    Store::open(ctx.layout.clone()).with_context(|| format!("opening the store at {}", ctx.layout.root().display()))
+}
+
+/// Docker exits 1 (not 125) when a command's image does not exist or a
+/// removal conflicts; other store errors keep strata's 125.
+pub fn exit_code_for(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::NoSuchImage(_) | StoreError::AmbiguousId(_) | StoreError::Conflict(_) => {
+            exit::with_code(1, Some(e.to_string()))
+        }
+        other => anyhow::Error::from(other),
+    }
+}
+
+/// Parses an image reference; a malformed one is Docker's
+/// `invalid reference format: ...` (exit 125).
+pub fn parse_reference(s: &str) -> anyhow::Result<Reference> {
+    s.parse::<Reference>().map_err(|e| exit::with_code(exit::STRATA_ERROR, Some(e.to_string())))
+}
+
+/// Unix seconds of an RFC 3339 time (0 when it does not parse).
+pub fn unix_time(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).map(|t| t.timestamp()).unwrap_or(0)
+}
+
+/// JSON as Docker prints it: 4-space indentation and Go's HTML-safe
+/// escaping of `<`, `>`, `&` (so output matches `docker inspect` byte for byte).
+pub fn docker_json_indent<T: Serialize>(v: &T) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+    v.serialize(&mut ser).context("serialising JSON")?;
+    let s = String::from_utf8(buf).context("serialising JSON")?;
+    Ok(go_html_escape(&s))
+}
+
+/// Go's json.Marshal escapes `<`, `>`, `&`, U+2028 and U+2029 inside strings;
+/// these characters can only occur inside strings in JSON text.
+pub fn go_html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -1,0 +1,14 @@
+//! Containers: records in the store, names, volumes, the attach protocol,
+//! the per-container supervisor, and the translation of a container record
+//! into the runner's spec. The commands that use them live in
+//! `commands/run.rs`, `commands/container.rs`, `commands/exec.rs` and
+//! `commands/volume.rs`.
+
+pub mod attach;
+pub mod images;
+pub mod names;
+pub mod record;
+pub mod signals;
+pub mod spec;
+pub mod supervisor;
+pub mod volumes;

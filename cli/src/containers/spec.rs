@@ -1,0 +1,339 @@
+//! From a container record to what the runner and the filesystem need: the
+//! union mount of the image layers with the container's `upper/`, and the
+//! runner's [`Spec`] (command, environment, user, mounts, capabilities,
+//! limits, network, /etc files).
+
+use crate::containers::record::Container;
+use crate::context::Context;
+use anyhow::{bail, Context as _, Result};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use strata_runner::spec::{
+    CgroupLimits, CgroupSpec, EtcFiles, IdMapping, Mount, MountKind, Network, PortForward, Protocol, Rlimit, Spec,
+};
+use strata_runner::Cap;
+
+/// Mounts the container's union filesystem on `rootfs/`, served by this
+/// process until the handle is dropped.
+pub fn mount_rootfs(ctx: &Context, c: &Container) -> Result<Option<strata_fs::MountHandle>> {
+    let store = strata_layers::store::Store::open(ctx.layout.clone())?;
+    let mut lowers = Vec::new();
+    for (i, d) in c.config.layers.iter().enumerate() {
+        let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
+        let index = store.layer_index(&digest).with_context(|| format!("reading the index of layer {d}"))?;
+        let _ = i;
+        lowers.push(strata_fs::Lower { index: Arc::new(index), objects_dir: ctx.layout.objects_dir() });
+    }
+    let opts = strata_fs::MountOptions {
+        upper: Some(c.upper()),
+        fsname: format!("strata:{}", &c.config.id[..12]),
+        // Container processes run as many uids; set-id programs work as in Docker.
+        allow_other: true,
+        suid: true,
+        ..Default::default()
+    };
+    let handle = strata_fs::mount(lowers, &c.rootfs(), opts)?;
+    Ok(Some(handle))
+}
+
+pub struct SpecBuilder<'a> {
+    #[allow(dead_code)]
+    ctx: &'a Context,
+    c: &'a Container,
+}
+
+/// What entering the container's user namespace decided (rootless only).
+pub struct UserNs {
+    #[allow(dead_code)]
+    pub mapping: IdMapping,
+}
+
+impl<'a> SpecBuilder<'a> {
+    pub fn new(ctx: &'a Context, c: &'a Container) -> Result<Self> {
+        Ok(SpecBuilder { ctx, c })
+    }
+
+    /// Rootless: creates the container's user namespace (full subordinate
+    /// range when /etc/subuid grants one) and a mount namespace, and moves
+    /// this process into them, so that the union mount made next belongs
+    /// to that namespace. As root: nothing to do.
+    pub fn enter_user_namespace(&self) -> Result<Option<UserNs>> {
+        if !self.ctx.rootless {
+            return Ok(None);
+        }
+        let (mapping, note) = strata_runner::rootless_mapping();
+        if let Some(n) = note {
+            eprintln!("WARNING: {n}");
+        }
+        enter_user_namespace(&mapping).context("entering the container's user namespace")?;
+        Ok(Some(UserNs { mapping }))
+    }
+
+    pub fn build(&self, _userns: Option<&UserNs>) -> Result<Spec> {
+        let cfg = &self.c.config;
+        let req = &cfg.request;
+        let rootfs = self.c.rootfs();
+        let mut argv = vec![cfg.path.clone()];
+        argv.extend(cfg.args.iter().cloned());
+        let mut spec = Spec::new(&rootfs, argv);
+        let mut env = cfg.env.clone();
+        if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+            env.insert(1.min(env.len()), format!("HOSTNAME={}", cfg.hostname));
+        }
+        if req.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
+        spec.env = env;
+        spec.cwd = cfg.working_dir.clone();
+        let user = strata_runner::resolve_user(&rootfs, &cfg.user)?;
+        spec.user = user.user;
+        if !spec.env.iter().any(|e| e.starts_with("HOME=")) {
+            spec.env.push(format!("HOME={}", user.home));
+        }
+        spec.hostname = cfg.hostname.clone();
+        // Already inside the user namespace (rootless) or real root: the
+        // runner creates no further user namespace.
+        spec.id_mapping = IdMapping::None;
+        for m in &cfg.mounts {
+            let kind = match m.kind.as_str() {
+                "bind" | "volume" => MountKind::Bind { source: m.source.clone().into(), readonly: !m.rw },
+                "tmpfs" => MountKind::Tmpfs { options: m.options.clone() },
+                other => bail!("unknown mount type {other}"),
+            };
+            spec.mounts.push(Mount { target: m.destination.clone(), kind });
+        }
+        spec.readonly_rootfs = req.read_only;
+        spec.etc_files = Some(etc_files(self.c));
+        if req.privileged {
+            spec.set_privileged();
+        }
+        let (add, add_all) = parse_caps(&req.cap_add)?;
+        let (drop, drop_all) = parse_caps(&req.cap_drop)?;
+        spec.adjust_capabilities(&add, &drop, add_all, drop_all);
+        spec.no_new_privileges = req.security_opt.iter().any(|o| {
+            matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true")
+        });
+        spec.rlimits = req.ulimit.iter().map(|u| parse_ulimit(u)).collect::<Result<_>>()?;
+        spec.tty = req.tty;
+        spec.init = req.init;
+        let limits = CgroupLimits {
+            memory: req.memory.as_deref().map(parse_bytes).transpose()?,
+            cpus: req.cpus,
+            pids: req.pids_limit.filter(|p| *p > 0),
+        };
+        if !limits.is_empty() {
+            spec.cgroup = Some(CgroupSpec { name: cfg.id.clone(), limits });
+        }
+        spec.network = match cfg.network.as_str() {
+            "host" => Network::Host,
+            "none" => Network::None,
+            _ => Network::Private {
+                ports: cfg
+                    .ports
+                    .iter()
+                    .map(|p| PortForward {
+                        host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
+                        host_port: p.host_port,
+                        container_port: p.container_port,
+                        protocol: if p.proto == "udp" { Protocol::Udp } else { Protocol::Tcp },
+                    })
+                    .collect(),
+            },
+        };
+        Ok(spec)
+    }
+}
+
+fn parse_caps(list: &[String]) -> Result<(Vec<Cap>, bool)> {
+    let mut out = Vec::new();
+    let mut all = false;
+    for c in list {
+        if c.eq_ignore_ascii_case("ALL") {
+            all = true;
+            continue;
+        }
+        match Cap::parse(c) {
+            Some(cap) => out.push(cap),
+            None => bail!("invalid capability: {c}"),
+        }
+    }
+    Ok((out, all))
+}
+
+/// Moves this (single-threaded) process into a new user namespace with
+/// `mapping` and then into a new mount namespace whose mounts do not
+/// propagate anywhere. A mapping with more than our own ids is written by
+/// newuidmap/newgidmap, which must run outside the new namespace: a child
+/// forked before the unshare does that once we signal it.
+fn enter_user_namespace(mapping: &IdMapping) -> Result<()> {
+    use nix::sched::{unshare, CloneFlags};
+    use nix::unistd::{fork, ForkResult};
+    let IdMapping::Map { uids, gids } = mapping else { return Ok(()) };
+    let text = |r: &[strata_runner::IdRange]| r.iter().map(|r| format!("{} {} {}\n", r.container, r.host, r.size)).collect::<String>();
+    let single = uids.len() == 1 && gids.len() == 1;
+    if single {
+        unshare(CloneFlags::CLONE_NEWUSER).context("unshare(CLONE_NEWUSER)")?;
+        std::fs::write("/proc/self/setgroups", "deny").context("writing setgroups")?;
+        std::fs::write("/proc/self/uid_map", text(uids)).context("writing uid_map")?;
+        std::fs::write("/proc/self/gid_map", text(gids)).context("writing gid_map")?;
+    } else {
+        let parent = std::process::id();
+        let (go_r, go_w) = nix::unistd::pipe()?;
+        let (done_r, done_w) = nix::unistd::pipe()?;
+        // SAFETY: we are single-threaded here (the supervisor has started no
+        // threads yet), so the child may run ordinary code.
+        match unsafe { fork() }.context("fork")? {
+            ForkResult::Child => {
+                drop(go_w);
+                drop(done_r);
+                let mut b = [0u8; 1];
+                let _ = nix::unistd::read(go_r.as_fd(), &mut b);
+                let run = |prog: &str, ranges: &[strata_runner::IdRange]| -> std::result::Result<(), String> {
+                    let mut cmd = std::process::Command::new(prog);
+                    cmd.arg(parent.to_string());
+                    for r in ranges {
+                        cmd.args([r.container.to_string(), r.host.to_string(), r.size.to_string()]);
+                    }
+                    let out = cmd.stdin(std::process::Stdio::null()).output().map_err(|e| format!("{prog}: {e}"))?;
+                    if out.status.success() {
+                        Ok(())
+                    } else {
+                        Err(format!("{prog} failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
+                    }
+                };
+                let msg = match run("newuidmap", uids).and_then(|_| run("newgidmap", gids)) {
+                    Ok(()) => String::new(),
+                    Err(e) => e,
+                };
+                let _ = nix::unistd::write(&done_w, if msg.is_empty() { b"+" } else { msg.as_bytes() });
+                // SAFETY: leave the forked child without running the parent's destructors.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => {
+                drop(go_r);
+                drop(done_w);
+                let r = unshare(CloneFlags::CLONE_NEWUSER);
+                let _ = nix::unistd::write(&go_w, b"g");
+                drop(go_w);
+                let mut answer = Vec::new();
+                let mut f = std::fs::File::from(done_r);
+                let _ = std::io::Read::read_to_end(&mut f, &mut answer);
+                let _ = nix::sys::wait::waitpid(child, None);
+                r.context("unshare(CLONE_NEWUSER)")?;
+                if answer != b"+" {
+                    bail!("{}; check /etc/subuid and /etc/subgid", String::from_utf8_lossy(&answer));
+                }
+            }
+        }
+    }
+    unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+    rustix::mount::mount_change("/", rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC)
+        .context("making mounts private")?;
+    Ok(())
+}
+
+/// `--ulimit nofile=1024:2048` (a single value sets both).
+fn parse_ulimit(s: &str) -> Result<Rlimit> {
+    let (name, vals) = s.split_once('=').with_context(|| format!("invalid ulimit argument: {s}"))?;
+    let (soft, hard) = vals.split_once(':').unwrap_or((vals, vals));
+    let num = |v: &str| -> Result<u64> {
+        if v == "-1" || v == "unlimited" {
+            return Ok(u64::MAX);
+        }
+        v.parse().with_context(|| format!("invalid ulimit argument: {s}"))
+    };
+    let (soft, hard) = (num(soft)?, num(hard)?);
+    if soft > hard {
+        bail!("ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}");
+    }
+    Ok(Rlimit { name: name.to_string(), soft, hard })
+}
+
+/// `512m`, `1g`, `100000` (bytes), as Docker's RAMInBytes (binary units).
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let n: f64 = num.parse().with_context(|| format!("invalid size: '{s}'"))?;
+    if n < 0.0 {
+        bail!("invalid size: '{s}'");
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container.
+pub fn etc_files(c: &Container) -> EtcFiles {
+    let cfg = &c.config;
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for h in &cfg.request.add_host {
+        if let Some((name, ip)) = h.split_once(':').or_else(|| h.split_once('=')) {
+            let ip = if ip == "host-gateway" { "169.254.1.2" } else { ip };
+            hosts.push_str(&format!("{ip}\t{name}\n"));
+        }
+    }
+    hosts.push_str(&format!("127.0.1.1\t{}\n", cfg.hostname));
+    let resolv = if !cfg.request.dns.is_empty() {
+        cfg.request.dns.iter().map(|d| format!("nameserver {d}\n")).collect::<String>()
+    } else {
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        // The host's loopback resolvers are unreachable from a private network.
+        let mut out: String = host
+            .lines()
+            .filter(|l| {
+                let mut w = l.split_whitespace();
+                let is_loopback_ns = w.next() == Some("nameserver")
+                    && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1");
+                !(cfg.network == "private" && is_loopback_ns)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if !out.contains("nameserver") && cfg.network != "host" {
+            out.push_str("nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+        }
+        out
+    };
+    EtcFiles {
+        dir: c.dir.clone(),
+        hosts: Some(hosts),
+        hostname: Some(format!("{}\n", cfg.hostname)),
+        resolv_conf: Some(resolv),
+    }
+}
+
+/// Checks the create-time flags that only the spec builder interprets.
+pub fn validate(req: &crate::commands::run::CreateArgs) -> Result<()> {
+    parse_caps(&req.cap_add)?;
+    parse_caps(&req.cap_drop)?;
+    for u in &req.ulimit {
+        parse_ulimit(u)?;
+    }
+    if let Some(m) = &req.memory {
+        parse_bytes(m)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert!(parse_bytes("x").is_err());
+    }
+
+    #[test]
+    fn ulimits() {
+        assert_eq!(parse_ulimit("nofile=10:20").unwrap(), Rlimit { name: "nofile".into(), soft: 10, hard: 20 });
+        assert!(parse_ulimit("nofile=30:20").is_err());
+    }
+}

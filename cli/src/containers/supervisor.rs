@@ -1,0 +1,582 @@
+//! The per-container supervisor: `strata internal-supervise ID`.
+//!
+//! One supervisor process per running container, detached from the
+//! terminal and the process that started it (its own session; stdio on
+//! `supervisor.log` in the container directory). It
+//! 1. claims the container (records its own pid + start time under the lock),
+//! 2. rootless: enters the container's user namespace first, so that the
+//!    FUSE mount it serves shows image-owned files with their real owners
+//!    and `chown` inside the container works,
+//! 3. mounts the union filesystem (image layers + `upper/`) on `rootfs/`,
+//!    serving it from background threads of this process,
+//! 4. seeds empty volumes from the image and spawns the container through
+//!    the runner,
+//! 5. copies the container's output into `ctr.log` and to attached clients,
+//!    and their input, window sizes and signals to the container,
+//! 6. records the exit status, unmounts, and for `--rm` removes everything,
+//!    then tells the clients the exit status.
+//!
+//! The process that launches the supervisor passes it one end of a socket
+//! pair (fd 3): the supervisor reports `STARTED` or `ERROR(code, message)`
+//! there, so `run -d` prints the id only once the container runs and `run`
+//! sees every byte of output. Later clients use `attach.sock`.
+
+use crate::commands::run::remove_container_files;
+use crate::containers::attach::{self, FrameBuf};
+use crate::containers::record::{self, Container, Proc, Status};
+use crate::containers::{signals, volumes};
+use crate::context::Context;
+use anyhow::{bail, Context as _, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+/// The fd number the supervisor finds its first client on.
+const CLIENT_FD: RawFd = 3;
+
+/// A start failure reported by the supervisor, with Docker's exit status.
+#[derive(Debug)]
+pub struct StartError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+impl std::error::Error for StartError {}
+
+/// The launching side of a supervisor.
+pub struct Session {
+    stream: Option<UnixStream>,
+    dir: std::path::PathBuf,
+}
+
+impl Session {
+    /// Waits for `STARTED`; turns `ERROR` into a [`StartError`].
+    pub fn wait_started(&mut self) -> Result<()> {
+        let mut s = self.stream.take().context("session already used")?;
+        loop {
+            match attach::read_frame(&mut s).context("waiting for the supervisor")? {
+                Some((attach::STARTED, _)) => return Ok(()),
+                Some((attach::ERROR, p)) => {
+                    let code = p.get(..4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(125);
+                    let message = String::from_utf8_lossy(p.get(4..).unwrap_or_default()).into_owned();
+                    return Err(StartError { code, message }.into());
+                }
+                Some((attach::EXIT, _)) => return Ok(()),
+                Some(_) => continue,
+                None => {
+                    let log = std::fs::read_to_string(self.dir.join("supervisor.log")).unwrap_or_default();
+                    bail!("the container's supervisor exited before the container started: {}", log.trim());
+                }
+            }
+        }
+    }
+
+    /// The connection to the supervisor, for an attached client.
+    pub fn take_stream(&mut self) -> Result<UnixStream> {
+        self.stream.take().context("session already used")
+    }
+}
+
+/// Starts `strata internal-supervise ID` as a detached process. With
+/// `attach` the supervisor sends output to the returned session too.
+pub fn launch(ctx: &Context, c: &Container, attach: bool) -> Result<Session> {
+    let (ours, theirs) = UnixStream::pair().context("creating the supervisor socket pair")?;
+    let exe = std::fs::read_link("/proc/self/exe").context("finding the strata binary")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(c.dir.join("supervisor.log"))
+        .context("opening supervisor.log")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--root").arg(ctx.layout.root()).arg("internal-supervise").arg(&c.config.id);
+    if attach {
+        cmd.arg("--attach");
+    }
+    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let fd = theirs.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 clears close-on-exec on the new descriptor.
+            if libc::dup2(fd, CLIENT_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting the container's supervisor")?;
+    drop(theirs);
+    // The supervisor outlives us; it is reaped by init (or a subreaper).
+    drop(child);
+    Ok(Session { stream: Some(ours), dir: c.dir.clone() })
+}
+
+/// A connected client.
+struct Client {
+    stream: UnixStream,
+    frames: FrameBuf,
+}
+
+/// Output of the container being copied: the fd and its stream name.
+struct Output {
+    fd: OwnedFd,
+    stream: &'static str,
+    kind: u8,
+    /// Bytes of an unfinished line, kept for the next log record.
+    open: bool,
+}
+
+/// `strata internal-supervise ID`: runs until the container has exited.
+pub fn supervise_main(ctx: &Context, id: &str, attach_first: bool) -> Result<i32> {
+    // SAFETY: fd 3 was placed by `launch`; we take ownership of it once.
+    let first = unsafe { UnixStream::from_raw_fd(CLIENT_FD) };
+    // Our output goes to supervisor.log; a client going away must not kill us.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let mut first = Some(first);
+    let report = |first: &mut Option<UnixStream>, code: i32, msg: &str| {
+        if let Some(s) = first.as_mut() {
+            let _ = attach::write_frame(s, attach::ERROR, &attach::error_payload(code, msg));
+        }
+        eprintln!("start failed ({code}): {msg}");
+    };
+    let c = match claim(ctx, id) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&mut first, 125, &format!("{e:#}"));
+            return Ok(125);
+        }
+    };
+    let mut sup = Supervisor { ctx, c, clients: Vec::new(), log: None, listener: None };
+    match sup.start() {
+        Ok(running) => {
+            if let Some(mut s) = first.take() {
+                let _ = attach::write_frame(&mut s, attach::STARTED, &[]);
+                if attach_first {
+                    let _ = s.set_nonblocking(false);
+                    sup.clients.push(Client { stream: s, frames: FrameBuf::default() });
+                }
+            }
+            let code = sup.serve(running);
+            Ok(code)
+        }
+        Err(e) => {
+            let (code, msg) = match e.downcast_ref::<strata_runner::RunnerError>() {
+                Some(r) => (r.exit_code(), r.to_string()),
+                None => (125, format!("{e:#}")),
+            };
+            let msg = format!("failed to create task for container: {msg}");
+            let _ = record::update_state(&ctx.layout, &sup.c.dir, |s| {
+                s.supervisor = None;
+                s.init = None;
+                s.exit_code = code;
+                s.error = msg.clone();
+                if s.status != Status::Exited {
+                    s.status = Status::Created;
+                }
+            });
+            sup.teardown();
+            if sup.c.config.request.rm {
+                let _ = remove_container_files(ctx, &sup.c, true);
+            }
+            report(&mut first, code, &msg);
+            Ok(code)
+        }
+    }
+}
+
+/// Marks the container as owned by this supervisor; fails if another one
+/// runs it.
+fn claim(ctx: &Context, id: &str) -> Result<Container> {
+    let me = Proc::of(std::process::id() as i32).context("reading our own start time")?;
+    let _lock = record::lock(&ctx.layout)?;
+    let dir = ctx.layout.container_dir(id);
+    let mut c = record::read_dir_record(&dir).with_context(|| format!("No such container: {id}"))?;
+    if c.state.supervisor.is_some_and(|p| p.alive() && p != me) {
+        bail!("container {} is already running", &id[..12]);
+    }
+    c.state.supervisor = Some(me);
+    record::save_state(&c)?;
+    Ok(c)
+}
+
+struct Supervisor<'a> {
+    ctx: &'a Context,
+    c: Container,
+    clients: Vec<Client>,
+    log: Option<std::fs::File>,
+    listener: Option<UnixListener>,
+}
+
+/// What `start` hands to the serving loop.
+struct Running {
+    child: strata_runner::Container,
+    _mount: Option<strata_fs::MountHandle>,
+    stdin: Option<OwnedFd>,
+    outputs: Vec<Output>,
+    tty: Option<OwnedFd>,
+}
+
+impl Supervisor<'_> {
+    fn start(&mut self) -> Result<Running> {
+        let c = self.c.clone();
+        let rootfs = c.rootfs();
+        record::clear_stale_mount(&rootfs);
+        std::fs::create_dir_all(&rootfs)?;
+        let spec_builder = crate::containers::spec::SpecBuilder::new(self.ctx, &c)?;
+        // Rootless: from here on we are root of the container's user namespace.
+        let userns = spec_builder.enter_user_namespace()?;
+        let mount = crate::containers::spec::mount_rootfs(self.ctx, &c).context("mounting the container's filesystem")?;
+        volumes::seed_volumes(self.ctx, &c, &rootfs)?;
+        let spec = spec_builder.build(userns.as_ref())?;
+
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(c.log_path()).context("opening the log")?;
+        self.log = Some(log);
+
+        let (mut stdio, parent_stdin, outputs) = if spec.tty {
+            (strata_runner::Stdio::default(), None, Vec::new())
+        } else {
+            let (out_r, out_w) = nix::unistd::pipe()?;
+            let (err_r, err_w) = nix::unistd::pipe()?;
+            let (in_child, in_parent) = if c.config.request.interactive {
+                let (r, w) = nix::unistd::pipe()?;
+                (Some(r), Some(w))
+            } else {
+                (None, None)
+            };
+            let outputs = vec![
+                Output { fd: out_r, stream: "stdout", kind: attach::STDOUT, open: false },
+                Output { fd: err_r, stream: "stderr", kind: attach::STDERR, open: false },
+            ];
+            (strata_runner::Stdio { stdin: in_child, stdout: Some(out_w), stderr: Some(err_w) }, in_parent, outputs)
+        };
+        let mut child = strata_runner::spawn(&spec, std::mem::take(&mut stdio))?;
+        drop(stdio);
+        if let Some(n) = child.note() {
+            eprintln!("note: {n}");
+        }
+        let mut outputs = outputs;
+        let tty = child.take_pty_master();
+        if let Some(m) = &tty {
+            outputs.push(Output { fd: m.try_clone()?, stream: "stdout", kind: attach::STDOUT, open: false });
+        }
+        let init = Proc::of(child.pid()).unwrap_or(Proc { pid: child.pid(), start: 0 });
+        record::update_state(&self.ctx.layout, &c.dir, |s| {
+            s.status = Status::Running;
+            s.init = Some(init);
+            s.exit_code = 0;
+            s.error.clear();
+            s.oom_killed = false;
+            s.started_at = Some(record::now());
+            s.finished_at = None;
+        })?;
+        // Later clients (`attach`, `start -a`) connect here.
+        self.listener = bind_socket(&c.dir).ok();
+        let stdin = if tty.is_some() { tty.as_ref().map(|m| m.try_clone()).transpose()? } else { parent_stdin };
+        Ok(Running { child, _mount: mount, stdin, outputs, tty })
+    }
+
+    /// Copies output and input until the container exits; returns its status.
+    fn serve(&mut self, mut run: Running) -> i32 {
+        let pidfd = run.child.process().pidfd().try_clone_to_owned().ok();
+        let mut exited = false;
+        loop {
+            let mut fds: Vec<PollFd> = Vec::new();
+            for o in &run.outputs {
+                fds.push(PollFd::new(o.fd.as_fd(), PollFlags::POLLIN));
+            }
+            let n_out = fds.len();
+            if let Some(p) = &pidfd {
+                if !exited {
+                    fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+                }
+            }
+            let pid_slot = if pidfd.is_some() && !exited { Some(fds.len() - 1) } else { None };
+            let listen_slot = self.listener.as_ref().map(|l| {
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                fds.len() - 1
+            });
+            let client_base = fds.len();
+            for cl in &self.clients {
+                fds.push(PollFd::new(cl.stream.as_fd(), PollFlags::POLLIN));
+            }
+            // After the exit, drain what is left in the pipes, but do not
+            // wait for ever on a descendant that still holds them.
+            let timeout = if exited { PollTimeout::from(500u16) } else { PollTimeout::NONE };
+            let ready = match poll(&mut fds, timeout) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => 0,
+            };
+            let revents: Vec<PollFlags> = fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
+            drop(fds);
+            if exited && ready == 0 {
+                break;
+            }
+            // Output.
+            let mut closed = Vec::new();
+            for (i, ev) in revents[..n_out].iter().enumerate() {
+                if ev.is_empty() {
+                    continue;
+                }
+                let mut buf = [0u8; 32 * 1024];
+                match nix::unistd::read(run.outputs[i].fd.as_fd(), &mut buf) {
+                    Ok(0) | Err(_) => closed.push(i),
+                    Ok(n) => self.output(&mut run.outputs[i], &buf[..n]),
+                }
+            }
+            for i in closed.into_iter().rev() {
+                run.outputs.remove(i);
+            }
+            if let Some(slot) = pid_slot {
+                if !revents[slot].is_empty() {
+                    exited = true;
+                }
+            }
+            if let Some(slot) = listen_slot {
+                if !revents[slot].is_empty() {
+                    if let Some(Ok((s, _))) = self.listener.as_ref().map(|l| l.accept()) {
+                        let _ = s.set_nonblocking(false);
+                        self.clients.push(Client { stream: s, frames: FrameBuf::default() });
+                    }
+                }
+            }
+            // Client input.
+            let mut gone = Vec::new();
+            let n_clients = revents.len() - client_base;
+            for i in 0..n_clients.min(self.clients.len()) {
+                if revents[client_base + i].is_empty() {
+                    continue;
+                }
+                let mut buf = [0u8; 32 * 1024];
+                let n = match (&self.clients[i].stream).read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        gone.push(i);
+                        continue;
+                    }
+                    Ok(n) => n,
+                };
+                self.clients[i].frames.push(&buf[..n]);
+                loop {
+                    match self.clients[i].frames.next_frame() {
+                        Ok(Some((kind, payload))) => self.client_frame(&mut run, kind, &payload),
+                        Ok(None) => break,
+                        Err(_) => {
+                            gone.push(i);
+                            break;
+                        }
+                    }
+                }
+            }
+            gone.sort_unstable();
+            gone.dedup();
+            for i in gone.into_iter().rev() {
+                self.clients.remove(i);
+            }
+            if exited && run.outputs.is_empty() {
+                break;
+            }
+        }
+        for o in run.outputs.iter_mut() {
+            if o.open {
+                self.log_record(o.stream, b"");
+            }
+        }
+        let code = run.child.wait().unwrap_or(255);
+        self.finish(code, run)
+    }
+
+    fn output(&mut self, o: &mut Output, data: &[u8]) {
+        // One log record per line; an unfinished line is continued later.
+        let mut rest = data;
+        while !rest.is_empty() {
+            let (piece, more) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..=i], &rest[i + 1..]),
+                None => (rest, &[][..]),
+            };
+            self.log_record(o.stream, piece);
+            o.open = !piece.ends_with(b"\n");
+            rest = more;
+        }
+        let mut gone = Vec::new();
+        for (i, cl) in self.clients.iter_mut().enumerate() {
+            if attach::write_frame(&mut cl.stream, o.kind, data).is_err() {
+                gone.push(i);
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.clients.remove(i);
+        }
+    }
+
+    fn log_record(&mut self, stream: &str, piece: &[u8]) {
+        if piece.is_empty() {
+            return;
+        }
+        let Some(log) = self.log.as_mut() else { return };
+        let line = serde_json::json!({
+            "stream": stream,
+            "time": record::now(),
+            "log": String::from_utf8_lossy(piece),
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        let _ = log.write_all(text.as_bytes());
+    }
+
+    fn client_frame(&mut self, run: &mut Running, kind: u8, payload: &[u8]) {
+        match kind {
+            attach::STDIN => {
+                if let Some(fd) = &run.stdin {
+                    let _ = write_all_fd(fd.as_fd(), payload);
+                }
+            }
+            attach::STDIN_EOF => {
+                // A terminal has no end of input; a pipe is closed.
+                if run.tty.is_none() {
+                    run.stdin = None;
+                }
+            }
+            attach::RESIZE => {
+                if let (Some(m), Some((rows, cols))) = (&run.tty, attach::parse_resize(payload)) {
+                    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                    // SAFETY: TIOCSWINSZ reads a winsize from the pointer.
+                    unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+                }
+            }
+            attach::SIGNAL => {
+                if payload.len() >= 4 {
+                    let sig = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    let _ = run.child.signal(sig);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Records the exit, unmounts, removes for `--rm`, tells the clients.
+    fn finish(&mut self, code: i32, run: Running) -> i32 {
+        let oom = false;
+        let _ = record::update_state(&self.ctx.layout, &self.c.dir, |s| {
+            s.status = Status::Exited;
+            s.exit_code = code;
+            s.init = None;
+            s.supervisor = None;
+            s.oom_killed = oom;
+            s.finished_at = Some(record::now());
+        });
+        if let Some(l) = self.log.as_mut() {
+            let _ = l.sync_all();
+        }
+        drop(run);
+        self.teardown();
+        if self.c.config.request.rm {
+            if let Err(e) = remove_container_files(self.ctx, &self.c, true) {
+                eprintln!("removing the container: {e:#}");
+            }
+        }
+        for cl in self.clients.iter_mut() {
+            let _ = attach::write_frame(&mut cl.stream, attach::EXIT, &code.to_be_bytes());
+        }
+        code
+    }
+
+    /// Unmounts the container's filesystem and removes the attach socket.
+    fn teardown(&mut self) {
+        self.listener = None;
+        let _ = std::fs::remove_file(self.c.socket_path());
+        record::clear_stale_mount(&self.c.rootfs());
+    }
+}
+
+fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        match nix::unistd::write(fd, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Binds `DIR/attach.sock`, reaching a long DIR through an fd.
+fn bind_socket(dir: &Path) -> Result<UnixListener> {
+    let d = std::fs::File::open(dir)?;
+    let path = format!("/proc/self/fd/{}/attach.sock", d.as_raw_fd());
+    let _ = std::fs::remove_file(&path);
+    let l = UnixListener::bind(&path)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+/// Sends `sig` to the container's init, if it still is the process we started.
+pub fn signal_container(c: &Container, sig: nix::sys::signal::Signal) -> Result<()> {
+    let Some(init) = c.state.init.filter(|p| p.alive()) else {
+        bail!("container {} is not running", c.config.id);
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init.pid), sig)
+        .with_context(|| format!("sending {sig} to the container"))
+}
+
+/// Waits until the supervisor of `c` has exited (it records the exit status
+/// first), or until `timeout` passed. Returns whether it exited.
+pub fn wait_supervisor(c: &Container, timeout: Option<std::time::Duration>) -> bool {
+    let Some(sup) = c.state.supervisor else { return true };
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    // pidfd_open gives a pollable handle on a process that is not our child.
+    // SAFETY: plain syscall; the returned fd is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, sup.pid, 0) } as i32;
+    if fd >= 0 {
+        // SAFETY: fd was just returned by pidfd_open.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if !sup.alive() {
+            return true;
+        }
+        loop {
+            let left = match deadline {
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    PollTimeout::try_from((d - now).as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX)
+                }
+                None => PollTimeout::NONE,
+            };
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, left) {
+                Ok(n) if n > 0 => return true,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    // Fallback: poll /proc.
+    while sup.alive() {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    true
+}
+
+#[allow(dead_code)]
+fn _sig(s: &str) -> Result<nix::sys::signal::Signal> {
+    signals::parse(s)
+}

@@ -1,0 +1,134 @@
+//! `docker diff` for an upper directory: which paths were added, changed or
+//! deleted relative to the lower layers.
+//!
+//! The rules are Docker's (moby `pkg/archive` `changes()`): walk the upper
+//! directory in lexical order per directory; a whiteout is a deletion of the
+//! name it hides; anything else is a change when some lower layer has that
+//! path, else an addition; a directory present below with the same mode and
+//! mtime is not reported by itself, but the parent of an added or deleted
+//! path is reported as changed (once). Opaque markers and strata's internal
+//! files are not changes by themselves.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use strata_layers::index::EntryKind;
+
+use crate::source::Lower;
+use crate::upper::{list_dir, Upper, LONG_WH_PREFIX, WH_PREFIX};
+use crate::{load, FsError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeKind {
+    Added,
+    Changed,
+    Deleted,
+}
+
+impl ChangeKind {
+    /// Docker's one-letter column: A, C or D.
+    pub fn letter(self) -> char {
+        match self {
+            ChangeKind::Added => 'A',
+            ChangeKind::Changed => 'C',
+            ChangeKind::Deleted => 'D',
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// Absolute path in the container, like "/etc/x".
+    pub path: String,
+}
+
+/// Per lower path: (is a directory, mode bits incl. type, mtime sec, mtime nsec), topmost layer first.
+type LowerPaths = HashMap<Vec<u8>, (u32, i64, u32)>;
+
+fn lower_paths(lowers: &[Lower]) -> LowerPaths {
+    let mut m = LowerPaths::new();
+    for l in lowers.iter().rev() {
+        for e in &l.index.entries {
+            if matches!(e.kind, EntryKind::Whiteout) {
+                continue;
+            }
+            let p: Vec<u8> = e.path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect::<Vec<_>>().join(&b'/');
+            m.entry(p).or_insert((e.type_bits() | (e.mode & 0o7777), e.mtime, e.mtime_nsec));
+        }
+    }
+    m
+}
+
+pub fn changes(lowers: &[Lower], upper: &Path) -> Result<Vec<Change>, FsError> {
+    let io = |source| FsError::Io { what: "reading upper directory", path: upper.to_path_buf(), source };
+    let up = Upper::open(upper).map_err(io)?;
+    let lower = lower_paths(lowers);
+    let mut out = Vec::new();
+    let mut changed_dirs = HashSet::new();
+    walk(&up, &lower, b"", &mut out, &mut changed_dirs).map_err(io)?;
+    Ok(out)
+}
+
+fn show(p: &[u8]) -> String {
+    format!("/{}", String::from_utf8_lossy(p))
+}
+
+fn same_time(a: (i64, u32), b: (i64, u32)) -> bool {
+    a == b || (a.0 == b.0 && (a.1 == 0 || b.1 == 0))
+}
+
+fn walk(
+    up: &Upper,
+    lower: &LowerPaths,
+    rel: &[u8],
+    out: &mut Vec<Change>,
+    changed_dirs: &mut HashSet<Vec<u8>>,
+) -> std::io::Result<()> {
+    let fd = up.dir_readable(rel)?;
+    let mut names = list_dir(&fd)?;
+    names.sort();
+    let join = |n: &[u8]| if rel.is_empty() { n.to_vec() } else { [rel, b"/", n].concat() };
+    for n in names {
+        let (path, kind, is_dir) = if n.starts_with(LONG_WH_PREFIX) {
+            (join(&load::long_whiteout_target(up, fd.as_fd(), &n)?), ChangeKind::Deleted, false)
+        } else if n.starts_with(b".wh..wh.") {
+            continue;
+        } else if let Some(h) = n.strip_prefix(WH_PREFIX) {
+            (join(h), ChangeKind::Deleted, false)
+        } else {
+            let path = join(&n);
+            let h = up.stat(fd.as_fd(), &n)?;
+            let a = h.attr();
+            let is_dir = a.is_dir();
+            let kind = match lower.get(&path) {
+                Some(&(mode, sec, nsec)) => {
+                    if is_dir
+                        && mode & libc::S_IFMT == libc::S_IFDIR
+                        && mode == a.mode
+                        && same_time((sec, nsec), (a.mtime.sec, a.mtime.nsec))
+                    {
+                        walk(up, lower, &path, out, changed_dirs)?;
+                        continue;
+                    }
+                    ChangeKind::Changed
+                }
+                None => ChangeKind::Added,
+            };
+            (path, kind, is_dir)
+        };
+        if is_dir {
+            changed_dirs.insert(path.clone());
+        }
+        if kind != ChangeKind::Changed && !rel.is_empty() && !changed_dirs.contains(rel) {
+            out.push(Change { kind: ChangeKind::Changed, path: show(rel) });
+            changed_dirs.insert(rel.to_vec());
+        }
+        out.push(Change { kind, path: show(&path) });
+        if is_dir {
+            walk(up, lower, &path, out, changed_dirs)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Folding an existing upper directory into the merged tree at mount, so a
+//! remount shows exactly what the previous mount left (see `upper.rs` for the
+//! on-disk conventions read here).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use strata_layers::index::EntryKind;
+use strata_layers::Digest;
+
+use crate::source::LayerSource;
+use crate::tree::{Ino, LowerRef, Node, Tree, Up, ROOT};
+use crate::upper::{self, list_dir, Upper, LONG_WH_PREFIX, OPAQUE, WH_PREFIX};
+
+/// Reads the name a long whiteout stands for.
+pub(crate) fn long_whiteout_target(up: &Upper, dir: std::os::fd::BorrowedFd, name: &[u8]) -> io::Result<Vec<u8>> {
+    let f = up.open_file(dir, name, rustix::fs::OFlags::RDONLY)?;
+    let mut v = Vec::new();
+    io::Read::read_to_end(&mut &f, &mut v)?;
+    Ok(v)
+}
+
+fn find_digest(sources: &[Arc<dyn LayerSource>], d: &Digest) -> Option<LowerRef> {
+    for (li, s) in sources.iter().enumerate().rev() {
+        for (ei, e) in s.entries().iter().enumerate() {
+            if matches!(&e.kind, EntryKind::File { digest, .. } if digest == d) {
+                return Some(LowerRef { layer: li as u32, entry: ei as u32 });
+            }
+        }
+    }
+    None
+}
+
+pub(crate) fn load_upper(t: &mut Tree, up: &Upper, sources: &[Arc<dyn LayerSource>]) -> io::Result<()> {
+    let root_listing = list_dir(&up.dir_readable(b"")?)?;
+    if root_listing.is_empty() {
+        // A fresh upper directory: it takes the image root's metadata.
+        let a = t.node(ROOT).attr;
+        up.write_meta(up.root_fd(), b".", &a)?;
+        up.set_times(up.root_fd(), b".", Some(a.atime), Some(a.mtime))?;
+    } else {
+        let h = up.stat(up.root_fd(), b".")?;
+        t.node_mut(ROOT).attr = h.attr();
+    }
+    t.node_mut(ROOT).up = Up::Full;
+    let mut links = HashMap::new();
+    walk(t, up, sources, b"", ROOT, &mut links)
+}
+
+fn walk(
+    t: &mut Tree,
+    up: &Upper,
+    sources: &[Arc<dyn LayerSource>],
+    rel: &[u8],
+    dir: Ino,
+    links: &mut HashMap<(u64, u64), Ino>,
+) -> io::Result<()> {
+    let fd = up.dir_readable(rel)?;
+    let mut names = list_dir(&fd)?;
+    names.sort();
+    if names.iter().any(|n| n == OPAQUE) {
+        t.clear_children(dir);
+        if let Some(d) = t.dir_mut(dir) {
+            d.opaque = true;
+        }
+    }
+    let mut plain = Vec::with_capacity(names.len());
+    for n in names {
+        if n == OPAQUE {
+            continue;
+        }
+        let hidden = if n.starts_with(LONG_WH_PREFIX) {
+            long_whiteout_target(up, fd.as_fd(), &n)?
+        } else if n.starts_with(b".wh..wh..cu.") {
+            // An interrupted copy-up.
+            upper::unlink_if_exists(fd.as_fd(), &n, false)?;
+            continue;
+        } else if n.starts_with(b".wh..wh.") {
+            continue;
+        } else if let Some(h) = n.strip_prefix(WH_PREFIX) {
+            h.to_vec()
+        } else {
+            plain.push(n);
+            continue;
+        };
+        t.remove_name(dir, &hidden);
+        if let Some(d) = t.dir_mut(dir) {
+            d.hide(&hidden);
+        }
+    }
+    for n in plain {
+        let h = up.stat(fd.as_fd(), &n)?;
+        let mut attr = h.attr();
+        let existing = t.child(dir, &n);
+        let covers = existing.is_some();
+        let child_rel = if rel.is_empty() { n.clone() } else { [rel, b"/", &n].concat() };
+        if let Some(e) = existing.filter(|&e| attr.is_dir() && t.node(e).attr.is_dir()) {
+            let node = t.node_mut(e);
+            node.attr = attr;
+            node.up = Up::Full;
+            walk(t, up, sources, &child_rel, e, links)?;
+            continue;
+        }
+        let existing_lower = existing.and_then(|e| t.node(e).lower);
+        if existing.is_some() {
+            t.remove_name(dir, &n);
+        }
+        let key = (h.st.st_dev, h.st.st_ino);
+        if h.host_kind() == libc::S_IFREG && h.st.st_nlink > 1 {
+            if let Some(&ino) = links.get(&key) {
+                t.add_link(ino, dir, &n, covers);
+                continue;
+            }
+        }
+        let mut state = Up::Full;
+        let mut lower = None;
+        if let Some(d) = &h.metacopy {
+            let same = existing_lower.filter(|l| {
+                sources
+                    .get(l.layer as usize)
+                    .and_then(|s| s.entries().get(l.entry as usize))
+                    .is_some_and(|e| matches!(&e.kind, EntryKind::File { digest, .. } if digest == d))
+            });
+            lower = same.or_else(|| find_digest(sources, d));
+            if let Some(l) = lower {
+                state = Up::Meta;
+                if let Some(EntryKind::File { size, .. }) =
+                    sources.get(l.layer as usize).and_then(|s| s.entries().get(l.entry as usize)).map(|e| &e.kind)
+                {
+                    attr.size = *size;
+                    attr.blocks = size.div_ceil(512);
+                }
+            }
+        }
+        let mut node = Node::new(attr, lower, state);
+        node.stand_in = h.is_stand_in();
+        let ino = t.alloc(node);
+        t.add_link(ino, dir, &n, covers);
+        if h.host_kind() == libc::S_IFREG && h.st.st_nlink > 1 {
+            links.insert(key, ino);
+        }
+        if attr.is_dir() {
+            walk(t, up, sources, &child_rel, ino, links)?;
+        }
+    }
+    Ok(())
+}

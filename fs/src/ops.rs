@@ -1,0 +1,1515 @@
+//! The FUSE request handlers: the merged tree answers lookups, getattr and
+//! readdir from memory; the upper directory takes every change.
+//!
+//! Locking: one `RwLock` around the tree. Reads of the namespace take it
+//! shared; every namespace or metadata change takes it exclusively and does
+//! its host work (including copy-up) while holding it, so host paths computed
+//! from the tree stay valid. File data moves through per-handle fds without
+//! the tree lock.
+//!
+//! Copy-up rules (as kernel overlayfs): a change of content, a rename or a new
+//! hard link copies a lower file up whole (content with copy_file_range); a
+//! chmod/chown/utimes/xattr change copies metadata only and leaves the content
+//! below (`user.strata.metacopy`). Directories are copied up as empty
+//! directories with their metadata, parents first, and the parent's
+//! timestamps are restored afterwards. Renaming a lower directory copies its
+//! whole subtree up (kernel overlayfs without redirect_dir answers EXDEV and
+//! lets `mv` copy; we do the copy ourselves).
+//!
+//! Caching: nothing changes the mount behind the kernel's back (all changes
+//! come through these handlers), so lower entries get long entry/attr TTLs,
+//! misses are answered as negative entries (inode 0) with a long TTL, and
+//! opened files keep the page cache.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
+};
+use rustix::fs::{AtFlags, OFlags};
+use strata_layers::index::{Entry, EntryKind};
+
+use crate::source::LayerSource;
+use crate::tree::{Attr, Ino, Node, Tree, Ts, Up, ROOT};
+use crate::upper::{self, errno, Upper};
+
+const LOWER_TTL: Duration = Duration::from_secs(86400);
+const UPPER_TTL: Duration = Duration::from_secs(1);
+const MAX_WRITE: u32 = 1 << 20;
+
+fn err(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+fn eno(e: io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn to_system_time(t: Ts) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+fn ts_of(t: SystemTime) -> Ts {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Ts { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+        Err(e) => {
+            let d = e.duration();
+            let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+            if nsec > 0 {
+                sec -= 1;
+                nsec = 1_000_000_000 - nsec;
+            }
+            Ts { sec, nsec }
+        }
+    }
+}
+
+fn now() -> Ts {
+    ts_of(SystemTime::now())
+}
+
+pub(crate) fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// Names the mount refuses to create: they would read as whiteouts in the
+/// upper directory (and in any layer committed from it).
+fn check_name(name: &[u8]) -> io::Result<()> {
+    if name.starts_with(upper::WH_PREFIX) {
+        return Err(err(libc::EINVAL));
+    }
+    if name.len() > 255 {
+        return Err(err(libc::ENAMETOOLONG));
+    }
+    Ok(())
+}
+
+struct DirEnt {
+    ino: Ino,
+    kind: FileType,
+    name: Box<[u8]>,
+}
+
+enum HandleKind {
+    File { file: RwLock<Arc<File>>, writable: bool },
+    Dir(Vec<DirEnt>),
+}
+
+struct Handle {
+    ino: Ino,
+    kind: HandleKind,
+}
+
+pub(crate) struct StrataFs {
+    tree: RwLock<Tree>,
+    sources: Vec<Arc<dyn LayerSource>>,
+    upper: Option<Upper>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    /// A directory to answer statfs for (the upper dir or an objects dir).
+    statfs_fd: Option<OwnedFd>,
+}
+
+impl StrataFs {
+    pub fn new(tree: Tree, sources: Vec<Arc<dyn LayerSource>>, upper: Option<Upper>, statfs_fd: Option<OwnedFd>) -> Self {
+        StrataFs {
+            tree: RwLock::new(tree),
+            sources,
+            upper,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            statfs_fd,
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Tree> {
+        self.tree.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Tree> {
+        self.tree.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn upper(&self) -> io::Result<&Upper> {
+        self.upper.as_ref().ok_or_else(|| err(libc::EROFS))
+    }
+
+    fn lower_entry(&self, n: &Node) -> Option<(&dyn LayerSource, &Entry)> {
+        let l = n.lower?;
+        let src = self.sources.get(l.layer as usize)?;
+        let e = src.entries().get(l.entry as usize)?;
+        Some((src.as_ref(), e))
+    }
+
+    fn add_handle(&self, ino: Ino, kind: HandleKind) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Arc::new(Handle { ino, kind }));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh).cloned()
+    }
+
+    fn ttl(n: &Node) -> Duration {
+        if n.up == Up::No {
+            LOWER_TTL
+        } else {
+            UPPER_TTL
+        }
+    }
+
+    /// The upper directory holding the node's primary name, and that name.
+    fn parent_fd(&self, t: &Tree, ino: Ino) -> io::Result<(OwnedFd, Box<[u8]>)> {
+        let n = t.node(ino);
+        if n.link.parent == 0 {
+            return Err(err(libc::ENOENT));
+        }
+        let up = self.upper()?;
+        Ok((up.dir(&t.path_of(n.link.parent))?, n.link.name.clone()))
+    }
+
+    /// The node's attributes; upper nodes are refreshed from the host (times,
+    /// size) with the recorded type, owner and mode.
+    fn attr(&self, t: &Tree, ino: Ino, dir_hint: Option<(BorrowedFd, &[u8])>) -> FileAttr {
+        let n = t.node(ino);
+        let mut a = n.attr;
+        if n.up != Up::No && n.nlink() > 0 {
+            if let Some(up) = &self.upper {
+                let st = match dir_hint {
+                    Some((fd, name)) => stat_host(fd, name),
+                    None if ino == ROOT => stat_host(up.root_fd(), b"."),
+                    None => self.parent_fd(t, ino).and_then(|(fd, name)| stat_host(fd.as_fd(), &name)),
+                };
+                if let Ok(st) = st {
+                    a.atime = Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 };
+                    a.mtime = Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 };
+                    a.ctime = Ts { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 };
+                    if n.up == Up::Full && !a.is_dir() {
+                        a.size = st.st_size as u64;
+                        a.blocks = st.st_blocks as u64;
+                    }
+                }
+            }
+        }
+        let nlink = match &n.dir {
+            Some(d) => 2 + t.subdirs(d),
+            None => n.nlink(),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: a.size,
+            blocks: a.blocks,
+            atime: to_system_time(a.atime),
+            mtime: to_system_time(a.mtime),
+            ctime: to_system_time(a.ctime),
+            crtime: to_system_time(a.ctime),
+            kind: file_type(a.mode),
+            perm: (a.mode & 0o7777) as u16,
+            nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn symlink_target(&self, t: &Tree, ino: Ino) -> io::Result<Vec<u8>> {
+        let n = t.node(ino);
+        if n.attr.kind() != libc::S_IFLNK {
+            return Err(err(libc::EINVAL));
+        }
+        if n.up == Up::No {
+            return match self.lower_entry(n) {
+                Some((_, Entry { kind: EntryKind::Symlink { target }, .. })) => Ok(target.clone()),
+                _ => Err(err(libc::EIO)),
+            };
+        }
+        let (fd, name) = self.parent_fd(t, ino)?;
+        if n.stand_in {
+            let f = self.upper()?.open_file(fd.as_fd(), &name, OFlags::RDONLY)?;
+            let mut v = Vec::new();
+            io::Read::read_to_end(&mut &f, &mut v)?;
+            return Ok(v);
+        }
+        rustix::fs::readlinkat(fd, OsStr::from_bytes(&name), Vec::new()).map(|c| c.into_bytes()).map_err(errno)
+    }
+
+    // ---- copy-up -------------------------------------------------------
+
+    /// Copies the lower xattrs of a node onto its new upper entry.
+    fn copy_lower_xattrs(&self, n: &Node, dir: BorrowedFd, name: &[u8]) {
+        if let Some((_, e)) = self.lower_entry(n) {
+            if let Some(up) = &self.upper {
+                for (k, v) in &e.xattrs {
+                    // Best effort: a symlink cannot carry user.* xattrs, like on any fs.
+                    let _ = up.set_xattr(dir, name, k, v, 0);
+                }
+            }
+        }
+    }
+
+    /// Runs `f` and restores the parent directory's timestamps afterwards (a
+    /// copy-up is not a change of the parent).
+    fn keeping_times<R>(&self, dir: BorrowedFd, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        let st = rustix::fs::fstat(dir).map_err(errno)?;
+        let r = f()?;
+        let up = self.upper()?;
+        let _ = up.set_times(
+            dir,
+            b"",
+            Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
+            Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
+        );
+        Ok(r)
+    }
+
+    /// Makes sure directory `ino` exists in the upper directory.
+    fn ensure_upper_dir(&self, t: &mut Tree, ino: Ino) -> io::Result<()> {
+        let n = t.node(ino);
+        if !n.attr.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        if n.up == Up::Full || ino == ROOT {
+            return Ok(());
+        }
+        let parent = n.link.parent;
+        self.ensure_upper_dir(t, parent)?;
+        let up = self.upper()?;
+        let (pfd, name) = self.parent_fd(t, ino)?;
+        let n = t.node(ino);
+        let attr = n.attr;
+        self.keeping_times(pfd.as_fd(), || {
+            match rustix::fs::mkdirat(&pfd, OsStr::from_bytes(&name), up.create_perm(attr.mode)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(errno(e)),
+            }
+            up.write_meta(pfd.as_fd(), &name, &attr)?;
+            self.copy_lower_xattrs(n, pfd.as_fd(), &name);
+            up.set_times(pfd.as_fd(), &name, Some(attr.atime), Some(attr.mtime))
+        })?;
+        t.node_mut(ino).up = Up::Full;
+        Ok(())
+    }
+
+    /// Copies a non-directory's metadata up: a lower regular file becomes an
+    /// empty metacopy file, anything else is created whole.
+    fn copy_up_meta(&self, t: &mut Tree, ino: Ino) -> io::Result<()> {
+        let n = t.node(ino);
+        if n.up != Up::No {
+            return Ok(());
+        }
+        if n.attr.is_dir() {
+            return self.ensure_upper_dir(t, ino);
+        }
+        if n.attr.is_reg() {
+            if n.nlink() > 1 {
+                return self.copy_up_full(t, ino);
+            }
+            return self.copy_up_file(t, ino, false);
+        }
+        let parent = n.link.parent;
+        self.ensure_upper_dir(t, parent)?;
+        let up = self.upper()?;
+        let (pfd, name) = self.parent_fd(t, ino)?;
+        let attr = t.node(ino).attr;
+        let target = if attr.kind() == libc::S_IFLNK { self.symlink_target(t, ino)? } else { Vec::new() };
+        let mut stand_in = false;
+        self.keeping_times(pfd.as_fd(), || {
+            stand_in = self.create_special(up, pfd.as_fd(), &name, &attr, &target)?;
+            self.copy_lower_xattrs(t.node(ino), pfd.as_fd(), &name);
+            up.set_times(pfd.as_fd(), &name, Some(attr.atime), Some(attr.mtime))
+        })?;
+        let n = t.node_mut(ino);
+        n.up = Up::Full;
+        n.stand_in = stand_in;
+        Ok(())
+    }
+
+    /// Creates a symlink, fifo, socket or device node in the upper directory
+    /// with the given attributes; returns true when it had to become a stand-in.
+    fn create_special(&self, up: &Upper, dir: BorrowedFd, name: &[u8], attr: &Attr, target: &[u8]) -> io::Result<bool> {
+        let os = OsStr::from_bytes(name);
+        let made = match attr.kind() {
+            libc::S_IFLNK => rustix::fs::symlinkat(OsStr::from_bytes(target), dir, os),
+            kind => {
+                let ft = rustix::fs::FileType::from_raw_mode(kind);
+                rustix::fs::mknodat(dir, os, ft, up.create_perm(attr.mode), Upper::host_dev(attr.rdev))
+            }
+        };
+        match made {
+            Ok(()) => {
+                if up.write_meta(dir, name, attr)? {
+                    return Ok(false);
+                }
+            }
+            Err(rustix::io::Errno::PERM) | Err(rustix::io::Errno::ACCESS) => {}
+            Err(e) => return Err(errno(e)),
+        }
+        up.make_stand_in(dir, name, attr, target)?;
+        Ok(true)
+    }
+
+    /// Copies a lower (or metacopy) regular file up with its content.
+    fn copy_up_full(&self, t: &mut Tree, ino: Ino) -> io::Result<()> {
+        let n = t.node(ino);
+        match n.up {
+            Up::Full => Ok(()),
+            _ if !n.attr.is_reg() => self.copy_up_meta(t, ino),
+            _ => self.copy_up_file(t, ino, true),
+        }
+    }
+
+    fn copy_up_file(&self, t: &mut Tree, ino: Ino, with_content: bool) -> io::Result<()> {
+        let up = self.upper()?;
+        let n = t.node(ino);
+        let (parent, was) = (n.link.parent, n.up);
+        self.ensure_upper_dir(t, parent)?;
+        let (pfd, name) = self.parent_fd(t, ino)?;
+        let n = t.node(ino);
+        let (src, entry) = self.lower_entry(n).ok_or_else(|| err(libc::EIO))?;
+        let digest = match &entry.kind {
+            EntryKind::File { digest, .. } => *digest,
+            _ => return Err(err(libc::EIO)),
+        };
+        let attr = n.attr;
+        if was == Up::Meta {
+            // Metadata is already up; fill in the content, keep the times.
+            let st = rustix::fs::statat(&pfd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+            let out = up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?;
+            copy_content(&src.open_content(entry)?, &out)?;
+            out.sync_data().ok();
+            drop(out);
+            up.set_metacopy(pfd.as_fd(), &name, None)?;
+            up.set_times(
+                pfd.as_fd(),
+                &name,
+                Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
+                Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
+            )?;
+        } else {
+            // Build the copy under a temporary name, then move it into place.
+            let tmp = format!(".wh..wh..cu.{ino}").into_bytes();
+            self.keeping_times(pfd.as_fd(), || {
+                upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
+                let out =
+                    up.open_file(pfd.as_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+                if with_content {
+                    copy_content(&src.open_content(entry)?, &out)?;
+                }
+                drop(out);
+                if !with_content {
+                    up.set_metacopy(pfd.as_fd(), &tmp, Some(&digest))?;
+                }
+                up.write_meta(pfd.as_fd(), &tmp, &attr)?;
+                self.copy_lower_xattrs(n, pfd.as_fd(), &tmp);
+                up.set_times(pfd.as_fd(), &tmp, Some(attr.atime), Some(attr.mtime))?;
+                rustix::fs::renameat(&pfd, OsStr::from_bytes(&tmp), &pfd, OsStr::from_bytes(&name)).map_err(errno)
+            })?;
+            // The other names of a hard link group point at the same copy.
+            let others: Vec<(Ino, Box<[u8]>)> = n.more.iter().map(|l| (l.parent, l.name.clone())).collect();
+            for (p, other) in others {
+                self.ensure_upper_dir(t, p)?;
+                let ofd = self.upper()?.dir(&t.path_of(p))?;
+                self.keeping_times(ofd.as_fd(), || {
+                    rustix::fs::linkat(&pfd, OsStr::from_bytes(&name), &ofd, OsStr::from_bytes(&other), AtFlags::empty())
+                        .map_err(errno)
+                })?;
+            }
+        }
+        t.node_mut(ino).up = if with_content { Up::Full } else { Up::Meta };
+        if with_content {
+            // Open readers switch to the copy so they see later writes the way
+            // the page cache does.
+            let handles: Vec<Arc<Handle>> = self
+                .handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|h| h.ino == ino)
+                .cloned()
+                .collect();
+            if !handles.is_empty() {
+                let f = Arc::new(up.open_file(pfd.as_fd(), &name, OFlags::RDONLY)?);
+                for h in handles {
+                    if let HandleKind::File { file, .. } = &h.kind {
+                        *file.write().unwrap_or_else(|p| p.into_inner()) = f.clone();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a node and, for a directory, everything below it, fully up.
+    fn copy_up_tree(&self, t: &mut Tree, ino: Ino) -> io::Result<()> {
+        if !t.node(ino).attr.is_dir() {
+            return self.copy_up_full(t, ino);
+        }
+        self.ensure_upper_dir(t, ino)?;
+        let children: Vec<Ino> = t.dir(ino).map(|d| d.children.values().copied().collect()).unwrap_or_default();
+        for c in children {
+            self.copy_up_tree(t, c)?;
+        }
+        Ok(())
+    }
+
+    /// After a directory moved: nothing below it covers a lower path any
+    /// more, so its whiteouts are stale; drop them.
+    fn forget_lower_below(&self, t: &mut Tree, dir: Ino) -> io::Result<()> {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let (children, hidden): (Vec<(Box<[u8]>, Ino)>, Vec<Box<[u8]>>) = match t.dir_mut(d) {
+                Some(x) => (
+                    x.children.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    x.hidden.take().map(|h| h.into_iter().collect()).unwrap_or_default(),
+                ),
+                None => continue,
+            };
+            if !hidden.is_empty() {
+                let fd = self.upper()?.dir(&t.path_of(d))?;
+                for h in hidden {
+                    self.upper()?.remove_whiteout(fd.as_fd(), &h)?;
+                }
+            }
+            for (name, c) in children {
+                if let Some(n) = t.get_mut(c) {
+                    if n.link.parent == d && n.link.name == name {
+                        n.link.covers = false;
+                    }
+                    for l in n.more.iter_mut() {
+                        if l.parent == d && l.name == name {
+                            l.covers = false;
+                        }
+                    }
+                    if n.attr.is_dir() {
+                        stack.push(c);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn make_opaque(&self, t: &mut Tree, dir: Ino) -> io::Result<()> {
+        let fd = self.upper()?.dir(&t.path_of(dir))?;
+        self.upper()?.create_opaque(fd.as_fd())?;
+        if let Some(d) = t.dir_mut(dir) {
+            d.opaque = true;
+        }
+        Ok(())
+    }
+
+    // ---- creating names ------------------------------------------------
+
+    /// Common start of every creation: checks and the upper parent. Returns
+    /// the parent's upper fd and whether the name hides a lower entry.
+    fn prepare_create(&self, t: &mut Tree, parent: Ino, name: &[u8]) -> io::Result<(OwnedFd, bool)> {
+        check_name(name)?;
+        let up = self.upper()?;
+        let d = t.dir(parent).ok_or_else(|| err(libc::ENOTDIR))?;
+        if d.children.contains_key(name) {
+            return Err(err(libc::EEXIST));
+        }
+        let hidden = d.is_hidden(name);
+        self.ensure_upper_dir(t, parent)?;
+        let fd = up.dir(&t.path_of(parent))?;
+        Ok((fd, hidden))
+    }
+
+    /// Owner and mode of a new entry: the caller's ids, the directory's group
+    /// when it is setgid (and setgid for new subdirectories).
+    fn new_attr(&self, t: &Tree, req: &Request, parent: Ino, mode: u32) -> Attr {
+        let p = t.node(parent).attr;
+        let mut mode = mode;
+        let gid = if p.mode & libc::S_ISGID != 0 {
+            if mode & libc::S_IFMT == libc::S_IFDIR {
+                mode |= libc::S_ISGID;
+            }
+            p.gid
+        } else {
+            req.gid()
+        };
+        let n = now();
+        Attr { mode, uid: req.uid(), gid, rdev: 0, size: 0, blocks: 0, atime: n, mtime: n, ctime: n }
+    }
+
+    fn finish_create(&self, t: &mut Tree, parent: Ino, name: &[u8], attr: Attr, hidden: bool, stand_in: bool) -> Ino {
+        let mut node = Node::new(attr, None, Up::Full);
+        node.stand_in = stand_in;
+        let ino = t.alloc(node);
+        t.add_link(ino, parent, name, hidden);
+        if hidden {
+            if let Some(d) = t.dir_mut(parent) {
+                d.unhide(name);
+            }
+        }
+        ino
+    }
+
+    fn do_create(&self, req: &Request, parent: Ino, name: &[u8], mode: u32, flags: i32) -> io::Result<(Ino, File)> {
+        let mut t = self.write();
+        let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
+        let up = self.upper()?;
+        let attr = self.new_attr(&t, req, parent, libc::S_IFREG | (mode & 0o7777));
+        if hidden {
+            up.remove_whiteout(pfd.as_fd(), name)?;
+        }
+        let file = up.open_file(pfd.as_fd(), name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL)?;
+        let _ = flags;
+        up.write_meta(pfd.as_fd(), name, &attr)?;
+        let ino = self.finish_create(&mut t, parent, name, attr, hidden, false);
+        Ok((ino, file))
+    }
+
+    fn do_mkdir(&self, req: &Request, parent: Ino, name: &[u8], mode: u32) -> io::Result<Ino> {
+        let mut t = self.write();
+        let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
+        let up = self.upper()?;
+        let attr = self.new_attr(&t, req, parent, libc::S_IFDIR | (mode & 0o7777));
+        if hidden {
+            up.remove_whiteout(pfd.as_fd(), name)?;
+        }
+        rustix::fs::mkdirat(&pfd, OsStr::from_bytes(name), up.create_perm(attr.mode)).map_err(errno)?;
+        up.write_meta(pfd.as_fd(), name, &attr)?;
+        let ino = self.finish_create(&mut t, parent, name, attr, hidden, false);
+        if hidden {
+            // Recreated over a deleted lower entry: hide what was below.
+            self.make_opaque(&mut t, ino)?;
+        }
+        Ok(ino)
+    }
+
+    fn do_mknod(&self, req: &Request, parent: Ino, name: &[u8], mode: u32, rdev: u32) -> io::Result<Ino> {
+        if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
+            let (ino, _) = self.do_create(req, parent, name, mode, 0)?;
+            return Ok(ino);
+        }
+        if mode & libc::S_IFMT == libc::S_IFDIR {
+            return Err(err(libc::EINVAL));
+        }
+        let mut t = self.write();
+        let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
+        let up = self.upper()?;
+        let mut attr = self.new_attr(&t, req, parent, mode);
+        if matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) {
+            attr.rdev = rdev;
+        }
+        if hidden {
+            up.remove_whiteout(pfd.as_fd(), name)?;
+        }
+        let stand_in = self.create_special(up, pfd.as_fd(), name, &attr, b"")?;
+        Ok(self.finish_create(&mut t, parent, name, attr, hidden, stand_in))
+    }
+
+    fn do_symlink(&self, req: &Request, parent: Ino, name: &[u8], target: &[u8]) -> io::Result<Ino> {
+        let mut t = self.write();
+        let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
+        let up = self.upper()?;
+        let mut attr = self.new_attr(&t, req, parent, libc::S_IFLNK | 0o777);
+        attr.size = target.len() as u64;
+        if hidden {
+            up.remove_whiteout(pfd.as_fd(), name)?;
+        }
+        let stand_in = self.create_special(up, pfd.as_fd(), name, &attr, target)?;
+        Ok(self.finish_create(&mut t, parent, name, attr, hidden, stand_in))
+    }
+
+    fn do_link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> io::Result<()> {
+        let mut t = self.write();
+        if t.get(ino).is_none_or(|n| n.attr.is_dir() || n.nlink() == 0) {
+            return Err(err(libc::EPERM));
+        }
+        let (dfd, hidden) = self.prepare_create(&mut t, newparent, newname)?;
+        self.copy_up_full(&mut t, ino)?;
+        let up = self.upper()?;
+        let (sfd, sname) = self.parent_fd(&t, ino)?;
+        if hidden {
+            up.remove_whiteout(dfd.as_fd(), newname)?;
+        }
+        rustix::fs::linkat(&sfd, OsStr::from_bytes(&sname), &dfd, OsStr::from_bytes(newname), AtFlags::empty())
+            .map_err(errno)?;
+        t.add_link(ino, newparent, newname, hidden);
+        if hidden {
+            if let Some(d) = t.dir_mut(newparent) {
+                d.unhide(newname);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- removing names ------------------------------------------------
+
+    fn do_remove(&self, parent: Ino, name: &[u8], want_dir: bool) -> io::Result<()> {
+        let mut t = self.write();
+        let up = self.upper()?;
+        let c = t.child(parent, name).ok_or_else(|| err(libc::ENOENT))?;
+        let n = t.node(c);
+        let is_dir = n.attr.is_dir();
+        if want_dir && !is_dir {
+            return Err(err(libc::ENOTDIR));
+        }
+        if !want_dir && is_dir {
+            return Err(err(libc::EISDIR));
+        }
+        if is_dir && n.dir.as_ref().is_some_and(|d| !d.children.is_empty()) {
+            return Err(err(libc::ENOTEMPTY));
+        }
+        let covers = n.link_to(parent, name).is_some_and(|l| l.covers);
+        let in_upper = n.up != Up::No;
+        self.ensure_upper_dir(&mut t, parent)?;
+        let pfd = up.dir(&t.path_of(parent))?;
+        if in_upper {
+            if is_dir {
+                up.empty_dir(&t.path_of(c))?;
+            }
+            upper::unlink_if_exists(pfd.as_fd(), name, is_dir)?;
+        }
+        if covers {
+            up.create_whiteout(pfd.as_fd(), name)?;
+            if let Some(d) = t.dir_mut(parent) {
+                d.hide(name);
+            }
+        }
+        t.remove_link(c, parent, name);
+        if t.node(c).nlink() == 0 {
+            t.free_subtree(c);
+        }
+        Ok(())
+    }
+
+    // ---- rename --------------------------------------------------------
+
+    fn do_rename(&self, parent: Ino, name: &[u8], newparent: Ino, newname: &[u8], flags: RenameFlags) -> io::Result<()> {
+        let mut t = self.write();
+        let up = self.upper()?;
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return Err(err(libc::EINVAL));
+        }
+        let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        check_name(newname)?;
+        let s = t.child(parent, name).ok_or_else(|| err(libc::ENOENT))?;
+        let d = t.child(newparent, newname);
+        if t.dir(newparent).is_none() {
+            return Err(err(libc::ENOTDIR));
+        }
+        if exchange && d.is_none() {
+            return Err(err(libc::ENOENT));
+        }
+        if noreplace && d.is_some() {
+            return Err(err(libc::EEXIST));
+        }
+        let s_dir = t.node(s).attr.is_dir();
+        // A directory cannot move below itself.
+        if s_dir || d.is_some_and(|d| t.node(d).attr.is_dir()) {
+            let mut cur = newparent;
+            while cur != ROOT {
+                if cur == s || Some(cur) == d.filter(|_| exchange) {
+                    return Err(err(libc::EINVAL));
+                }
+                cur = t.node(cur).link.parent;
+            }
+        }
+        if let (Some(d), false) = (d, exchange) {
+            if d == s {
+                return Ok(());
+            }
+            let d_dir = t.node(d).attr.is_dir();
+            if s_dir && !d_dir {
+                return Err(err(libc::ENOTDIR));
+            }
+            if !s_dir && d_dir {
+                return Err(err(libc::EISDIR));
+            }
+            if d_dir && t.dir(d).is_some_and(|x| !x.children.is_empty()) {
+                return Err(err(libc::ENOTEMPTY));
+            }
+        }
+        self.copy_up_tree(&mut t, s)?;
+        if let (Some(d), true) = (d, exchange) {
+            self.copy_up_tree(&mut t, d)?;
+        }
+        self.ensure_upper_dir(&mut t, parent)?;
+        self.ensure_upper_dir(&mut t, newparent)?;
+        let sfd = up.dir(&t.path_of(parent))?;
+        let dfd = up.dir(&t.path_of(newparent))?;
+        let s_covers = t.node(s).link_to(parent, name).is_some_and(|l| l.covers);
+        let d_link_covers = d.and_then(|d| t.node(d).link_to(newparent, newname)).is_some_and(|l| l.covers);
+        let d_hidden = t.dir(newparent).is_some_and(|x| x.is_hidden(newname));
+        let (oname, nname) = (OsStr::from_bytes(name), OsStr::from_bytes(newname));
+        if exchange {
+            let d = d.ok_or_else(|| err(libc::ENOENT))?;
+            rustix::fs::renameat_with(&sfd, oname, &dfd, nname, rustix::fs::RenameFlags::EXCHANGE).map_err(errno)?;
+            t.remove_link(s, parent, name);
+            t.remove_link(d, newparent, newname);
+            t.add_link(s, newparent, newname, d_link_covers);
+            t.add_link(d, parent, name, s_covers);
+            for (node, covers_now) in [(s, d_link_covers), (d, s_covers)] {
+                if t.node(node).attr.is_dir() {
+                    self.forget_lower_below(&mut t, node)?;
+                    if covers_now {
+                        self.make_opaque(&mut t, node)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if let Some(d) = d {
+            if t.node(d).attr.is_dir() && t.node(d).up == Up::Full {
+                // Empty in the merged view; clear its whiteouts so the host
+                // rename can replace it.
+                up.empty_dir(&t.path_of(d))?;
+            }
+        }
+        let host_flags = if noreplace { rustix::fs::RenameFlags::NOREPLACE } else { rustix::fs::RenameFlags::empty() };
+        rustix::fs::renameat_with(&sfd, oname, &dfd, nname, host_flags).map_err(errno)?;
+        if d_hidden {
+            up.remove_whiteout(dfd.as_fd(), newname)?;
+        }
+        if s_covers {
+            up.create_whiteout(sfd.as_fd(), name)?;
+        }
+        if let Some(d) = d {
+            t.remove_link(d, newparent, newname);
+            if t.node(d).nlink() == 0 {
+                t.free_subtree(d);
+            }
+        }
+        t.remove_link(s, parent, name);
+        let covers = d_link_covers || d_hidden;
+        t.add_link(s, newparent, newname, covers);
+        if d_hidden {
+            if let Some(x) = t.dir_mut(newparent) {
+                x.unhide(newname);
+            }
+        }
+        if s_covers {
+            if let Some(x) = t.dir_mut(parent) {
+                x.hide(name);
+            }
+        }
+        if s_dir {
+            self.forget_lower_below(&mut t, s)?;
+            if covers {
+                self.make_opaque(&mut t, s)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- attributes ----------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_setattr(
+        &self,
+        ino: Ino,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> io::Result<FileAttr> {
+        let mut t = self.write();
+        let up = self.upper()?;
+        if t.get(ino).is_none() {
+            return Err(err(libc::ENOENT));
+        }
+        let linked = t.node(ino).nlink() > 0 || ino == ROOT;
+        if let Some(size) = size {
+            if t.node(ino).attr.is_dir() {
+                return Err(err(libc::EISDIR));
+            }
+            let via_handle = fh.and_then(|fh| self.handle(fh.0)).and_then(|h| match &h.kind {
+                HandleKind::File { file, writable: true } => Some(file.read().unwrap_or_else(|p| p.into_inner()).clone()),
+                _ => None,
+            });
+            if linked {
+                self.copy_up_full(&mut t, ino)?;
+            }
+            match via_handle {
+                Some(f) if !linked || t.node(ino).up == Up::Full => f.set_len(size)?,
+                _ => {
+                    let (pfd, name) = self.parent_fd(&t, ino)?;
+                    up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?.set_len(size)?;
+                }
+            }
+            t.node_mut(ino).attr.size = size;
+        }
+        if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
+            if !linked {
+                let a = &mut t.node_mut(ino).attr;
+                if let Some(m) = mode {
+                    a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
+                }
+                a.uid = uid.unwrap_or(a.uid);
+                a.gid = gid.unwrap_or(a.gid);
+                return Ok(self.attr(&t, ino, None));
+            }
+            self.copy_up_meta(&mut t, ino)?;
+            let mut a = t.node(ino).attr;
+            if let Some(m) = mode {
+                a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
+            }
+            a.uid = uid.unwrap_or(a.uid);
+            a.gid = gid.unwrap_or(a.gid);
+            let (pfd, name) = if ino == ROOT {
+                (upper::dup(up.root_fd())?, Box::<[u8]>::from(&b"."[..]))
+            } else {
+                self.parent_fd(&t, ino)?
+            };
+            if mode.is_some() || uid.is_some() || gid.is_some() {
+                if !up.write_meta(pfd.as_fd(), &name, &a)? {
+                    let target = if a.kind() == libc::S_IFLNK { self.symlink_target(&t, ino)? } else { Vec::new() };
+                    let st = stat_host(pfd.as_fd(), &name)?;
+                    up.make_stand_in(pfd.as_fd(), &name, &a, &target)?;
+                    up.set_times(
+                        pfd.as_fd(),
+                        &name,
+                        Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
+                        Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
+                    )?;
+                    t.node_mut(ino).stand_in = true;
+                }
+            }
+            let conv = |x: Option<TimeOrNow>| {
+                x.map(|v| match v {
+                    TimeOrNow::Now => now(),
+                    TimeOrNow::SpecificTime(s) => ts_of(s),
+                })
+            };
+            let (at, mt) = (conv(atime), conv(mtime));
+            if at.is_some() || mt.is_some() {
+                up.set_times(pfd.as_fd(), &name, at, mt)?;
+                a.atime = at.unwrap_or(a.atime);
+                a.mtime = mt.unwrap_or(a.mtime);
+            }
+            a.ctime = now();
+            t.node_mut(ino).attr = a;
+        }
+        Ok(self.attr(&t, ino, None))
+    }
+
+    fn do_open(&self, ino: Ino, flags: i32) -> io::Result<(u64, FopenFlags)> {
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let file = if writable || flags & libc::O_TRUNC != 0 {
+            let mut t = self.write();
+            let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
+            if !n.attr.is_reg() || n.stand_in {
+                return Err(err(libc::EINVAL));
+            }
+            self.upper()?;
+            self.copy_up_full(&mut t, ino)?;
+            let (pfd, name) = self.parent_fd(&t, ino)?;
+            let oflags = if acc == libc::O_WRONLY { OFlags::WRONLY } else { OFlags::RDWR };
+            self.upper()?.open_file(pfd.as_fd(), &name, oflags)?
+        } else {
+            let t = self.read();
+            let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
+            if !n.attr.is_reg() || n.stand_in {
+                return Err(err(libc::EINVAL));
+            }
+            if n.up == Up::Full {
+                let (pfd, name) = self.parent_fd(&t, ino)?;
+                self.upper()?.open_file(pfd.as_fd(), &name, OFlags::RDONLY)?
+            } else {
+                let (src, e) = self.lower_entry(n).ok_or_else(|| err(libc::EIO))?;
+                src.open_content(e)?
+            }
+        };
+        let fh = self.add_handle(ino, HandleKind::File { file: RwLock::new(Arc::new(file)), writable });
+        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
+    }
+
+    fn entry_reply(&self, reply: ReplyEntry, r: io::Result<Ino>) {
+        match r {
+            Ok(ino) => {
+                let t = self.read();
+                let a = self.attr(&t, ino, None);
+                let ttl = Self::ttl(t.node(ino));
+                reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
+            }
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn xattr_reply(reply: ReplyXattr, size: u32, data: io::Result<Vec<u8>>) {
+        match data {
+            Err(e) => reply.error(eno(e)),
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+        }
+    }
+
+    fn dir_snapshot(&self, ino: Ino) -> io::Result<Vec<DirEnt>> {
+        let t = self.read();
+        let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
+        let d = n.dir.as_ref().ok_or_else(|| err(libc::ENOTDIR))?;
+        let parent = if ino == ROOT { ROOT } else { n.link.parent };
+        let mut v = Vec::with_capacity(d.children.len() + 2);
+        v.push(DirEnt { ino, kind: FileType::Directory, name: (*b".").into() });
+        v.push(DirEnt { ino: parent, kind: FileType::Directory, name: (*b"..").into() });
+        for (name, &c) in &d.children {
+            v.push(DirEnt { ino: c, kind: file_type(t.node(c).attr.mode), name: name.clone() });
+        }
+        Ok(v)
+    }
+}
+
+fn stat_host(dir: BorrowedFd, name: &[u8]) -> io::Result<rustix::fs::Stat> {
+    let (name, flags) = if name.is_empty() || name == b"." {
+        (OsStr::from_bytes(b""), AtFlags::EMPTY_PATH)
+    } else {
+        (OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
+    };
+    rustix::fs::statat(dir, name, flags).map_err(errno)
+}
+
+/// Copies a whole file, in kernel where the filesystems allow it.
+fn copy_content(src: &File, dst: &File) -> io::Result<()> {
+    let len = src.metadata()?.len();
+    let mut off_in = 0u64;
+    let mut off_out = 0u64;
+    while off_in < len {
+        let chunk = (len - off_in).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = src.read_at(&mut buf, off_in)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    dst.write_all_at(&buf[..n], off_out)?;
+                    off_in += n as u64;
+                    off_out += n as u64;
+                }
+            }
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    Ok(())
+}
+
+impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        use fuser::InitFlags as F;
+        let _ = config.set_max_write(MAX_WRITE);
+        let wanted = F::FUSE_DO_READDIRPLUS
+            | F::FUSE_READDIRPLUS_AUTO
+            | F::FUSE_PARALLEL_DIROPS
+            | F::FUSE_CACHE_SYMLINKS
+            | F::FUSE_MAX_PAGES
+            | F::FUSE_ASYNC_READ
+            | F::FUSE_BIG_WRITES;
+        // Ask only for what this kernel offers: add_capabilities refuses unknown bits.
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t = self.read();
+        let Some(d) = t.dir(parent.0) else {
+            return reply.error(if t.get(parent.0).is_some() { Errno::ENOTDIR } else { Errno::ENOENT });
+        };
+        match d.children.get(name.as_bytes()) {
+            Some(&c) => {
+                let a = self.attr(&t, c, None);
+                let ttl = Self::ttl(t.node(c));
+                reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
+            }
+            None => {
+                // A negative entry: the kernel caches the miss (creations come
+                // through us, and the kernel drops the negative dentry then).
+                let mut a = self.attr(&t, parent.0, None);
+                a.ino = INodeNo(0);
+                reply.entry_with_ttls(&Duration::ZERO, &LOWER_TTL, &a, Generation(0));
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let t = self.read();
+        match t.get(ino.0) {
+            Some(n) => {
+                let ttl = Self::ttl(n);
+                reply.attr(&ttl, &self.attr(&t, ino.0, None))
+            }
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+            Ok(a) => reply.attr(&UPPER_TTL, &a),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let t = self.read();
+        if t.get(ino.0).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        match self.symlink_target(&t, ino.0) {
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        self.entry_reply(reply, self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.entry_reply(reply, self.do_mkdir(req, parent.0, name.as_bytes(), mode));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_remove(parent.0, name.as_bytes(), false) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.do_remove(parent.0, name.as_bytes(), true) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        self.entry_reply(reply, self.do_symlink(req, parent.0, link_name.as_bytes(), target.as_os_str().as_bytes()));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.do_rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = self.do_link(ino.0, newparent.0, newname.as_bytes()).map(|()| ino.0);
+        self.entry_reply(reply, r);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino.0, flags.0) {
+            Ok((fh, fl)) => reply.opened(FileHandle(fh), fl),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
+        let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match f.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return reply.error(eno(e)),
+            }
+        }
+        reply.data(&buf[..done]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, writable: true } = &h.kind else { return reply.error(Errno::EBADF) };
+        let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match f.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, .. } = &h.kind else { return reply.ok() };
+        let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let r = if datasync { f.sync_data() } else { f.sync_all() };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir_snapshot(ino.0) {
+            Ok(v) => reply.opened(FileHandle(self.add_handle(ino.0, HandleKind::Dir(v))), FopenFlags::empty()),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let HandleKind::Dir(ents) = &h.kind else { return reply.error(Errno::ENOTDIR) };
+        for (i, e) in ents.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, OsStr::from_bytes(&e.name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let HandleKind::Dir(ents) = &h.kind else { return reply.error(Errno::ENOTDIR) };
+        let t = self.read();
+        // One fd of the upper directory serves the host stats of all entries.
+        let dir_fd = match (&self.upper, t.get(ino.0)) {
+            (Some(up), Some(n)) if n.up != Up::No && n.nlink() > 0 || ino.0 == ROOT && self.upper.is_some() => {
+                up.dir(&t.path_of(ino.0)).ok()
+            }
+            _ => None,
+        };
+        for (i, e) in ents.iter().enumerate().skip(offset as usize) {
+            let Some(n) = t.get(e.ino) else { continue };
+            // Entries removed since opendir are still listed (a snapshot), as a
+            // plain entry would be; their attributes come from memory.
+            let hint = match &dir_fd {
+                Some(fd) if &*e.name != b"." && &*e.name != b".." => Some((fd.as_fd(), &*e.name)),
+                _ => None,
+            };
+            let a = if hint.is_some() || n.up == Up::No { self.attr(&t, e.ino, hint) } else { self.attr(&t, e.ino, None) };
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, OsStr::from_bytes(&e.name), &Self::ttl(n), &a, Generation(0)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let fd = match (&self.upper, &self.statfs_fd) {
+            (Some(up), _) => up.root_fd(),
+            (None, Some(fd)) => fd.as_fd(),
+            (None, None) => return reply.statfs(0, 0, 0, 0, 0, 4096, 255, 4096),
+        };
+        match rustix::fs::fstatvfs(fd) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                255,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let name = name.as_bytes();
+            if name.starts_with(upper::RESERVED_PREFIX) {
+                return Err(err(libc::EPERM));
+            }
+            let mut t = self.write();
+            let up = self.upper()?;
+            if t.get(ino.0).is_none() {
+                return Err(err(libc::ENOENT));
+            }
+            self.copy_up_meta(&mut t, ino.0)?;
+            let (pfd, n) =
+                if ino.0 == ROOT { (upper::dup(up.root_fd())?, (*b".").into()) } else { self.parent_fd(&t, ino.0)? };
+            up.set_xattr(pfd.as_fd(), &n, name, value, flags)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let r = (|| {
+            let name = name.as_bytes();
+            if name.starts_with(upper::RESERVED_PREFIX) {
+                return Err(err(libc::ENODATA));
+            }
+            let t = self.read();
+            let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
+            let v = if n.up == Up::No || self.upper.is_none() {
+                self.lower_entry(n).and_then(|(_, e)| e.xattrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            } else {
+                let up = self.upper()?;
+                let (pfd, nm) =
+                    if ino.0 == ROOT { (upper::dup(up.root_fd())?, (*b".").into()) } else { self.parent_fd(&t, ino.0)? };
+                up.get_xattr(pfd.as_fd(), &nm, name)?
+            };
+            v.ok_or_else(|| err(libc::ENODATA))
+        })();
+        Self::xattr_reply(reply, size, r);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = (|| {
+            let t = self.read();
+            let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
+            let names: Vec<Vec<u8>> = if n.up == Up::No || self.upper.is_none() {
+                self.lower_entry(n).map(|(_, e)| e.xattrs.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default()
+            } else {
+                let up = self.upper()?;
+                let (pfd, nm) =
+                    if ino.0 == ROOT { (upper::dup(up.root_fd())?, (*b".").into()) } else { self.parent_fd(&t, ino.0)? };
+                up.list_xattrs(pfd.as_fd(), &nm)?
+            };
+            let mut out = Vec::new();
+            for k in names {
+                out.extend_from_slice(&k);
+                out.push(0);
+            }
+            Ok(out)
+        })();
+        Self::xattr_reply(reply, size, r);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            let name = name.as_bytes();
+            if name.starts_with(upper::RESERVED_PREFIX) {
+                return Err(err(libc::EPERM));
+            }
+            let mut t = self.write();
+            let up = self.upper()?;
+            let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
+            if n.up == Up::No {
+                let has = self.lower_entry(n).is_some_and(|(_, e)| e.xattrs.iter().any(|(k, _)| k == name));
+                if !has {
+                    return Err(err(libc::ENODATA));
+                }
+            }
+            self.copy_up_meta(&mut t, ino.0)?;
+            let (pfd, n) =
+                if ino.0 == ROOT { (upper::dup(up.root_fd())?, (*b".").into()) } else { self.parent_fd(&t, ino.0)? };
+            up.remove_xattr(pfd.as_fd(), &n, name)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let t = self.read();
+        let Some(n) = t.get(ino.0) else { return reply.error(Errno::ENOENT) };
+        let mask = mask.bits() & 7;
+        if mask == 0 {
+            return reply.ok();
+        }
+        if mask & 2 != 0 && self.upper.is_none() {
+            return reply.error(Errno::EROFS);
+        }
+        let a = n.attr;
+        let perm = if req.uid() == 0 {
+            // root: everything except executing a file without any x bit
+            if mask & 1 != 0 && !a.is_dir() && a.mode & 0o111 == 0 {
+                0
+            } else {
+                7
+            }
+        } else if req.uid() == a.uid {
+            (a.mode >> 6) & 7
+        } else if req.gid() == a.gid {
+            (a.mode >> 3) & 7
+        } else {
+            a.mode & 7
+        };
+        if perm & (mask as u32) == mask as u32 {
+            reply.ok()
+        } else {
+            reply.error(Errno::EACCES)
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.do_create(req, parent.0, name.as_bytes(), mode, flags) {
+            Ok((ino, file)) => {
+                let acc = flags & libc::O_ACCMODE;
+                let fh = self.add_handle(
+                    ino,
+                    HandleKind::File { file: RwLock::new(Arc::new(file)), writable: acc != libc::O_RDONLY },
+                );
+                let t = self.read();
+                let a = self.attr(&t, ino, None);
+                reply.created(&UPPER_TTL, &a, Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(eno(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, writable: true } = &h.kind else { return reply.error(Errno::EBADF) };
+        let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+        match rustix::fs::fallocate(&*f, flags, offset, length) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EBADF) };
+        let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let pos = match whence {
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
+            libc::SEEK_SET => rustix::fs::SeekFrom::Start(offset as u64),
+            libc::SEEK_END => rustix::fs::SeekFrom::End(offset),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match rustix::fs::seek(&*f, pos) {
+            Ok(p) => reply.offset(p as i64),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+}

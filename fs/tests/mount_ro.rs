@@ -1,0 +1,131 @@
+//! Read-only mounts of small hand-built layers: the merged view must show
+//! exactly what the indexes say.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use common::*;
+use strata_fs::MountOptions;
+
+fn layers(objects: &std::path::Path) -> Vec<strata_fs::Lower> {
+    let l0 = LayerBuilder::new(objects)
+        .dir("", 0o755)
+        .dir("etc", 0o755)
+        .file("etc/passwd", b"root:x:0:0\n", 0o644)
+        .xattr("user.k", b"v")
+        .file("etc/shadow", b"secret\n", 0o640)
+        .owner(0, 42)
+        .dir("bin", 0o755)
+        .file("bin/sh", b"#!/bin/sh\n", 0o4755)
+        .owner(1000, 1001)
+        .mtime(1_234_567_890, 123_456_789)
+        .hardlink("bin/ln", "bin/sh")
+        .dir("usr", 0o755)
+        .dir("usr/lib", 0o755)
+        .symlink("lib", "usr/lib")
+        .dir("dev", 0o755)
+        .chardev("dev/null", 1, 3)
+        .fifo("run.fifo")
+        .file("gone", b"x", 0o644)
+        .dir("tree", 0o700)
+        .file("tree/old", b"old", 0o644)
+        .file("implicit/deep/file", b"deep", 0o600)
+        .build();
+    let l1 = LayerBuilder::new(objects)
+        .whiteout("gone")
+        .opaque("tree")
+        .file("tree/new", b"new", 0o644)
+        .file("etc/passwd", b"root:x:0:0:replaced\n", 0o600)
+        .build();
+    vec![l0, l1]
+}
+
+#[test]
+fn merged_view_matches_indexes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let mnt = tmp.path().join("mnt");
+    let g = MountGuard::new(layers(&objects), &mnt, MountOptions::default());
+
+    assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"root:x:0:0:replaced\n");
+    let m = std::fs::metadata(mnt.join("etc/passwd")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o600);
+    // The replacing entry has no xattr.
+    assert_eq!(getxattr(&mnt.join("etc/passwd"), "user.k"), None);
+
+    let sh = std::fs::symlink_metadata(mnt.join("bin/sh")).unwrap();
+    assert_eq!(sh.mode(), libc::S_IFREG | 0o4755);
+    assert_eq!((sh.uid(), sh.gid()), (1000, 1001));
+    assert_eq!((sh.mtime(), sh.mtime_nsec()), (1_234_567_890, 123_456_789));
+    assert_eq!(sh.nlink(), 2);
+    let ln = std::fs::symlink_metadata(mnt.join("bin/ln")).unwrap();
+    assert_eq!(ln.ino(), sh.ino());
+    assert_eq!(std::fs::read(mnt.join("bin/ln")).unwrap(), b"#!/bin/sh\n");
+
+    let shadow = std::fs::metadata(mnt.join("etc/shadow")).unwrap();
+    assert_eq!((shadow.uid(), shadow.gid(), shadow.mode() & 0o7777), (0, 42, 0o640));
+
+    assert_eq!(std::fs::read_link(mnt.join("lib")).unwrap(), std::path::Path::new("usr/lib"));
+    assert!(std::fs::metadata(mnt.join("lib")).unwrap().is_dir());
+
+    let null = std::fs::symlink_metadata(mnt.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), libc::makedev(1, 3));
+    assert!(std::fs::symlink_metadata(mnt.join("run.fifo")).unwrap().file_type().is_fifo());
+
+    assert_eq!(std::fs::symlink_metadata(mnt.join("gone")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    // Negative entries stay negative.
+    assert!(std::fs::symlink_metadata(mnt.join("gone")).is_err());
+    let tree: Vec<String> = {
+        let mut v: Vec<String> =
+            std::fs::read_dir(mnt.join("tree")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(tree, ["new"]);
+    assert_eq!(std::fs::metadata(mnt.join("tree")).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(std::fs::read(mnt.join("implicit/deep/file")).unwrap(), b"deep");
+    assert_eq!(std::fs::metadata(mnt.join("implicit")).unwrap().mode() & 0o7777, 0o755);
+
+    let mut root: Vec<String> =
+        std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    root.sort();
+    assert_eq!(root, ["bin", "dev", "etc", "implicit", "lib", "run.fifo", "tree", "usr"]);
+
+    // Read-only: every change is refused.
+    let e = std::fs::write(mnt.join("etc/new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    let e = std::fs::OpenOptions::new().write(true).open(mnt.join("etc/passwd")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+
+    // The lower xattr is served.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let objects2 = tmp2.path().join("objects");
+    let mnt2 = tmp2.path().join("mnt");
+    let only0 = vec![layers(&objects2).remove(0)];
+    let g2 = MountGuard::new(only0, &mnt2, MountOptions::default());
+    assert_eq!(getxattr(&mnt2.join("etc/passwd"), "user.k").as_deref(), Some(&b"v"[..]));
+    assert_eq!(std::fs::read(mnt2.join("gone")).unwrap(), b"x");
+    g2.unmount();
+    g.unmount();
+}
+
+#[test]
+fn big_directory_and_large_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let mnt = tmp.path().join("mnt");
+    let mut b = LayerBuilder::new(&objects).dir("big", 0o755);
+    for i in 0..10_000 {
+        b = b.file(&format!("big/f{i:05}"), format!("{i}").as_bytes(), 0o644);
+    }
+    let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    b = b.file("large", &large, 0o644);
+    let g = MountGuard::new(vec![b.build()], &mnt, MountOptions::default());
+    let n = std::fs::read_dir(mnt.join("big")).unwrap().count();
+    assert_eq!(n, 10_000);
+    assert_eq!(std::fs::read(mnt.join("big/f04242")).unwrap(), b"4242");
+    assert_eq!(std::fs::read(mnt.join("large")).unwrap(), large);
+    g.unmount();
+}

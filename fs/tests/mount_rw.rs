@@ -1,0 +1,169 @@
+//! Writable mounts: copy-up, whiteouts, opaque directories, metadata-only
+//! copy-up, remount of an existing upper directory, and the change list.
+
+mod common;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use common::*;
+use strata_fs::{ChangeKind, MountOptions};
+
+fn base(objects: &Path) -> Vec<strata_fs::Lower> {
+    let l0 = LayerBuilder::new(objects)
+        .dir("", 0o755)
+        .dir("etc", 0o755)
+        .file("etc/passwd", b"root:x:0:0\n", 0o644)
+        .xattr("user.origin", b"lower")
+        .file("etc/hosts", b"127.0.0.1 localhost\n", 0o644)
+        .dir("data", 0o755)
+        .file("data/a", b"aaa", 0o644)
+        .file("data/b", b"bbb", 0o644)
+        .dir("data/sub", 0o750)
+        .file("data/sub/c", b"ccc", 0o600)
+        .owner(7, 8)
+        .file("bin/tool", b"tool", 0o755)
+        .hardlink("bin/tool2", "bin/tool")
+        .symlink("link", "etc/passwd")
+        .build();
+    vec![l0]
+}
+
+fn opts(upper: &Path) -> MountOptions {
+    MountOptions { upper: Some(upper.to_path_buf()), ..MountOptions::default() }
+}
+
+#[test]
+fn copy_up_whiteouts_and_remount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+
+    // Content change copies up; the object stays untouched.
+    let mut f = std::fs::OpenOptions::new().append(true).open(mnt.join("etc/hosts")).unwrap();
+    f.write_all(b"10.0.0.1 db\n").unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(mnt.join("etc/hosts")).unwrap(), b"127.0.0.1 localhost\n10.0.0.1 db\n");
+    assert_eq!(std::fs::read(upper.join("etc/hosts")).unwrap(), b"127.0.0.1 localhost\n10.0.0.1 db\n");
+
+    // chmod/chown copy metadata only.
+    std::fs::set_permissions(mnt.join("etc/passwd"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    rustix::fs::chown(
+        &mnt.join("etc/passwd"),
+        Some(rustix::fs::Uid::from_raw(4242)),
+        Some(rustix::fs::Gid::from_raw(4343)),
+    )
+    .unwrap();
+    let m = std::fs::metadata(mnt.join("etc/passwd")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid(), m.len()), (0o600, 4242, 4343, 11));
+    assert_eq!(std::fs::metadata(upper.join("etc/passwd")).unwrap().len(), 0, "metacopy keeps content below");
+    assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"root:x:0:0\n");
+    assert_eq!(getxattr(&mnt.join("etc/passwd"), "user.origin").as_deref(), Some(&b"lower"[..]));
+
+    // A reader opened before the copy-up sees the writes made through the mount.
+    let mut reader = std::fs::File::open(mnt.join("data/a")).unwrap();
+    std::fs::write(mnt.join("data/a"), b"AAAA").unwrap();
+    let mut s = String::new();
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    reader.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "AAAA");
+
+    // Deleting lower entries leaves whiteouts; recreating a directory makes it opaque.
+    std::fs::remove_file(mnt.join("data/b")).unwrap();
+    assert!(upper.join("data/.wh.b").exists());
+    std::fs::remove_file(mnt.join("data/sub/c")).unwrap();
+    std::fs::remove_dir(mnt.join("data/sub")).unwrap();
+    assert!(upper.join("data/.wh.sub").exists());
+    assert!(!upper.join("data/sub").exists());
+    std::fs::create_dir(mnt.join("data/sub")).unwrap();
+    assert!(upper.join("data/sub/.wh..wh..opq").exists());
+    assert!(!upper.join("data/.wh.sub").exists());
+    assert_eq!(std::fs::read_dir(mnt.join("data/sub")).unwrap().count(), 0);
+
+    // Hard links: writing through one name shows through the other.
+    std::fs::write(mnt.join("bin/tool2"), b"new tool").unwrap();
+    assert_eq!(std::fs::read(mnt.join("bin/tool")).unwrap(), b"new tool");
+    assert_eq!(std::fs::metadata(mnt.join("bin/tool")).unwrap().nlink(), 2);
+    std::fs::hard_link(mnt.join("etc/hosts"), mnt.join("hosts.link")).unwrap();
+    assert_eq!(std::fs::metadata(mnt.join("etc/hosts")).unwrap().nlink(), 2);
+
+    // Names that would read as whiteouts are refused.
+    assert_eq!(std::fs::write(mnt.join(".wh.x"), b"").unwrap_err().raw_os_error(), Some(libc::EINVAL));
+
+    // A whiteout name longer than NAME_MAX is stored in its long form.
+    let long = "L".repeat(253);
+    std::fs::write(mnt.join(&long), b"x").unwrap();
+    g.unmount();
+
+    // A layer whose file has the long name, deleted through the mount.
+    let l1 = LayerBuilder::new(&objects).file(&long, b"long", 0o644).build();
+    let mut lowers = base(&objects);
+    lowers.push(l1);
+    let upper2 = tmp.path().join("upper2");
+    std::fs::create_dir(&upper2).unwrap();
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper2));
+    std::fs::remove_file(mnt.join(&long)).unwrap();
+    assert!(std::fs::symlink_metadata(mnt.join(&long)).is_err());
+    g.unmount();
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper2));
+    assert!(std::fs::symlink_metadata(mnt.join(&long)).is_err(), "long whiteout survives remount");
+    g.unmount();
+    let ch = strata_fs::changes(&lowers, &upper2).unwrap();
+    assert!(ch.iter().any(|c| c.kind == ChangeKind::Deleted && c.path == format!("/{long}")), "{ch:?}");
+
+    // Remount of the first upper shows the same tree.
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    let before = snapshot(&mnt);
+    assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"root:x:0:0\n");
+    let m = std::fs::metadata(mnt.join("etc/passwd")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid(), m.len()), (0o600, 4242, 4343, 11));
+    assert!(std::fs::symlink_metadata(mnt.join("data/b")).is_err());
+    assert_eq!(std::fs::read_dir(mnt.join("data/sub")).unwrap().count(), 0);
+    assert_eq!(std::fs::metadata(mnt.join("bin/tool")).unwrap().nlink(), 2);
+    assert_eq!(std::fs::metadata(mnt.join("etc/hosts")).unwrap().nlink(), 2);
+    g.unmount();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    assert_eq!(snapshot(&mnt), before);
+    g.unmount();
+
+    let ch: Vec<String> = strata_fs::changes(&base(&objects), &upper)
+        .unwrap()
+        .into_iter()
+        .map(|c| format!("{} {}", c.kind.letter(), c.path))
+        .collect();
+    for want in ["C /etc/hosts", "C /etc/passwd", "D /data/b", "C /data/sub", "C /bin/tool", "A /hosts.link", "C /data/a"] {
+        assert!(ch.iter().any(|c| c == want), "{want} missing in {ch:?}");
+    }
+    assert!(!ch.iter().any(|c| c.contains(".wh.")), "{ch:?}");
+}
+
+#[test]
+fn rename_lower_directory_with_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    std::fs::rename(mnt.join("data"), mnt.join("moved")).unwrap();
+    assert!(std::fs::symlink_metadata(mnt.join("data")).is_err());
+    assert_eq!(std::fs::read(mnt.join("moved/sub/c")).unwrap(), b"ccc");
+    let c = std::fs::metadata(mnt.join("moved/sub/c")).unwrap();
+    assert_eq!((c.uid(), c.gid(), c.mode() & 0o7777), (7, 8, 0o600));
+    // Back over the whiteout: the directory must not merge with the lower one.
+    std::fs::remove_file(mnt.join("moved/a")).unwrap();
+    std::fs::rename(mnt.join("moved"), mnt.join("data")).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(mnt.join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["b", "sub"]);
+    g.unmount();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    let mut names: Vec<_> = std::fs::read_dir(mnt.join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["b", "sub"]);
+    g.unmount();
+}

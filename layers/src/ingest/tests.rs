@@ -1,0 +1,462 @@
+//! Layer ingestion against tar streams built in memory.
+
+use super::*;
+use crate::layout::StoreLayout;
+use tar::{EntryType, Header};
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreLayout::new(dir.path().join("root"))).unwrap();
+    (dir, store)
+}
+
+/// A tar stream under construction.
+struct Tar {
+    b: tar::Builder<Vec<u8>>,
+}
+
+fn header(kind: EntryType, mode: u32) -> Header {
+    let mut h = Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(1000);
+    h.set_gid(1001);
+    h.set_mtime(1_700_000_000);
+    h.set_size(0);
+    h
+}
+
+/// One PAX record: "LEN key=value\n", LEN counting itself.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+impl Tar {
+    fn new() -> Self {
+        Tar { b: tar::Builder::new(Vec::new()) }
+    }
+    fn dir(&mut self, path: &str, mode: u32) -> &mut Self {
+        let mut h = header(EntryType::Directory, mode);
+        self.b.append_data(&mut h, path, io::empty()).unwrap();
+        self
+    }
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> &mut Self {
+        let mut h = header(EntryType::Regular, mode);
+        h.set_size(data.len() as u64);
+        self.b.append_data(&mut h, path, data).unwrap();
+        self
+    }
+    fn link(&mut self, kind: EntryType, path: &str, target: &str) -> &mut Self {
+        let mut h = header(kind, 0o777);
+        self.b.append_link(&mut h, path, target).unwrap();
+        self
+    }
+    fn device(&mut self, kind: EntryType, path: &str, major: u32, minor: u32) -> &mut Self {
+        let mut h = header(kind, 0o660);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.b.append_data(&mut h, path, io::empty()).unwrap();
+        self
+    }
+    /// A PAX extended header for the next entry.
+    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::XHeader);
+        h.set_size(data.len() as u64);
+        h.set_path("PaxHeaders/x").unwrap();
+        h.set_cksum();
+        self.b.append(&h, data.as_slice()).unwrap();
+        self
+    }
+    /// An entry whose name field holds `raw` verbatim (no validation), for hostile names.
+    fn raw(&mut self, kind: EntryType, raw: &[u8], link: &[u8], data: &[u8]) -> &mut Self {
+        let mut h = header(kind, 0o644);
+        h.as_old_mut().name[..raw.len()].copy_from_slice(raw);
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        self.b.append(&h, data).unwrap();
+        self
+    }
+    fn bytes(&mut self) -> Vec<u8> {
+        let b = std::mem::replace(&mut self.b, tar::Builder::new(Vec::new()));
+        b.into_inner().unwrap()
+    }
+}
+
+fn find<'a>(idx: &'a LayerIndex, path: &str) -> &'a Entry {
+    idx.entries.iter().rev().find(|e| e.path == path.as_bytes()).unwrap_or_else(|| {
+        panic!("no entry {path:?} in {:?}", idx.entries.iter().map(|e| lossy(&e.path)).collect::<Vec<_>>())
+    })
+}
+
+fn object(store: &Store, e: &Entry) -> Vec<u8> {
+    let EntryKind::File { digest, .. } = &e.kind else { panic!("{:?} is not a file", e.kind) };
+    std::fs::read(store.object_path(digest)).unwrap()
+}
+
+fn count_files(dir: &Path) -> usize {
+    walk(dir).len()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+use std::path::PathBuf;
+
+#[test]
+fn every_entry_type() {
+    let (_d, store) = store();
+    let big: Vec<u8> = (0..(SMALL_FILE as usize * 3 + 17)).map(|i| (i * 7 % 251) as u8).collect();
+    let tar = Tar::new()
+        .dir("./", 0o755)
+        .dir("./bin/", 0o755)
+        .file("./bin/su", 0o4755, b"#!setuid")
+        .file("bin/sgid", 0o2711, b"g")
+        .dir("tmp", 0o1777)
+        .link(EntryType::Symlink, "bin/sh", "/bin/busybox")
+        .link(EntryType::Link, "bin/su2", "bin/su")
+        .link(EntryType::Link, "bin/su3", "./bin/su2")
+        .device(EntryType::Char, "dev/null", 1, 3)
+        .device(EntryType::Block, "dev/sda", 8, 0)
+        .file("big", 0o600, &big)
+        .file("empty", 0o644, b"")
+        .bytes();
+    let mut fifo = header(EntryType::Fifo, 0o600);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_data(&mut fifo, "fifo", io::empty()).unwrap();
+    // Splice the fifo entry before the first archive's end marker.
+    let fifo_bytes = b.into_inner().unwrap();
+    let end = tar.len() - 1024;
+    let mut all = tar[..end].to_vec();
+    all.extend_from_slice(&fifo_bytes);
+
+    let expected = Digest::of(&all);
+    let idx = ingest_layer(&store, all.as_slice(), &expected).unwrap();
+    assert!(store.has_layer(&expected));
+    assert_eq!(store.layer_index(&expected).unwrap(), idx);
+
+    let root = find(&idx, "");
+    assert_eq!((root.kind.clone(), root.mode), (EntryKind::Dir, 0o755));
+    let su = find(&idx, "bin/su");
+    assert_eq!(su.mode, 0o4755);
+    assert_eq!((su.uid, su.gid, su.mtime, su.mtime_nsec), (1000, 1001, 1_700_000_000, 0));
+    assert_eq!(object(&store, su), b"#!setuid");
+    assert_eq!(find(&idx, "bin/sgid").mode, 0o2711);
+    assert_eq!(find(&idx, "tmp").mode, 0o1777);
+    assert_eq!(find(&idx, "bin/sh").kind, EntryKind::Symlink { target: b"/bin/busybox".to_vec() });
+    assert_eq!(find(&idx, "bin/su2").kind, EntryKind::Hardlink { target: b"bin/su".to_vec() });
+    // A link to a link points at the original.
+    assert_eq!(find(&idx, "bin/su3").kind, EntryKind::Hardlink { target: b"bin/su".to_vec() });
+    assert_eq!(find(&idx, "dev/null").kind, EntryKind::CharDevice { major: 1, minor: 3 });
+    assert_eq!(find(&idx, "dev/sda").kind, EntryKind::BlockDevice { major: 8, minor: 0 });
+    assert_eq!(find(&idx, "fifo").kind, EntryKind::Fifo);
+    assert_eq!(object(&store, find(&idx, "big")), big);
+    assert_eq!(object(&store, find(&idx, "empty")), b"");
+
+    // Objects are read-only files; the staging area is gone.
+    let meta = std::fs::metadata(store.object_path(&Digest::of(&big))).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+    assert_eq!(count_files(&store.layout().tmp_dir()), 0);
+    assert_eq!(count_files(&store.layout().objects_dir()), 4); // su, sgid, big, empty
+}
+
+#[test]
+fn pax_and_gnu_extensions() {
+    let (_d, store) = store();
+    let long150 = format!("{}/{}", "d".repeat(80), "f".repeat(69));
+    let long300 = format!("{}/{}/{}", "a".repeat(100), "b".repeat(100), "c".repeat(98));
+    assert!(long150.len() > 100 && long300.len() > 255);
+    let mut t = Tar::new();
+    // GNU long name ('L') through the tar crate's own builder.
+    let mut gnu = Header::new_gnu();
+    gnu.set_entry_type(EntryType::Regular);
+    gnu.set_mode(0o644);
+    gnu.set_size(3);
+    t.b.append_data(&mut gnu, &long150, &b"gnu"[..]).unwrap();
+    // PAX path, uid/gid beyond the octal field's 2^21, sub-second mtime, xattrs.
+    t.pax(&[
+        ("path", long300.as_bytes()),
+        ("uid", b"3000000"),
+        ("gid", b"4000000"),
+        ("mtime", b"1700000000.123456789"),
+        ("SCHILY.xattr.security.capability", b"\x01\x00\x00\x02\x00\x20\x00\x00"),
+        ("SCHILY.xattr.user.note", b"hello"),
+    ]);
+    t.raw(EntryType::Regular, b"placeholder-name", b"", b"pax");
+    // PAX linkpath for a long symlink target, negative fractional mtime.
+    let target = "t".repeat(200);
+    t.pax(&[("linkpath", target.as_bytes()), ("mtime", b"-1.25")]);
+    t.raw(EntryType::Symlink, b"link", b"short", b"");
+    let data = t.bytes();
+    let idx = ingest_layer(&store, data.as_slice(), &Digest::of(&data)).unwrap();
+
+    assert_eq!(object(&store, find(&idx, &long150)), b"gnu");
+    let e = find(&idx, &long300);
+    assert_eq!(object(&store, e), b"pax");
+    assert_eq!((e.uid, e.gid), (3_000_000, 4_000_000));
+    assert_eq!((e.mtime, e.mtime_nsec), (1_700_000_000, 123_456_789));
+    assert_eq!(
+        e.xattrs,
+        vec![
+            (b"security.capability".to_vec(), b"\x01\x00\x00\x02\x00\x20\x00\x00".to_vec()),
+            (b"user.note".to_vec(), b"hello".to_vec()),
+        ]
+    );
+    let l = find(&idx, "link");
+    assert_eq!(l.kind, EntryKind::Symlink { target: target.into_bytes() });
+    assert_eq!((l.mtime, l.mtime_nsec), (-2, 750_000_000));
+}
+
+#[test]
+fn whiteouts_and_opaque_dirs() {
+    let (_d, store) = store();
+    let data = Tar::new()
+        .dir("etc", 0o755)
+        .file("etc/.wh.passwd", 0o644, b"")
+        .file(".wh.tmp", 0o644, b"")
+        .file("var/.wh..wh..opq", 0o644, b"")
+        .file(".wh..wh..opq", 0o644, b"")
+        .file("etc/.wh..wh.plnk", 0o644, b"ignored")
+        .bytes();
+    let idx = ingest_layer(&store, data.as_slice(), &Digest::of(&data)).unwrap();
+    let kinds: Vec<(String, EntryKind)> = idx.entries.iter().map(|e| (lossy(&e.path), e.kind.clone())).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("etc".into(), EntryKind::Dir),
+            ("etc/passwd".into(), EntryKind::Whiteout),
+            ("tmp".into(), EntryKind::Whiteout),
+            ("var".into(), EntryKind::Opaque),
+            ("".into(), EntryKind::Opaque),
+        ]
+    );
+    // Whiteout markers are not content.
+    assert_eq!(count_files(&store.layout().objects_dir()), 0);
+}
+
+#[test]
+fn identical_content_is_stored_once_and_reused() {
+    let (_d, store) = store();
+    let a = Tar::new().file("a", 0o644, b"same").file("b", 0o644, b"same").file("c", 0o644, b"other").bytes();
+    ingest_layer(&store, a.as_slice(), &Digest::of(&a)).unwrap();
+    assert_eq!(count_files(&store.layout().objects_dir()), 2);
+    let b = Tar::new().file("x/y", 0o600, b"same").file("z", 0o644, b"new").bytes();
+    let staged = stage_layer(&store, b.as_slice(), Some(&Digest::of(&b))).unwrap();
+    assert_eq!(staged.new_objects(), 1, "an object already in the store is not written again");
+    staged.commit().unwrap();
+    assert_eq!(count_files(&store.layout().objects_dir()), 3);
+    // Ingesting the same layer again is harmless.
+    ingest_layer(&store, a.as_slice(), &Digest::of(&a)).unwrap();
+    assert_eq!(count_files(&store.layout().objects_dir()), 3);
+}
+
+/// Ingests `data` into a store that already holds one layer and checks the
+/// refusal message and that nothing in objects/, layers/ or tmp/ changed.
+fn assert_refused(data: &[u8], expected_diff: Option<Digest>, needle: &str) {
+    let (_d, store) = store();
+    let base = Tar::new().file("base", 0o644, b"base content").bytes();
+    ingest_layer(&store, base.as_slice(), &Digest::of(&base)).unwrap();
+    let objects_before = walk(&store.layout().objects_dir());
+    let layers_before = walk(&store.layout().layers_dir());
+
+    let expected = expected_diff.unwrap_or_else(|| Digest::of(data));
+    let err = ingest_layer(&store, data, &expected).expect_err("hostile layer accepted");
+    let msg = err.to_string();
+    assert!(msg.contains(needle), "error {msg:?} does not contain {needle:?}");
+    assert_eq!(walk(&store.layout().objects_dir()), objects_before, "objects/ changed");
+    assert_eq!(walk(&store.layout().layers_dir()), layers_before, "layers/ changed");
+    assert_eq!(count_files(&store.layout().tmp_dir()), 0, "staging left behind");
+    assert!(!store.has_layer(&expected));
+}
+
+#[test]
+fn refuses_dotdot() {
+    let t =
+        Tar::new().file("ok", 0o644, b"fine data").raw(EntryType::Regular, b"a/../../etc/passwd", b"", b"x").bytes();
+    assert_refused(&t, None, "'..'");
+    let t = Tar::new().raw(EntryType::Regular, b"..", b"", b"").bytes();
+    assert_refused(&t, None, "'..'");
+}
+
+#[test]
+fn refuses_absolute_paths() {
+    let t = Tar::new()
+        .file("ok", 0o644, b"staged first")
+        .raw(EntryType::Regular, b"/etc/passwd", b"", b"root::0:0")
+        .bytes();
+    assert_refused(&t, None, "absolute path");
+    // Through PAX too.
+    let mut t = Tar::new();
+    t.pax(&[("path", b"/etc/shadow")]).raw(EntryType::Regular, b"innocent", b"", b"");
+    assert_refused(&t.bytes(), None, "absolute path");
+}
+
+#[test]
+fn refuses_nul_bytes() {
+    let mut t = Tar::new();
+    t.pax(&[("path", b"a\0b")]).raw(EntryType::Regular, b"x", b"", b"");
+    assert_refused(&t.bytes(), None, "NUL");
+}
+
+#[test]
+fn refuses_bad_hardlinks() {
+    let t = Tar::new().file("f", 0o644, b"x").raw(EntryType::Link, b"l", b"/etc/shadow", b"").bytes();
+    assert_refused(&t, None, "outside the layer");
+    let t = Tar::new().raw(EntryType::Link, b"l", b"../../etc/shadow", b"").bytes();
+    assert_refused(&t, None, "outside the layer");
+    let t = Tar::new().raw(EntryType::Link, b"l", b"later", b"").file("later", 0o644, b"x").bytes();
+    assert_refused(&t, None, "not an earlier file");
+    let t = Tar::new().dir("d", 0o755).raw(EntryType::Link, b"l", b"d", b"").bytes();
+    assert_refused(&t, None, "not an earlier file");
+}
+
+#[test]
+fn refuses_paths_through_symlinks_of_the_same_layer() {
+    let t = Tar::new().link(EntryType::Symlink, "a", "/etc").file("a/passwd", 0o644, b"pwned").bytes();
+    assert_refused(&t, None, "through the symlink \"a\"");
+    let t = Tar::new().link(EntryType::Symlink, "x/a", "../..").dir("x/a/b", 0o755).bytes();
+    assert_refused(&t, None, "through the symlink \"x/a\"");
+    let t = Tar::new().link(EntryType::Symlink, "a", "/etc").file("a/.wh.passwd", 0o644, b"").bytes();
+    assert_refused(&t, None, "through the symlink");
+    // A symlink replaced by a directory no longer redirects.
+    let (_d, store) = store();
+    let ok = Tar::new().link(EntryType::Symlink, "a", "/etc").dir("a", 0o755).file("a/f", 0o644, b"ok").bytes();
+    ingest_layer(&store, ok.as_slice(), &Digest::of(&ok)).unwrap();
+}
+
+#[test]
+fn refuses_diff_id_mismatch() {
+    let t = Tar::new().file("f", 0o644, b"content").bytes();
+    assert_refused(&t, Some(Digest::of(b"something else")), "diff_id mismatch");
+}
+
+#[test]
+fn refuses_truncated_streams() {
+    let t = Tar::new().file("f", 0o644, &[7u8; 5000]).bytes();
+    assert_refused(&t[..1536], Some(Digest::of(&t)), "unexpected EOF");
+}
+
+#[test]
+fn diff_id_covers_the_trailer() {
+    // GNU tar pads archives to 10 KiB records: the padding is part of the diff_id.
+    let mut t = Tar::new().file("f", 0o644, b"x").bytes();
+    t.resize(10240, 0);
+    let (_d, store) = store();
+    let staged = stage_layer(&store, t.as_slice(), None).unwrap();
+    assert_eq!(staged.diff_id(), Digest::of(&t));
+    assert_eq!(staged.tar_size(), 10240);
+}
+
+#[test]
+fn normalises_paths() {
+    for (raw, want) in [("./a/b/", "a/b"), ("a//b/./c", "a/b/c"), (".", ""), ("./", ""), ("a/.", "a")] {
+        assert_eq!(normalize(raw.as_bytes()).unwrap(), want.as_bytes(), "{raw}");
+    }
+    for bad in ["/a", "a/../b", "..", "a/..", "a\0"] {
+        assert!(normalize(bad.as_bytes()).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn pax_times() {
+    assert_eq!(parse_pax_time(b"5"), Some((5, 0)));
+    assert_eq!(parse_pax_time(b"5.5"), Some((5, 500_000_000)));
+    assert_eq!(parse_pax_time(b"5.1234567891"), Some((5, 123_456_789)));
+    assert_eq!(parse_pax_time(b"-5"), Some((-5, 0)));
+    assert_eq!(parse_pax_time(b"-0.25"), Some((-1, 750_000_000)));
+    for bad in [&b""[..], b".5", b"x", b"1.x", b"1e5"] {
+        assert_eq!(parse_pax_time(bad), None, "{:?}", lossy(bad));
+    }
+}
+
+#[test]
+fn decompresses_gzip_and_zstd_with_trailing_data_hashed() {
+    let tar = Tar::new().file("f", 0o644, &vec![42u8; 300_000]).bytes();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar[..1000]).unwrap();
+    let mut gz_all = gz.finish().unwrap();
+    // A second gzip member: MultiGzDecoder must read it.
+    let mut gz2 = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz2.write_all(&tar[1000..]).unwrap();
+    gz_all.extend(gz2.finish().unwrap());
+    let zst = zstd::encode_all(tar.as_slice(), 3).unwrap();
+
+    for (blob, c) in
+        [(gz_all, LayerCompression::Gzip), (zst, LayerCompression::Zstd), (tar.clone(), LayerCompression::None)]
+    {
+        let mut out = Vec::new();
+        decompress(io::Cursor::new(blob.clone()), c).read_to_end(&mut out).unwrap();
+        assert_eq!(out, tar, "{c:?}");
+
+        // pump hands the source back fully read.
+        let (w, mut r) = channel();
+        let h = std::thread::spawn(move || pump(HashingReader::new(io::Cursor::new(blob)), c, w));
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        let (_, n) = h.join().unwrap().unwrap().finish();
+        assert_eq!(out.len(), tar.len());
+        assert!(n > 0);
+    }
+    // Corrupt input surfaces as a read error.
+    let mut out = Vec::new();
+    let err = decompress(io::Cursor::new(b"\x1f\x8bnot gzip at all".to_vec()), LayerCompression::Gzip)
+        .read_to_end(&mut out)
+        .unwrap_err();
+    assert!(!err.to_string().is_empty());
+}
+
+/// Throughput on a layer of many small files plus one large one, objects
+/// written by the writer thread vs inline (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn bench_small_files() {
+    let mut t = Tar::new();
+    let n = 20_000;
+    for i in 0..n {
+        let body = format!("file {i} {}", "x".repeat(i % 4096));
+        t.file(&format!("d{}/f{i}", i % 100), 0o644, body.as_bytes());
+    }
+    let big: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    t.file("big", 0o644, &big);
+    let data = t.bytes();
+    let diff_id = Digest::of(&data);
+    for round in 0..3 {
+        for threaded in [true, false] {
+            let (_d, store) = store();
+            let start = std::time::Instant::now();
+            stage_layer_with(&store, data.as_slice(), Some(&diff_id), threaded).unwrap().commit().unwrap();
+            let first = start.elapsed();
+            let start = std::time::Instant::now();
+            stage_layer_with(&store, data.as_slice(), Some(&diff_id), threaded).unwrap().commit().unwrap();
+            let again = start.elapsed();
+            eprintln!(
+                "round {round} threaded={threaded}: {n} files, {} MiB: new {first:?} ({:.0} MB/s), objects present {again:?}",
+                data.len() >> 20,
+                data.len() as f64 / first.as_secs_f64() / 1e6
+            );
+        }
+    }
+}

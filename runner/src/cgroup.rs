@@ -1,0 +1,239 @@
+//! Cgroup placement and limits (memory, cpus, pids).
+//!
+//! - Unified cgroup v2 (`/sys/fs/cgroup` is cgroup2): a `strata/<name>` cgroup under the root as
+//!   root, or `<own cgroup>/strata-<name>` as an ordinary user when systemd (or an admin) has
+//!   delegated that subtree. Controllers are enabled in the parent's `cgroup.subtree_control`.
+//! - v1 or hybrid (v1 controllers plus a cgroup2 mount at /sys/fs/cgroup/unified that holds no
+//!   useful controller): `<controller>/strata/<name>` in each v1 hierarchy, as root only.
+//!
+//! Without limits an ordinary user simply gets no cgroup of its own; with limits that cannot be
+//! applied, `create` fails with an explanation rather than silently running unlimited.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::RunnerError;
+use crate::spec::{CgroupLimits, CgroupSpec};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+const CPU_PERIOD: u64 = 100_000;
+
+/// The cgroup directories a container was placed in.
+#[derive(Debug)]
+pub struct Cgroup {
+    dirs: Vec<PathBuf>,
+}
+
+fn is_cgroup2(path: &str) -> bool {
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC).unwrap_or(false)
+}
+
+fn write(path: &Path, value: &str) -> Result<(), RunnerError> {
+    fs::write(path, value).map_err(|e| RunnerError::Cgroup(format!("write {value:?} to {}: {e}", path.display())))
+}
+
+fn mkdir(path: &Path) -> Result<(), RunnerError> {
+    match fs::create_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(RunnerError::Cgroup(format!("create {}: {e}", path.display()))),
+    }
+}
+
+/// The leaf name must be a single path component.
+fn check_name(name: &str) -> Result<(), RunnerError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(RunnerError::Invalid(format!("invalid cgroup name {name:?}")));
+    }
+    Ok(())
+}
+
+impl Cgroup {
+    /// Create the container's cgroup(s) and write the limits. `Ok(None)` when no cgroup is
+    /// needed (ordinary user, no limits).
+    pub(crate) fn create(spec: &CgroupSpec, rootless: bool) -> Result<Option<Cgroup>, RunnerError> {
+        check_name(&spec.name)?;
+        if is_cgroup2(CGROUP_ROOT) {
+            return Self::create_v2(spec, rootless);
+        }
+        if rootless {
+            if spec.limits.is_empty() {
+                return Ok(None);
+            }
+            return Err(RunnerError::Cgroup(
+                "resource limits (--memory, --cpus, --pids-limit) as an ordinary user need cgroup v2 with a \
+                 delegated subtree; this host uses cgroup v1 (or hybrid mode): run as root or drop the limits"
+                    .into(),
+            ));
+        }
+        let mut cg = Cgroup { dirs: Vec::new() };
+        let l = &spec.limits;
+        for controller in ["memory", "cpu", "pids"] {
+            let base = Path::new(CGROUP_ROOT).join(controller);
+            if !base.join("cgroup.procs").exists() {
+                let asked = match controller {
+                    "memory" => l.memory.is_some(),
+                    "cpu" => l.cpus.is_some(),
+                    _ => l.pids.is_some(),
+                };
+                if asked {
+                    cg.remove();
+                    return Err(RunnerError::Cgroup(format!("the {controller} controller is not mounted at {}", base.display())));
+                }
+                continue;
+            }
+            let dir = base.join("strata").join(&spec.name);
+            mkdir(&dir)?;
+            cg.dirs.push(dir.clone());
+            let res = match controller {
+                "memory" => l.memory.map_or(Ok(()), |m| write(&dir.join("memory.limit_in_bytes"), &m.to_string())),
+                "cpu" => l.cpus.map_or(Ok(()), |c| {
+                    write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &quota(c).to_string())
+                }),
+                _ => l.pids.map_or(Ok(()), |p| write(&dir.join("pids.max"), &pids(p))),
+            };
+            if let Err(e) = res {
+                cg.remove();
+                return Err(e);
+            }
+        }
+        Ok(Some(cg))
+    }
+
+    fn create_v2(spec: &CgroupSpec, rootless: bool) -> Result<Option<Cgroup>, RunnerError> {
+        let l = &spec.limits;
+        let (parent, leaf) = if rootless {
+            let own = fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)))
+                .unwrap_or_default();
+            (Path::new(CGROUP_ROOT).join(own.trim_start_matches('/')), format!("strata-{}", spec.name))
+        } else {
+            let parent = Path::new(CGROUP_ROOT).join("strata");
+            mkdir(&parent)?;
+            (parent, spec.name.clone())
+        };
+        let needed: Vec<&str> = [("memory", l.memory.is_some()), ("cpu", l.cpus.is_some()), ("pids", l.pids.is_some())]
+            .iter()
+            .filter(|(_, asked)| *asked)
+            .map(|(c, _)| *c)
+            .collect();
+        let delegated = access_w(&parent);
+        if rootless && !delegated {
+            if l.is_empty() {
+                return Ok(None);
+            }
+            return Err(RunnerError::Cgroup(format!(
+                "resource limits need a delegated cgroup v2 subtree, but {} is not writable; run under a systemd \
+                 user session with delegation (e.g. `systemd-run --user --scope -p Delegate=yes`)",
+                parent.display()
+            )));
+        }
+        if !rootless {
+            // As root, enable the controllers on the way down from the root.
+            let root_ctl = Path::new(CGROUP_ROOT).join("cgroup.subtree_control");
+            for c in &needed {
+                let _ = fs::write(&root_ctl, format!("+{c}"));
+            }
+        }
+        let ctl = parent.join("cgroup.subtree_control");
+        for c in &needed {
+            let enabled = fs::read_to_string(&ctl).unwrap_or_default();
+            if !enabled.split_whitespace().any(|e| e == *c) {
+                fs::write(&ctl, format!("+{c}")).map_err(|e| {
+                    RunnerError::Cgroup(format!(
+                        "cannot enable the {c} controller in {} ({e}); it must be delegated to this cgroup",
+                        ctl.display()
+                    ))
+                })?;
+            }
+        }
+        let dir = parent.join(leaf);
+        mkdir(&dir)?;
+        let cg = Cgroup { dirs: vec![dir.clone()] };
+        let res = (|| {
+            if let Some(m) = l.memory {
+                write(&dir.join("memory.max"), &m.to_string())?;
+            }
+            if let Some(c) = l.cpus {
+                write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD}", quota(c)))?;
+            }
+            if let Some(p) = l.pids {
+                write(&dir.join("pids.max"), &pids(p))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            cg.remove();
+            return Err(e);
+        }
+        Ok(Some(cg))
+    }
+
+    /// Move `pid` into the cgroup(s).
+    pub(crate) fn add(&self, pid: libc::pid_t) -> Result<(), RunnerError> {
+        for d in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The cgroup directories (one for v2, one per controller for v1).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Remove the (empty) cgroup directories. Call after every process in them was reaped.
+    pub fn remove(&self) {
+        for d in &self.dirs {
+            let _ = remove_dir_retry(d);
+        }
+    }
+}
+
+/// A just-reaped cgroup can report EBUSY for a moment while the kernel finishes tearing down.
+fn remove_dir_retry(d: &Path) -> io::Result<()> {
+    let mut last = Ok(());
+    for _ in 0..50 {
+        last = fs::remove_dir(d);
+        match &last {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            _ => return last,
+        }
+    }
+    last
+}
+
+fn access_w(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: valid C string.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
+}
+
+fn quota(cpus: f64) -> u64 {
+    ((cpus * CPU_PERIOD as f64).round() as u64).max(1000)
+}
+
+fn pids(p: i64) -> String {
+    if p <= 0 {
+        "max".to_string()
+    } else {
+        p.to_string()
+    }
+}
+
+/// Validate limits before anything is created.
+pub(crate) fn validate(l: &CgroupLimits) -> Result<(), RunnerError> {
+    if let Some(c) = l.cpus {
+        if !(c > 0.0 && c.is_finite()) {
+            return Err(RunnerError::Invalid(format!("invalid --cpus {c}: must be a positive number")));
+        }
+    }
+    if l.memory == Some(0) {
+        return Err(RunnerError::Invalid("invalid --memory 0".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! Networking: loopback for a new network namespace, and `pasta` (from the passt package) to
+//! connect a private namespace to the host with published ports.
+//!
+//! pasta is started after the container process exists and before it runs anything. Without
+//! `--foreground` pasta returns once the namespace is configured (our readiness signal) and keeps
+//! running in the background; `--pid` tells us whom to stop when the container exits (pasta does
+//! not notice on its own when it joined through a namespace fd).
+//!
+//! As root the target has a full capability set that pasta, which drops capabilities first, may
+//! not ptrace-inspect, so `/proc/PID/ns/net` is refused; we open the namespace ourselves and hand
+//! pasta the fd (`--netns /proc/self/fd/N`). In a user namespace pasta joins by PID.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::error::RunnerError;
+use crate::spec::{PortForward, Protocol};
+
+/// Find `pasta` in PATH.
+pub(crate) fn find_pasta() -> Result<PathBuf, RunnerError> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join("pasta"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| RunnerError::Network("pasta not found: install the passt package for --network private".into()))
+}
+
+/// A running pasta instance serving a container.
+#[derive(Debug)]
+pub struct Pasta {
+    pid: libc::pid_t,
+}
+
+impl Pasta {
+    /// Stop pasta (it would otherwise outlive the namespace).
+    pub fn stop(&self) {
+        // SAFETY: plain kill of the pid pasta wrote for us.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+    }
+}
+
+fn port_spec(p: &PortForward) -> String {
+    match &p.host_ip {
+        Some(ip) => format!("{ip}/{}:{}", p.host_port, p.container_port),
+        None => format!("{}:{}", p.host_port, p.container_port),
+    }
+}
+
+/// Configure the network namespace of `pid` with pasta and forward `ports`.
+pub(crate) fn start_pasta(pasta: &PathBuf, pid: libc::pid_t, userns: bool, ports: &[PortForward]) -> Result<Pasta, RunnerError> {
+    let dir = tempfile_dir()?;
+    let pidfile = dir.join("pasta.pid");
+    let mut cmd = Command::new(pasta);
+    cmd.args(["--config-net", "--quiet", "-T", "none", "-U", "none"]);
+    let tcp: Vec<String> = ports.iter().filter(|p| p.protocol == Protocol::Tcp).map(port_spec).collect();
+    let udp: Vec<String> = ports.iter().filter(|p| p.protocol == Protocol::Udp).map(port_spec).collect();
+    cmd.arg("-t").arg(if tcp.is_empty() { "none".to_string() } else { tcp.join(",") });
+    cmd.arg("-u").arg(if udp.is_empty() { "none".to_string() } else { udp.join(",") });
+    cmd.arg("--pid").arg(&pidfile);
+    let nsfd;
+    if userns {
+        cmd.arg(pid.to_string());
+    } else {
+        let f = fs::File::open(format!("/proc/{pid}/ns/net"))
+            .map_err(|e| RunnerError::Network(format!("open the container's network namespace: {e}")))?;
+        let raw: RawFd = f.as_raw_fd();
+        nsfd = f;
+        // The fd must survive exec in pasta: clear close-on-exec in the child only.
+        // SAFETY: fcntl in the forked child before exec is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let flags = libc::fcntl(raw, libc::F_GETFD);
+                if flags == -1 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.args(["--runas", "0", "--netns", &format!("/proc/self/fd/{}", nsfd.as_raw_fd())]);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| RunnerError::Network(format!("run {}: {e}", pasta.display())));
+    let read_pid = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<libc::pid_t>().ok());
+    let _ = fs::remove_dir_all(&dir);
+    let out = out?;
+    if !out.status.success() {
+        let msg: Vec<&str> =
+            std::str::from_utf8(&out.stderr).unwrap_or("").lines().filter(|l| !l.starts_with("Failed to send")).collect();
+        return Err(RunnerError::Network(format!("pasta failed ({}): {}", out.status, msg.join("; "))));
+    }
+    let pid = read_pid.ok_or_else(|| RunnerError::Network("pasta did not write its pid".into()))?;
+    Ok(Pasta { pid })
+}
+
+fn tempfile_dir() -> Result<PathBuf, RunnerError> {
+    let base = std::env::temp_dir();
+    for i in 0..100u32 {
+        // SAFETY: getpid cannot fail.
+        let d = base.join(format!("strata-pasta-{}-{i}", unsafe { libc::getpid() }));
+        match fs::create_dir(&d) {
+            Ok(()) => return Ok(d),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(RunnerError::io(format!("create {}", d.display()), e)),
+        }
+    }
+    Err(RunnerError::Network("cannot create a temporary directory for pasta".into()))
+}
+
+/// Bring `lo` up in the current (new) network namespace.
+pub(crate) fn loopback_up() -> io::Result<()> {
+    // SAFETY: an ifreq for "lo" and SIOC[GS]IFFLAGS on a datagram socket we own.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let mut res = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+        if res == 0 {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            res = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+        }
+        let err = io::Error::last_os_error();
+        libc::close(sock);
+        if res == -1 {
+            return Err(err);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! Starting a container: the caller side of `spawn` and the container process's setup.
+//!
+//! Process layout (no helper binary, no re-exec):
+//!
+//! ```text
+//! caller ──fork──> intermediate ──clone3(CLONE_PARENT | new namespaces)──> container process
+//! ```
+//!
+//! The intermediate exists because the caller may be multi-threaded: unshare(CLONE_NEWUSER)
+//! needs a single-threaded process, and a plain fork (unlike a raw clone3) runs glibc's atfork
+//! handlers so that malloc works in the child. The intermediate creates the user namespace (the
+//! caller writes its id maps, through newuidmap/newgidmap when needed), then clones the container
+//! process with `CLONE_PARENT`, so the container process is the caller's own child (the caller
+//! can wait for it and hold a pidfd to it) and pid 1 of its new pid namespace, and exits.
+//!
+//! The container process waits until the caller has placed it in its cgroup and started pasta,
+//! then builds its filesystem view (see `mounts`), drops privileges and execs. A seqpacket socket
+//! carries the steps back and forth; an error message on it, or EOF at a successful execve, ends
+//! `spawn`.
+
+use std::convert::Infallible;
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use crate::caps::{self, Cap};
+use crate::cgroup::{self, Cgroup};
+use crate::child::{self, ChildError, MSG_ERROR, MSG_GO, MSG_MAPPED, MSG_PID, MSG_PTY, MSG_USERNS};
+use crate::error::RunnerError;
+use crate::idmap;
+use crate::mounts::{self, Root};
+use crate::network::{self, Pasta};
+use crate::spec::{IdMapping, Network, Spec};
+use crate::sys;
+
+/// Where the process's stdin, stdout and stderr come from. `None` inherits the caller's.
+/// Ignored for streams replaced by the pty when `tty` is set.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+impl Stdio {
+    pub(crate) fn raw(&self) -> [Option<RawFd>; 3] {
+        [&self.stdin, &self.stdout, &self.stderr].map(|f| f.as_ref().map(|f| f.as_raw_fd()))
+    }
+}
+
+/// A process started by the runner (the container's init, or an `exec`ed process). It is a child
+/// of the caller: `wait` reaps it.
+#[derive(Debug)]
+pub struct Process {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    pty_master: Option<OwnedFd>,
+    status: Option<i32>,
+}
+
+impl Process {
+    /// The pid in the caller's pid namespace.
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// The master side of the pty (tty mode); the caller relays it to the user's terminal.
+    pub fn take_pty_master(&mut self) -> Option<OwnedFd> {
+        self.pty_master.take()
+    }
+
+    /// Send a signal (through the pidfd, so never to a recycled pid).
+    pub fn signal(&self, signal: i32) -> Result<(), RunnerError> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        sys::pidfd_send_signal(self.pidfd.as_fd(), signal).map_err(|e| RunnerError::io("signal the container", e))
+    }
+
+    /// Wait for the process to exit; returns its exit code, or 128 + signal when it was killed.
+    pub fn wait(&mut self) -> Result<i32, RunnerError> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let s = sys::pidfd_wait(self.pidfd.as_fd(), false)
+            .map_err(|e| RunnerError::io("wait for the container", e))?
+            .unwrap_or(125);
+        self.status = Some(s);
+        Ok(s)
+    }
+
+    /// Like `wait` but returns `None` at once if the process is still running.
+    pub fn try_wait(&mut self) -> Result<Option<i32>, RunnerError> {
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        let s = sys::pidfd_wait(self.pidfd.as_fd(), true).map_err(|e| RunnerError::io("wait for the container", e))?;
+        self.status = s;
+        Ok(s)
+    }
+
+    pub(crate) fn set_pty_master(&mut self, fd: Option<OwnedFd>) {
+        self.pty_master = fd;
+    }
+
+    pub(crate) fn from_pid(pid: libc::pid_t) -> Result<Process, RunnerError> {
+        let pidfd = sys::pidfd_open(pid).map_err(|e| RunnerError::io("pidfd_open", e))?;
+        Ok(Process { pid, pidfd, pty_master: None, status: None })
+    }
+
+    /// Kill and reap (cleanup path).
+    pub(crate) fn kill_and_reap(&mut self) {
+        let _ = self.signal(libc::SIGKILL);
+        let _ = self.wait();
+    }
+}
+
+/// A running container: its init process plus what was set up for it. Dropping a container that
+/// was not waited for kills it.
+#[derive(Debug)]
+pub struct Container {
+    process: Process,
+    cgroup: Option<Cgroup>,
+    pasta: Option<Pasta>,
+    note: Option<String>,
+}
+
+impl Container {
+    pub fn pid(&self) -> libc::pid_t {
+        self.process.pid
+    }
+
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    pub fn take_pty_master(&mut self) -> Option<OwnedFd> {
+        self.process.take_pty_master()
+    }
+
+    pub fn signal(&self, signal: i32) -> Result<(), RunnerError> {
+        self.process.signal(signal)
+    }
+
+    /// The cgroup the container runs in, if any.
+    pub fn cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup.as_ref()
+    }
+
+    /// A remark for the user (e.g. that only one id is mapped), if any.
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
+    /// Wait for pid 1 to exit, then stop pasta and remove the cgroup. Returns Docker's status.
+    pub fn wait(&mut self) -> Result<i32, RunnerError> {
+        let status = self.process.wait()?;
+        self.cleanup();
+        Ok(status)
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(p) = self.pasta.take() {
+            p.stop();
+        }
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove();
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.process.status.is_none() {
+            self.process.kill_and_reap();
+        }
+        self.cleanup();
+    }
+}
+
+/// Facts computed in the caller before forking (the children should not have to look them up).
+struct Plan {
+    userns: bool,
+    pts_gid5: bool,
+    last_cap: u32,
+    caps_mask: u64,
+    new_netns: bool,
+    etc_binds: Vec<(&'static str, std::path::PathBuf)>,
+}
+
+/// Start a container as described by `spec`.
+///
+/// Returns once the command has been exec'd (or fails with the reason: `RunnerError::Exec` with
+/// 126/127 when the command cannot be run, other errors for setup problems).
+pub fn spawn(spec: &Spec, stdio: Stdio) -> Result<Container, RunnerError> {
+    validate(spec)?;
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    let userns = spec.id_mapping != IdMapping::None;
+    if !userns && euid != 0 {
+        return Err(RunnerError::Invalid(
+            "running without a user namespace needs root; use a rootless id mapping (IdMapping::Map)".into(),
+        ));
+    }
+    let pasta = match &spec.network {
+        Network::Private { .. } => Some(network::find_pasta()?),
+        _ => None,
+    };
+    let plan = Plan {
+        userns,
+        pts_gid5: spec.id_mapping.maps_gid(5),
+        last_cap: caps::last_cap(),
+        caps_mask: Cap::mask(&spec.capabilities),
+        new_netns: spec.network != Network::Host,
+        etc_binds: write_etc_files(spec)?,
+    };
+    let cgroup = match &spec.cgroup {
+        Some(c) => Cgroup::create(c, euid != 0)?,
+        None => None,
+    };
+    let (parent_sock, child_sock) = sys::seqpacket_pair().map_err(|e| RunnerError::io("socketpair", e))?;
+
+    // SAFETY: fork; the child only runs `intermediate`, which never returns.
+    let inter = unsafe { libc::fork() };
+    if inter == -1 {
+        if let Some(cg) = &cgroup {
+            cg.remove();
+        }
+        return Err(RunnerError::io("fork", std::io::Error::last_os_error()));
+    }
+    if inter == 0 {
+        drop(parent_sock);
+        intermediate(spec, &plan, child_sock, &stdio);
+    }
+    drop(child_sock);
+    drop(stdio);
+    let result = start(spec, &plan, parent_sock.as_fd(), inter, cgroup.as_ref(), pasta.as_ref());
+    // The intermediate has exited (or is about to): reap it.
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(inter, &mut st, 0) };
+    match result {
+        Ok((process, pasta)) => Ok(Container { process, cgroup, pasta, note: None }),
+        Err(e) => {
+            if let Some(cg) = &cgroup {
+                cg.remove();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The caller's half of the handshake.
+fn start(
+    spec: &Spec,
+    plan: &Plan,
+    sock: BorrowedFd<'_>,
+    inter: libc::pid_t,
+    cgroup: Option<&Cgroup>,
+    pasta: Option<&std::path::PathBuf>,
+) -> Result<(Process, Option<Pasta>), RunnerError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    if plan.userns {
+        let (n, _) = recv(sock, &mut buf)?;
+        if n == 0 || buf[0] != MSG_USERNS {
+            return Err(child_error(&buf[..n]));
+        }
+        if let Err(e) = idmap::apply(inter, &spec.id_mapping) {
+            // SAFETY: killing our own child.
+            unsafe { libc::kill(inter, libc::SIGKILL) };
+            return Err(e);
+        }
+        send(sock, MSG_MAPPED)?;
+    }
+    let (n, _) = recv(sock, &mut buf)?;
+    if n < 5 || buf[0] != MSG_PID {
+        return Err(child_error(&buf[..n]));
+    }
+    let pid = i32::from_le_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    let mut process = Process::from_pid(pid).inspect_err(|_| {
+        // SAFETY: killing our own child (no pidfd yet).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut st = 0;
+        unsafe { libc::waitpid(pid, &mut st, 0) };
+    })?;
+    let mut started_pasta = None;
+    let res = (|| {
+        if let Some(cg) = cgroup {
+            cg.add(pid)?;
+        }
+        if let (Some(pasta), Network::Private { ports }) = (pasta, &spec.network) {
+            started_pasta = Some(network::start_pasta(pasta, pid, plan.userns, ports)?);
+        }
+        send(sock, MSG_GO)?;
+        loop {
+            let (n, fd) = recv(sock, &mut buf)?;
+            match (n, buf.first()) {
+                (0, _) => return Ok(()),
+                (_, Some(&MSG_PTY)) => process.pty_master = fd,
+                _ => return Err(child_error(&buf[..n])),
+            }
+        }
+    })();
+    if let Err(e) = res {
+        process.kill_and_reap();
+        if let Some(p) = started_pasta {
+            p.stop();
+        }
+        return Err(e);
+    }
+    Ok((process, started_pasta))
+}
+
+fn recv(sock: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(usize, Option<OwnedFd>), RunnerError> {
+    sys::recv_msg(sock, buf).map_err(|e| RunnerError::io("read from the container process", e))
+}
+
+fn send(sock: BorrowedFd<'_>, msg: u8) -> Result<(), RunnerError> {
+    sys::send_msg(sock, &[msg], None).map_err(|e| RunnerError::io("write to the container process", e))
+}
+
+/// Decode an `E<code><message>` report (or explain an unexpected end).
+pub(crate) fn child_error(msg: &[u8]) -> RunnerError {
+    if msg.len() >= 2 && msg[0] == MSG_ERROR {
+        let message = String::from_utf8_lossy(&msg[2..]).into_owned();
+        return match msg[1] {
+            126 | 127 => RunnerError::Exec { code: msg[1] as i32, message },
+            _ => RunnerError::Setup(message),
+        };
+    }
+    RunnerError::Setup("the container process exited unexpectedly during setup".into())
+}
+
+fn validate(spec: &Spec) -> Result<(), RunnerError> {
+    if spec.args.is_empty() {
+        return Err(RunnerError::Invalid("no command specified".into()));
+    }
+    if !spec.cwd.starts_with('/') {
+        return Err(RunnerError::Invalid(format!("the working directory {:?} is not absolute", spec.cwd)));
+    }
+    if !spec.rootfs.is_dir() {
+        return Err(RunnerError::Invalid(format!("rootfs {} is not a directory", spec.rootfs.display())));
+    }
+    for m in &spec.mounts {
+        if !m.target.starts_with('/') {
+            return Err(RunnerError::Invalid(format!("mount target {:?} is not absolute", m.target)));
+        }
+    }
+    if !spec.id_mapping.maps_uid(spec.user.uid) || !spec.id_mapping.maps_gid(spec.user.gid) {
+        return Err(RunnerError::Invalid(format!(
+            "user {}:{} is not mapped in the container's user namespace",
+            spec.user.uid, spec.user.gid
+        )));
+    }
+    for l in &spec.rlimits {
+        if crate::spec::rlimit_resource(&l.name).is_none() {
+            return Err(RunnerError::Invalid(format!("invalid ulimit type: {}", l.name)));
+        }
+        if l.soft > l.hard {
+            return Err(RunnerError::Invalid(format!("ulimit {}: soft limit {} above hard limit {}", l.name, l.soft, l.hard)));
+        }
+    }
+    if let Some(c) = &spec.cgroup {
+        cgroup::validate(&c.limits)?;
+    }
+    Ok(())
+}
+
+/// Write the /etc files atomically into their directory; returns (target, source) pairs.
+fn write_etc_files(spec: &Spec) -> Result<Vec<(&'static str, std::path::PathBuf)>, RunnerError> {
+    let Some(etc) = &spec.etc_files else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for (target, name, content) in [
+        ("/etc/hosts", "hosts", &etc.hosts),
+        ("/etc/hostname", "hostname", &etc.hostname),
+        ("/etc/resolv.conf", "resolv.conf", &etc.resolv_conf),
+    ] {
+        let Some(content) = content else { continue };
+        let path = etc.dir.join(name);
+        write_atomic(&path, content.as_bytes()).map_err(|e| RunnerError::io(format!("write {}", path.display()), e))?;
+        out.push((target, path));
+    }
+    Ok(out)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// The intermediate process: user namespace, then the container process.
+fn intermediate(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
+    child::run_child(sock.as_fd(), || {
+        if plan.userns {
+            // SAFETY: we are single-threaded (just forked).
+            sys::cvt(unsafe { libc::unshare(libc::CLONE_NEWUSER) })
+                .map_err(|e| ChildError::setup(format!("create a user namespace: {e}")))?;
+            sys::send_msg(sock.as_fd(), &[MSG_USERNS], None).map_err(|e| ChildError::setup(format!("sync: {e}")))?;
+            child::wait_for(sock.as_fd(), MSG_MAPPED)?;
+            // Become root of the namespace (when the caller's id is not the one mapped to 0).
+            // SAFETY: plain syscalls.
+            unsafe {
+                sys::cvt(libc::setresgid(0, 0, 0)).map_err(|e| ChildError::setup(format!("setgid 0 in userns: {e}")))?;
+                sys::cvt(libc::setresuid(0, 0, 0)).map_err(|e| ChildError::setup(format!("setuid 0 in userns: {e}")))?;
+            }
+        }
+        let mut flags = libc::CLONE_PARENT | libc::CLONE_NEWNS;
+        if spec.namespaces.pid {
+            flags |= libc::CLONE_NEWPID;
+        }
+        if spec.namespaces.uts {
+            flags |= libc::CLONE_NEWUTS;
+        }
+        if spec.namespaces.ipc {
+            flags |= libc::CLONE_NEWIPC;
+        }
+        if plan.new_netns {
+            flags |= libc::CLONE_NEWNET;
+        }
+        let pid = sys::clone3(flags as u64).map_err(|e| ChildError::setup(format!("clone: {e}")))?;
+        if pid == 0 {
+            container_main(spec, plan, sock.try_clone().unwrap_or_else(|_| unsafe { libc::_exit(125) }), stdio);
+        }
+        let mut msg = vec![MSG_PID];
+        msg.extend_from_slice(&pid.to_le_bytes());
+        sys::send_msg(sock.as_fd(), &msg, None).map_err(|e| ChildError::setup(format!("sync: {e}")))?;
+        // SAFETY: the intermediate's work is done.
+        unsafe { libc::_exit(0) }
+    })
+}
+
+/// The container process: everything from the new namespaces to execve.
+fn container_main(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
+    let sock = child::move_above_stdio(sock).unwrap_or_else(|_| unsafe { libc::_exit(125) });
+    child::run_child(sock.as_fd(), || setup_and_exec(spec, plan, &sock, stdio))
+}
+
+fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Result<Infallible, ChildError> {
+    child::wait_for(sock.as_fd(), MSG_GO)?;
+    if spec.namespaces.cgroup {
+        // After the caller moved us into our cgroup, so that it becomes the namespace's root.
+        // SAFETY: plain syscall.
+        sys::cvt(unsafe { libc::unshare(libc::CLONE_NEWCGROUP) })
+            .map_err(|e| ChildError::setup(format!("create a cgroup namespace: {e}")))?;
+    }
+    child::place_stdio(stdio.raw()).map_err(|e| ChildError::setup(format!("set up stdio: {e}")))?;
+    // SAFETY: umask cannot fail. Device nodes and mount points get exactly the modes we ask for.
+    unsafe { libc::umask(0) };
+    if plan.new_netns {
+        network::loopback_up().map_err(|e| ChildError::setup(format!("bring up loopback: {e}")))?;
+    }
+
+    let root = Root::prepare(&spec.rootfs)?;
+    mounts::mount_proc(&root)?;
+    let pty = mounts::setup_dev(&root, plan.pts_gid5, spec.tty)?;
+    mounts::mount_sys(&root, spec.sys_rw)?;
+    for m in &spec.mounts {
+        mounts::mount_user(&root, m)?;
+    }
+    for (target, source) in &plan.etc_binds {
+        let src = sys::cstring(source.as_os_str().as_encoded_bytes()).map_err(|e| ChildError::setup(e.to_string()))?;
+        root.mount(target, true, Some(&src), None, libc::MS_BIND, None)?;
+    }
+    mounts::ctx(root.mkdir_all(&spec.cwd, 0o755), || format!("create working directory {}", spec.cwd))?;
+    mounts::pivot(root)?;
+    mounts::mask_paths(&spec.masked_paths)?;
+    mounts::readonly_paths(&spec.readonly_paths)?;
+    if spec.readonly_rootfs {
+        mounts::readonly_root()?;
+    }
+    if spec.namespaces.uts && !spec.hostname.is_empty() {
+        let h = spec.hostname.as_bytes();
+        // SAFETY: valid buffer.
+        sys::cvt(unsafe { libc::sethostname(h.as_ptr() as *const libc::c_char, h.len()) })
+            .map_err(|e| ChildError::setup(format!("sethostname: {e}")))?;
+    }
+
+    child::new_session();
+    if let Some(pty) = &pty {
+        child::send_pty(sock.as_fd(), &pty.master)?;
+        child::set_controlling_tty(&pty.slave).map_err(|e| ChildError::setup(format!("set up the terminal: {e}")))?;
+    }
+    drop(pty);
+    child::set_rlimits(&spec.rlimits)?;
+    child::switch_user(&spec.user, plan.caps_mask, plan.last_cap, spec.no_new_privileges)?;
+    child::chdir(&spec.cwd)?;
+    child::reset_signals();
+    // SAFETY: umask cannot fail; Docker's default.
+    unsafe { libc::umask(0o022) };
+    if spec.init {
+        let sock = sock.try_clone().map_err(|e| ChildError::setup(format!("dup: {e}")))?;
+        child::reaper(sock, &spec.args, &spec.env);
+    }
+    Err(child::exec_command(&spec.args, &spec.env))
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# A short tour of strata against a throwaway local registry:
+# build strata, make a small busybox image, push it to a registry on
+# 127.0.0.1, then pull it and look at it with strata.
+#
+#   bash scripts/demo.sh        (as root, after scripts/setup.sh)
+#
+# Everything lives in a temp directory (STRATA_ROOT included) that is removed
+# at the end; the host's own store is not touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec </dev/null
+
+if [ "$(id -u)" != 0 ]; then
+    echo "demo.sh must run as root (the image is built with umoci as root): sudo bash scripts/demo.sh" >&2
+    exit 1
+fi
+for tool in cargo docker-registry skopeo umoci curl python3; do
+    command -v "$tool" >/dev/null || { echo "demo.sh: $tool is missing; run: sudo bash scripts/setup.sh" >&2; exit 1; }
+done
+
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold="" plain=""; fi
+step() { printf '\n%s==> %s%s\n' "$bold" "$*" "$plain"; }
+
+step "cargo build -p strata-cli"
+cargo build -q -p strata-cli
+strata="$PWD/target/debug/strata"
+
+work="$(mktemp -d /tmp/strata-demo.XXXXXX)"
+registry_pid=""
+cleanup() {
+    if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; wait "$registry_pid" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+step "building a small busybox image (OCI layout)"
+bash tests/fixtures/make-fixtures.sh "$work/fixtures" busybox
+
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+registry="127.0.0.1:$port"
+step "starting a registry on $registry"
+cat >"$work/registry.yml" <<YML
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: $registry
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 1 300); do
+    curl -fs "http://$registry/v2/" >/dev/null && break
+    kill -0 "$registry_pid" 2>/dev/null || { cat "$work/registry.log" >&2; exit 1; }
+    sleep 0.1
+done
+skopeo --policy tests/fixtures/policy.json copy -q --dest-tls-verify=false \
+    "oci:$work/fixtures/oci:busybox" "docker://$registry/demo/busybox:latest"
+
+export STRATA_ROOT="$work/store"
+image="$registry/demo/busybox:latest"
+run() {
+    printf '$ strata %s\n' "$*"
+    "$strata" "$@"
+}
+
+step "pull"
+run pull "$image"
+step "images"
+run images
+# More steps (run, commit, build, push, mount) follow as those commands land.
+
+step "demo finished"
