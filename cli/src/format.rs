@@ -177,9 +177,9 @@ const PADDING: usize = 3;
 /// of its column block plus 3 (at least 10); the text after a line's last
 /// tab is not part of a column. A line without tabs ends a column block.
 pub fn tabwrite(text: &str) -> String {
-    let mut lines: Vec<Vec<&str>> = text.split('\n').map(|l| l.split('\t').collect()).collect();
-    // `split` yields a final empty line after a trailing newline; keep it so
-    // that newlines are preserved one-for-one.
+    // `split` yields a final empty line after a trailing newline; keeping it
+    // preserves newlines one-for-one.
+    let lines: Vec<Vec<&str>> = text.split('\n').map(|l| l.split('\t').collect()).collect();
     let mut out = String::with_capacity(text.len() * 2);
     let total = lines.len();
     let mut start = 0;
@@ -194,7 +194,6 @@ pub fn tabwrite(text: &str) -> String {
             start = i + 1;
         }
     }
-    lines.clear();
     out
 }
 
@@ -446,7 +445,7 @@ fn parse_control(word: &str, rest: &str, items: &[Item], pos: &mut usize) -> Res
     let mut otherwise = Vec::new();
     match term.as_deref() {
         Some("end") => {}
-        Some(t) if t == "else" => {
+        Some("else") => {
             let (o, t2) = parse_list(items, pos)?;
             if t2.as_deref() != Some("end") {
                 return err(format!(":1: missing {{{{end}}}} for {{{{{word}}}}}"));

@@ -27,7 +27,7 @@ pub struct Cgroup {
 }
 
 fn is_cgroup2(path: &str) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC).unwrap_or(false)
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC).unwrap_or(false)
 }
 
 fn write(path: &Path, value: &str) -> Result<(), RunnerError> {
@@ -79,7 +79,10 @@ impl Cgroup {
                 };
                 if asked {
                     cg.remove();
-                    return Err(RunnerError::Cgroup(format!("the {controller} controller is not mounted at {}", base.display())));
+                    return Err(RunnerError::Cgroup(format!(
+                        "the {controller} controller is not mounted at {}",
+                        base.display()
+                    )));
                 }
                 continue;
             }

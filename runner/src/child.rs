@@ -44,6 +44,8 @@ pub(crate) const MSG_PTY: u8 = b'T';
 pub(crate) const MSG_GO: u8 = b'G';
 pub(crate) const MSG_USERNS: u8 = b'U';
 pub(crate) const MSG_MAPPED: u8 = b'M';
+pub(crate) const MSG_FUSE: u8 = b'F';
+pub(crate) const MSG_SERVED: u8 = b'S';
 
 /// Send the error to the caller and exit with its code.
 pub(crate) fn fail(sock: BorrowedFd<'_>, err: ChildError) -> ! {
@@ -284,11 +286,8 @@ pub(crate) fn reaper(sock: OwnedFd, args: &[String], env: &[String]) -> ! {
                     break;
                 }
                 if pid == child {
-                    let code = if libc::WIFEXITED(status) {
-                        libc::WEXITSTATUS(status)
-                    } else {
-                        128 + libc::WTERMSIG(status)
-                    };
+                    let code =
+                        if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
                     libc::_exit(code);
                 }
             }

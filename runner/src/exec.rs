@@ -44,7 +44,12 @@ fn differing_namespaces(pid: libc::pid_t) -> libc::c_int {
 
 /// Run `spec` inside the container whose init is `container_pid`; the new process joins
 /// `cgroup` when given. Returns once the command has been exec'd.
-pub fn exec(container_pid: libc::pid_t, spec: &ExecSpec, stdio: Stdio, cgroup: Option<&Cgroup>) -> Result<Process, RunnerError> {
+pub fn exec(
+    container_pid: libc::pid_t,
+    spec: &ExecSpec,
+    stdio: Stdio,
+    cgroup: Option<&Cgroup>,
+) -> Result<Process, RunnerError> {
     if spec.args.is_empty() {
         return Err(RunnerError::Invalid("no command specified".into()));
     }
@@ -103,7 +108,8 @@ pub fn exec(container_pid: libc::pid_t, spec: &ExecSpec, stdio: Stdio, cgroup: O
             }
             sys::send_msg(sock, &[MSG_GO], None).map_err(|e| RunnerError::io("write to the exec process", e))?;
             loop {
-                let (n, fd) = sys::recv_msg(sock, &mut buf).map_err(|e| RunnerError::io("read from the exec process", e))?;
+                let (n, fd) =
+                    sys::recv_msg(sock, &mut buf).map_err(|e| RunnerError::io("read from the exec process", e))?;
                 match (n, buf.first()) {
                     (0, _) => return Ok(()),
                     (_, Some(&MSG_PTY)) => process.set_pty_master(fd),
@@ -125,7 +131,13 @@ pub fn exec(container_pid: libc::pid_t, spec: &ExecSpec, stdio: Stdio, cgroup: O
     result
 }
 
-fn exec_child(spec: &ExecSpec, sock: &OwnedFd, stdio: &Stdio, caps_mask: u64, last_cap: u32) -> Result<Infallible, ChildError> {
+fn exec_child(
+    spec: &ExecSpec,
+    sock: &OwnedFd,
+    stdio: &Stdio,
+    caps_mask: u64,
+    last_cap: u32,
+) -> Result<Infallible, ChildError> {
     child::wait_for(sock.as_fd(), MSG_GO)?;
     child::place_stdio(stdio.raw()).map_err(|e| ChildError::setup(format!("set up stdio: {e}")))?;
     child::new_session();

@@ -31,9 +31,9 @@ pub use error::RunnerError;
 pub use exec::exec;
 pub use idmap::{rootless_mapping, ROOTLESS_RANGE};
 pub use network::Pasta;
-pub use spawn::{spawn, Container, Process, Stdio};
+pub use spawn::{spawn, spawn_with_fuse_rootfs, Container, FuseRootfs, Process, Stdio};
 pub use spec::{
-    CgroupLimits, CgroupSpec, EtcFiles, ExecSpec, IdMapping, IdRange, Mount, MountKind, Namespaces, Network, PortForward,
-    Protocol, Rlimit, Spec, User,
+    CgroupLimits, CgroupSpec, EtcFiles, ExecSpec, IdMapping, IdRange, Mount, MountKind, Namespaces, Network,
+    PortForward, Protocol, Rlimit, Spec, User,
 };
 pub use user::{resolve_user, ResolvedUser};

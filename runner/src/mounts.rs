@@ -34,7 +34,8 @@ fn components(path: &str) -> VecDeque<String> {
 fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Option<String> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize];
     // SAFETY: valid fd, C string and buffer.
-    let n = unsafe { libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    let n =
+        unsafe { libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
     if n <= 0 {
         return None;
     }
@@ -60,7 +61,8 @@ impl Root {
         ctx(sys::mount(Some(&path), &path, None, libc::MS_BIND | libc::MS_REC, None), || {
             format!("bind rootfs {}", rootfs.display())
         })?;
-        let fd = ctx(sys::open(&path, libc::O_PATH | libc::O_DIRECTORY), || format!("open rootfs {}", rootfs.display()))?;
+        let fd =
+            ctx(sys::open(&path, libc::O_PATH | libc::O_DIRECTORY), || format!("open rootfs {}", rootfs.display()))?;
         Ok(Root(fd))
     }
 
@@ -196,14 +198,8 @@ pub(crate) fn mount_sys(root: &Root, rw: bool) -> Result<(), String> {
     }
 }
 
-const DEVICES: &[(&CStr, u32, u32)] = &[
-    (c"null", 1, 3),
-    (c"zero", 1, 5),
-    (c"full", 1, 7),
-    (c"random", 1, 8),
-    (c"urandom", 1, 9),
-    (c"tty", 5, 0),
-];
+const DEVICES: &[(&CStr, u32, u32)] =
+    &[(c"null", 1, 3), (c"zero", 1, 5), (c"full", 1, 7), (c"random", 1, 8), (c"urandom", 1, 9), (c"tty", 5, 0)];
 
 const DEV_LINKS: &[(&CStr, &CStr)] = &[
     (c"fd", c"/proc/self/fd"),
@@ -260,10 +256,24 @@ pub(crate) fn setup_dev(root: &Root, pts_gid5: bool, tty: bool) -> Result<Option
     }
     for (name, mode) in [(c"pts", 0o755), (c"shm", 0o1777), (c"mqueue", 0o755)] {
         // SAFETY: valid fd and C string.
-        ctx(cvt(unsafe { libc::mkdirat(dfd, name.as_ptr(), mode) }), || format!("mkdir /dev/{}", name.to_string_lossy()))?;
+        ctx(cvt(unsafe { libc::mkdirat(dfd, name.as_ptr(), mode) }), || {
+            format!("mkdir /dev/{}", name.to_string_lossy())
+        })?;
     }
-    let pts_opts = if pts_gid5 { c"newinstance,ptmxmode=0666,mode=0620,gid=5" } else { c"newinstance,ptmxmode=0666,mode=0620" };
-    root.mount("/dev/pts", false, Some(c"devpts"), Some(c"devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some(pts_opts))?;
+    let pts_opts =
+        if pts_gid5 { c"newinstance,ptmxmode=0666,mode=0620,gid=5" } else { c"newinstance,ptmxmode=0666,mode=0620" };
+    let pts_flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+    if root.mount("/dev/pts", false, Some(c"devpts"), Some(c"devpts"), pts_flags, Some(pts_opts)).is_err() {
+        // gid 5 may not exist in a user namespace set up by someone else: go without it.
+        root.mount(
+            "/dev/pts",
+            false,
+            Some(c"devpts"),
+            Some(c"devpts"),
+            pts_flags,
+            Some(c"newinstance,ptmxmode=0666,mode=0620"),
+        )?;
+    }
     root.mount(
         "/dev/shm",
         false,
@@ -285,10 +295,12 @@ pub(crate) fn setup_dev(root: &Root, pts_gid5: bool, tty: bool) -> Result<Option
         return Ok(None);
     }
     let pty = ctx(open_pty(dev.as_fd()), || "allocate a pty".into())?;
-    let console =
-        ctx(openat(dev.as_fd(), c"console", libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o620), || "create /dev/console".into())?;
+    let console = ctx(openat(dev.as_fd(), c"console", libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o620), || {
+        "create /dev/console".into()
+    })?;
     drop(console);
-    let console = ctx(openat(dev.as_fd(), c"console", libc::O_PATH | libc::O_NOFOLLOW, 0), || "open /dev/console".into())?;
+    let console =
+        ctx(openat(dev.as_fd(), c"console", libc::O_PATH | libc::O_NOFOLLOW, 0), || "open /dev/console".into())?;
     ctx(sys::mount(Some(&fd_path(pty.slave.as_fd())), &fd_path(console.as_fd()), None, libc::MS_BIND, None), || {
         "bind /dev/console".into()
     })?;
@@ -302,7 +314,9 @@ pub(crate) fn open_pty(dev: BorrowedFd<'_>) -> io::Result<Pty> {
     // SAFETY: ioctls on our own pty master with valid arguments.
     cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) })?;
     // TIOCGPTPEER opens the slave without a path lookup.
-    let slave = cvt(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    let slave = cvt(unsafe {
+        libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+    })?;
     // SAFETY: TIOCGPTPEER returned a new fd that we own.
     let slave = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(slave) };
     Ok(Pty { master, slave })
@@ -355,7 +369,9 @@ pub(crate) fn mask_paths(paths: &[String]) -> Result<(), String> {
         let is_dir = fstat_is_dir(fd.as_fd());
         let target = fd_path(fd.as_fd());
         if is_dir {
-            ctx(sys::mount(Some(c"tmpfs"), &target, Some(c"tmpfs"), libc::MS_RDONLY, Some(c"size=0")), || format!("mask {p}"))?;
+            ctx(sys::mount(Some(c"tmpfs"), &target, Some(c"tmpfs"), libc::MS_RDONLY, Some(c"size=0")), || {
+                format!("mask {p}")
+            })?;
         } else {
             ctx(sys::mount(Some(c"/dev/null"), &target, None, libc::MS_BIND, None), || format!("mask {p}"))?;
         }

@@ -36,6 +36,11 @@ pub struct Pasta {
 }
 
 impl Pasta {
+    /// pasta's pid (it runs in the background, not as our child).
+    pub fn pid(&self) -> libc::pid_t {
+        self.pid
+    }
+
     /// Stop pasta (it would otherwise outlive the namespace).
     pub fn stop(&self) {
         // SAFETY: plain kill of the pid pasta wrote for us.
@@ -51,7 +56,12 @@ fn port_spec(p: &PortForward) -> String {
 }
 
 /// Configure the network namespace of `pid` with pasta and forward `ports`.
-pub(crate) fn start_pasta(pasta: &PathBuf, pid: libc::pid_t, userns: bool, ports: &[PortForward]) -> Result<Pasta, RunnerError> {
+pub(crate) fn start_pasta(
+    pasta: &PathBuf,
+    pid: libc::pid_t,
+    userns: bool,
+    ports: &[PortForward],
+) -> Result<Pasta, RunnerError> {
     let dir = tempfile_dir()?;
     let pidfile = dir.join("pasta.pid");
     let mut cmd = Command::new(pasta);
@@ -92,8 +102,11 @@ pub(crate) fn start_pasta(pasta: &PathBuf, pid: libc::pid_t, userns: bool, ports
     let _ = fs::remove_dir_all(&dir);
     let out = out?;
     if !out.status.success() {
-        let msg: Vec<&str> =
-            std::str::from_utf8(&out.stderr).unwrap_or("").lines().filter(|l| !l.starts_with("Failed to send")).collect();
+        let msg: Vec<&str> = std::str::from_utf8(&out.stderr)
+            .unwrap_or("")
+            .lines()
+            .filter(|l| !l.starts_with("Failed to send"))
+            .collect();
         return Err(RunnerError::Network(format!("pasta failed ({}): {}", out.status, msg.join("; "))));
     }
     let pid = read_pid.ok_or_else(|| RunnerError::Network("pasta did not write its pid".into()))?;

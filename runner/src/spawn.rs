@@ -26,7 +26,9 @@ use std::path::Path;
 
 use crate::caps::{self, Cap};
 use crate::cgroup::{self, Cgroup};
-use crate::child::{self, ChildError, MSG_ERROR, MSG_GO, MSG_MAPPED, MSG_PID, MSG_PTY, MSG_USERNS};
+use crate::child::{
+    self, ChildError, MSG_ERROR, MSG_FUSE, MSG_GO, MSG_MAPPED, MSG_PID, MSG_PTY, MSG_SERVED, MSG_USERNS,
+};
 use crate::error::RunnerError;
 use crate::idmap;
 use crate::mounts::{self, Root};
@@ -127,7 +129,6 @@ pub struct Container {
     process: Process,
     cgroup: Option<Cgroup>,
     pasta: Option<Pasta>,
-    note: Option<String>,
 }
 
 impl Container {
@@ -152,9 +153,10 @@ impl Container {
         self.cgroup.as_ref()
     }
 
-    /// A remark for the user (e.g. that only one id is mapped), if any.
-    pub fn note(&self) -> Option<&str> {
-        self.note.as_deref()
+    /// The pasta instance serving a private network, if any (record its pid to stop it from
+    /// another process when this handle is lost).
+    pub fn pasta(&self) -> Option<&Pasta> {
+        self.pasta.as_ref()
     }
 
     /// Wait for pid 1 to exit, then stop pasta and remove the cgroup. Returns Docker's status.
@@ -191,6 +193,26 @@ struct Plan {
     caps_mask: u64,
     new_netns: bool,
     etc_binds: Vec<(&'static str, std::path::PathBuf)>,
+    fuse: Option<FuseRootfs>,
+}
+
+/// A FUSE filesystem that the container process mounts on `spec.rootfs` itself, inside its own
+/// mount (and user) namespace, handing the /dev/fuse connection to the caller to serve.
+///
+/// This is how a rootless container gets a union rootfs whose ownership is right: a FUSE mount
+/// made in the container's user namespace interprets the uids/gids the server reports (and
+/// sends in requests) as container ids, and `allow_other` lets every container user in, which
+/// an unprivileged fusermount3 mount in the host namespace cannot offer. The mount exists only
+/// in the container's mount namespace and disappears with it; the server then sees ENODEV.
+#[derive(Debug, Clone)]
+pub struct FuseRootfs {
+    /// The mount source shown in mountinfo (e.g. `strata`).
+    pub fsname: String,
+    /// The mount type is `fuse.<subtype>`.
+    pub subtype: String,
+    /// Extra mount options appended to `fd=N,rootmode=40000,user_id=0,group_id=0,allow_other`
+    /// (e.g. `default_permissions`); may be empty.
+    pub options: String,
 }
 
 /// Start a container as described by `spec`.
@@ -198,6 +220,28 @@ struct Plan {
 /// Returns once the command has been exec'd (or fails with the reason: `RunnerError::Exec` with
 /// 126/127 when the command cannot be run, other errors for setup problems).
 pub fn spawn(spec: &Spec, stdio: Stdio) -> Result<Container, RunnerError> {
+    spawn_inner(spec, stdio, None, &mut |_| Ok(()))
+}
+
+/// Like [`spawn`], with the rootfs a FUSE filesystem mounted by the container process (see
+/// [`FuseRootfs`]). `serve` receives the /dev/fuse fd and must start serving it (e.g. on a
+/// thread) and return; the container's setup continues when it returns and blocks on the
+/// filesystem until the server answers. `spec.rootfs` must be an existing (empty) directory.
+pub fn spawn_with_fuse_rootfs(
+    spec: &Spec,
+    stdio: Stdio,
+    fuse: &FuseRootfs,
+    serve: &mut dyn FnMut(OwnedFd) -> Result<(), RunnerError>,
+) -> Result<Container, RunnerError> {
+    spawn_inner(spec, stdio, Some(fuse.clone()), serve)
+}
+
+fn spawn_inner(
+    spec: &Spec,
+    stdio: Stdio,
+    fuse: Option<FuseRootfs>,
+    serve: &mut dyn FnMut(OwnedFd) -> Result<(), RunnerError>,
+) -> Result<Container, RunnerError> {
     validate(spec)?;
     // SAFETY: geteuid cannot fail.
     let euid = unsafe { libc::geteuid() };
@@ -218,6 +262,7 @@ pub fn spawn(spec: &Spec, stdio: Stdio) -> Result<Container, RunnerError> {
         caps_mask: Cap::mask(&spec.capabilities),
         new_netns: spec.network != Network::Host,
         etc_binds: write_etc_files(spec)?,
+        fuse,
     };
     let cgroup = match &spec.cgroup {
         Some(c) => Cgroup::create(c, euid != 0)?,
@@ -239,13 +284,13 @@ pub fn spawn(spec: &Spec, stdio: Stdio) -> Result<Container, RunnerError> {
     }
     drop(child_sock);
     drop(stdio);
-    let result = start(spec, &plan, parent_sock.as_fd(), inter, cgroup.as_ref(), pasta.as_ref());
+    let result = start(spec, &plan, parent_sock.as_fd(), inter, cgroup.as_ref(), pasta.as_ref(), serve);
     // The intermediate has exited (or is about to): reap it.
     let mut st = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(inter, &mut st, 0) };
     match result {
-        Ok((process, pasta)) => Ok(Container { process, cgroup, pasta, note: None }),
+        Ok((process, pasta)) => Ok(Container { process, cgroup, pasta }),
         Err(e) => {
             if let Some(cg) = &cgroup {
                 cg.remove();
@@ -263,6 +308,7 @@ fn start(
     inter: libc::pid_t,
     cgroup: Option<&Cgroup>,
     pasta: Option<&std::path::PathBuf>,
+    serve: &mut dyn FnMut(OwnedFd) -> Result<(), RunnerError>,
 ) -> Result<(Process, Option<Pasta>), RunnerError> {
     let mut buf = vec![0u8; 64 * 1024];
     if plan.userns {
@@ -302,6 +348,11 @@ fn start(
             match (n, buf.first()) {
                 (0, _) => return Ok(()),
                 (_, Some(&MSG_PTY)) => process.pty_master = fd,
+                (_, Some(&MSG_FUSE)) => {
+                    let fd = fd.ok_or_else(|| RunnerError::Setup("no /dev/fuse fd received".into()))?;
+                    serve(fd)?;
+                    send(sock, MSG_SERVED)?;
+                }
                 _ => return Err(child_error(&buf[..n])),
             }
         }
@@ -362,7 +413,10 @@ fn validate(spec: &Spec) -> Result<(), RunnerError> {
             return Err(RunnerError::Invalid(format!("invalid ulimit type: {}", l.name)));
         }
         if l.soft > l.hard {
-            return Err(RunnerError::Invalid(format!("ulimit {}: soft limit {} above hard limit {}", l.name, l.soft, l.hard)));
+            return Err(RunnerError::Invalid(format!(
+                "ulimit {}: soft limit {} above hard limit {}",
+                l.name, l.soft, l.hard
+            )));
         }
     }
     if let Some(c) = &spec.cgroup {
@@ -408,8 +462,10 @@ fn intermediate(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
             // Become root of the namespace (when the caller's id is not the one mapped to 0).
             // SAFETY: plain syscalls.
             unsafe {
-                sys::cvt(libc::setresgid(0, 0, 0)).map_err(|e| ChildError::setup(format!("setgid 0 in userns: {e}")))?;
-                sys::cvt(libc::setresuid(0, 0, 0)).map_err(|e| ChildError::setup(format!("setuid 0 in userns: {e}")))?;
+                sys::cvt(libc::setresgid(0, 0, 0))
+                    .map_err(|e| ChildError::setup(format!("setgid 0 in userns: {e}")))?;
+                sys::cvt(libc::setresuid(0, 0, 0))
+                    .map_err(|e| ChildError::setup(format!("setuid 0 in userns: {e}")))?;
             }
         }
         let mut flags = libc::CLONE_PARENT | libc::CLONE_NEWNS;
@@ -458,6 +514,9 @@ fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Re
         network::loopback_up().map_err(|e| ChildError::setup(format!("bring up loopback: {e}")))?;
     }
 
+    if let Some(fuse) = &plan.fuse {
+        mount_fuse_rootfs(spec, fuse, sock)?;
+    }
     let root = Root::prepare(&spec.rootfs)?;
     mounts::mount_proc(&root)?;
     let pty = mounts::setup_dev(&root, plan.pts_gid5, spec.tty)?;
@@ -500,4 +559,21 @@ fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Re
         child::reaper(sock, &spec.args, &spec.env);
     }
     Err(child::exec_command(&spec.args, &spec.env))
+}
+
+/// Mount a FUSE filesystem on the rootfs path in our mount namespace and hand the connection to
+/// the caller (see [`FuseRootfs`]).
+fn mount_fuse_rootfs(spec: &Spec, fuse: &FuseRootfs, sock: &OwnedFd) -> Result<(), ChildError> {
+    let err = |what: &str, e: std::io::Error| ChildError::setup(format!("{what}: {e}"));
+    sys::mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None).map_err(|e| err("make / rprivate", e))?;
+    let dev = sys::open(c"/dev/fuse", libc::O_RDWR).map_err(|e| err("open /dev/fuse", e))?;
+    let extra = if fuse.options.is_empty() { String::new() } else { format!(",{}", fuse.options) };
+    let data = format!("fd={},rootmode=40000,user_id=0,group_id=0,allow_other{extra}", dev.as_raw_fd());
+    let c = |s: &str| sys::cstring(s).map_err(|e| err("fuse mount options", e));
+    let target = sys::cstring(spec.rootfs.as_os_str().as_encoded_bytes()).map_err(|e| err("rootfs path", e))?;
+    sys::mount(Some(&c(&fuse.fsname)?), &target, Some(&c(&format!("fuse.{}", fuse.subtype))?), 0, Some(&c(&data)?))
+        .map_err(|e| err(&format!("mount the FUSE rootfs on {}", spec.rootfs.display()), e))?;
+    sys::send_msg(sock.as_fd(), &[MSG_FUSE], Some(dev.as_fd())).map_err(|e| err("send the /dev/fuse fd", e))?;
+    drop(dev);
+    child::wait_for(sock.as_fd(), MSG_SERVED)
 }

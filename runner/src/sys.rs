@@ -48,9 +48,7 @@ pub(crate) fn clone3(flags: u64) -> io::Result<libc::pid_t> {
     let mut args = CloneArgs { flags, exit_signal, ..Default::default() };
     // SAFETY: the struct is a valid clone_args of the size we pass; without CLONE_VM the child gets
     // a copy of our address space and returns here like after fork().
-    let ret = unsafe {
-        libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>())
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &mut args as *mut CloneArgs, std::mem::size_of::<CloneArgs>()) };
     cvt(ret).map(|pid| pid as libc::pid_t)
 }
 
@@ -115,7 +113,13 @@ pub(crate) fn openat2(dir: BorrowedFd<'_>, path: &CStr, flags: i32, mode: u32, r
     loop {
         // SAFETY: valid pointers for the duration of the call; returns a new fd on success.
         let ret = unsafe {
-            libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), path.as_ptr(), &how as *const OpenHow, size_of::<OpenHow>())
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                size_of::<OpenHow>(),
+            )
         };
         match cvt(ret) {
             Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),

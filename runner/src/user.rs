@@ -82,7 +82,9 @@ fn parse_group(s: &str) -> Vec<Group> {
             Some(Group {
                 name: f[0].to_string(),
                 gid: f[2].parse().ok()?,
-                members: f.get(3).map_or(Vec::new(), |m| m.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()),
+                members: f
+                    .get(3)
+                    .map_or(Vec::new(), |m| m.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()),
             })
         })
         .collect()
@@ -118,7 +120,7 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, RunnerErr
         }
         _ => {
             if let Some(p) = entry {
-                for gr in groups.iter().filter(|gr| gr.members.iter().any(|m| *m == p.name)) {
+                for gr in groups.iter().filter(|gr| gr.members.contains(&p.name)) {
                     if !additional_gids.contains(&gr.gid) {
                         additional_gids.push(gr.gid);
                     }
@@ -142,7 +144,8 @@ mod tests {
             "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001:::\n",
         )
         .unwrap();
-        fs::write(d.path().join("etc/group"), "root:x:0:\nalice:x:1000:\nwheel:x:10:alice,bob\naudio:x:29:alice\n").unwrap();
+        fs::write(d.path().join("etc/group"), "root:x:0:\nalice:x:1000:\nwheel:x:10:alice,bob\naudio:x:29:alice\n")
+            .unwrap();
         d
     }
 
@@ -151,10 +154,13 @@ mod tests {
         let d = image();
         let r = |s: &str| resolve_user(d.path(), s);
         assert_eq!(r("").unwrap().user, User { uid: 0, gid: 0, additional_gids: vec![] });
-        assert_eq!(r("alice").unwrap(), ResolvedUser {
-            user: User { uid: 1000, gid: 1000, additional_gids: vec![10, 29] },
-            home: "/home/alice".into()
-        });
+        assert_eq!(
+            r("alice").unwrap(),
+            ResolvedUser {
+                user: User { uid: 1000, gid: 1000, additional_gids: vec![10, 29] },
+                home: "/home/alice".into()
+            }
+        );
         assert_eq!(r("1001").unwrap().user, User { uid: 1001, gid: 1001, additional_gids: vec![10] });
         assert_eq!(r("4242").unwrap().user, User { uid: 4242, gid: 0, additional_gids: vec![] });
         assert_eq!(r("4242:77").unwrap().user, User { uid: 4242, gid: 77, additional_gids: vec![] });
@@ -163,7 +169,10 @@ mod tests {
             r("nobody").unwrap_err().to_string(),
             "unable to find user nobody: no matching entries in passwd file"
         );
-        assert_eq!(r("alice:nogroup").unwrap_err().to_string(), "unable to find group nogroup: no matching entries in group file");
+        assert_eq!(
+            r("alice:nogroup").unwrap_err().to_string(),
+            "unable to find group nogroup: no matching entries in group file"
+        );
     }
 
     #[test]

@@ -124,9 +124,8 @@ fn exit_codes() {
 fn init_reaper() {
     require_root!();
     let root = busybox_rootfs();
-    let out = sh(root.path(), "echo $$; ps -o pid,comm | sed 1d | awk '{print $1\":\"$2}' | tr '\\n' ' '", |s| {
-        s.init = true
-    });
+    let out =
+        sh(root.path(), "echo $$; ps -o pid,comm | sed 1d | awk '{print $1\":\"$2}' | tr '\\n' ' '", |s| s.init = true);
     // sh is not pid 1 under init, and pid 1 is the reaper.
     let mut lines = out.lines();
     assert_ne!(lines.next(), Some("1"), "{out}");
@@ -198,7 +197,8 @@ fn readonly_rootfs_and_mounts() {
          cat /vol/data; echo new > /vol/new && echo vol-ok; touch /ro/x 2>/dev/null || echo ro-vol-ro",
         |s| {
             s.readonly_rootfs = true;
-            s.mounts.push(Mount { target: "/tmp".into(), kind: MountKind::Tmpfs { options: "size=1m,mode=1777".into() } });
+            s.mounts
+                .push(Mount { target: "/tmp".into(), kind: MountKind::Tmpfs { options: "size=1m,mode=1777".into() } });
             s.mounts.push(Mount {
                 target: "/vol".into(),
                 kind: MountKind::Bind { source: vol.path().into(), readonly: false },
@@ -229,7 +229,10 @@ fn symlinked_mount_target_resolves_inside_rootfs() {
     let rel = host_dir.path().strip_prefix("/").unwrap();
     symlink(format!("../../../../../../{}", rel.display()), root.path().join("escape")).unwrap();
     let out = sh(root.path(), &format!("cat /escape/marker {}/marker", host_dir.path().display()), |s| {
-        s.mounts.push(Mount { target: "/escape".into(), kind: MountKind::Bind { source: src.path().into(), readonly: true } });
+        s.mounts.push(Mount {
+            target: "/escape".into(),
+            kind: MountKind::Bind { source: src.path().into(), readonly: true },
+        });
     });
     assert_eq!(out, "inside\ninside\n");
     assert!(root.path().join(rel).is_dir(), "mount point was not created inside the rootfs");
@@ -257,7 +260,8 @@ fn etc_files_and_rlimits() {
 fn tty_mode() {
     require_root!();
     let root = busybox_rootfs();
-    let mut spec = Spec::new(root.path(), vec!["sh".into(), "-c".into(), "tty; ls -l /dev/console | cut -c1; stty size".into()]);
+    let mut spec =
+        Spec::new(root.path(), vec!["sh".into(), "-c".into(), "tty; ls -l /dev/console | cut -c1; stty size".into()]);
     spec.tty = true;
     let mut c = spawn(&spec, Stdio::default()).unwrap();
     let master = c.take_pty_master().expect("pty master");
@@ -341,8 +345,10 @@ fn cgroup_limits_v1_or_v2() {
     }
 
     // The pids limit is enforced.
-    let mut spec = Spec::new(root.path(), vec!["sh".into(), "-c".into(), "for i in 1 2 3 4 5 6; do sleep 5 & done".into()]);
-    spec.cgroup = Some(CgroupSpec { name: format!("{name}-pids"), limits: CgroupLimits { pids: Some(4), ..Default::default() } });
+    let mut spec =
+        Spec::new(root.path(), vec!["sh".into(), "-c".into(), "for i in 1 2 3 4 5 6; do sleep 5 & done".into()]);
+    spec.cgroup =
+        Some(CgroupSpec { name: format!("{name}-pids"), limits: CgroupLimits { pids: Some(4), ..Default::default() } });
     let out = run(&spec).unwrap();
     assert!(out.stderr.contains("can't fork"), "{out:?}");
 }
@@ -361,9 +367,13 @@ fn network_none_and_private() {
     fs::create_dir_all(root.path().join("www")).unwrap();
     fs::write(root.path().join("www/index.html"), "hello from the container\n").unwrap();
     let port = free_port();
-    let mut spec = Spec::new(root.path(), vec!["httpd".into(), "-f".into(), "-p".into(), "8080".into(), "-h".into(), "/www".into()]);
-    spec.network =
-        Network::Private { ports: vec![PortForward { host_ip: None, host_port: port, container_port: 8080, protocol: Protocol::Tcp }] };
+    let mut spec = Spec::new(
+        root.path(),
+        vec!["httpd".into(), "-f".into(), "-p".into(), "8080".into(), "-h".into(), "/www".into()],
+    );
+    spec.network = Network::Private {
+        ports: vec![PortForward { host_ip: None, host_port: port, container_port: 8080, protocol: Protocol::Tcp }],
+    };
     let mut c = spawn(&spec, Stdio::default()).unwrap();
     let body = http_get_retry(port);
     c.signal(libc::SIGKILL).unwrap();
@@ -409,4 +419,47 @@ fn rootfs_must_exist_and_mapping_checks() {
     spec.rlimits.push(Rlimit { name: "bogus".into(), soft: 1, hard: 1 });
     assert!(spawn(&spec, Stdio::default()).unwrap_err().to_string().contains("invalid ulimit type"));
     let _ = fs::Permissions::from_mode(0o755);
+}
+
+#[test]
+fn fuse_rootfs_mounted_in_container_and_served_by_caller() {
+    require_root!();
+    if !have("fuse-overlayfs") {
+        eprintln!("skipping: fuse-overlayfs not installed");
+        return;
+    }
+    let lower = busybox_rootfs();
+    let scratch = world_tempdir();
+    let mnt = world_tempdir();
+    let children = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut serve = fuse_overlayfs_server(lower.path().into(), scratch.path().into(), String::new(), children.clone());
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let spec = Spec::new(
+        mnt.path(),
+        vec![
+            "sh".into(),
+            "-c".into(),
+            "grep ' / / ' /proc/self/mountinfo | sed 's/.* - //'; echo hi > /written; id -u".into(),
+        ],
+    );
+    let fuse =
+        strata_runner::FuseRootfs { fsname: "strata-test".into(), subtype: "overlay".into(), options: String::new() };
+    let mut c = strata_runner::spawn_with_fuse_rootfs(
+        &spec,
+        Stdio { stdout: Some(w), ..Default::default() },
+        &fuse,
+        &mut serve,
+    )
+    .unwrap();
+    assert_eq!(c.wait().unwrap(), 0);
+    let out = read_all(r);
+    assert!(out.starts_with("fuse.overlay strata-test "), "{out}");
+    assert!(out.ends_with("\n0\n"), "{out}");
+    // The write went to the server's upper directory; the host mount point stayed empty.
+    assert_eq!(fs::read_to_string(scratch.path().join("upper/written")).unwrap(), "hi\n");
+    assert_eq!(fs::read_dir(mnt.path()).unwrap().count(), 0);
+    // The server ends when the container's mount namespace is gone.
+    for mut child in children.lock().unwrap().drain(..) {
+        child.wait().unwrap();
+    }
 }

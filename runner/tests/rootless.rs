@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use strata_runner::{
-    exec, rootless_mapping, spawn, CgroupLimits, CgroupSpec, ExecSpec, IdMapping, IdRange, Network, PortForward, Protocol,
-    RunnerError, Spec, Stdio, User,
+    exec, rootless_mapping, spawn, CgroupLimits, CgroupSpec, ExecSpec, IdMapping, IdRange, Network, PortForward,
+    Protocol, RunnerError, Spec, Stdio, User,
 };
 
 /// As root: build a rootfs owned by the test user (plus one file owned by container uid 6),
@@ -107,8 +107,10 @@ fn rootless_subuid_mapping() {
 
     // Limits cannot be applied on this host as an ordinary user: a clear error, not a silent run.
     let mut spec = rootless_spec(&root, "true");
-    spec.cgroup =
-        Some(CgroupSpec { name: "rootless-limits".into(), limits: CgroupLimits { memory: Some(64 << 20), ..Default::default() } });
+    spec.cgroup = Some(CgroupSpec {
+        name: "rootless-limits".into(),
+        limits: CgroupLimits { memory: Some(64 << 20), ..Default::default() },
+    });
     match spawn(&spec, Stdio::default()) {
         Err(e @ RunnerError::Cgroup(_)) => assert!(e.to_string().contains("cgroup v2"), "{e}"),
         Ok(mut c) => {
@@ -180,8 +182,9 @@ fn rootless_exec_tty_and_network() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut spec = rootless_spec(&root, "");
     spec.args = ["httpd", "-f", "-p", "80", "-h", "/www"].iter().map(|s| s.to_string()).collect();
-    spec.network =
-        Network::Private { ports: vec![PortForward { host_ip: None, host_port: port, container_port: 80, protocol: Protocol::Tcp }] };
+    spec.network = Network::Private {
+        ports: vec![PortForward { host_ip: None, host_port: port, container_port: 80, protocol: Protocol::Tcp }],
+    };
     let mut c = spawn(&spec, Stdio::default()).unwrap();
     let mut body = String::new();
     for _ in 0..200 {
@@ -199,4 +202,50 @@ fn rootless_exec_tty_and_network() {
     c.signal(libc::SIGKILL).unwrap();
     c.wait().unwrap();
     assert!(body.contains("rootless hello"), "{body}");
+}
+
+#[test]
+fn rootless_fuse_rootfs() {
+    let root = match role("rootless_fuse_rootfs") {
+        Role::Skip | Role::Root(_) => return,
+        Role::User(p) => p,
+    };
+    if !have("fuse-overlayfs") {
+        eprintln!("skipping: fuse-overlayfs not installed");
+        return;
+    }
+    let (mapping, _) = rootless_mapping();
+    let IdMapping::Map { uids, gids } = &mapping else { panic!("no mapping") };
+    // fuse-overlayfs (its mapping syntax is host:container:size) reports the lower tree's host
+    // ids as container ids; the kernel reads them in the container's user namespace, where the
+    // mount lives. (It cannot chown to other ids: it runs as the plain user.)
+    let fmt = |r: &[IdRange]| {
+        r.iter().map(|r| format!("{}:{}:{}", r.host, r.container, r.size)).collect::<Vec<_>>().join(":")
+    };
+    let extra = format!(",uidmapping={},gidmapping={}", fmt(uids), fmt(gids));
+    let scratch = world_tempdir();
+    let mnt = world_tempdir();
+    let children = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut serve = fuse_overlayfs_server(root.clone(), scratch.path().into(), extra, children.clone());
+    let mut spec = rootless_spec(mnt.path(), "stat -c %u /owned-by-6 /bin/busybox; id -u; echo hi > /written");
+    spec.id_mapping = mapping.clone();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let fuse = strata_runner::FuseRootfs { fsname: "strata".into(), subtype: "overlay".into(), options: String::new() };
+    let mut c = strata_runner::spawn_with_fuse_rootfs(
+        &spec,
+        Stdio { stdout: Some(w), ..Default::default() },
+        &fuse,
+        &mut serve,
+    )
+    .unwrap();
+    let status = c.wait().unwrap();
+    let out = read_all(r);
+    assert_eq!(status, 0, "{out}");
+    assert_eq!(out, "6\n0\n0\n");
+    let written = scratch.path().join("upper/written");
+    assert_eq!(fs::read_to_string(&written).unwrap(), "hi\n");
+    assert_eq!(fs::metadata(&written).unwrap().uid(), uids[0].host);
+    for mut child in children.lock().unwrap().drain(..) {
+        child.wait().unwrap();
+    }
 }

@@ -69,6 +69,15 @@ fn build_or_reuse() -> Fixtures {
     build(&tmp);
     fs::write(tmp.join("done"), b"").unwrap_or_else(|e| panic!("write done marker: {e}"));
     fs::rename(&tmp, &dir).unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), dir.display()));
+    // Fixtures of older script versions are dead weight (~100 MB each).
+    if let Ok(rd) = fs::read_dir(&cache) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p != dir && p.is_dir() {
+                let _ = fs::remove_dir_all(&p);
+            }
+        }
+    }
     drop(lock);
     fixtures
 }

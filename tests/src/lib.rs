@@ -18,6 +18,9 @@
 //! - [`store`]: a fingerprint of a store directory, to prove a refused pull
 //!   left it untouched.
 //!
+//! Nothing here knows strata's commands beyond running them: a command that
+//! does not exist yet makes its tests fail with strata's own usage message.
+//!
 //! # The canonical listing (contract with `strata debug tree IMAGE`)
 //!
 //! `strata debug tree IMAGE` prints the merged image — every layer applied in

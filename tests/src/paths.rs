@@ -54,6 +54,11 @@ pub fn world_readable_bin() -> PathBuf {
         let dir = world_readable_dir("strata-e2e-bin").join(&hash[..16]);
         let dest = dir.join("strata");
         if dest.is_file() {
+            // Refresh the directory's mtime so other runs see it in use.
+            let touch = dir.join(format!(".touch-{}", std::process::id()));
+            if fs::write(&touch, b"").is_ok() {
+                let _ = fs::remove_file(&touch);
+            }
             return dest;
         }
         mkdir_world(&dir);
@@ -91,7 +96,7 @@ fn mkdir_world(dir: &Path) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
 }
 
-/// Removes copies of older builds (untouched for a day) so /tmp does not fill
+/// Removes copies of older builds (untouched for an hour) so /tmp does not fill
 /// up with one binary per build; recent ones may still be in use by another run.
 fn remove_stale_copies(parent: &Path, keep: &Path) {
     let Ok(rd) = fs::read_dir(parent) else { return };
@@ -102,7 +107,7 @@ fn remove_stale_copies(parent: &Path, keep: &Path) {
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > std::time::Duration::from_secs(24 * 3600));
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
         if p != keep && old {
             let _ = fs::remove_dir_all(&p);
         }

@@ -83,7 +83,7 @@ fn canonical_listing_escapes_and_sorts() {
     assert_eq!(lines.len(), 4, "{l}");
     assert!(lines[0].starts_with("/a d "), "{l}");
     assert!(lines[1].starts_with("/a/back\\x5cslash f "), "{l}");
-    assert!(lines[2].starts_with(&format!("/a\\x20b f ")) && lines[2].contains(&format!(" 1 {}", sha256_hex(b"x"))));
+    assert!(lines[2].starts_with("/a\\x20b f ") && lines[2].contains(&format!(" 1 {}", sha256_hex(b"x"))));
     assert!(lines[3].ends_with(" 0 t\\x20a"), "{l}");
 }
 
@@ -202,7 +202,7 @@ fn tar_builder_writes_what_it_is_told() {
     }
     assert!(tar.windows(13).any(|w| w == b"../../outside"), "link target kept verbatim");
     // The hostile image builds and its diff_id is the tar's digest.
-    let img = FakeImage::from_layers(&[tar.clone()]);
+    let img = FakeImage::from_layers(std::slice::from_ref(&tar));
     let cfg: serde_json::Value = serde_json::from_slice(&img.blobs[&img.config_digest]).unwrap();
     assert_eq!(cfg["rootfs"]["diff_ids"][0], format!("sha256:{}", sha256_hex(&tar)));
 }

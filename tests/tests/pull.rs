@@ -17,7 +17,7 @@ fn assert_pulled(out: &str, reference: &str, digest: &str, status: &str) {
         out.contains(&format!("Status: {status} for {reference}")),
         "no `Status: {status} for {reference}` in:\n{out}"
     );
-    assert_eq!(out.lines().filter(|l| !l.trim().is_empty()).last(), Some(reference), "last line of:\n{out}");
+    assert_eq!(out.lines().rfind(|l| !l.trim().is_empty()), Some(reference), "last line of:\n{out}");
 }
 
 const DOWNLOADED: &str = "Downloaded newer image";
@@ -406,7 +406,7 @@ fn docker_registry_mirrors_key_serves_docker_hub_names() {
     s.set_registries_config(&format!(r#"{{"registry-mirrors": ["http://{}"]}}"#, mirror.host()));
     let out = s.pull("busybox");
     assert!(out.contains("Status: Downloaded newer image for busybox:latest"), "{out}");
-    assert_eq!(out.lines().filter(|l| !l.trim().is_empty()).last(), Some("docker.io/library/busybox:latest"));
+    assert_eq!(out.lines().rfind(|l| !l.trim().is_empty()), Some("docker.io/library/busybox:latest"));
     let rows = parse_table(&s.ok(&["images"]));
     assert!(rows.iter().any(|r| r[0] == "busybox" && r[1] == "latest"), "{rows:?}");
     assert_same_listing(&unpack_reference(&f.oci, "busybox"), &s.tree("busybox"), "docker hub name via mirror");
@@ -478,7 +478,7 @@ fn pull_by_digest() {
     let s = Strata::new();
     let out = s.pull(&r);
     assert!(out.contains(&format!("Digest: {digest}")), "{out}");
-    assert_eq!(out.lines().filter(|l| !l.trim().is_empty()).last(), Some(r.as_str()));
+    assert_eq!(out.lines().rfind(|l| !l.trim().is_empty()), Some(r.as_str()));
     assert_same_listing(&unpack_reference(&f.oci, "busybox"), &s.tree(&r), "pulled by digest");
     // A digest that does not match what the registry serves is refused.
     let wrong = format!("{}/e2e/bb@sha256:{}", reg.host(), "0".repeat(64));

@@ -55,6 +55,13 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
         }
     };
     let cfg = &c.config;
+    if ctx.rootless {
+        // A rootless container's filesystem is a FUSE mount made inside its
+        // user namespace, which the kernel only lets processes of that
+        // namespace use: join it first (we own it, and are single-threaded).
+        let ns = std::fs::File::open(format!("/proc/{}/ns/user", init.pid)).context("opening the container's user namespace")?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER).context("joining the container's user namespace")?;
+    }
     // The container's root as its init sees it (also for a rootless
     // container whose mount only exists in its supervisor's namespace).
     let root = std::path::PathBuf::from(format!("/proc/{}/root", init.pid));

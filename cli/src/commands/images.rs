@@ -442,6 +442,54 @@ mod tests {
         assert!(!path_match("busy", "busybox"));
     }
 
+    fn listed(tags: &[&str], digests: &[&str]) -> Listed {
+        let d = Digest::of(b"config");
+        Listed {
+            record: ImageRecord {
+                id: d,
+                manifest_digest: d,
+                manifest_media_type: String::new(),
+                index_digest: None,
+                layers: vec![],
+                repo_digests: vec![],
+                created: None,
+                size: 0,
+                os: "linux".into(),
+                architecture: "amd64".into(),
+                variant: None,
+            },
+            tags: tags.iter().map(|t| t.parse().unwrap()).collect(),
+            digests: digests.iter().map(|t| t.parse().unwrap()).collect(),
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn rows_per_repository_and_tag_like_docker() {
+        let dg = format!("sha256:{}", "a".repeat(64));
+        let row = |r: &str, t: &str, d: &str| (r.to_string(), t.to_string(), d.to_string());
+        assert_eq!(expand_rows(&listed(&[], &[]), false, false), [row("<none>", "<none>", "<none>")]);
+        let img = listed(&["busybox:1", "busybox:latest", "x/y:2"], &[&format!("busybox@{dg}"), &format!("z@{dg}")]);
+        assert_eq!(
+            expand_rows(&img, false, false),
+            [
+                row("busybox", "1", "<none>"),
+                row("busybox", "latest", "<none>"),
+                row("x/y", "2", "<none>"),
+                row("z", "<none>", "")
+            ]
+        );
+        assert_eq!(
+            expand_rows(&img, true, true),
+            [
+                row("busybox", "1", &dg),
+                row("busybox", "latest", &dg),
+                row("x/y", "2", "<none>"),
+                row("z", "<none>", &dg)
+            ]
+        );
+    }
+
     #[test]
     fn go_time_strings() {
         assert_eq!(go_time_string(0), "1970-01-01 00:00:00 +0000 UTC");

@@ -69,6 +69,8 @@ fn subuid_range() -> Option<String> {
 
 fn cgroup_version() -> String {
     const CGROUP2_MAGIC: i64 = 0x6367_7270;
+    // f_type's integer type differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
     let is_cg2 = |p: &str| rustix::fs::statfs(p).map(|s| s.f_type as i64 == CGROUP2_MAGIC).unwrap_or(false);
     if is_cg2("/sys/fs/cgroup") {
         "2".to_string()

@@ -266,9 +266,6 @@ impl Supervisor<'_> {
         };
         let mut child = strata_runner::spawn(&spec, std::mem::take(&mut stdio))?;
         drop(stdio);
-        if let Some(n) = child.note() {
-            eprintln!("note: {n}");
-        }
         let mut outputs = outputs;
         let tty = child.take_pty_master();
         if let Some(m) = &tty {

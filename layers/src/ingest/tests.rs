@@ -447,8 +447,11 @@ fn bench_small_files() {
         for threaded in [true, false] {
             let (_d, store) = store();
             let start = std::time::Instant::now();
-            stage_layer_with(&store, data.as_slice(), Some(&diff_id), threaded).unwrap().commit().unwrap();
+            let staged = stage_layer_with(&store, data.as_slice(), Some(&diff_id), threaded).unwrap();
+            let stage = start.elapsed();
+            staged.commit().unwrap();
             let first = start.elapsed();
+            eprintln!("  staging {stage:?}, commit {:?}", first - stage);
             let start = std::time::Instant::now();
             stage_layer_with(&store, data.as_slice(), Some(&diff_id), threaded).unwrap().commit().unwrap();
             let again = start.elapsed();

@@ -146,3 +146,53 @@ pub fn rerun_as_test_user(name: &str, arg: &str) -> bool {
     assert!(out.status.success() && text.contains("1 passed"), "rootless run of {name} failed:\n{text}");
     true
 }
+
+/// A `serve` callback for `spawn_with_fuse_rootfs` that runs fuse-overlayfs (libfuse takes an
+/// open /dev/fuse connection as mountpoint `/dev/fd/N`) over `lower`, with upper and work dirs
+/// in `scratch`. The child is pushed to `children` so the test can reap it.
+pub fn fuse_overlayfs_server(
+    lower: PathBuf,
+    scratch: PathBuf,
+    extra_options: String,
+    children: std::sync::Arc<std::sync::Mutex<Vec<std::process::Child>>>,
+) -> impl FnMut(OwnedFd) -> Result<(), strata_runner::RunnerError> {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::unix::process::CommandExt;
+    move |fd: OwnedFd| {
+        let (upper, work) = (scratch.join("upper"), scratch.join("work"));
+        fs::create_dir_all(&upper).expect("upper");
+        fs::create_dir_all(&work).expect("work");
+        let raw = fd.as_raw_fd();
+        let mut cmd = Command::new("fuse-overlayfs");
+        cmd.arg("-f")
+            .arg("-o")
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}{extra_options}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            ))
+            .arg(format!("/dev/fd/{raw}"))
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // SAFETY: fcntl between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| strata_runner::RunnerError::Setup(format!("fuse-overlayfs: {e}")))?;
+        let _ = fd.into_raw_fd();
+        // SAFETY: our copy of the connection is no longer needed once the server has it.
+        unsafe { libc::close(raw) };
+        children.lock().expect("lock").push(child);
+        Ok(())
+    }
+}
+
+pub fn have(cmd: &str) -> bool {
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file())).unwrap_or(false)
+}

@@ -1,0 +1,206 @@
+//! `strata mount`: images, single layers and stopped containers mounted as
+//! browsable trees, each served by its own detached server process.
+//!
+//! Every mount has a random id and a record `ROOT/mounts/ID.json` (written
+//! atomically by the server once the mount is live, removed by it when it
+//! ends), plus a private directory `ROOT/mounts/ID/` for what the mount owns:
+//! the throwaway `upper/` of a `--rw` mount and the `merged/` mount point used
+//! when the user names none. The record names the server by pid and start
+//! time, so a record whose server is gone (SIGKILL, crash, reboot) is
+//! recognised as stale and cleared — mount detached, private directory and
+//! record removed — by the next `strata mount` or `strata umount`.
+//!
+//! Modules: `view` (which layers, whiteouts of a single layer), `server` (the
+//! detached FUSE server and how the command line starts and stops it).
+
+pub mod server;
+pub mod view;
+
+use crate::containers::record::{is_mountpoint, write_json, Proc};
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::{Path, PathBuf};
+use strata_layers::StoreLayout;
+use view::View;
+
+/// What was mounted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Image,
+    Container,
+}
+
+/// One mount, as recorded in `ROOT/mounts/ID.json`. Also the request the
+/// command line hands the server (then without `server`).
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct MountRecord {
+    /// 24 hex digits; names the record and the private directory.
+    pub id: String,
+    /// Canonical absolute path of the mount point.
+    pub mountpoint: PathBuf,
+    /// The image or container as the user named it.
+    pub name: String,
+    pub kind: Kind,
+    /// `sha256:...` of the image config.
+    pub image_id: String,
+    /// The container's full id, for container mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Every layer of the image, bottom first (diff_ids).
+    pub layers: Vec<String>,
+    #[serde(default)]
+    pub view: View,
+    /// The writable upper directory; `None` for read-only mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<PathBuf>,
+    /// The upper directory is strata's own (`ROOT/mounts/ID/upper`) and goes
+    /// away at unmount.
+    #[serde(default)]
+    pub throwaway_upper: bool,
+    /// The server process, once it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<Proc>,
+    /// RFC 3339, UTC.
+    pub created: String,
+}
+
+impl MountRecord {
+    /// `ro` / `rw`, qualified by the view (`ro,layer=2`).
+    pub fn mode(&self) -> String {
+        let base = if self.upper.is_some() { "rw" } else { "ro" };
+        match self.view.describe() {
+            Some(v) => format!("{base},{v}"),
+            None => base.to_string(),
+        }
+    }
+
+    /// The server is still running (same pid, same start time).
+    pub fn live(&self) -> bool {
+        self.server.is_some_and(|p| p.alive())
+    }
+}
+
+/// `ROOT/mounts/ID.json`.
+pub fn record_path(layout: &StoreLayout, id: &str) -> PathBuf {
+    layout.mounts_dir().join(format!("{id}.json"))
+}
+
+/// `ROOT/mounts/ID/`: what a mount owns.
+pub fn private_dir(layout: &StoreLayout, id: &str) -> PathBuf {
+    layout.mounts_dir().join(id)
+}
+
+/// A new random mount id.
+pub fn new_id() -> String {
+    use rand::Rng;
+    let bytes: [u8; 12] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_id(s: &str) -> bool {
+    s.len() == 24 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Writes `rec` atomically.
+pub fn save(layout: &StoreLayout, rec: &MountRecord) -> Result<()> {
+    write_json(&record_path(layout, &rec.id), rec)
+}
+
+/// Every record as stored, live or not. Unreadable records are skipped.
+pub fn read_all(layout: &StoreLayout) -> Result<Vec<MountRecord>> {
+    let dir = layout.mounts_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
+        if !is_id(id) {
+            continue;
+        }
+        let Ok(data) = fs::read(entry.path()) else { continue };
+        if let Ok(rec) = serde_json::from_slice::<MountRecord>(&data) {
+            out.push(rec);
+        }
+    }
+    out.sort_by(|a, b| a.created.cmp(&b.created));
+    Ok(out)
+}
+
+/// The live mounts, oldest first; stale records are cleared on the way.
+pub fn list_live(layout: &StoreLayout) -> Result<Vec<MountRecord>> {
+    let mut live = Vec::new();
+    for rec in read_all(layout)? {
+        if rec.live() {
+            live.push(rec);
+        } else {
+            clear(layout, &rec);
+        }
+    }
+    Ok(live)
+}
+
+/// Removes what is left of a mount whose server is gone: detaches the mount
+/// (a FUSE mount without its server answers ENOTCONN), removes the private
+/// directory (throwaway upper included) and the record. Best effort: what
+/// cannot be removed now is retried by the next listing.
+pub fn clear(layout: &StoreLayout, rec: &MountRecord) {
+    if is_mountpoint(&rec.mountpoint) {
+        if let Err(e) = strata_fs::unmount_path(&rec.mountpoint) {
+            eprintln!("warning: {e}");
+        }
+    }
+    remove_private(layout, &rec.id);
+    let _ = fs::remove_file(record_path(layout, &rec.id));
+}
+
+/// Removes `ROOT/mounts/ID/` unless something is still mounted in it.
+pub fn remove_private(layout: &StoreLayout, id: &str) {
+    let dir = private_dir(layout, id);
+    if !dir.exists() || is_mountpoint(&dir.join("merged")) {
+        return;
+    }
+    if let Err(e) = crate::commands::run::remove_tree(&dir) {
+        eprintln!("warning: {e:#}");
+    }
+}
+
+/// The live mount of a container, if it has one: a container must not be
+/// started while `strata mount` serves its upper directory (two servers
+/// would each keep their own view of it).
+#[allow(dead_code)] // for `start` to call
+pub fn container_mount(layout: &StoreLayout, container_id: &str) -> Option<PathBuf> {
+    let recs = read_all(layout).ok()?;
+    recs.into_iter().find(|r| r.container_id.as_deref() == Some(container_id) && r.live()).map(|r| r.mountpoint)
+}
+
+/// The live mounts of an image (by `sha256:...` id): its content must stay
+/// in the store while they serve it.
+#[allow(dead_code)] // for `rmi` to call
+pub fn image_mounts(layout: &StoreLayout, image_id: &str) -> Vec<PathBuf> {
+    read_all(layout)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.image_id == image_id && r.live())
+        .map(|r| r.mountpoint)
+        .collect()
+}
+
+/// An absolute path for `p` with its parent's symlinks resolved but the
+/// last component itself never touched: the mount point of a FUSE mount
+/// whose server died cannot be stat'ed (ENOTCONN).
+pub fn absolute_lexical(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = parent.canonicalize().unwrap_or_else(|_| parent.to_path_buf());
+            Ok(parent.join(name))
+        }
+        _ => Ok(abs),
+    }
+}

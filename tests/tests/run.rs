@@ -1,0 +1,442 @@
+//! Containers end to end: `run` (foreground, detached, with a terminal),
+//! `exec`, `logs`, `stop`, `rm`, `ps`, volumes, published ports, and the
+//! supervisor's life cycle — as root and as the unprivileged `strata-test`.
+//!
+//! Every test gets its own registry and store; the guard in [`Env`]
+//! force-removes every container it left behind, so a failing test does not
+//! leave supervisors running.
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use strata_e2e::registry::{free_port, try_http_get};
+use strata_e2e::strata::{show_output, wait_output};
+use strata_e2e::*;
+
+const READY: Duration = Duration::from_secs(60);
+
+/// A registry with the busybox and full fixtures, and a store that pulled busybox.
+struct Env {
+    _reg: Registry,
+    s: Strata,
+    bb: String,
+    full: String,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let out = self.s.run(&["ps", "-aq", "--no-trunc"]);
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm".to_string(), "-f".to_string(), "-v".to_string()];
+            args.extend(ids);
+            let _ = self.s.run(&args);
+        }
+    }
+}
+
+fn setup(unprivileged: bool) -> Env {
+    let f = fixtures();
+    let reg = Registry::start();
+    let bb = reg.push_oci_layout(&f.oci, "busybox", "e2e/bb:1");
+    let full = reg.push_oci_layout(&f.oci, "full", "e2e/full:1");
+    let s = if unprivileged { Strata::new_unprivileged() } else { Strata::new() };
+    s.pull(&bb);
+    Env { _reg: reg, s, bb, full }
+}
+
+/// Runs `f` as root and as the unprivileged user.
+fn both(f: impl Fn(&Env, &str)) {
+    for unprivileged in [false, true] {
+        let env = setup(unprivileged);
+        f(&env, if unprivileged { "as strata-test" } else { "as root" });
+    }
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A directory under the instance's base that its user owns.
+fn host_dir(s: &Strata, name: &str) -> std::path::PathBuf {
+    let d = s.base().join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    if s.is_unprivileged() {
+        let u = nix::unistd::User::from_name(TEST_USER).unwrap().unwrap();
+        std::os::unix::fs::chown(&d, Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
+    }
+    d
+}
+
+fn chown_to_user(s: &Strata, p: &std::path::Path) {
+    if s.is_unprivileged() {
+        let u = nix::unistd::User::from_name(TEST_USER).unwrap().unwrap();
+        std::os::unix::fs::chown(p, Some(u.uid.as_raw()), Some(u.gid.as_raw())).unwrap();
+    }
+}
+
+fn status_of(s: &Strata, name: &str) -> String {
+    s.ok(&["container", "inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name]).trim().to_string()
+}
+
+fn wait_running(s: &Strata, name: &str) {
+    wait_until(&format!("container {name} running"), READY, || {
+        let out = s.run(&["container", "inspect", "-f", "{{.State.Status}}", name]);
+        out.status.success() && stdout_of(&out).trim() == "running"
+    });
+}
+
+#[test]
+fn identity_environment_and_exit_codes() {
+    both(|e, who| {
+        let s = &e.s;
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "-e",
+            "FOO=bar",
+            "-w",
+            "/tmp",
+            &e.bb,
+            "sh",
+            "-c",
+            "hostname; id -u; pwd; echo $FOO; tr '\\0' ' ' </proc/1/cmdline; echo; cat /proc/self/mountinfo",
+        ]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0].len(), 12, "{who}: hostname is the short id: {out}");
+        assert!(lines[0].bytes().all(|b| b.is_ascii_hexdigit()), "{who}: {out}");
+        assert_eq!(lines[1], "0", "{who}: {out}");
+        assert_eq!(lines[2], "/tmp", "{who}: {out}");
+        assert_eq!(lines[3], "bar", "{who}: {out}");
+        assert!(lines[4].starts_with("sh -c hostname;"), "{who}: pid 1 is the command: {out}");
+        // The root is the union filesystem; /proc, /dev and /etc/hosts are set up.
+        let root_line = out.lines().find(|l| l.split(' ').nth(4) == Some("/")).unwrap_or_else(|| panic!("{out}"));
+        assert!(root_line.contains("fuse"), "{who}: root is not the FUSE mount: {root_line}");
+        for m in ["/proc", "/dev", "/etc/hosts", "/etc/resolv.conf", "/etc/hostname"] {
+            assert!(out.lines().any(|l| l.split(' ').nth(4) == Some(m)), "{who}: no {m} mount in:\n{out}");
+        }
+
+        for (cmd, code) in [("exit 0", 0), ("exit 1", 1), ("exit 255", 255)] {
+            let out = s.run(&["run", "--rm", &e.bb, "sh", "-c", cmd]);
+            assert_eq!(out.status.code(), Some(code), "{who}: `{cmd}`: {}", show_output(&out));
+        }
+        let (code, err) = s.fails(&["run", "--rm", &e.bb, "/no/such/command"]);
+        assert_eq!(code, 127, "{who}: {err}");
+        assert!(err.contains("/no/such/command"), "{who}: {err}");
+        let (code, err) = s.fails(&["run", "--rm", &e.bb, "/etc"]);
+        assert_eq!(code, 126, "{who}: {err}");
+        // --rm removed every one of them.
+        assert_eq!(s.ok(&["ps", "-aq"]), "", "{who}");
+    });
+}
+
+#[test]
+fn stop_kills_a_process_that_ignores_sigterm() {
+    both(|e, who| {
+        let s = &e.s;
+        let id =
+            s.ok(&["run", "-d", "--name", "stubborn", &e.bb, "sh", "-c", "trap '' TERM; while true; do sleep 1; done"]);
+        assert_eq!(id.trim().len(), 64, "{who}: {id}");
+        assert_eq!(s.ok(&["stop", "-t", "1", "stubborn"]).trim(), "stubborn");
+        assert_eq!(status_of(s, "stubborn"), "exited 137", "{who}");
+        assert_eq!(s.ok(&["wait", "stubborn"]).trim(), "137", "{who}");
+        let ps = s.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+        assert!(ps.starts_with("stubborn Exited (137)"), "{who}: {ps}");
+        s.ok(&["rm", "stubborn"]);
+    });
+}
+
+/// Reads everything the master side of a pty produces, in the background.
+struct PtyReader {
+    rx: mpsc::Receiver<Vec<u8>>,
+    seen: Vec<u8>,
+}
+
+impl PtyReader {
+    fn new(master: OwnedFd) -> PtyReader {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::from(master);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+        PtyReader { rx, seen: Vec::new() }
+    }
+
+    fn expect(&mut self, what: &str) {
+        let deadline = Instant::now() + READY;
+        while !String::from_utf8_lossy(&self.seen).contains(what) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(d) => self.seen.extend_from_slice(&d),
+                Err(_) => panic!("no {what:?} on the terminal; saw {:?}", String::from_utf8_lossy(&self.seen)),
+            }
+        }
+    }
+}
+
+/// Starts `strata ARGS` on a new pseudo-terminal; returns the child, the
+/// master for writing, and a reader of what appears on the terminal.
+fn spawn_on_pty(s: &Strata, args: &[&str]) -> (std::process::Child, OwnedFd, PtyReader) {
+    let ws = nix::pty::Winsize { ws_row: 24, ws_col: 80, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+    let mut cmd = s.command(args);
+    let slave = pty.slave;
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    let child = cmd.spawn().unwrap();
+    let reader = PtyReader::new(pty.master.try_clone().unwrap());
+    (child, pty.master, reader)
+}
+
+fn type_in(master: &OwnedFd, text: &[u8]) {
+    nix::unistd::write(master.as_fd(), text).unwrap();
+}
+
+#[test]
+fn interactive_terminal_session_and_detach() {
+    both(|e, who| {
+        let s = &e.s;
+        let (child, master, mut term) = spawn_on_pty(s, &["run", "-it", "--rm", &e.bb, "sh"]);
+        term.expect("# ");
+        type_in(&master, b"echo $((6*7)); stty size\r");
+        // Echo of the typed line, then the answer with the terminal's CRLF.
+        term.expect("echo $((6*7))");
+        term.expect("42\r\n");
+        term.expect("24 80");
+        type_in(&master, b"exit 5\r");
+        let out = wait_output(child, READY, "strata run -it");
+        assert_eq!(out.status.code(), Some(5), "{who}: {}", String::from_utf8_lossy(&term.seen));
+
+        // ctrl-p ctrl-q leaves the container running.
+        let (child, master, mut term) = spawn_on_pty(s, &["run", "-it", "--name", "detachme", &e.bb, "sh"]);
+        term.expect("# ");
+        type_in(&master, b"\x10\x11");
+        let out = wait_output(child, READY, "strata run -it (detach)");
+        assert_eq!(out.status.code(), Some(0), "{who}: {}", String::from_utf8_lossy(&term.seen));
+        assert_eq!(status_of(s, "detachme"), "running 0", "{who}");
+        s.ok(&["rm", "-f", "detachme"]);
+    });
+}
+
+#[test]
+fn volumes_bind_named_readonly_and_read_only_root() {
+    both(|e, who| {
+        let s = &e.s;
+        let d = host_dir(s, "shared");
+        std::fs::write(d.join("from-host"), "hello host\n").unwrap();
+        chown_to_user(s, &d.join("from-host"));
+        let bind = format!("{}:/mnt/shared", d.display());
+        let bind_ro = format!("{}:/mnt/ro:ro", d.display());
+        let out = s.ok(&[
+            "run", "--rm", "-v", &bind, "-v", &bind_ro, &e.bb, "sh", "-c",
+            "cat /mnt/shared/from-host; echo made >/mnt/shared/from-ctr; echo x >/mnt/ro/x 2>/dev/null || echo ro-refused",
+        ]);
+        assert_eq!(out, "hello host\nro-refused\n", "{who}");
+        assert_eq!(std::fs::read_to_string(d.join("from-ctr")).unwrap(), "made\n", "{who}");
+
+        // A new named volume is seeded with the image's content at its path,
+        // keeps what a container wrote, and is listed.
+        s.ok(&["run", "--rm", "-v", "etcvol:/etc", &e.bb, "sh", "-c", "echo kept >/etc/new-file"]);
+        let out =
+            s.ok(&["run", "--rm", "-v", "etcvol:/etc:ro", &e.bb, "sh", "-c", "cat /etc/new-file; head -1 /etc/passwd"]);
+        assert_eq!(out, "kept\nroot:x:0:0:root:/root:/bin/sh\n", "{who}");
+        assert!(s.ok(&["volume", "ls", "-q"]).lines().any(|l| l == "etcvol"), "{who}");
+        let (code, err) = s.fails(&["volume", "rm", "nope"]);
+        assert_eq!(code, 1, "{who}: {err}");
+        s.ok(&["volume", "rm", "etcvol"]);
+
+        let out = s.run(&[
+            "run",
+            "--rm",
+            "--read-only",
+            "--tmpfs",
+            "/scratch",
+            &e.bb,
+            "sh",
+            "-c",
+            "touch /x || touch /scratch/y && echo ok",
+        ]);
+        assert_eq!(stdout_of(&out), "ok\n", "{who}: {}", show_output(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{who}: {}", show_output(&out));
+    });
+}
+
+#[test]
+fn published_port_serves_from_the_container() {
+    both(|e, who| {
+        let s = &e.s;
+        let www = host_dir(s, "www");
+        std::fs::write(www.join("index.html"), "served by busybox\n").unwrap();
+        chown_to_user(s, &www.join("index.html"));
+        let port = free_port();
+        let publish = format!("127.0.0.1:{port}:80");
+        let vol = format!("{}:/www:ro", www.display());
+        s.ok(&[
+            "run", "-d", "--name", "web", "-p", &publish, "-v", &vol, &e.bb, "httpd", "-f", "-p", "80", "-h", "/www",
+        ]);
+        let mut body = String::new();
+        wait_until(&format!("{who}: http on port {port}"), READY, || {
+            match try_http_get(port, "/index.html", &[], None, 4096) {
+                Some(r) if r.status == 200 => {
+                    body = String::from_utf8_lossy(&r.body).into_owned();
+                    true
+                }
+                _ => false,
+            }
+        });
+        assert_eq!(body, "served by busybox\n", "{who}");
+        assert_eq!(s.ok(&["port", "web"]), format!("80/tcp -> 127.0.0.1:{port}\n"), "{who}");
+        let ps = s.ok(&["ps", "--format", "{{.Ports}}"]);
+        assert_eq!(ps.trim(), format!("127.0.0.1:{port}->80/tcp"), "{who}");
+        s.ok(&["rm", "-f", "web"]);
+    });
+}
+
+#[test]
+fn detached_container_logs_exec_and_survival() {
+    both(|e, who| {
+        let s = &e.s;
+        // Started from a shell that exits at once; its process group is killed too.
+        let cmd =
+            s.command(&["run", "-d", "--name", "bg", &e.bb, "sh", "-c", "echo out; echo err >&2; exec sleep 1000"]);
+        let mut sh = std::process::Command::new("sh");
+        sh.arg("-c").arg("\"$0\" \"$@\"").arg(cmd.get_program()).args(cmd.get_args()).env_clear();
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                sh.env(k, v);
+            }
+        }
+        if let Some(d) = cmd.get_current_dir() {
+            sh.current_dir(d);
+        }
+        std::os::unix::process::CommandExt::process_group(&mut sh, 0);
+        let child = sh.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let pgid = child.id() as i32;
+        let out = wait_output(child, READY, "sh -c strata run -d");
+        assert!(out.status.success(), "{who}: {}", show_output(&out));
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+        wait_running(s, "bg");
+        assert_eq!(s.ok(&["ps", "--format", "{{.Names}}"]).trim(), "bg", "{who}");
+
+        let mut logs = String::new();
+        wait_until("logs", READY, || {
+            let o = s.run(&["logs", "bg"]);
+            logs = format!("{}|{}", stdout_of(&o), String::from_utf8_lossy(&o.stderr));
+            logs == "out\n|err\n"
+        });
+        let stamped = s.ok(&["logs", "-t", "bg"]);
+        assert!(stamped.ends_with(" out\n") && stamped.starts_with("20"), "{who}: {stamped}");
+
+        let out = s.run(&["exec", "-e", "X=1", "bg", "sh", "-c", "echo $X $(hostname); exit 3"]);
+        assert_eq!(out.status.code(), Some(3), "{who}: {}", show_output(&out));
+        let hostname = s.ok(&["container", "inspect", "-f", "{{.Config.Hostname}}", "bg"]);
+        assert_eq!(stdout_of(&out), format!("1 {}", hostname), "{who}");
+        // Only the standard streams (and ls's own directory fd) are open in a container.
+        let fds = s.ok(&["exec", "bg", "ls", "/proc/self/fd"]);
+        let fds: Vec<&str> = fds.lines().collect();
+        assert!(fds.len() <= 4 && fds[..3] == ["0", "1", "2"], "{who}: leaked fds {fds:?}");
+
+        s.ok(&["stop", "-t", "0", "bg"]);
+        let (code, err) = s.fails(&["exec", "bg", "true"]);
+        assert_eq!(code, 1, "{who}: {err}");
+        assert!(err.contains("is not running"), "{who}: {err}");
+    });
+}
+
+#[test]
+fn symlinked_mount_target_resolves_inside_and_proc_self_exe_is_protected() {
+    both(|e, who| {
+        let s = &e.s;
+        s.pull(&e.full);
+        let d = host_dir(s, "files");
+        let f = d.join("passwd-from-host");
+        std::fs::write(&f, "bound\n").unwrap();
+        chown_to_user(s, &f);
+        // /data/links/abs -> /etc/passwd in the image: the bind lands on the
+        // container's /etc/passwd, never on the host's.
+        let host_passwd = std::fs::read("/etc/passwd").unwrap();
+        let vol = format!("{}:/data/links/abs:ro", f.display());
+        let out = s.ok(&["run", "--rm", "-v", &vol, &e.full, "cat", "/etc/passwd"]);
+        assert_eq!(out, "bound\n", "{who}");
+        assert_eq!(std::fs::read("/etc/passwd").unwrap(), host_passwd, "{who}");
+
+        let out = s.run(&["run", "--rm", &e.bb, "sh", "-c", "echo x >/proc/self/exe && echo overwritten"]);
+        assert!(!stdout_of(&out).contains("overwritten"), "{who}: {}", show_output(&out));
+        assert_eq!(s.ok(&["run", "--rm", &e.bb, "echo", "intact"]), "intact\n", "{who}");
+    });
+}
+
+#[test]
+fn rm_after_sigterm_of_run_and_name_conflict() {
+    both(|e, who| {
+        let s = &e.s;
+        let child = s.spawn(&[
+            "run",
+            "--rm",
+            "--name",
+            "term",
+            &e.bb,
+            "sh",
+            "-c",
+            "trap 'exit 143' TERM; while true; do sleep 1; done",
+        ]);
+        wait_running(s, "term");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let out = wait_output(child, READY, "strata run --rm (SIGTERM)");
+        assert_eq!(out.status.code(), Some(143), "{who}: {}", show_output(&out));
+        assert_eq!(s.ok(&["ps", "-aq"]), "", "{who}: --rm left the container");
+
+        let id = s.ok(&["create", "--name", "taken", &e.bb, "true"]).trim().to_string();
+        let (code, err) = s.fails(&["run", "--name", "taken", &e.bb, "true"]);
+        assert_eq!(code, 125, "{who}: {err}");
+        assert!(
+            err.contains(&format!(
+                "Conflict. The container name \"/taken\" is already in use by container \"{id}\". You have to remove (or rename) that container to be able to reuse that name."
+            )),
+            "{who}: {err}"
+        );
+        let (code, err) = s.fails(&["rm", "nosuch"]);
+        assert_eq!(code, 1, "{who}: {err}");
+        assert!(err.contains("No such container: nosuch"), "{who}: {err}");
+        s.ok(&["start", "taken"]);
+        assert_eq!(s.ok(&["wait", "taken"]).trim(), "0", "{who}");
+    });
+}
+
+#[test]
+fn killed_supervisor_marks_the_container_exited_and_clears_its_mount() {
+    both(|e, who| {
+        let s = &e.s;
+        let id = s.ok(&["run", "-d", "--name", "orphan", &e.bb, "sleep", "1000"]).trim().to_string();
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(s.root().join("containers").join(&id).join("state.json")).unwrap())
+                .unwrap();
+        let sup = state["supervisor"]["pid"].as_i64().unwrap() as i32;
+        let rootfs = s.root().join("containers").join(&id).join("rootfs");
+        let mounted =
+            || std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&format!(" {} ", rootfs.display()));
+        if !s.is_unprivileged() {
+            // Rootless mounts live in the supervisor's own mount namespace.
+            assert!(mounted(), "{who}: the container's filesystem is not mounted");
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup), nix::sys::signal::Signal::SIGKILL).unwrap();
+        wait_until("the supervisor to die", READY, || {
+            std::fs::read_to_string(format!("/proc/{sup}/stat")).map(|st| st.contains(") Z ")).unwrap_or(true)
+        });
+        let ps = s.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+        assert!(ps.starts_with("orphan Exited (255)"), "{who}: {ps}");
+        assert!(!mounted(), "{who}: stale mount left at {}", rootfs.display());
+        let err = s.ok(&["container", "inspect", "-f", "{{.State.Error}}", "orphan"]);
+        assert!(err.contains("supervisor"), "{who}: {err}");
+        s.ok(&["rm", "orphan"]);
+    });
+}
