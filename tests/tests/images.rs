@@ -126,7 +126,9 @@ fn tag_adds_names_to_the_same_image() {
     let (code, err) = t.s.fails(&["tag", "no-such-image:1", "x"]);
     assert!(code > 0);
     assert_mentions(&err, &["no such image"], "tag of a missing image");
-    let (_, err) = t.s.fails(&["tag", &t.bb, "UPPER/case"]);
+    // "UPPER/case" would be valid (Docker reads UPPER as a registry host);
+    // an uppercase repository component is not.
+    let (_, err) = t.s.fails(&["tag", &t.bb, "lower/Upper"]);
     assert_mentions(&err, &["invalid reference", "must be lowercase", "invalid"], "invalid tag");
 }
 
