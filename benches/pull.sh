@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Pull of a Debian minbase image (gzip and zstd) from a loopback registry:
-# strata pull into an empty store vs skopeo copy into an empty OCI layout vs
-# podman pull into an empty graphroot, side by side in one hyperfine run.
+# strata pull into an empty store vs skopeo copy into an empty
+# containers-storage and podman pull into an empty graphroot (both unpack the
+# layers, as strata does), side by side in one hyperfine run; a blob-only
+# skopeo copy into an OCI layout is shown as the floor (no unpacking at all).
 # Usage: RUNS=5 bash benches/pull.sh
 source "$(dirname "$0")/lib.sh"
 STRATA=$(strata_bin)
@@ -20,13 +22,15 @@ driver = "overlay"
 graphroot = "$work/p/g"
 runroot = "$work/p/r"
 CONF
+sed "s#/p/#/k/#" "$work/storage.conf" >"$work/storage-skopeo.conf"
 for variant in gzip zstd; do
     ref=$REGISTRY/debian:$variant
     hyperfine --runs "$RUNS" --export-json "$OUT/pull-$variant.json" \
-        --prepare "rm -rf $work/s $work/o $work/p" \
+        --prepare "rm -rf $work/s $work/o $work/p $work/k" \
         -n strata "$STRATA --root $work/s pull -q $ref" \
-        -n skopeo "skopeo copy -q --src-tls-verify=false docker://$ref oci:$work/o:x" \
-        -n podman "CONTAINERS_STORAGE_CONF=$work/storage.conf podman pull -q --tls-verify=false $ref"
-    echo "== pull $variant (ratio to skopeo)"
-    report_ratios "$OUT/pull-$variant.json" skopeo
+        -n skopeo "CONTAINERS_STORAGE_CONF=$work/storage-skopeo.conf skopeo copy -q --src-tls-verify=false docker://$ref containers-storage:$ref" \
+        -n podman "CONTAINERS_STORAGE_CONF=$work/storage.conf podman pull -q --tls-verify=false $ref" \
+        -n skopeo-blobs-only "skopeo copy -q --src-tls-verify=false docker://$ref oci:$work/o:x"
+    echo "== pull $variant (ratio to podman)"
+    report_ratios "$OUT/pull-$variant.json" podman
 done

@@ -9,6 +9,7 @@ mod containers;
 mod context;
 mod exit;
 mod format;
+mod mounts;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     Image(commands::image::ImageCommand),
     #[command(flatten)]
     Container(commands::container::ContainerCommand),
+    #[command(flatten)]
+    Mount(commands::mount::MountCommand),
 }
 
 fn main() {
@@ -49,6 +52,7 @@ fn main() {
     let result = match cli.command {
         Command::Image(c) => commands::image::run(&ctx, c),
         Command::Container(c) => commands::container::run(&ctx, c),
+        Command::Mount(c) => commands::mount::run(&ctx, c),
     };
     std::process::exit(exit::report(result));
 }

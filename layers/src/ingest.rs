@@ -23,13 +23,23 @@
 //!
 //! Throughput. Small files (the vast majority) are read into memory, hashed,
 //! and handed to a writer thread that creates the object with one
-//! `openat(O_CREAT|O_EXCL)` + `write` + `close`, so file creation (which
-//! dominates for layers of many small files) overlaps parsing and hashing.
-//! Large files are streamed by the parser itself to a temporary name and
-//! renamed to their digest. Objects already in the store are hashed but not
-//! written again. No per-object fsync: one `syncfs` before the objects are
-//! renamed into `objects/` and one after, before the index that names them is
-//! written, give the same ordering guarantee at a fraction of the cost.
+//! `openat(O_CREAT|O_EXCL)` + `write` + `close`, so file creation overlaps
+//! parsing and hashing. Large files are streamed by the parser itself to a
+//! temporary name and renamed to their digest. Objects already in the store
+//! are hashed but not written again. No per-object fsync: one `syncfs` before
+//! the objects are renamed into `objects/` and one after, before the index
+//! that names them is written, give the same ordering guarantee at a
+//! fraction of the cost.
+//!
+//! Measured (`bench_small_files`: 20,000 files of 10 B-4 KiB plus one
+//! 64 MiB file, on a loaded 2-core VM): ingest is bound by object creation,
+//! which is kernel CPU (ext4 inode allocation, ~150 us of system time per
+//! create there); parsing and hashing the same layer with every object
+//! already present takes ~0.5 s against 5-7 s with creation. Writer thread
+//! and inline creation came out within that machine's noise of each other
+//! (4.7-7.3 s vs 5.0-6.6 s staging); the thread is kept because it costs
+//! nothing measurable and lets creation overlap hashing where cores are free.
+//!
 //! Decompression ([`decompress`]) runs in its own thread too.
 
 use crate::digest::{Digest, Hasher, HashingReader};
@@ -48,8 +58,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 pub const BUF_SIZE: usize = 256 * 1024;
 /// Files up to this size are read into memory and written by the writer thread.
 const SMALL_FILE: u64 = 512 * 1024;
-/// Pending small files per layer (bounds memory: QUEUE x SMALL_FILE).
-const QUEUE: usize = 64;
+/// Pending small files per layer (bounds memory to QUEUE x SMALL_FILE = 8 MiB).
+const QUEUE: usize = 16;
 
 /// A layer parsed, verified and staged, not yet visible in the store.
 #[derive(Debug)]
@@ -424,6 +434,9 @@ impl<'a> LayerState<'a> {
             Some(k) => k,
             None => self.entry_kind(entry, etype, &raw_path, &pax)?,
         };
+        if matches!(&kind, EntryKind::Hardlink { target } if *target == path) {
+            return Err(Error::hostile(&raw_path, "is a hardlink to itself"));
+        }
         if path.is_empty() && !matches!(kind, EntryKind::Dir | EntryKind::Opaque) {
             return Err(Error::hostile(&raw_path, "would replace the layer's root directory"));
         }

@@ -45,7 +45,8 @@ pub trait PullProgress: Sync {
     fn layer_progress(&self, _digest: &Digest, _bytes: u64) {}
     /// The layer is already in the store (Docker's "Already exists").
     fn layer_already_exists(&self, _digest: &Digest) {}
-    /// The layer downloaded and verified ("Pull complete").
+    /// The layer downloaded, unpacked and verified ("Pull complete"); it
+    /// enters the store once every layer has.
     fn layer_done(&self, _digest: &Digest) {}
 }
 
@@ -147,7 +148,12 @@ pub fn pull(
     for (desc, diff_id) in manifest.layers.iter().zip(diff_ids) {
         if store.has_layer(diff_id) && store.has_blob(&desc.digest) {
             progress.layer_already_exists(&desc.digest);
-        } else if !jobs.iter().any(|(_, d)| d == diff_id) {
+        } else if let Some((first, _)) = jobs.iter().find(|(_, d)| d == diff_id) {
+            // The same layer twice in one image (empty layers often are): fetched once.
+            if first.digest != desc.digest {
+                progress.layer_already_exists(&desc.digest);
+            }
+        } else {
             jobs.push((desc, *diff_id));
         }
     }
@@ -159,7 +165,6 @@ pub fn pull(
         unpacked.insert(staged.diff_id(), staged.unpacked_size());
         staged.commit()?;
         store.put_blob_from_temp(blob, &desc.digest)?;
-        progress.layer_done(&desc.digest);
     }
     store.put_blob_verified(&config_bytes, &config_desc.digest)?;
     store.put_blob_verified(&manifest_bytes, &manifest_digest)?;
@@ -288,6 +293,9 @@ fn fetch_layers<'s, 'd>(
                 } else {
                     fetch_layer(store, client, reference, desc, &diff_id, progress, &cancel)
                 };
+                if r.is_ok() {
+                    progress.layer_done(&desc.digest);
+                }
                 // The first failure cancels the others; their errors are consequences.
                 let r = match r {
                     Err(_) if cancel.swap(true, Ordering::SeqCst) => Err(Error::Cancelled),

@@ -163,7 +163,7 @@ pub(crate) fn switch_user(user: &User, caps_mask: u64, last_cap: u32, no_new_pri
 pub(crate) fn reset_signals() {
     // SAFETY: plain signal-state syscalls.
     unsafe {
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
             }

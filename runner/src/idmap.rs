@@ -63,6 +63,14 @@ fn find_subid(contents: &str, name: Option<&str>, uid: u32) -> Option<(u32, u32)
     })
 }
 
+/// Whether this process runs in the initial user namespace (real root privileges when uid 0),
+/// as opposed to being "root" in a user namespace someone set up (e.g. a rootless supervisor).
+pub fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(true)
+}
+
 fn map_text(ranges: &[IdRange]) -> String {
     ranges.iter().map(|r| format!("{} {} {}\n", r.container, r.host, r.size)).collect()
 }

@@ -4,10 +4,15 @@
 //! - [`spawn`] starts a container from a [`Spec`] (namespaces, id maps, mounts, pivot_root,
 //!   masked paths, capabilities, rlimits, cgroups, network, pty) and returns a [`Container`]
 //!   whose init is a child of the caller.
+//! - [`spawn_with_fuse_rootfs`] does the same with the rootfs a FUSE filesystem that the
+//!   container process mounts inside its own (user) namespace and the caller serves.
 //! - [`exec`] runs another process inside a running container (setns through its pidfd).
 //! - [`resolve_user`] turns Docker's `--user` syntax into ids using the image's /etc/passwd and
 //!   /etc/group, read safely inside the rootfs.
 //! - [`rootless_mapping`] picks the id mapping for an ordinary user from /etc/subuid.
+//!
+//! The caller may be multi-threaded; see `spawn`'s module docs for the process layout and what
+//! that implies (the container is the caller's child and must be reaped).
 //!
 //! Errors carry Docker's exit-code convention ([`RunnerError::exit_code`]): 127 for a command
 //! that is not found, 126 for one that cannot be executed, 125 for everything else.
@@ -29,7 +34,7 @@ pub use caps::{Cap, DEFAULT_CAPS};
 pub use cgroup::Cgroup;
 pub use error::RunnerError;
 pub use exec::exec;
-pub use idmap::{rootless_mapping, ROOTLESS_RANGE};
+pub use idmap::{in_initial_user_namespace, rootless_mapping, ROOTLESS_RANGE};
 pub use network::Pasta;
 pub use spawn::{spawn, spawn_with_fuse_rootfs, Container, FuseRootfs, Process, Stdio};
 pub use spec::{

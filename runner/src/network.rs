@@ -8,17 +8,20 @@
 //!
 //! As root the target has a full capability set that pasta, which drops capabilities first, may
 //! not ptrace-inspect, so `/proc/PID/ns/net` is refused; we open the namespace ourselves and hand
-//! pasta the fd (`--netns /proc/self/fd/N`). In a user namespace pasta joins by PID.
+//! pasta the fd (`--netns /proc/self/fd/N`); it also needs `--runas 0` then, because as `nobody`
+//! it may not join a namespace owned by the initial user namespace. In a user namespace pasta
+//! joins by PID and drops to the caller's user as usual.
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::error::RunnerError;
 use crate::spec::{PortForward, Protocol};
+use crate::sys;
 
 /// Find `pasta` in PATH.
 pub(crate) fn find_pasta() -> Result<PathBuf, RunnerError> {
@@ -33,6 +36,7 @@ pub(crate) fn find_pasta() -> Result<PathBuf, RunnerError> {
 #[derive(Debug)]
 pub struct Pasta {
     pid: libc::pid_t,
+    pidfd: Option<OwnedFd>,
 }
 
 impl Pasta {
@@ -43,8 +47,15 @@ impl Pasta {
 
     /// Stop pasta (it would otherwise outlive the namespace).
     pub fn stop(&self) {
-        // SAFETY: plain kill of the pid pasta wrote for us.
-        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        match &self.pidfd {
+            Some(fd) => {
+                let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGTERM);
+            }
+            // SAFETY: plain kill of the pid pasta wrote for us.
+            None => unsafe {
+                libc::kill(self.pid, libc::SIGTERM);
+            },
+        }
     }
 }
 
@@ -59,6 +70,7 @@ fn port_spec(p: &PortForward) -> String {
 pub(crate) fn start_pasta(
     pasta: &PathBuf,
     pid: libc::pid_t,
+    container: BorrowedFd<'_>,
     userns: bool,
     ports: &[PortForward],
 ) -> Result<Pasta, RunnerError> {
@@ -71,26 +83,28 @@ pub(crate) fn start_pasta(
     cmd.arg("-t").arg(if tcp.is_empty() { "none".to_string() } else { tcp.join(",") });
     cmd.arg("-u").arg(if udp.is_empty() { "none".to_string() } else { udp.join(",") });
     cmd.arg("--pid").arg(&pidfile);
+    // pasta becomes a long-lived daemon: it must not keep any of our fds (say, the pipe a
+    // `strata run | cat` reads from) open, except the namespace fd it is told about.
+    let mut keep: RawFd = -1;
     let nsfd;
     if userns {
         cmd.arg(pid.to_string());
     } else {
         let f = fs::File::open(format!("/proc/{pid}/ns/net"))
             .map_err(|e| RunnerError::Network(format!("open the container's network namespace: {e}")))?;
-        let raw: RawFd = f.as_raw_fd();
+        keep = f.as_raw_fd();
         nsfd = f;
-        // The fd must survive exec in pasta: clear close-on-exec in the child only.
-        // SAFETY: fcntl in the forked child before exec is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                let flags = libc::fcntl(raw, libc::F_GETFD);
-                if flags == -1 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         cmd.args(["--runas", "0", "--netns", &format!("/proc/self/fd/{}", nsfd.as_raw_fd())]);
+    }
+    // SAFETY: only fcntl/close_range between fork and exec (async-signal-safe).
+    unsafe {
+        cmd.pre_exec(move || {
+            crate::sys::cloexec_from(3)?;
+            if keep >= 0 && libc::fcntl(keep, libc::F_SETFD, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let out = cmd
         .stdin(Stdio::null())
@@ -110,7 +124,52 @@ pub(crate) fn start_pasta(
         return Err(RunnerError::Network(format!("pasta failed ({}): {}", out.status, msg.join("; "))));
     }
     let pid = read_pid.ok_or_else(|| RunnerError::Network("pasta did not write its pid".into()))?;
-    Ok(Pasta { pid })
+    let pidfd = sys::pidfd_open(pid).ok();
+    if let Some(fd) = &pidfd {
+        watch(container, fd.as_fd());
+    }
+    Ok(Pasta { pid, pidfd })
+}
+
+/// Make sure pasta goes away with the container even when the caller never gets to `stop` it
+/// (killed supervisor, leaked handle): pasta, joined through a namespace fd, does not notice
+/// that the namespace is gone. A detached watcher process (double fork, so it is nobody's
+/// child to reap) polls the container's pidfd and signals pasta's pidfd when it fires.
+fn watch(container: BorrowedFd<'_>, pasta: BorrowedFd<'_>) {
+    let (c, p) = (container.as_raw_fd(), pasta.as_raw_fd());
+    // SAFETY: fork of a possibly multi-threaded process; the children only make raw syscalls
+    // (no allocation, no locks) and leave with _exit.
+    unsafe {
+        let first = libc::fork();
+        if first == 0 {
+            if libc::fork() != 0 {
+                libc::_exit(0);
+            }
+            libc::setsid();
+            // Keep only the two pidfds (moved to 3 and 4) and /dev/null on 0, 1, 2.
+            let c3 = libc::fcntl(c, libc::F_DUPFD_CLOEXEC, 10);
+            let p3 = libc::fcntl(p, libc::F_DUPFD_CLOEXEC, 10);
+            if c3 < 0 || p3 < 0 || libc::dup2(c3, 3) < 0 || libc::dup2(p3, 4) < 0 {
+                libc::_exit(1);
+            }
+            sys::close_from(5);
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+            }
+            let mut pfd = libc::pollfd { fd: 3, events: libc::POLLIN, revents: 0 };
+            while libc::poll(&mut pfd, 1, -1) == -1 {}
+            let null_info = std::ptr::null::<libc::siginfo_t>();
+            libc::syscall(libc::SYS_pidfd_send_signal, 4, libc::SIGTERM, null_info, 0);
+            libc::_exit(0);
+        }
+        if first > 0 {
+            let mut st = 0;
+            libc::waitpid(first, &mut st, 0);
+        }
+    }
 }
 
 fn tempfile_dir() -> Result<PathBuf, RunnerError> {

@@ -17,6 +17,11 @@
 //! then builds its filesystem view (see `mounts`), drops privileges and execs. A seqpacket socket
 //! carries the steps back and forth; an error message on it, or EOF at a successful execve, ends
 //! `spawn`.
+//!
+//! Cost: spawn + wait of `true` in a busybox rootfs measured ~2.6 ms as root with the host
+//! network and ~3.9 ms with a new network namespace (release build, 2-core VM); for comparison
+//! `crun run` takes ~12 ms there. A caller that never calls `wait` must still reap: the
+//! container is its child (a caller that sets SIGCHLD to SIG_IGN loses the exit status).
 
 use std::convert::Infallible;
 use std::fs;
@@ -265,7 +270,7 @@ fn spawn_inner(
         fuse,
     };
     let cgroup = match &spec.cgroup {
-        Some(c) => Cgroup::create(c, euid != 0)?,
+        Some(c) => Cgroup::create(c, euid != 0 || !idmap::in_initial_user_namespace())?,
         None => None,
     };
     let (parent_sock, child_sock) = sys::seqpacket_pair().map_err(|e| RunnerError::io("socketpair", e))?;
@@ -340,7 +345,7 @@ fn start(
             cg.add(pid)?;
         }
         if let (Some(pasta), Network::Private { ports }) = (pasta, &spec.network) {
-            started_pasta = Some(network::start_pasta(pasta, pid, plan.userns, ports)?);
+            started_pasta = Some(network::start_pasta(pasta, pid, process.pidfd(), plan.userns, ports)?);
         }
         send(sock, MSG_GO)?;
         loop {

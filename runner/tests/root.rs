@@ -284,7 +284,7 @@ fn exec_into_running_container() {
     spec.hostname = "execbox".into();
     let mut c = spawn(&spec, Stdio::default()).unwrap();
 
-    let (r, w) = nix::unistd::pipe().unwrap();
+    let (r, w) = pipe();
     let mut e = ExecSpec::new(vec!["sh".into(), "-c".into(), "hostname; ps -o pid,comm | sed 1d; pwd; id -u".into()]);
     e.cwd = "/tmp".into();
     e.user = User { uid: 1000, gid: 1000, additional_gids: vec![] };
@@ -379,6 +379,30 @@ fn network_none_and_private() {
     c.signal(libc::SIGKILL).unwrap();
     c.wait().unwrap();
     assert!(body.contains("hello from the container"), "{body}");
+
+    // pasta also goes away when the handle is lost (a killed supervisor): a watcher stops it.
+    let mut spec = Spec::new(root.path(), vec!["sleep".into(), "100".into()]);
+    spec.network = Network::Private { ports: vec![] };
+    let c = spawn(&spec, Stdio::default()).unwrap();
+    let (pid, pasta) = (c.pid(), c.pasta().expect("pasta").pid());
+    let pasta_fd = pidfd(pasta);
+    std::mem::forget(c);
+    // SAFETY: killing and reaping our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    let mut pfd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&pasta_fd), events: libc::POLLIN, revents: 0 };
+    // SAFETY: valid pollfd. The timeout only bounds a failure.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 20_000) };
+    assert_eq!(ready, 1, "pasta {pasta} still running after the container died");
+}
+
+fn pidfd(pid: i32) -> std::os::fd::OwnedFd {
+    // SAFETY: pidfd_open returns a new fd we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(fd >= 0, "pidfd_open {pid}");
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) }
 }
 
 pub fn which(cmd: &str) -> Option<std::path::PathBuf> {
@@ -433,7 +457,7 @@ fn fuse_rootfs_mounted_in_container_and_served_by_caller() {
     let mnt = world_tempdir();
     let children = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut serve = fuse_overlayfs_server(lower.path().into(), scratch.path().into(), String::new(), children.clone());
-    let (r, w) = nix::unistd::pipe().unwrap();
+    let (r, w) = pipe();
     let spec = Spec::new(
         mnt.path(),
         vec![

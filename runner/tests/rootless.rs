@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -152,7 +153,7 @@ fn rootless_exec_tty_and_network() {
     spec.args = vec!["sleep".into(), "100".into()];
     spec.hostname = "rl-exec".into();
     let mut c = spawn(&spec, Stdio::default()).unwrap();
-    let (r, w) = nix::unistd::pipe().unwrap();
+    let (r, w) = pipe();
     let mut e = ExecSpec::new(vec!["sh".into(), "-c".into(), "hostname; id -u; ps -o comm | sed 1d | head -1".into()]);
     e.user = User { uid: 1000, gid: 1000, additional_gids: vec![] };
     let mut p = exec(c.pid(), &e, Stdio { stdout: Some(w), ..Default::default() }, None).unwrap();
@@ -229,7 +230,7 @@ fn rootless_fuse_rootfs() {
     let mut serve = fuse_overlayfs_server(root.clone(), scratch.path().into(), extra, children.clone());
     let mut spec = rootless_spec(mnt.path(), "stat -c %u /owned-by-6 /bin/busybox; id -u; echo hi > /written");
     spec.id_mapping = mapping.clone();
-    let (r, w) = nix::unistd::pipe().unwrap();
+    let (r, w) = pipe();
     let fuse = strata_runner::FuseRootfs { fsname: "strata".into(), subtype: "overlay".into(), options: String::new() };
     let mut c = strata_runner::spawn_with_fuse_rootfs(
         &spec,
@@ -248,4 +249,70 @@ fn rootless_fuse_rootfs() {
     for mut child in children.lock().unwrap().drain(..) {
         child.wait().unwrap();
     }
+}
+
+/// A rootless supervisor that first moves itself into a user namespace (to mount the rootfs
+/// there) and then spawns with `IdMapping::None`: the container shares that namespace.
+#[test]
+fn rootless_supervisor_already_in_user_namespace() {
+    let root = match role("rootless_supervisor_already_in_user_namespace") {
+        Role::Skip | Role::Root(_) => return,
+        Role::User(p) => p,
+    };
+    let (mapping, _) = rootless_mapping();
+    let IdMapping::Map { uids, gids } = mapping else { panic!("no mapping") };
+    let (ready_r, ready_w) = pipe();
+    let (go_r, go_w) = pipe();
+    let (out_r, out_w) = pipe();
+    // SAFETY: the child only uses the runner (fork-safe by design) and leaves with _exit.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0);
+    if child == 0 {
+        drop((ready_r, go_w, out_r));
+        let code = (|| {
+            // SAFETY: the forked child is single-threaded.
+            if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+                return 10;
+            }
+            let _ = nix::unistd::write(&ready_w, b"u");
+            let mut b = [0u8; 1];
+            if nix::unistd::read(go_r.as_fd(), &mut b) != Ok(1) {
+                return 11;
+            }
+            let spec = rootless_spec(&root, "id -u; stat -c %u /owned-by-6; grep -c . /proc/self/uid_map");
+            let mut spec = spec;
+            spec.id_mapping = IdMapping::None;
+            spec.cgroup = Some(CgroupSpec { name: "in-userns".into(), limits: CgroupLimits::default() });
+            match run(&spec) {
+                Ok(out) => {
+                    let _ = nix::unistd::write(&out_w, out.stdout.as_bytes());
+                    out.status
+                }
+                Err(e) => {
+                    let _ = nix::unistd::write(&out_w, e.to_string().as_bytes());
+                    12
+                }
+            }
+        })();
+        // SAFETY: leaving the forked child.
+        unsafe { libc::_exit(code) };
+    }
+    drop((ready_w, go_r, out_w));
+    let mut b = [0u8; 1];
+    assert_eq!(nix::unistd::read(ready_r.as_fd(), &mut b), Ok(1));
+    for (prog, ranges) in [("newuidmap", &uids), ("newgidmap", &gids)] {
+        let mut cmd = std::process::Command::new(prog);
+        cmd.arg(child.to_string());
+        for r in ranges.iter() {
+            cmd.args([r.container.to_string(), r.host.to_string(), r.size.to_string()]);
+        }
+        assert!(cmd.status().unwrap().success(), "{prog}");
+    }
+    nix::unistd::write(&go_w, b"g").unwrap();
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    let out = read_all(out_r);
+    assert_eq!(libc::WEXITSTATUS(status), 0, "{out}");
+    assert_eq!(out, "0\n6\n2\n");
 }

@@ -7,6 +7,7 @@ pub mod image;
 pub mod images;
 pub mod inspect;
 pub mod login;
+pub mod mount;
 pub mod pull;
 pub mod run;
 pub mod support;

@@ -103,6 +103,25 @@ fn is_id(s: &str) -> bool {
     s.len() == 24 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Held while a mount is checked for conflicts and started, so that two
+/// `strata mount` runs cannot both take the same mount point or upper
+/// directory. (`ROOT/mounts/lock`; a name no record can have.)
+pub struct MountLock {
+    _file: fs::File,
+}
+
+pub fn lock(layout: &StoreLayout) -> Result<MountLock> {
+    let path = layout.mounts_dir().join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock().with_context(|| format!("locking {}", path.display()))?;
+    Ok(MountLock { _file: file })
+}
+
 /// Writes `rec` atomically.
 pub fn save(layout: &StoreLayout, rec: &MountRecord) -> Result<()> {
     write_json(&record_path(layout, &rec.id), rec)
@@ -202,5 +221,51 @@ pub fn absolute_lexical(p: &Path) -> Result<PathBuf> {
             Ok(parent.join(name))
         }
         _ => Ok(abs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_lexical_never_touches_the_last_component() {
+        let dir = tempfile_dir();
+        // Does not exist: still resolved (a dead mount point cannot be stat'ed either).
+        let p = absolute_lexical(&dir.join("missing")).unwrap();
+        assert_eq!(p, dir.canonicalize().unwrap().join("missing"));
+        let _ = fs::remove_dir(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("strata-mounts-test-{}", std::process::id()));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn mode_names_the_view() {
+        let mut r = MountRecord {
+            id: new_id(),
+            mountpoint: "/m".into(),
+            name: "img".into(),
+            kind: Kind::Image,
+            image_id: String::new(),
+            container_id: None,
+            layers: vec![],
+            view: View::Layer(2),
+            upper: None,
+            throwaway_upper: false,
+            server: None,
+            created: String::new(),
+        };
+        assert!(is_id(&r.id));
+        assert_eq!(r.mode(), "ro,layer=2");
+        r.view = View::Upto(3);
+        r.upper = Some("/u".into());
+        assert_eq!(r.mode(), "rw,upto=3");
+        assert!(!r.live());
+        let back: MountRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.view, View::Upto(3));
     }
 }

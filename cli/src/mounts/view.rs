@@ -16,8 +16,11 @@
 //!   would be invisible to the only user who can see the mount.
 //!
 //! Rewritten this way a layer alone contains no whiteout markers, so the
-//! filesystem shows every entry as it is. Layers count from 1 = the bottom
-//! (oldest) layer.
+//! filesystem shows every entry as it is. A whiteout below a path that the
+//! same layer makes a non-directory (umoci writes `d2f` as a file followed by
+//! `d2f/.wh.child`) is dropped: it hides nothing the file does not already
+//! replace, and it could not be shown without turning the file into a
+//! directory. Layers count from 1 = the bottom (oldest) layer.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -84,6 +87,13 @@ pub fn expose_whiteouts(index: &LayerIndex, rootless: bool) -> LayerIndex {
         index.entries.iter().filter(|e| e.kind == EntryKind::Opaque).map(|e| e.path.as_slice()).collect();
     let dirs: HashSet<&[u8]> =
         index.entries.iter().filter(|e| e.kind == EntryKind::Dir).map(|e| e.path.as_slice()).collect();
+    let non_dirs: HashSet<&[u8]> = index
+        .entries
+        .iter()
+        .filter(|e| !matches!(e.kind, EntryKind::Dir | EntryKind::Opaque | EntryKind::Whiteout))
+        .map(|e| e.path.as_slice())
+        .collect();
+    let under_non_dir = |path: &[u8]| path.iter().enumerate().any(|(i, &b)| b == b'/' && non_dirs.contains(&path[..i]));
     let mark = |e: &mut Entry| {
         e.xattrs.retain(|(k, _)| k != xattr);
         e.xattrs.push((xattr.to_vec(), b"y".to_vec()));
@@ -93,6 +103,7 @@ pub fn expose_whiteouts(index: &LayerIndex, rootless: bool) -> LayerIndex {
     for e in &index.entries {
         let mut e = e.clone();
         match e.kind {
+            EntryKind::Whiteout if under_non_dir(&e.path) => continue,
             EntryKind::Whiteout => {
                 e.kind = EntryKind::CharDevice { major: 0, minor: 0 };
                 e.mode = 0;
@@ -133,9 +144,11 @@ mod tests {
             e("a/f", EntryKind::File { size: 1, digest: Digest::of(b"x") }),
             e("b/gone", EntryKind::Whiteout),
             e("c", EntryKind::Opaque),
+            e("d2f", EntryKind::File { size: 1, digest: Digest::of(b"y") }),
+            e("d2f/child", EntryKind::Whiteout),
         ]);
         let out = expose_whiteouts(&index, false);
-        assert_eq!(out.entries.len(), 4);
+        assert_eq!(out.entries.len(), 5);
         assert_eq!(out.entries[0].xattrs, vec![(b"trusted.overlay.opaque".to_vec(), b"y".to_vec())]);
         assert_eq!(out.entries[0].mode, 0o644);
         assert_eq!(out.entries[2].kind, EntryKind::CharDevice { major: 0, minor: 0 });

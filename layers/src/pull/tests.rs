@@ -334,3 +334,31 @@ fn reports_a_missing_platform() {
     let err = pull(&store, &client(), &p.reference, Some("linux/riscv64".parse().unwrap()), &NoProgress).unwrap_err();
     assert!(err.to_string().contains("riscv64"), "{err}");
 }
+
+#[test]
+fn a_killed_pull_leaves_a_usable_store() {
+    let p = publish(&TYPES);
+    let (_d, store) = new_store();
+    // What a pull killed at various points leaves behind: staging debris,
+    // a partial temp blob, an object renamed into place before the index,
+    // a layer directory created just before its index was written.
+    let l = store.layout();
+    std::fs::create_dir_all(l.tmp_dir().join("layer-killed")).unwrap();
+    std::fs::write(l.tmp_dir().join("layer-killed").join("big-0"), b"partial").unwrap();
+    std::fs::write(l.tmp_dir().join(".blob-killed"), &p.blobs[0][..10]).unwrap();
+    let obj = store.object_path(&Digest::of(b"#!shell"));
+    std::fs::create_dir_all(obj.parent().unwrap()).unwrap();
+    std::fs::write(&obj, b"#!shell").unwrap();
+    std::fs::create_dir_all(l.layer_dir(&Digest::of(&p.tars[0]))).unwrap();
+    assert!(store.images().unwrap().is_empty());
+    assert!(store.resolve_image("anything").is_err());
+
+    let out = pull(&store, &client(), &p.reference, None, &NoProgress).unwrap();
+    assert!(out.updated);
+    assert_eq!(store.layer_index(&Digest::of(&p.tars[0])).unwrap().entries.len(), 3);
+    let lock = store.lock_exclusive().unwrap();
+    store.gc(&lock).unwrap();
+    assert!(walk(&l.tmp_dir()).is_empty());
+    assert!(store.has_object(&Digest::of(b"#!shell")));
+    assert_eq!(store.resolve_image(&p.config_digest.hex()[..12]).unwrap().id, p.config_digest);
+}

@@ -57,8 +57,9 @@ pub struct Output {
     pub stderr: String,
 }
 
-fn pipe() -> (OwnedFd, OwnedFd) {
-    nix::unistd::pipe().expect("pipe")
+/// A close-on-exec pipe (read end, write end).
+pub fn pipe() -> (OwnedFd, OwnedFd) {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe")
 }
 
 /// Run `spec` to completion, capturing stdout and stderr (stdin is /dev/null).

@@ -1,0 +1,357 @@
+//! `strata mount`, `strata umount` (alias `unmount`): an image, the image as
+//! it stood after layer N, one layer alone, or a stopped container's
+//! filesystem, mounted as a browsable tree; and the list of those mounts.
+//! Clap definitions, argument checks and output live here; records, views
+//! and the serving process live in `crate::mounts`.
+
+use crate::containers::record::{self, NoSuchContainer};
+use crate::context::Context;
+use crate::exit;
+use crate::format;
+use crate::mounts::{self, server, view::View, Kind, MountRecord};
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum MountCommand {
+    /// Mount an image, one of its layers, or a container's filesystem; list mounts
+    Mount(MountArgs),
+    /// Unmount what `strata mount` mounted
+    #[command(visible_alias = "unmount")]
+    Umount(UmountArgs),
+    /// Internal: serve one `strata mount` (started by `strata mount`)
+    #[command(hide = true)]
+    InternalMountServe { request: String },
+}
+
+const MOUNT_HELP: &str = "\
+Without arguments, lists strata's mounts (CONTAINER/IMAGE, MOUNTPOINT, MODE).
+
+With IMAGE, mounts the image's merged file tree read-only on DIR and prints DIR.
+Without DIR, strata mounts it under its store and prints where.
+
+The mount is served by a background strata process that lives until
+`strata umount DIR`. As an ordinary user the mount is made through
+fusermount3 and only that user can see into it (not even root can).
+Owners and modes are shown as the image records them and access is checked
+against them, so an ordinary user can change in a writable mount only what
+the image lets anyone change (such as /tmp).
+
+--rw makes the mount writable; changes go to a throwaway upper directory
+kept under the store and removed by `strata umount`. --upper DIR keeps them
+in DIR instead (created if missing), in OCI layer form: `.wh.NAME` whiteout
+files and `.wh..wh..opq` opaque markers. --upper implies --rw.
+
+Layers are numbered from 1 = the bottom (oldest, base) layer up to K = the
+top layer. `strata history` lists newest first, so layer 1 is the last line
+of `strata history` that has a size. --upto N shows the image as it stood
+after layer N. --layer N shows layer N alone, deletions included, the way
+kernel overlayfs stores them: a deleted NAME is a character device 0/0 with
+mode 0000, and a directory whose lower contents the layer hides (opaque)
+carries the xattr trusted.overlay.opaque=y (user.overlay.opaque=y when strata
+runs as an ordinary user, who cannot read trusted.* attributes).
+
+A CONTAINER mount shows its image with the container's changes and is
+writable, like `podman mount`: what is written goes into the container. The
+container must not be running; do not start it while it is mounted.";
+
+#[derive(Args)]
+#[command(after_long_help = MOUNT_HELP)]
+pub struct MountArgs {
+    /// Mount writable, with a throwaway upper directory (see --upper)
+    #[arg(long)]
+    pub rw: bool,
+    /// Keep the writable layer in DIR (implies --rw)
+    #[arg(long, value_name = "DIR")]
+    pub upper: Option<PathBuf>,
+    /// Mount only layer N (1 = bottom layer), whiteouts shown as 0/0 devices
+    #[arg(long, value_name = "N", conflicts_with_all = ["upto", "rw", "upper"])]
+    pub layer: Option<usize>,
+    /// Mount the image as it stood after layer N (1 = bottom layer)
+    #[arg(long, value_name = "N")]
+    pub upto: Option<usize>,
+    /// Listing: format output using a template ('table', 'table TEMPLATE', 'json', 'TEMPLATE')
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Listing: only print mount points
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Image or container to mount
+    #[arg(value_name = "IMAGE|CONTAINER")]
+    pub target: Option<String>,
+    /// Where to mount it (an existing directory)
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct UmountArgs {
+    /// Unmount every strata mount
+    #[arg(short, long)]
+    pub all: bool,
+    /// Mount points (or the image/container names they were mounted by)
+    #[arg(value_name = "DIR", required_unless_present = "all")]
+    pub targets: Vec<String>,
+}
+
+pub fn run(ctx: &Context, cmd: MountCommand) -> Result<i32> {
+    match cmd {
+        MountCommand::Mount(a) if a.target.is_none() => list(ctx, &a),
+        MountCommand::Mount(a) => mount(ctx, a),
+        MountCommand::Umount(a) => umount(ctx, a),
+        MountCommand::InternalMountServe { request } => server::serve_main(ctx, &request),
+    }
+}
+
+fn list(ctx: &Context, a: &MountArgs) -> Result<i32> {
+    if a.rw || a.upper.is_some() || a.layer.is_some() || a.upto.is_some() || a.dir.is_some() {
+        bail!("\"strata mount\" requires an IMAGE or CONTAINER to mount (without one it lists mounts)");
+    }
+    let live = mounts::list_live(&ctx.layout)?;
+    if a.quiet && a.format.is_none() {
+        for r in &live {
+            println!("{}", r.mountpoint.display());
+        }
+        return Ok(0);
+    }
+    let out = format::Output::new(a.format.as_deref(), "table {{.Name}}\t{{.Mountpoint}}\t{{.Mode}}")
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rows: Vec<Value> = live
+        .iter()
+        .map(|r| {
+            format::row([
+                ("ID", r.id.clone()),
+                ("Name", r.name.clone()),
+                ("Type", if r.kind == Kind::Image { "image" } else { "container" }.to_string()),
+                ("Mountpoint", r.mountpoint.display().to_string()),
+                ("Mode", r.mode()),
+                ("ImageID", r.image_id.clone()),
+                ("Container", r.container_id.clone().unwrap_or_default()),
+                ("Upper", r.upper.as_ref().map(|u| u.display().to_string()).unwrap_or_default()),
+                ("Pid", r.server.map(|p| p.pid.to_string()).unwrap_or_default()),
+                ("CreatedAt", r.created.clone()),
+            ])
+        })
+        .collect();
+    let headers = [
+        ("ID", "MOUNT ID"),
+        ("Name", "CONTAINER/IMAGE"),
+        ("Type", "TYPE"),
+        ("Mountpoint", "MOUNTPOINT"),
+        ("Mode", "MODE"),
+        ("ImageID", "IMAGE ID"),
+        ("Container", "CONTAINER ID"),
+        ("Upper", "UPPER"),
+        ("Pid", "PID"),
+        ("CreatedAt", "CREATED"),
+    ];
+    print!("{}", out.render(&rows, &headers).map_err(|e| anyhow::anyhow!("{e}"))?);
+    Ok(0)
+}
+
+/// What the target names: an image or a container, with its layers.
+struct Source {
+    kind: Kind,
+    image_id: String,
+    layers: Vec<String>,
+    container: Option<record::Container>,
+}
+
+fn resolve(ctx: &Context, target: &str) -> Result<Source> {
+    let store = strata_layers::store::Store::open(ctx.layout.clone())?;
+    match record::find(&ctx.layout, target) {
+        Ok(c) => {
+            return Ok(Source {
+                kind: Kind::Container,
+                image_id: c.config.image_id.clone(),
+                layers: c.config.layers.clone(),
+                container: Some(c),
+            })
+        }
+        Err(e) if e.downcast_ref::<NoSuchContainer>().is_some() => {}
+        Err(e) => return Err(e),
+    }
+    // "No such image: X" as Docker prints it: no context added.
+    let img = store.resolve_image(target)?;
+    Ok(Source {
+        kind: Kind::Image,
+        image_id: img.id.to_string(),
+        layers: img.diff_ids().iter().map(|d| d.to_string()).collect(),
+        container: None,
+    })
+}
+
+fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
+    let target = a.target.clone().unwrap_or_default();
+    let view = match (a.layer, a.upto) {
+        (Some(n), _) => View::Layer(n),
+        (None, Some(n)) => View::Upto(n),
+        (None, None) => View::All,
+    };
+    let src = resolve(ctx, &target)?;
+    view.layers(src.layers.len()).map_err(anyhow::Error::msg)?;
+    let _lock = mounts::lock(&ctx.layout)?;
+    let live = mounts::list_live(&ctx.layout)?;
+
+    if let Some(c) = &src.container {
+        if view != View::All || a.upper.is_some() {
+            bail!(
+                "--layer, --upto and --upper apply to images; mount the container's image ({}) for those",
+                c.config.image
+            );
+        }
+        if let Some(r) = live.iter().find(|r| r.container_id.as_deref() == Some(c.config.id.as_str())) {
+            if a.dir.is_none() {
+                println!("{}", r.mountpoint.display());
+                return Ok(0);
+            }
+            bail!("container {} is already mounted on {}", c.config.name, r.mountpoint.display());
+        }
+        let c = record::refresh(&ctx.layout, c.clone())?;
+        if c.running() {
+            bail!(
+                "container {} is running: its filesystem is served by its own process; stop it before mounting it",
+                c.config.name
+            );
+        }
+    }
+
+    let id = mounts::new_id();
+    // Canonical, like user-given mount points, so that it matches /proc/self/mountinfo.
+    let mounts_dir = ctx.layout.mounts_dir();
+    let private = mounts_dir.canonicalize().unwrap_or(mounts_dir).join(&id);
+    let mountpoint = match &a.dir {
+        Some(d) => checked_mountpoint(d)?,
+        None => private.join("merged"),
+    };
+    if let Some(r) = live.iter().find(|r| r.mountpoint == mountpoint) {
+        bail!(
+            "{} is already a strata mount of {}; run `strata umount {}` first",
+            mountpoint.display(),
+            r.name,
+            mountpoint.display()
+        );
+    }
+    let (upper, throwaway) = if let Some(c) = &src.container {
+        (Some(std::path::absolute(c.upper()).context("resolving the container's upper directory")?), false)
+    } else if let Some(u) = &a.upper {
+        (Some(user_upper(u)?), false)
+    } else if a.rw {
+        (Some(private.join("upper")), true)
+    } else {
+        (None, false)
+    };
+    if let Some(u) = &upper {
+        if let Some(r) = live.iter().find(|r| r.upper.as_ref() == Some(u)) {
+            bail!("upper directory {} is in use by the mount on {}", u.display(), r.mountpoint.display());
+        }
+    }
+
+    let rec = MountRecord {
+        id: id.clone(),
+        mountpoint: mountpoint.clone(),
+        name: match &src.container {
+            Some(c) => c.config.name.clone(),
+            None => target.clone(),
+        },
+        kind: src.kind,
+        image_id: src.image_id,
+        container_id: src.container.as_ref().map(|c| c.config.id.clone()),
+        layers: src.layers,
+        view,
+        upper: upper.clone(),
+        throwaway_upper: throwaway,
+        server: None,
+        created: record::now(),
+    };
+    let result = (|| {
+        if a.dir.is_none() || throwaway {
+            let mut b = fs::DirBuilder::new();
+            b.recursive(true).mode(0o700);
+            b.create(&private).with_context(|| format!("creating {}", private.display()))?;
+            for sub in [(a.dir.is_none(), "merged"), (throwaway, "upper")] {
+                if sub.0 {
+                    b.create(private.join(sub.1)).with_context(|| format!("creating {}", private.display()))?;
+                }
+            }
+        }
+        server::start(ctx, &rec)
+    })();
+    if let Err(e) = result {
+        mounts::remove_private(&ctx.layout, &id);
+        return Err(e);
+    }
+    println!("{}", mountpoint.display());
+    Ok(0)
+}
+
+/// The canonical path of a user-given mount point, which must exist.
+fn checked_mountpoint(d: &Path) -> Result<PathBuf> {
+    match fs::metadata(d) {
+        Ok(m) if m.is_dir() => d.canonicalize().with_context(|| format!("resolving {}", d.display())),
+        Ok(_) => bail!("mount point {} is not a directory", d.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("mount point {} does not exist", d.display()),
+        Err(e) => Err(e).with_context(|| format!("mount point {}", d.display())),
+    }
+}
+
+/// `--upper DIR`: created when missing, canonical.
+fn user_upper(u: &Path) -> Result<PathBuf> {
+    match fs::metadata(u) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("upper directory {} is not a directory", u.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(u)
+                .with_context(|| format!("creating upper directory {}", u.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("upper directory {}", u.display())),
+    }
+    u.canonicalize().with_context(|| format!("resolving {}", u.display()))
+}
+
+fn umount(ctx: &Context, a: UmountArgs) -> Result<i32> {
+    let records = mounts::read_all(&ctx.layout)?;
+    let chosen: Vec<Result<MountRecord>> = if a.all {
+        records.into_iter().map(Ok).collect()
+    } else {
+        a.targets.iter().map(|t| find(&records, t)).collect()
+    };
+    let mut failed = false;
+    for r in chosen {
+        match r.and_then(|rec| server::stop(ctx, &rec).map(|()| rec)) {
+            Ok(rec) => println!("{}", rec.mountpoint.display()),
+            Err(e) => {
+                eprintln!("Error: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { exit::STRATA_ERROR } else { 0 })
+}
+
+/// The record a `umount` argument names: its mount point (the directory
+/// itself is never stat'ed: a dead mount answers ENOTCONN), else the name the
+/// image or container was mounted by, when that names exactly one mount.
+fn find(records: &[MountRecord], target: &str) -> Result<MountRecord> {
+    let p = Path::new(target);
+    let mut candidates = vec![mounts::absolute_lexical(p)?];
+    if let Ok(c) = p.canonicalize() {
+        candidates.push(c);
+    }
+    if let Some(r) = records.iter().find(|r| candidates.contains(&r.mountpoint)) {
+        return Ok(r.clone());
+    }
+    let by_name: Vec<&MountRecord> = records.iter().filter(|r| r.name == target).collect();
+    match by_name.as_slice() {
+        [r] => Ok((*r).clone()),
+        [] => bail!("{target} is not a strata mount"),
+        _ => bail!("{target} is mounted more than once; name the mount point"),
+    }
+}

@@ -1,0 +1,494 @@
+//! `strata mount` / `strata umount` end to end, as root and as the
+//! unprivileged test user: the merged tree against `umoci unpack`, single
+//! layers with their whiteouts, `--upto`, writable mounts (throwaway and
+//! given upper directories), the mount list, error messages, and recovery
+//! from a server killed with SIGKILL.
+//!
+//! The fixture image `full` has five layers (see tests/fixtures): 1 is the
+//! busybox layer, 3 deletes data/gone.txt, data/gonedir and bin/ls, 5 makes
+//! data/opq opaque.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use strata_e2e::listing::{escape, find_line};
+use strata_e2e::*;
+
+/// A store that pulled the `full` fixture, and its reference.
+struct Setup {
+    _reg: Registry,
+    s: Strata,
+    image: String,
+}
+
+fn setup(s: Strata) -> Setup {
+    let f = fixtures();
+    let reg = Registry::start();
+    let image = reg.push_oci_layout(&f.oci, "full", "e2e/full:1");
+    s.pull(&image);
+    Setup { _reg: reg, s, image }
+}
+
+/// A directory under the instance's base, owned by the user strata runs as.
+fn new_dir(s: &Strata, name: &str) -> PathBuf {
+    let d = s.base().join(name);
+    fs::create_dir_all(&d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+    let base = fs::metadata(s.base()).unwrap_or_else(|e| panic!("stat {}: {e}", s.base().display()));
+    nix::unistd::chown(&d, Some(base.uid().into()), Some(base.gid().into()))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", d.display()));
+    // strata prints and records canonical mount points.
+    d.canonicalize().unwrap_or_else(|e| panic!("canonicalize {}: {e}", d.display()))
+}
+
+/// Unmounts its directory with `strata umount` when dropped, so a failing
+/// test leaves no mount and no server behind (the harness also detaches
+/// anything left below the instance's base).
+struct Mounted<'a> {
+    s: &'a Strata,
+    dir: PathBuf,
+}
+
+impl Drop for Mounted<'_> {
+    fn drop(&mut self) {
+        let _ = self.s.run(&[Path::new("umount"), &self.dir]);
+    }
+}
+
+/// `strata mount ARGS... DIR`; asserts it prints DIR and returns the guard.
+fn mount<'a>(s: &'a Strata, args: &[&str], dir: &Path) -> Mounted<'a> {
+    let mut all: Vec<String> = vec!["mount".into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.push(dir.display().to_string());
+    let out = s.ok(&all);
+    let guard = Mounted { s, dir: dir.to_path_buf() };
+    assert_eq!(out.trim_end(), dir.display().to_string(), "`strata mount` prints the mount point");
+    guard
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = escape_mountinfo(dir);
+    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+}
+
+fn escape_mountinfo(p: &Path) -> String {
+    let mut s = String::new();
+    for c in p.display().to_string().chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => s.push_str(&format!("\\{:03o}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// The live mounts as `strata mount --format json` reports them.
+fn mounts(s: &Strata) -> Vec<serde_json::Value> {
+    s.ok(&["mount", "--format", "json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// Runs `cmd ARGS` as the test user (for looking into a rootless mount,
+/// which only its owner can enter); returns stdout, panics on failure.
+fn as_user(prog: &str, args: &[&str]) -> String {
+    run_tool(
+        Command::new("setpriv")
+            .arg("--reuid")
+            .arg(TEST_USER)
+            .arg("--regid")
+            .arg(TEST_USER)
+            .arg("--init-groups")
+            .arg("--")
+            .arg(prog)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .current_dir("/"),
+    )
+}
+
+/// The reference listing reduced to what `find -printf` shows to an ordinary
+/// user: `PATH TYPE MODE UID GID[ SIZE]` (size for regular files), without
+/// the contents of directories that others may not list (such as /root).
+fn reduce(listing: &str) -> String {
+    let closed: Vec<String> = listing
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f[1] == "d" && u32::from_str_radix(f[2], 8).map_or(true, |m| m & 0o005 != 0o005))
+        .map(|f| format!("{}/", f[0]))
+        .collect();
+    let mut out: Vec<String> = listing
+        .lines()
+        .filter(|l| !closed.iter().any(|c| l.starts_with(c.as_str())))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let mut s = format!("{} {} {} {} {}", f[0], f[1], f[2], f[3], f[4]);
+            if f[1] == "f" {
+                s.push_str(&format!(" {}", f[5]));
+            }
+            s
+        })
+        .collect();
+    out.sort();
+    out.join("\n") + "\n"
+}
+
+/// The reduced listing of `dir`, walked by `find` as the test user (it
+/// reports the directories it may not enter and goes on).
+fn reduced_listing_as_user(dir: &Path) -> String {
+    let out = Command::new("setpriv")
+        .args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups", "--", "find"])
+        .arg(dir)
+        .args(["-mindepth", "1", "-printf", "%P\\0%y\\0%m\\0%U\\0%G\\0%s\\0"])
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run find: {e}"));
+    let raw = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<&str> = raw.split('\0').collect();
+    let mut out: Vec<String> = fields
+        .chunks_exact(6)
+        .map(|f| {
+            let mode = u32::from_str_radix(f[2], 8).unwrap_or_else(|e| panic!("mode {:?}: {e}", f[2]));
+            let mut s = format!("{} {} {mode:04o} {} {}", escape(format!("/{}", f[0]).as_bytes()), f[1], f[3], f[4]);
+            if f[1] == "f" {
+                s.push_str(&format!(" {}", f[5]));
+            }
+            s
+        })
+        .collect();
+    out.sort();
+    out.join("\n") + "\n"
+}
+
+#[test]
+fn mount_shows_the_image_as_umoci_unpacks_it() {
+    let t = setup(Strata::new());
+    let dir = new_dir(&t.s, "m");
+    let m = mount(&t.s, &[&t.image], &dir);
+    let expected = unpack_reference(&fixtures().oci, "full");
+    assert_same_listing(&expected, &canonical_listing(&dir), "strata mount of full vs umoci unpack");
+    // Read-only.
+    let err = fs::write(dir.join("data/new"), b"x").expect_err("writing into a read-only mount");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    drop(m);
+    assert!(!is_mounted(&dir), "{} still mounted after umount", dir.display());
+    assert!(mounts(&t.s).is_empty());
+}
+
+#[test]
+fn mount_layer_shows_one_layer_with_its_whiteouts() {
+    let t = setup(Strata::new());
+    let l1 = new_dir(&t.s, "l1");
+    let l3 = new_dir(&t.s, "l3");
+    let l5 = new_dir(&t.s, "l5");
+    let _m1 = mount(&t.s, &["--layer", "1", &t.image], &l1);
+    let _m3 = mount(&t.s, &["--layer", "3", &t.image], &l3);
+    let _m5 = mount(&t.s, &["--layer", "5", &t.image], &l5);
+
+    // Layer 1 is the busybox layer, exactly.
+    let bb = unpack_reference(&fixtures().oci, "busybox");
+    assert_same_listing(&bb, &canonical_listing(&l1), "--layer 1 vs the busybox image");
+
+    // Layer 3 deletes these: each is a 0/0 character device with mode 0000.
+    for gone in ["data/gone.txt", "data/gonedir", "bin/ls"] {
+        let m = fs::symlink_metadata(l3.join(gone)).unwrap_or_else(|e| panic!("{gone} in --layer 3: {e}"));
+        assert!(m.file_type().is_char_device(), "{gone}: {:?}", m.file_type());
+        assert_eq!(m.rdev(), 0, "{gone}: device number");
+        assert_eq!(m.mode() & 0o7777, 0, "{gone}: mode");
+    }
+    // What the layer adds or changes is there; what it leaves alone is not.
+    assert_eq!(fs::read_to_string(l3.join("etc/motd")).unwrap(), "changed in layer 3\n");
+    assert_eq!(fs::read_to_string(l3.join("data/d2f")).unwrap(), "directory became a file\n");
+    assert!(fs::symlink_metadata(l3.join("data/text")).is_err(), "data/text is not in layer 3");
+    assert!(fs::symlink_metadata(l3.join("bin/busybox")).is_err(), "bin/busybox is not in layer 3");
+
+    // Layer 5 makes data/opq opaque: the xattr overlayfs uses, and only its own file.
+    let xattr = xattr_of(&l5.join("data/opq"), "trusted.overlay.opaque");
+    assert_eq!(xattr.as_deref(), Some(&b"y"[..]), "trusted.overlay.opaque on data/opq");
+    let names: Vec<String> = fs::read_dir(l5.join("data/opq"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["new"]);
+    assert_eq!(xattr_of(&l5.join("data"), "trusted.overlay.opaque"), None, "data itself is not opaque");
+
+    // The list names the view.
+    let modes: Vec<String> = mounts(&t.s).iter().map(|m| m["Mode"].as_str().unwrap().to_string()).collect();
+    assert_eq!(modes, ["ro,layer=1", "ro,layer=3", "ro,layer=5"]);
+
+    // Out of range, and numbering from 1.
+    let d = new_dir(&t.s, "bad");
+    let (code, err) = t.s.fails(&["mount", "--layer", "6", &t.image, &d.display().to_string()]);
+    assert_eq!(code, 125);
+    assert!(err.contains("image has 5 layers"), "{err}");
+    let (code, err) = t.s.fails(&["mount", "--upto", "0", &t.image, &d.display().to_string()]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["from 1"], "--upto 0");
+    assert!(!is_mounted(&d));
+}
+
+fn xattr_of(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let p = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let n = CString::new(name).ok()?;
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length passed.
+    let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        return None;
+    }
+    buf.truncate(len as usize);
+    Some(buf)
+}
+
+#[test]
+fn mount_upto_shows_the_image_after_layer_n() {
+    let t = setup(Strata::new());
+    let u1 = new_dir(&t.s, "u1");
+    let u2 = new_dir(&t.s, "u2");
+    let _m1 = mount(&t.s, &["--upto", "1", &t.image], &u1);
+    let _m2 = mount(&t.s, &["--upto", "2", &t.image], &u2);
+    let bb = unpack_reference(&fixtures().oci, "busybox");
+    assert_same_listing(&bb, &canonical_listing(&u1), "--upto 1 vs the busybox image");
+    // After layer 2: what layer 3 deletes or changes is still as layer 2 left it.
+    assert_eq!(fs::read_to_string(u2.join("data/gone.txt")).unwrap(), "to be whited out\n");
+    assert_eq!(fs::read_to_string(u2.join("etc/motd")).unwrap(), "hello from layer 2\n");
+    assert!(u2.join("bin/ls").exists());
+    assert!(u2.join("data/d2f/child/c").exists());
+    assert!(!u2.join("data/big.bin").exists(), "layer 4 is not part of --upto 2");
+    assert_eq!(fs::read_dir(u2.join("data/opq")).unwrap().count(), 2, "data/opq before layer 5 made it opaque");
+}
+
+#[test]
+fn mount_list_umount_and_error_messages() {
+    let t = setup(Strata::new());
+    let (a, b) = (new_dir(&t.s, "a"), new_dir(&t.s, "b"));
+    let _ma = mount(&t.s, &[&t.image], &a);
+    let _mb = mount(&t.s, &["--rw", &t.image], &b);
+
+    let rows = parse_table(&t.s.ok(&["mount"]));
+    assert_eq!(rows[0], ["CONTAINER/IMAGE", "MOUNTPOINT", "MODE"]);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[1], [t.image.clone(), a.display().to_string(), "ro".to_string()]);
+    assert_eq!(rows[2], [t.image.clone(), b.display().to_string(), "rw".to_string()]);
+    let q = t.s.ok(&["mount", "-q"]);
+    assert_eq!(q, format!("{}\n{}\n", a.display(), b.display()));
+
+    // Mounting on a strata mount again is refused.
+    let (code, err) = t.s.fails(&["mount", &t.image, &a.display().to_string()]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["already a strata mount"], "second mount on the same directory");
+
+    // `unmount` is an alias; the list follows.
+    let out = t.s.ok(&[Path::new("unmount"), &a]);
+    assert_eq!(out.trim_end(), a.display().to_string());
+    assert!(!is_mounted(&a));
+    let rows = parse_table(&t.s.ok(&["mount"]));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1][1], b.display().to_string());
+
+    // Errors, with Docker's wording where Docker has one.
+    let (code, err) = t.s.fails(&["mount", "e2e/nothing:here", &a.display().to_string()]);
+    assert_eq!(code, 125);
+    assert!(err.contains("Error: No such image: e2e/nothing:here"), "{err}");
+    let missing = t.s.base().join("missing");
+    let (code, err) = t.s.fails(&[Path::new("mount"), Path::new(&t.image), &missing]);
+    assert_eq!(code, 125);
+    assert!(err.contains(&format!("mount point {} does not exist", missing.display())), "{err}");
+    let (code, err) = t.s.fails(&[Path::new("umount"), &a]);
+    assert_eq!(code, 125);
+    assert!(err.contains("is not a strata mount"), "{err}");
+
+    // Without DIR: mounted under the store, path printed, removed by umount.
+    let out = t.s.ok(&["mount", &t.image]);
+    let auto = PathBuf::from(out.trim_end());
+    assert!(auto.starts_with(t.s.root()), "{} is not under the store", auto.display());
+    assert!(auto.join("bin/busybox").is_file());
+    t.s.ok(&[Path::new("umount"), &auto]);
+    assert!(!is_mounted(&auto));
+    assert!(!auto.exists(), "{} left behind", auto.display());
+}
+
+/// What the store keeps about mounts (records, private directories), not
+/// counting its lock file.
+fn mount_state(s: &Strata) -> Vec<String> {
+    let dir = s.root().join("mounts");
+    let rd = fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()));
+    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n != "lock").collect()
+}
+
+/// The server's pid as the list reports it.
+fn server_pid(s: &Strata, dir: &Path) -> i32 {
+    let m = mounts(s);
+    let m = m
+        .iter()
+        .find(|m| m["Mountpoint"].as_str() == Some(&dir.display().to_string()))
+        .unwrap_or_else(|| panic!("{} not in the list: {m:?}", dir.display()));
+    m["Pid"].as_str().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in {m:?}"))
+}
+
+fn kill(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap_or_else(|e| panic!("kill {pid}: {e}"));
+}
+
+/// Waits for a process that is not our child to exit (pidfd readiness).
+fn wait_gone(pid: i32) {
+    wait_until(&format!("process {pid} to exit"), Duration::from_secs(60), || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+}
+
+#[test]
+fn killed_server_is_cleared_and_sigterm_unmounts() {
+    let t = setup(Strata::new());
+    let (a, b, c) = (new_dir(&t.s, "a"), new_dir(&t.s, "b"), new_dir(&t.s, "c"));
+    let _ma = mount(&t.s, &[&t.image], &a);
+    let _mb = mount(&t.s, &["--rw", &t.image], &b);
+    let _mc = mount(&t.s, &[&t.image], &c);
+
+    // SIGKILL: the mount is dead (ENOTCONN) until the list clears it.
+    let pa = server_pid(&t.s, &a);
+    kill(pa, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pa);
+    let err = fs::read_dir(&a).expect_err("a dead FUSE mount cannot be read");
+    // ENOTCONN, or ECONNABORTED when the kernel saw the server's fd close.
+    assert!(matches!(err.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)), "{err}");
+    let listed: Vec<String> = mounts(&t.s).iter().map(|m| m["Mountpoint"].as_str().unwrap().to_string()).collect();
+    assert_eq!(listed, [b.display().to_string(), c.display().to_string()]);
+    assert!(!is_mounted(&a), "the list detaches a dead mount");
+
+    // SIGKILL, then umount directly: works, and the throwaway upper is gone.
+    let pb = server_pid(&t.s, &b);
+    kill(pb, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pb);
+    t.s.ok(&[Path::new("umount"), &b]);
+    assert!(!is_mounted(&b));
+
+    // SIGTERM: the server unmounts and exits by itself.
+    let pc = server_pid(&t.s, &c);
+    kill(pc, nix::sys::signal::Signal::SIGTERM);
+    wait_gone(pc);
+    assert!(!is_mounted(&c), "SIGTERM unmounts");
+    assert!(mounts(&t.s).is_empty());
+    assert_eq!(mount_state(&t.s), Vec::<String>::new(), "mount records or directories left");
+}
+
+#[test]
+fn rw_mounts_with_throwaway_and_given_upper() {
+    let t = setup(Strata::new());
+    let dir = new_dir(&t.s, "rw");
+    let m = mount(&t.s, &["--rw", &t.image], &dir);
+    fs::write(dir.join("data/new"), b"new file\n").unwrap();
+    fs::remove_file(dir.join("data/text")).unwrap();
+    assert_eq!(fs::read_to_string(dir.join("data/new")).unwrap(), "new file\n");
+    assert!(!dir.join("data/text").exists());
+    drop(m);
+    assert!(!is_mounted(&dir));
+    assert_eq!(mount_state(&t.s), Vec::<String>::new(), "throwaway upper or record left");
+    // The image itself is unchanged.
+    let m = mount(&t.s, &[&t.image], &dir);
+    assert!(dir.join("data/text").exists());
+    assert!(!dir.join("data/new").exists());
+    drop(m);
+
+    // --upper: changes stay in the given directory, in OCI layer form, and
+    // come back on the next mount with the same upper.
+    let upper = t.s.base().join("upper");
+    let m = mount(&t.s, &["--rw", "--upper", &upper.display().to_string(), &t.image], &dir);
+    fs::write(dir.join("etc/added"), b"kept\n").unwrap();
+    fs::remove_file(dir.join("data/text")).unwrap();
+    drop(m);
+    assert_eq!(fs::read_to_string(upper.join("etc/added")).unwrap(), "kept\n");
+    assert!(fs::symlink_metadata(upper.join("data/.wh.text")).is_ok(), "whiteout for data/text in the upper");
+    let _m = mount(&t.s, &["--upper", &upper.display().to_string(), &t.image], &dir);
+    assert_eq!(fs::read_to_string(dir.join("etc/added")).unwrap(), "kept\n");
+    assert!(!dir.join("data/text").exists());
+    assert_eq!(mounts(&t.s)[0]["Mode"], "rw");
+}
+
+#[test]
+fn rootless_mount_layer_rw_and_kill() {
+    let t = setup(Strata::new_unprivileged());
+    let (a, l3, l5, rw) = (new_dir(&t.s, "a"), new_dir(&t.s, "l3"), new_dir(&t.s, "l5"), new_dir(&t.s, "rw"));
+    let _ma = mount(&t.s, &[&t.image], &a);
+
+    // Only the user who mounted can look inside, not even root.
+    let err = fs::read_dir(&a).expect_err("root reading another user's FUSE mount");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    let expected = reduce(&unpack_reference(&fixtures().oci, "full"));
+    assert_same_listing(
+        &expected,
+        &reduced_listing_as_user(&a),
+        "rootless mount of full vs umoci unpack (path, type, mode, owner, size)",
+    );
+    let reference = unpack_reference(&fixtures().oci, "full");
+    let sums = as_user("sha256sum", &[&a.join("data/text").display().to_string()]);
+    let want = find_line(&reference, "/data/text").unwrap().split(' ').nth(6).unwrap();
+    assert!(sums.starts_with(want), "content of data/text: {sums}");
+
+    // Single layers: whiteouts as 0/0 devices, opaque dirs with user.overlay.opaque.
+    let _m3 = mount(&t.s, &["--layer", "3", &t.image], &l3);
+    let st = as_user("stat", &["-c", "%F %t:%T %a", &l3.join("data/gone.txt").display().to_string()]);
+    assert_eq!(st.trim(), "character special file 0:0 0");
+    let _m5 = mount(&t.s, &["--layer", "5", &t.image], &l5);
+    let attr = as_user(
+        "getfattr",
+        &["--only-values", "-n", "user.overlay.opaque", &l5.join("data/opq").display().to_string()],
+    );
+    assert_eq!(attr, "y");
+
+    // Writable: permissions are the image's own, so write where the image lets anyone write.
+    let _mrw = mount(&t.s, &["--rw", &t.image], &rw);
+    let f = rw.join("tmp/by-user");
+    as_user("sh", &["-c", &format!("echo hello > {}", f.display())]);
+    assert_eq!(as_user("cat", &[&f.display().to_string()]), "hello\n");
+
+    // SIGKILL (as root, of the user's server), then umount as the user.
+    let pa = server_pid(&t.s, &a);
+    kill(pa, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pa);
+    t.s.ok(&[Path::new("umount"), &a]);
+    assert!(!is_mounted(&a));
+    assert_eq!(mounts(&t.s).len(), 3);
+    t.s.ok(&["umount", "--all"]);
+    assert!(mounts(&t.s).is_empty());
+    for d in [&l3, &l5, &rw] {
+        assert!(!is_mounted(d), "{} still mounted", d.display());
+    }
+}
+
+#[test]
+fn container_mount_writes_into_the_container() {
+    let t = setup(Strata::new());
+    let s = &t.s;
+    s.ok(&["create", "--name", "c1", &t.image, "cat", "/by-mount"]);
+    // Without DIR: mounted under the store, like `podman mount`.
+    let dir = PathBuf::from(s.ok(&["mount", "c1"]).trim_end());
+    let guard = Mounted { s, dir: dir.clone() };
+    assert!(dir.join("bin/busybox").is_file());
+    let rows = parse_table(&s.ok(&["mount"]));
+    assert_eq!(rows[1], ["c1".to_string(), dir.display().to_string(), "rw".to_string()]);
+    // Mounting it again names the same mount point.
+    assert_eq!(s.ok(&["mount", "c1"]).trim_end(), dir.display().to_string());
+    fs::write(dir.join("by-mount"), b"written through strata mount\n").unwrap();
+    // umount by the container's name.
+    s.ok(&["umount", "c1"]);
+    assert!(!is_mounted(&dir));
+    drop(guard);
+    assert!(s.ok(&["diff", "c1"]).lines().any(|l| l == "A /by-mount"));
+    assert_eq!(s.ok(&["start", "-a", "c1"]), "written through strata mount\n");
+
+    // A running container serves its own filesystem: mounting it is refused.
+    s.ok(&["run", "-d", "--name", "bg", &t.image, "sleep", "1000"]);
+    let (code, err) = s.fails(&["mount", "bg"]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["is running"], "mount of a running container");
+    s.ok(&["rm", "-f", "bg"]);
+    assert!(mounts(s).is_empty());
+}
