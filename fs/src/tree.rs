@@ -423,6 +423,11 @@ impl Tree {
         }
         let mut last_parent: (Vec<u8>, Ino) = (Vec::new(), ROOT);
         for (i, e) in entries.iter().enumerate() {
+            // Whiteouts were applied above; they must not create their parent
+            // (a layer may hold file `a` and `a/.wh.x`: `a` stays a file).
+            if matches!(e.kind, EntryKind::Whiteout) {
+                continue;
+            }
             let lref = LowerRef { layer, entry: i as u32 };
             let p = clean(&e.path);
             if p.is_empty() {
