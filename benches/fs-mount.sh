@@ -1,51 +1,69 @@
 #!/usr/bin/env bash
-# Mounts one filesystem of the fs benchmark fresh: fs-mount.sh FS ro|rw cold|warm SETUP CMD
-# or fs-mount.sh FS umount. Uses WORK, DATA, STRATA, STORE, IMAGE from fs.sh.
+# Mounts and unmounts one filesystem of the union-filesystem benchmark over
+# the six benchmark layers:
+#   fs-mount.sh mount FS ro|rw    fresh mount on $WORK/mnt-FS (rw: empty upper)
+#   fs-mount.sh umount FS         unmount and remove the upper and work dirs
+#   fs-mount.sh umount-all        every benchmark mount under $WORK
+# FS is kernel, kernel-volatile (writable mounts with -o volatile: no fsync
+# of copy-ups), strata, fuse-overlayfs (1.x, Debian) or fuse-overlayfs2
+# ($FUSE_OVERLAYFS2). Environment (set by fs.sh): WORK, LAYERS (directory of
+# layer0..layer5), and for strata STRATA, STORE, IMAGE.
 set -euo pipefail
-fs=$1 action=$2
-M=$WORK/mnt-$fs
-U=$WORK/upper-$fs
-lower=$DATA/layer5:$DATA/layer4:$DATA/layer3:$DATA/layer2:$DATA/layer1:$DATA/layer0
+: "${WORK:?}"
 
 unmount() {
-    if mountpoint -q "$M"; then
+    local fs=$1 m=$WORK/mnt-$1
+    if mountpoint -q "$m"; then
         case $fs in
-            kernel) umount "$M" ;;
-            strata) "$STRATA" --root "$STORE" umount "$M" ;;
-            *) fusermount3 -u "$M" 2>/dev/null || umount "$M" ;;
+            kernel*) umount "$m" ;;
+            strata) "$STRATA" --root "$STORE" umount "$m" >/dev/null || true ;;
+            *) fusermount3 -u "$m" || true ;;
         esac
+        # A FUSE server may take a moment to go; a busy or dead one is
+        # detached lazily rather than left behind.
+        for _ in $(seq 50); do mountpoint -q "$m" || break; sleep 0.1; done
+        if mountpoint -q "$m"; then
+            echo "fs-mount: $m still mounted, detaching it" >&2
+            umount -l "$m"
+        fi
     fi
-    for _ in $(seq 50); do mountpoint -q "$M" || break; sleep 0.1; done
-    rm -rf "$U" "$WORK/work-$fs"
+    rm -rf "$WORK/upper-$fs" "$WORK/work-$fs"
 }
-unmount
-[ "$action" = umount ] && exit 0
-mode=$action temp=$3 setup=${4:-} cmd=${5:-}
-mkdir -p "$M" "$U" "$WORK/work-$fs"
-if [ "$mode" = ro ]; then
+
+mount_fs() {
+    local fs=$1 mode=$2 m=$WORK/mnt-$1 u=$WORK/upper-$1 w=$WORK/work-$1 lower=
+    for i in 5 4 3 2 1 0; do lower+=${lower:+:}$LAYERS/layer$i; done # top first
+    unmount "$fs"
+    mkdir -p "$m" "$u" "$w"
+    local opts=lowerdir=$lower
+    [ "$mode" = rw ] && opts+=,upperdir=$u,workdir=$w
     case $fs in
-        kernel) mount -t overlay overlay -o "lowerdir=$lower" "$M" ;;
-        strata) "$STRATA" --root "$STORE" mount "$IMAGE" "$M" >/dev/null ;;
-        fuse-overlayfs) fuse-overlayfs -o "lowerdir=$lower" "$M" ;;
-        fuse-overlayfs2) "$FUSE_OVERLAYFS2" -o "lowerdir=$lower" "$M" ;;
+        kernel) mount -t overlay overlay -o "$opts" "$m" ;;
+        kernel-volatile) mount -t overlay overlay -o "$opts$([ "$mode" = rw ] && echo ,volatile)" "$m" ;;
+        fuse-overlayfs) fuse-overlayfs -o "$opts" "$m" ;;
+        fuse-overlayfs2) "${FUSE_OVERLAYFS2:?FUSE_OVERLAYFS2 names no binary}" -o "$opts" "$m" ;;
+        strata)
+            if [ "$mode" = rw ]; then
+                "$STRATA" --root "$STORE" mount --rw --upper "$u" "$IMAGE" "$m" >/dev/null
+            else
+                "$STRATA" --root "$STORE" mount "$IMAGE" "$m" >/dev/null
+            fi
+            ;;
+        *) echo "fs-mount: unknown filesystem $fs" >&2; exit 2 ;;
     esac
-else
-    case $fs in
-        kernel) mount -t overlay overlay -o "lowerdir=$lower,upperdir=$U,workdir=$WORK/work-$fs" "$M" ;;
-        strata) "$STRATA" --root "$STORE" mount --rw --upper "$U" "$IMAGE" "$M" >/dev/null ;;
-        fuse-overlayfs) fuse-overlayfs -o "lowerdir=$lower,upperdir=$U,workdir=$WORK/work-$fs" "$M" ;;
-        fuse-overlayfs2) "$FUSE_OVERLAYFS2" -o "lowerdir=$lower,upperdir=$U,workdir=$WORK/work-$fs" "$M" ;;
-    esac
-fi
-if [ -n "$setup" ]; then bash -c "$setup"; fi
-sync
-echo 3 >/proc/sys/vm/drop_caches
-if [ "$temp" = warm ]; then
-    if [ "$mode" = ro ]; then
-        bash -c "$cmd" >/dev/null 2>&1
-    else
-        # Warm the lower data without changing the mount: read what the
-        # workload will touch through the mount, then leave the upper empty.
-        find "$M" -xdev -type f -path "$M/*" -size -64k -print0 2>/dev/null | head -c 20000000 | xargs -0 cat >/dev/null 2>&1 || true
+    if ! mountpoint -q "$m"; then
+        echo "fs-mount: $fs did not mount on $m" >&2
+        exit 1
     fi
-fi
+}
+
+case ${1:-} in
+    mount) mount_fs "$2" "$3" ;;
+    umount) unmount "$2" ;;
+    umount-all)
+        for d in "$WORK"/mnt-*; do
+            if [ -d "$d" ]; then unmount "${d##*/mnt-}"; fi
+        done
+        ;;
+    *) echo "usage: fs-mount.sh mount FS ro|rw | umount FS | umount-all" >&2; exit 2 ;;
+esac

@@ -54,7 +54,8 @@ fn lower_paths(lowers: &[Lower]) -> LowerPaths {
             if matches!(e.kind, EntryKind::Whiteout) {
                 continue;
             }
-            let p: Vec<u8> = e.path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect::<Vec<_>>().join(&b'/');
+            let p: Vec<u8> =
+                e.path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect::<Vec<_>>().join(&b'/');
             m.entry(p).or_insert((e.type_bits() | (e.mode & 0o7777), e.mtime, e.mtime_nsec));
         }
     }

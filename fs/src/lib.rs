@@ -126,8 +126,12 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
         None => None,
     };
     let statfs_fd: Option<OwnedFd> = lowers.first().and_then(|l| {
-        rustix::fs::open(&l.objects_dir, rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
-            .ok()
+        rustix::fs::open(
+            &l.objects_dir,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
     });
     let fs = ops::StrataFs::new(tree, sources, upper, statfs_fd);
 

@@ -38,7 +38,7 @@ pub(crate) fn load_upper(t: &mut Tree, up: &Upper, sources: &[Arc<dyn LayerSourc
     if root_listing.is_empty() {
         // A fresh upper directory: it takes the image root's metadata.
         let a = t.node(ROOT).attr;
-        up.write_meta(up.root_fd(), b".", &a)?;
+        up.write_meta(up.root_fd(), b".", &a, false)?;
         up.set_times(up.root_fd(), b".", Some(a.atime), Some(a.mtime))?;
     } else {
         let h = up.stat(up.root_fd(), b".")?;

@@ -34,9 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::{AtFlags, OFlags};
 use strata_layers::index::{Entry, EntryKind};
@@ -46,7 +45,9 @@ use crate::tree::{Attr, Ino, Node, Tree, Ts, Up, ROOT};
 use crate::upper::{self, errno, Upper};
 
 const LOWER_TTL: Duration = Duration::from_secs(86400);
-const UPPER_TTL: Duration = Duration::from_secs(1);
+/// Upper entries change only through this mount too, and the kernel drops
+/// what a change invalidates; the shorter TTL bounds the cost of a mistake.
+const UPPER_TTL: Duration = Duration::from_secs(60);
 const MAX_WRITE: u32 = 1 << 20;
 
 fn err(code: i32) -> io::Error {
@@ -135,7 +136,12 @@ pub(crate) struct StrataFs {
 }
 
 impl StrataFs {
-    pub fn new(tree: Tree, sources: Vec<Arc<dyn LayerSource>>, upper: Option<Upper>, statfs_fd: Option<OwnedFd>) -> Self {
+    pub fn new(
+        tree: Tree,
+        sources: Vec<Arc<dyn LayerSource>>,
+        upper: Option<Upper>,
+        statfs_fd: Option<OwnedFd>,
+    ) -> Self {
         StrataFs {
             tree: RwLock::new(tree),
             sources,
@@ -309,7 +315,7 @@ impl StrataFs {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                 Err(e) => return Err(errno(e)),
             }
-            up.write_meta(pfd.as_fd(), &name, &attr)?;
+            up.write_meta(pfd.as_fd(), &name, &attr, true)?;
             self.copy_lower_xattrs(n, pfd.as_fd(), &name);
             up.set_times(pfd.as_fd(), &name, Some(attr.atime), Some(attr.mtime))
         })?;
@@ -364,7 +370,7 @@ impl StrataFs {
         };
         match made {
             Ok(()) => {
-                if up.write_meta(dir, name, attr)? {
+                if up.write_meta(dir, name, attr, true)? {
                     return Ok(false);
                 }
             }
@@ -417,8 +423,7 @@ impl StrataFs {
             let tmp = format!(".wh..wh..cu.{ino}").into_bytes();
             self.keeping_times(pfd.as_fd(), || {
                 upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
-                let out =
-                    up.open_file(pfd.as_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+                let out = up.open_file(pfd.as_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
                 if with_content {
                     copy_content(&src.open_content(entry)?, &out)?;
                 }
@@ -426,7 +431,7 @@ impl StrataFs {
                 if !with_content {
                     up.set_metacopy(pfd.as_fd(), &tmp, Some(&digest))?;
                 }
-                up.write_meta(pfd.as_fd(), &tmp, &attr)?;
+                up.write_meta(pfd.as_fd(), &tmp, &attr, true)?;
                 self.copy_lower_xattrs(n, pfd.as_fd(), &tmp);
                 up.set_times(pfd.as_fd(), &tmp, Some(attr.atime), Some(attr.mtime))?;
                 rustix::fs::renameat(&pfd, OsStr::from_bytes(&tmp), &pfd, OsStr::from_bytes(&name)).map_err(errno)
@@ -437,8 +442,14 @@ impl StrataFs {
                 self.ensure_upper_dir(t, p)?;
                 let ofd = self.upper()?.dir(&t.path_of(p))?;
                 self.keeping_times(ofd.as_fd(), || {
-                    rustix::fs::linkat(&pfd, OsStr::from_bytes(&name), &ofd, OsStr::from_bytes(&other), AtFlags::empty())
-                        .map_err(errno)
+                    rustix::fs::linkat(
+                        &pfd,
+                        OsStr::from_bytes(&name),
+                        &ofd,
+                        OsStr::from_bytes(&other),
+                        AtFlags::empty(),
+                    )
+                    .map_err(errno)
                 })?;
             }
         }
@@ -484,7 +495,8 @@ impl StrataFs {
     fn forget_lower_below(&self, t: &mut Tree, dir: Ino) -> io::Result<()> {
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
-            let (children, hidden): (Vec<(Box<[u8]>, Ino)>, Vec<Box<[u8]>>) = match t.dir_mut(d) {
+            type Children = Vec<(Box<[u8]>, Ino)>;
+            let (children, hidden): (Children, Vec<Box<[u8]>>) = match t.dir_mut(d) {
                 Some(x) => (
                     x.children.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                     x.hidden.take().map(|h| h.into_iter().collect()).unwrap_or_default(),
@@ -559,7 +571,22 @@ impl StrataFs {
         Attr { mode, uid: req.uid(), gid, rdev: 0, size: 0, blocks: 0, atime: n, mtime: n, ctime: n }
     }
 
-    fn finish_create(&self, t: &mut Tree, parent: Ino, name: &[u8], attr: Attr, hidden: bool, stand_in: bool) -> Ino {
+    #[allow(clippy::too_many_arguments)]
+    fn finish_create(
+        &self,
+        t: &mut Tree,
+        pfd: &OwnedFd,
+        parent: Ino,
+        name: &[u8],
+        attr: Attr,
+        hidden: bool,
+        stand_in: bool,
+    ) -> (Ino, FileAttr) {
+        let ino = self.link_new(t, parent, name, attr, hidden, stand_in);
+        (ino, self.attr(t, ino, Some((pfd.as_fd(), name))))
+    }
+
+    fn link_new(&self, t: &mut Tree, parent: Ino, name: &[u8], attr: Attr, hidden: bool, stand_in: bool) -> Ino {
         let mut node = Node::new(attr, None, Up::Full);
         node.stand_in = stand_in;
         let ino = t.alloc(node);
@@ -572,7 +599,14 @@ impl StrataFs {
         ino
     }
 
-    fn do_create(&self, req: &Request, parent: Ino, name: &[u8], mode: u32, flags: i32) -> io::Result<(Ino, File)> {
+    fn do_create(
+        &self,
+        req: &Request,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> io::Result<(Ino, FileAttr, File)> {
         let mut t = self.write();
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
@@ -582,12 +616,12 @@ impl StrataFs {
         }
         let file = up.open_file(pfd.as_fd(), name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL)?;
         let _ = flags;
-        up.write_meta(pfd.as_fd(), name, &attr)?;
-        let ino = self.finish_create(&mut t, parent, name, attr, hidden, false);
-        Ok((ino, file))
+        up.write_meta(pfd.as_fd(), name, &attr, true)?;
+        let (ino, a) = self.finish_create(&mut t, &pfd, parent, name, attr, hidden, false);
+        Ok((ino, a, file))
     }
 
-    fn do_mkdir(&self, req: &Request, parent: Ino, name: &[u8], mode: u32) -> io::Result<Ino> {
+    fn do_mkdir(&self, req: &Request, parent: Ino, name: &[u8], mode: u32) -> io::Result<(Ino, FileAttr)> {
         let mut t = self.write();
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
@@ -596,19 +630,19 @@ impl StrataFs {
             up.remove_whiteout(pfd.as_fd(), name)?;
         }
         rustix::fs::mkdirat(&pfd, OsStr::from_bytes(name), up.create_perm(attr.mode)).map_err(errno)?;
-        up.write_meta(pfd.as_fd(), name, &attr)?;
-        let ino = self.finish_create(&mut t, parent, name, attr, hidden, false);
+        up.write_meta(pfd.as_fd(), name, &attr, true)?;
+        let ino = self.link_new(&mut t, parent, name, attr, hidden, false);
         if hidden {
             // Recreated over a deleted lower entry: hide what was below.
             self.make_opaque(&mut t, ino)?;
         }
-        Ok(ino)
+        Ok((ino, self.attr(&t, ino, Some((pfd.as_fd(), name)))))
     }
 
-    fn do_mknod(&self, req: &Request, parent: Ino, name: &[u8], mode: u32, rdev: u32) -> io::Result<Ino> {
+    fn do_mknod(&self, req: &Request, parent: Ino, name: &[u8], mode: u32, rdev: u32) -> io::Result<(Ino, FileAttr)> {
         if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
-            let (ino, _) = self.do_create(req, parent, name, mode, 0)?;
-            return Ok(ino);
+            let (ino, a, _) = self.do_create(req, parent, name, mode, 0)?;
+            return Ok((ino, a));
         }
         if mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(err(libc::EINVAL));
@@ -624,10 +658,10 @@ impl StrataFs {
             up.remove_whiteout(pfd.as_fd(), name)?;
         }
         let stand_in = self.create_special(up, pfd.as_fd(), name, &attr, b"")?;
-        Ok(self.finish_create(&mut t, parent, name, attr, hidden, stand_in))
+        Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in))
     }
 
-    fn do_symlink(&self, req: &Request, parent: Ino, name: &[u8], target: &[u8]) -> io::Result<Ino> {
+    fn do_symlink(&self, req: &Request, parent: Ino, name: &[u8], target: &[u8]) -> io::Result<(Ino, FileAttr)> {
         let mut t = self.write();
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
@@ -637,7 +671,7 @@ impl StrataFs {
             up.remove_whiteout(pfd.as_fd(), name)?;
         }
         let stand_in = self.create_special(up, pfd.as_fd(), name, &attr, target)?;
-        Ok(self.finish_create(&mut t, parent, name, attr, hidden, stand_in))
+        Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in))
     }
 
     fn do_link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> io::Result<()> {
@@ -705,7 +739,14 @@ impl StrataFs {
 
     // ---- rename --------------------------------------------------------
 
-    fn do_rename(&self, parent: Ino, name: &[u8], newparent: Ino, newname: &[u8], flags: RenameFlags) -> io::Result<()> {
+    fn do_rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> io::Result<()> {
         let mut t = self.write();
         let up = self.upper()?;
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
@@ -848,7 +889,9 @@ impl StrataFs {
                 return Err(err(libc::EISDIR));
             }
             let via_handle = fh.and_then(|fh| self.handle(fh.0)).and_then(|h| match &h.kind {
-                HandleKind::File { file, writable: true } => Some(file.read().unwrap_or_else(|p| p.into_inner()).clone()),
+                HandleKind::File { file, writable: true } => {
+                    Some(file.read().unwrap_or_else(|p| p.into_inner()).clone())
+                }
                 _ => None,
             });
             if linked {
@@ -885,19 +928,17 @@ impl StrataFs {
             } else {
                 self.parent_fd(&t, ino)?
             };
-            if mode.is_some() || uid.is_some() || gid.is_some() {
-                if !up.write_meta(pfd.as_fd(), &name, &a)? {
-                    let target = if a.kind() == libc::S_IFLNK { self.symlink_target(&t, ino)? } else { Vec::new() };
-                    let st = stat_host(pfd.as_fd(), &name)?;
-                    up.make_stand_in(pfd.as_fd(), &name, &a, &target)?;
-                    up.set_times(
-                        pfd.as_fd(),
-                        &name,
-                        Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
-                        Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
-                    )?;
-                    t.node_mut(ino).stand_in = true;
-                }
+            if (mode.is_some() || uid.is_some() || gid.is_some()) && !up.write_meta(pfd.as_fd(), &name, &a, false)? {
+                let target = if a.kind() == libc::S_IFLNK { self.symlink_target(&t, ino)? } else { Vec::new() };
+                let st = stat_host(pfd.as_fd(), &name)?;
+                up.make_stand_in(pfd.as_fd(), &name, &a, &target)?;
+                up.set_times(
+                    pfd.as_fd(),
+                    &name,
+                    Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
+                    Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
+                )?;
+                t.node_mut(ino).stand_in = true;
             }
             let conv = |x: Option<TimeOrNow>| {
                 x.map(|v| match v {
@@ -946,17 +987,12 @@ impl StrataFs {
             }
         };
         let fh = self.add_handle(ino, HandleKind::File { file: RwLock::new(Arc::new(file)), writable });
-        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
+        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH))
     }
 
-    fn entry_reply(&self, reply: ReplyEntry, r: io::Result<Ino>) {
+    fn entry_reply(&self, reply: ReplyEntry, r: io::Result<(Ino, FileAttr)>) {
         match r {
-            Ok(ino) => {
-                let t = self.read();
-                let a = self.attr(&t, ino, None);
-                let ttl = Self::ttl(t.node(ino));
-                reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
-            }
+            Ok((_, a)) => reply.entry_with_ttls(&UPPER_TTL, &UPPER_TTL, &a, Generation(0)),
             Err(e) => reply.error(eno(e)),
         }
     }
@@ -1004,7 +1040,12 @@ fn copy_content(src: &File, dst: &File) -> io::Result<()> {
         match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::NOSYS
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::OPNOTSUPP,
+            ) => {
                 let mut buf = vec![0u8; 1 << 20];
                 loop {
                     let n = src.read_at(&mut buf, off_in)?;
@@ -1052,8 +1093,23 @@ impl Filesystem for StrataFs {
             None => {
                 // A negative entry: the kernel caches the miss (creations come
                 // through us, and the kernel drops the negative dentry then).
-                let mut a = self.attr(&t, parent.0, None);
-                a.ino = INodeNo(0);
+                let a = FileAttr {
+                    ino: INodeNo(0),
+                    size: 0,
+                    blocks: 0,
+                    atime: UNIX_EPOCH,
+                    mtime: UNIX_EPOCH,
+                    ctime: UNIX_EPOCH,
+                    crtime: UNIX_EPOCH,
+                    kind: FileType::RegularFile,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 4096,
+                    flags: 0,
+                };
                 reply.entry_with_ttls(&Duration::ZERO, &LOWER_TTL, &a, Generation(0));
             }
         }
@@ -1105,7 +1161,16 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         self.entry_reply(reply, self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev));
     }
 
@@ -1148,7 +1213,10 @@ impl Filesystem for StrataFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let r = self.do_link(ino.0, newparent.0, newname.as_bytes()).map(|()| ino.0);
+        let r = self.do_link(ino.0, newparent.0, newname.as_bytes()).map(|()| {
+            let t = self.read();
+            (ino.0, self.attr(&t, ino.0, None))
+        });
         self.entry_reply(reply, r);
     }
 
@@ -1273,7 +1341,8 @@ impl Filesystem for StrataFs {
                 Some(fd) if &*e.name != b"." && &*e.name != b".." => Some((fd.as_fd(), &*e.name)),
                 _ => None,
             };
-            let a = if hint.is_some() || n.up == Up::No { self.attr(&t, e.ino, hint) } else { self.attr(&t, e.ino, None) };
+            let a =
+                if hint.is_some() || n.up == Up::No { self.attr(&t, e.ino, hint) } else { self.attr(&t, e.ino, None) };
             if reply.add(INodeNo(e.ino), (i + 1) as u64, OsStr::from_bytes(&e.name), &Self::ttl(n), &a, Generation(0)) {
                 break;
             }
@@ -1354,8 +1423,11 @@ impl Filesystem for StrataFs {
                 self.lower_entry(n).and_then(|(_, e)| e.xattrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
             } else {
                 let up = self.upper()?;
-                let (pfd, nm) =
-                    if ino.0 == ROOT { (upper::dup(up.root_fd())?, (*b".").into()) } else { self.parent_fd(&t, ino.0)? };
+                let (pfd, nm) = if ino.0 == ROOT {
+                    (upper::dup(up.root_fd())?, (*b".").into())
+                } else {
+                    self.parent_fd(&t, ino.0)?
+                };
                 up.get_xattr(pfd.as_fd(), &nm, name)?
             };
             v.ok_or_else(|| err(libc::ENODATA))
@@ -1371,8 +1443,11 @@ impl Filesystem for StrataFs {
                 self.lower_entry(n).map(|(_, e)| e.xattrs.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default()
             } else {
                 let up = self.upper()?;
-                let (pfd, nm) =
-                    if ino.0 == ROOT { (upper::dup(up.root_fd())?, (*b".").into()) } else { self.parent_fd(&t, ino.0)? };
+                let (pfd, nm) = if ino.0 == ROOT {
+                    (upper::dup(up.root_fd())?, (*b".").into())
+                } else {
+                    self.parent_fd(&t, ino.0)?
+                };
                 up.list_xattrs(pfd.as_fd(), &nm)?
             };
             let mut out = Vec::new();
@@ -1454,15 +1529,19 @@ impl Filesystem for StrataFs {
         reply: ReplyCreate,
     ) {
         match self.do_create(req, parent.0, name.as_bytes(), mode, flags) {
-            Ok((ino, file)) => {
+            Ok((ino, a, file)) => {
                 let acc = flags & libc::O_ACCMODE;
                 let fh = self.add_handle(
                     ino,
                     HandleKind::File { file: RwLock::new(Arc::new(file)), writable: acc != libc::O_RDONLY },
                 );
-                let t = self.read();
-                let a = self.attr(&t, ino, None);
-                reply.created(&UPPER_TTL, &a, Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                reply.created(
+                    &UPPER_TTL,
+                    &a,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                );
             }
             Err(e) => reply.error(eno(e)),
         }
@@ -1488,15 +1567,7 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn lseek(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: fuser::ReplyLseek,
-    ) {
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();

@@ -48,10 +48,7 @@ impl LayerSource for Lower {
             .or_else(|e| {
                 // O_NOATIME is refused for files we do not own.
                 if e.raw_os_error() == Some(libc::EPERM) {
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                        .open(&path)
+                    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)
                 } else {
                     Err(e)
                 }
@@ -60,9 +57,7 @@ impl LayerSource for Lower {
 
     fn content_path(&self, entry: &Entry) -> Option<PathBuf> {
         match &entry.kind {
-            EntryKind::File { digest, .. } => {
-                Some(strata_layers::layout::object_path_in(&self.objects_dir, digest))
-            }
+            EntryKind::File { digest, .. } => Some(strata_layers::layout::object_path_in(&self.objects_dir, digest)),
             _ => None,
         }
     }

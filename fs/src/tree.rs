@@ -99,9 +99,11 @@ pub(crate) struct LowerRef {
 pub(crate) struct Dir {
     pub children: BTreeMap<Box<[u8]>, Ino>,
     /// Lower names hidden by a whiteout in the upper directory.
-    pub hidden: Option<Box<HashSet<Box<[u8]>>>>,
+    pub hidden: Option<HashSet<Box<[u8]>>>,
     /// The upper directory carries an opaque marker.
     pub opaque: bool,
+    /// How many children are directories (a directory's link count is 2 + this).
+    pub subdirs: u32,
 }
 
 impl Dir {
@@ -274,21 +276,28 @@ impl Tree {
     pub fn add_link(&mut self, ino: Ino, parent: Ino, name: &[u8], covers: bool) {
         let link = Link { parent, name: name.into(), covers };
         let n = self.node_mut(ino);
+        let is_dir = n.attr.is_dir();
         if n.link.parent == 0 {
             n.link = link;
         } else {
             n.more.push(link);
         }
         if let Some(d) = self.dir_mut(parent) {
-            d.children.insert(name.into(), ino);
+            if d.children.insert(name.into(), ino).is_none() && is_dir {
+                d.subdirs += 1;
+            }
         }
     }
 
     /// Removes one name of `ino`; returns the removed link.
     pub fn remove_link(&mut self, ino: Ino, parent: Ino, name: &[u8]) -> Option<Link> {
+        let is_dir = self.node(ino).attr.is_dir();
         if let Some(d) = self.dir_mut(parent) {
             if d.children.get(name) == Some(&ino) {
                 d.children.remove(name);
+                if is_dir {
+                    d.subdirs = d.subdirs.saturating_sub(1);
+                }
             }
         }
         let n = self.node_mut(ino);
@@ -321,7 +330,10 @@ impl Tree {
     /// Detaches every child of a directory (used for opaque directories).
     pub fn clear_children(&mut self, dir: Ino) {
         let children: Vec<(Box<[u8]>, Ino)> = match self.dir_mut(dir) {
-            Some(d) => std::mem::take(&mut d.children).into_iter().collect(),
+            Some(d) => {
+                d.subdirs = 0;
+                std::mem::take(&mut d.children).into_iter().collect()
+            }
             None => return,
         };
         for (name, c) in children {
@@ -376,7 +388,7 @@ impl Tree {
 
     /// The number of subdirectories (for a directory's link count).
     pub fn subdirs(&self, dir: &Dir) -> u32 {
-        dir.children.values().filter(|&&c| self.node(c).attr.is_dir()).count() as u32
+        dir.subdirs
     }
 
     /// Walks to the directory at `path`, creating implicit directories and
@@ -439,8 +451,7 @@ impl Tree {
                 continue;
             }
             let (parent_path, name) = split_last(&p);
-            let parent = if last_parent.0 == parent_path && self.get(last_parent.1).is_some_and(|n| n.attr.is_dir())
-            {
+            let parent = if last_parent.0 == parent_path && self.get(last_parent.1).is_some_and(|n| n.attr.is_dir()) {
                 last_parent.1
             } else {
                 let d = self.ensure_dir(parent_path, true);

@@ -145,7 +145,8 @@ impl Upper {
     }
 
     pub fn stat(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<HostEntry> {
-        let st = rustix::fs::statat(dir, std::ffi::OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        let st =
+            rustix::fs::statat(dir, std::ffi::OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
         let kind = st.st_mode & libc::S_IFMT;
         let (mut meta, mut metacopy) = (None, None);
         if can_hold_user_xattrs(kind) {
@@ -204,28 +205,28 @@ impl Upper {
     /// Makes the host entry report `want` (type, permissions, owner, device),
     /// directly where the host can hold it, else through `user.strata.meta`.
     /// Returns `Ok(false)` when the entry's type cannot carry the xattr and
-    /// has to become a stand-in (see [`Upper::make_stand_in`]).
-    pub fn write_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr) -> io::Result<bool> {
+    /// has to become a stand-in (see [`Upper::make_stand_in`]). `fresh`: the
+    /// entry was just created by us and carries no record yet.
+    pub fn write_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr, fresh: bool) -> io::Result<bool> {
         let os = std::ffi::OsStr::from_bytes(name);
-        let st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        let mut st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
         let kind = st.st_mode & libc::S_IFMT;
         if self.privileged && (st.st_uid != want.uid || st.st_gid != want.gid) {
             // Refused for ids outside our user namespace's map: falls back below.
-            let _ = rustix::fs::chownat(
-                dir,
-                os,
-                Some(rustix::fs::Uid::from_raw(want.uid)),
-                Some(rustix::fs::Gid::from_raw(want.gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            );
+            let owner = (Some(rustix::fs::Uid::from_raw(want.uid)), Some(rustix::fs::Gid::from_raw(want.gid)));
+            if rustix::fs::chownat(dir, os, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+            }
         }
-        let f = self.path_fd(dir, name)?;
         if kind != libc::S_IFLNK {
             let perm = self.host_perm(want.mode);
-            // chown may have cleared setuid bits: always set the mode after it.
-            chmod_fd(&f, perm)?;
+            if st.st_mode & 0o7777 != perm {
+                // The lstat above, under the tree lock, saw no symlink here:
+                // chmod by name does not follow one.
+                rustix::fs::chmodat(dir, os, Mode::from_raw_mode(perm), AtFlags::empty()).map_err(errno)?;
+                st.st_mode = (st.st_mode & libc::S_IFMT) | perm;
+            }
         }
-        let st = rustix::fs::fstat(&f).map_err(errno)?;
         let host_rdev = crate::tree::encode_dev(rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
         let exact = st.st_mode == want.mode
             && st.st_uid == want.uid
@@ -235,12 +236,16 @@ impl Upper {
             return Ok(exact);
         }
         if exact {
-            match remove_xattr_fd(&f, META_XATTR) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
-                Err(e) => return Err(e),
+            if !fresh {
+                let f = self.path_fd(dir, name)?;
+                match remove_xattr_fd(&f, META_XATTR) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+                    Err(e) => return Err(e),
+                }
             }
         } else {
+            let f = self.path_fd(dir, name)?;
             let v = format!("{} {} {} {}", want.mode, want.uid, want.gid, want.rdev);
             set_xattr_fd(&f, META_XATTR, v.as_bytes(), 0)?;
         }
@@ -258,7 +263,7 @@ impl Upper {
         let mut f = self.open_file(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
         f.write_all(content)?;
         drop(f);
-        self.write_meta(dir, name, want)?;
+        self.write_meta(dir, name, want, true)?;
         Ok(())
     }
 
@@ -274,8 +279,7 @@ impl Upper {
             let p = proc_path(&own);
             return rustix::fs::utimensat(rustix::fs::CWD, p.as_c_str(), &times, AtFlags::empty()).map_err(errno);
         }
-        rustix::fs::utimensat(dir, std::ffi::OsStr::from_bytes(name), &times, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(errno)
+        rustix::fs::utimensat(dir, std::ffi::OsStr::from_bytes(name), &times, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)
     }
 
     /// Creates the whiteout for `name` in `dir` (no error if it exists).
@@ -438,15 +442,6 @@ fn parse_meta(v: &[u8]) -> Option<(u32, u32, u32, u32)> {
 /// (the magic link resolves to the entry itself, symlinks included).
 fn proc_path(fd: &OwnedFd) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
-}
-
-fn chmod_fd(fd: &OwnedFd, perm: u32) -> io::Result<()> {
-    let p = proc_path(fd);
-    // SAFETY: p is a valid C string.
-    if unsafe { libc::chmod(p.as_ptr(), perm as libc::mode_t) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 pub(crate) fn get_xattr_fd(fd: &OwnedFd, name: &str) -> io::Result<Option<Vec<u8>>> {

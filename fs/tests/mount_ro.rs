@@ -78,8 +78,10 @@ fn merged_view_matches_indexes() {
     // Negative entries stay negative.
     assert!(std::fs::symlink_metadata(mnt.join("gone")).is_err());
     let tree: Vec<String> = {
-        let mut v: Vec<String> =
-            std::fs::read_dir(mnt.join("tree")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut v: Vec<String> = std::fs::read_dir(mnt.join("tree"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         v.sort();
         v
     };

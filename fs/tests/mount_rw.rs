@@ -53,7 +53,7 @@ fn copy_up_whiteouts_and_remount() {
     // chmod/chown copy metadata only.
     std::fs::set_permissions(mnt.join("etc/passwd"), std::fs::Permissions::from_mode(0o600)).unwrap();
     rustix::fs::chown(
-        &mnt.join("etc/passwd"),
+        mnt.join("etc/passwd"),
         Some(rustix::fs::Uid::from_raw(4242)),
         Some(rustix::fs::Gid::from_raw(4343)),
     )
@@ -135,7 +135,9 @@ fn copy_up_whiteouts_and_remount() {
         .into_iter()
         .map(|c| format!("{} {}", c.kind.letter(), c.path))
         .collect();
-    for want in ["C /etc/hosts", "C /etc/passwd", "D /data/b", "C /data/sub", "C /bin/tool", "A /hosts.link", "C /data/a"] {
+    for want in
+        ["C /etc/hosts", "C /etc/passwd", "D /data/b", "C /data/sub", "C /bin/tool", "A /hosts.link", "C /data/a"]
+    {
         assert!(ch.iter().any(|c| c == want), "{want} missing in {ch:?}");
     }
     assert!(!ch.iter().any(|c| c.contains(".wh.")), "{ch:?}");

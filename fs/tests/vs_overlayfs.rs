@@ -195,7 +195,7 @@ fn r<T>(x: std::io::Result<T>) -> OpResult {
 }
 
 fn rename_flags(m: &Path, a: &str, b: &str, flags: rustix::fs::RenameFlags) -> OpResult {
-    rustix::fs::renameat_with(rustix::fs::CWD, &m.join(a), rustix::fs::CWD, &m.join(b), flags)
+    rustix::fs::renameat_with(rustix::fs::CWD, m.join(a), rustix::fs::CWD, m.join(b), flags)
         .map_err(|e| e.raw_os_error())
 }
 
@@ -216,22 +216,52 @@ fn append(p: &Path, data: &[u8]) -> OpResult {
     r(std::fs::OpenOptions::new().append(true).open(p).and_then(|mut f| f.write_all(data)))
 }
 
-fn script() -> Vec<(&'static str, Box<dyn Fn(&Path) -> OpResult>)> {
+type Op = Box<dyn Fn(&Path) -> OpResult>;
+
+fn script() -> Vec<(&'static str, Op)> {
     let t = rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 5 };
     vec![
         ("create", Box::new(|m: &Path| r(std::fs::write(m.join("new.txt"), b"new file\n")))),
         ("overwrite lower", Box::new(|m: &Path| r(std::fs::write(m.join("etc/hosts"), b"overwritten\n")))),
         ("append lower", Box::new(|m: &Path| append(&m.join("etc/passwd"), b"user:x:1000:1000::/home/user:/bin/sh\n"))),
-        ("truncate lower", Box::new(|m: &Path| r(std::fs::OpenOptions::new().write(true).open(m.join("data/big")).and_then(|f| f.set_len(10))))),
-        ("O_TRUNC lower", Box::new(|m: &Path| r(std::fs::OpenOptions::new().write(true).truncate(true).open(m.join("data/f"))))),
-        ("O_EXCL existing", Box::new(|m: &Path| r(std::fs::OpenOptions::new().write(true).create_new(true).open(m.join("data/e"))))),
-        ("chmod lower", Box::new(|m: &Path| r(std::fs::set_permissions(m.join("data/a"), std::fs::Permissions::from_mode(0o600))))),
-        ("chmod setuid kept", Box::new(|m: &Path| r(std::fs::set_permissions(m.join("data/setuid"), std::fs::Permissions::from_mode(0o6711))))),
+        (
+            "truncate lower",
+            Box::new(|m: &Path| {
+                r(std::fs::OpenOptions::new().write(true).open(m.join("data/big")).and_then(|f| f.set_len(10)))
+            }),
+        ),
+        (
+            "O_TRUNC lower",
+            Box::new(|m: &Path| r(std::fs::OpenOptions::new().write(true).truncate(true).open(m.join("data/f")))),
+        ),
+        (
+            "O_EXCL existing",
+            Box::new(|m: &Path| r(std::fs::OpenOptions::new().write(true).create_new(true).open(m.join("data/e")))),
+        ),
+        (
+            "chmod lower",
+            Box::new(|m: &Path| r(std::fs::set_permissions(m.join("data/a"), std::fs::Permissions::from_mode(0o600)))),
+        ),
+        (
+            "chmod setuid kept",
+            Box::new(|m: &Path| {
+                r(std::fs::set_permissions(m.join("data/setuid"), std::fs::Permissions::from_mode(0o6711)))
+            }),
+        ),
         ("chown lower", Box::new(|m: &Path| r(std::os::unix::fs::lchown(m.join("data/b"), Some(1234), Some(5678))))),
         ("chown lower dir", Box::new(|m: &Path| r(std::os::unix::fs::lchown(m.join("emptydir"), Some(99), Some(98))))),
-        ("utimes lower", Box::new(move |m: &Path| {
-            rustix::fs::utimensat(rustix::fs::CWD, &m.join("data/c"), &rustix::fs::Timestamps { last_access: t, last_modification: t }, rustix::fs::AtFlags::empty()).map_err(|e| e.raw_os_error())
-        })),
+        (
+            "utimes lower",
+            Box::new(move |m: &Path| {
+                rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    m.join("data/c"),
+                    &rustix::fs::Timestamps { last_access: t, last_modification: t },
+                    rustix::fs::AtFlags::empty(),
+                )
+                .map_err(|e| e.raw_os_error())
+            }),
+        ),
         ("symlink", Box::new(|m: &Path| r(std::os::unix::fs::symlink("etc/hosts", m.join("sym"))))),
         ("link lower", Box::new(|m: &Path| r(std::fs::hard_link(m.join("data/d"), m.join("data/d.link"))))),
         ("write through link", Box::new(|m: &Path| append(&m.join("data/d.link"), b"+more"))),
@@ -245,71 +275,133 @@ fn script() -> Vec<(&'static str, Box<dyn Fn(&Path) -> OpResult>)> {
         ("rename file over lower file", Box::new(|m: &Path| r(std::fs::rename(m.join("data/e"), m.join("data/a"))))),
         ("unlink for whiteout", Box::new(|m: &Path| r(std::fs::remove_file(m.join("etc/issue"))))),
         ("rename over whiteout", Box::new(|m: &Path| r(std::fs::rename(m.join("new.txt"), m.join("etc/issue"))))),
-        ("noreplace existing", Box::new(|m: &Path| rename_flags(m, "etc/hosts", "etc/passwd", rustix::fs::RenameFlags::NOREPLACE))),
-        ("noreplace ok", Box::new(|m: &Path| rename_flags(m, "etc/hostname.old", "etc/hostname", rustix::fs::RenameFlags::NOREPLACE))),
-        ("exchange lower files", Box::new(|m: &Path| rename_flags(m, "data/b", "data/c", rustix::fs::RenameFlags::EXCHANGE))),
-        ("mkdir new dirs", Box::new(|m: &Path| r(std::fs::create_dir_all(m.join("x1/y")).and_then(|_| std::fs::create_dir(m.join("x2")))))),
+        (
+            "noreplace existing",
+            Box::new(|m: &Path| rename_flags(m, "etc/hosts", "etc/passwd", rustix::fs::RenameFlags::NOREPLACE)),
+        ),
+        (
+            "noreplace ok",
+            Box::new(|m: &Path| {
+                rename_flags(m, "etc/hostname.old", "etc/hostname", rustix::fs::RenameFlags::NOREPLACE)
+            }),
+        ),
+        (
+            "exchange lower files",
+            Box::new(|m: &Path| rename_flags(m, "data/b", "data/c", rustix::fs::RenameFlags::EXCHANGE)),
+        ),
+        (
+            "mkdir new dirs",
+            Box::new(|m: &Path| {
+                r(std::fs::create_dir_all(m.join("x1/y")).and_then(|_| std::fs::create_dir(m.join("x2"))))
+            }),
+        ),
         ("exchange upper dirs", Box::new(|m: &Path| rename_flags(m, "x1", "x2", rustix::fs::RenameFlags::EXCHANGE))),
         ("exchange missing", Box::new(|m: &Path| rename_flags(m, "x1", "nothere", rustix::fs::RenameFlags::EXCHANGE))),
-        ("rename upper dir over empty lower dir", Box::new(|m: &Path| r(std::fs::rename(m.join("x2"), m.join("emptydir2"))))),
+        (
+            "rename upper dir over empty lower dir",
+            Box::new(|m: &Path| r(std::fs::rename(m.join("x2"), m.join("emptydir2")))),
+        ),
         ("rm -rf lower dir for recreate", Box::new(|m: &Path| r(std::fs::remove_dir_all(m.join("opt/app"))))),
         ("mkdir recreate", Box::new(|m: &Path| r(std::fs::create_dir(m.join("opt/app"))))),
-        ("file in recreated", Box::new(|m: &Path| r(std::fs::write(m.join("opt/app/bin"), b"v2"))),),
+        ("file in recreated", Box::new(|m: &Path| r(std::fs::write(m.join("opt/app/bin"), b"v2")))),
         ("mkdir existing", Box::new(|m: &Path| r(std::fs::create_dir(m.join("etc"))))),
-        ("mknod fifo", Box::new(|m: &Path| {
-            rustix::fs::mknodat(rustix::fs::CWD, &m.join("fifo1"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).map_err(|e| e.raw_os_error())
-        })),
-        ("setxattr lower", Box::new(|m: &Path| {
-            rustix::fs::setxattr(&m.join("data/d"), "user.test", b"value", rustix::fs::XattrFlags::empty()).map_err(|e| e.raw_os_error())
-        })),
-        ("removexattr lower", Box::new(|m: &Path| rustix::fs::removexattr(&m.join("etc/passwd"), "user.origin").map_err(|e| e.raw_os_error()))),
-        ("removexattr missing", Box::new(|m: &Path| rustix::fs::removexattr(&m.join("data/f"), "user.none").map_err(|e| e.raw_os_error()))),
-        ("setxattr new file", Box::new(|m: &Path| {
-            rustix::fs::setxattr(&m.join("sym"), "user.onlink", b"v", rustix::fs::XattrFlags::empty()).map_err(|e| e.raw_os_error())
-        })),
-        ("readdir while creating and removing", Box::new(|m: &Path| {
-            let mut seen = 0;
-            let mut it = std::fs::read_dir(m.join("lowerdel")).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
-            for i in 0..50 {
-                if let Some(e) = it.next() {
+        (
+            "mknod fifo",
+            Box::new(|m: &Path| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    m.join("fifo1"),
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o640),
+                    0,
+                )
+                .map_err(|e| e.raw_os_error())
+            }),
+        ),
+        (
+            "setxattr lower",
+            Box::new(|m: &Path| {
+                rustix::fs::setxattr(m.join("data/d"), "user.test", b"value", rustix::fs::XattrFlags::empty())
+                    .map_err(|e| e.raw_os_error())
+            }),
+        ),
+        (
+            "removexattr lower",
+            Box::new(|m: &Path| {
+                rustix::fs::removexattr(m.join("etc/passwd"), "user.origin").map_err(|e| e.raw_os_error())
+            }),
+        ),
+        (
+            "removexattr missing",
+            Box::new(|m: &Path| rustix::fs::removexattr(m.join("data/f"), "user.none").map_err(|e| e.raw_os_error())),
+        ),
+        (
+            "setxattr new file",
+            Box::new(|m: &Path| {
+                rustix::fs::setxattr(m.join("sym"), "user.onlink", b"v", rustix::fs::XattrFlags::empty())
+                    .map_err(|e| e.raw_os_error())
+            }),
+        ),
+        (
+            "readdir while creating and removing",
+            Box::new(|m: &Path| {
+                let mut seen = 0;
+                let mut it = std::fs::read_dir(m.join("lowerdel")).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+                for i in 0..50 {
+                    if let Some(e) = it.next() {
+                        e.map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+                        seen += 1;
+                    }
+                    if i % 2 == 0 {
+                        r(std::fs::remove_file(m.join(format!("lowerdel/f{i}"))))?;
+                    }
+                    r(std::fs::write(m.join(format!("lowerdel/n{i}")), b"n"))?;
+                }
+                for e in it {
                     e.map_err(|e| e.raw_os_error().unwrap_or(-1))?;
                     seen += 1;
                 }
-                if i % 2 == 0 {
-                    r(std::fs::remove_file(m.join(format!("lowerdel/f{i}"))))?;
+                assert!(seen >= 25, "readdir saw only {seen} entries");
+                Ok(())
+            }),
+        ),
+        (
+            "deep tree",
+            Box::new(|m: &Path| {
+                let p = m.join("deep/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p");
+                r(std::fs::create_dir_all(&p).and_then(|_| std::fs::write(p.join("leaf"), b"leaf")))
+            }),
+        ),
+        (
+            "10000-entry directory",
+            Box::new(|m: &Path| {
+                r(std::fs::create_dir(m.join("many")))?;
+                for i in 0..10_000 {
+                    r(std::fs::write(m.join(format!("many/file{i:05}")), i.to_string()))?;
                 }
-                r(std::fs::write(m.join(format!("lowerdel/n{i}")), b"n"))?;
-            }
-            for e in it {
-                e.map_err(|e| e.raw_os_error().unwrap_or(-1))?;
-                seen += 1;
-            }
-            assert!(seen >= 25, "readdir saw only {seen} entries");
-            Ok(())
-        })),
-        ("deep tree", Box::new(|m: &Path| {
-            let p = m.join("deep/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p");
-            r(std::fs::create_dir_all(&p).and_then(|_| std::fs::write(p.join("leaf"), b"leaf")))
-        })),
-        ("10000-entry directory", Box::new(|m: &Path| {
-            r(std::fs::create_dir(m.join("many")))?;
-            for i in 0..10_000 {
-                r(std::fs::write(m.join(format!("many/file{i:05}")), i.to_string()))?;
-            }
-            for i in (0..10_000).step_by(3) {
-                r(std::fs::remove_file(m.join(format!("many/file{i:05}"))))?;
-            }
-            let n = std::fs::read_dir(m.join("many")).unwrap().count();
-            assert_eq!(n, 6666);
-            Ok(())
-        })),
-        ("truncate grow new", Box::new(|m: &Path| r(std::fs::OpenOptions::new().write(true).open(m.join("etc/hosts")).and_then(|f| f.set_len(100))))),
-        ("read after writes", Box::new(|m: &Path| {
-            let mut s = String::new();
-            r(std::fs::File::open(m.join("data/d")).and_then(|mut f| f.read_to_string(&mut s)))?;
-            assert_eq!(s, "d-content+more");
-            Ok(())
-        })),
+                for i in (0..10_000).step_by(3) {
+                    r(std::fs::remove_file(m.join(format!("many/file{i:05}"))))?;
+                }
+                let n = std::fs::read_dir(m.join("many")).unwrap().count();
+                assert_eq!(n, 6666);
+                Ok(())
+            }),
+        ),
+        (
+            "truncate grow new",
+            Box::new(|m: &Path| {
+                r(std::fs::OpenOptions::new().write(true).open(m.join("etc/hosts")).and_then(|f| f.set_len(100)))
+            }),
+        ),
+        (
+            "read after writes",
+            Box::new(|m: &Path| {
+                let mut s = String::new();
+                r(std::fs::File::open(m.join("data/d")).and_then(|mut f| f.read_to_string(&mut s)))?;
+                assert_eq!(s, "d-content+more");
+                Ok(())
+            }),
+        ),
     ]
 }
 
@@ -438,8 +530,14 @@ fn same_results_as_kernel_overlayfs() {
         base.join("ov_upper").display(),
         base.join("ov_work").display()
     );
-    rustix::mount::mount("overlay", &base.join("ov"), "overlay", rustix::mount::MountFlags::empty(), Some(std::ffi::CString::new(opts).unwrap().as_c_str()))
-        .expect("mount overlayfs");
+    rustix::mount::mount(
+        "overlay",
+        base.join("ov"),
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        Some(std::ffi::CString::new(opts).unwrap().as_c_str()),
+    )
+    .expect("mount overlayfs");
     let _og = OverlayGuard(base.join("ov"));
     let st = MountGuard::new(
         lowers.clone(),
@@ -453,8 +551,11 @@ fn same_results_as_kernel_overlayfs() {
 
     let mut mismatches = Vec::new();
     for (name, op) in script() {
+        let t0 = std::time::Instant::now();
         let a = op(&ov);
+        let t1 = std::time::Instant::now();
         let b = op(&stm);
+        eprintln!("{name}: overlayfs {:?}, strata {:?}", t1 - t0, t1.elapsed());
         if a != b {
             mismatches.push(format!("{name}: overlayfs {a:?}, strata {b:?}"));
         }
@@ -464,7 +565,12 @@ fn same_results_as_kernel_overlayfs() {
     let after_ov = describe(&ov);
     let after_st = describe(&stm);
     let diffs = tree_diff(&after_ov, &after_st);
-    assert!(diffs.is_empty(), "{} paths differ:\n{}", diffs.len(), diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} paths differ:\n{}",
+        diffs.len(),
+        diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+    );
 
     // Remounting strata's upper gives the same view again.
     st.unmount();
@@ -491,6 +597,10 @@ fn same_results_as_kernel_overlayfs() {
         let st: HashSet<_> = theirs.iter().collect();
         let only_ours: Vec<_> = ours.iter().filter(|x| !st.contains(x)).take(30).collect();
         let only_theirs: Vec<_> = theirs.iter().filter(|x| !so.contains(x)).take(30).collect();
-        panic!("change lists differ\nonly strata: {only_ours:?}\nonly overlayfs: {only_theirs:?}\n(lengths {} vs {})", ours.len(), theirs.len());
+        panic!(
+            "change lists differ\nonly strata: {only_ours:?}\nonly overlayfs: {only_theirs:?}\n(lengths {} vs {})",
+            ours.len(),
+            theirs.len()
+        );
     }
 }

@@ -211,6 +211,23 @@ fn interactive_terminal_session_and_detach() {
         term.expect("echo $((6*7))");
         term.expect("42\r\n");
         term.expect("24 80");
+        // A new window size reaches the container after SIGWINCH.
+        let ws = libc::winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: TIOCSWINSZ reads a winsize from the pointer; the fd is open.
+        unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&master), libc::TIOCSWINSZ, &ws) };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGWINCH)
+            .unwrap();
+        // The resize and the typed line travel separately: ask until it shows.
+        let deadline = Instant::now() + READY;
+        while !String::from_utf8_lossy(&term.seen).contains("30 100") {
+            assert!(Instant::now() < deadline, "{who}: window size never changed");
+            type_in(&master, b"stty size\r");
+            term.expect("stty size");
+            std::thread::sleep(Duration::from_millis(50));
+            while let Ok(d) = term.rx.try_recv() {
+                term.seen.extend_from_slice(&d);
+            }
+        }
         type_in(&master, b"exit 5\r");
         let out = wait_output(child, READY, "strata run -it");
         assert_eq!(out.status.code(), Some(5), "{who}: {}", String::from_utf8_lossy(&term.seen));
@@ -439,4 +456,70 @@ fn killed_supervisor_marks_the_container_exited_and_clears_its_mount() {
         assert!(err.contains("supervisor"), "{who}: {err}");
         s.ok(&["rm", "orphan"]);
     });
+}
+
+#[test]
+fn create_start_rename_diff_prune_and_listing() {
+    let e = setup(false);
+    let s = &e.s;
+    let id = s.ok(&[
+        "create",
+        "--name",
+        "first",
+        "--label",
+        "role=test",
+        &e.bb,
+        "sh",
+        "-c",
+        "echo from-start; echo x >/added; rm /bin/ls",
+    ]);
+    let id = id.trim();
+    let ps = s.ok(&["ps", "-a"]);
+    let mut lines = ps.lines();
+    let header = lines.next().unwrap();
+    for col in ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"] {
+        assert!(header.contains(col), "{ps}");
+    }
+    let row = lines.next().unwrap();
+    assert!(row.starts_with(&id[..12]), "{ps}");
+    assert!(row.contains("\"sh -c echo from-sta…\"") && row.contains("Created") && row.ends_with("first"), "{ps}");
+    assert_eq!(s.ok(&["ps", "-q"]), "", "a created container is not running");
+    assert_eq!(s.ok(&["ps", "-aq", "--no-trunc", "-f", "label=role=test"]).trim(), id);
+    assert_eq!(s.ok(&["ps", "-aq", "-f", "status=running"]), "");
+
+    s.ok(&["rename", "first", "second"]);
+    assert_eq!(s.ok(&["container", "inspect", "-f", "{{.Name}} {{.Id}}", "second"]).trim(), format!("/second {id}"));
+    assert_eq!(s.ok(&["start", "-a", "second"]), "from-start\n");
+    assert_eq!(s.ok(&["diff", "second"]), "A /added\nC /bin\nD /bin/ls\n");
+    assert_eq!(s.ok(&["logs", "-f", "second"]), "from-start\n");
+
+    // rm refuses a running container without -f, with Docker's message.
+    s.ok(&["run", "-d", "--name", "busy", &e.bb, "sleep", "1000"]);
+    let (code, err) = s.fails(&["rm", "busy"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("Error response from daemon: cannot remove container \"/busy\": container is running: stop the container before removing or force remove"), "{err}");
+    let out = s.ok(&["container", "prune", "-f"]);
+    assert!(out.starts_with(&format!("Deleted Containers:\n{id}\n")), "{out}");
+    assert_eq!(s.ok(&["ps", "-a", "--format", "{{.Names}}"]).trim(), "busy");
+    s.ok(&["rm", "-f", "busy"]);
+
+    // `wait` blocks until the container exits and prints its status.
+    s.ok(&["run", "-d", "--name", "brief", &e.bb, "sh", "-c", "while [ ! -e /go ]; do sleep 0.1; done; exit 42"]);
+    let waiter = s.spawn(&["wait", "brief"]);
+    s.ok(&["exec", "brief", "touch", "/go"]);
+    let out = wait_output(waiter, READY, "strata wait");
+    assert_eq!(stdout_of(&out).trim(), "42", "{}", show_output(&out));
+    s.ok(&["rm", "brief"]);
+
+    s.ok(&["volume", "create", "--label", "k=v", "named"]);
+    s.ok(&["run", "--rm", "-v", "/anon", &e.bb, "true"]);
+    s.ok(&["run", "-v", "/anon2", "--name", "keeps", &e.bb, "true"]);
+    let vols = s.ok(&["volume", "ls", "-q"]);
+    assert_eq!(vols.lines().count(), 2, "--rm removed its anonymous volume: {vols}");
+    let inspect = s.ok(&["volume", "inspect", "-f", "{{.Name}} {{.Driver}} {{.Labels.k}}", "named"]);
+    assert_eq!(inspect.trim(), "named local v");
+    s.ok(&["rm", "keeps"]);
+    let out = s.ok(&["volume", "prune", "-f"]);
+    assert!(out.starts_with("Deleted Volumes:\n"), "{out}");
+    assert_eq!(s.ok(&["volume", "ls", "-q"]).trim(), "named", "prune keeps named volumes without -a");
 }

@@ -528,11 +528,11 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
                 ("ID", if a.no_trunc { c.config.id.clone() } else { c.short_id().to_string() }),
                 ("Image", c.config.image.clone()),
                 ("Command", command),
+                ("CreatedAt", created.map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()).unwrap_or_default()),
                 (
-                    "CreatedAt",
-                    created.map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()).unwrap_or_default(),
+                    "RunningFor",
+                    created.map(|t| format!("{} ago", format::human_duration(since(t)))).unwrap_or_default(),
                 ),
-                ("RunningFor", created.map(|t| format!("{} ago", format::human_duration(since(t)))).unwrap_or_default()),
                 ("Ports", ports_text(c)),
                 ("State", c.state.status.as_str().to_string()),
                 ("Status", status_text(c)),
@@ -581,10 +581,22 @@ pub fn stop_container(c: &Container, signal: Option<&str>, timeout: Option<i64>)
     let _ = supervisor::signal_container(c, sig);
     let wait = if secs < 0 { None } else { Some(Duration::from_secs(secs as u64)) };
     if !supervisor::wait_supervisor(c, wait) {
-        let _ = supervisor::signal_container(c, nix::sys::signal::Signal::SIGKILL);
-        supervisor::wait_supervisor(c, None);
+        kill_container(c);
     }
     Ok(())
+}
+
+/// SIGKILLs the container and waits for its supervisor to record the exit;
+/// a supervisor that does not finish within 30 s (a hung filesystem) is
+/// killed too, and the next look at the record repairs it.
+pub fn kill_container(c: &Container) {
+    let _ = supervisor::signal_container(c, nix::sys::signal::Signal::SIGKILL);
+    if !supervisor::wait_supervisor(c, Some(Duration::from_secs(30))) {
+        if let Some(sup) = c.state.supervisor.filter(|p| p.alive()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup.pid), nix::sys::signal::Signal::SIGKILL);
+            supervisor::wait_supervisor(c, Some(Duration::from_secs(5)));
+        }
+    }
 }
 
 fn stop(ctx: &Context, a: StopArgs, restart: bool) -> Result<i32> {
@@ -647,12 +659,12 @@ pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) ->
                 c.config.name
             );
         }
-        let _ = supervisor::signal_container(&c, nix::sys::signal::Signal::SIGKILL);
-        supervisor::wait_supervisor(&c, None);
+        kill_container(&c);
     } else if c.state.supervisor.is_some_and(|p| p.alive()) {
         // A supervisor that is starting or finishing up (e.g. a failed start).
         supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
     }
+    let c = record::refresh(&ctx.layout, c)?;
     {
         let _lock = record::lock(&ctx.layout)?;
         if let Some(mut cur) = record::read_dir_record(&c.dir) {
@@ -681,6 +693,13 @@ fn wait(ctx: &Context, a: WaitArgs) -> Result<i32> {
     let mut status = 0;
     for key in &a.containers {
         let r = record::find_fresh(&ctx.layout, key).map(|c| {
+            // A running container's supervisor tells its clients the exit
+            // status, also when `--rm` removes the record right after.
+            if c.running() {
+                if let Some(code) = attach::connect(&c.dir).ok().and_then(wait_for_exit_frame) {
+                    return code;
+                }
+            }
             supervisor::wait_supervisor(&c, None);
             record::read_dir_record(&c.dir)
                 .and_then(|c| record::refresh(&ctx.layout, c).ok())
@@ -696,6 +715,16 @@ fn wait(ctx: &Context, a: WaitArgs) -> Result<i32> {
         }
     }
     Ok(status)
+}
+
+/// Reads an attach stream until its `EXIT` frame (output is ignored).
+fn wait_for_exit_frame(mut stream: std::os::unix::net::UnixStream) -> Option<i32> {
+    loop {
+        match attach::read_frame(&mut stream).ok()?? {
+            (attach::EXIT, p) if p.len() >= 4 => return Some(i32::from_be_bytes([p[0], p[1], p[2], p[3]])),
+            _ => continue,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -915,7 +944,29 @@ fn diff(ctx: &Context, a: DiffArgs) -> Result<i32> {
         });
     }
     let changes = strata_fs::changes(&lowers, &c.upper())?;
-    for ch in changes {
+    // Mount points the runner creates (Docker keeps them in a separate
+    // "init" layer) are not the container's changes; nor is the touched
+    // directory above them when nothing else below it changed.
+    let mut runtime: Vec<String> = ["/dev", "/proc", "/sys", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    runtime.extend(c.config.mounts.iter().map(|m| m.destination.clone()));
+    let is_runtime = |ch: &strata_fs::Change| {
+        ch.kind == strata_fs::ChangeKind::Added
+            && runtime.iter().any(|r| ch.path == *r || ch.path.starts_with(&format!("{r}/")))
+    };
+    let kept: Vec<&strata_fs::Change> = changes.iter().filter(|ch| !is_runtime(ch)).collect();
+    let dropped: Vec<&strata_fs::Change> = changes.iter().filter(|ch| is_runtime(ch)).collect();
+    for ch in &kept {
+        if ch.kind == strata_fs::ChangeKind::Changed {
+            let prefix = if ch.path == "/" { "/".to_string() } else { format!("{}/", ch.path) };
+            let parent_of_dropped = dropped.iter().any(|d| d.path.starts_with(&prefix));
+            let parent_of_kept = kept.iter().any(|k| k.path.starts_with(&prefix));
+            if parent_of_dropped && !parent_of_kept {
+                continue;
+            }
+        }
         println!("{} {}", ch.kind.letter(), ch.path);
     }
     Ok(0)
@@ -936,7 +987,6 @@ fn attach_cmd(ctx: &Context, a: AttachArgs) -> Result<i32> {
             tty: c.config.request.tty,
             detach_keys: keys,
             sig_proxy: a.sig_proxy && !c.config.request.tty,
-            init_pid: None,
         },
     );
     run::finish_attached(outcome)
@@ -972,7 +1022,10 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         .ports
         .iter()
         .map(|b| {
-            (format!("{}/{}", b.container_port, b.proto), json!([{"HostIp": b.host_ip, "HostPort": b.host_port.to_string()}]))
+            (
+                format!("{}/{}", b.container_port, b.proto),
+                json!([{"HostIp": b.host_ip, "HostPort": b.host_port.to_string()}]),
+            )
         })
         .collect();
     let exposed: serde_json::Map<String, Value> = cfg.exposed_ports.iter().map(|p| (p.clone(), json!({}))).collect();
@@ -997,58 +1050,58 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         .collect();
     let pid = st.init.filter(|_| c.running()).map(|p| p.pid).unwrap_or(0);
     let state = json!({
-            "Status": st.status.as_str(),
-            "Running": c.running(),
-            "Paused": false,
-            "Restarting": false,
-            "OOMKilled": st.oom_killed,
-            "Dead": false,
-            "Pid": pid,
-            "ExitCode": st.exit_code,
-            "Error": st.error,
-            "StartedAt": rfc3339_or_zero(&st.started_at),
-            "FinishedAt": rfc3339_or_zero(&st.finished_at),
-        });
+        "Status": st.status.as_str(),
+        "Running": c.running(),
+        "Paused": false,
+        "Restarting": false,
+        "OOMKilled": st.oom_killed,
+        "Dead": false,
+        "Pid": pid,
+        "ExitCode": st.exit_code,
+        "Error": st.error,
+        "StartedAt": rfc3339_or_zero(&st.started_at),
+        "FinishedAt": rfc3339_or_zero(&st.finished_at),
+    });
     let host_config = json!({
-            "Binds": cfg.request.volumes,
-            "NetworkMode": cfg.network,
-            "PortBindings": port_bindings,
-            "AutoRemove": cfg.request.rm,
-            "CapAdd": cfg.request.cap_add,
-            "CapDrop": cfg.request.cap_drop,
-            "Dns": cfg.request.dns,
-            "ExtraHosts": cfg.request.add_host,
-            "Privileged": cfg.request.privileged,
-            "ReadonlyRootfs": cfg.request.read_only,
-            "SecurityOpt": cfg.request.security_opt,
-            "Init": cfg.request.init,
-            "Memory": cfg.request.memory.as_deref().and_then(|m| crate::containers::spec::parse_bytes(m).ok()).unwrap_or(0),
-            "NanoCpus": cfg.request.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
-            "PidsLimit": cfg.request.pids_limit,
-            "Tmpfs": cfg.request.tmpfs,
-        });
+        "Binds": cfg.request.volumes,
+        "NetworkMode": cfg.network,
+        "PortBindings": port_bindings,
+        "AutoRemove": cfg.request.rm,
+        "CapAdd": cfg.request.cap_add,
+        "CapDrop": cfg.request.cap_drop,
+        "Dns": cfg.request.dns,
+        "ExtraHosts": cfg.request.add_host,
+        "Privileged": cfg.request.privileged,
+        "ReadonlyRootfs": cfg.request.read_only,
+        "SecurityOpt": cfg.request.security_opt,
+        "Init": cfg.request.init,
+        "Memory": cfg.request.memory.as_deref().and_then(|m| crate::containers::spec::parse_bytes(m).ok()).unwrap_or(0),
+        "NanoCpus": cfg.request.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+        "PidsLimit": cfg.request.pids_limit,
+        "Tmpfs": cfg.request.tmpfs,
+    });
     let config = json!({
-            "Hostname": cfg.hostname,
-            "Domainname": "",
-            "User": cfg.user,
-            "AttachStdin": cfg.request.interactive,
-            "AttachStdout": true,
-            "AttachStderr": true,
-            "ExposedPorts": if exposed.is_empty() { Value::Null } else { Value::Object(exposed) },
-            "Tty": cfg.request.tty,
-            "OpenStdin": cfg.request.interactive,
-            "StdinOnce": cfg.request.interactive,
-            "Env": cfg.env,
-            "Cmd": if cfg.cmd.is_empty() { Value::Null } else { json!(cfg.cmd) },
-            "Image": cfg.image,
-            "Volumes": Value::Null,
-            "WorkingDir": cfg.working_dir,
-            "Entrypoint": if cfg.entrypoint.is_empty() { Value::Null } else { json!(cfg.entrypoint) },
-            "OnBuild": Value::Null,
-            "Labels": cfg.labels,
-            "StopSignal": cfg.stop_signal,
-            "StopTimeout": cfg.stop_timeout,
-        });
+        "Hostname": cfg.hostname,
+        "Domainname": "",
+        "User": cfg.user,
+        "AttachStdin": cfg.request.interactive,
+        "AttachStdout": true,
+        "AttachStderr": true,
+        "ExposedPorts": if exposed.is_empty() { Value::Null } else { Value::Object(exposed) },
+        "Tty": cfg.request.tty,
+        "OpenStdin": cfg.request.interactive,
+        "StdinOnce": cfg.request.interactive,
+        "Env": cfg.env,
+        "Cmd": if cfg.cmd.is_empty() { Value::Null } else { json!(cfg.cmd) },
+        "Image": cfg.image,
+        "Volumes": Value::Null,
+        "WorkingDir": cfg.working_dir,
+        "Entrypoint": if cfg.entrypoint.is_empty() { Value::Null } else { json!(cfg.entrypoint) },
+        "OnBuild": Value::Null,
+        "Labels": cfg.labels,
+        "StopSignal": cfg.stop_signal,
+        "StopTimeout": cfg.stop_timeout,
+    });
     let mut v = json!({
         "Id": cfg.id,
         "Created": cfg.created,
@@ -1091,7 +1144,17 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
     v
 }
 
-/// Finds a container for `inspect` (also used by the generic `inspect`).
+/// For the generic `strata inspect NAME`: the container's inspect object,
+/// or `None` when no container has that name or id (then it may be an image).
+pub fn inspect_container(ctx: &Context, name: &str) -> Result<Option<Value>> {
+    match record::find_fresh(&ctx.layout, name) {
+        Ok(c) => Ok(Some(inspect_value(ctx, &c, false))),
+        Err(e) if e.downcast_ref::<record::NoSuchContainer>().is_some() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Finds a container for `container inspect`.
 pub fn inspect_one(ctx: &Context, key: &str, size: bool) -> Result<Value> {
     let c = record::find_fresh(&ctx.layout, key)?;
     Ok(inspect_value(ctx, &c, size))

@@ -59,8 +59,10 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
         // A rootless container's filesystem is a FUSE mount made inside its
         // user namespace, which the kernel only lets processes of that
         // namespace use: join it first (we own it, and are single-threaded).
-        let ns = std::fs::File::open(format!("/proc/{}/ns/user", init.pid)).context("opening the container's user namespace")?;
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER).context("joining the container's user namespace")?;
+        let ns = std::fs::File::open(format!("/proc/{}/ns/user", init.pid))
+            .context("opening the container's user namespace")?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER)
+            .context("joining the container's user namespace")?;
     }
     // The container's root as its init sees it (also for a rootless
     // container whose mount only exists in its supervisor's namespace).
@@ -118,7 +120,8 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
         }
     }
     spec.capabilities = caps;
-    spec.no_new_privileges = cfg.request.security_opt.iter().any(|o| o.starts_with("no-new-privileges") && !o.ends_with("false"));
+    spec.no_new_privileges =
+        cfg.request.security_opt.iter().any(|o| o.starts_with("no-new-privileges") && !o.ends_with("false"));
 
     let devnull = || -> Result<OwnedFd> { Ok(std::fs::File::open("/dev/null")?.into()) };
     let stdio = if a.detach {
@@ -134,7 +137,7 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
         Err(e) => {
             let code = e.exit_code();
             eprintln!("OCI runtime exec failed: {e}");
-            return Err(exit::with_code(if code == 125 { 126 } else { code }, None));
+            return Err(exit::with_code(if code == exit::STRATA_ERROR { exit::CANNOT_EXECUTE } else { code }, None));
         }
     };
     if a.detach {
@@ -143,7 +146,7 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
     if let Some(master) = process.take_pty_master() {
         return relay_pty(master, &mut process, a.interactive);
     }
-    Ok(process.wait().context("waiting for the exec'd process")?)
+    process.wait().context("waiting for the exec'd process")
 }
 
 /// Relays our terminal to `master` until the process exits.

@@ -16,7 +16,7 @@
 //! `attach`; the container outlives a client that exits or is killed; and the
 //! supervisor starts single-threaded, which a rootless supervisor needs to
 //! enter a new user namespace (a client that just pulled an image with a
-//! thread pool could not). The cost is one fork+exec, ~2 ms.
+//! thread pool could not). The cost is one more fork+exec per start.
 //!
 //! Networking default: `private` (own network namespace connected by pasta)
 //! when `pasta` is installed, like rootless Podman; otherwise `host`, with a
@@ -172,7 +172,7 @@ pub fn create(ctx: &Context, args: CreateArgs) -> Result<i32> {
 pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
     let c = create_container(ctx, args.create.clone())?;
     if args.detach {
-        let mut start = supervisor::launch(ctx, &c, false).map_err(|e| start_error(e))?;
+        let mut start = supervisor::launch(ctx, &c, false).map_err(start_error)?;
         start.wait_started().map_err(start_error)?;
         println!("{}", c.config.id);
         return Ok(0);
@@ -187,7 +187,6 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
             tty: c.config.request.tty,
             detach_keys,
             sig_proxy: args.sig_proxy && !c.config.request.tty,
-            init_pid: None,
         },
     );
     finish_attached(outcome)
@@ -202,7 +201,9 @@ pub fn finish_attached(outcome: Result<attach::Outcome>) -> Result<i32> {
             Err(exit::with_code(code, None))
         }
         attach::Outcome::Detached => Ok(0),
-        attach::Outcome::Lost => Err(exit::with_code(exit::STRATA_ERROR, Some("lost the connection to the container's supervisor".into()))),
+        attach::Outcome::Lost => {
+            Err(exit::with_code(exit::STRATA_ERROR, Some("lost the connection to the container's supervisor".into())))
+        }
     }
 }
 
@@ -261,7 +262,10 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         }
         Some(n @ ("private" | "host" | "none")) => n.to_string(),
         Some(other) => {
-            return Err(daemon_error(exit::STRATA_ERROR, format!("network {other} not found (use private, host or none)")))
+            return Err(daemon_error(
+                exit::STRATA_ERROR,
+                format!("network {other} not found (use private, host or none)"),
+            ))
         }
     };
     if network != "private" && !ports.is_empty() {
@@ -274,7 +278,14 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     crate::containers::signals::parse(&stop_signal)?;
     crate::containers::spec::validate(&args)?;
     for o in &args.security_opt {
-        if !matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" | "no-new-privileges:false" | "no-new-privileges=false") {
+        if !matches!(
+            o.as_str(),
+            "no-new-privileges"
+                | "no-new-privileges:true"
+                | "no-new-privileges=true"
+                | "no-new-privileges:false"
+                | "no-new-privileges=false"
+        ) {
             bail!("invalid --security-opt: {o:?} (supported: no-new-privileges)");
         }
     }
@@ -293,10 +304,21 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
 
     let id = record::new_id();
     let mounts = volumes::resolve_mounts(ctx, &args, &ic.volumes)?;
-    let hostname = args.hostname.clone().unwrap_or_else(|| id[..12].to_string());
-    let working_dir = args.workdir.clone().or(ic.working_dir.clone()).filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
+    // Docker: the short id, or the host's name when sharing its network.
+    let hostname = match &args.hostname {
+        Some(h) => h.clone(),
+        None if network == "host" => nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| id[..12].to_string()),
+        None => id[..12].to_string(),
+    };
+    let working_dir =
+        args.workdir.clone().or(ic.working_dir.clone()).filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
     if !working_dir.starts_with('/') {
-        return Err(daemon_error(exit::STRATA_ERROR, format!("the working directory '{working_dir}' is invalid, it needs to be an absolute path")));
+        return Err(daemon_error(
+            exit::STRATA_ERROR,
+            format!("the working directory '{working_dir}' is invalid, it needs to be an absolute path"),
+        ));
     }
     // `-e KEY` was resolved from this environment: record the result only.
     args.env = env.iter().skip(ic.env.len()).cloned().collect();
@@ -367,9 +389,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
 }
 
 fn which(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file())).unwrap_or(false)
 }
 
 /// The environment: the image's, then --env-file lines, then -e, later
@@ -460,7 +480,13 @@ pub fn parse_publish(spec: &str) -> Result<PortBinding> {
 }
 
 /// `strata start [-a] [-i] CONTAINER...`.
-pub fn start(ctx: &Context, attach_out: bool, interactive: bool, detach_keys: Option<String>, containers: Vec<String>) -> Result<i32> {
+pub fn start(
+    ctx: &Context,
+    attach_out: bool,
+    interactive: bool,
+    detach_keys: Option<String>,
+    containers: Vec<String>,
+) -> Result<i32> {
     if (attach_out || interactive) && containers.len() > 1 {
         bail!("you cannot start and attach multiple containers at once");
     }
@@ -474,23 +500,25 @@ pub fn start(ctx: &Context, attach_out: bool, interactive: bool, detach_keys: Op
                 continue;
             }
         };
-        if c.running() {
-            if !attach_out && !interactive {
-                println!("{key}");
-            }
+        if c.running() && !attach_out && !interactive {
+            println!("{key}");
             continue;
         }
         if attach_out || interactive {
-            let mut session = supervisor::launch(ctx, &c, true).map_err(start_error)?;
+            // Already running: attach to it, as Docker does.
+            let stream = if c.running() {
+                attach::connect(&c.dir)?
+            } else {
+                supervisor::launch(ctx, &c, true).map_err(start_error)?.take_stream()?
+            };
             let keys = attach::parse_detach_keys(detach_keys.as_deref().or(c.config.request.detach_keys.as_deref()))?;
             let outcome = attach::run_client(
-                session.take_stream()?,
+                stream,
                 attach::ClientOptions {
                     stdin: interactive && c.config.request.interactive,
                     tty: c.config.request.tty,
                     detach_keys: keys,
                     sig_proxy: !c.config.request.tty,
-                    init_pid: None,
                 },
             );
             return finish_attached(outcome);

@@ -113,7 +113,8 @@ pub fn run(ctx: &Context, cmd: VolumeCommand) -> Result<i32> {
         VolumeCommand::Ls(a) => {
             let mut list = volumes::list(ctx)?;
             for f in &a.filter {
-                let (k, v) = f.split_once('=').with_context(|| format!("bad format of filter (expected name=value): {f}"))?;
+                let (k, v) =
+                    f.split_once('=').with_context(|| format!("bad format of filter (expected name=value): {f}"))?;
                 match k {
                     "dangling" => {
                         let want = matches!(v, "true" | "1");
@@ -211,7 +212,9 @@ pub fn run(ctx: &Context, cmd: VolumeCommand) -> Result<i32> {
             Ok(status)
         }
         VolumeCommand::Prune(a) => {
-            if !a.force && !confirm("WARNING! This will remove anonymous local volumes not used by at least one container.")? {
+            if !a.force
+                && !confirm("WARNING! This will remove anonymous local volumes not used by at least one container.")?
+            {
                 return Ok(0);
             }
             let mut deleted = Vec::new();

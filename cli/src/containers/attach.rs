@@ -142,15 +142,16 @@ pub struct ClientOptions {
     pub detach_keys: Vec<u8>,
     /// Forward SIGINT, SIGTERM, ... to the container.
     pub sig_proxy: bool,
-    #[allow(dead_code)]
-    pub init_pid: Option<i32>,
 }
 
 /// How an attached session ended.
 #[derive(Debug)]
 pub enum Outcome {
     Exited(i32),
-    StartFailed { code: i32, message: String },
+    StartFailed {
+        code: i32,
+        message: String,
+    },
     Detached,
     /// The supervisor went away without saying why.
     Lost,
@@ -211,6 +212,10 @@ pub fn parse_resize(p: &[u8]) -> Option<(u16, u16)> {
 /// fails, or the user detaches.
 pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
     use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    // A supervisor that went away must show up as an error on the socket,
+    // not kill us before we can report the container's status.
+    // SAFETY: setting a signal disposition to SIG_IGN.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // Block the proxied signals and SIGWINCH before starting threads, so
     // only the signal thread receives them (via sigwait).
     let mut set = SigSet::empty();
@@ -310,7 +315,11 @@ pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
             Err(e) => return Err(e).context("reading from the container's supervisor"),
         };
         let Some((kind, payload)) = frame else {
-            return Ok(if detached.load(std::sync::atomic::Ordering::SeqCst) { Outcome::Detached } else { Outcome::Lost });
+            return Ok(if detached.load(std::sync::atomic::Ordering::SeqCst) {
+                Outcome::Detached
+            } else {
+                Outcome::Lost
+            });
         };
         match kind {
             STDOUT => {

@@ -132,7 +132,8 @@ impl Proc {
     }
     /// The same process (not a recycled pid) still runs (a zombie does not).
     pub fn alive(&self) -> bool {
-        self.pid > 0 && process_stat(self.pid).is_some_and(|(state, start)| start == self.start && state != 'Z' && state != 'X')
+        self.pid > 0
+            && process_stat(self.pid).is_some_and(|(state, start)| start == self.start && state != 'Z' && state != 'X')
     }
 }
 
@@ -154,7 +155,12 @@ pub struct ContainerState {
     pub oom_killed: bool,
     #[serde(default)]
     pub error: String,
-    /// Set by `stop`/`kill`, so that an exit by signal is not reported as a crash.
+    /// The container's network namespace (`net:[INODE]`) while it runs with
+    /// a private network: how a helper serving it (pasta) is found again when
+    /// the supervisor died without stopping it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Docker's RestartCount (no restart policies yet: always 0).
     #[serde(default)]
     pub restart_count: u32,
 }
@@ -211,7 +217,8 @@ pub fn lock(layout: &StoreLayout) -> Result<RecordsLock> {
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let dir = path.parent().context("record path has no parent")?;
     let data = serde_json::to_vec_pretty(value)?;
-    let tmp = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("x"), std::process::id()));
+    let tmp =
+        dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("x"), std::process::id()));
     let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
     f.write_all(&data).and_then(|_| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
@@ -321,19 +328,23 @@ pub fn update_state(
 /// rebooted) is marked `Exited (255)` with the reason; what is left of it is
 /// cleaned up (its processes killed, its mount detached).
 pub fn refresh(layout: &StoreLayout, c: Container) -> Result<Container> {
-    if c.state.status != Status::Running && c.state.status != Status::Removing {
+    if c.state.status != Status::Running {
         return Ok(c);
     }
     if c.state.supervisor.is_some_and(|s| s.alive()) {
         return Ok(c);
     }
-    // A supervisor that is starting writes its pid before anything else; no
-    // pid at all means a start that never got that far.
+    // Only a live supervisor records "running" (after the spawn), so a
+    // running record without one means the supervisor died. Re-checked under
+    // the lock: another command may have repaired it meanwhile.
     let dir = c.dir.clone();
     let updated = update_state(layout, &dir, |s| {
-        if (s.status == Status::Running || s.status == Status::Removing) && !s.supervisor.is_some_and(|p| p.alive()) {
+        if s.status == Status::Running && !s.supervisor.is_some_and(|p| p.alive()) {
             if let Some(init) = s.init.filter(|p| p.alive()) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init.pid), nix::sys::signal::SIGKILL);
+            }
+            if let Some(ns) = s.netns.take() {
+                kill_netns_helpers(&ns);
             }
             s.status = Status::Exited;
             s.exit_code = 255;
@@ -345,6 +356,25 @@ pub fn refresh(layout: &StoreLayout, c: Container) -> Result<Container> {
     })?;
     clear_stale_mount(&dir.join("rootfs"));
     Ok(updated.unwrap_or(c))
+}
+
+/// Stops `pasta` processes that hold the network namespace `ns` (they
+/// outlive a supervisor killed with SIGKILL, which would have stopped them).
+fn kill_netns_helpers(ns: &str) {
+    let Ok(procs) = fs::read_dir("/proc") else { return };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if fs::read_to_string(p.path().join("comm")).map(|c| c.trim() != "pasta" && c.trim() != "passt").unwrap_or(true)
+        {
+            continue;
+        }
+        let holds = fs::read_dir(p.path().join("fd"))
+            .map(|fds| fds.flatten().any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == ns)))
+            .unwrap_or(false);
+        if holds {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
 }
 
 /// Detaches whatever is still mounted on `path` (a FUSE mount whose server

@@ -15,13 +15,12 @@ use strata_runner::Cap;
 
 /// Mounts the container's union filesystem on `rootfs/`, served by this
 /// process until the handle is dropped.
-pub fn mount_rootfs(ctx: &Context, c: &Container) -> Result<Option<strata_fs::MountHandle>> {
+pub fn mount_rootfs(ctx: &Context, c: &Container) -> Result<strata_fs::MountHandle> {
     let store = strata_layers::store::Store::open(ctx.layout.clone())?;
     let mut lowers = Vec::new();
-    for (i, d) in c.config.layers.iter().enumerate() {
+    for d in &c.config.layers {
         let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
         let index = store.layer_index(&digest).with_context(|| format!("reading the index of layer {d}"))?;
-        let _ = i;
         lowers.push(strata_fs::Lower { index: Arc::new(index), objects_dir: ctx.layout.objects_dir() });
     }
     let opts = strata_fs::MountOptions {
@@ -32,20 +31,12 @@ pub fn mount_rootfs(ctx: &Context, c: &Container) -> Result<Option<strata_fs::Mo
         suid: true,
         ..Default::default()
     };
-    let handle = strata_fs::mount(lowers, &c.rootfs(), opts)?;
-    Ok(Some(handle))
+    Ok(strata_fs::mount(lowers, &c.rootfs(), opts)?)
 }
 
 pub struct SpecBuilder<'a> {
-    #[allow(dead_code)]
     ctx: &'a Context,
     c: &'a Container,
-}
-
-/// What entering the container's user namespace decided (rootless only).
-pub struct UserNs {
-    #[allow(dead_code)]
-    pub mapping: IdMapping,
 }
 
 impl<'a> SpecBuilder<'a> {
@@ -57,19 +48,18 @@ impl<'a> SpecBuilder<'a> {
     /// range when /etc/subuid grants one) and a mount namespace, and moves
     /// this process into them, so that the union mount made next belongs
     /// to that namespace. As root: nothing to do.
-    pub fn enter_user_namespace(&self) -> Result<Option<UserNs>> {
+    pub fn enter_user_namespace(&self) -> Result<()> {
         if !self.ctx.rootless {
-            return Ok(None);
+            return Ok(());
         }
         let (mapping, note) = strata_runner::rootless_mapping();
         if let Some(n) = note {
             eprintln!("WARNING: {n}");
         }
-        enter_user_namespace(&mapping).context("entering the container's user namespace")?;
-        Ok(Some(UserNs { mapping }))
+        enter_user_namespace(&mapping).context("entering the container's user namespace")
     }
 
-    pub fn build(&self, _userns: Option<&UserNs>) -> Result<Spec> {
+    pub fn build(&self) -> Result<Spec> {
         let cfg = &self.c.config;
         let req = &cfg.request;
         let rootfs = self.c.rootfs();
@@ -110,9 +100,10 @@ impl<'a> SpecBuilder<'a> {
         let (add, add_all) = parse_caps(&req.cap_add)?;
         let (drop, drop_all) = parse_caps(&req.cap_drop)?;
         spec.adjust_capabilities(&add, &drop, add_all, drop_all);
-        spec.no_new_privileges = req.security_opt.iter().any(|o| {
-            matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true")
-        });
+        spec.no_new_privileges = req
+            .security_opt
+            .iter()
+            .any(|o| matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true"));
         spec.rlimits = req.ulimit.iter().map(|u| parse_ulimit(u)).collect::<Result<_>>()?;
         spec.tty = req.tty;
         spec.init = req.init;
@@ -169,7 +160,9 @@ fn enter_user_namespace(mapping: &IdMapping) -> Result<()> {
     use nix::sched::{unshare, CloneFlags};
     use nix::unistd::{fork, ForkResult};
     let IdMapping::Map { uids, gids } = mapping else { return Ok(()) };
-    let text = |r: &[strata_runner::IdRange]| r.iter().map(|r| format!("{} {} {}\n", r.container, r.host, r.size)).collect::<String>();
+    let text = |r: &[strata_runner::IdRange]| {
+        r.iter().map(|r| format!("{} {} {}\n", r.container, r.host, r.size)).collect::<String>()
+    };
     let single = uids.len() == 1 && gids.len() == 1;
     if single {
         unshare(CloneFlags::CLONE_NEWUSER).context("unshare(CLONE_NEWUSER)")?;
@@ -178,8 +171,8 @@ fn enter_user_namespace(mapping: &IdMapping) -> Result<()> {
         std::fs::write("/proc/self/gid_map", text(gids)).context("writing gid_map")?;
     } else {
         let parent = std::process::id();
-        let (go_r, go_w) = nix::unistd::pipe()?;
-        let (done_r, done_w) = nix::unistd::pipe()?;
+        let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let (done_r, done_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         // SAFETY: we are single-threaded here (the supervisor has started no
         // threads yet), so the child may run ordinary code.
         match unsafe { fork() }.context("fork")? {
@@ -227,8 +220,11 @@ fn enter_user_namespace(mapping: &IdMapping) -> Result<()> {
         }
     }
     unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
-    rustix::mount::mount_change("/", rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC)
-        .context("making mounts private")?;
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .context("making mounts private")?;
     Ok(())
 }
 
@@ -287,8 +283,8 @@ pub fn etc_files(c: &Container) -> EtcFiles {
             .lines()
             .filter(|l| {
                 let mut w = l.split_whitespace();
-                let is_loopback_ns = w.next() == Some("nameserver")
-                    && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1");
+                let is_loopback_ns =
+                    w.next() == Some("nameserver") && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1");
                 !(cfg.network == "private" && is_loopback_ns)
             })
             .map(|l| format!("{l}\n"))

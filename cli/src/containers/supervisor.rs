@@ -24,12 +24,12 @@
 use crate::commands::run::remove_container_files;
 use crate::containers::attach::{self, FrameBuf};
 use crate::containers::record::{self, Container, Proc, Status};
-use crate::containers::{signals, volumes};
+use crate::containers::volumes;
 use crate::context::Context;
 use anyhow::{bail, Context as _, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -95,8 +95,10 @@ pub fn launch(ctx: &Context, c: &Container, attach: bool) -> Result<Session> {
         .append(true)
         .open(c.dir.join("supervisor.log"))
         .context("opening supervisor.log")?;
+    let root = std::path::absolute(ctx.layout.root()).context("resolving the store root")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--root").arg(ctx.layout.root()).arg("internal-supervise").arg(&c.config.id);
+    // Like a daemon, the supervisor keeps no directory of the caller busy.
+    cmd.current_dir("/").arg("--root").arg(root).arg("internal-supervise").arg(&c.config.id);
     if attach {
         cmd.arg("--attach");
     }
@@ -209,6 +211,14 @@ fn claim(ctx: &Context, id: &str) -> Result<Container> {
     if c.state.supervisor.is_some_and(|p| p.alive() && p != me) {
         bail!("container {} is already running", &id[..12]);
     }
+    // `strata mount CONTAINER` writes to the same upper directory.
+    if let Some(m) = crate::mounts::list_live(&ctx.layout)?.iter().find(|m| m.container_id.as_deref() == Some(id)) {
+        bail!(
+            "container {} is mounted on {} by `strata mount`: unmount it before starting it",
+            c.config.name,
+            m.mountpoint.display()
+        );
+    }
     c.state.supervisor = Some(me);
     record::save_state(&c)?;
     Ok(c)
@@ -225,8 +235,12 @@ struct Supervisor<'a> {
 /// What `start` hands to the serving loop.
 struct Running {
     child: strata_runner::Container,
-    _mount: Option<strata_fs::MountHandle>,
+    _mount: strata_fs::MountHandle,
+    /// Container input (pipe or pty master), non-blocking; what clients sent
+    /// that it has not taken yet waits in `stdin_buf`.
     stdin: Option<OwnedFd>,
+    stdin_buf: Vec<u8>,
+    stdin_eof: bool,
     outputs: Vec<Output>,
     tty: Option<OwnedFd>,
 }
@@ -239,21 +253,23 @@ impl Supervisor<'_> {
         std::fs::create_dir_all(&rootfs)?;
         let spec_builder = crate::containers::spec::SpecBuilder::new(self.ctx, &c)?;
         // Rootless: from here on we are root of the container's user namespace.
-        let userns = spec_builder.enter_user_namespace()?;
-        let mount = crate::containers::spec::mount_rootfs(self.ctx, &c).context("mounting the container's filesystem")?;
+        spec_builder.enter_user_namespace()?;
+        let mount =
+            crate::containers::spec::mount_rootfs(self.ctx, &c).context("mounting the container's filesystem")?;
         volumes::seed_volumes(self.ctx, &c, &rootfs)?;
-        let spec = spec_builder.build(userns.as_ref())?;
+        let spec = spec_builder.build()?;
 
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(c.log_path()).context("opening the log")?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(c.log_path()).context("opening the log")?;
         self.log = Some(log);
 
         let (mut stdio, parent_stdin, outputs) = if spec.tty {
             (strata_runner::Stdio::default(), None, Vec::new())
         } else {
-            let (out_r, out_w) = nix::unistd::pipe()?;
-            let (err_r, err_w) = nix::unistd::pipe()?;
+            let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+            let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
             let (in_child, in_parent) = if c.config.request.interactive {
-                let (r, w) = nix::unistd::pipe()?;
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
                 (Some(r), Some(w))
             } else {
                 (None, None)
@@ -272,9 +288,14 @@ impl Supervisor<'_> {
             outputs.push(Output { fd: m.try_clone()?, stream: "stdout", kind: attach::STDOUT, open: false });
         }
         let init = Proc::of(child.pid()).unwrap_or(Proc { pid: child.pid(), start: 0 });
+        let netns = (c.config.network == "private")
+            .then(|| std::fs::read_link(format!("/proc/{}/ns/net", child.pid())).ok())
+            .flatten()
+            .map(|l| l.to_string_lossy().into_owned());
         record::update_state(&self.ctx.layout, &c.dir, |s| {
             s.status = Status::Running;
             s.init = Some(init);
+            s.netns = netns;
             s.exit_code = 0;
             s.error.clear();
             s.oom_killed = false;
@@ -284,7 +305,12 @@ impl Supervisor<'_> {
         // Later clients (`attach`, `start -a`) connect here.
         self.listener = bind_socket(&c.dir).ok();
         let stdin = if tty.is_some() { tty.as_ref().map(|m| m.try_clone()).transpose()? } else { parent_stdin };
-        Ok(Running { child, _mount: mount, stdin, outputs, tty })
+        if let Some(fd) = &stdin {
+            let fl = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+            let fl = nix::fcntl::OFlag::from_bits_truncate(fl) | nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(fl))?;
+        }
+        Ok(Running { child, _mount: mount, stdin, stdin_buf: Vec::new(), stdin_eof: false, outputs, tty })
     }
 
     /// Copies output and input until the container exits; returns its status.
@@ -307,9 +333,19 @@ impl Supervisor<'_> {
                 fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
                 fds.len() - 1
             });
+            let stdin_slot = match &run.stdin {
+                Some(fd) if !run.stdin_buf.is_empty() => {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+                    Some(fds.len() - 1)
+                }
+                _ => None,
+            };
+            // Input waiting for the container beyond this stops reading clients.
+            let take_input = run.stdin_buf.len() < MAX_STDIN_BUF;
             let client_base = fds.len();
             for cl in &self.clients {
-                fds.push(PollFd::new(cl.stream.as_fd(), PollFlags::POLLIN));
+                let ev = if take_input { PollFlags::POLLIN } else { PollFlags::empty() };
+                fds.push(PollFd::new(cl.stream.as_fd(), ev));
             }
             // After the exit, drain what is left in the pipes, but do not
             // wait for ever on a descendant that still holds them.
@@ -332,12 +368,17 @@ impl Supervisor<'_> {
                 }
                 let mut buf = [0u8; 32 * 1024];
                 match nix::unistd::read(run.outputs[i].fd.as_fd(), &mut buf) {
-                    Ok(0) | Err(_) => closed.push(i),
-                    Ok(n) => self.output(&mut run.outputs[i], &buf[..n]),
+                    Ok(n) if n > 0 => self.output(&mut run.outputs[i], &buf[..n]),
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                    // EOF, or EIO from a pty whose other side is all closed.
+                    _ => closed.push(i),
                 }
             }
             for i in closed.into_iter().rev() {
                 run.outputs.remove(i);
+            }
+            if stdin_slot.is_some_and(|slot| !revents[slot].is_empty()) {
+                flush_stdin(&mut run);
             }
             if let Some(slot) = pid_slot {
                 if !revents[slot].is_empty() {
@@ -437,16 +478,14 @@ impl Supervisor<'_> {
 
     fn client_frame(&mut self, run: &mut Running, kind: u8, payload: &[u8]) {
         match kind {
-            attach::STDIN => {
-                if let Some(fd) = &run.stdin {
-                    let _ = write_all_fd(fd.as_fd(), payload);
-                }
+            attach::STDIN if run.stdin.is_some() && !run.stdin_eof => {
+                run.stdin_buf.extend_from_slice(payload);
+                flush_stdin(run);
             }
-            attach::STDIN_EOF => {
-                // A terminal has no end of input; a pipe is closed.
-                if run.tty.is_none() {
-                    run.stdin = None;
-                }
+            // A terminal has no end of input; a pipe is closed once drained.
+            attach::STDIN_EOF if run.tty.is_none() => {
+                run.stdin_eof = true;
+                flush_stdin(run);
             }
             attach::RESIZE => {
                 if let (Some(m), Some((rows, cols))) = (&run.tty, attach::parse_resize(payload)) {
@@ -455,11 +494,9 @@ impl Supervisor<'_> {
                     unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
                 }
             }
-            attach::SIGNAL => {
-                if payload.len() >= 4 {
-                    let sig = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                    let _ = run.child.signal(sig);
-                }
+            attach::SIGNAL if payload.len() >= 4 => {
+                let sig = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                let _ = run.child.signal(sig);
             }
             _ => {}
         }
@@ -467,13 +504,13 @@ impl Supervisor<'_> {
 
     /// Records the exit, unmounts, removes for `--rm`, tells the clients.
     fn finish(&mut self, code: i32, run: Running) -> i32 {
-        let oom = false;
         let _ = record::update_state(&self.ctx.layout, &self.c.dir, |s| {
             s.status = Status::Exited;
             s.exit_code = code;
             s.init = None;
+            s.netns = None;
             s.supervisor = None;
-            s.oom_killed = oom;
+            s.oom_killed = false;
             s.finished_at = Some(record::now());
         });
         if let Some(l) = self.log.as_mut() {
@@ -500,15 +537,34 @@ impl Supervisor<'_> {
     }
 }
 
-fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        match nix::unistd::write(fd, data) {
-            Ok(n) => data = &data[n..],
+/// Input beyond this much waiting for the container makes the supervisor
+/// stop reading from clients until the container catches up.
+const MAX_STDIN_BUF: usize = 1 << 20;
+
+/// Writes what the container's stdin takes now; closes it after an EOF
+/// once everything is written, or when the container closed its side.
+fn flush_stdin(run: &mut Running) {
+    let Some(fd) = &run.stdin else {
+        run.stdin_buf.clear();
+        return;
+    };
+    while !run.stdin_buf.is_empty() {
+        match nix::unistd::write(fd, &run.stdin_buf) {
+            Ok(n) => {
+                run.stdin_buf.drain(..n);
+            }
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(nix::errno::Errno::EAGAIN) => return,
+            Err(_) => {
+                run.stdin_buf.clear();
+                run.stdin = None;
+                return;
+            }
         }
     }
-    Ok(())
+    if run.stdin_eof && run.tty.is_none() {
+        run.stdin = None;
+    }
 }
 
 /// Binds `DIR/attach.sock`, reaching a long DIR through an fd.
@@ -571,9 +627,4 @@ pub fn wait_supervisor(c: &Container, timeout: Option<std::time::Duration>) -> b
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     true
-}
-
-#[allow(dead_code)]
-fn _sig(s: &str) -> Result<nix::sys::signal::Signal> {
-    signals::parse(s)
 }

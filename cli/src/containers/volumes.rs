@@ -11,8 +11,8 @@
 //! content); the supervisor does that once the union filesystem is mounted
 //! (`seed_volumes`).
 
-use crate::containers::record::{self, Container, MountRecord};
 use crate::commands::run::CreateArgs;
+use crate::containers::record::{self, Container, MountRecord};
 use crate::context::Context;
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
@@ -33,8 +33,10 @@ pub struct Volume {
     pub anonymous: bool,
 }
 
+/// Absolute, since containers record volume paths (`--root` may be relative).
 fn volume_dir(ctx: &Context, name: &str) -> PathBuf {
-    ctx.layout.volumes_dir().join(name)
+    let dir = ctx.layout.volumes_dir().join(name);
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 pub fn data_dir(ctx: &Context, name: &str) -> PathBuf {
@@ -288,9 +290,18 @@ fn parse_mount_flag(ctx: &Context, spec: &str) -> Result<MountRecord> {
             if source.is_empty() {
                 bail!("invalid mount config for type \"bind\": field Source must not be empty");
             }
-            let abs = std::fs::canonicalize(&source)
-                .map_err(|_| anyhow::anyhow!("invalid mount config for type \"bind\": bind source path does not exist: {source}"))?;
-            Ok(MountRecord { kind, name: String::new(), source: abs.to_string_lossy().into_owned(), destination, rw, options: String::new(), anonymous: false })
+            let abs = std::fs::canonicalize(&source).map_err(|_| {
+                anyhow::anyhow!("invalid mount config for type \"bind\": bind source path does not exist: {source}")
+            })?;
+            Ok(MountRecord {
+                kind,
+                name: String::new(),
+                source: abs.to_string_lossy().into_owned(),
+                destination,
+                rw,
+                options: String::new(),
+                anonymous: false,
+            })
         }
         "volume" => {
             let anonymous = source.is_empty();
@@ -298,9 +309,25 @@ fn parse_mount_flag(ctx: &Context, spec: &str) -> Result<MountRecord> {
             if !valid_name(&name) {
                 bail!("invalid volume name {name:?}");
             }
-            Ok(MountRecord { kind, source: data_dir(ctx, &name).to_string_lossy().into_owned(), name, destination, rw, options: String::new(), anonymous })
+            Ok(MountRecord {
+                kind,
+                source: data_dir(ctx, &name).to_string_lossy().into_owned(),
+                name,
+                destination,
+                rw,
+                options: String::new(),
+                anonymous,
+            })
         }
-        "tmpfs" => Ok(MountRecord { kind, name: String::new(), source: String::new(), destination, rw, options: tmpfs_opts.join(","), anonymous: false }),
+        "tmpfs" => Ok(MountRecord {
+            kind,
+            name: String::new(),
+            source: String::new(),
+            destination,
+            rw,
+            options: tmpfs_opts.join(","),
+            anonymous: false,
+        }),
         other => bail!("invalid mount type {other:?}: must be bind, volume or tmpfs"),
     }
 }
@@ -341,11 +368,16 @@ pub fn seed_volumes(ctx: &Context, c: &Container, rootfs: &Path) -> Result<()> {
 /// Opens `path` (absolute, inside the container) beneath `root`, resolving
 /// symlinks as if `root` were `/`.
 pub fn open_in_root(root: &Path, path: &str) -> std::io::Result<std::fs::File> {
-    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags, CWD};
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
     let root_fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
     let rel = path.trim_start_matches('/');
     let rel = if rel.is_empty() { "." } else { rel };
-    let _ = CWD;
-    let fd = openat2(&root_fd, rel, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS)?;
+    let fd = openat2(
+        &root_fd,
+        rel,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?;
     Ok(std::fs::File::from(fd))
 }
