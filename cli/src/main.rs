@@ -37,6 +37,15 @@ enum Command {
 }
 
 fn main() {
+    // Rust ignores SIGPIPE; a CLI whose output goes to `head` should just end.
+    // The internal servers (supervisor, mount server) keep ignoring it: a
+    // client going away must not kill them.
+    if !std::env::args().any(|a| a.starts_with("internal-")) {
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

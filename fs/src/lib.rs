@@ -57,6 +57,9 @@ pub struct MountOptions {
     pub suid: bool,
     /// Allow device nodes to be opened as devices.
     pub dev: bool,
+    /// Let the kernel read lower files directly (FUSE passthrough) when the
+    /// kernel offers it and strata has CAP_SYS_ADMIN; plain reads otherwise.
+    pub passthrough: bool,
 }
 
 impl Default for MountOptions {
@@ -68,6 +71,7 @@ impl Default for MountOptions {
             threads: std::thread::available_parallelism().map(|n| n.get().clamp(2, 8)).unwrap_or(2),
             suid: false,
             dev: false,
+            passthrough: true,
         }
     }
 }
@@ -133,7 +137,7 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
         )
         .ok()
     });
-    let fs = ops::StrataFs::new(tree, sources, upper, statfs_fd);
+    let fs = ops::StrataFs::new(tree, sources, upper, statfs_fd, opts.passthrough && privileged_host());
 
     use fuser::MountOption as M;
     let mut mo = vec![M::FSName(opts.fsname.clone()), M::Subtype("strata".into()), M::DefaultPermissions];
@@ -149,6 +153,14 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     let session = fuser::Session::new(fs, mountpoint, &config).map_err(merr)?;
     let session = session.spawn().map_err(merr)?;
     Ok(MountHandle { session, mountpoint: mountpoint.to_path_buf() })
+}
+
+/// Root in the initial user namespace (what FUSE passthrough requires).
+fn privileged_host() -> bool {
+    rustix::process::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map")
+            .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+            .unwrap_or(false)
 }
 
 /// Unmounts whatever is mounted at `path`, lazily (detached when busy):

@@ -116,8 +116,30 @@ struct DirEnt {
 }
 
 enum HandleKind {
-    File { file: RwLock<Arc<File>>, writable: bool },
+    File { file: RwLock<Arc<File>>, writable: bool, mode: IoMode },
     Dir(Vec<DirEnt>),
+}
+
+/// How the kernel was told to do I/O on an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IoMode {
+    /// Through the page cache (reads and writes come to us).
+    Cached,
+    /// Straight to the backing file in the kernel (FUSE passthrough).
+    Passthrough,
+    /// No page cache: used while the inode has passthrough opens, which the
+    /// kernel does not let coexist with cached ones.
+    Direct,
+}
+
+/// Per inode: the open files by I/O mode and the registered backing file.
+/// The kernel refuses a cached open while an inode has passthrough opens
+/// (and the reverse), and wants one backing file per inode at a time.
+#[derive(Default)]
+struct InodeIo {
+    passthrough: u32,
+    cached: u32,
+    backing: Option<fuser::BackingId>,
 }
 
 struct Handle {
@@ -133,6 +155,11 @@ pub(crate) struct StrataFs {
     next_fh: AtomicU64,
     /// A directory to answer statfs for (the upper dir or an objects dir).
     statfs_fd: Option<OwnedFd>,
+    /// Whether to try FUSE passthrough for read-only opens of lower files.
+    want_passthrough: bool,
+    /// Passthrough was negotiated and registering backing files works.
+    passthrough: std::sync::atomic::AtomicBool,
+    io: Mutex<HashMap<Ino, InodeIo>>,
 }
 
 impl StrataFs {
@@ -141,6 +168,7 @@ impl StrataFs {
         sources: Vec<Arc<dyn LayerSource>>,
         upper: Option<Upper>,
         statfs_fd: Option<OwnedFd>,
+        want_passthrough: bool,
     ) -> Self {
         StrataFs {
             tree: RwLock::new(tree),
@@ -149,6 +177,33 @@ impl StrataFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             statfs_fd,
+            want_passthrough,
+            passthrough: std::sync::atomic::AtomicBool::new(false),
+            io: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn io(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, InodeIo>> {
+        self.io.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets an open file's I/O mode (at release).
+    fn io_closed(&self, ino: Ino, mode: IoMode) {
+        let mut io = self.io();
+        if let Some(st) = io.get_mut(&ino) {
+            match mode {
+                IoMode::Cached => st.cached = st.cached.saturating_sub(1),
+                IoMode::Passthrough => {
+                    st.passthrough = st.passthrough.saturating_sub(1);
+                    if st.passthrough == 0 {
+                        st.backing = None;
+                    }
+                }
+                IoMode::Direct => {}
+            }
+            if st.cached == 0 && st.passthrough == 0 {
+                io.remove(&ino);
+            }
         }
     }
 
@@ -889,7 +944,7 @@ impl StrataFs {
                 return Err(err(libc::EISDIR));
             }
             let via_handle = fh.and_then(|fh| self.handle(fh.0)).and_then(|h| match &h.kind {
-                HandleKind::File { file, writable: true } => {
+                HandleKind::File { file, writable: true, .. } => {
                     Some(file.read().unwrap_or_else(|p| p.into_inner()).clone())
                 }
                 _ => None,
@@ -958,7 +1013,9 @@ impl StrataFs {
         Ok(self.attr(&t, ino, None))
     }
 
-    fn do_open(&self, ino: Ino, flags: i32) -> io::Result<(u64, FopenFlags)> {
+    /// Opens the file behind `ino`; returns it, whether it is writable and
+    /// whether it is a lower object (never written: passthrough is safe).
+    fn do_open(&self, ino: Ino, flags: i32) -> io::Result<(File, bool, bool)> {
         let acc = flags & libc::O_ACCMODE;
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let file = if writable || flags & libc::O_TRUNC != 0 {
@@ -971,7 +1028,7 @@ impl StrataFs {
             self.copy_up_full(&mut t, ino)?;
             let (pfd, name) = self.parent_fd(&t, ino)?;
             let oflags = if acc == libc::O_WRONLY { OFlags::WRONLY } else { OFlags::RDWR };
-            self.upper()?.open_file(pfd.as_fd(), &name, oflags)?
+            (self.upper()?.open_file(pfd.as_fd(), &name, oflags)?, false)
         } else {
             let t = self.read();
             let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
@@ -980,14 +1037,13 @@ impl StrataFs {
             }
             if n.up == Up::Full {
                 let (pfd, name) = self.parent_fd(&t, ino)?;
-                self.upper()?.open_file(pfd.as_fd(), &name, OFlags::RDONLY)?
+                (self.upper()?.open_file(pfd.as_fd(), &name, OFlags::RDONLY)?, false)
             } else {
                 let (src, e) = self.lower_entry(n).ok_or_else(|| err(libc::EIO))?;
-                src.open_content(e)?
+                (src.open_content(e)?, true)
             }
         };
-        let fh = self.add_handle(ino, HandleKind::File { file: RwLock::new(Arc::new(file)), writable });
-        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH))
+        Ok((file.0, writable, file.1))
     }
 
     fn entry_reply(&self, reply: ReplyEntry, r: io::Result<(Ino, FileAttr)>) {
@@ -1071,11 +1127,21 @@ impl Filesystem for StrataFs {
             | F::FUSE_READDIRPLUS_AUTO
             | F::FUSE_PARALLEL_DIROPS
             | F::FUSE_CACHE_SYMLINKS
+            | F::FUSE_DIRECT_IO_ALLOW_MMAP
             | F::FUSE_MAX_PAGES
             | F::FUSE_ASYNC_READ
             | F::FUSE_BIG_WRITES;
         // Ask only for what this kernel offers: add_capabilities refuses unknown bits.
         let _ = config.add_capabilities(wanted & config.capabilities());
+        // Passthrough: registering backing files needs CAP_SYS_ADMIN in the
+        // initial user namespace; without it the first open falls back.
+        if self.want_passthrough
+            && config.capabilities().contains(F::FUSE_PASSTHROUGH)
+            && config.set_max_stack_depth(1).is_ok()
+            && config.add_capabilities(F::FUSE_PASSTHROUGH).is_ok()
+        {
+            self.passthrough.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -1221,10 +1287,45 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino.0, flags.0) {
-            Ok((fh, fl)) => reply.opened(FileHandle(fh), fl),
-            Err(e) => reply.error(eno(e)),
+        let (file, writable, lower) = match self.do_open(ino.0, flags.0) {
+            Ok(x) => x,
+            Err(e) => return reply.error(eno(e)),
+        };
+        let ino = ino.0;
+        let mut io = self.io();
+        let st = io.entry(ino).or_default();
+        // The kernel wants every open of an inode with a backing file to use
+        // that same file, and refuses to mix passthrough and cached opens.
+        // So: lower objects only on a read-only mount (a writer could come
+        // later and must not get the object), upper files always (readers
+        // and writers share the upper file), and never next to cached opens.
+        let eligible = if lower { self.upper.is_none() && !writable } else { true };
+        if eligible && st.cached == 0 && self.passthrough.load(Ordering::Relaxed) {
+            if st.backing.is_none() {
+                match reply.open_backing(&file) {
+                    Ok(id) => st.backing = Some(id),
+                    // Not permitted after all (e.g. no CAP_SYS_ADMIN): plain reads from now on.
+                    Err(_) => self.passthrough.store(false, Ordering::Relaxed),
+                }
+            }
+            if let Some(id) = &st.backing {
+                st.passthrough += 1;
+                let fh = self.add_handle(
+                    ino,
+                    HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode: IoMode::Passthrough },
+                );
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
+            }
         }
+        let (mode, fl) = if st.passthrough > 0 {
+            (IoMode::Direct, FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
+        } else {
+            st.cached += 1;
+            (IoMode::Cached, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
+        };
+        drop(io);
+        let fh = self.add_handle(ino, HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode });
+        reply.opened(FileHandle(fh), fl);
     }
 
     fn read(
@@ -1267,7 +1368,7 @@ impl Filesystem for StrataFs {
         reply: ReplyWrite,
     ) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let HandleKind::File { file, writable: true } = &h.kind else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, writable: true, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
         match f.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),
@@ -1289,7 +1390,12 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        if let Some(h) = h {
+            if let HandleKind::File { mode, .. } = &h.kind {
+                self.io_closed(h.ino, *mode);
+            }
+        }
         reply.ok();
     }
 
@@ -1334,16 +1440,19 @@ impl Filesystem for StrataFs {
             _ => None,
         };
         for (i, e) in ents.iter().enumerate().skip(offset as usize) {
-            let Some(n) = t.get(e.ino) else { continue };
-            // Entries removed since opendir are still listed (a snapshot), as a
-            // plain entry would be; their attributes come from memory.
+            let dots = &*e.name == b"." || &*e.name == b"..";
+            // The kernel makes dentries from these entries: answer with what
+            // the name is now, and leave out names removed since opendir (a
+            // stale entry would bring a deleted inode back under its name).
+            let cur = if dots { Some(e.ino) } else { t.child(ino.0, &e.name) };
+            let Some(cur) = cur else { continue };
+            let Some(n) = t.get(cur) else { continue };
             let hint = match &dir_fd {
-                Some(fd) if &*e.name != b"." && &*e.name != b".." => Some((fd.as_fd(), &*e.name)),
+                Some(fd) if !dots => Some((fd.as_fd(), &*e.name)),
                 _ => None,
             };
-            let a =
-                if hint.is_some() || n.up == Up::No { self.attr(&t, e.ino, hint) } else { self.attr(&t, e.ino, None) };
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, OsStr::from_bytes(&e.name), &Self::ttl(n), &a, Generation(0)) {
+            let a = self.attr(&t, cur, hint);
+            if reply.add(INodeNo(cur), (i + 1) as u64, OsStr::from_bytes(&e.name), &Self::ttl(n), &a, Generation(0)) {
                 break;
             }
         }
@@ -1531,9 +1640,43 @@ impl Filesystem for StrataFs {
         match self.do_create(req, parent.0, name.as_bytes(), mode, flags) {
             Ok((ino, a, file)) => {
                 let acc = flags & libc::O_ACCMODE;
+                // A new inode: nothing else has it open.
+                let mut io = self.io();
+                let st = io.entry(ino).or_default();
+                if self.passthrough.load(Ordering::Relaxed) {
+                    match reply.open_backing(&file) {
+                        Ok(id) => {
+                            st.passthrough = 1;
+                            let fh = self.add_handle(
+                                ino,
+                                HandleKind::File {
+                                    file: RwLock::new(Arc::new(file)),
+                                    writable: acc != libc::O_RDONLY,
+                                    mode: IoMode::Passthrough,
+                                },
+                            );
+                            let id = st.backing.insert(id);
+                            return reply.created_passthrough(
+                                &UPPER_TTL,
+                                &a,
+                                Generation(0),
+                                FileHandle(fh),
+                                FopenFlags::FOPEN_NOFLUSH,
+                                id,
+                            );
+                        }
+                        Err(_) => self.passthrough.store(false, Ordering::Relaxed),
+                    }
+                }
+                st.cached += 1;
+                drop(io);
                 let fh = self.add_handle(
                     ino,
-                    HandleKind::File { file: RwLock::new(Arc::new(file)), writable: acc != libc::O_RDONLY },
+                    HandleKind::File {
+                        file: RwLock::new(Arc::new(file)),
+                        writable: acc != libc::O_RDONLY,
+                        mode: IoMode::Cached,
+                    },
                 );
                 reply.created(
                     &UPPER_TTL,
@@ -1558,7 +1701,7 @@ impl Filesystem for StrataFs {
         reply: ReplyEmpty,
     ) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let HandleKind::File { file, writable: true } = &h.kind else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, writable: true, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
         match rustix::fs::fallocate(&*f, flags, offset, length) {

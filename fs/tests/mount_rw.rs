@@ -31,7 +31,8 @@ fn base(objects: &Path) -> Vec<strata_fs::Lower> {
 }
 
 fn opts(upper: &Path) -> MountOptions {
-    MountOptions { upper: Some(upper.to_path_buf()), ..MountOptions::default() }
+    // Cached I/O here; passthrough has its own test below.
+    MountOptions { upper: Some(upper.to_path_buf()), passthrough: false, ..MountOptions::default() }
 }
 
 #[test]
@@ -167,5 +168,59 @@ fn rename_lower_directory_with_content() {
     let mut names: Vec<_> = std::fs::read_dir(mnt.join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(names, ["b", "sub"]);
+    g.unmount();
+}
+
+/// With FUSE passthrough (used when running as root): upper files are
+/// passed through for readers and writers alike, lower objects only on
+/// read-only mounts; cached and passthrough opens of one inode never mix, so
+/// every combination below must work and read back what was written.
+#[test]
+fn passthrough_and_cached_opens_coexist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    let lowers = vec![LayerBuilder::new(&objects).dir("", 0o755).file("big", &big, 0o644).build()];
+    let o = MountOptions { upper: Some(upper.clone()), passthrough: true, ..MountOptions::default() };
+    let g = MountGuard::new(lowers.clone(), &mnt, o);
+    // A lower reader, then a writer (copy-up) while it is open.
+    let mut r1 = std::fs::File::open(mnt.join("big")).unwrap();
+    let mut head = vec![0u8; 1000];
+    r1.read_exact(&mut head).unwrap();
+    let mut w = std::fs::OpenOptions::new().write(true).open(mnt.join("big")).unwrap();
+    w.write_all(b"changed").unwrap();
+    drop(w);
+    let r2 = std::fs::read(mnt.join("big")).unwrap();
+    assert_eq!(&r2[..7], b"changed");
+    assert_eq!(&r2[7..], &big[7..]);
+    let mut rest = Vec::new();
+    r1.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest.len() + 1000, big.len());
+    drop(r1);
+    // Now an upper file: a reader and a writer at once share the backing file.
+    let mut r3 = std::fs::File::open(mnt.join("big")).unwrap();
+    let mut w = std::fs::OpenOptions::new().write(true).open(mnt.join("big")).unwrap();
+    w.write_all(b"AGAIN").unwrap();
+    let mut first = [0u8; 7];
+    r3.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"AGAINed");
+    drop((r3, w));
+    // A new file written and read back, large writes included.
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 7) as u8).collect();
+    std::fs::write(mnt.join("new"), &data).unwrap();
+    assert_eq!(std::fs::read(mnt.join("new")).unwrap(), data);
+    std::fs::OpenOptions::new().append(true).open(mnt.join("new")).unwrap().write_all(b"tail").unwrap();
+    assert_eq!(std::fs::metadata(mnt.join("new")).unwrap().len(), data.len() as u64 + 4);
+    g.unmount();
+    assert_eq!(std::fs::read(upper.join("new")).unwrap().len(), data.len() + 4);
+    // Read-only mount: lower objects are passed through.
+    let ro = MountOptions { passthrough: true, ..MountOptions::default() };
+    let g = MountGuard::new(lowers, &mnt, ro);
+    let a = std::fs::File::open(mnt.join("big")).unwrap();
+    assert_eq!(std::fs::read(mnt.join("big")).unwrap(), big);
+    drop(a);
     g.unmount();
 }

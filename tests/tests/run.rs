@@ -523,3 +523,24 @@ fn create_start_rename_diff_prune_and_listing() {
     assert!(out.starts_with("Deleted Volumes:\n"), "{out}");
     assert_eq!(s.ok(&["volume", "ls", "-q"]).trim(), "named", "prune keeps named volumes without -a");
 }
+
+#[test]
+fn files_owned_by_other_container_users_are_diffed_and_removed() {
+    both(|e, who| {
+        let s = &e.s;
+        // As strata-test, uid 1000 in the container is a subordinate id on
+        // the host: only a user namespace can read or remove its files.
+        let script =
+            "mkdir -p /home/u/priv && echo x >/home/u/priv/f && chown -R 1000:1000 /home/u && chmod 700 /home/u/priv";
+        s.ok(&["run", "--name", "owned", &e.bb, "sh", "-c", script]);
+        assert_eq!(s.ok(&["diff", "owned"]), "C /home\nA /home/u\nA /home/u/priv\nA /home/u/priv/f\n", "{who}");
+        let out = s.ok(&["run", "--rm", "-v", "ownedvol:/v", &e.bb, "sh", "-c", &script.replace("/home", "/v")]);
+        assert_eq!(out, "", "{who}");
+        s.ok(&["rm", "owned"]);
+        s.ok(&["volume", "rm", "ownedvol"]);
+        assert_eq!(s.ok(&["ps", "-aq"]), "", "{who}");
+        assert_eq!(s.ok(&["volume", "ls", "-q"]), "", "{who}");
+        let left: Vec<_> = std::fs::read_dir(s.root().join("containers")).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{who}: left in the store: {left:?}");
+    });
+}

@@ -943,7 +943,21 @@ fn diff(ctx: &Context, a: DiffArgs) -> Result<i32> {
             objects_dir: ctx.layout.objects_dir(),
         });
     }
-    let changes = strata_fs::changes(&lowers, &c.upper())?;
+    let upper = c.upper();
+    let changes: Vec<(char, String)> = crate::containers::spec::in_user_namespace(ctx, move || {
+        Ok(strata_fs::changes(&lowers, &upper)?.into_iter().map(|ch| (ch.kind.letter(), ch.path)).collect())
+    })?;
+    let changes: Vec<strata_fs::Change> = changes
+        .into_iter()
+        .map(|(k, path)| strata_fs::Change {
+            kind: match k {
+                'A' => strata_fs::ChangeKind::Added,
+                'D' => strata_fs::ChangeKind::Deleted,
+                _ => strata_fs::ChangeKind::Changed,
+            },
+            path,
+        })
+        .collect();
     // Mount points the runner creates (Docker keeps them in a separate
     // "init" layer) are not the container's changes; nor is the touched
     // directory above them when nothing else below it changed.

@@ -206,7 +206,7 @@ fn finish(objects: Vec<Inspected>, missing: Vec<String>, format: Option<&str>) -
     Err(exit::with_code(1, Some(missing.join("\n"))))
 }
 
-/// `strata inspect NAME...`: images now; containers hook in here.
+/// `strata inspect NAME...`: containers first, then images (Docker's order).
 pub fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<i32> {
     let store = open_store(ctx)?;
     let kind = a.kind.as_deref().unwrap_or("");
@@ -216,9 +216,13 @@ pub fn inspect(ctx: &Context, a: InspectArgs) -> anyhow::Result<i32> {
     let mut objects = Vec::new();
     let mut missing = Vec::new();
     for name in &a.names {
-        // Containers come first in Docker's lookup order. The container
-        // commands add their lookup here: `inspect_container(ctx, name)`
-        // returning the container's inspect object.
+        // Containers come first in Docker's lookup order.
+        if kind != "image" {
+            if let Some(value) = crate::commands::container::inspect_container(ctx, name)? {
+                objects.push(Inspected::new(&value)?);
+                continue;
+            }
+        }
         if kind == "container" {
             missing.push(format!("No such container: {name}"));
             continue;

@@ -542,7 +542,9 @@ pub fn start(
 /// Removes a container's directory and its anonymous volumes (`rm -v`, `--rm`).
 pub fn remove_container_files(ctx: &Context, c: &Container, volumes_too: bool) -> Result<()> {
     record::clear_stale_mount(&c.rootfs());
-    remove_tree(&c.dir)?;
+    // Rootless: the upper layer holds files of the container's other users.
+    let dir = c.dir.clone();
+    crate::containers::spec::in_user_namespace(ctx, move || remove_tree(&dir))?;
     if volumes_too {
         for m in c.config.mounts.iter().filter(|m| m.kind == "volume" && m.anonymous) {
             let _ = volumes::remove(ctx, &m.name, false);

@@ -151,6 +151,48 @@ fn parse_caps(list: &[String]) -> Result<(Vec<Cap>, bool)> {
     Ok((out, all))
 }
 
+/// Runs `f` where it can touch every file of a container: as root, here;
+/// as an ordinary user, in a forked child that enters a user namespace with
+/// the containers' id mapping, so that files the container created as other
+/// users (subordinate ids on the host) can be read and removed. The result
+/// comes back as JSON through a pipe. The caller must be single-threaded (a
+/// rootless supervisor, which already is inside such a namespace, runs `f`
+/// directly).
+pub fn in_user_namespace<T: serde::Serialize + serde::de::DeserializeOwned>(
+    ctx: &Context,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    if !ctx.rootless || rustix::process::geteuid().is_root() {
+        return f();
+    }
+    use nix::unistd::{fork, ForkResult};
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: strata's commands are single-threaded when they call this, so
+    // the child may run ordinary code; it leaves with _exit.
+    match unsafe { fork() }.context("fork")? {
+        ForkResult::Child => {
+            drop(r);
+            let (mapping, _) = strata_runner::rootless_mapping();
+            let result = enter_user_namespace(&mapping).and_then(|_| f()).map_err(|e| format!("{e:#}"));
+            let data = serde_json::to_vec(&result).unwrap_or_default();
+            let mut out = std::fs::File::from(w);
+            let ok = std::io::Write::write_all(&mut out, &data).is_ok();
+            // SAFETY: leave the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        ForkResult::Parent { child } => {
+            drop(w);
+            let mut data = Vec::new();
+            let read = std::io::Read::read_to_end(&mut std::fs::File::from(r), &mut data);
+            let _ = nix::sys::wait::waitpid(child, None);
+            read.context("reading the result from the user namespace")?;
+            let result: std::result::Result<T, String> =
+                serde_json::from_slice(&data).context("the user-namespace helper failed")?;
+            result.map_err(anyhow::Error::msg)
+        }
+    }
+}
+
 /// Moves this (single-threaded) process into a new user namespace with
 /// `mapping` and then into a new mount namespace whose mounts do not
 /// propagate anywhere. A mapping with more than our own ids is written by

@@ -112,7 +112,8 @@ pub fn remove(ctx: &Context, name: &str, _force: bool) -> Result<()> {
     if !users.is_empty() {
         bail!("remove {name}: volume is in use - [{}]", users.join(", "));
     }
-    crate::commands::run::remove_tree(&volume_dir(ctx, name))
+    let dir = volume_dir(ctx, name);
+    crate::containers::spec::in_user_namespace(ctx, move || crate::commands::run::remove_tree(&dir))
 }
 
 /// Makes sure every volume the container mounts exists.

@@ -68,11 +68,23 @@ fn is_lower_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Hook for the container store: the container (ID) using image `id`, if
-/// any. Images in use cannot be deleted. No containers exist yet, so nothing
-/// is in use; the container code replaces this.
-pub fn is_image_in_use(_store: &Store, _id: &Digest) -> Option<String> {
-    None
+/// The container (ID) using image `id`, if any: images in use by a container,
+/// running or not, are not deleted (Docker's rule). Containers are records
+/// of the CLI (`containers/ID/config.json`); this reads only the two fields
+/// it needs, so the layers crate does not depend on the container code.
+pub fn is_image_in_use(store: &Store, id: &Digest) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ContainerRef {
+        id: String,
+        image_id: String,
+    }
+    let wanted = id.to_string();
+    let dir = std::fs::read_dir(store.layout().containers_dir()).ok()?;
+    dir.flatten().find_map(|ent| {
+        let data = std::fs::read(ent.path().join("config.json")).ok()?;
+        let c: ContainerRef = serde_json::from_slice(&data).ok()?;
+        (c.image_id == wanted).then_some(c.id)
+    })
 }
 
 impl<'s> Records<'s> {
