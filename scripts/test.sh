@@ -17,4 +17,11 @@ fi
 
 # The e2e tests run target/debug/strata, which `cargo test` alone does not build.
 cargo build --workspace --all-targets
-cargo test --workspace --no-fail-fast "$@" -- --test-threads="${STRATA_TEST_THREADS:-2}"
+log=$(mktemp /tmp/strata-test-log.XXXXXX)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --no-fail-fast "$@" -- --test-threads="${STRATA_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (cargo prints one per binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", p, f, g }' "$log"
+exit "$status"

@@ -13,7 +13,12 @@
 //!
 //! What the mount reports — owners, modes, times, device numbers, xattrs — is
 //! exactly what the layer indexes and the upper directory's records say, also
-//! when an ordinary user mounts: FUSE reports what we answer.
+//! when an ordinary user mounts: FUSE reports what we answer. Permission
+//! checks are the kernel's (`default_permissions`) against those values.
+//!
+//! Known limits: inode numbers are never reused, so a node of a deleted file
+//! stays in memory (a few hundred bytes) until unmount; copy-ups other than
+//! opening a large file for writing run under the tree's write lock.
 
 mod changes;
 mod load;

@@ -17,9 +17,20 @@
 //! lets `mv` copy; we do the copy ourselves).
 //!
 //! Caching: nothing changes the mount behind the kernel's back (all changes
-//! come through these handlers), so lower entries get long entry/attr TTLs,
-//! misses are answered as negative entries (inode 0) with a long TTL, and
-//! opened files keep the page cache.
+//! come through these handlers, and the kernel drops what each change
+//! invalidates), so lower entries get long entry/attr TTLs, misses are
+//! answered as negative entries (inode 0) with a long TTL, and opened files
+//! keep the page cache. For the same reason no notify-based invalidation is
+//! needed: a copy-up keeps the inode number and its attributes.
+//!
+//! Passthrough (FUSE_PASSTHROUGH, needs CAP_SYS_ADMIN in the initial user
+//! namespace): the kernel then reads and writes the backing file itself. It
+//! insists that all open files of an inode share one backing file and that
+//! passthrough and cached opens of an inode never coexist. So upper files are
+//! passed through for readers and writers (they share the upper file), lower
+//! objects only on read-only mounts (a writer could otherwise arrive while a
+//! reader holds the immutable object as the backing file), and an inode that
+//! has cached opens gets cached opens only. `InodeIo` keeps that book.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -118,6 +129,17 @@ struct DirEnt {
 enum HandleKind {
     File { file: RwLock<Arc<File>>, writable: bool, mode: IoMode },
     Dir(Vec<DirEnt>),
+}
+
+/// What a copy-up of a regular file takes along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copy {
+    /// Metadata only; the content stays below (metacopy).
+    Meta,
+    /// Metadata and content.
+    Full,
+    /// Metadata, and the file is about to be truncated: no content.
+    Empty,
 }
 
 /// How the kernel was told to do I/O on an open file.
@@ -327,7 +349,9 @@ impl StrataFs {
     fn copy_lower_xattrs(&self, n: &Node, dir: BorrowedFd, name: &[u8]) {
         if let Some((_, e)) = self.lower_entry(n) {
             if let Some(up) = &self.upper {
-                for (k, v) in &e.xattrs {
+                // An image must not plant strata's own records (a forged
+                // metacopy digest would expose another image's file).
+                for (k, v) in e.xattrs.iter().filter(|(k, _)| !k.starts_with(upper::RESERVED_PREFIX)) {
                     // Best effort: a symlink cannot carry user.* xattrs, like on any fs.
                     let _ = up.set_xattr(dir, name, k, v, 0);
                 }
@@ -392,7 +416,7 @@ impl StrataFs {
             if n.nlink() > 1 {
                 return self.copy_up_full(t, ino);
             }
-            return self.copy_up_file(t, ino, false);
+            return self.copy_up_file(t, ino, Copy::Meta, None);
         }
         let parent = n.link.parent;
         self.ensure_upper_dir(t, parent)?;
@@ -442,11 +466,14 @@ impl StrataFs {
         match n.up {
             Up::Full => Ok(()),
             _ if !n.attr.is_reg() => self.copy_up_meta(t, ino),
-            _ => self.copy_up_file(t, ino, true),
+            _ => self.copy_up_file(t, ino, Copy::Full, None),
         }
     }
 
-    fn copy_up_file(&self, t: &mut Tree, ino: Ino, with_content: bool) -> io::Result<()> {
+    /// Copies a lower regular file up. `prepared`: a file in the upper root
+    /// that already holds the content (see [`StrataFs::precopy`]).
+    fn copy_up_file(&self, t: &mut Tree, ino: Ino, how: Copy, prepared: Option<&[u8]>) -> io::Result<()> {
+        let with_content = how != Copy::Meta;
         let up = self.upper()?;
         let n = t.node(ino);
         let (parent, was) = (n.link.parent, n.up);
@@ -462,10 +489,11 @@ impl StrataFs {
         if was == Up::Meta {
             // Metadata is already up; fill in the content, keep the times.
             let st = rustix::fs::statat(&pfd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
-            let out = up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?;
-            copy_content(&src.open_content(entry)?, &out)?;
-            out.sync_data().ok();
-            drop(out);
+            if how == Copy::Full {
+                let out = up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?;
+                copy_content(&src.open_content(entry)?, &out)?;
+                out.sync_data().ok();
+            }
             up.set_metacopy(pfd.as_fd(), &name, None)?;
             up.set_times(
                 pfd.as_fd(),
@@ -478,11 +506,16 @@ impl StrataFs {
             let tmp = format!(".wh..wh..cu.{ino}").into_bytes();
             self.keeping_times(pfd.as_fd(), || {
                 upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
-                let out = up.open_file(pfd.as_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
-                if with_content {
-                    copy_content(&src.open_content(entry)?, &out)?;
+                match prepared.filter(|_| how == Copy::Full) {
+                    Some(p) => rustix::fs::renameat(up.root_fd(), OsStr::from_bytes(p), &pfd, OsStr::from_bytes(&tmp))
+                        .map_err(errno)?,
+                    None => {
+                        let out = up.open_file(pfd.as_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+                        if how == Copy::Full {
+                            copy_content(&src.open_content(entry)?, &out)?;
+                        }
+                    }
                 }
-                drop(out);
                 if !with_content {
                     up.set_metacopy(pfd.as_fd(), &tmp, Some(&digest))?;
                 }
@@ -530,6 +563,34 @@ impl StrataFs {
             }
         }
         Ok(())
+    }
+
+    /// Copies a large lower file's content into a temporary file in the
+    /// upper root without holding the tree lock, so that other requests go on
+    /// meanwhile; the copy-up under the lock then only moves it into place.
+    fn precopy(&self, ino: Ino) -> Option<Vec<u8>> {
+        const WORTH_IT: u64 = 1 << 20;
+        let up = self.upper.as_ref()?;
+        let (src, entry) = {
+            let t = self.read();
+            let n = t.get(ino)?;
+            if n.up != Up::No || !n.attr.is_reg() || n.attr.size < WORTH_IT {
+                return None;
+            }
+            self.lower_entry(n)?
+        };
+        let tmp = format!(".wh..wh..cu.{ino}.{}", self.next_fh.fetch_add(1, Ordering::Relaxed)).into_bytes();
+        let r = (|| {
+            let out = up.open_file(up.root_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+            copy_content(&src.open_content(entry)?, &out)
+        })();
+        match r {
+            Ok(()) => Some(tmp),
+            Err(_) => {
+                let _ = upper::unlink_if_exists(up.root_fd(), &tmp, false);
+                None
+            }
+        }
     }
 
     /// Copies a node and, for a directory, everything below it, fully up.
@@ -1018,17 +1079,35 @@ impl StrataFs {
     fn do_open(&self, ino: Ino, flags: i32) -> io::Result<(File, bool, bool)> {
         let acc = flags & libc::O_ACCMODE;
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
-        let file = if writable || flags & libc::O_TRUNC != 0 {
-            let mut t = self.write();
-            let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
-            if !n.attr.is_reg() || n.stand_in {
-                return Err(err(libc::EINVAL));
-            }
+        let trunc = flags & libc::O_TRUNC != 0;
+        let file = if writable || trunc {
             self.upper()?;
-            self.copy_up_full(&mut t, ino)?;
-            let (pfd, name) = self.parent_fd(&t, ino)?;
-            let oflags = if acc == libc::O_WRONLY { OFlags::WRONLY } else { OFlags::RDWR };
-            (self.upper()?.open_file(pfd.as_fd(), &name, oflags)?, false)
+            let prepared = if trunc { None } else { self.precopy(ino) };
+            let r = (|| {
+                let mut t = self.write();
+                let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
+                if !n.attr.is_reg() || n.stand_in {
+                    return Err(err(libc::EINVAL));
+                }
+                match n.up {
+                    Up::Full => {}
+                    // O_TRUNC (atomic_o_trunc): the content would be thrown away.
+                    _ if trunc => self.copy_up_file(&mut t, ino, Copy::Empty, None)?,
+                    _ if n.nlink() > 0 => self.copy_up_file(&mut t, ino, Copy::Full, prepared.as_deref())?,
+                    _ => return Err(err(libc::ENOENT)),
+                }
+                let (pfd, name) = self.parent_fd(&t, ino)?;
+                let mut oflags = if acc == libc::O_WRONLY { OFlags::WRONLY } else { OFlags::RDWR };
+                if trunc {
+                    oflags |= OFlags::TRUNC;
+                }
+                self.upper()?.open_file(pfd.as_fd(), &name, oflags)
+            })();
+            if let (Some(p), Some(up)) = (&prepared, &self.upper) {
+                // Not used when someone else copied the file up first.
+                let _ = upper::unlink_if_exists(up.root_fd(), p, false);
+            }
+            (r?, false)
         } else {
             let t = self.read();
             let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
@@ -1123,10 +1202,17 @@ impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         use fuser::InitFlags as F;
         let _ = config.set_max_write(MAX_WRITE);
+        // Bigger readahead and more requests in flight for sequential reads.
+        if let Err(max) = config.set_max_readahead(MAX_WRITE) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
         let wanted = F::FUSE_DO_READDIRPLUS
             | F::FUSE_READDIRPLUS_AUTO
             | F::FUSE_PARALLEL_DIROPS
             | F::FUSE_CACHE_SYMLINKS
+            | F::FUSE_ATOMIC_O_TRUNC
             | F::FUSE_DIRECT_IO_ALLOW_MMAP
             | F::FUSE_MAX_PAGES
             | F::FUSE_ASYNC_READ
@@ -1412,7 +1498,12 @@ impl Filesystem for StrataFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.dir_snapshot(ino.0) {
-            Ok(v) => reply.opened(FileHandle(self.add_handle(ino.0, HandleKind::Dir(v))), FopenFlags::empty()),
+            // The kernel may keep what it read of the directory: every change
+            // comes through it and drops that cache.
+            Ok(v) => reply.opened(
+                FileHandle(self.add_handle(ino.0, HandleKind::Dir(v))),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(eno(e)),
         }
     }
@@ -1549,7 +1640,15 @@ impl Filesystem for StrataFs {
             let t = self.read();
             let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
             let names: Vec<Vec<u8>> = if n.up == Up::No || self.upper.is_none() {
-                self.lower_entry(n).map(|(_, e)| e.xattrs.iter().map(|(k, _)| k.clone()).collect()).unwrap_or_default()
+                self.lower_entry(n)
+                    .map(|(_, e)| {
+                        e.xattrs
+                            .iter()
+                            .filter(|(k, _)| !k.starts_with(upper::RESERVED_PREFIX))
+                            .map(|(k, _)| k.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default()
             } else {
                 let up = self.upper()?;
                 let (pfd, nm) = if ino.0 == ROOT {

@@ -4,8 +4,10 @@
 //! applying whiteouts and opaque markers as they come; an existing upper
 //! directory is then folded in on top (see `upper.rs`). After that every
 //! lookup, getattr and readdir is a memory operation. Inode numbers are indexes
-//! into `nodes` and never change or get reused while the mount lives; a hard
-//! link group of a layer is one node with several [`Link`]s.
+//! into `nodes` and never change while the node lives; a slot is reused only
+//! once the node is unlinked and the kernel has forgotten it (FORGET brought
+//! its lookup count to 0). A hard link group of a layer is one node with
+//! several [`Link`]s.
 //!
 //! Per name the tree remembers whether something in the lower layers sits at
 //! that path (`Link::covers`) and per directory which lower names are hidden by
@@ -14,6 +16,7 @@
 //! opaque, without consulting the layers again.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use strata_layers::index::{Entry, EntryKind};
@@ -134,6 +137,8 @@ pub(crate) struct Node {
     /// (special files and symlinks the host cannot hold as they are).
     pub stand_in: bool,
     pub dir: Option<Box<Dir>>,
+    /// References the kernel holds (lookups answered minus forgets).
+    pub lookups: AtomicU64,
 }
 
 impl Node {
@@ -147,7 +152,13 @@ impl Node {
             up,
             stand_in: false,
             dir,
+            lookups: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a reference handed to the kernel (an entry reply).
+    pub fn looked_up(&self) {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn nlink(&self) -> u32 {
@@ -170,6 +181,10 @@ impl Node {
 #[derive(Debug, Default)]
 pub(crate) struct Tree {
     nodes: Vec<Node>,
+    /// Slots of nodes neither linked nor known to the kernel: reused.
+    free: Vec<Ino>,
+    /// Bumped whenever a slot is freed (invalidates cached inode numbers).
+    epoch: u64,
 }
 
 fn attr_of(e: &Entry) -> Attr {
@@ -229,7 +244,7 @@ fn clean(path: &[u8]) -> Vec<u8> {
 impl Tree {
     /// A tree holding only an empty root directory.
     pub fn empty() -> Tree {
-        let mut t = Tree { nodes: Vec::new() };
+        let mut t = Tree { nodes: Vec::new(), free: Vec::new(), epoch: 0 };
         let mut root = Node::new(implicit_dir_attr(), None, Up::No);
         root.link.parent = ROOT; // the root is its own parent, as ".." in it
         t.nodes.push(root);
@@ -268,8 +283,33 @@ impl Tree {
     }
 
     pub fn alloc(&mut self, node: Node) -> Ino {
+        if let Some(ino) = self.free.pop() {
+            *self.node_mut(ino) = node;
+            return ino;
+        }
         self.nodes.push(node);
         self.nodes.len() as Ino
+    }
+
+    /// Makes a slot reusable: the node is unlinked and the kernel forgot it.
+    fn reclaim(&mut self, ino: Ino) {
+        if ino == ROOT {
+            return;
+        }
+        *self.node_mut(ino) = Node::new(Attr::default(), None, Up::No);
+        self.free.push(ino);
+        self.epoch += 1;
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        let Some(node) = self.get(ino) else { return };
+        let before = node.lookups.load(Ordering::Relaxed);
+        let after = before.saturating_sub(n);
+        node.lookups.store(after, Ordering::Relaxed);
+        if before > 0 && after == 0 && node.nlink() == 0 {
+            self.free_subtree(ino);
+        }
     }
 
     /// Adds a name for `ino` in directory `parent` (which must not have it yet).
@@ -309,8 +349,9 @@ impl Tree {
         Some(n.more.swap_remove(i))
     }
 
-    /// Frees what an unreachable subtree holds (names, child maps). Inode
-    /// numbers are not reused.
+    /// Frees what an unreachable subtree holds (names, child maps); slots the
+    /// kernel does not know (any more) become reusable, the others when the
+    /// kernel forgets them.
     pub fn free_subtree(&mut self, ino: Ino) {
         let mut stack = vec![ino];
         while let Some(i) = stack.pop() {
@@ -323,6 +364,9 @@ impl Tree {
             }
             if i != ino {
                 n.link = Link { parent: 0, name: Box::default(), covers: false };
+            }
+            if n.nlink() == 0 && n.lookups.load(Ordering::Relaxed) == 0 {
+                self.reclaim(i);
             }
         }
     }
@@ -433,7 +477,7 @@ impl Tree {
                 _ => {}
             }
         }
-        let mut last_parent: (Vec<u8>, Ino) = (Vec::new(), ROOT);
+        let mut last_parent: (Vec<u8>, Ino, u64) = (Vec::new(), ROOT, self.epoch);
         for (i, e) in entries.iter().enumerate() {
             // Whiteouts were applied above; they must not create their parent
             // (a layer may hold file `a` and `a/.wh.x`: `a` stays a file).
@@ -451,11 +495,13 @@ impl Tree {
                 continue;
             }
             let (parent_path, name) = split_last(&p);
-            let parent = if last_parent.0 == parent_path && self.get(last_parent.1).is_some_and(|n| n.attr.is_dir()) {
+            // Tar order keeps siblings together: remember the last parent
+            // (until a slot is freed: its number might be reused).
+            let parent = if last_parent.0 == parent_path && last_parent.2 == self.epoch {
                 last_parent.1
             } else {
                 let d = self.ensure_dir(parent_path, true);
-                last_parent = (parent_path.to_vec(), d);
+                last_parent = (parent_path.to_vec(), d, self.epoch);
                 d
             };
             match &e.kind {

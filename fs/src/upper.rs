@@ -5,6 +5,11 @@
 //! commit is a walk of it:
 //! - `.wh.NAME` (an empty regular file) hides NAME of the lower layers;
 //! - `.wh..wh..opq` in a directory hides all lower content of that directory;
+//! - whiteouts are hard links of one empty file, `.wh..wh..base` in the
+//!   upper root (as kernel overlayfs links one whiteout inode), so a commit
+//!   must treat them by name, not as a hard link group; files named
+//!   `.wh..wh.*` other than the opaque marker are strata's own and carry no
+//!   content of the container;
 //! - a whiteout whose name would exceed the 255-byte name limit (NAME longer
 //!   than 251 bytes) is `.wh..wh..lng.HASH` instead, HASH being the first 40 hex
 //!   digits of NAME's sha256, and the file's content is NAME itself.
@@ -40,6 +45,9 @@ use crate::tree::{decode_dev, Attr, Ts};
 pub(crate) const OPAQUE: &[u8] = b".wh..wh..opq";
 pub(crate) const WH_PREFIX: &[u8] = b".wh.";
 pub(crate) const LONG_WH_PREFIX: &[u8] = b".wh..wh..lng.";
+/// The empty file all whiteouts are hard links of (AUFS-style metadata name:
+/// OCI tools ignore `.wh..wh.*` entries other than the opaque marker).
+pub(crate) const WHITEOUT_BASE: &[u8] = b".wh..wh..base";
 pub(crate) const META_XATTR: &str = "user.strata.meta";
 pub(crate) const METACOPY_XATTR: &str = "user.strata.metacopy";
 pub(crate) const RESERVED_PREFIX: &[u8] = b"user.strata.";
@@ -283,8 +291,28 @@ impl Upper {
     }
 
     /// Creates the whiteout for `name` in `dir` (no error if it exists).
+    ///
+    /// Like kernel overlayfs, whiteouts are hard links of one empty file
+    /// (`WHITEOUT_BASE` in the upper root) rather than one new inode each:
+    /// deleting a large lower tree then costs no inode allocations.
     pub fn create_whiteout(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
         let wh = whiteout_name(name);
+        if !wh.starts_with(LONG_WH_PREFIX) {
+            for _ in 0..3 {
+                match rustix::fs::linkat(
+                    &self.root,
+                    std::ffi::OsStr::from_bytes(WHITEOUT_BASE),
+                    dir,
+                    std::ffi::OsStr::from_bytes(&wh),
+                    AtFlags::empty(),
+                ) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => return Ok(()),
+                    // No base yet, or it has as many links as the fs allows: a fresh one.
+                    Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::MLINK) => self.new_whiteout_base()?,
+                    Err(_) => break,
+                }
+            }
+        }
         match self.open_file(dir, &wh, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL) {
             Ok(mut f) => {
                 if wh.starts_with(LONG_WH_PREFIX) {
@@ -295,6 +323,14 @@ impl Upper {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    fn new_whiteout_base(&self) -> io::Result<()> {
+        let tmp = b".wh..wh..wbtmp";
+        unlink_if_exists(self.root.as_fd(), tmp, false)?;
+        drop(self.open_file(self.root.as_fd(), tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?);
+        let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+        rustix::fs::renameat(&self.root, os(tmp), &self.root, os(WHITEOUT_BASE)).map_err(errno)
     }
 
     pub fn remove_whiteout(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
@@ -507,4 +543,59 @@ pub(crate) fn list_xattr_fd(fd: &OwnedFd) -> io::Result<Vec<u8>> {
 /// Duplicates a borrowed fd into an owned one.
 pub(crate) fn dup(fd: BorrowedFd) -> io::Result<OwnedFd> {
     fd.try_clone_to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(mode: u32, uid: u32, gid: u32, rdev: u32) -> Attr {
+        Attr { mode, uid, gid, rdev, ..Attr::default() }
+    }
+
+    /// What an ordinary user's upper directory holds for ids, modes and
+    /// device nodes it cannot have on the host, and how it reads back.
+    #[test]
+    fn records_what_the_host_cannot_hold() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut up = Upper::open(tmp.path()).unwrap();
+        up.privileged = false; // behave as an ordinary user, even as root
+        let root = up.dir(b"").unwrap();
+
+        // A file with a foreign owner and a mode without owner access.
+        drop(up.open_file(root.as_fd(), b"f", OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL).unwrap());
+        let want = attr(libc::S_IFREG | 0o4000, 7, 8, 0);
+        assert!(up.write_meta(root.as_fd(), b"f", &want, true).unwrap());
+        let h = up.stat(root.as_fd(), b"f").unwrap();
+        assert_eq!(h.st.st_mode & 0o7777, 0o600, "the host file stays usable");
+        let a = h.attr();
+        assert_eq!((a.mode, a.uid, a.gid), (want.mode, 7, 8));
+        assert!(!h.is_stand_in());
+
+        // Back to what the host holds: the record goes away.
+        let own = rustix::fs::fstat(up.path_fd(root.as_fd(), b"f").unwrap()).unwrap();
+        let plain = attr(libc::S_IFREG | 0o640, own.st_uid, own.st_gid, 0);
+        assert!(up.write_meta(root.as_fd(), b"f", &plain, false).unwrap());
+        assert!(up.stat(root.as_fd(), b"f").unwrap().meta.is_none());
+
+        // A device node becomes a regular stand-in file.
+        let dev = attr(libc::S_IFCHR | 0o666, 0, 0, crate::tree::encode_dev(1, 3));
+        up.make_stand_in(root.as_fd(), b"null", &dev, b"").unwrap();
+        let h = up.stat(root.as_fd(), b"null").unwrap();
+        assert!(h.is_stand_in());
+        let a = h.attr();
+        assert_eq!((a.mode, a.rdev), (dev.mode, dev.rdev));
+
+        // Whiteouts: short ones share one inode, long names get their own file.
+        up.create_whiteout(root.as_fd(), b"a").unwrap();
+        up.create_whiteout(root.as_fd(), b"b").unwrap();
+        let sa = rustix::fs::statat(&root, ".wh.a", AtFlags::empty()).unwrap();
+        let sb = rustix::fs::statat(&root, ".wh.b", AtFlags::empty()).unwrap();
+        assert_eq!(sa.st_ino, sb.st_ino);
+        let long = vec![b'x'; 255];
+        up.create_whiteout(root.as_fd(), &long).unwrap();
+        let wh = whiteout_name(&long);
+        assert!(wh.len() <= 255 && wh.starts_with(LONG_WH_PREFIX));
+        assert_eq!(std::fs::read(tmp.path().join(std::ffi::OsStr::from_bytes(&wh))).unwrap(), long);
+    }
 }

@@ -224,3 +224,46 @@ fn passthrough_and_cached_opens_coexist() {
     drop(a);
     g.unmount();
 }
+
+/// Big lower files: an append copies the content up (outside the tree lock),
+/// an O_TRUNC open copies nothing; no temporary files are left behind.
+#[test]
+fn copy_up_of_large_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 249) as u8).collect();
+    let lowers = vec![LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .file("a", &big, 0o644)
+        .file("b", &big, 0o600)
+        .owner(12, 34)
+        .build()];
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    // Lookups and reads elsewhere go on while "a" is copied.
+    let mut f = std::fs::OpenOptions::new().append(true).open(mnt.join("a")).unwrap();
+    f.write_all(b"END").unwrap();
+    drop(f);
+    let got = std::fs::read(mnt.join("a")).unwrap();
+    assert_eq!(got.len(), big.len() + 3);
+    assert_eq!(&got[..big.len()], &big[..]);
+    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(mnt.join("b")).unwrap();
+    f.write_all(b"short").unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(mnt.join("b")).unwrap(), b"short");
+    let m = std::fs::metadata(mnt.join("b")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (12, 34, 0o600));
+    g.unmount();
+    let leftovers: Vec<_> = std::fs::read_dir(&upper)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".wh..wh..cu"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let g = MountGuard::new(lowers, &mnt, opts(&upper));
+    assert_eq!(std::fs::read(mnt.join("b")).unwrap(), b"short");
+    assert_eq!(std::fs::metadata(mnt.join("a")).unwrap().len(), big.len() as u64 + 3);
+    g.unmount();
+}

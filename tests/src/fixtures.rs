@@ -70,10 +70,12 @@ fn build_or_reuse() -> Fixtures {
     fs::write(tmp.join("done"), b"").unwrap_or_else(|e| panic!("write done marker: {e}"));
     fs::rename(&tmp, &dir).unwrap_or_else(|e| panic!("rename {} -> {}: {e}", tmp.display(), dir.display()));
     // Fixtures of older script versions are dead weight (~100 MB each).
+    // Only key-named directories: others (debian/) are other caches.
     if let Ok(rd) = fs::read_dir(&cache) {
         for e in rd.flatten() {
             let p = e.path();
-            if p != dir && p.is_dir() {
+            let is_key = e.file_name().to_str().is_some_and(|n| n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+            if p != dir && is_key && p.is_dir() {
                 let _ = fs::remove_dir_all(&p);
             }
         }

@@ -11,6 +11,8 @@
 //!   image and injects faults (bad digests, truncation, errors, hangs, hostile
 //!   layers), recording every request.
 //! - [`tarball`]: handcrafted tar streams (hostile ones included).
+//! - [`debian`]: the Debian bookworm minbase image (debootstrap), cached like
+//!   the fixtures.
 //! - [`fixtures`]: the fixture images, built once per fixture-script version
 //!   and cached under `target/fixtures-cache`.
 //! - [`listing`]: the canonical tree listing (the contract with
@@ -52,6 +54,7 @@
 //!
 //! Hardlinked files are listed once per path, each as a regular file.
 
+pub mod debian;
 pub mod fake;
 pub mod fixtures;
 pub mod listing;
@@ -61,6 +64,7 @@ pub mod store;
 pub mod strata;
 pub mod tarball;
 
+pub use debian::{debian, Debian};
 pub use fake::{FakeImage, FakeRegistry, Fault};
 pub use fixtures::{fixtures, Fixtures};
 pub use listing::{assert_same_listing, canonical_listing, unpack_reference};

@@ -3,7 +3,7 @@
 //! status.
 //!
 //! ```text
-//! strata-fs-mount [--upper DIR] [--ro] (--layer INDEX OBJECTS_DIR)... MOUNTPOINT -- CMD [ARG...]
+//! strata-fs-mount [--upper DIR] [--no-passthrough] (--layer INDEX OBJECTS_DIR)... MOUNTPOINT -- CMD [ARG...]
 //! ```
 //! Without a command it serves until the mount is unmounted from outside.
 
@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: strata-fs-mount [--upper DIR] (--layer INDEX OBJECTS_DIR)... MOUNTPOINT [-- CMD [ARG...]]");
+    eprintln!("usage: strata-fs-mount [--upper DIR] [--no-passthrough] (--layer INDEX OBJECTS_DIR)... MOUNTPOINT [-- CMD [ARG...]]");
     ExitCode::from(2)
 }
 
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     while let Some(a) = args.next() {
         match a.to_str() {
             Some("--upper") => opts.upper = args.next().map(PathBuf::from),
+            Some("--no-passthrough") => opts.passthrough = false,
             Some("--layer") => {
                 let (Some(index), Some(objects)) = (args.next(), args.next()) else { return usage() };
                 match strata_layers::LayerIndex::read_from_file(std::path::Path::new(&index)) {
