@@ -6,10 +6,11 @@
 #   fs-mount.sh umount-all        every benchmark mount under $WORK
 # FS is kernel, kernel-volatile (writable mounts with -o volatile: no fsync
 # of copy-ups), strata, fuse-overlayfs (1.x, Debian) or fuse-overlayfs2
-# ($FUSE_OVERLAYFS2). Environment (set by fs.sh): WORK, LAYERS (directory of
-# layer0..layer5), and for strata STRATA, STORE, IMAGE.
+# ($FUSE_OVERLAYFS2). Environment (set by fs.sh): WORK, RW (where upper and
+# work directories go), LAYERS (directory of layer0..layer5), and for strata
+# STRATA, STORE, IMAGE.
 set -euo pipefail
-: "${WORK:?}"
+: "${WORK:?}" "${RW:=$WORK}"
 
 unmount() {
     local fs=$1 m=$WORK/mnt-$1
@@ -27,11 +28,11 @@ unmount() {
             umount -l "$m"
         fi
     fi
-    rm -rf "$WORK/upper-$fs" "$WORK/work-$fs"
+    rm -rf "$RW/upper-$fs" "$RW/work-$fs"
 }
 
 mount_fs() {
-    local fs=$1 mode=$2 m=$WORK/mnt-$1 u=$WORK/upper-$1 w=$WORK/work-$1 lower=
+    local fs=$1 mode=$2 m=$WORK/mnt-$1 u=$RW/upper-$1 w=$RW/work-$1 lower=
     for i in 5 4 3 2 1 0; do lower+=${lower:+:}$LAYERS/layer$i; done # top first
     unmount "$fs"
     mkdir -p "$m" "$u" "$w"

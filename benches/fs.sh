@@ -7,12 +7,19 @@
 #
 # Usage (as root):
 #   RUNS=3 [ONLY="statwalk lsl ..."] [FS="kernel strata ..."] \
-#       [FUSE_OVERLAYFS2=/path/to/fuse-overlayfs] [OUT=dir] bash benches/fs.sh
+#       [FUSE_OVERLAYFS2=/path/to/fuse-overlayfs] [UPPER=tmpfs|disk] [OUT=dir] \
+#       bash benches/fs.sh
 # Workloads: statwalk lsf lsl seqread randread tar gitadd gitstatus append1k
 #   append1g chmod1k extract rmextract rmlower write1g
 # Results: a table of medians and ratios to the kernel on stdout and in
 # $OUT/summary.txt, per-workload JSON in $OUT, failures in $OUT/errors.txt.
 # The layers and their OCI image are cached under $CACHE/fsbench.
+#
+# The writable mounts' upper directories live on a tmpfs by default
+# (UPPER=tmpfs): the lower layers are read from disk, but what is written
+# stays in memory, so that write workloads measure each filesystem rather
+# than the disk's writeback (which is slow and noisy on a shared VM disk).
+# UPPER=disk puts them next to the layers' disk instead.
 #
 # Kernel overlayfs fsyncs every file it copies up unless mounted "volatile"
 # (FS=kernel-volatile adds that variant); the FUSE filesystems here do not.
@@ -37,9 +44,11 @@ if [ ! -d "$cache/data" ]; then
 fi
 
 work=$(mktemp -d /tmp/sfb.XXXXXX)
+RW=$work/rw
 REGISTRY_PID=
 cleanup() {
-    WORK=$work bash "$BENCH_DIR/fs-mount.sh" umount-all || true
+    WORK=$work RW=$RW bash "$BENCH_DIR/fs-mount.sh" umount-all || true
+    if mountpoint -q "$RW"; then umount "$RW" || true; fi
     [ -n "$REGISTRY_PID" ] && kill "$REGISTRY_PID" 2>/dev/null
     # Never delete through a mount that is somehow still there.
     if awk -v w="$work/" 'index($5, w) == 1 { found = 1 } END { exit !found }' /proc/self/mountinfo; then
@@ -50,7 +59,13 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-export WORK=$work LAYERS=$cache/data TARBALL=$cache/data/extract.tar BENCH_DIR OUT RUNS ONLY FS FUSE_OVERLAYFS2
+mkdir -p "$RW"
+case ${UPPER:=tmpfs} in
+    tmpfs) mount -t tmpfs -o size=6g,mode=0755 fsbench-rw "$RW" ;;
+    disk) ;;
+    *) echo "fs.sh: UPPER is tmpfs or disk, not $UPPER" >&2; exit 1 ;;
+esac
+export WORK=$work RW LAYERS=$cache/data TARBALL=$cache/data/extract.tar BENCH_DIR OUT RUNS ONLY FS FUSE_OVERLAYFS2
 
 if [[ " $FS " == *" strata "* ]]; then
     STRATA=$(strata_bin)
@@ -78,5 +93,5 @@ if [[ " $FS " == *" strata "* ]]; then
     export STRATA STORE=$work/store IMAGE=$REGISTRY/fsbench:b
 fi
 
-echo "filesystems: $FS; runs: $RUNS; results in $OUT"
+echo "filesystems: $FS; runs: $RUNS; upper directories on $UPPER; results in $OUT"
 python3 "$BENCH_DIR/fs_bench.py"

@@ -155,7 +155,7 @@ def mount_state(fs, m):
     if fs != "kernel":
         p = subprocess.run(["pgrep", "-af", m], capture_output=True, text=True)
         lines.append("server: " + (p.stdout.strip().replace("\n", "; ") or "none running"))
-    upper = os.path.join(WORK, "upper-" + fs)
+    upper = os.path.join(os.environ.get("RW", WORK), "upper-" + fs)
     if os.path.isdir(upper):
         p = subprocess.run(["find", upper, "-maxdepth", "2"], capture_output=True, text=True)
         entries = p.stdout.split()

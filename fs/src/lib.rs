@@ -9,18 +9,19 @@
 //! Modules: `source` (where layers come from), `tree` (the merged in-memory
 //! tree), `upper` (host side of the writable layer and its on-disk
 //! conventions), `load` (remounting an existing upper directory), `ops` (the
-//! FUSE handlers), `changes` (`docker diff`).
+//! FUSE handlers), `changes` (`docker diff`), `layer` (an upper directory read
+//! back as layer entries, for commit and export).
 //!
 //! What the mount reports — owners, modes, times, device numbers, xattrs — is
 //! exactly what the layer indexes and the upper directory's records say, also
 //! when an ordinary user mounts: FUSE reports what we answer. Permission
 //! checks are the kernel's (`default_permissions`) against those values.
 //!
-//! Known limits: inode numbers are never reused, so a node of a deleted file
-//! stays in memory (a few hundred bytes) until unmount; copy-ups other than
-//! opening a large file for writing run under the tree's write lock.
+//! Known limit: copy-ups other than opening a large file for writing run
+//! under the tree's write lock (other requests wait meanwhile).
 
 mod changes;
+mod layer;
 mod load;
 mod ops;
 mod source;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use changes::{changes, Change, ChangeKind};
+pub use layer::{open_upper_file, upper_entries, UpperContent, UpperEntry, UpperKind};
 pub use source::{LayerSource, Lower};
 
 #[derive(Debug, thiserror::Error)]

@@ -705,6 +705,8 @@ impl StrataFs {
     fn link_new(&self, t: &mut Tree, parent: Ino, name: &[u8], attr: Attr, hidden: bool, stand_in: bool) -> Ino {
         let mut node = Node::new(attr, None, Up::Full);
         node.stand_in = stand_in;
+        // The reply to the creating request hands the kernel its reference.
+        node.looked_up();
         let ino = t.alloc(node);
         t.add_link(ino, parent, name, hidden);
         if hidden {
@@ -715,14 +717,9 @@ impl StrataFs {
         ino
     }
 
-    fn do_create(
-        &self,
-        req: &Request,
-        parent: Ino,
-        name: &[u8],
-        mode: u32,
-        flags: i32,
-    ) -> io::Result<(Ino, FileAttr, File)> {
+    /// Creates a regular file; the returned file is open read-write (the
+    /// handle records whether the caller may write).
+    fn do_create(&self, req: &Request, parent: Ino, name: &[u8], mode: u32) -> io::Result<(Ino, FileAttr, File)> {
         let mut t = self.write();
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
@@ -731,7 +728,6 @@ impl StrataFs {
             up.remove_whiteout(pfd.as_fd(), name)?;
         }
         let file = up.open_file(pfd.as_fd(), name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL)?;
-        let _ = flags;
         up.write_meta(pfd.as_fd(), name, &attr, true)?;
         let (ino, a) = self.finish_create(&mut t, &pfd, parent, name, attr, hidden, false);
         Ok((ino, a, file))
@@ -757,7 +753,7 @@ impl StrataFs {
 
     fn do_mknod(&self, req: &Request, parent: Ino, name: &[u8], mode: u32, rdev: u32) -> io::Result<(Ino, FileAttr)> {
         if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
-            let (ino, a, _) = self.do_create(req, parent, name, mode, 0)?;
+            let (ino, a, _) = self.do_create(req, parent, name, mode)?;
             return Ok((ino, a));
         }
         if mode & libc::S_IFMT == libc::S_IFDIR {
@@ -805,6 +801,7 @@ impl StrataFs {
         rustix::fs::linkat(&sfd, OsStr::from_bytes(&sname), &dfd, OsStr::from_bytes(newname), AtFlags::empty())
             .map_err(errno)?;
         t.add_link(ino, newparent, newname, hidden);
+        t.node(ino).looked_up();
         if hidden {
             if let Some(d) = t.dir_mut(newparent) {
                 d.unhide(newname);
@@ -1234,13 +1231,16 @@ impl Filesystem for StrataFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = self.read();
         let Some(d) = t.dir(parent.0) else {
-            return reply.error(if t.get(parent.0).is_some() { Errno::ENOTDIR } else { Errno::ENOENT });
+            // A removed directory has no entries left: ENOENT, as on any fs.
+            let not_dir = t.get(parent.0).is_some_and(|n| !n.attr.is_dir());
+            return reply.error(if not_dir { Errno::ENOTDIR } else { Errno::ENOENT });
         };
         match d.children.get(name.as_bytes()) {
             Some(&c) => {
                 let a = self.attr(&t, c, None);
-                let ttl = Self::ttl(t.node(c));
-                reply.entry_with_ttls(&ttl, &ttl, &a, Generation(0));
+                let n = t.node(c);
+                n.looked_up();
+                reply.entry_with_ttls(&Self::ttl(n), &Self::ttl(n), &a, Generation(0));
             }
             None => {
                 // A negative entry: the kernel caches the miss (creations come
@@ -1265,6 +1265,11 @@ impl Filesystem for StrataFs {
                 reply.entry_with_ttls(&Duration::ZERO, &LOWER_TTL, &a, Generation(0));
             }
         }
+    }
+
+    // (fuser's default batch_forget calls this per inode.)
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.write().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1544,7 +1549,10 @@ impl Filesystem for StrataFs {
             };
             let a = self.attr(&t, cur, hint);
             if reply.add(INodeNo(cur), (i + 1) as u64, OsStr::from_bytes(&e.name), &Self::ttl(n), &a, Generation(0)) {
-                break;
+                break; // full: this entry did not go out
+            }
+            if !dots {
+                n.looked_up();
             }
         }
         reply.ok();
@@ -1736,7 +1744,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.do_create(req, parent.0, name.as_bytes(), mode, flags) {
+        match self.do_create(req, parent.0, name.as_bytes(), mode) {
             Ok((ino, a, file)) => {
                 let acc = flags & libc::O_ACCMODE;
                 // A new inode: nothing else has it open.

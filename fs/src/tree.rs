@@ -355,17 +355,16 @@ impl Tree {
     pub fn free_subtree(&mut self, ino: Ino) {
         let mut stack = vec![ino];
         while let Some(i) = stack.pop() {
-            let n = self.node_mut(i);
-            if n.nlink() > 0 && i != ino {
+            if self.node(i).nlink() > 0 {
                 continue; // still reachable through another name (hard link)
             }
-            if let Some(d) = n.dir.take() {
-                stack.extend(d.children.values().copied());
+            if let Some(d) = self.node_mut(i).dir.take() {
+                for (name, c) in d.children {
+                    self.remove_link(c, i, &name);
+                    stack.push(c);
+                }
             }
-            if i != ino {
-                n.link = Link { parent: 0, name: Box::default(), covers: false };
-            }
-            if n.nlink() == 0 && n.lookups.load(Ordering::Relaxed) == 0 {
+            if self.node(i).lookups.load(Ordering::Relaxed) == 0 {
                 self.reclaim(i);
             }
         }
@@ -617,6 +616,18 @@ mod tests {
         let (x, y) = (t.lookup_path(b"x").unwrap(), t.lookup_path(b"y").unwrap());
         assert_eq!(x, y);
         assert_eq!(t.node(x).nlink(), 2);
+    }
+
+    #[test]
+    fn replaced_entries_free_their_slots() {
+        let l0 = src(vec![e("d", EntryKind::Dir), file("d/a"), file("d/b"), file("x")]);
+        let l1 = src(vec![file("x"), e("d", EntryKind::Whiteout), file("y")]);
+        let t = Tree::build(&[l0, l1]);
+        // root, x (replaced in place of a freed slot), y (reusing another)
+        assert_eq!(t.nodes.len() - t.free.len(), 3);
+        assert!(t.nodes.len() <= 5);
+        let y = t.lookup_path(b"y").unwrap();
+        assert_eq!(t.path_of(y), b"y");
     }
 
     #[test]

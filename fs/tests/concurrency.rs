@@ -87,3 +87,37 @@ fn threads_create_rename_delete_in_one_directory() {
     assert_eq!(snapshot(&mnt), before);
     g.unmount();
 }
+
+/// Deleted files give their inode slots back once the kernel forgets them,
+/// so a long-running container that churns files does not grow the tree; the
+/// files that stay keep their inode numbers and contents.
+#[test]
+fn inode_slots_of_deleted_files_are_reused() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let lowers = vec![LayerBuilder::new(&objects).dir("", 0o755).file("keep", b"kept", 0o644).build()];
+    let opts = MountOptions { upper: Some(upper), ..MountOptions::default() };
+    let g = MountGuard::new(lowers, &mnt, opts);
+    std::fs::write(mnt.join("stay"), b"stays").unwrap();
+    let stay_ino = std::fs::metadata(mnt.join("stay")).unwrap().ino();
+    let keep_ino = std::fs::metadata(mnt.join("keep")).unwrap().ino();
+    let mut inos = BTreeSet::new();
+    for i in 0..2000 {
+        let p = mnt.join(format!("churn{i}"));
+        std::fs::write(&p, i.to_string()).unwrap();
+        inos.insert(std::fs::metadata(&p).unwrap().ino());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), i.to_string());
+        std::fs::remove_file(&p).unwrap();
+    }
+    assert!(inos.len() < 2000, "no inode slot was reused ({} distinct)", inos.len());
+    assert!(!inos.contains(&stay_ino) && !inos.contains(&keep_ino));
+    assert_eq!(std::fs::metadata(mnt.join("stay")).unwrap().ino(), stay_ino);
+    assert_eq!(std::fs::read(mnt.join("stay")).unwrap(), b"stays");
+    assert_eq!(std::fs::read(mnt.join("keep")).unwrap(), b"kept");
+    assert_eq!(listing(&mnt), ["keep", "stay"].iter().map(|s| s.to_string()).collect());
+    g.unmount();
+}

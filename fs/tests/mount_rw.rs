@@ -267,3 +267,56 @@ fn copy_up_of_large_files() {
     assert_eq!(std::fs::metadata(mnt.join("a")).unwrap().len(), big.len() as u64 + 3);
     g.unmount();
 }
+
+/// The upper directory read back as layer entries: whiteouts, opaque
+/// directories, metadata-only changes pointing at the lower object, new
+/// files, hard links, symlinks, owners and xattrs as the mount showed them.
+#[test]
+fn upper_read_back_as_layer_entries() {
+    use strata_fs::{UpperContent, UpperKind};
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let lowers = base(&objects);
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    std::fs::remove_file(mnt.join("data/b")).unwrap();
+    std::fs::remove_file(mnt.join("data/sub/c")).unwrap();
+    std::fs::remove_dir(mnt.join("data/sub")).unwrap();
+    std::fs::create_dir(mnt.join("data/sub")).unwrap();
+    std::os::unix::fs::lchown(mnt.join("etc/passwd"), Some(77), Some(88)).unwrap();
+    std::fs::write(mnt.join("new"), b"new content").unwrap();
+    std::fs::hard_link(mnt.join("new"), mnt.join("new2")).unwrap();
+    std::os::unix::fs::symlink("new", mnt.join("sym")).unwrap();
+    rustix::fs::setxattr(mnt.join("new"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
+    g.unmount();
+
+    let entries = strata_fs::upper_entries(&lowers, &upper).unwrap();
+    let find = |p: &str| entries.iter().find(|e| e.path == p.as_bytes()).unwrap_or_else(|| panic!("{p}: {entries:#?}"));
+    assert_eq!(entries[0].path, b"");
+    assert_eq!(find("data/b").kind, UpperKind::Whiteout);
+    assert!(entries.iter().any(|e| e.path == b"data/sub" && e.kind == UpperKind::Opaque));
+    assert!(entries.iter().any(|e| e.path == b"data/sub" && e.kind == UpperKind::Dir));
+    let p = find("etc/passwd");
+    assert_eq!((p.uid, p.gid, p.mode), (77, 88, 0o644));
+    assert_eq!(p.xattrs, vec![(b"user.origin".to_vec(), b"lower".to_vec())]);
+    match &p.kind {
+        UpperKind::File { size: 11, content: UpperContent::Object(obj) } => {
+            assert_eq!(std::fs::read(obj).unwrap(), b"root:x:0:0\n")
+        }
+        k => panic!("etc/passwd: {k:?}"),
+    }
+    let n = find("new");
+    assert_eq!(n.kind, UpperKind::File { size: 11, content: UpperContent::Upper });
+    assert_eq!(n.xattrs, vec![(b"user.k".to_vec(), b"v".to_vec())]);
+    let mut content = String::new();
+    strata_fs::open_upper_file(&upper, b"new").unwrap().read_to_string(&mut content).unwrap();
+    assert_eq!(content, "new content");
+    assert_eq!(find("new2").kind, UpperKind::Hardlink { target: b"new".to_vec() });
+    assert_eq!(find("sym").kind, UpperKind::Symlink { target: b"new".to_vec() });
+    assert!(!entries.iter().any(|e| e.path.starts_with(b".wh.") || e.path.windows(4).any(|w| w == b".wh.")));
+    // Parents come before their children.
+    let pos = |p: &str| entries.iter().position(|e| e.path == p.as_bytes()).unwrap();
+    assert!(pos("data") < pos("data/b"));
+}

@@ -175,6 +175,40 @@ impl Cgroup {
         Ok(Some(cg))
     }
 
+    /// The cgroup(s) that the container named `name` (its [`CgroupSpec::name`]) got from
+    /// `create`, found through the cgroups process `pid` (its init) is in: for an `exec`ed
+    /// process to join. `None` when the container has no cgroup of its own.
+    pub fn of_container(pid: libc::pid_t, name: &str) -> Result<Option<Cgroup>, RunnerError> {
+        check_name(name)?;
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map_err(|e| RunnerError::Cgroup(format!("read the cgroups of process {pid}: {e}")))?;
+        let ours = |path: &str| {
+            let leaf = path.rsplit('/').next().unwrap_or_default();
+            leaf == name || leaf.strip_prefix("strata-") == Some(name)
+        };
+        let mut dirs = Vec::new();
+        // Lines are `ID:CONTROLLERS:PATH`; paths are relative to our cgroup namespace's root.
+        for line in text.lines() {
+            let mut f = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
+            if !ours(path) {
+                continue;
+            }
+            let rel = path.trim_start_matches('/');
+            if controllers.is_empty() {
+                // The unified hierarchy: strata uses it only when it is mounted at the root.
+                if is_cgroup2(CGROUP_ROOT) {
+                    dirs.push(Path::new(CGROUP_ROOT).join(rel));
+                }
+            } else {
+                for c in controllers.split(',').filter(|c| matches!(*c, "memory" | "cpu" | "pids")) {
+                    dirs.push(Path::new(CGROUP_ROOT).join(c).join(rel));
+                }
+            }
+        }
+        Ok((!dirs.is_empty()).then_some(Cgroup { dirs }))
+    }
+
     /// Move `pid` into the cgroup(s).
     pub(crate) fn add(&self, pid: libc::pid_t) -> Result<(), RunnerError> {
         for d in &self.dirs {

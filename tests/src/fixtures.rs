@@ -74,7 +74,8 @@ fn build_or_reuse() -> Fixtures {
     if let Ok(rd) = fs::read_dir(&cache) {
         for e in rd.flatten() {
             let p = e.path();
-            let is_key = e.file_name().to_str().is_some_and(|n| n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit()));
+            let is_key =
+                e.file_name().to_str().is_some_and(|n| n.len() == 16 && n.bytes().all(|b| b.is_ascii_hexdigit()));
             if p != dir && is_key && p.is_dir() {
                 let _ = fs::remove_dir_all(&p);
             }

@@ -132,7 +132,10 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
     } else {
         strata_runner::Stdio { stdin: Some(devnull()?), stdout: None, stderr: None }
     };
-    let mut process = match strata_runner::exec(init.pid, &spec, stdio, None) {
+    // The exec'd process counts against the container's limits. (Unreadable
+    // cgroups mean that the init is gone: the exec below says so.)
+    let cgroup = strata_runner::Cgroup::of_container(init.pid, &cfg.id).ok().flatten();
+    let mut process = match strata_runner::exec(init.pid, &spec, stdio, cgroup.as_ref()) {
         Ok(p) => p,
         Err(e) => {
             let code = e.exit_code();

@@ -30,12 +30,23 @@ use anyhow::{bail, Context as _, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 /// The fd number the supervisor finds its first client on.
 const CLIENT_FD: RawFd = 3;
+/// The fd number the supervisor finds the store root on (an `O_PATH`
+/// descriptor of the directory). Passed this way, the host path appears
+/// neither in the supervisor's command line nor in its environment, both of
+/// which a container's `--init` (a fork of the supervisor) shows as its own
+/// /proc/1/cmdline and /proc/1/environ.
+const ROOT_FD: RawFd = 4;
+/// What the supervisor keeps of the launching environment: the search path
+/// (newuidmap, pasta) and diagnostics. Everything else would only be visible
+/// in an `--init` container's /proc/1/environ.
+const SUPERVISOR_ENV: &[&str] = &["PATH", "TMPDIR", "STRATA_LOG", "RUST_LOG", "RUST_BACKTRACE"];
 
 /// A start failure reported by the supervisor, with Docker's exit status.
 #[derive(Debug)]
@@ -89,30 +100,51 @@ impl Session {
 /// `attach` the supervisor sends output to the returned session too.
 pub fn launch(ctx: &Context, c: &Container, attach: bool) -> Result<Session> {
     let (ours, theirs) = UnixStream::pair().context("creating the supervisor socket pair")?;
-    let exe = std::fs::read_link("/proc/self/exe").context("finding the strata binary")?;
+    // Our own binary, even if its file was replaced since we started.
+    let exe = "/proc/self/exe";
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(c.dir.join("supervisor.log"))
         .context("opening supervisor.log")?;
-    let root = std::path::absolute(ctx.layout.root()).context("resolving the store root")?;
+    let root = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(ctx.layout.root())
+        .with_context(|| format!("opening the store root {}", ctx.layout.root().display()))?;
     let mut cmd = std::process::Command::new(exe);
-    // Like a daemon, the supervisor keeps no directory of the caller busy.
-    cmd.current_dir("/").arg("--root").arg(root).arg("internal-supervise").arg(&c.config.id);
+    // argv[0] "strata", no --root: see ROOT_FD.
+    cmd.arg0("strata").arg("internal-supervise").arg(&c.config.id);
     if attach {
         cmd.arg("--attach");
     }
-    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
-    let fd = theirs.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
+    cmd.env_clear();
+    for (k, v) in std::env::vars_os().filter(|(k, _)| SUPERVISOR_ENV.iter().any(|e| k == *e)) {
+        cmd.env(k, v);
+    }
+    // Like a daemon, the supervisor keeps no directory of the caller busy.
+    cmd.current_dir("/").stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let fds = [(theirs.as_raw_fd(), CLIENT_FD), (root.as_raw_fd(), ROOT_FD)];
+    // SAFETY: only async-signal-safe calls (setsid, fcntl, dup2, close) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // dup2 clears close-on-exec on the new descriptor.
-            if libc::dup2(fd, CLIENT_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+            // Copies above the targets first, so that no dup2 overwrites a
+            // source that happens to sit on the other target number.
+            let mut high = [0; 2];
+            for (i, (fd, _)) in fds.iter().enumerate() {
+                high[i] = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10);
+                if high[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, (_, target)) in fds.iter().enumerate() {
+                // dup2 clears close-on-exec on the new descriptor.
+                if libc::dup2(high[i], *target) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -143,6 +175,14 @@ struct Output {
 pub fn supervise_main(ctx: &Context, id: &str, attach_first: bool) -> Result<i32> {
     // SAFETY: fd 3 was placed by `launch`; we take ownership of it once.
     let first = unsafe { UnixStream::from_raw_fd(CLIENT_FD) };
+    let own_ctx;
+    let ctx = match take_root_fd() {
+        Some(root) => {
+            own_ctx = Context::new(Some(root));
+            &own_ctx
+        }
+        None => ctx,
+    };
     // Our output goes to supervisor.log; a client going away must not kill us.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
@@ -199,6 +239,23 @@ pub fn supervise_main(ctx: &Context, id: &str, attach_first: bool) -> Result<i32
             Ok(code)
         }
     }
+}
+
+/// The store root `launch` passed on [`ROOT_FD`] (closed here, so that the
+/// container never inherits it); `None` when there is no directory there.
+fn take_root_fd() -> Option<std::path::PathBuf> {
+    // SAFETY: F_GETFD only asks whether the descriptor is open.
+    if unsafe { libc::fcntl(ROOT_FD, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: open, placed by `launch`; ownership is taken once (and given
+    // back below if it is not what `launch` puts there).
+    let fd = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(ROOT_FD) });
+    if !fd.metadata().is_ok_and(|m| m.is_dir()) {
+        std::mem::forget(fd);
+        return None;
+    }
+    std::fs::read_link(format!("/proc/self/fd/{ROOT_FD}")).ok()
 }
 
 /// Marks the container as owned by this supervisor; fails if another one

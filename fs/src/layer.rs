@@ -1,0 +1,242 @@
+//! An upper directory read back as a layer: the entries a commit or export
+//! writes into a layer tarball, with strata's records (see `upper.rs`)
+//! already applied — owners and modes the host could not hold, stand-in
+//! special files, metacopy files whose content is still a lower object, long
+//! whiteouts, escaped xattrs — so that writers of layers need not know them.
+
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::source::Lower;
+use crate::tree::decode_dev;
+use crate::upper::{list_dir, Upper, LONG_WH_PREFIX, OPAQUE, WH_PREFIX};
+use crate::{load, FsError};
+
+/// One entry of the layer an upper directory stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpperEntry {
+    /// Relative, `/`-separated, no leading slash; "" is the root directory.
+    /// For a whiteout: the path it hides; for an opaque marker: the directory.
+    pub path: Vec<u8>,
+    pub kind: UpperKind,
+    /// Permission bits with setuid/setgid/sticky (`0o7777`), no type bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// As the mount shows them, sorted by name.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpperKind {
+    File {
+        size: u64,
+        content: UpperContent,
+    },
+    Dir,
+    Symlink {
+        target: Vec<u8>,
+    },
+    /// Another name of a file listed earlier (its `path`).
+    Hardlink {
+        target: Vec<u8>,
+    },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
+    Fifo,
+    Socket,
+    Whiteout,
+    Opaque,
+}
+
+/// Where a regular file's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpperContent {
+    /// In the upper directory: read with [`open_upper_file`].
+    Upper,
+    /// Unchanged below (only metadata changed): this object file.
+    Object(PathBuf),
+}
+
+/// The upper directory's entries, parents before children, siblings by name.
+pub fn upper_entries(lowers: &[Lower], upper: &Path) -> Result<Vec<UpperEntry>, FsError> {
+    let io = |source| FsError::Io { what: "reading upper directory", path: upper.to_path_buf(), source };
+    let up = Upper::open(upper).map_err(io)?;
+    let mut out = Vec::new();
+    let mut links = std::collections::HashMap::new();
+    let root = up.stat(up.root_fd(), b".").map_err(io)?;
+    out.push(entry_of(&up, lowers, b"", b".", up.root_fd(), &root, &mut links).map_err(io)?);
+    walk(&up, lowers, b"", &mut out, &mut links).map_err(io)?;
+    Ok(out)
+}
+
+/// Opens a regular file of the upper directory by its entry path, never
+/// following a symlink on the way.
+pub fn open_upper_file(upper: &Path, path: &[u8]) -> Result<File, FsError> {
+    let io = |source| FsError::Io { what: "opening upper file", path: upper.to_path_buf(), source };
+    let up = Upper::open(upper).map_err(io)?;
+    let (dir, name) = crate::tree::split_last(path);
+    let fd = up.dir(dir).map_err(io)?;
+    up.open_file(fd.as_fd(), name, rustix::fs::OFlags::RDONLY).map_err(io)
+}
+
+fn join(rel: &[u8], n: &[u8]) -> Vec<u8> {
+    if rel.is_empty() {
+        n.to_vec()
+    } else {
+        [rel, b"/", n].concat()
+    }
+}
+
+fn walk(
+    up: &Upper,
+    lowers: &[Lower],
+    rel: &[u8],
+    out: &mut Vec<UpperEntry>,
+    links: &mut std::collections::HashMap<(u64, u64), Vec<u8>>,
+) -> std::io::Result<()> {
+    let fd = up.dir_readable(rel)?;
+    let mut names: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut opaque = false;
+    for n in list_dir(&fd)? {
+        if n == OPAQUE {
+            opaque = true;
+            continue;
+        }
+        let key = if n.starts_with(LONG_WH_PREFIX) {
+            load::long_whiteout_target(up, fd.as_fd(), &n)?
+        } else if n.starts_with(b".wh..wh.") {
+            continue;
+        } else if let Some(h) = n.strip_prefix(WH_PREFIX) {
+            h.to_vec()
+        } else {
+            n.clone()
+        };
+        names.push((key, n));
+    }
+    names.sort();
+    if opaque {
+        out.push(UpperEntry {
+            path: rel.to_vec(),
+            kind: UpperKind::Opaque,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: vec![],
+        });
+    }
+    for (key, n) in names {
+        let path = join(rel, &key);
+        if n.starts_with(WH_PREFIX) {
+            out.push(UpperEntry {
+                path,
+                kind: UpperKind::Whiteout,
+                mode: 0,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                mtime_nsec: 0,
+                xattrs: vec![],
+            });
+            continue;
+        }
+        let h = up.stat(fd.as_fd(), &n)?;
+        let e = entry_of(up, lowers, &path, &n, fd.as_fd(), &h, links)?;
+        let is_dir = e.kind == UpperKind::Dir;
+        out.push(e);
+        if is_dir {
+            walk(up, lowers, &path, out, links)?;
+        }
+    }
+    Ok(())
+}
+
+fn entry_of(
+    up: &Upper,
+    lowers: &[Lower],
+    path: &[u8],
+    name: &[u8],
+    dir: std::os::fd::BorrowedFd,
+    h: &crate::upper::HostEntry,
+    links: &mut std::collections::HashMap<(u64, u64), Vec<u8>>,
+) -> std::io::Result<UpperEntry> {
+    let a = h.attr();
+    let (major, minor) = decode_dev(a.rdev);
+    let kind = match a.kind() {
+        libc::S_IFDIR => UpperKind::Dir,
+        libc::S_IFLNK if h.is_stand_in() => {
+            let f = up.open_file(dir, name, rustix::fs::OFlags::RDONLY)?;
+            let mut target = Vec::new();
+            std::io::Read::read_to_end(&mut &f, &mut target)?;
+            UpperKind::Symlink { target }
+        }
+        libc::S_IFLNK => UpperKind::Symlink {
+            target: rustix::fs::readlinkat(dir, std::ffi::OsStr::from_bytes(name), Vec::new())
+                .map_err(crate::upper::errno)?
+                .into_bytes(),
+        },
+        libc::S_IFCHR => UpperKind::CharDevice { major, minor },
+        libc::S_IFBLK => UpperKind::BlockDevice { major, minor },
+        libc::S_IFIFO => UpperKind::Fifo,
+        libc::S_IFSOCK => UpperKind::Socket,
+        _ => {
+            let key = (h.st.st_dev, h.st.st_ino);
+            if h.st.st_nlink > 1 {
+                if let Some(first) = links.get(&key) {
+                    return Ok(UpperEntry {
+                        path: path.to_vec(),
+                        kind: UpperKind::Hardlink { target: first.clone() },
+                        mode: a.mode & 0o7777,
+                        uid: a.uid,
+                        gid: a.gid,
+                        mtime: a.mtime.sec,
+                        mtime_nsec: a.mtime.nsec,
+                        xattrs: vec![],
+                    });
+                }
+                links.insert(key, path.to_vec());
+            }
+            match &h.metacopy {
+                Some(d) => {
+                    let obj = lowers
+                        .iter()
+                        .map(|l| strata_layers::layout::object_path_in(&l.objects_dir, d))
+                        .find(|p| p.exists())
+                        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+                    let size = std::fs::metadata(&obj)?.len();
+                    UpperKind::File { size, content: UpperContent::Object(obj) }
+                }
+                None => UpperKind::File { size: a.size, content: UpperContent::Upper },
+            }
+        }
+    };
+    let mut xattrs = Vec::new();
+    for k in up.list_xattrs(dir, name)? {
+        if let Some(v) = up.get_xattr(dir, name, &k)? {
+            xattrs.push((k, v));
+        }
+    }
+    xattrs.sort();
+    Ok(UpperEntry {
+        path: path.to_vec(),
+        kind,
+        mode: a.mode & 0o7777,
+        uid: a.uid,
+        gid: a.gid,
+        mtime: a.mtime.sec,
+        mtime_nsec: a.mtime.nsec,
+        xattrs,
+    })
+}
