@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A short tour of strata against a throwaway local registry:
 # build strata, make a small busybox image, push it to a registry on
-# 127.0.0.1, then pull it and look at it with strata.
+# 127.0.0.1, then pull it, run containers from it and mount it.
 #
 #   bash scripts/demo.sh        (as root, after scripts/setup.sh)
 #
@@ -65,7 +65,11 @@ skopeo --policy tests/fixtures/policy.json copy -q --dest-tls-verify=false \
 export STRATA_ROOT="$work/store"
 image="$registry/demo/busybox:latest"
 run() {
-    printf '$ strata %s\n' "$*"
+    local shown="" a
+    for a in "$@"; do
+        case $a in *[[:space:]\;\'\"]*) shown+=" '${a//\'/\'\\\'\'}'" ;; *) shown+=" $a" ;; esac
+    done
+    printf '$ strata%s\n' "$shown"
     "$strata" "$@"
 }
 
@@ -73,6 +77,33 @@ step "pull"
 run pull "$image"
 step "images"
 run images
-# More steps (run, commit, build, push, mount) follow as those commands land.
+step "history"
+run history "$image"
+
+step "run a container: identity, hostname and exit status"
+run run --rm "$image" sh -c 'id; hostname; echo hello from strata > /tmp/x; cat /tmp/x'
+set +e
+run run --rm "$image" sh -c 'exit 3'
+echo "exit status: $?"
+set -e
+
+step "a detached container: ps, exec, logs, diff, stop, rm"
+run run -d --name demo "$image" sh -c 'echo started; mkdir /data; touch /data/file; sleep 300'
+run ps
+run exec demo ls -l /data
+run logs demo
+run diff demo
+run stop -t 1 demo
+run ps -a
+run rm demo
+
+step "mount the image for inspection, read-only"
+mnt="$work/mnt"
+mkdir -p "$mnt"
+run mount "$image" "$mnt"
+ls -l "$mnt" "$mnt/bin" | head -n 12
+run mount
+run umount "$mnt"
+# commit, build and push follow as those commands land.
 
 step "demo finished"
