@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Mounts and unmounts one filesystem of the union-filesystem benchmark over
 # the six benchmark layers:
-#   fs-mount.sh mount FS ro|rw    fresh mount on $WORK/mnt-FS (rw: empty upper)
+#   fs-mount.sh mount FS ro|rw [TAR]
+#                                 fresh mount on $WORK/mnt-FS; rw: with an
+#                                 empty upper, or one holding TAR's contents
 #   fs-mount.sh umount FS         unmount and remove the upper and work dirs
 #   fs-mount.sh umount-all        every benchmark mount under $WORK
 # FS is kernel, kernel-volatile (writable mounts with -o volatile: no fsync
@@ -32,10 +34,11 @@ unmount() {
 }
 
 mount_fs() {
-    local fs=$1 mode=$2 m=$WORK/mnt-$1 u=$RW/upper-$1 w=$RW/work-$1 lower=
+    local fs=$1 mode=$2 tar=${3:-} m=$WORK/mnt-$1 u=$RW/upper-$1 w=$RW/work-$1 lower=
     for i in 5 4 3 2 1 0; do lower+=${lower:+:}$LAYERS/layer$i; done # top first
     unmount "$fs"
     mkdir -p "$m" "$u" "$w"
+    if [ -n "$tar" ]; then tar -xf "$tar" -C "$u"; fi
     local opts=lowerdir=$lower
     [ "$mode" = rw ] && opts+=,upperdir=$u,workdir=$w
     case $fs in
@@ -59,7 +62,7 @@ mount_fs() {
 }
 
 case ${1:-} in
-    mount) mount_fs "$2" "$3" ;;
+    mount) mount_fs "$2" "$3" "${4:-}" ;;
     umount) unmount "$2" ;;
     umount-all)
         for d in "$WORK"/mnt-*; do

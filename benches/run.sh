@@ -1,16 +1,39 @@
 #!/usr/bin/env bash
 # Container start-up: `strata run --rm IMAGE true` and `strata exec` against
-# `podman run --rm` (kernel overlay and fuse-overlayfs) and `runc run` on a
-# prepared bundle, for busybox and Debian minbase, side by side per image.
-# (crun refuses this host's hybrid cgroup layout, so runc stands in for it.)
-# Usage: RUNS=20 bash benches/run.sh
+# `podman run --rm` / `podman exec` (kernel overlay, and fuse-overlayfs as its
+# mount_program) and `runc run` / `runc exec` on a prepared bundle, for
+# busybox and Debian minbase, side by side per image. Every tool runs with
+# no network (podman and strata: `--network none`; runc's default spec has
+# an empty network namespace), as root. (crun refuses this host's hybrid
+# cgroup layout, so runc stands in for it.)
+#
+# Usage: RUNS=20 bash benches/run.sh          (REBUILD=1 rebuilds strata first)
+# Prints one table per image and for exec: median seconds and the ratios
+# strata/podman-overlay, strata/podman-fuse-overlayfs and strata/runc.
 source "$(dirname "$0")/lib.sh"
+for tool in hyperfine podman runc fuse-overlayfs umoci skopeo docker-registry; do
+    command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed (see benches/setup.sh)" >&2; exit 1; }
+done
+[ "$(id -u)" = 0 ] || { echo "run.sh: run as root (podman and runc run as root here)" >&2; exit 1; }
 STRATA=$(strata_bin)
-work=$(mktemp -d /tmp/srb.XXXXXX)   # short: podman's runroot must stay short
+work=$(mktemp -d /tmp/srb.XXXXXX) # short: podman's runroot must stay short
+REGISTRY_PID=
 cleanup() {
     "$STRATA" --root "$work/s" rm -f benchexec >/dev/null 2>&1 || true
-    kill "$REGISTRY_PID" 2>/dev/null || true
-    umount -R "$work"/p* 2>/dev/null || true
+    for m in k f; do
+        [ -e "$work/storage-$m.conf" ] && podman_$m rm -f -a >/dev/null 2>&1 || true
+    done
+    runc kill benchexec KILL >/dev/null 2>&1 || true
+    runc delete -f benchexec >/dev/null 2>&1 || true
+    [ -n "$REGISTRY_PID" ] && kill "$REGISTRY_PID" 2>/dev/null || true
+    # conmon runs `podman container cleanup` after a container ended, which
+    # mounts podman's storage again: wait for those before unmounting.
+    for _ in $(seq 100); do
+        pgrep -f -- "$work/" >/dev/null || break
+        sleep 0.1
+    done
+    # podman's overlay mounts (and shm mounts) live below its graphroot/runroot.
+    { grep -o " $work/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -18,21 +41,34 @@ registry_start "$work/registry"
 
 # busybox: one layer with busybox-static and its applet links.
 bb=$work/bbroot
-mkdir -p "$bb/bin"
+mkdir -p "$bb/bin" "$bb/etc" "$bb/tmp"
 cp /bin/busybox "$bb/bin/busybox"
-for a in $("$bb/bin/busybox" --list); do ln -sf busybox "$bb/bin/$a"; done
-tar -C "$bb" -cf "$work/bb.tar" .
-oci_from_rootfs_tar "$work/bb.tar" "$work/bblayout" latest
-oci_from_rootfs_tar "$(debian_rootfs_tar)" "$work/deblayout" latest
-skopeo copy -q --dest-tls-verify=false "oci:$work/bblayout:latest" "docker://$REGISTRY/busybox:latest"
-skopeo copy -q --dest-tls-verify=false "oci:$work/deblayout:latest" "docker://$REGISTRY/debian:latest"
+for a in $("$bb/bin/busybox" --list); do
+    [ "$a" = busybox ] || ln -sf busybox "$bb/bin/$a"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$bb/etc/passwd"
+printf 'root:x:0:\n' >"$bb/etc/group"
+tar -C "$bb" --numeric-owner -cf "$work/busybox.tar" .
+oci_from_rootfs_tar "$work/busybox.tar" "$work/layout-busybox" latest
+oci_from_rootfs_tar "$(debian_rootfs_tar)" "$work/layout-debian" latest
+for image in busybox debian; do
+    skopeo copy -q --dest-tls-verify=false "oci:$work/layout-$image:latest" "docker://$REGISTRY/$image:latest"
+done
 
-hard=$(ulimit -Hn)
+# podman: a private store per variant, runc as the runtime, cgroupfs, and
+# limits it may set: by default it asks for more open files than the hard
+# limit, and its conmon runs with at most 32768 processes (so runc fails to
+# give the container more).
+nofile=$(ulimit -Hn)
+nproc=$(ulimit -Hu)
+[ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
 cat >"$work/containers.conf" <<CONF
 [containers]
-default_ulimits = ["nofile=$hard:$hard"]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 [engine]
 runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
 CONF
 for mode in k f; do
     mkdir -p "$work/p$mode"
@@ -49,40 +85,67 @@ for mode in k f; do
 done
 podman_k() { CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman "$@"; }
 podman_f() { CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-f.conf podman "$@"; }
+PODMAN_K="env CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman"
+PODMAN_F="env CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-f.conf podman"
+
+# A runc bundle: the image's rootfs as umoci unpacks it, and runc's default
+# spec running CMD without a terminal.
+make_bundle() { # IMAGE BUNDLE CMD...
+    local image=$1 bundle=$2
+    shift 2
+    umoci unpack --image "$work/layout-$image:latest" "$bundle" >/dev/null
+    (cd "$bundle" && rm -f config.json && runc spec)
+    python3 - "$bundle/config.json" "$@" <<'PY'
+import json, sys
+path, args = sys.argv[1], sys.argv[2:]
+s = json.load(open(path))
+s["process"]["terminal"] = False
+s["process"]["args"] = args
+json.dump(s, open(path, "w"))
+PY
+}
+
+# report JSON: medians and strata's ratios to each peer.
+report() {
+    python3 - "$1" <<'PY'
+import json, sys
+rs = {r["command"]: r["median"] for r in json.load(open(sys.argv[1]))["results"]}
+s = rs["strata"]
+for name, m in rs.items():
+    ratio = "" if name == "strata" else "   strata/%s = %.2fx" % (name, s / m)
+    print("  %-22s %8.4f s%s" % (name, m, ratio))
+PY
+}
+
+hf() { hyperfine --style basic --runs "$RUNS" --warmup 2 "$@" >"$OUT/hyperfine.log" 2>&1 || { cat "$OUT/hyperfine.log" >&2; return 1; }; }
 
 for image in busybox debian; do
     ref=$REGISTRY/$image:latest
     "$STRATA" --root "$work/s" pull -q "$ref" >/dev/null
     podman_k pull -q --tls-verify=false "$ref" >/dev/null
     podman_f pull -q --tls-verify=false "$ref" >/dev/null
-    # A runc bundle: the image's rootfs extracted, and a default spec.
-    bundle=$work/bundle-$image
-    mkdir -p "$bundle/rootfs"
-    umoci unpack --image "$work/${image/busybox/bb}layout:latest" "$bundle/u" >/dev/null 2>&1 ||
-        umoci unpack --image "$work/$( [ $image = busybox ] && echo bb || echo deb )layout:latest" "$bundle/u" >/dev/null
-    rm -rf "$bundle/rootfs" && mv "$bundle/u/rootfs" "$bundle/rootfs"
-    (cd "$bundle" && runc spec && python3 - <<'PY'
-import json
-s = json.load(open("config.json"))
-s["process"]["terminal"] = False
-s["process"]["args"] = ["/bin/true"]
-json.dump(s, open("config.json", "w"))
-PY
-    )
-    hyperfine --runs "$RUNS" --warmup 2 --export-json "$OUT/run-$image.json" \
-        -n strata "$STRATA --root $work/s run --rm $ref true" \
-        -n podman-overlay "CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman run --rm --network none $ref true" \
-        -n podman-fuse-overlayfs "CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-f.conf podman run --rm --network none $ref true" \
-        -n runc "runc run --bundle $bundle bench-$image-\$RANDOM"
-    echo "== run --rm $image true (ratio to podman-overlay)"
-    report_ratios "$OUT/run-$image.json" podman-overlay
+    make_bundle "$image" "$work/bundle-$image" /bin/true
+    hf --export-json "$OUT/run-$image.json" \
+        -n strata "$STRATA --root $work/s run --rm --network none $ref true" \
+        -n podman-overlay "$PODMAN_K run --rm --network none $ref true" \
+        -n podman-fuse-overlayfs "$PODMAN_F run --rm --network none $ref true" \
+        -n runc "runc run --bundle $work/bundle-$image bench-$image-\$\$"
+    echo "== run --rm $image true (RUNS=$RUNS, medians)"
+    report "$OUT/run-$image.json"
 done
 
-"$STRATA" --root "$work/s" run -d --name benchexec "$REGISTRY/busybox:latest" sleep 1000 >/dev/null
-podman_k run -d --name benchexec --network none "$REGISTRY/busybox:latest" sleep 1000 >/dev/null
-hyperfine --runs "$RUNS" --warmup 2 --export-json "$OUT/exec.json" \
+# exec into a running busybox container.
+ref=$REGISTRY/busybox:latest
+"$STRATA" --root "$work/s" run -d --network none --name benchexec "$ref" sleep 100000 >/dev/null
+podman_k run -d --network none --name benchexec "$ref" sleep 100000 >/dev/null
+podman_f run -d --network none --name benchexec "$ref" sleep 100000 >/dev/null
+make_bundle busybox "$work/bundle-exec" /bin/sleep 100000
+runc run -d --bundle "$work/bundle-exec" benchexec </dev/null >/dev/null 2>&1
+hf --export-json "$OUT/exec.json" \
     -n strata "$STRATA --root $work/s exec benchexec true" \
-    -n podman-overlay "CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman exec benchexec true"
-echo "== exec (ratio to podman-overlay)"
-report_ratios "$OUT/exec.json" podman-overlay
-podman_k rm -f benchexec >/dev/null 2>&1 || true
+    -n podman-overlay "$PODMAN_K exec benchexec true" \
+    -n podman-fuse-overlayfs "$PODMAN_F exec benchexec true" \
+    -n runc "runc exec benchexec true"
+echo "== exec busybox true (RUNS=$RUNS, medians)"
+report "$OUT/exec.json"
+echo "(hyperfine JSON in $OUT)"

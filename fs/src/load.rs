@@ -38,13 +38,16 @@ pub(crate) fn load_upper(t: &mut Tree, up: &Upper, sources: &[Arc<dyn LayerSourc
     if root_listing.is_empty() {
         // A fresh upper directory: it takes the image root's metadata.
         let a = t.node(ROOT).attr;
-        up.write_meta(up.root_fd(), b".", &a, false)?;
+        up.write_meta(up.root_fd(), b".", &a, &mut true)?;
         up.set_times(up.root_fd(), b".", Some(a.atime), Some(a.mtime))?;
     } else {
         let h = up.stat(up.root_fd(), b".")?;
         t.node_mut(ROOT).attr = h.attr();
     }
     t.node_mut(ROOT).up = Up::Full;
+    // What the root carries visibly (a default ACL, a host security label)
+    // is passed on to what gets created in it; see `Node::no_xattrs`.
+    t.node_mut(ROOT).no_xattrs = up.list_xattrs(up.root_fd(), b".")?.is_empty();
     let mut links = HashMap::new();
     walk(t, up, sources, b"", ROOT, &mut links)
 }

@@ -182,7 +182,20 @@ pub(crate) struct StrataFs {
     /// Passthrough was negotiated and registering backing files works.
     passthrough: std::sync::atomic::AtomicBool,
     io: Mutex<HashMap<Ino, InodeIo>>,
+    /// Open upper directories by inode, so that a request on an upper entry
+    /// costs one *at() call instead of an `openat2` walk from the upper root
+    /// first. An fd follows its directory across renames, so only removing
+    /// a directory (after which its inode number may be reused) drops it.
+    dirs: Mutex<HashMap<Ino, Arc<OwnedFd>>>,
+    /// A read-only mount of layers without a single xattr: getxattr answers
+    /// ENOSYS, after which the kernel stops asking (see the notes in lib.rs).
+    no_xattrs_at_all: bool,
+    stats: Option<Stats>,
 }
+
+/// Upper directory fds kept open at most (the cache starts over when full;
+/// the hard RLIMIT_NOFILE may be low).
+const DIR_CACHE: usize = 512;
 
 impl StrataFs {
     pub fn new(
@@ -192,9 +205,10 @@ impl StrataFs {
         statfs_fd: Option<OwnedFd>,
         want_passthrough: bool,
     ) -> Self {
+        let no_xattrs_at_all =
+            upper.is_none() && sources.iter().all(|s| s.entries().iter().all(|e| e.xattrs.is_empty()));
         StrataFs {
             tree: RwLock::new(tree),
-            sources,
             upper,
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -202,7 +216,44 @@ impl StrataFs {
             want_passthrough,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             io: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            no_xattrs_at_all,
+            sources,
+            stats: Stats::from_env(),
         }
+    }
+
+    /// The upper directory of directory `ino` (which must be in the upper
+    /// directory already), from the cache when it is there.
+    fn upper_dir(&self, t: &Tree, ino: Ino) -> io::Result<Arc<OwnedFd>> {
+        if let Some(fd) = self.dir_cache().get(&ino) {
+            return Ok(fd.clone());
+        }
+        // An unlinked directory has no path (path_of would give a prefix).
+        if ino != ROOT && t.get(ino).is_none_or(|n| n.nlink() == 0) {
+            return Err(err(libc::ENOENT));
+        }
+        let fd = Arc::new(self.upper()?.dir(&t.path_of(ino))?);
+        let mut cache = self.dir_cache();
+        if cache.len() >= DIR_CACHE {
+            cache.clear();
+        }
+        cache.insert(ino, fd.clone());
+        Ok(fd)
+    }
+
+    /// Forgets the cached fd of a directory that is being removed.
+    fn dir_removed(&self, ino: Ino) {
+        self.dir_cache().remove(&ino);
+    }
+
+    fn dir_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, Arc<OwnedFd>>> {
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts timing a request (when `STRATA_FS_STATS` is set).
+    fn op(&self, op: Op) -> Option<OpTimer<'_>> {
+        self.stats.as_ref().map(|stats| OpTimer { stats, op, start: std::time::Instant::now() })
     }
 
     fn io(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, InodeIo>> {
@@ -267,13 +318,20 @@ impl StrataFs {
     }
 
     /// The upper directory holding the node's primary name, and that name.
-    fn parent_fd(&self, t: &Tree, ino: Ino) -> io::Result<(OwnedFd, Box<[u8]>)> {
+    fn parent_fd(&self, t: &Tree, ino: Ino) -> io::Result<(Arc<OwnedFd>, Box<[u8]>)> {
         let n = t.node(ino);
         if n.link.parent == 0 {
             return Err(err(libc::ENOENT));
         }
-        let up = self.upper()?;
-        Ok((up.dir(&t.path_of(n.link.parent))?, n.link.name.clone()))
+        Ok((self.upper_dir(t, n.link.parent)?, n.link.name.clone()))
+    }
+
+    /// The upper directory holding the node and its name there ("." for the root).
+    fn entry_fd(&self, t: &Tree, ino: Ino) -> io::Result<(Arc<OwnedFd>, Box<[u8]>)> {
+        if ino == ROOT {
+            return Ok((self.upper_dir(t, ROOT)?, (*b".").into()));
+        }
+        self.parent_fd(t, ino)
     }
 
     /// The node's attributes; upper nodes are refreshed from the host (times,
@@ -359,6 +417,17 @@ impl StrataFs {
         }
     }
 
+    /// Whether a copy-up of `ino` made now carries no xattrs on the host: the
+    /// lower entry has none, and the upper parent has none it could pass on
+    /// (a default ACL).
+    fn copied_without_xattrs(&self, t: &Tree, ino: Ino) -> bool {
+        let n = t.node(ino);
+        let own = self
+            .lower_entry(n)
+            .is_some_and(|(_, e)| e.xattrs.iter().any(|(k, _)| !k.starts_with(upper::RESERVED_PREFIX)));
+        !own && t.get(n.link.parent).is_some_and(|p| p.no_xattrs)
+    }
+
     /// Runs `f` and restores the parent directory's timestamps afterwards (a
     /// copy-up is not a change of the parent).
     fn keeping_times<R>(&self, dir: BorrowedFd, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
@@ -389,16 +458,23 @@ impl StrataFs {
         let (pfd, name) = self.parent_fd(t, ino)?;
         let n = t.node(ino);
         let attr = n.attr;
+        let no_xattrs = self.copied_without_xattrs(t, ino);
+        let mut rec = false;
         self.keeping_times(pfd.as_fd(), || {
             match rustix::fs::mkdirat(&pfd, OsStr::from_bytes(&name), up.create_perm(attr.mode)) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Ok(()) => {}
+                // Left by an earlier attempt: it may carry anything.
+                Err(rustix::io::Errno::EXIST) => rec = true,
                 Err(e) => return Err(errno(e)),
             }
-            up.write_meta(pfd.as_fd(), &name, &attr, true)?;
+            up.write_meta(pfd.as_fd(), &name, &attr, &mut rec)?;
             self.copy_lower_xattrs(n, pfd.as_fd(), &name);
             up.set_times(pfd.as_fd(), &name, Some(attr.atime), Some(attr.mtime))
         })?;
-        t.node_mut(ino).up = Up::Full;
+        let n = t.node_mut(ino);
+        n.up = Up::Full;
+        n.meta_rec = rec;
+        n.no_xattrs = no_xattrs && !rec;
         Ok(())
     }
 
@@ -425,6 +501,7 @@ impl StrataFs {
         let attr = t.node(ino).attr;
         let target = if attr.kind() == libc::S_IFLNK { self.symlink_target(t, ino)? } else { Vec::new() };
         let mut stand_in = false;
+        let no_xattrs = self.copied_without_xattrs(t, ino);
         self.keeping_times(pfd.as_fd(), || {
             stand_in = self.create_special(up, pfd.as_fd(), &name, &attr, &target)?;
             self.copy_lower_xattrs(t.node(ino), pfd.as_fd(), &name);
@@ -433,6 +510,7 @@ impl StrataFs {
         let n = t.node_mut(ino);
         n.up = Up::Full;
         n.stand_in = stand_in;
+        n.no_xattrs = no_xattrs;
         Ok(())
     }
 
@@ -449,7 +527,7 @@ impl StrataFs {
         };
         match made {
             Ok(()) => {
-                if up.write_meta(dir, name, attr, true)? {
+                if up.write_meta(dir, name, attr, &mut false)? {
                     return Ok(false);
                 }
             }
@@ -486,6 +564,8 @@ impl StrataFs {
             _ => return Err(err(libc::EIO)),
         };
         let attr = n.attr;
+        let no_xattrs = self.copied_without_xattrs(t, ino);
+        let mut rec = false;
         if was == Up::Meta {
             // Metadata is already up; fill in the content, keep the times.
             let st = rustix::fs::statat(&pfd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
@@ -519,7 +599,7 @@ impl StrataFs {
                 if !with_content {
                     up.set_metacopy(pfd.as_fd(), &tmp, Some(&digest))?;
                 }
-                up.write_meta(pfd.as_fd(), &tmp, &attr, true)?;
+                up.write_meta(pfd.as_fd(), &tmp, &attr, &mut rec)?;
                 self.copy_lower_xattrs(n, pfd.as_fd(), &tmp);
                 up.set_times(pfd.as_fd(), &tmp, Some(attr.atime), Some(attr.mtime))?;
                 rustix::fs::renameat(&pfd, OsStr::from_bytes(&tmp), &pfd, OsStr::from_bytes(&name)).map_err(errno)
@@ -528,7 +608,7 @@ impl StrataFs {
             let others: Vec<(Ino, Box<[u8]>)> = n.more.iter().map(|l| (l.parent, l.name.clone())).collect();
             for (p, other) in others {
                 self.ensure_upper_dir(t, p)?;
-                let ofd = self.upper()?.dir(&t.path_of(p))?;
+                let ofd = self.upper_dir(t, p)?;
                 self.keeping_times(ofd.as_fd(), || {
                     rustix::fs::linkat(
                         &pfd,
@@ -540,6 +620,9 @@ impl StrataFs {
                     .map_err(errno)
                 })?;
             }
+            let n = t.node_mut(ino);
+            n.meta_rec = rec;
+            n.no_xattrs = no_xattrs;
         }
         t.node_mut(ino).up = if with_content { Up::Full } else { Up::Meta };
         if with_content {
@@ -620,7 +703,7 @@ impl StrataFs {
                 None => continue,
             };
             if !hidden.is_empty() {
-                let fd = self.upper()?.dir(&t.path_of(d))?;
+                let fd = self.upper_dir(t, d)?;
                 for h in hidden {
                     self.upper()?.remove_whiteout(fd.as_fd(), &h)?;
                 }
@@ -645,7 +728,7 @@ impl StrataFs {
     }
 
     fn make_opaque(&self, t: &mut Tree, dir: Ino) -> io::Result<()> {
-        let fd = self.upper()?.dir(&t.path_of(dir))?;
+        let fd = self.upper_dir(t, dir)?;
         self.upper()?.create_opaque(fd.as_fd())?;
         if let Some(d) = t.dir_mut(dir) {
             d.opaque = true;
@@ -657,16 +740,16 @@ impl StrataFs {
 
     /// Common start of every creation: checks and the upper parent. Returns
     /// the parent's upper fd and whether the name hides a lower entry.
-    fn prepare_create(&self, t: &mut Tree, parent: Ino, name: &[u8]) -> io::Result<(OwnedFd, bool)> {
+    fn prepare_create(&self, t: &mut Tree, parent: Ino, name: &[u8]) -> io::Result<(Arc<OwnedFd>, bool)> {
         check_name(name)?;
-        let up = self.upper()?;
+        self.upper()?;
         let d = t.dir(parent).ok_or_else(|| err(libc::ENOTDIR))?;
         if d.children.contains_key(name) {
             return Err(err(libc::EEXIST));
         }
         let hidden = d.is_hidden(name);
         self.ensure_upper_dir(t, parent)?;
-        let fd = up.dir(&t.path_of(parent))?;
+        let fd = self.upper_dir(&t, parent)?;
         Ok((fd, hidden))
     }
 
@@ -691,20 +774,37 @@ impl StrataFs {
     fn finish_create(
         &self,
         t: &mut Tree,
-        pfd: &OwnedFd,
+        pfd: &Arc<OwnedFd>,
         parent: Ino,
         name: &[u8],
         attr: Attr,
         hidden: bool,
         stand_in: bool,
+        rec: bool,
     ) -> (Ino, FileAttr) {
-        let ino = self.link_new(t, parent, name, attr, hidden, stand_in);
+        let ino = self.link_new(t, parent, name, attr, hidden, stand_in, rec);
         (ino, self.attr(t, ino, Some((pfd.as_fd(), name))))
     }
 
-    fn link_new(&self, t: &mut Tree, parent: Ino, name: &[u8], attr: Attr, hidden: bool, stand_in: bool) -> Ino {
+    /// Links a node strata just created in the upper directory. `rec`: the
+    /// host entry carries a `user.strata.meta` record.
+    #[allow(clippy::too_many_arguments)]
+    fn link_new(
+        &self,
+        t: &mut Tree,
+        parent: Ino,
+        name: &[u8],
+        attr: Attr,
+        hidden: bool,
+        stand_in: bool,
+        rec: bool,
+    ) -> Ino {
         let mut node = Node::new(attr, None, Up::Full);
         node.stand_in = stand_in;
+        node.meta_rec = rec;
+        // A new host entry carries no xattrs unless the host's parent passed
+        // one on (a default ACL).
+        node.no_xattrs = t.node(parent).no_xattrs;
         // The reply to the creating request hands the kernel its reference.
         node.looked_up();
         let ino = t.alloc(node);
@@ -728,8 +828,9 @@ impl StrataFs {
             up.remove_whiteout(pfd.as_fd(), name)?;
         }
         let file = up.open_file(pfd.as_fd(), name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL)?;
-        up.write_meta(pfd.as_fd(), name, &attr, true)?;
-        let (ino, a) = self.finish_create(&mut t, &pfd, parent, name, attr, hidden, false);
+        let mut rec = false;
+        up.write_meta(pfd.as_fd(), name, &attr, &mut rec)?;
+        let (ino, a) = self.finish_create(&mut t, &pfd, parent, name, attr, hidden, false, rec);
         Ok((ino, a, file))
     }
 
@@ -742,8 +843,9 @@ impl StrataFs {
             up.remove_whiteout(pfd.as_fd(), name)?;
         }
         rustix::fs::mkdirat(&pfd, OsStr::from_bytes(name), up.create_perm(attr.mode)).map_err(errno)?;
-        up.write_meta(pfd.as_fd(), name, &attr, true)?;
-        let ino = self.link_new(&mut t, parent, name, attr, hidden, false);
+        let mut rec = false;
+        up.write_meta(pfd.as_fd(), name, &attr, &mut rec)?;
+        let ino = self.link_new(&mut t, parent, name, attr, hidden, false, rec);
         if hidden {
             // Recreated over a deleted lower entry: hide what was below.
             self.make_opaque(&mut t, ino)?;
@@ -770,7 +872,7 @@ impl StrataFs {
             up.remove_whiteout(pfd.as_fd(), name)?;
         }
         let stand_in = self.create_special(up, pfd.as_fd(), name, &attr, b"")?;
-        Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in))
+        Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in, true))
     }
 
     fn do_symlink(&self, req: &Request, parent: Ino, name: &[u8], target: &[u8]) -> io::Result<(Ino, FileAttr)> {
@@ -783,7 +885,7 @@ impl StrataFs {
             up.remove_whiteout(pfd.as_fd(), name)?;
         }
         let stand_in = self.create_special(up, pfd.as_fd(), name, &attr, target)?;
-        Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in))
+        Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in, true))
     }
 
     fn do_link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> io::Result<()> {
@@ -830,12 +932,15 @@ impl StrataFs {
         let covers = n.link_to(parent, name).is_some_and(|l| l.covers);
         let in_upper = n.up != Up::No;
         self.ensure_upper_dir(&mut t, parent)?;
-        let pfd = up.dir(&t.path_of(parent))?;
+        let pfd = self.upper_dir(&t, parent)?;
         if in_upper {
             if is_dir {
                 up.empty_dir(&t.path_of(c))?;
             }
             upper::unlink_if_exists(pfd.as_fd(), name, is_dir)?;
+        }
+        if is_dir {
+            self.dir_removed(c);
         }
         if covers {
             up.create_whiteout(pfd.as_fd(), name)?;
@@ -911,8 +1016,8 @@ impl StrataFs {
         }
         self.ensure_upper_dir(&mut t, parent)?;
         self.ensure_upper_dir(&mut t, newparent)?;
-        let sfd = up.dir(&t.path_of(parent))?;
-        let dfd = up.dir(&t.path_of(newparent))?;
+        let sfd = self.upper_dir(&t, parent)?;
+        let dfd = self.upper_dir(&t, newparent)?;
         let s_covers = t.node(s).link_to(parent, name).is_some_and(|l| l.covers);
         let d_link_covers = d.and_then(|d| t.node(d).link_to(newparent, newname)).is_some_and(|l| l.covers);
         let d_hidden = t.dir(newparent).is_some_and(|x| x.is_hidden(newname));
@@ -950,6 +1055,9 @@ impl StrataFs {
             up.create_whiteout(sfd.as_fd(), name)?;
         }
         if let Some(d) = d {
+            if t.node(d).attr.is_dir() {
+                self.dir_removed(d);
+            }
             t.remove_link(d, newparent, newname);
             if t.node(d).nlink() == 0 {
                 t.free_subtree(d);
@@ -1036,15 +1144,17 @@ impl StrataFs {
             }
             a.uid = uid.unwrap_or(a.uid);
             a.gid = gid.unwrap_or(a.gid);
-            let (pfd, name) = if ino == ROOT {
-                (upper::dup(up.root_fd())?, Box::<[u8]>::from(&b"."[..]))
-            } else {
-                self.parent_fd(&t, ino)?
-            };
-            if (mode.is_some() || uid.is_some() || gid.is_some()) && !up.write_meta(pfd.as_fd(), &name, &a, false)? {
+            let (pfd, name) = self.entry_fd(&t, ino)?;
+            let mut rec = t.node(ino).meta_rec;
+            let ids_or_mode = mode.is_some() || uid.is_some() || gid.is_some();
+            let held = !ids_or_mode || up.write_meta(pfd.as_fd(), &name, &a, &mut rec)?;
+            t.node_mut(ino).meta_rec = rec;
+            if !held {
                 let target = if a.kind() == libc::S_IFLNK { self.symlink_target(&t, ino)? } else { Vec::new() };
                 let st = stat_host(pfd.as_fd(), &name)?;
                 up.make_stand_in(pfd.as_fd(), &name, &a, &target)?;
+                let n = t.node_mut(ino);
+                (n.meta_rec, n.no_xattrs) = (true, false);
                 up.set_times(
                     pfd.as_fd(),
                     &name,
@@ -1195,7 +1305,136 @@ fn copy_content(src: &File, dst: &File) -> io::Result<()> {
     Ok(())
 }
 
+// ---- request statistics --------------------------------------------------
+
+/// Request kinds counted by [`Stats`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Lookup,
+    Forget,
+    Getattr,
+    Setattr,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Read,
+    Write,
+    Flush,
+    Release,
+    Fsync,
+    Opendir,
+    Readdir,
+    Readdirplus,
+    Releasedir,
+    Fsyncdir,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Access,
+    Create,
+    Fallocate,
+    Lseek,
+}
+
+const OP_COUNT: usize = Op::Lseek as usize + 1;
+const OP_NAMES: [&str; OP_COUNT] = [
+    "lookup",
+    "forget",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "read",
+    "write",
+    "flush",
+    "release",
+    "fsync",
+    "opendir",
+    "readdir",
+    "readdirplus",
+    "releasedir",
+    "fsyncdir",
+    "statfs",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "access",
+    "create",
+    "fallocate",
+    "lseek",
+];
+
+/// Requests served and server time spent per kind, written to the file named
+/// by `STRATA_FS_STATS` when the filesystem is unmounted: the numbers the
+/// performance notes in `lib.rs` were taken with.
+pub(crate) struct Stats {
+    path: std::path::PathBuf,
+    counts: [AtomicU64; OP_COUNT],
+    nanos: [AtomicU64; OP_COUNT],
+}
+
+/// Adds one request's time to [`Stats`] when dropped.
+pub(crate) struct OpTimer<'a> {
+    stats: &'a Stats,
+    op: Op,
+    start: std::time::Instant,
+}
+
+impl Drop for OpTimer<'_> {
+    fn drop(&mut self) {
+        let i = self.op as usize;
+        self.stats.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.stats.nanos[i].fetch_add(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Stats {
+    fn from_env() -> Option<Stats> {
+        let path = std::env::var_os("STRATA_FS_STATS").filter(|p| !p.is_empty())?;
+        Some(Stats {
+            path: path.into(),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            nanos: std::array::from_fn(|_| AtomicU64::new(0)),
+        })
+    }
+
+    fn write(&self) {
+        let mut out = String::from("op count server_ms\n");
+        for i in 0..OP_COUNT {
+            let n = self.counts[i].load(Ordering::Relaxed);
+            if n > 0 {
+                let ms = self.nanos[i].load(Ordering::Relaxed) as f64 / 1e6;
+                out += &format!("{} {n} {ms:.1}\n", OP_NAMES[i]);
+            }
+        }
+        // Diagnostics only: a file that cannot be written is no reason to fail.
+        let _ = std::fs::write(&self.path, out);
+    }
+}
+
 impl Filesystem for StrataFs {
+    fn destroy(&mut self) {
+        if let Some(s) = &self.stats {
+            s.write();
+        }
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         use fuser::InitFlags as F;
         let _ = config.set_max_write(MAX_WRITE);
@@ -1216,6 +1455,14 @@ impl Filesystem for StrataFs {
             | F::FUSE_BIG_WRITES;
         // Ask only for what this kernel offers: add_capabilities refuses unknown bits.
         let _ = config.add_capabilities(wanted & config.capabilities());
+        let exp = std::env::var("STRATA_FS_EXP").unwrap_or_default();
+        if exp.contains("wb") && self.upper.is_some() {
+            let _ = config.add_capabilities(F::FUSE_WRITEBACK_CACHE);
+            self.want_passthrough = false;
+        }
+        if exp.contains("nopt") {
+            self.want_passthrough = false;
+        }
         // Passthrough: registering backing files needs CAP_SYS_ADMIN in the
         // initial user namespace; without it the first open falls back.
         if self.want_passthrough
@@ -1229,6 +1476,7 @@ impl Filesystem for StrataFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = self.op(Op::Lookup);
         let t = self.read();
         let Some(d) = t.dir(parent.0) else {
             // A removed directory has no entries left: ENOENT, as on any fs.
@@ -1269,10 +1517,12 @@ impl Filesystem for StrataFs {
 
     // (fuser's default batch_forget calls this per inode.)
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _op = self.op(Op::Forget);
         self.write().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = self.op(Op::Getattr);
         let t = self.read();
         match t.get(ino.0) {
             Some(n) => {
@@ -1301,6 +1551,7 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _op = self.op(Op::Setattr);
         match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
             Ok(a) => reply.attr(&UPPER_TTL, &a),
             Err(e) => reply.error(eno(e)),
@@ -1308,6 +1559,7 @@ impl Filesystem for StrataFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _op = self.op(Op::Readlink);
         let t = self.read();
         if t.get(ino.0).is_none() {
             return reply.error(Errno::ENOENT);
@@ -1328,14 +1580,17 @@ impl Filesystem for StrataFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _op = self.op(Op::Mknod);
         self.entry_reply(reply, self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let _op = self.op(Op::Mkdir);
         self.entry_reply(reply, self.do_mkdir(req, parent.0, name.as_bytes(), mode));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = self.op(Op::Unlink);
         match self.do_remove(parent.0, name.as_bytes(), false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(eno(e)),
@@ -1343,6 +1598,7 @@ impl Filesystem for StrataFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = self.op(Op::Rmdir);
         match self.do_remove(parent.0, name.as_bytes(), true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(eno(e)),
@@ -1350,6 +1606,7 @@ impl Filesystem for StrataFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let _op = self.op(Op::Symlink);
         self.entry_reply(reply, self.do_symlink(req, parent.0, link_name.as_bytes(), target.as_os_str().as_bytes()));
     }
 
@@ -1363,6 +1620,7 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _op = self.op(Op::Rename);
         match self.do_rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(eno(e)),
@@ -1370,6 +1628,7 @@ impl Filesystem for StrataFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _op = self.op(Op::Link);
         let r = self.do_link(ino.0, newparent.0, newname.as_bytes()).map(|()| {
             let t = self.read();
             (ino.0, self.attr(&t, ino.0, None))
@@ -1378,6 +1637,7 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _op = self.op(Op::Open);
         let (file, writable, lower) = match self.do_open(ino.0, flags.0) {
             Ok(x) => x,
             Err(e) => return reply.error(eno(e)),
@@ -1430,6 +1690,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _op = self.op(Op::Read);
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -1458,6 +1719,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _op = self.op(Op::Write);
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, writable: true, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -1468,6 +1730,7 @@ impl Filesystem for StrataFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _op = self.op(Op::Flush);
         reply.ok();
     }
 
@@ -1481,6 +1744,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _op = self.op(Op::Release);
         let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
         if let Some(h) = h {
             if let HandleKind::File { mode, .. } = &h.kind {
@@ -1491,6 +1755,7 @@ impl Filesystem for StrataFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let _op = self.op(Op::Fsync);
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.ok() };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -1502,6 +1767,7 @@ impl Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = self.op(Op::Opendir);
         match self.dir_snapshot(ino.0) {
             // The kernel may keep what it read of the directory: every change
             // comes through it and drops that cache.
@@ -1514,6 +1780,7 @@ impl Filesystem for StrataFs {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _op = self.op(Op::Readdir);
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::Dir(ents) = &h.kind else { return reply.error(Errno::ENOTDIR) };
         for (i, e) in ents.iter().enumerate().skip(offset as usize) {
@@ -1525,13 +1792,14 @@ impl Filesystem for StrataFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _op = self.op(Op::Readdirplus);
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::Dir(ents) = &h.kind else { return reply.error(Errno::ENOTDIR) };
         let t = self.read();
         // One fd of the upper directory serves the host stats of all entries.
         let dir_fd = match (&self.upper, t.get(ino.0)) {
             (Some(up), Some(n)) if n.up != Up::No && n.nlink() > 0 || ino.0 == ROOT && self.upper.is_some() => {
-                up.dir(&t.path_of(ino.0)).ok()
+                self.upper_dir(&t, ino.0).ok()
             }
             _ => None,
         };
@@ -1559,15 +1827,18 @@ impl Filesystem for StrataFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let _op = self.op(Op::Releasedir);
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _op = self.op(Op::Fsyncdir);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = self.op(Op::Statfs);
         let fd = match (&self.upper, &self.statfs_fd) {
             (Some(up), _) => up.root_fd(),
             (None, Some(fd)) => fd.as_fd(),
@@ -1598,6 +1869,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _op = self.op(Op::Setxattr);
         let r = (|| {
             let name = name.as_bytes();
             if name.starts_with(upper::RESERVED_PREFIX) {
@@ -1609,8 +1881,8 @@ impl Filesystem for StrataFs {
                 return Err(err(libc::ENOENT));
             }
             self.copy_up_meta(&mut t, ino.0)?;
-            let (pfd, n) =
-                if ino.0 == ROOT { (upper::dup(up.root_fd())?, (*b".").into()) } else { self.parent_fd(&t, ino.0)? };
+            t.node_mut(ino.0).no_xattrs = false;
+            let (pfd, n) = self.entry_fd(&t, ino.0)?;
             up.set_xattr(pfd.as_fd(), &n, name, value, flags)
         })();
         match r {
@@ -1620,6 +1892,13 @@ impl Filesystem for StrataFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = self.op(Op::Getxattr);
+        if self.no_xattrs_at_all {
+            // The kernel remembers this for the mount: every later getxattr
+            // fails with EOPNOTSUPP without a round trip (ls -l asks two
+            // per file). Nothing can ever be found here, nor set.
+            return reply.error(Errno::ENOSYS);
+        }
         let r = (|| {
             let name = name.as_bytes();
             if name.starts_with(upper::RESERVED_PREFIX) {
@@ -1629,13 +1908,11 @@ impl Filesystem for StrataFs {
             let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
             let v = if n.up == Up::No || self.upper.is_none() {
                 self.lower_entry(n).and_then(|(_, e)| e.xattrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+            } else if n.no_xattrs {
+                None
             } else {
                 let up = self.upper()?;
-                let (pfd, nm) = if ino.0 == ROOT {
-                    (upper::dup(up.root_fd())?, (*b".").into())
-                } else {
-                    self.parent_fd(&t, ino.0)?
-                };
+                let (pfd, nm) = self.entry_fd(&t, ino.0)?;
                 up.get_xattr(pfd.as_fd(), &nm, name)?
             };
             v.ok_or_else(|| err(libc::ENODATA))
@@ -1644,6 +1921,7 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _op = self.op(Op::Listxattr);
         let r = (|| {
             let t = self.read();
             let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
@@ -1657,13 +1935,11 @@ impl Filesystem for StrataFs {
                             .collect()
                     })
                     .unwrap_or_default()
+            } else if n.no_xattrs {
+                Vec::new()
             } else {
                 let up = self.upper()?;
-                let (pfd, nm) = if ino.0 == ROOT {
-                    (upper::dup(up.root_fd())?, (*b".").into())
-                } else {
-                    self.parent_fd(&t, ino.0)?
-                };
+                let (pfd, nm) = self.entry_fd(&t, ino.0)?;
                 up.list_xattrs(pfd.as_fd(), &nm)?
             };
             let mut out = Vec::new();
@@ -1677,6 +1953,7 @@ impl Filesystem for StrataFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = self.op(Op::Removexattr);
         let r = (|| {
             let name = name.as_bytes();
             if name.starts_with(upper::RESERVED_PREFIX) {
@@ -1692,8 +1969,7 @@ impl Filesystem for StrataFs {
                 }
             }
             self.copy_up_meta(&mut t, ino.0)?;
-            let (pfd, n) =
-                if ino.0 == ROOT { (upper::dup(up.root_fd())?, (*b".").into()) } else { self.parent_fd(&t, ino.0)? };
+            let (pfd, n) = self.entry_fd(&t, ino.0)?;
             up.remove_xattr(pfd.as_fd(), &n, name)
         })();
         match r {
@@ -1703,6 +1979,7 @@ impl Filesystem for StrataFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _op = self.op(Op::Access);
         let t = self.read();
         let Some(n) = t.get(ino.0) else { return reply.error(Errno::ENOENT) };
         let mask = mask.bits() & 7;
@@ -1744,6 +2021,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _op = self.op(Op::Create);
         match self.do_create(req, parent.0, name.as_bytes(), mode) {
             Ok((ino, a, file)) => {
                 let acc = flags & libc::O_ACCMODE;
@@ -1807,6 +2085,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _op = self.op(Op::Fallocate);
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, writable: true, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -1818,6 +2097,7 @@ impl Filesystem for StrataFs {
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
+        let _op = self.op(Op::Lseek);
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();

@@ -139,6 +139,13 @@ pub(crate) struct Node {
     pub dir: Option<Box<Dir>>,
     /// References the kernel holds (lookups answered minus forgets).
     pub lookups: AtomicU64,
+    /// The upper entry is known to carry no xattrs but strata's own records
+    /// (set where strata made it and knows what it wrote): getxattr and
+    /// listxattr then answer from memory. False means "ask the host".
+    pub no_xattrs: bool,
+    /// The upper entry may carry a `user.strata.meta` record (true unless
+    /// strata knows it does not: then a metadata change need not remove one).
+    pub meta_rec: bool,
 }
 
 impl Node {
@@ -153,6 +160,8 @@ impl Node {
             stand_in: false,
             dir,
             lookups: AtomicU64::new(0),
+            no_xattrs: false,
+            meta_rec: true,
         }
     }
 

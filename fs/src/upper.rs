@@ -213,9 +213,10 @@ impl Upper {
     /// Makes the host entry report `want` (type, permissions, owner, device),
     /// directly where the host can hold it, else through `user.strata.meta`.
     /// Returns `Ok(false)` when the entry's type cannot carry the xattr and
-    /// has to become a stand-in (see [`Upper::make_stand_in`]). `fresh`: the
-    /// entry was just created by us and carries no record yet.
-    pub fn write_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr, fresh: bool) -> io::Result<bool> {
+    /// has to become a stand-in (see [`Upper::make_stand_in`]). `recorded`:
+    /// in, whether the entry may carry a record already (false for an entry
+    /// just created by us); out, whether it carries one now.
+    pub fn write_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr, recorded: &mut bool) -> io::Result<bool> {
         let os = std::ffi::OsStr::from_bytes(name);
         let mut st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
         let kind = st.st_mode & libc::S_IFMT;
@@ -241,10 +242,11 @@ impl Upper {
             && st.st_gid == want.gid
             && (host_rdev == want.rdev || !matches!(kind, libc::S_IFCHR | libc::S_IFBLK));
         if !can_hold_user_xattrs(kind) {
+            *recorded = false;
             return Ok(exact);
         }
         if exact {
-            if !fresh {
+            if *recorded {
                 let f = self.path_fd(dir, name)?;
                 match remove_xattr_fd(&f, META_XATTR) {
                     Ok(()) => {}
@@ -252,10 +254,12 @@ impl Upper {
                     Err(e) => return Err(e),
                 }
             }
+            *recorded = false;
         } else {
             let f = self.path_fd(dir, name)?;
             let v = format!("{} {} {} {}", want.mode, want.uid, want.gid, want.rdev);
             set_xattr_fd(&f, META_XATTR, v.as_bytes(), 0)?;
+            *recorded = true;
         }
         Ok(true)
     }
@@ -271,7 +275,7 @@ impl Upper {
         let mut f = self.open_file(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
         f.write_all(content)?;
         drop(f);
-        self.write_meta(dir, name, want, true)?;
+        self.write_meta(dir, name, want, &mut false)?;
         Ok(())
     }
 
@@ -565,7 +569,9 @@ mod tests {
         // A file with a foreign owner and a mode without owner access.
         drop(up.open_file(root.as_fd(), b"f", OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL).unwrap());
         let want = attr(libc::S_IFREG | 0o4000, 7, 8, 0);
-        assert!(up.write_meta(root.as_fd(), b"f", &want, true).unwrap());
+        let mut rec = false;
+        assert!(up.write_meta(root.as_fd(), b"f", &want, &mut rec).unwrap());
+        assert!(rec);
         let h = up.stat(root.as_fd(), b"f").unwrap();
         assert_eq!(h.st.st_mode & 0o7777, 0o600, "the host file stays usable");
         let a = h.attr();
@@ -575,7 +581,8 @@ mod tests {
         // Back to what the host holds: the record goes away.
         let own = rustix::fs::fstat(up.path_fd(root.as_fd(), b"f").unwrap()).unwrap();
         let plain = attr(libc::S_IFREG | 0o640, own.st_uid, own.st_gid, 0);
-        assert!(up.write_meta(root.as_fd(), b"f", &plain, false).unwrap());
+        assert!(up.write_meta(root.as_fd(), b"f", &plain, &mut rec).unwrap());
+        assert!(!rec);
         assert!(up.stat(root.as_fd(), b"f").unwrap().meta.is_none());
 
         // A device node becomes a regular stand-in file.

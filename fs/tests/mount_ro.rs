@@ -131,3 +131,31 @@ fn big_directory_and_large_file() {
     assert_eq!(std::fs::read(mnt.join("large")).unwrap(), large);
     g.unmount();
 }
+
+/// Layers without any xattr, mounted read-only: getxattr is switched off for
+/// the mount (the kernel then answers EOPNOTSUPP itself, without asking),
+/// and listxattr lists nothing. With one xattr anywhere, getxattr answers.
+#[test]
+fn xattrs_switched_off_only_when_there_are_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let plain = LayerBuilder::new(&objects).dir("", 0o755).file("a", b"a", 0o644).file("b", b"b", 0o644).build();
+    let mnt = tmp.path().join("mnt");
+    let g = MountGuard::new(vec![plain.clone()], &mnt, MountOptions::default());
+    for name in ["a", "b"] {
+        let p = mnt.join(name);
+        let mut buf = [0u8; 64];
+        for x in ["security.capability", "system.posix_acl_access", "user.k"] {
+            assert_eq!(rustix::fs::lgetxattr(&p, x, &mut buf[..]), Err(rustix::io::Errno::NOTSUP), "{name} {x}");
+        }
+        assert_eq!(rustix::fs::llistxattr(&p, &mut buf[..]), Ok(0));
+    }
+    g.unmount();
+
+    let with = LayerBuilder::new(&objects).file("b", b"b", 0o644).xattr("user.k", b"v").build();
+    let g = MountGuard::new(vec![plain, with], &mnt, MountOptions::default());
+    assert_eq!(getxattr(&mnt.join("b"), "user.k").as_deref(), Some(&b"v"[..]));
+    let mut buf = [0u8; 64];
+    assert_eq!(rustix::fs::lgetxattr(mnt.join("a"), "user.k", &mut buf[..]), Err(rustix::io::Errno::NODATA));
+    g.unmount();
+}

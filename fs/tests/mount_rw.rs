@@ -320,3 +320,51 @@ fn upper_read_back_as_layer_entries() {
     let pos = |p: &str| entries.iter().position(|e| e.path == p.as_bytes()).unwrap();
     assert!(pos("data") < pos("data/b"));
 }
+
+/// Entries made through the mount answer xattr requests from memory while
+/// strata knows they carry none; what the host passes on (a default ACL of
+/// the directory) and what is set through the mount must still show.
+#[test]
+fn xattrs_of_new_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+
+    std::fs::create_dir(mnt.join("new")).unwrap();
+    std::fs::write(mnt.join("new/f"), b"f").unwrap();
+    std::fs::write(mnt.join("data/g"), b"g").unwrap(); // in a copied-up lower directory
+    let mut buf = [0u8; 256];
+    for p in ["new", "new/f", "data", "data/g"] {
+        let p = mnt.join(p);
+        assert_eq!(rustix::fs::lgetxattr(&p, "user.x", &mut buf[..]), Err(rustix::io::Errno::NODATA));
+        assert_eq!(rustix::fs::llistxattr(&p, &mut buf[..]), Ok(0));
+    }
+    rustix::fs::lsetxattr(mnt.join("new/f"), "user.x", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+    assert_eq!(getxattr(&mnt.join("new/f"), "user.x").as_deref(), Some(&b"1"[..]));
+
+    if is_root() {
+        // A default ACL (owner rwx, user 1234 r, mask rwx, group r-x, other
+        // r-x) is set on the host directory, which hands an access ACL to
+        // every file made in it afterwards.
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in
+            [(1u16, 7u16, u32::MAX), (2, 4, 1234), (4, 5, u32::MAX), (0x10, 7, u32::MAX), (0x20, 5, u32::MAX)]
+        {
+            acl.extend_from_slice(&tag.to_le_bytes());
+            acl.extend_from_slice(&perm.to_le_bytes());
+            acl.extend_from_slice(&id.to_le_bytes());
+        }
+        rustix::fs::lsetxattr(mnt.join("new"), "system.posix_acl_default", &acl, rustix::fs::XattrFlags::empty())
+            .unwrap();
+        std::fs::write(mnt.join("new/h"), b"h").unwrap();
+        std::fs::create_dir(mnt.join("new/d")).unwrap();
+        for p in ["new/h", "new/d"] {
+            assert!(getxattr(&mnt.join(p), "system.posix_acl_access").is_some(), "{p} inherits an ACL");
+        }
+        assert!(getxattr(&mnt.join("new/d"), "system.posix_acl_default").is_some());
+    }
+    g.unmount();
+}

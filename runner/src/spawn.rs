@@ -431,6 +431,8 @@ fn validate(spec: &Spec) -> Result<(), RunnerError> {
 }
 
 /// Write the /etc files atomically into their directory; returns (target, source) pairs.
+/// Not fsync'd: they are rewritten at every start, so a crash loses nothing worth three fsyncs
+/// (~1.5 ms each here) per start.
 fn write_etc_files(spec: &Spec) -> Result<Vec<(&'static str, std::path::PathBuf)>, RunnerError> {
     let Some(etc) = &spec.etc_files else { return Ok(Vec::new()) };
     let mut out = Vec::new();
@@ -451,7 +453,6 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
     fs::rename(&tmp, path)
 }
 

@@ -133,8 +133,12 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
         strata_runner::Stdio { stdin: Some(devnull()?), stdout: None, stderr: None }
     };
     // The exec'd process counts against the container's limits. (Unreadable
-    // cgroups mean that the init is gone: the exec below says so.)
-    let cgroup = strata_runner::Cgroup::of_container(init.pid, &cfg.id).ok().flatten();
+    // cgroups mean that the init is gone: the exec below says so.) Not
+    // rootless: moving a process between delegated cgroups takes write
+    // access to their common ancestor, which an exec from another login
+    // session lacks; there it stays in the caller's cgroup.
+    let cgroup =
+        if ctx.rootless { None } else { strata_runner::Cgroup::of_container(init.pid, &cfg.id).ok().flatten() };
     let mut process = match strata_runner::exec(init.pid, &spec, stdio, cgroup.as_ref()) {
         Ok(p) => p,
         Err(e) => {

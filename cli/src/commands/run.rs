@@ -381,7 +381,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     std::fs::create_dir_all(dir.join("upper")).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::create_dir_all(dir.join("rootfs"))?;
     let c = Container { config, state: ContainerState::default(), dir };
-    record::write_json(&c.dir.join("state.json"), &c.state)?;
+    record::save_state(&c)?;
     record::write_json(&c.dir.join("config.json"), &c.config)?;
     drop(_lock);
     volumes::ensure_volumes(ctx, &c)?;

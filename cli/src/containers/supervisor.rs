@@ -19,7 +19,10 @@
 //! The process that launches the supervisor passes it one end of a socket
 //! pair (fd 3): the supervisor reports `STARTED` or `ERROR(code, message)`
 //! there, so `run -d` prints the id only once the container runs and `run`
-//! sees every byte of output. Later clients use `attach.sock`.
+//! sees every byte of output. Later clients use `attach.sock`. The store root
+//! comes as a directory fd (fd 4) and the environment is cut down to a few
+//! variables, because a container's `--init` is a fork of the supervisor and
+//! shows its command line and environment as /proc/1/cmdline and environ.
 
 use crate::commands::run::remove_container_files;
 use crate::containers::attach::{self, FrameBuf};
@@ -100,8 +103,12 @@ impl Session {
 /// `attach` the supervisor sends output to the returned session too.
 pub fn launch(ctx: &Context, c: &Container, attach: bool) -> Result<Session> {
     let (ours, theirs) = UnixStream::pair().context("creating the supervisor socket pair")?;
-    // Our own binary, even if its file was replaced since we started.
-    let exe = "/proc/self/exe";
+    // Our own binary; /proc/self/exe itself if its file was replaced since
+    // we started (the path keeps the process name `strata` otherwise).
+    let exe = std::fs::read_link("/proc/self/exe")
+        .ok()
+        .filter(|p| p.is_file() && !p.to_string_lossy().ends_with(" (deleted)"))
+        .unwrap_or_else(|| "/proc/self/exe".into());
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -570,7 +577,8 @@ impl Supervisor<'_> {
             s.oom_killed = false;
             s.finished_at = Some(record::now());
         });
-        if let Some(l) = self.log.as_mut() {
+        // `--rm` removes the log in a moment: no point in making it durable.
+        if let Some(l) = self.log.as_mut().filter(|_| !self.c.config.request.rm) {
             let _ = l.sync_all();
         }
         drop(run);
