@@ -154,7 +154,9 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     let mut config = fuser::Config::default();
     config.mount_options = mo;
     config.acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
-    config.n_threads = Some(opts.threads.max(1));
+    config.n_threads = Some(
+        std::env::var("STRATA_FS_EXP_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(opts.threads.max(1)),
+    );
     config.clone_fd = true;
     let merr = |source| FsError::Mount { path: mountpoint.to_path_buf(), source };
     let session = fuser::Session::new(fs, mountpoint, &config).map_err(merr)?;
