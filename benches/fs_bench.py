@@ -15,7 +15,7 @@ moves on. Results: OUT/WORKLOAD-cold.json and -warm.json (hyperfine's export
 layout: results[].command/times/median...), OUT/summary.txt (medians and
 ratios to the kernel), OUT/errors.txt.
 
-Environment: WORK LAYERS TARBALL BENCH_DIR OUT RUNS ONLY FS (see fs.sh).
+Environment: WORK RW TARBALL BENCH_DIR OUT RUNS ONLY FS (see fs.sh).
 """
 import json
 import os
@@ -25,7 +25,6 @@ import sys
 import time
 
 WORK = os.environ["WORK"]
-LAYERS = os.environ["LAYERS"]
 OUT = os.environ["OUT"]
 RUNS = int(os.environ.get("RUNS", "3"))
 MOUNT = [os.path.join(os.environ["BENCH_DIR"], "fs-mount.sh")]
@@ -293,6 +292,12 @@ def main():
         b = med.get(base)
         lines.append("%-10s %-5s %10s" % (name, temp, "%.4f" % b if b else "FAIL") +
                      "".join("%*s" % (w, fmt_ratio(med.get(fs), b)) for fs in others))
+    lines.append("")
+    lines.append("Medians in seconds")
+    lines.append("%-10s %-5s" % ("workload", "cache") + "".join("%*s" % (w, fs) for fs in FSES))
+    for (name, temp), med in medians.items():
+        lines.append("%-10s %-5s" % (name, temp) +
+                     "".join("%*s" % (w, "%.4f" % med[fs] if fs in med else "FAIL") for fs in FSES))
     lines.append("")
     lines.append("entries per mount: " + ", ".join("%s %d" % kv for kv in counts.items()))
     lines.append("%d failures (details in errors.txt); %.0f s in all" % (len(errors), time.time() - started))

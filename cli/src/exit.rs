@@ -4,8 +4,7 @@
 pub const STRATA_ERROR: i32 = 125;
 /// The container command was found but could not be executed.
 pub const CANNOT_EXECUTE: i32 = 126;
-/// The container command was not found.
-pub const NOT_FOUND: i32 = 127;
+// 127 (command not found) comes from the runner's own error codes.
 
 /// An error that carries the exit status to use, for the cases where it is
 /// not [`STRATA_ERROR`] (e.g. 126/127 from a container start).

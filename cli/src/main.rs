@@ -9,6 +9,7 @@ mod containers;
 mod context;
 mod exit;
 mod format;
+mod lockfile;
 mod mounts;
 mod progress;
 
@@ -50,8 +51,12 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            let usage_error = !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand);
+            let usage_error = !matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
             let _ = e.print();
             // Docker exits 125 when strata itself is used wrongly.
             std::process::exit(if usage_error { exit::STRATA_ERROR } else { 0 });

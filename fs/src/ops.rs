@@ -187,15 +187,21 @@ pub(crate) struct StrataFs {
     /// first. An fd follows its directory across renames, so only removing
     /// a directory (after which its inode number may be reused) drops it.
     dirs: Mutex<HashMap<Ino, Arc<OwnedFd>>>,
+    /// How many directory fds `dirs` may hold.
+    dir_cache_cap: usize,
     /// A read-only mount of layers without a single xattr: getxattr answers
     /// ENOSYS, after which the kernel stops asking (see the notes in lib.rs).
     no_xattrs_at_all: bool,
     stats: Option<Stats>,
 }
 
-/// Upper directory fds kept open at most (the cache starts over when full;
-/// the hard RLIMIT_NOFILE may be low).
-const DIR_CACHE: usize = 512;
+/// Upper directory fds kept open at most: 512, or an eighth of the soft
+/// RLIMIT_NOFILE when that is lower (open files of the mount need fds too).
+/// The cache starts over when full.
+fn dir_cache_cap() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    (soft / 8).clamp(16, 512) as usize
+}
 
 impl StrataFs {
     pub fn new(
@@ -217,6 +223,7 @@ impl StrataFs {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             io: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            dir_cache_cap: dir_cache_cap(),
             no_xattrs_at_all,
             sources,
             stats: Stats::from_env(),
@@ -235,7 +242,7 @@ impl StrataFs {
         }
         let fd = Arc::new(self.upper()?.dir(&t.path_of(ino))?);
         let mut cache = self.dir_cache();
-        if cache.len() >= DIR_CACHE {
+        if cache.len() >= self.dir_cache_cap {
             cache.clear();
         }
         cache.insert(ino, fd.clone());
@@ -1288,7 +1295,7 @@ fn copy_content(src: &File, dst: &File) -> io::Result<()> {
                 | rustix::io::Errno::INVAL
                 | rustix::io::Errno::OPNOTSUPP,
             ) => {
-                let mut buf = vec![0u8; 1 << 20];
+                let mut buf = vec![0u8; (len - off_in).min(1 << 20) as usize];
                 loop {
                     let n = src.read_at(&mut buf, off_in)?;
                     if n == 0 {
@@ -1455,14 +1462,6 @@ impl Filesystem for StrataFs {
             | F::FUSE_BIG_WRITES;
         // Ask only for what this kernel offers: add_capabilities refuses unknown bits.
         let _ = config.add_capabilities(wanted & config.capabilities());
-        let exp = std::env::var("STRATA_FS_EXP").unwrap_or_default();
-        if exp.contains("wb") && self.upper.is_some() {
-            let _ = config.add_capabilities(F::FUSE_WRITEBACK_CACHE);
-            self.want_passthrough = false;
-        }
-        if exp.contains("nopt") {
-            self.want_passthrough = false;
-        }
         // Passthrough: registering backing files needs CAP_SYS_ADMIN in the
         // initial user namespace; without it the first open falls back.
         if self.want_passthrough
@@ -1515,10 +1514,15 @@ impl Filesystem for StrataFs {
         }
     }
 
-    // (fuser's default batch_forget calls this per inode.)
+    // Forgets take the tree lock shared: only a node that is gone for good
+    // needs it exclusively (they arrive with every other request, and an
+    // exclusive lock each made the others wait). fuser's batch_forget calls
+    // this per inode (its argument type is not public to override it).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _op = self.op(Op::Forget);
-        self.write().forget(ino.0, nlookup);
+        if self.read().forget(ino.0, nlookup) {
+            self.write().reclaim_forgotten(ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1694,17 +1698,19 @@ impl Filesystem for StrataFs {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            match f.read_at(&mut buf[done..], offset + done as u64) {
+        // Read into spare capacity: zeroing a buffer of up to 1 MiB per
+        // request first showed up as a tenth of the server's time.
+        let mut buf: Vec<u8> = Vec::with_capacity(size as usize);
+        while buf.len() < size as usize {
+            let at = offset + buf.len() as u64;
+            match rustix::io::pread(&*f, rustix::buffer::spare_capacity(&mut buf), at) {
                 Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return reply.error(eno(e)),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return reply.error(Errno::from_i32(e.raw_os_error())),
             }
         }
-        reply.data(&buf[..done]);
+        reply.data(&buf);
     }
 
     fn write(

@@ -310,13 +310,22 @@ impl Tree {
         self.epoch += 1;
     }
 
-    /// The kernel dropped `n` references to `ino`.
-    pub fn forget(&mut self, ino: Ino, n: u64) {
+    /// The kernel dropped `n` references to `ino`. Needs only shared access
+    /// (the count is atomic); returns true when the node is now unreachable
+    /// and unknown to the kernel, so that [`Tree::reclaim_forgotten`] should
+    /// run under exclusive access.
+    pub fn forget(&self, ino: Ino, n: u64) -> bool {
+        let Some(node) = self.get(ino) else { return false };
+        let dec = |c: u64| Some(c.saturating_sub(n));
+        let before = node.lookups.fetch_update(Ordering::AcqRel, Ordering::Acquire, dec).unwrap_or(0);
+        before > 0 && before <= n && node.nlink() == 0
+    }
+
+    /// Frees a node [`Tree::forget`] found unused, unless that changed
+    /// meanwhile (or its slot was freed already: a free slot has mode 0).
+    pub fn reclaim_forgotten(&mut self, ino: Ino) {
         let Some(node) = self.get(ino) else { return };
-        let before = node.lookups.load(Ordering::Relaxed);
-        let after = before.saturating_sub(n);
-        node.lookups.store(after, Ordering::Relaxed);
-        if before > 0 && after == 0 && node.nlink() == 0 {
+        if node.attr.mode != 0 && node.nlink() == 0 && node.lookups.load(Ordering::Acquire) == 0 {
             self.free_subtree(ino);
         }
     }

@@ -286,7 +286,14 @@ impl Upper {
         };
         let times = rustix::fs::Timestamps { last_access: ts(atime), last_modification: ts(mtime) };
         if name.is_empty() {
-            // The directory fd itself (an O_PATH fd: go through its /proc link).
+            // The directory fd itself. An O_PATH fd takes AT_EMPTY_PATH on
+            // recent kernels; older ones need its /proc link (slower: a
+            // path walk through procfs per call).
+            match rustix::fs::utimensat(dir, "", &times, AtFlags::EMPTY_PATH) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::BADF | rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(errno(e)),
+            }
             let own = dup(dir)?;
             let p = proc_path(&own);
             return rustix::fs::utimensat(rustix::fs::CWD, p.as_c_str(), &times, AtFlags::empty()).map_err(errno);
@@ -353,10 +360,26 @@ impl Upper {
     /// a directory that is empty in the merged view), recursively.
     pub fn empty_dir(&self, dir_rel: &[u8]) -> io::Result<()> {
         let fd = self.dir_readable(dir_rel)?;
-        for name in list_dir(&fd)? {
-            let st = rustix::fs::statat(&fd, std::ffi::OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(errno)?;
-            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        let dir = rustix::fs::Dir::read_from(&fd).map_err(errno)?;
+        let mut names = Vec::new();
+        for ent in dir {
+            let ent = ent.map_err(errno)?;
+            let n = ent.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                names.push((n.to_vec(), ent.file_type()));
+            }
+        }
+        for (name, ft) in names {
+            // The listing's type saves a stat per whiteout where the host fs gives it.
+            let is_dir = match ft {
+                rustix::fs::FileType::Unknown => {
+                    let st = rustix::fs::statat(&fd, std::ffi::OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(errno)?;
+                    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                }
+                ft => ft == rustix::fs::FileType::Directory,
+            };
+            if is_dir {
                 let sub = if dir_rel.is_empty() { name.clone() } else { [dir_rel, b"/", &name].concat() };
                 self.empty_dir(&sub)?;
                 unlink_if_exists(fd.as_fd(), &name, true)?;

@@ -28,13 +28,26 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
     /// A regular file; its content is the object named by `digest`.
-    File { size: u64, digest: Digest },
+    File {
+        size: u64,
+        digest: Digest,
+    },
     Dir,
-    Symlink { target: Vec<u8> },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// A hard link to an earlier entry of the same layer (a path in this index).
-    Hardlink { target: Vec<u8> },
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    Hardlink {
+        target: Vec<u8>,
+    },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
     /// `.wh.NAME` in the tar: `path` is the name it hides in lower layers.
     Whiteout,

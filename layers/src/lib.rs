@@ -9,12 +9,12 @@
 pub mod digest;
 pub mod error;
 pub mod image;
-pub mod ingest;
 pub mod index;
+pub mod ingest;
 pub mod layout;
 pub mod manifest;
-pub mod pull;
 pub mod merge;
+pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod store;

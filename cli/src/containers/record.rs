@@ -30,7 +30,7 @@ use crate::commands::run::CreateArgs;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use strata_layers::StoreLayout;
@@ -201,21 +201,11 @@ impl Container {
 
 /// The store's records lock (`ROOT/records.lock`), held exclusively for the
 /// duration of one read-modify-write of container or volume records.
-pub struct RecordsLock {
-    _file: File,
-}
+pub type RecordsLock = crate::lockfile::LockGuard;
 
 pub fn lock(layout: &StoreLayout) -> Result<RecordsLock> {
     fs::create_dir_all(layout.root()).with_context(|| format!("creating {}", layout.root().display()))?;
-    let path = layout.records_lock_path();
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.lock().with_context(|| format!("locking {}", path.display()))?;
-    Ok(RecordsLock { _file: file })
+    crate::lockfile::lock_exclusive(&layout.records_lock_path())
 }
 
 /// Writes `value` as JSON to `path` atomically and durably: temp file,

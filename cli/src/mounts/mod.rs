@@ -106,20 +106,10 @@ fn is_id(s: &str) -> bool {
 /// Held while a mount is checked for conflicts and started, so that two
 /// `strata mount` runs cannot both take the same mount point or upper
 /// directory. (`ROOT/mounts/lock`; a name no record can have.)
-pub struct MountLock {
-    _file: fs::File,
-}
+pub type MountLock = crate::lockfile::LockGuard;
 
 pub fn lock(layout: &StoreLayout) -> Result<MountLock> {
-    let path = layout.mounts_dir().join("lock");
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    file.lock().with_context(|| format!("locking {}", path.display()))?;
-    Ok(MountLock { _file: file })
+    crate::lockfile::lock_exclusive(&layout.mounts_dir().join("lock"))
 }
 
 /// Writes `rec` atomically.
