@@ -14,9 +14,13 @@
 set -euo pipefail
 : "${WORK:?}" "${RW:=$WORK}"
 
+# From the mount table, not stat(2): a FUSE mount whose server died fails
+# every stat with ENOTCONN and would look like no mount at all.
+mounted() { awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+
 unmount() {
     local fs=$1 m=$WORK/mnt-$1
-    if mountpoint -q "$m"; then
+    if mounted "$m"; then
         case $fs in
             kernel*) umount "$m" ;;
             strata) "$STRATA" --root "$STORE" umount "$m" >/dev/null || true ;;
@@ -24,8 +28,8 @@ unmount() {
         esac
         # A FUSE server may take a moment to go; a busy or dead one is
         # detached lazily rather than left behind.
-        for _ in $(seq 50); do mountpoint -q "$m" || break; sleep 0.1; done
-        if mountpoint -q "$m"; then
+        for _ in $(seq 50); do mounted "$m" || break; sleep 0.1; done
+        if mounted "$m"; then
             echo "fs-mount: $m still mounted, detaching it" >&2
             umount -l "$m"
         fi
@@ -55,7 +59,7 @@ mount_fs() {
             ;;
         *) echo "fs-mount: unknown filesystem $fs" >&2; exit 2 ;;
     esac
-    if ! mountpoint -q "$m"; then
+    if ! mounted "$m"; then
         echo "fs-mount: $fs did not mount on $m" >&2
         exit 1
     fi

@@ -19,6 +19,7 @@ Environment: WORK RW TARBALL BENCH_DIR OUT RUNS ONLY FS (see fs.sh).
 """
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -308,4 +309,6 @@ def main():
 
 
 if __name__ == "__main__":
+    # Unwind on TERM as on Ctrl-C, so that the current mount is taken down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     main()

@@ -40,22 +40,27 @@
 //!   time for SETATTR, GETXATTR and GETATTR on upper files, mostly an
 //!   `openat2` walk from the upper root to the parent directory for every
 //!   request and xattr calls through `/proc/self/fd`. Now upper directory fds
-//!   are cached per inode (`ops::StrataFs::upper_dir`), a node strata
+//!   are cached per inode (`ops::FsInner::upper_dir`), a node strata
 //!   created knows it carries no xattrs (`tree::Node::no_xattrs`: GETXATTR
 //!   answers from memory) and whether it carries a `user.strata.meta` record
 //!   (`tree::Node::meta_rec`: a chown that changes nothing costs no failing
-//!   removexattr). Server time per file went from ~380 µs to ~160 µs; the
-//!   rest is context switches of the round trips.
+//!   removexattr). Server time per file went from ~380 µs to ~160 µs (and
+//!   ~100 µs with the threading below); the rest is context switches of the
+//!   round trips.
 //! - Not done, on purpose: FUSE_HANDLE_KILLPRIV(_V2) would save the forced
 //!   GETATTR per chown, but then the server must clear set-id bits on writes
 //!   it never sees with passthrough. Answering getxattr with ENOSYS turns
 //!   xattrs off for the whole mount for good, so it is done only where no
 //!   xattr can ever exist (next item). The writeback cache was measured on
 //!   extract: no gain (it adds a FLUSH per file) and it excludes passthrough.
-//!   One serving thread instead of two was ~20% faster on extract (fewer
-//!   wake-ups across cores) but lets one slow request (a copy-up, a cold read
-//!   of a lower file on a writable mount) stall every other process, so the
-//!   default stays at two or more.
+//! - Threads: with two threads reading requests, extract took 3.4-4.1 s;
+//!   with one, 2.5-3.1 s (fuse-overlayfs 1.10, single-threaded: 3.1-3.8 s).
+//!   The kernel gives each request to the reader that waited longest, so
+//!   consecutive requests of one process bounce between threads and cores.
+//!   So one thread takes all requests and answers those that only touch
+//!   memory or do a quick host call; the ones that may block on I/O go to a
+//!   pool of `MountOptions::threads` workers (`ops::StrataFs`), so that a
+//!   copy-up or a cold read does not stall everyone else.
 //! - `ls -l` of 10,000 entries sends GETXATTR `security.selinux` and
 //!   `system.posix_acl_access` per entry (nothing in FUSE caches xattrs or
 //!   their absence). A read-only mount of layers without a single xattr
@@ -111,7 +116,8 @@ pub struct MountOptions {
     /// run as other uids need this). Through fusermount3 it requires
     /// `user_allow_other` in /etc/fuse.conf; a direct mount does not.
     pub allow_other: bool,
-    /// Request-serving threads.
+    /// Worker threads for requests that may block on I/O (one more thread
+    /// takes all requests and answers the others).
     pub threads: usize,
     /// Honour setuid/setgid bits (a container root filesystem wants this).
     pub suid: bool,
@@ -197,7 +203,8 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
         )
         .ok()
     });
-    let fs = ops::StrataFs::new(tree, sources, upper, statfs_fd, opts.passthrough && privileged_host());
+    let passthrough = opts.passthrough && privileged_host();
+    let fs = ops::StrataFs::new(tree, sources, upper, statfs_fd, passthrough, opts.threads.max(1));
 
     use fuser::MountOption as M;
     let mut mo = vec![M::FSName(opts.fsname.clone()), M::Subtype("strata".into()), M::DefaultPermissions];
@@ -207,7 +214,9 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     let mut config = fuser::Config::default();
     config.mount_options = mo;
     config.acl = if opts.allow_other { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
-    config.n_threads = Some(opts.threads.max(1));
+    // One thread takes requests; `opts.threads` I/O workers serve those that
+    // may block (see `ops::StrataFs`).
+    config.n_threads = Some(1);
     config.clone_fd = true;
     let merr = |source| FsError::Mount { path: mountpoint.to_path_buf(), source };
     let session = fuser::Session::new(fs, mountpoint, &config).map_err(merr)?;

@@ -169,7 +169,7 @@ struct Handle {
     kind: HandleKind,
 }
 
-pub(crate) struct StrataFs {
+pub(crate) struct FsInner {
     tree: RwLock<Tree>,
     sources: Vec<Arc<dyn LayerSource>>,
     upper: Option<Upper>,
@@ -203,8 +203,8 @@ fn dir_cache_cap() -> usize {
     (soft / 8).clamp(16, 512) as usize
 }
 
-impl StrataFs {
-    pub fn new(
+impl FsInner {
+    fn new(
         tree: Tree,
         sources: Vec<Arc<dyn LayerSource>>,
         upper: Option<Upper>,
@@ -213,7 +213,7 @@ impl StrataFs {
     ) -> Self {
         let no_xattrs_at_all =
             upper.is_none() && sources.iter().all(|s| s.entries().iter().all(|e| e.xattrs.is_empty()));
-        StrataFs {
+        FsInner {
             tree: RwLock::new(tree),
             upper,
             handles: Mutex::new(HashMap::new()),
@@ -287,11 +287,11 @@ impl StrataFs {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Tree> {
+    fn tree_read(&self) -> RwLockReadGuard<'_, Tree> {
         self.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Tree> {
+    fn tree_write(&self) -> RwLockWriteGuard<'_, Tree> {
         self.tree.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -556,7 +556,7 @@ impl StrataFs {
     }
 
     /// Copies a lower regular file up. `prepared`: a file in the upper root
-    /// that already holds the content (see [`StrataFs::precopy`]).
+    /// that already holds the content (see [`FsInner::precopy`]).
     fn copy_up_file(&self, t: &mut Tree, ino: Ino, how: Copy, prepared: Option<&[u8]>) -> io::Result<()> {
         let with_content = how != Copy::Meta;
         let up = self.upper()?;
@@ -662,7 +662,7 @@ impl StrataFs {
         const WORTH_IT: u64 = 1 << 20;
         let up = self.upper.as_ref()?;
         let (src, entry) = {
-            let t = self.read();
+            let t = self.tree_read();
             let n = t.get(ino)?;
             if n.up != Up::No || !n.attr.is_reg() || n.attr.size < WORTH_IT {
                 return None;
@@ -756,7 +756,7 @@ impl StrataFs {
         }
         let hidden = d.is_hidden(name);
         self.ensure_upper_dir(t, parent)?;
-        let fd = self.upper_dir(&t, parent)?;
+        let fd = self.upper_dir(t, parent)?;
         Ok((fd, hidden))
     }
 
@@ -827,7 +827,7 @@ impl StrataFs {
     /// Creates a regular file; the returned file is open read-write (the
     /// handle records whether the caller may write).
     fn do_create(&self, req: &Request, parent: Ino, name: &[u8], mode: u32) -> io::Result<(Ino, FileAttr, File)> {
-        let mut t = self.write();
+        let mut t = self.tree_write();
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
         let attr = self.new_attr(&t, req, parent, libc::S_IFREG | (mode & 0o7777));
@@ -842,7 +842,7 @@ impl StrataFs {
     }
 
     fn do_mkdir(&self, req: &Request, parent: Ino, name: &[u8], mode: u32) -> io::Result<(Ino, FileAttr)> {
-        let mut t = self.write();
+        let mut t = self.tree_write();
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
         let attr = self.new_attr(&t, req, parent, libc::S_IFDIR | (mode & 0o7777));
@@ -868,7 +868,7 @@ impl StrataFs {
         if mode & libc::S_IFMT == libc::S_IFDIR {
             return Err(err(libc::EINVAL));
         }
-        let mut t = self.write();
+        let mut t = self.tree_write();
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
         let mut attr = self.new_attr(&t, req, parent, mode);
@@ -883,7 +883,7 @@ impl StrataFs {
     }
 
     fn do_symlink(&self, req: &Request, parent: Ino, name: &[u8], target: &[u8]) -> io::Result<(Ino, FileAttr)> {
-        let mut t = self.write();
+        let mut t = self.tree_write();
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
         let mut attr = self.new_attr(&t, req, parent, libc::S_IFLNK | 0o777);
@@ -896,7 +896,7 @@ impl StrataFs {
     }
 
     fn do_link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> io::Result<()> {
-        let mut t = self.write();
+        let mut t = self.tree_write();
         if t.get(ino).is_none_or(|n| n.attr.is_dir() || n.nlink() == 0) {
             return Err(err(libc::EPERM));
         }
@@ -922,7 +922,7 @@ impl StrataFs {
     // ---- removing names ------------------------------------------------
 
     fn do_remove(&self, parent: Ino, name: &[u8], want_dir: bool) -> io::Result<()> {
-        let mut t = self.write();
+        let mut t = self.tree_write();
         let up = self.upper()?;
         let c = t.child(parent, name).ok_or_else(|| err(libc::ENOENT))?;
         let n = t.node(c);
@@ -972,7 +972,7 @@ impl StrataFs {
         newname: &[u8],
         flags: RenameFlags,
     ) -> io::Result<()> {
-        let mut t = self.write();
+        let mut t = self.tree_write();
         let up = self.upper()?;
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return Err(err(libc::EINVAL));
@@ -1106,7 +1106,7 @@ impl StrataFs {
         mtime: Option<TimeOrNow>,
         fh: Option<FileHandle>,
     ) -> io::Result<FileAttr> {
-        let mut t = self.write();
+        let mut t = self.tree_write();
         let up = self.upper()?;
         if t.get(ino).is_none() {
             return Err(err(libc::ENOENT));
@@ -1198,7 +1198,7 @@ impl StrataFs {
             self.upper()?;
             let prepared = if trunc { None } else { self.precopy(ino) };
             let r = (|| {
-                let mut t = self.write();
+                let mut t = self.tree_write();
                 let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
                 if !n.attr.is_reg() || n.stand_in {
                     return Err(err(libc::EINVAL));
@@ -1223,7 +1223,7 @@ impl StrataFs {
             }
             (r?, false)
         } else {
-            let t = self.read();
+            let t = self.tree_read();
             let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
             if !n.attr.is_reg() || n.stand_in {
                 return Err(err(libc::EINVAL));
@@ -1255,8 +1255,51 @@ impl StrataFs {
         }
     }
 
+    /// Opens a file and answers (see [`Filesystem::open`]).
+    fn open_reply(&self, ino: Ino, flags: i32, reply: ReplyOpen) {
+        let _op = self.op(Op::Open);
+        let (file, writable, lower) = match self.do_open(ino, flags) {
+            Ok(x) => x,
+            Err(e) => return reply.error(eno(e)),
+        };
+        let mut io = self.io();
+        let st = io.entry(ino).or_default();
+        // The kernel wants every open of an inode with a backing file to use
+        // that same file, and refuses to mix passthrough and cached opens.
+        // So: lower objects only on a read-only mount (a writer could come
+        // later and must not get the object), upper files always (readers
+        // and writers share the upper file), and never next to cached opens.
+        let eligible = if lower { self.upper.is_none() && !writable } else { true };
+        if eligible && st.cached == 0 && self.passthrough.load(Ordering::Relaxed) {
+            if st.backing.is_none() {
+                match reply.open_backing(&file) {
+                    Ok(id) => st.backing = Some(id),
+                    // Not permitted after all (e.g. no CAP_SYS_ADMIN): plain reads from now on.
+                    Err(_) => self.passthrough.store(false, Ordering::Relaxed),
+                }
+            }
+            if let Some(id) = &st.backing {
+                st.passthrough += 1;
+                let fh = self.add_handle(
+                    ino,
+                    HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode: IoMode::Passthrough },
+                );
+                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
+            }
+        }
+        let (mode, fl) = if st.passthrough > 0 {
+            (IoMode::Direct, FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
+        } else {
+            st.cached += 1;
+            (IoMode::Cached, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
+        };
+        drop(io);
+        let fh = self.add_handle(ino, HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode });
+        reply.opened(FileHandle(fh), fl);
+    }
+
     fn dir_snapshot(&self, ino: Ino) -> io::Result<Vec<DirEnt>> {
-        let t = self.read();
+        let t = self.tree_read();
         let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
         let d = n.dir.as_ref().ok_or_else(|| err(libc::ENOTDIR))?;
         let parent = if ino == ROOT { ROOT } else { n.link.parent };
@@ -1310,6 +1353,105 @@ fn copy_content(src: &File, dst: &File) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What fuser serves: the state ([`FsInner`]), shared with a pool of I/O
+/// workers.
+///
+/// One thread reads requests and answers most of them itself; requests that
+/// may block on I/O (READ, FSYNC, FALLOCATE, an OPEN for writing that
+/// copies a file up, a truncating SETATTR) go to the workers,
+/// which answer when done, so a slow request never holds up the others.
+/// WRITE stays on the reading thread: its data lives in the request buffer
+/// (handing it over means copying it), and the host write rarely blocks.
+/// Measured (see lib.rs): with two threads reading requests every round trip
+/// got slower (the kernel hands each request to the thread that waited
+/// longest, so consecutive requests bounce between threads and cores).
+pub(crate) struct StrataFs {
+    inner: Arc<FsInner>,
+    pool: Pool,
+}
+
+impl std::ops::Deref for StrataFs {
+    type Target = FsInner;
+    fn deref(&self) -> &FsInner {
+        &self.inner
+    }
+}
+
+impl StrataFs {
+    pub fn new(
+        tree: Tree,
+        sources: Vec<Arc<dyn LayerSource>>,
+        upper: Option<Upper>,
+        statfs_fd: Option<OwnedFd>,
+        want_passthrough: bool,
+        workers: usize,
+    ) -> Self {
+        StrataFs {
+            inner: Arc::new(FsInner::new(tree, sources, upper, statfs_fd, want_passthrough)),
+            pool: Pool::new(workers),
+        }
+    }
+
+    /// Runs `job` on an I/O worker.
+    fn offload(&self, job: impl FnOnce(&FsInner) + Send + 'static) {
+        let inner = self.inner.clone();
+        self.pool.run(move || job(&inner));
+    }
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of worker threads taking jobs from one queue.
+struct Pool {
+    tx: Option<std::sync::mpsc::Sender<Job>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(n: usize) -> Pool {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..n.max(1))
+            .filter_map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("strata-io-{i}"))
+                    .spawn(move || loop {
+                        // The queue's lock is held only while taking a job.
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return, // the filesystem is gone
+                        }
+                    })
+                    .ok()
+            })
+            .collect();
+        Pool { tx: Some(tx), threads }
+    }
+
+    fn run(&self, job: impl FnOnce() + Send + 'static) {
+        match &self.tx {
+            // Inline when no worker could be started (or none is left).
+            Some(tx) if !self.threads.is_empty() => {
+                if let Err(e) = tx.send(Box::new(job)) {
+                    (e.0)()
+                }
+            }
+            _ => job(),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 // ---- request statistics --------------------------------------------------
@@ -1423,11 +1565,11 @@ impl Stats {
 
     fn write(&self) {
         let mut out = String::from("op count server_ms\n");
-        for i in 0..OP_COUNT {
-            let n = self.counts[i].load(Ordering::Relaxed);
+        for ((name, count), nanos) in OP_NAMES.iter().zip(&self.counts).zip(&self.nanos) {
+            let n = count.load(Ordering::Relaxed);
             if n > 0 {
-                let ms = self.nanos[i].load(Ordering::Relaxed) as f64 / 1e6;
-                out += &format!("{} {n} {ms:.1}\n", OP_NAMES[i]);
+                let ms = nanos.load(Ordering::Relaxed) as f64 / 1e6;
+                out += &format!("{name} {n} {ms:.1}\n");
             }
         }
         // Diagnostics only: a file that cannot be written is no reason to fail.
@@ -1476,7 +1618,7 @@ impl Filesystem for StrataFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _op = self.op(Op::Lookup);
-        let t = self.read();
+        let t = self.tree_read();
         let Some(d) = t.dir(parent.0) else {
             // A removed directory has no entries left: ENOENT, as on any fs.
             let not_dir = t.get(parent.0).is_some_and(|n| !n.attr.is_dir());
@@ -1487,7 +1629,7 @@ impl Filesystem for StrataFs {
                 let a = self.attr(&t, c, None);
                 let n = t.node(c);
                 n.looked_up();
-                reply.entry_with_ttls(&Self::ttl(n), &Self::ttl(n), &a, Generation(0));
+                reply.entry_with_ttls(&FsInner::ttl(n), &FsInner::ttl(n), &a, Generation(0));
             }
             None => {
                 // A negative entry: the kernel caches the miss (creations come
@@ -1520,17 +1662,17 @@ impl Filesystem for StrataFs {
     // this per inode (its argument type is not public to override it).
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         let _op = self.op(Op::Forget);
-        if self.read().forget(ino.0, nlookup) {
-            self.write().reclaim_forgotten(ino.0);
+        if self.tree_read().forget(ino.0, nlookup) {
+            self.tree_write().reclaim_forgotten(ino.0);
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _op = self.op(Op::Getattr);
-        let t = self.read();
+        let t = self.tree_read();
         match t.get(ino.0) {
             Some(n) => {
-                let ttl = Self::ttl(n);
+                let ttl = FsInner::ttl(n);
                 reply.attr(&ttl, &self.attr(&t, ino.0, None))
             }
             None => reply.error(Errno::ENOENT),
@@ -1556,15 +1698,20 @@ impl Filesystem for StrataFs {
         reply: ReplyAttr,
     ) {
         let _op = self.op(Op::Setattr);
-        match self.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
+        let run = move |fs: &FsInner| match fs.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh) {
             Ok(a) => reply.attr(&UPPER_TTL, &a),
             Err(e) => reply.error(eno(e)),
+        };
+        if size.is_some() {
+            // Truncating a lower file copies it up.
+            return self.offload(run);
         }
+        run(self);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let _op = self.op(Op::Readlink);
-        let t = self.read();
+        let t = self.tree_read();
         if t.get(ino.0).is_none() {
             return reply.error(Errno::ENOENT);
         }
@@ -1634,53 +1781,20 @@ impl Filesystem for StrataFs {
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let _op = self.op(Op::Link);
         let r = self.do_link(ino.0, newparent.0, newname.as_bytes()).map(|()| {
-            let t = self.read();
+            let t = self.tree_read();
             (ino.0, self.attr(&t, ino.0, None))
         });
         self.entry_reply(reply, r);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _op = self.op(Op::Open);
-        let (file, writable, lower) = match self.do_open(ino.0, flags.0) {
-            Ok(x) => x,
-            Err(e) => return reply.error(eno(e)),
-        };
-        let ino = ino.0;
-        let mut io = self.io();
-        let st = io.entry(ino).or_default();
-        // The kernel wants every open of an inode with a backing file to use
-        // that same file, and refuses to mix passthrough and cached opens.
-        // So: lower objects only on a read-only mount (a writer could come
-        // later and must not get the object), upper files always (readers
-        // and writers share the upper file), and never next to cached opens.
-        let eligible = if lower { self.upper.is_none() && !writable } else { true };
-        if eligible && st.cached == 0 && self.passthrough.load(Ordering::Relaxed) {
-            if st.backing.is_none() {
-                match reply.open_backing(&file) {
-                    Ok(id) => st.backing = Some(id),
-                    // Not permitted after all (e.g. no CAP_SYS_ADMIN): plain reads from now on.
-                    Err(_) => self.passthrough.store(false, Ordering::Relaxed),
-                }
-            }
-            if let Some(id) = &st.backing {
-                st.passthrough += 1;
-                let fh = self.add_handle(
-                    ino,
-                    HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode: IoMode::Passthrough },
-                );
-                return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
-            }
+        let acc = flags.0 & libc::O_ACCMODE;
+        let for_writing = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        if for_writing && self.upper.is_some() && self.tree_read().get(ino.0).is_some_and(|n| n.up != Up::Full) {
+            // Copies the file up first.
+            return self.offload(move |fs| fs.open_reply(ino.0, flags.0, reply));
         }
-        let (mode, fl) = if st.passthrough > 0 {
-            (IoMode::Direct, FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
-        } else {
-            st.cached += 1;
-            (IoMode::Cached, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
-        };
-        drop(io);
-        let fh = self.add_handle(ino, HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode });
-        reply.opened(FileHandle(fh), fl);
+        self.open_reply(ino.0, flags.0, reply);
     }
 
     fn read(
@@ -1694,23 +1808,25 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _op = self.op(Op::Read);
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
-        // Read into spare capacity: zeroing a buffer of up to 1 MiB per
-        // request first showed up as a tenth of the server's time.
-        let mut buf: Vec<u8> = Vec::with_capacity(size as usize);
-        while buf.len() < size as usize {
-            let at = offset + buf.len() as u64;
-            match rustix::io::pread(&*f, rustix::buffer::spare_capacity(&mut buf), at) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return reply.error(Errno::from_i32(e.raw_os_error())),
+        self.offload(move |fs| {
+            let _op = fs.op(Op::Read);
+            // Read into spare capacity: zeroing a buffer of up to 1 MiB per
+            // request first showed up as a tenth of the server's time.
+            let mut buf: Vec<u8> = Vec::with_capacity(size as usize);
+            while buf.len() < size as usize {
+                let at = offset + buf.len() as u64;
+                match rustix::io::pread(&*f, rustix::buffer::spare_capacity(&mut buf), at) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return reply.error(Errno::from_i32(e.raw_os_error())),
+                }
             }
-        }
-        reply.data(&buf);
+            reply.data(&buf);
+        });
     }
 
     fn write(
@@ -1765,11 +1881,13 @@ impl Filesystem for StrataFs {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.ok() };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let r = if datasync { f.sync_data() } else { f.sync_all() };
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(eno(e)),
-        }
+        self.offload(move |_| {
+            let r = if datasync { f.sync_data() } else { f.sync_all() };
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(eno(e)),
+            }
+        });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -1801,7 +1919,7 @@ impl Filesystem for StrataFs {
         let _op = self.op(Op::Readdirplus);
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::Dir(ents) = &h.kind else { return reply.error(Errno::ENOTDIR) };
-        let t = self.read();
+        let t = self.tree_read();
         // One fd of the upper directory serves the host stats of all entries.
         let dir_fd = match (&self.upper, t.get(ino.0)) {
             (Some(up), Some(n)) if n.up != Up::No && n.nlink() > 0 || ino.0 == ROOT && self.upper.is_some() => {
@@ -1822,7 +1940,8 @@ impl Filesystem for StrataFs {
                 _ => None,
             };
             let a = self.attr(&t, cur, hint);
-            if reply.add(INodeNo(cur), (i + 1) as u64, OsStr::from_bytes(&e.name), &Self::ttl(n), &a, Generation(0)) {
+            if reply.add(INodeNo(cur), (i + 1) as u64, OsStr::from_bytes(&e.name), &FsInner::ttl(n), &a, Generation(0))
+            {
                 break; // full: this entry did not go out
             }
             if !dots {
@@ -1881,7 +2000,7 @@ impl Filesystem for StrataFs {
             if name.starts_with(upper::RESERVED_PREFIX) {
                 return Err(err(libc::EPERM));
             }
-            let mut t = self.write();
+            let mut t = self.tree_write();
             let up = self.upper()?;
             if t.get(ino.0).is_none() {
                 return Err(err(libc::ENOENT));
@@ -1910,7 +2029,7 @@ impl Filesystem for StrataFs {
             if name.starts_with(upper::RESERVED_PREFIX) {
                 return Err(err(libc::ENODATA));
             }
-            let t = self.read();
+            let t = self.tree_read();
             let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
             let v = if n.up == Up::No || self.upper.is_none() {
                 self.lower_entry(n).and_then(|(_, e)| e.xattrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
@@ -1923,13 +2042,13 @@ impl Filesystem for StrataFs {
             };
             v.ok_or_else(|| err(libc::ENODATA))
         })();
-        Self::xattr_reply(reply, size, r);
+        FsInner::xattr_reply(reply, size, r);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _op = self.op(Op::Listxattr);
         let r = (|| {
-            let t = self.read();
+            let t = self.tree_read();
             let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
             let names: Vec<Vec<u8>> = if n.up == Up::No || self.upper.is_none() {
                 self.lower_entry(n)
@@ -1955,7 +2074,7 @@ impl Filesystem for StrataFs {
             }
             Ok(out)
         })();
-        Self::xattr_reply(reply, size, r);
+        FsInner::xattr_reply(reply, size, r);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -1965,7 +2084,7 @@ impl Filesystem for StrataFs {
             if name.starts_with(upper::RESERVED_PREFIX) {
                 return Err(err(libc::EPERM));
             }
-            let mut t = self.write();
+            let mut t = self.tree_write();
             let up = self.upper()?;
             let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
             if n.up == Up::No {
@@ -1986,7 +2105,7 @@ impl Filesystem for StrataFs {
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let _op = self.op(Op::Access);
-        let t = self.read();
+        let t = self.tree_read();
         let Some(n) = t.get(ino.0) else { return reply.error(Errno::ENOENT) };
         let mask = mask.bits() & 7;
         if mask == 0 {
@@ -2096,10 +2215,10 @@ impl Filesystem for StrataFs {
         let HandleKind::File { file, writable: true, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
-        match rustix::fs::fallocate(&*f, flags, offset, length) {
+        self.offload(move |_| match rustix::fs::fallocate(&*f, flags, offset, length) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
-        }
+        });
     }
 
     fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {

@@ -121,3 +121,64 @@ fn inode_slots_of_deleted_files_are_reused() {
     assert_eq!(listing(&mnt), ["keep", "stay"].iter().map(|s| s.to_string()).collect());
     g.unmount();
 }
+
+/// Threads copying lower files up by opening them for writing, writing,
+/// reading back, fsyncing and truncating at once: the requests that go to
+/// the I/O workers (OPEN for writing, READ, FSYNC, truncating SETATTR) run
+/// concurrently with each other and with the rest; every file must end up
+/// exactly as its thread left it, in the mount and in the upper directory.
+#[test]
+fn threads_copy_up_write_read_truncate() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    const FILES: usize = 40;
+    let big = vec![b'x'; 3 << 20]; // above the size copied up outside the tree lock
+    let mut b = LayerBuilder::new(&objects).dir("", 0o755).dir("d", 0o755);
+    for t in 0..THREADS {
+        for i in 0..FILES {
+            let content: &[u8] = if i == 0 { &big } else { b"lower\n" };
+            b = b.file(&format!("d/f-{t}-{i}"), content, 0o644);
+        }
+    }
+    // Cached I/O, so that reads and writes reach the server.
+    let opts = MountOptions { upper: Some(upper.clone()), passthrough: false, threads: 3, ..MountOptions::default() };
+    let g = MountGuard::new(vec![b.build()], &mnt, opts);
+    let dir = mnt.join("d");
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let dir = dir.clone();
+            s.spawn(move || {
+                for i in 0..FILES {
+                    let p = dir.join(format!("f-{t}-{i}"));
+                    let mut f = std::fs::OpenOptions::new().read(true).append(true).open(&p).unwrap();
+                    f.write_all(format!("{t}:{i}\n").as_bytes()).unwrap();
+                    f.sync_all().unwrap();
+                    let mut head = [0u8; 6];
+                    f.seek(SeekFrom::Start(0)).unwrap();
+                    f.read_exact(&mut head).unwrap();
+                    assert!(&head == b"lower\n" || &head == b"xxxxxx");
+                    if i % 2 == 1 {
+                        f.set_len(3).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    for t in 0..THREADS {
+        for i in 0..FILES {
+            let name = format!("d/f-{t}-{i}");
+            let want: Vec<u8> = match i {
+                0 => [&big[..], format!("{t}:{i}\n").as_bytes()].concat(),
+                _ if i % 2 == 1 => b"low".to_vec(),
+                _ => format!("lower\n{t}:{i}\n").into_bytes(),
+            };
+            assert_eq!(std::fs::read(mnt.join(&name)).unwrap(), want, "{name} in the mount");
+            assert_eq!(std::fs::read(upper.join(&name)).unwrap(), want, "{name} in the upper directory");
+        }
+    }
+    g.unmount();
+}
