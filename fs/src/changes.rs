@@ -16,7 +16,7 @@ use std::path::Path;
 use strata_layers::index::EntryKind;
 
 use crate::source::Lower;
-use crate::upper::{list_dir, Upper, LONG_WH_PREFIX, WH_PREFIX};
+use crate::upper::{Upper, WH_PREFIX};
 use crate::{load, FsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -88,22 +88,7 @@ fn walk(
     changed_dirs: &mut HashSet<Vec<u8>>,
 ) -> std::io::Result<()> {
     let fd = up.dir_readable(rel)?;
-    // Sorted by the name each entry stands for (a whiteout by the name it
-    // hides), which is the order Docker's walk of an overlay upper gives.
-    let mut names: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for n in list_dir(&fd)? {
-        let key = if n.starts_with(LONG_WH_PREFIX) {
-            load::long_whiteout_target(up, fd.as_fd(), &n)?
-        } else if n.starts_with(b".wh..wh.") {
-            continue;
-        } else if let Some(h) = n.strip_prefix(WH_PREFIX) {
-            h.to_vec()
-        } else {
-            n.clone()
-        };
-        names.push((key, n));
-    }
-    names.sort();
+    let (names, _opaque) = load::upper_names_sorted(up, &fd)?;
     let join = |n: &[u8]| if rel.is_empty() { n.to_vec() } else { [rel, b"/", n].concat() };
     for (key, n) in names {
         let (path, kind, is_dir) = if n.starts_with(WH_PREFIX) {

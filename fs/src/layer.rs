@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::source::Lower;
 use crate::tree::decode_dev;
-use crate::upper::{list_dir, Upper, LONG_WH_PREFIX, OPAQUE, WH_PREFIX};
+use crate::upper::{Upper, WH_PREFIX};
 use crate::{load, FsError};
 
 /// One entry of the layer an upper directory stands for.
@@ -106,25 +106,7 @@ fn walk(
     links: &mut std::collections::HashMap<(u64, u64), Vec<u8>>,
 ) -> std::io::Result<()> {
     let fd = up.dir_readable(rel)?;
-    let mut names: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut opaque = false;
-    for n in list_dir(&fd)? {
-        if n == OPAQUE {
-            opaque = true;
-            continue;
-        }
-        let key = if n.starts_with(LONG_WH_PREFIX) {
-            load::long_whiteout_target(up, fd.as_fd(), &n)?
-        } else if n.starts_with(b".wh..wh.") {
-            continue;
-        } else if let Some(h) = n.strip_prefix(WH_PREFIX) {
-            h.to_vec()
-        } else {
-            n.clone()
-        };
-        names.push((key, n));
-    }
-    names.sort();
+    let (names, opaque) = load::upper_names_sorted(up, &fd)?;
     if opaque {
         out.push(UpperEntry {
             path: rel.to_vec(),

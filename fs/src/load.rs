@@ -14,6 +14,36 @@ use crate::source::LayerSource;
 use crate::tree::{Ino, LowerRef, Node, Tree, Up, ROOT};
 use crate::upper::{self, list_dir, Upper, LONG_WH_PREFIX, OPAQUE, WH_PREFIX};
 
+/// The entries of one upper directory as (name it stands for, name on disk),
+/// sorted by the first: a whiteout by the name it hides, which is the order
+/// Docker's walk of an overlay upper gives. Strata's own markers (`.wh..wh.*`,
+/// the opaque marker included) are left out; the flag says whether the
+/// directory is opaque.
+pub(crate) fn upper_names_sorted(
+    up: &Upper,
+    dir: &std::os::fd::OwnedFd,
+) -> io::Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+    let mut names = Vec::new();
+    let mut opaque = false;
+    for n in list_dir(dir)? {
+        let key = if n == OPAQUE {
+            opaque = true;
+            continue;
+        } else if n.starts_with(LONG_WH_PREFIX) {
+            long_whiteout_target(up, dir.as_fd(), &n)?
+        } else if n.starts_with(b".wh..wh.") {
+            continue;
+        } else if let Some(h) = n.strip_prefix(WH_PREFIX) {
+            h.to_vec()
+        } else {
+            n.clone()
+        };
+        names.push((key, n));
+    }
+    names.sort();
+    Ok((names, opaque))
+}
+
 /// Reads the name a long whiteout stands for.
 pub(crate) fn long_whiteout_target(up: &Upper, dir: std::os::fd::BorrowedFd, name: &[u8]) -> io::Result<Vec<u8>> {
     let f = up.open_file(dir, name, rustix::fs::OFlags::RDONLY)?;
