@@ -8,7 +8,7 @@
 source "$(dirname "$0")/lib.sh"
 STRATA=$(strata_bin)
 work=$(mktemp -d /tmp/strata-pull-bench.XXXXXX)
-trap 'kill $REGISTRY_PID 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $REGISTRY_PID 2>/dev/null || true; grep -o " $work/[^ ]*" /proc/self/mounts | xargs -r umount -l; rm -rf "$work"' EXIT
 registry_start "$work/registry"
 
 oci_from_rootfs_tar "$(debian_rootfs_tar)" "$work/layout" bookworm
@@ -26,7 +26,7 @@ sed "s#/p/#/k/#" "$work/storage.conf" >"$work/storage-skopeo.conf"
 for variant in gzip zstd; do
     ref=$REGISTRY/debian:$variant
     hyperfine --runs "$RUNS" --export-json "$OUT/pull-$variant.json" \
-        --prepare "rm -rf $work/s $work/o $work/p $work/k" \
+        --prepare "for d in $work/p $work/k; do grep -o \" \$d/[^ ]*\" /proc/self/mounts | xargs -r umount -l; done; rm -rf $work/s $work/o $work/p $work/k" \
         -n strata "$STRATA --root $work/s pull -q $ref" \
         -n skopeo "CONTAINERS_STORAGE_CONF=$work/storage-skopeo.conf skopeo copy -q --src-tls-verify=false docker://$ref containers-storage:$ref" \
         -n podman "CONTAINERS_STORAGE_CONF=$work/storage.conf podman pull -q --tls-verify=false $ref" \
