@@ -82,13 +82,17 @@ mod changes;
 mod layer;
 mod load;
 mod ops;
+mod poll;
 mod source;
+#[cfg(feature = "test-support")]
+pub mod testing;
 mod tree;
 mod upper;
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use std::sync::Arc;
 
 pub use changes::{changes, Change, ChangeKind};
@@ -126,6 +130,10 @@ pub struct MountOptions {
     /// Let the kernel read lower files directly (FUSE passthrough) when the
     /// kernel offers it and strata has CAP_SYS_ADMIN; plain reads otherwise.
     pub passthrough: bool,
+    /// How long the request reader keeps polling the device after a request
+    /// before it goes to sleep (see `poll`); zero never polls.
+    /// `STRATA_FS_POLL_US` overrides it.
+    pub poll: Duration,
 }
 
 impl Default for MountOptions {
@@ -138,6 +146,7 @@ impl Default for MountOptions {
             suid: false,
             dev: false,
             passthrough: true,
+            poll: Duration::from_millis(1),
         }
     }
 }
@@ -204,7 +213,13 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
         .ok()
     });
     let passthrough = opts.passthrough && privileged_host();
-    let fs = ops::StrataFs::new(tree, sources, upper, statfs_fd, passthrough, opts.threads.max(1));
+    let poll = std::env::var("STRATA_FS_POLL_US")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_micros)
+        .unwrap_or(opts.poll);
+    let poller = poll::Poller::new(poll);
+    let fs = ops::StrataFs::new(tree, sources, upper, statfs_fd, passthrough, opts.threads.max(1), poller.clone());
 
     use fuser::MountOption as M;
     let mut mo = vec![M::FSName(opts.fsname.clone()), M::Subtype("strata".into()), M::DefaultPermissions];
@@ -220,6 +235,10 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     config.clone_fd = true;
     let merr = |source| FsError::Mount { path: mountpoint.to_path_buf(), source };
     let session = fuser::Session::new(fs, mountpoint, &config).map_err(merr)?;
+    if let Some(p) = &poller {
+        // Without the governor the reader simply always sleeps.
+        let _ = p.attach(&session);
+    }
     let session = session.spawn().map_err(merr)?;
     Ok(MountHandle { session, mountpoint: mountpoint.to_path_buf() })
 }

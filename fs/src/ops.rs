@@ -193,6 +193,8 @@ pub(crate) struct FsInner {
     /// ENOSYS, after which the kernel stops asking (see the notes in lib.rs).
     no_xattrs_at_all: bool,
     stats: Option<Stats>,
+    /// Busy-polls the device while requests keep coming (`poll`).
+    poller: Option<Arc<crate::poll::Poller>>,
 }
 
 /// Upper directory fds kept open at most: 512, or an eighth of the soft
@@ -210,6 +212,7 @@ impl FsInner {
         upper: Option<Upper>,
         statfs_fd: Option<OwnedFd>,
         want_passthrough: bool,
+        poller: Option<Arc<crate::poll::Poller>>,
     ) -> Self {
         let no_xattrs_at_all =
             upper.is_none() && sources.iter().all(|s| s.entries().iter().all(|e| e.xattrs.is_empty()));
@@ -227,6 +230,7 @@ impl FsInner {
             no_xattrs_at_all,
             sources,
             stats: Stats::from_env(),
+            poller,
         }
     }
 
@@ -260,6 +264,9 @@ impl FsInner {
 
     /// Starts timing a request (when `STRATA_FS_STATS` is set).
     fn op(&self, op: Op) -> Option<OpTimer<'_>> {
+        if let Some(p) = &self.poller {
+            p.on_request();
+        }
         self.stats.as_ref().map(|stats| OpTimer { stats, op, start: std::time::Instant::now() })
     }
 
@@ -1387,9 +1394,10 @@ impl StrataFs {
         statfs_fd: Option<OwnedFd>,
         want_passthrough: bool,
         workers: usize,
+        poller: Option<Arc<crate::poll::Poller>>,
     ) -> Self {
         StrataFs {
-            inner: Arc::new(FsInner::new(tree, sources, upper, statfs_fd, want_passthrough)),
+            inner: Arc::new(FsInner::new(tree, sources, upper, statfs_fd, want_passthrough, poller)),
             pool: Pool::new(workers),
         }
     }
@@ -1398,6 +1406,14 @@ impl StrataFs {
     fn offload(&self, job: impl FnOnce(&FsInner) + Send + 'static) {
         let inner = self.inner.clone();
         self.pool.run(move || job(&inner));
+    }
+}
+
+impl Drop for StrataFs {
+    fn drop(&mut self) {
+        if let Some(p) = &self.inner.poller {
+            p.stop();
+        }
     }
 }
 
