@@ -92,8 +92,8 @@ mod upper;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use changes::{changes, Change, ChangeKind};
 pub use layer::{open_upper_file, upper_entries, UpperContent, UpperEntry, UpperKind};
@@ -212,7 +212,9 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
         )
         .ok()
     });
-    let passthrough = opts.passthrough && privileged_host();
+    let passthrough = opts.passthrough
+        && privileged_host()
+        && std::env::var_os("STRATA_FS_NO_PASSTHROUGH").is_none_or(|v| v.is_empty());
     let poll = std::env::var("STRATA_FS_POLL_US")
         .ok()
         .and_then(|v| v.parse().ok())

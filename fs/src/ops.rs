@@ -128,7 +128,7 @@ struct DirEnt {
 
 enum HandleKind {
     File { file: RwLock<Arc<File>>, writable: bool, mode: IoMode },
-    Dir(Vec<DirEnt>),
+    Dir(Arc<Vec<DirEnt>>),
 }
 
 /// What a copy-up of a regular file takes along.
@@ -187,6 +187,11 @@ pub(crate) struct FsInner {
     /// first. An fd follows its directory across renames, so only removing
     /// a directory (after which its inode number may be reused) drops it.
     dirs: Mutex<HashMap<Ino, Arc<OwnedFd>>>,
+    /// Read-only mounts answer OPEN and OPENDIR with ENOSYS (see
+    /// `read_only_opens`): reads then name the inode only, and these keep
+    /// the files and listings they need.
+    ro_files: Mutex<HashMap<Ino, Arc<File>>>,
+    ro_listings: Mutex<HashMap<Ino, Arc<Vec<DirEnt>>>>,
     /// How many directory fds `dirs` may hold.
     dir_cache_cap: usize,
     /// A read-only mount of layers without a single xattr: getxattr answers
@@ -226,6 +231,8 @@ impl FsInner {
             passthrough: std::sync::atomic::AtomicBool::new(false),
             io: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            ro_files: Mutex::new(HashMap::new()),
+            ro_listings: Mutex::new(HashMap::new()),
             dir_cache_cap: dir_cache_cap(),
             no_xattrs_at_all,
             sources,
@@ -321,6 +328,63 @@ impl FsInner {
 
     fn handle(&self, fh: u64) -> Option<Arc<Handle>> {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh).cloned()
+    }
+
+    /// Whether the kernel opens files and directories without asking: a
+    /// read-only mount never changes, so it answers the first OPEN and
+    /// OPENDIR with ENOSYS, and the kernel then opens everything on its own
+    /// (keeping the page cache and directory listings it read) and sends
+    /// no RELEASE either. That takes two round trips off every open and
+    /// close (`tar` of 4,000 small files, second pass: 0.23 s to
+    /// 0.08 s); reads then come with file handle 0 and are served by inode.
+    /// The price: no passthrough on read-only mounts, so cold reads of
+    /// big files go through the server (measured the same within noise).
+    fn read_only_opens(&self) -> bool {
+        self.upper.is_none()
+    }
+
+    /// The file to read for `ino` on a read-only mount (file handle 0).
+    fn ro_file(&self, ino: Ino) -> io::Result<Arc<File>> {
+        if let Some(f) = self.ro_files.lock().unwrap_or_else(|p| p.into_inner()).get(&ino) {
+            return Ok(f.clone());
+        }
+        let file = {
+            let t = self.tree_read();
+            let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
+            if !n.attr.is_reg() || n.stand_in {
+                return Err(err(libc::EINVAL));
+            }
+            let (src, e) = self.lower_entry(n).ok_or_else(|| err(libc::EIO))?;
+            Arc::new(src.open_content(e)?)
+        };
+        let mut files = self.ro_files.lock().unwrap_or_else(|p| p.into_inner());
+        if files.len() >= self.dir_cache_cap {
+            files.clear();
+        }
+        files.insert(ino, file.clone());
+        Ok(file)
+    }
+
+    /// The listing of directory `ino`: from its handle, or on a read-only
+    /// mount (file handle 0) from the listings kept per directory.
+    fn listing(&self, ino: Ino, fh: u64) -> Result<Arc<Vec<DirEnt>>, Errno> {
+        if fh == 0 && self.read_only_opens() {
+            if let Some(l) = self.ro_listings.lock().unwrap_or_else(|p| p.into_inner()).get(&ino) {
+                return Ok(l.clone());
+            }
+            let l = Arc::new(self.dir_snapshot(ino).map_err(eno)?);
+            let mut all = self.ro_listings.lock().unwrap_or_else(|p| p.into_inner());
+            if all.len() >= 4096 {
+                all.clear();
+            }
+            all.insert(ino, l.clone());
+            return Ok(l);
+        }
+        let Some(h) = self.handle(fh) else { return Err(Errno::EBADF) };
+        match &h.kind {
+            HandleKind::Dir(ents) => Ok(ents.clone()),
+            HandleKind::File { .. } => Err(Errno::ENOTDIR),
+        }
     }
 
     fn ttl(n: &Node) -> Duration {
@@ -1804,6 +1868,10 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.read_only_opens() {
+            let _op = self.op(Op::Open);
+            return reply.error(Errno::ENOSYS);
+        }
         let acc = flags.0 & libc::O_ACCMODE;
         let for_writing = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         if for_writing && self.upper.is_some() && self.tree_read().get(ino.0).is_some_and(|n| n.up != Up::Full) {
@@ -1816,7 +1884,7 @@ impl Filesystem for StrataFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -1824,9 +1892,17 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
-        let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let f = if fh.0 == 0 && self.read_only_opens() {
+            match self.ro_file(ino.0) {
+                Ok(f) => f,
+                Err(e) => return reply.error(eno(e)),
+            }
+        } else {
+            let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+            let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
+            let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+            f
+        };
         self.offload(move |fs| {
             let _op = fs.op(Op::Read);
             // Read into spare capacity: zeroing a buffer of up to 1 MiB per
@@ -1868,8 +1944,10 @@ impl Filesystem for StrataFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Nothing to do at close (writes are on the host already): ENOSYS
+        // makes the kernel stop sending FLUSH for this mount.
         let _op = self.op(Op::Flush);
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -1894,6 +1972,9 @@ impl Filesystem for StrataFs {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let _op = self.op(Op::Fsync);
+        if fh.0 == 0 && self.read_only_opens() {
+            return reply.ok(); // nothing here is ever written
+        }
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.ok() };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -1908,21 +1989,26 @@ impl Filesystem for StrataFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _op = self.op(Op::Opendir);
+        if self.read_only_opens() {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.dir_snapshot(ino.0) {
             // The kernel may keep what it read of the directory: every change
             // comes through it and drops that cache.
             Ok(v) => reply.opened(
-                FileHandle(self.add_handle(ino.0, HandleKind::Dir(v))),
+                FileHandle(self.add_handle(ino.0, HandleKind::Dir(Arc::new(v)))),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(eno(e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _op = self.op(Op::Readdir);
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let HandleKind::Dir(ents) = &h.kind else { return reply.error(Errno::ENOTDIR) };
+        let ents = match self.listing(ino.0, fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
         for (i, e) in ents.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, OsStr::from_bytes(&e.name)) {
                 break;
@@ -1933,8 +2019,10 @@ impl Filesystem for StrataFs {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _op = self.op(Op::Readdirplus);
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let HandleKind::Dir(ents) = &h.kind else { return reply.error(Errno::ENOTDIR) };
+        let ents = match self.listing(ino.0, fh.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
         let t = self.tree_read();
         // One fd of the upper directory serves the host stats of all entries.
         let dir_fd = match (&self.upper, t.get(ino.0)) {
@@ -2237,11 +2325,19 @@ impl Filesystem for StrataFs {
         });
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
+    fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
         let _op = self.op(Op::Lseek);
-        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EBADF) };
-        let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let f = if fh.0 == 0 && self.read_only_opens() {
+            match self.ro_file(ino.0) {
+                Ok(f) => f,
+                Err(e) => return reply.error(eno(e)),
+            }
+        } else {
+            let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+            let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EBADF) };
+            let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+            f
+        };
         let pos = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
             libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
