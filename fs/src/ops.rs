@@ -584,7 +584,7 @@ impl FsInner {
             if n.nlink() > 1 {
                 return self.copy_up_full(t, ino);
             }
-            return self.copy_up_file(t, ino, Copy::Meta, None);
+            return self.copy_up_file(t, ino, Copy::Meta, None).map(drop);
         }
         let parent = n.link.parent;
         self.ensure_upper_dir(t, parent)?;
@@ -636,13 +636,16 @@ impl FsInner {
         match n.up {
             Up::Full => Ok(()),
             _ if !n.attr.is_reg() => self.copy_up_meta(t, ino),
-            _ => self.copy_up_file(t, ino, Copy::Full, None),
+            _ => self.copy_up_file(t, ino, Copy::Full, None).map(drop),
         }
     }
 
     /// Copies a lower regular file up. `prepared`: a file in the upper root
     /// that already holds the content (see [`FsInner::precopy`]).
-    fn copy_up_file(&self, t: &mut Tree, ino: Ino, how: Copy, prepared: Option<&[u8]>) -> io::Result<()> {
+    /// Returns the new upper file opened read-write when this made it (not
+    /// for metadata-only copies, nor when `prepared` was moved into place),
+    /// so that an open for writing need not open it again.
+    fn copy_up_file(&self, t: &mut Tree, ino: Ino, how: Copy, prepared: Option<&[u8]>) -> io::Result<Option<File>> {
         let with_content = how != Copy::Meta;
         let up = self.upper()?;
         let n = t.node(ino);
@@ -658,12 +661,13 @@ impl FsInner {
         let attr = n.attr;
         let no_xattrs = self.copied_without_xattrs(t, ino);
         let mut rec = false;
+        let mut made: Option<File> = None;
         if was == Up::Meta {
             // Metadata is already up; fill in the content, keep the times.
             let st = rustix::fs::statat(&pfd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
             if how == Copy::Full {
                 let out = up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?;
-                copy_content(&src.open_content(entry)?, &out)?;
+                copy_content(&src.open_content(entry)?, &out, attr.size)?;
                 out.sync_data().ok();
             }
             up.set_metacopy(pfd.as_fd(), &name, None)?;
@@ -677,14 +681,28 @@ impl FsInner {
             // Build the copy under a temporary name, then move it into place.
             let tmp = format!(".wh..wh..cu.{ino}").into_bytes();
             self.keeping_times(pfd.as_fd(), || {
-                upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
                 match prepared.filter(|_| how == Copy::Full) {
-                    Some(p) => rustix::fs::renameat(up.root_fd(), OsStr::from_bytes(p), &pfd, OsStr::from_bytes(&tmp))
-                        .map_err(errno)?,
+                    Some(p) => {
+                        upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
+                        rustix::fs::renameat(up.root_fd(), OsStr::from_bytes(p), &pfd, OsStr::from_bytes(&tmp))
+                            .map_err(errno)?
+                    }
                     None => {
-                        let out = up.open_file(pfd.as_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+                        let create = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
+                        // A leftover of an interrupted copy-up is in the way
+                        // only after a crash: remove it then, not every time.
+                        let out = match up.open_file(pfd.as_fd(), &tmp, create) {
+                            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                                upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
+                                up.open_file(pfd.as_fd(), &tmp, create)?
+                            }
+                            r => r?,
+                        };
                         if how == Copy::Full {
-                            copy_content(&src.open_content(entry)?, &out)?;
+                            copy_content(&src.open_content(entry)?, &out, attr.size)?;
+                        }
+                        if with_content {
+                            made = Some(out);
                         }
                     }
                 }
@@ -737,7 +755,7 @@ impl FsInner {
                 }
             }
         }
-        Ok(())
+        Ok(made)
     }
 
     /// Copies a large lower file's content into a temporary file in the
@@ -757,7 +775,7 @@ impl FsInner {
         let tmp = format!(".wh..wh..cu.{ino}.{}", self.next_fh.fetch_add(1, Ordering::Relaxed)).into_bytes();
         let r = (|| {
             let out = up.open_file(up.root_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
-            copy_content(&src.open_content(entry)?, &out)
+            copy_content(&src.open_content(entry)?, &out, entry_size(entry))
         })();
         match r {
             Ok(()) => Some(tmp),
@@ -1288,12 +1306,17 @@ impl FsInner {
                 if !n.attr.is_reg() || n.stand_in {
                     return Err(err(libc::EINVAL));
                 }
-                match n.up {
-                    Up::Full => {}
+                let made = match n.up {
+                    Up::Full => None,
                     // O_TRUNC (atomic_o_trunc): the content would be thrown away.
                     _ if trunc => self.copy_up_file(&mut t, ino, Copy::Empty, None)?,
                     _ if n.nlink() > 0 => self.copy_up_file(&mut t, ino, Copy::Full, prepared.as_deref())?,
                     _ => return Err(err(libc::ENOENT)),
+                };
+                // (O_TRUNC opens again: truncating sets the times even of an
+                // empty file.)
+                if let Some(f) = made.filter(|_| !trunc) {
+                    return Ok(f);
                 }
                 let (pfd, name) = self.parent_fd(&t, ino)?;
                 let mut oflags = if acc == libc::O_WRONLY { OFlags::WRONLY } else { OFlags::RDWR };
@@ -1407,37 +1430,48 @@ fn stat_host(dir: BorrowedFd, name: &[u8]) -> io::Result<rustix::fs::Stat> {
     rustix::fs::statat(dir, name, flags).map_err(errno)
 }
 
-/// Copies a whole file, in kernel where the filesystems allow it.
-fn copy_content(src: &File, dst: &File) -> io::Result<()> {
-    let len = src.metadata()?.len();
+/// Whether copy_file_range failed across filesystems before (then a plain
+/// copy is made at once): an upper directory on another filesystem than
+/// the store (e.g. a tmpfs) refuses it every time.
+static NO_COPY_RANGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Copies the `len` bytes of `src` (the size the layer index gives), in
+/// kernel where the filesystems allow it.
+fn copy_content(src: &File, dst: &File, len: u64) -> io::Result<()> {
     let mut off_in = 0u64;
     let mut off_out = 0u64;
-    while off_in < len {
+    while off_in < len && !NO_COPY_RANGE.load(Ordering::Relaxed) {
         let chunk = (len - off_in).min(1 << 30) as usize;
         match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
-            Ok(0) => break,
+            Ok(0) => return Err(err(libc::EIO)), // the object is shorter than its index says
             Ok(_) => {}
-            Err(
-                rustix::io::Errno::XDEV
-                | rustix::io::Errno::NOSYS
-                | rustix::io::Errno::INVAL
-                | rustix::io::Errno::OPNOTSUPP,
-            ) => {
-                let mut buf = vec![0u8; (len - off_in).min(1 << 20) as usize];
-                loop {
-                    let n = src.read_at(&mut buf, off_in)?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    dst.write_all_at(&buf[..n], off_out)?;
-                    off_in += n as u64;
-                    off_out += n as u64;
-                }
-            }
+            Err(rustix::io::Errno::XDEV) => NO_COPY_RANGE.store(true, Ordering::Relaxed),
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => break,
             Err(e) => return Err(errno(e)),
         }
     }
+    if off_in < len {
+        let mut buf = vec![0u8; (len - off_in).min(1 << 20) as usize];
+        while off_in < len {
+            let want = ((len - off_in) as usize).min(buf.len());
+            let n = src.read_at(&mut buf[..want], off_in)?;
+            if n == 0 {
+                return Err(err(libc::EIO));
+            }
+            dst.write_all_at(&buf[..n], off_out)?;
+            off_in += n as u64;
+            off_out += n as u64;
+        }
+    }
     Ok(())
+}
+
+/// The content size of a regular-file index entry.
+fn entry_size(e: &Entry) -> u64 {
+    match &e.kind {
+        EntryKind::File { size, .. } => *size,
+        _ => 0,
+    }
 }
 
 /// What fuser serves: the state ([`FsInner`]), shared with a pool of I/O
