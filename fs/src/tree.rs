@@ -376,6 +376,10 @@ impl Tree {
             if self.node(i).nlink() > 0 {
                 continue; // still reachable through another name (hard link)
             }
+            if self.node(i).attr.mode == 0 {
+                // Freed already: a hard link group comes up once per name.
+                continue;
+            }
             if let Some(d) = self.node_mut(i).dir.take() {
                 for (name, c) in d.children {
                     self.remove_link(c, i, &name);
@@ -646,6 +650,22 @@ mod tests {
         assert!(t.nodes.len() <= 5);
         let y = t.lookup_path(b"y").unwrap();
         assert_eq!(t.path_of(y), b"y");
+    }
+
+    #[test]
+    fn removing_a_hard_link_group_frees_its_slot_once() {
+        let link = |p: &str| e(p, EntryKind::Hardlink { target: b"d/a".to_vec() });
+        let l0 = src(vec![e("d", EntryKind::Dir), file("d/a"), link("d/b"), link("d/c")]);
+        let l1 = src(vec![e("d", EntryKind::Whiteout)]);
+        let mut t = Tree::build(&[l0, l1]);
+        let mut free = t.free.clone();
+        free.sort();
+        free.dedup();
+        assert_eq!(free.len(), t.free.len(), "a slot is free twice: {:?}", t.free);
+        // So new nodes get distinct inode numbers.
+        let a = t.alloc(Node::new(Attr { mode: libc::S_IFDIR | 0o755, ..Attr::default() }, None, Up::Full));
+        let b = t.alloc(Node::new(Attr { mode: libc::S_IFLNK | 0o777, ..Attr::default() }, None, Up::Full));
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -1,20 +1,42 @@
 //! Differential test against the kernel's overlayfs: the same layers, the same
 //! script of operations on both mounts; the per-operation results, the
-//! resulting trees and the `docker diff` change lists must agree.
+//! resulting trees (also after remounting strata's upper directory) and the
+//! `docker diff` change lists must agree.
 //!
-//! Needs root (overlayfs mounts, chown to any uid); skipped otherwise.
+//! It runs twice:
+//! - as root: overlayfs keeps its markers as `trusted.overlay.*`, strata
+//!   mounts with passthrough;
+//! - as the unprivileged user `strata-test`, root in a user namespace of its
+//!   own with the full subordinate id map (how rootless strata runs):
+//!   overlayfs mounted with `userxattr` (opaque directories marked
+//!   `user.overlay.opaque`), strata mounted with mount(2) in the namespace,
+//!   without passthrough. Root prepares the lower directories (device nodes,
+//!   owners as the namespace's ids) and runs this test binary again in the
+//!   namespace (see `strata_fs::testing::userns`).
+//!
+//! Needs root (overlayfs mounts, chown to any uid), and for the second run
+//! the user `strata-test` (scripts/setup.sh); skipped otherwise.
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use strata_fs::MountOptions;
-use strata_layers::index::{Entry, EntryKind};
+use strata_fs::testing::changes::{assert_same_changes, lower_view, overlay_changes, strata_changes};
+use strata_fs::testing::ops::*;
+use strata_fs::testing::overlay::{materialize, LowerFormat, OverlayMount, XattrNs};
+use strata_fs::testing::tree::{assert_same_tree, describe};
+use strata_fs::testing::userns;
+use strata_fs::{Lower, MountOptions};
+
+/// The unprivileged user of the second run.
+const USER: &str = "strata-test";
+/// Set for the run inside the user namespace: the prepared directory.
+const INNER_DIR: &str = "STRATA_FS_VS_OVERLAYFS_DIR";
+/// Modification times before this are part of the compared trees (the
+/// layers' times and those the script sets; not the ones it causes).
+const OLD_TIMES: i64 = 1_700_000_000;
 
 fn layer0(objects: &Path) -> LayerBuilder {
     let mut b = LayerBuilder::new(objects)
@@ -57,6 +79,9 @@ fn layer0(objects: &Path) -> LayerBuilder {
         .file("opt/app/bin", b"app", 0o755)
         .dir("opt/app/lib", 0o755)
         .file("opt/app/lib/x.so", b"so", 0o644)
+        .dir("opt/app/share", 0o755)
+        .file("opt/app/share/doc", b"doc", 0o644)
+        .hardlink("opt/app/share/doc.link", "opt/app/share/doc")
         .symlink("lib", "usr/lib")
         .dir("usr", 0o755)
         .dir("usr/lib", 0o755)
@@ -89,418 +114,162 @@ fn layer1(objects: &Path) -> LayerBuilder {
         .mtime(1_500_000_000, 999)
 }
 
-/// Writes a layer as a directory the way overlayfs wants it.
-fn materialize(entries: &[Entry], objects: &Path, dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for e in entries {
-        let p = dir.join(std::ffi::OsStr::from_bytes(&e.path));
-        if let Some(parent) = p.parent().filter(|_| !e.path.is_empty()) {
-            std::fs::create_dir_all(parent).unwrap();
-        }
-        match &e.kind {
-            EntryKind::Dir => {
-                std::fs::create_dir_all(&p).unwrap();
-            }
-            EntryKind::File { digest, .. } => {
-                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                std::fs::copy(strata_layers::layout::object_path_in(objects, digest), &p).unwrap();
-            }
-            EntryKind::Symlink { target } => {
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &p).unwrap();
-            }
-            EntryKind::Hardlink { target } => {
-                std::fs::hard_link(dir.join(std::ffi::OsStr::from_bytes(target)), &p).unwrap();
-            }
-            EntryKind::CharDevice { major, minor } => {
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    &p,
-                    rustix::fs::FileType::CharacterDevice,
-                    rustix::fs::Mode::from_raw_mode(0o666),
-                    rustix::fs::makedev(*major, *minor),
-                )
-                .unwrap();
-            }
-            EntryKind::BlockDevice { .. } => unimplemented!(),
-            EntryKind::Fifo => {
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    &p,
-                    rustix::fs::FileType::Fifo,
-                    rustix::fs::Mode::from_raw_mode(0o644),
-                    0,
-                )
-                .unwrap();
-            }
-            EntryKind::Whiteout => {
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    &p,
-                    rustix::fs::FileType::CharacterDevice,
-                    rustix::fs::Mode::empty(),
-                    rustix::fs::makedev(0, 0),
-                )
-                .unwrap();
-                continue;
-            }
-            EntryKind::Opaque => {
-                std::fs::create_dir_all(&p).unwrap();
-                rustix::fs::setxattr(&p, "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).unwrap();
-                continue;
-            }
-        }
-        rustix::fs::chownat(
-            rustix::fs::CWD,
-            &p,
-            Some(rustix::fs::Uid::from_raw(e.uid)),
-            Some(rustix::fs::Gid::from_raw(e.gid)),
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
-        if !matches!(e.kind, EntryKind::Symlink { .. }) {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode)).unwrap();
-        }
-        for (k, v) in &e.xattrs {
-            rustix::fs::lsetxattr(&p, std::ffi::OsStr::from_bytes(k), v, rustix::fs::XattrFlags::empty()).unwrap();
-        }
+/// Both layers: their lowers for strata (objects written into `objects`
+/// unless there already) and their entries.
+fn layers(objects: &Path) -> (Vec<Lower>, Vec<Vec<strata_layers::index::Entry>>) {
+    let (b0, b1) = (layer0(objects), layer1(objects));
+    let entries = vec![b0.entries().to_vec(), b1.entries().to_vec()];
+    (vec![b0.build(), b1.build()], entries)
+}
+
+/// Writes the objects to `base/objects` and the layers as overlayfs lower
+/// directories `base/l0`, `base/l1`; returns those directories.
+fn prepare(base: &Path, how: &LowerFormat) -> Vec<PathBuf> {
+    let objects = base.join("objects");
+    let (_, entries) = layers(&objects);
+    let dirs: Vec<PathBuf> = (0..entries.len()).map(|i| base.join(format!("l{i}"))).collect();
+    for (e, d) in entries.iter().zip(&dirs) {
+        materialize(e, &objects, d, how);
     }
-    // Times last, children before parents.
-    for e in entries.iter().rev() {
-        if matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque) {
-            continue;
+    dirs
+}
+
+fn script() -> Script {
+    let many = |m: &Path| -> OpResult {
+        r(std::fs::create_dir(m.join("many")))?;
+        for i in 0..10_000 {
+            r(std::fs::write(m.join(format!("many/file{i:05}")), i.to_string()))?;
         }
-        let p = dir.join(std::ffi::OsStr::from_bytes(&e.path));
-        let t = rustix::fs::Timespec { tv_sec: e.mtime, tv_nsec: e.mtime_nsec as _ };
-        rustix::fs::utimensat(
-            rustix::fs::CWD,
-            &p,
-            &rustix::fs::Timestamps { last_access: t, last_modification: t },
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .unwrap();
-    }
-}
-
-struct OverlayGuard(PathBuf);
-impl Drop for OverlayGuard {
-    fn drop(&mut self) {
-        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
-    }
-}
-
-type OpResult = Result<(), i32>;
-
-fn r<T>(x: std::io::Result<T>) -> OpResult {
-    x.map(|_| ()).map_err(|e| e.raw_os_error().unwrap_or(-1))
-}
-
-fn rename_flags(m: &Path, a: &str, b: &str, flags: rustix::fs::RenameFlags) -> OpResult {
-    rustix::fs::renameat_with(rustix::fs::CWD, m.join(a), rustix::fs::CWD, m.join(b), flags)
-        .map_err(|e| e.raw_os_error())
-}
-
-/// `mv`: rename, and on EXDEV copy and delete (what kernel overlayfs without
-/// redirect_dir makes mv do for lower directories).
-fn mv(m: &Path, a: &str, b: &str) -> OpResult {
-    match std::fs::rename(m.join(a), m.join(b)) {
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-            let st = std::process::Command::new("cp").arg("-a").arg(m.join(a)).arg(m.join(b)).status().unwrap();
-            assert!(st.success());
-            r(std::fs::remove_dir_all(m.join(a)))
+        for i in (0..10_000).step_by(3) {
+            r(std::fs::remove_file(m.join(format!("many/file{i:05}"))))?;
         }
-        x => r(x),
-    }
-}
-
-fn append(p: &Path, data: &[u8]) -> OpResult {
-    r(std::fs::OpenOptions::new().append(true).open(p).and_then(|mut f| f.write_all(data)))
-}
-
-type Op = Box<dyn Fn(&Path) -> OpResult>;
-
-fn script() -> Vec<(&'static str, Op)> {
-    let t = rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 5 };
+        let n = std::fs::read_dir(m.join("many")).map_err(|e| e.raw_os_error().unwrap_or(-1))?.count();
+        Ok(format!("{n} entries"))
+    };
+    let readdir_while_changing = |m: &Path| -> OpResult {
+        let mut seen = 0;
+        let mut it = std::fs::read_dir(m.join("lowerdel")).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+        for i in 0..50 {
+            if let Some(e) = it.next() {
+                e.map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+                seen += 1;
+            }
+            if i % 2 == 0 {
+                unlink(m, &format!("lowerdel/f{i}"))?;
+            }
+            write(m, &format!("lowerdel/n{i}"), b"n")?;
+        }
+        for e in it {
+            e.map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+            seen += 1;
+        }
+        // How many a directory stream sees while it changes is up to the filesystem.
+        assert!(seen >= 25, "readdir saw only {seen} entries");
+        Ok(String::new())
+    };
     vec![
-        ("create", Box::new(|m: &Path| r(std::fs::write(m.join("new.txt"), b"new file\n")))),
-        ("overwrite lower", Box::new(|m: &Path| r(std::fs::write(m.join("etc/hosts"), b"overwritten\n")))),
-        ("append lower", Box::new(|m: &Path| append(&m.join("etc/passwd"), b"user:x:1000:1000::/home/user:/bin/sh\n"))),
-        (
-            "truncate lower",
-            Box::new(|m: &Path| {
-                r(std::fs::OpenOptions::new().write(true).open(m.join("data/big")).and_then(|f| f.set_len(10)))
-            }),
-        ),
-        (
-            "O_TRUNC lower",
-            Box::new(|m: &Path| r(std::fs::OpenOptions::new().write(true).truncate(true).open(m.join("data/f")))),
-        ),
-        (
-            "O_EXCL existing",
-            Box::new(|m: &Path| r(std::fs::OpenOptions::new().write(true).create_new(true).open(m.join("data/e")))),
-        ),
-        (
-            "chmod lower",
-            Box::new(|m: &Path| r(std::fs::set_permissions(m.join("data/a"), std::fs::Permissions::from_mode(0o600)))),
-        ),
-        (
-            "chmod setuid kept",
-            Box::new(|m: &Path| {
-                r(std::fs::set_permissions(m.join("data/setuid"), std::fs::Permissions::from_mode(0o6711)))
-            }),
-        ),
-        ("chown lower", Box::new(|m: &Path| r(std::os::unix::fs::lchown(m.join("data/b"), Some(1234), Some(5678))))),
-        ("chown lower dir", Box::new(|m: &Path| r(std::os::unix::fs::lchown(m.join("emptydir"), Some(99), Some(98))))),
-        (
-            "utimes lower",
-            Box::new(move |m: &Path| {
-                rustix::fs::utimensat(
-                    rustix::fs::CWD,
-                    m.join("data/c"),
-                    &rustix::fs::Timestamps { last_access: t, last_modification: t },
-                    rustix::fs::AtFlags::empty(),
-                )
-                .map_err(|e| e.raw_os_error())
-            }),
-        ),
-        ("symlink", Box::new(|m: &Path| r(std::os::unix::fs::symlink("etc/hosts", m.join("sym"))))),
-        ("link lower", Box::new(|m: &Path| r(std::fs::hard_link(m.join("data/d"), m.join("data/d.link"))))),
-        ("write through link", Box::new(|m: &Path| append(&m.join("data/d.link"), b"+more"))),
-        ("unlink lower", Box::new(|m: &Path| r(std::fs::remove_file(m.join("etc/motd"))))),
-        ("unlink missing", Box::new(|m: &Path| r(std::fs::remove_file(m.join("etc/motd"))))),
-        ("rmdir lower empty", Box::new(|m: &Path| r(std::fs::remove_dir(m.join("emptydir"))))),
-        ("rmdir non-empty", Box::new(|m: &Path| r(std::fs::remove_dir(m.join("var/cache"))))),
-        ("rm -rf lower dir", Box::new(|m: &Path| r(std::fs::remove_dir_all(m.join("var/cache"))))),
-        ("rename file", Box::new(|m: &Path| r(std::fs::rename(m.join("etc/hostname"), m.join("etc/hostname.old"))))),
+        ("create", Box::new(|m: &Path| write(m, "new.txt", b"new file\n"))),
+        ("overwrite lower", Box::new(|m: &Path| write(m, "etc/hosts", b"overwritten\n"))),
+        ("append lower", Box::new(|m: &Path| append(m, "etc/passwd", b"user:x:1000:1000::/home/user:/bin/sh\n"))),
+        ("truncate lower", Box::new(|m: &Path| truncate(m, "data/big", 10))),
+        ("O_TRUNC lower", Box::new(|m: &Path| open_trunc(m, "data/f"))),
+        ("O_EXCL existing", Box::new(|m: &Path| create_excl(m, "data/e"))),
+        ("chmod lower", Box::new(|m: &Path| chmod(m, "data/a", 0o600))),
+        ("chmod setuid kept", Box::new(|m: &Path| chmod(m, "data/setuid", 0o6711))),
+        ("chown lower", Box::new(|m: &Path| chown(m, "data/b", 1234, 5678))),
+        ("chown lower dir", Box::new(|m: &Path| chown(m, "emptydir", 99, 98))),
+        ("utimes lower", Box::new(|m: &Path| utimes(m, "data/c", 1_000_000_000, 5, true))),
+        ("symlink", Box::new(|m: &Path| symlink(m, "etc/hosts", "sym"))),
+        ("link lower", Box::new(|m: &Path| link(m, "data/d", "data/d.link"))),
+        ("write through link", Box::new(|m: &Path| append(m, "data/d.link", b"+more"))),
+        ("stat linked", Box::new(|m: &Path| stat(m, "data/d"))),
+        ("unlink lower", Box::new(|m: &Path| unlink(m, "etc/motd"))),
+        ("unlink missing", Box::new(|m: &Path| unlink(m, "etc/motd"))),
+        ("rmdir lower empty", Box::new(|m: &Path| rmdir(m, "emptydir"))),
+        ("rmdir non-empty", Box::new(|m: &Path| rmdir(m, "var/cache"))),
+        ("rm -rf lower dir", Box::new(|m: &Path| rm_rf(m, "var/cache"))),
+        ("rename file", Box::new(|m: &Path| rename(m, "etc/hostname", "etc/hostname.old"))),
         ("rename lower dir with content", Box::new(|m: &Path| mv(m, "srv", "srv2"))),
-        ("rename file over lower file", Box::new(|m: &Path| r(std::fs::rename(m.join("data/e"), m.join("data/a"))))),
-        ("unlink for whiteout", Box::new(|m: &Path| r(std::fs::remove_file(m.join("etc/issue"))))),
-        ("rename over whiteout", Box::new(|m: &Path| r(std::fs::rename(m.join("new.txt"), m.join("etc/issue"))))),
-        (
-            "noreplace existing",
-            Box::new(|m: &Path| rename_flags(m, "etc/hosts", "etc/passwd", rustix::fs::RenameFlags::NOREPLACE)),
-        ),
+        ("rename file over lower file", Box::new(|m: &Path| rename(m, "data/e", "data/a"))),
+        ("unlink for whiteout", Box::new(|m: &Path| unlink(m, "etc/issue"))),
+        ("rename over whiteout", Box::new(|m: &Path| rename(m, "new.txt", "etc/issue"))),
+        ("noreplace existing", Box::new(|m: &Path| rename_flags(m, "etc/hosts", "etc/passwd", RenameFlags::NOREPLACE))),
         (
             "noreplace ok",
-            Box::new(|m: &Path| {
-                rename_flags(m, "etc/hostname.old", "etc/hostname", rustix::fs::RenameFlags::NOREPLACE)
-            }),
+            Box::new(|m: &Path| rename_flags(m, "etc/hostname.old", "etc/hostname", RenameFlags::NOREPLACE)),
         ),
-        (
-            "exchange lower files",
-            Box::new(|m: &Path| rename_flags(m, "data/b", "data/c", rustix::fs::RenameFlags::EXCHANGE)),
-        ),
+        ("exchange lower files", Box::new(|m: &Path| rename_flags(m, "data/b", "data/c", RenameFlags::EXCHANGE))),
         (
             "mkdir new dirs",
-            Box::new(|m: &Path| {
-                r(std::fs::create_dir_all(m.join("x1/y")).and_then(|_| std::fs::create_dir(m.join("x2"))))
-            }),
+            Box::new(|m: &Path| r(std::fs::create_dir_all(m.join("x1/y"))).and_then(|_| mkdir(m, "x2"))),
         ),
-        ("exchange upper dirs", Box::new(|m: &Path| rename_flags(m, "x1", "x2", rustix::fs::RenameFlags::EXCHANGE))),
-        ("exchange missing", Box::new(|m: &Path| rename_flags(m, "x1", "nothere", rustix::fs::RenameFlags::EXCHANGE))),
-        (
-            "rename upper dir over empty lower dir",
-            Box::new(|m: &Path| r(std::fs::rename(m.join("x2"), m.join("emptydir2")))),
-        ),
-        ("rm -rf lower dir for recreate", Box::new(|m: &Path| r(std::fs::remove_dir_all(m.join("opt/app"))))),
-        ("mkdir recreate", Box::new(|m: &Path| r(std::fs::create_dir(m.join("opt/app"))))),
-        ("file in recreated", Box::new(|m: &Path| r(std::fs::write(m.join("opt/app/bin"), b"v2")))),
-        ("mkdir existing", Box::new(|m: &Path| r(std::fs::create_dir(m.join("etc"))))),
-        (
-            "mknod fifo",
-            Box::new(|m: &Path| {
-                rustix::fs::mknodat(
-                    rustix::fs::CWD,
-                    m.join("fifo1"),
-                    rustix::fs::FileType::Fifo,
-                    rustix::fs::Mode::from_raw_mode(0o640),
-                    0,
-                )
-                .map_err(|e| e.raw_os_error())
-            }),
-        ),
-        (
-            "setxattr lower",
-            Box::new(|m: &Path| {
-                rustix::fs::setxattr(m.join("data/d"), "user.test", b"value", rustix::fs::XattrFlags::empty())
-                    .map_err(|e| e.raw_os_error())
-            }),
-        ),
-        (
-            "removexattr lower",
-            Box::new(|m: &Path| {
-                rustix::fs::removexattr(m.join("etc/passwd"), "user.origin").map_err(|e| e.raw_os_error())
-            }),
-        ),
-        (
-            "removexattr missing",
-            Box::new(|m: &Path| rustix::fs::removexattr(m.join("data/f"), "user.none").map_err(|e| e.raw_os_error())),
-        ),
-        (
-            "setxattr new file",
-            Box::new(|m: &Path| {
-                rustix::fs::setxattr(m.join("sym"), "user.onlink", b"v", rustix::fs::XattrFlags::empty())
-                    .map_err(|e| e.raw_os_error())
-            }),
-        ),
-        (
-            "readdir while creating and removing",
-            Box::new(|m: &Path| {
-                let mut seen = 0;
-                let mut it = std::fs::read_dir(m.join("lowerdel")).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
-                for i in 0..50 {
-                    if let Some(e) = it.next() {
-                        e.map_err(|e| e.raw_os_error().unwrap_or(-1))?;
-                        seen += 1;
-                    }
-                    if i % 2 == 0 {
-                        r(std::fs::remove_file(m.join(format!("lowerdel/f{i}"))))?;
-                    }
-                    r(std::fs::write(m.join(format!("lowerdel/n{i}")), b"n"))?;
-                }
-                for e in it {
-                    e.map_err(|e| e.raw_os_error().unwrap_or(-1))?;
-                    seen += 1;
-                }
-                assert!(seen >= 25, "readdir saw only {seen} entries");
-                Ok(())
-            }),
-        ),
+        ("exchange upper dirs", Box::new(|m: &Path| rename_flags(m, "x1", "x2", RenameFlags::EXCHANGE))),
+        ("exchange missing", Box::new(|m: &Path| rename_flags(m, "x1", "nothere", RenameFlags::EXCHANGE))),
+        ("rename upper dir over empty lower dir", Box::new(|m: &Path| rename(m, "x2", "emptydir2"))),
+        ("list opaque lower dir", Box::new(|m: &Path| list(m, "opt/app/lib"))),
+        ("rm -rf lower dir for recreate", Box::new(|m: &Path| rm_rf(m, "opt/app"))),
+        ("mkdir recreate", Box::new(|m: &Path| mkdir(m, "opt/app"))),
+        ("list recreated", Box::new(|m: &Path| list(m, "opt/app"))),
+        ("file in recreated", Box::new(|m: &Path| write(m, "opt/app/bin", b"v2"))),
+        ("mkdir existing", Box::new(|m: &Path| mkdir(m, "etc"))),
+        ("mknod fifo", Box::new(|m: &Path| mkfifo(m, "fifo1", 0o640))),
+        ("setxattr lower", Box::new(|m: &Path| setxattr(m, "data/d", "user.test", b"value"))),
+        ("getxattr set", Box::new(|m: &Path| read_xattr(m, "data/d.link", "user.test"))),
+        ("removexattr lower", Box::new(|m: &Path| removexattr(m, "etc/passwd", "user.origin"))),
+        ("removexattr missing", Box::new(|m: &Path| removexattr(m, "data/f", "user.none"))),
+        ("setxattr new file", Box::new(|m: &Path| setxattr(m, "sym", "user.onlink", b"v"))),
+        ("readdir while creating and removing", Box::new(readdir_while_changing)),
         (
             "deep tree",
             Box::new(|m: &Path| {
-                let p = m.join("deep/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p");
-                r(std::fs::create_dir_all(&p).and_then(|_| std::fs::write(p.join("leaf"), b"leaf")))
+                let p = "deep/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p";
+                r(std::fs::create_dir_all(m.join(p))).and_then(|_| write(m, &format!("{p}/leaf"), b"leaf"))
             }),
         ),
-        (
-            "10000-entry directory",
-            Box::new(|m: &Path| {
-                r(std::fs::create_dir(m.join("many")))?;
-                for i in 0..10_000 {
-                    r(std::fs::write(m.join(format!("many/file{i:05}")), i.to_string()))?;
-                }
-                for i in (0..10_000).step_by(3) {
-                    r(std::fs::remove_file(m.join(format!("many/file{i:05}"))))?;
-                }
-                let n = std::fs::read_dir(m.join("many")).unwrap().count();
-                assert_eq!(n, 6666);
-                Ok(())
-            }),
-        ),
-        (
-            "truncate grow new",
-            Box::new(|m: &Path| {
-                r(std::fs::OpenOptions::new().write(true).open(m.join("etc/hosts")).and_then(|f| f.set_len(100)))
-            }),
-        ),
+        ("10000-entry directory", Box::new(many)),
+        ("truncate grow new", Box::new(|m: &Path| truncate(m, "etc/hosts", 100))),
         (
             "read after writes",
             Box::new(|m: &Path| {
-                let mut s = String::new();
-                r(std::fs::File::open(m.join("data/d")).and_then(|mut f| f.read_to_string(&mut s)))?;
+                let s = read(m, "data/d")?;
                 assert_eq!(s, "d-content+more");
-                Ok(())
+                Ok(s)
             }),
         ),
     ]
 }
 
-/// The view as (path -> description); times only where they predate the test.
-fn describe(root: &Path) -> BTreeMap<String, String> {
-    let mut out = snapshot(root);
-    for (k, v) in out.iter_mut() {
-        let p = root.join(k);
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        if m.mtime() < 1_700_000_000 {
-            v.push_str(&format!(" mtime={}.{}", m.mtime(), m.mtime_nsec()));
-        }
-        if !m.is_dir() {
-            v.push_str(&format!(" nlink={}", m.nlink()));
-        }
-        let mut names = vec![0u8; 4096];
-        if let Ok(n) = rustix::fs::llistxattr(&p, &mut names[..]) {
-            let mut keys: Vec<&[u8]> = names[..n].split(|&b| b == 0).filter(|k| k.starts_with(b"user.")).collect();
-            keys.sort();
-            for k in keys {
-                let ks = String::from_utf8_lossy(k).into_owned();
-                v.push_str(&format!(" {ks}={:?}", getxattr(&p, &ks).map(|x| String::from_utf8_lossy(&x).into_owned())));
-            }
-        }
+/// The differential body: mounts overlayfs over the lower directories of
+/// `base` and strata over the same layers, both writable with upper
+/// directories under `work`, runs the script on both and compares.
+fn differential(base: &Path, work: &Path, ns: XattrNs) {
+    let (lowers, _) = layers(&base.join("objects"));
+    let dirs: Vec<PathBuf> = (0..lowers.len()).map(|i| base.join(format!("l{i}"))).collect();
+    for d in ["ov_upper", "ov_work", "ov", "st_upper", "st"] {
+        std::fs::create_dir(work.join(d)).unwrap();
     }
-    out
-}
+    let (ov, stm, st_upper) = (work.join("ov"), work.join("st"), work.join("st_upper"));
+    let _ov = OverlayMount::mount(&dirs, &work.join("ov_upper"), &work.join("ov_work"), &ov, ns, false);
+    let rw = || MountOptions { upper: Some(st_upper.clone()), ..MountOptions::default() };
+    let st = MountGuard::new(lowers.clone(), &stm, rw());
 
-/// Docker's change list from an overlayfs upper directory (whiteouts are
-/// char 0/0 devices), with the same rules strata's `changes` uses.
-fn overlay_changes(entries: &[&[Entry]], upper: &Path) -> Vec<String> {
-    let mut lower: HashMap<Vec<u8>, (u32, i64, u32)> = HashMap::new();
-    for l in entries.iter().rev() {
-        for e in l.iter() {
-            if !matches!(e.kind, EntryKind::Whiteout) {
-                lower.entry(e.path.clone()).or_insert((e.type_bits() | e.mode, e.mtime, e.mtime_nsec));
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let mut changed = HashSet::new();
-    ov_walk(upper, b"", &lower, &mut out, &mut changed);
-    out
-}
+    let tree = |root: &Path| describe(root, OLD_TIMES);
+    assert_same_tree("the untouched views", ("overlayfs", &tree(&ov)), ("strata", &tree(&stm)));
 
-fn ov_walk(
-    upper: &Path,
-    rel: &[u8],
-    lower: &HashMap<Vec<u8>, (u32, i64, u32)>,
-    out: &mut Vec<String>,
-    changed: &mut HashSet<Vec<u8>>,
-) {
-    let dir = upper.join(std::ffi::OsStr::from_bytes(rel));
-    let mut names: Vec<Vec<u8>> =
-        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().as_bytes().to_vec()).collect();
-    names.sort();
-    for n in names {
-        let path = if rel.is_empty() { n.clone() } else { [rel, b"/", &n].concat() };
-        let m = std::fs::symlink_metadata(dir.join(std::ffi::OsStr::from_bytes(&n))).unwrap();
-        let is_dir = m.is_dir();
-        let kind = if m.mode() & libc::S_IFMT == libc::S_IFCHR && m.rdev() == 0 {
-            'D'
-        } else {
-            match lower.get(&path) {
-                Some(&(mode, sec, nsec)) => {
-                    let same_time = (sec, nsec) == (m.mtime(), m.mtime_nsec() as u32)
-                        || (sec == m.mtime() && (nsec == 0 || m.mtime_nsec() == 0));
-                    if is_dir && mode & libc::S_IFMT == libc::S_IFDIR && mode == m.mode() && same_time {
-                        ov_walk(upper, &path, lower, out, changed);
-                        continue;
-                    }
-                    'C'
-                }
-                None => 'A',
-            }
-        };
-        if is_dir {
-            changed.insert(path.clone());
-        }
-        if kind != 'C' && !rel.is_empty() && !changed.contains(rel) {
-            out.push(format!("C /{}", String::from_utf8_lossy(rel)));
-            changed.insert(rel.to_vec());
-        }
-        out.push(format!("{kind} /{}", String::from_utf8_lossy(&path)));
-        if is_dir {
-            ov_walk(upper, &path, lower, out, changed);
-        }
-    }
-}
+    let mismatches = run_script(&script(), &ov, &stm);
+    assert!(mismatches.is_empty(), "operation results differ:\n{}", mismatches.join("\n"));
 
-fn tree_diff(ov: &BTreeMap<String, String>, st: &BTreeMap<String, String>) -> Vec<String> {
-    let mut diffs = Vec::new();
-    for k in ov.keys().chain(st.keys()).collect::<std::collections::BTreeSet<_>>() {
-        let (a, b) = (ov.get(k), st.get(k));
-        if a != b {
-            diffs.push(format!("{k}:\n  overlayfs {a:?}\n  strata    {b:?}"));
-        }
-    }
-    diffs
+    let after = tree(&stm);
+    assert_same_tree("after the script", ("overlayfs", &tree(&ov)), ("strata", &after));
+
+    // Remounting strata's upper gives the same view again.
+    st.unmount();
+    let st = MountGuard::new(lowers.clone(), &stm, rw());
+    assert_same_tree("strata's upper remounted", ("before", &after), ("after", &tree(&stm)));
+    st.unmount();
+
+    let theirs = overlay_changes(&lower_view(&dirs), &work.join("ov_upper"));
+    assert_same_changes("docker diff", &theirs, &strata_changes(&lowers, &st_upper));
 }
 
 #[test]
@@ -510,97 +279,42 @@ fn same_results_as_kernel_overlayfs() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
+    prepare(tmp.path(), &LowerFormat::root());
+    differential(tmp.path(), tmp.path(), XattrNs::Trusted);
+}
+
+#[test]
+fn same_results_as_kernel_overlayfs_in_a_user_namespace() {
+    const NAME: &str = "same_results_as_kernel_overlayfs_in_a_user_namespace";
+    if let Some(dir) = std::env::var_os(INNER_DIR) {
+        // The run inside the namespace, as its root.
+        let map = std::fs::read_to_string("/proc/self/uid_map").unwrap();
+        assert!(is_root() && !map.contains("4294967295"), "not root of a user namespace: {map}");
+        let base = PathBuf::from(dir);
+        differential(&base, &base.join("work"), XattrNs::User);
+        println!("differential body done");
+        return;
+    }
+    if !is_root() || userns::user_ids(USER).is_none() {
+        eprintln!("skipped: needs root and the {USER} user");
+        return;
+    }
+    let (uids, gids) = userns::probe_maps(USER)
+        .unwrap_or_else(|e| panic!("no user namespace with subordinate ids for {USER} (scripts/setup.sh): {e}"));
+    // Everything under a world-readable directory: the build directory may be closed to the user.
+    let tmp = tempfile::Builder::new().prefix("strata-fs-vs-overlayfs-").tempdir_in("/tmp").unwrap();
     let base = tmp.path();
-    let objects = base.join("objects");
-    let b0 = layer0(&objects);
-    let b1 = layer1(&objects);
-    let e0 = b0.entries().to_vec();
-    let e1 = b1.entries().to_vec();
-    let lowers = vec![b0.build(), b1.build()];
+    std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    prepare(base, &LowerFormat::user_namespace(uids.clone(), gids.clone()));
+    // The namespace's root owns the working directory.
+    let work = base.join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::os::unix::fs::chown(&work, Some(uids.outside(0)), Some(gids.outside(0))).unwrap();
 
-    materialize(&e0, &objects, &base.join("l0"));
-    materialize(&e1, &objects, &base.join("l1"));
-    for d in ["ov_upper", "ov_work", "ov", "st_upper", "st"] {
-        std::fs::create_dir(base.join(d)).unwrap();
-    }
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off,xino=off",
-        base.join("l1").display(),
-        base.join("l0").display(),
-        base.join("ov_upper").display(),
-        base.join("ov_work").display()
-    );
-    rustix::mount::mount(
-        "overlay",
-        base.join("ov"),
-        "overlay",
-        rustix::mount::MountFlags::empty(),
-        Some(std::ffi::CString::new(opts).unwrap().as_c_str()),
-    )
-    .expect("mount overlayfs");
-    let _og = OverlayGuard(base.join("ov"));
-    let st = MountGuard::new(
-        lowers.clone(),
-        &base.join("st"),
-        MountOptions { upper: Some(base.join("st_upper")), ..MountOptions::default() },
-    );
-
-    let (ov, stm) = (base.join("ov"), base.join("st"));
-    let diffs = tree_diff(&describe(&ov), &describe(&stm));
-    assert!(diffs.is_empty(), "the untouched views differ:\n{}", diffs.join("\n"));
-
-    let mut mismatches = Vec::new();
-    for (name, op) in script() {
-        let t0 = std::time::Instant::now();
-        let a = op(&ov);
-        let t1 = std::time::Instant::now();
-        let b = op(&stm);
-        eprintln!("{name}: overlayfs {:?}, strata {:?}", t1 - t0, t1.elapsed());
-        if a != b {
-            mismatches.push(format!("{name}: overlayfs {a:?}, strata {b:?}"));
-        }
-    }
-    assert!(mismatches.is_empty(), "operation results differ:\n{}", mismatches.join("\n"));
-
-    let after_ov = describe(&ov);
-    let after_st = describe(&stm);
-    let diffs = tree_diff(&after_ov, &after_st);
-    assert!(
-        diffs.is_empty(),
-        "{} paths differ:\n{}",
-        diffs.len(),
-        diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
-    );
-
-    // Remounting strata's upper gives the same view again.
-    st.unmount();
-    let st = MountGuard::new(
-        lowers.clone(),
-        &base.join("st"),
-        MountOptions { upper: Some(base.join("st_upper")), ..MountOptions::default() },
-    );
-    let again = describe(&stm);
-    assert_eq!(again.len(), after_st.len());
-    for (k, v) in &after_st {
-        assert_eq!(again.get(k), Some(v), "after remount: {k}");
-    }
-    st.unmount();
-
-    let ours: Vec<String> = strata_fs::changes(&lowers, &base.join("st_upper"))
-        .unwrap()
-        .into_iter()
-        .map(|c| format!("{} {}", c.kind.letter(), c.path))
-        .collect();
-    let theirs = overlay_changes(&[&e0, &e1], &base.join("ov_upper"));
-    if ours != theirs {
-        let so: HashSet<_> = ours.iter().collect();
-        let st: HashSet<_> = theirs.iter().collect();
-        let only_ours: Vec<_> = ours.iter().filter(|x| !st.contains(x)).take(30).collect();
-        let only_theirs: Vec<_> = theirs.iter().filter(|x| !so.contains(x)).take(30).collect();
-        panic!(
-            "change lists differ\nonly strata: {only_ours:?}\nonly overlayfs: {only_theirs:?}\n(lengths {} vs {})",
-            ours.len(),
-            theirs.len()
-        );
-    }
+    let out = userns::rerun_test(USER, NAME, base, &[(INNER_DIR, base.as_os_str())], 900);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("--- run in the user namespace: stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    assert!(out.status.success(), "the run in the user namespace failed ({})", out.status);
+    assert!(stdout.contains("differential body done"), "the run in the user namespace did not run the test");
 }

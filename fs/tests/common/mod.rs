@@ -3,9 +3,8 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -140,56 +139,11 @@ impl Drop for MountGuard {
     }
 }
 
-/// A description of a tree for comparisons: path -> "type mode uid:gid size content-digest/target".
-pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-    let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
-    names.sort();
-    for n in names {
-        let p = dir.join(&n);
-        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        let ft = m.file_type();
-        let what = if ft.is_dir() {
-            "dir".to_string()
-        } else if ft.is_symlink() {
-            format!("link->{}", std::fs::read_link(&p).unwrap().display())
-        } else if ft.is_file() {
-            format!("file size={} sha={}", m.len(), Digest::of(&std::fs::read(&p).unwrap()).short())
-        } else {
-            use std::os::unix::fs::FileTypeExt;
-            if ft.is_fifo() {
-                "fifo".into()
-            } else if ft.is_char_device() {
-                format!("chr {}", m.rdev())
-            } else if ft.is_block_device() {
-                format!("blk {}", m.rdev())
-            } else {
-                "socket".into()
-            }
-        };
-        out.insert(rel, format!("{what} mode={:o} owner={}:{}", m.mode() & 0o7777, m.uid(), m.gid()));
-        if ft.is_dir() {
-            walk(root, &p, out);
-        }
-    }
-}
-
-pub fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let mut buf = vec![0u8; 4096];
-    match rustix::fs::lgetxattr(p, name, &mut buf[..]) {
-        Ok(n) => {
-            buf.truncate(n);
-            Some(buf)
-        }
-        Err(_) => None,
-    }
-}
+/// A description of a tree for comparisons (path -> "type mode owner size
+/// content-digest/target"), and one xattr of a path: shared with the
+/// differential tests (`strata_fs::testing`).
+#[allow(unused_imports)]
+pub use strata_fs::testing::tree::{getxattr, snapshot};
 
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
