@@ -60,6 +60,18 @@ fn layer0(objects: &Path) -> LayerBuilder {
         .file("data/big", &vec![7u8; 300_000], 0o644)
         .file("data/setuid", b"suid", 0o4755)
         .owner(1000, 1000)
+        // Set-id files an ordinary user (1000) may write: what writes,
+        // truncations and chowns do to their bits.
+        .file("data/suid-write", b"w", 0o6775)
+        .owner(1000, 1000)
+        .file("data/suid-trunc", b"t", 0o4755)
+        .owner(1000, 1000)
+        .file("data/suid-otrunc", b"o", 0o6755)
+        .owner(1000, 1000)
+        .file("data/sgid-nox", b"n", 0o2764)
+        .owner(1000, 1000)
+        .file("data/suid-chown", b"c", 0o6755)
+        .owner(1000, 1000)
         .dir("emptydir", 0o755)
         .dir("emptydir2", 0o700)
         .dir("var", 0o755)
@@ -176,6 +188,30 @@ fn script() -> Script {
         ("O_EXCL existing", Box::new(|m: &Path| create_excl(m, "data/e"))),
         ("chmod lower", Box::new(|m: &Path| chmod(m, "data/a", 0o600))),
         ("chmod setuid kept", Box::new(|m: &Path| chmod(m, "data/setuid", 0o6711))),
+        ("write as root keeps set-id", Box::new(|m: &Path| append(m, "data/setuid", b"+root"))),
+        ("write as a user clears set-id", Box::new(|m: &Path| as_user(m, 1000, "printf x >>\"$M/data/suid-write\""))),
+        (
+            "truncate as a user clears setuid",
+            Box::new(|m: &Path| as_user(m, 1000, "truncate -s 0 \"$M/data/suid-trunc\"")),
+        ),
+        ("O_TRUNC as a user clears set-id", Box::new(|m: &Path| as_user(m, 1000, ": >\"$M/data/suid-otrunc\""))),
+        (
+            "write as a user keeps setgid without g+x",
+            Box::new(|m: &Path| as_user(m, 1000, "printf x >>\"$M/data/sgid-nox\"")),
+        ),
+        ("write again as a user", Box::new(|m: &Path| as_user(m, 1000, "printf y >>\"$M/data/suid-write\""))),
+        ("chown clears set-id", Box::new(|m: &Path| chown(m, "data/suid-chown", 1000, 1000))),
+        (
+            "stat set-id files",
+            Box::new(|m: &Path| {
+                let mut out = String::new();
+                for f in ["setuid", "suid-write", "suid-trunc", "suid-otrunc", "sgid-nox", "suid-chown"] {
+                    out += &stat(m, &format!("data/{f}"))?;
+                    out.push('\n');
+                }
+                Ok(out)
+            }),
+        ),
         ("chown lower", Box::new(|m: &Path| chown(m, "data/b", 1234, 5678))),
         ("chown lower dir", Box::new(|m: &Path| chown(m, "emptydir", 99, 98))),
         ("utimes lower", Box::new(|m: &Path| utimes(m, "data/c", 1_000_000_000, 5, true))),
@@ -250,7 +286,8 @@ fn differential(base: &Path, work: &Path, ns: XattrNs) {
     }
     let (ov, stm, st_upper) = (work.join("ov"), work.join("st"), work.join("st_upper"));
     let _ov = OverlayMount::mount(&dirs, &work.join("ov_upper"), &work.join("ov_work"), &ov, ns, false);
-    let rw = || MountOptions { upper: Some(st_upper.clone()), ..MountOptions::default() };
+    // Others in: some steps run as an ordinary user.
+    let rw = || MountOptions { upper: Some(st_upper.clone()), allow_other: true, ..MountOptions::default() };
     let st = MountGuard::new(lowers.clone(), &stm, rw());
 
     let tree = |root: &Path| describe(root, OLD_TIMES);

@@ -185,6 +185,24 @@ pub fn stat(m: &Path, p: &str) -> OpResult {
     Ok(format!("{:o} {}:{} nlink={} size={}", st.mode(), st.uid(), st.gid(), st.nlink(), st.len()))
 }
 
+/// Runs `sh -c SCRIPT` in the mount (`$M`) as `uid`:`uid` without
+/// capabilities (so without CAP_FSETID: what an ordinary user's write,
+/// truncation or O_TRUNC open does to set-id bits); the result is its
+/// stdout, or its exit status as the error.
+pub fn as_user(m: &Path, uid: u32, script: &str) -> OpResult {
+    let id = uid.to_string();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", &id, "--regid", &id, "--clear-groups", "--inh-caps=-all", "--", "sh", "-c", script])
+        .env("M", m)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        code => Err(code.unwrap_or(-1)),
+    }
+}
+
 /// Runs every step of `script` on `overlayfs`, then on `strata`; returns a
 /// message per step whose results differ (and logs each step's times).
 pub fn run_script(script: &Script, overlayfs: &Path, strata: &Path) -> Vec<String> {
