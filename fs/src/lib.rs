@@ -48,8 +48,11 @@
 //!   files off passthrough so that they reach it. Not covered: a file made
 //!   set-id while a writer already holds it open with passthrough keeps its
 //!   bits on that writer's later writes.
-//! - Read-only mounts answer OPEN and OPENDIR with ENOSYS, so the kernel
-//!   opens by itself and sends no RELEASE (`ops::FsInner::read_only_opens`).
+//! - Read-only mounts answer OPENDIR with ENOSYS, so the kernel opens
+//!   directories by itself and sends no RELEASEDIR; files keep their OPEN
+//!   (passthrough needs one), and the backing file registered for a lower
+//!   object stays for the next open (`ops::FsInner::kernel_opens_dirs`):
+//!   a second `tar` of 4,000 small files 0.16 s to 0.10 s (kernel 0.07 s).
 //! - Extracting 20,000 small files with tar cost ten round trips per file
 //!   whatever the server does (nine with KILLPRIV_V2, which drops the
 //!   GETATTR before the chown): LOOKUP (negative) + CREATE for the open,

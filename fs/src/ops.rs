@@ -68,6 +68,9 @@ const INLINE_COPY_UP: u64 = 128 << 10;
 /// Reads up to this size first try the host's page cache on the reading
 /// thread (RWF_NOWAIT); bigger ones are not worth zeroing a buffer for.
 const NOWAIT_READ_MAX: u32 = 128 << 10;
+/// Inodes whose backing file a read-only mount keeps registered after the
+/// last close (each holds an open file in the kernel).
+const KEPT_BACKING_MAX: usize = 4096;
 
 fn err(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
@@ -185,6 +188,9 @@ struct InodeIo {
     passthrough: u32,
     cached: u32,
     backing: Option<fuser::BackingId>,
+    /// On a read-only mount, the object behind `backing`, kept with it: a
+    /// later open of the inode needs no host call at all.
+    object: Option<Arc<File>>,
 }
 
 struct Handle {
@@ -213,10 +219,9 @@ pub(crate) struct FsInner {
     /// first. An fd follows its directory across renames, so only removing
     /// a directory (after which its inode number may be reused) drops it.
     dirs: Mutex<HashMap<Ino, Arc<OwnedFd>>>,
-    /// Read-only mounts answer OPEN and OPENDIR with ENOSYS (see
-    /// `read_only_opens`): reads then name the inode only, and these keep
-    /// the files and listings they need.
-    ro_files: Mutex<HashMap<Ino, Arc<File>>>,
+    /// Read-only mounts answer OPENDIR with ENOSYS (see
+    /// `kernel_opens_dirs`): READDIR then names the directory only, and
+    /// these are its listings.
     ro_listings: Mutex<HashMap<Ino, Arc<Vec<DirEnt>>>>,
     /// How many directory fds `dirs` may hold.
     dir_cache_cap: usize,
@@ -258,7 +263,6 @@ impl FsInner {
             killpriv: std::sync::atomic::AtomicBool::new(false),
             io: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
-            ro_files: Mutex::new(HashMap::new()),
             ro_listings: Mutex::new(HashMap::new()),
             dir_cache_cap: dir_cache_cap(),
             no_xattrs_at_all,
@@ -316,14 +320,20 @@ impl FsInner {
                 IoMode::Cached => st.cached = st.cached.saturating_sub(1),
                 IoMode::Passthrough => {
                     st.passthrough = st.passthrough.saturating_sub(1);
-                    if st.passthrough == 0 {
+                    // A read-only mount keeps the registered backing file
+                    // of an immutable lower object for the next open.
+                    if st.passthrough == 0 && self.upper.is_some() {
                         st.backing = None;
                     }
                 }
                 IoMode::Direct => {}
             }
-            if st.cached == 0 && st.passthrough == 0 {
+            if st.cached == 0 && st.passthrough == 0 && st.backing.is_none() {
                 io.remove(&ino);
+            }
+            // Kept backing files are bounded: drop the unused ones when many.
+            if io.len() > KEPT_BACKING_MAX {
+                io.retain(|_, st| st.cached > 0 || st.passthrough > 0);
             }
         }
     }
@@ -357,22 +367,23 @@ impl FsInner {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh).cloned()
     }
 
-    /// Whether the kernel opens files and directories without asking: a
-    /// read-only mount never changes, so it answers the first OPEN and
-    /// OPENDIR with ENOSYS, and the kernel then opens everything on its own
-    /// (keeping the page cache and directory listings it read) and sends
-    /// no RELEASE either. That takes two round trips off every open and
-    /// close, and the OPENDIR/RELEASEDIR pair off every directory read;
-    /// reads then come with file handle 0 and are served by inode.
-    /// Measured, second pass over the benchmark tree (kernel overlayfs:
-    /// 0.069 s and 0.059 s): `tar` of 4,000 small files 0.16 s with opens
-    /// (lower objects passed through) and 0.054 s without; a 1 GiB file
-    /// 0.066 s with passthrough and 0.13 s without, since without an open
-    /// there is no passthrough and the kernel's page cache of a FUSE file
-    /// copies out at about half the speed of the ext4 one below it. Small
-    /// files are what inspection mostly reads, so read-only mounts go
-    /// without opens.
-    fn read_only_opens(&self) -> bool {
+    /// Whether the kernel opens directories without asking: a read-only
+    /// mount never changes, so it answers the first OPENDIR with ENOSYS,
+    /// and the kernel then opens directories on its own, keeps what it
+    /// read of them, and sends no RELEASEDIR either (two round trips less
+    /// per directory read; READDIR then comes with file handle 0).
+    ///
+    /// Files could go the same way (ENOSYS for OPEN), and small ones would
+    /// gain most: a second `tar` of 4,000 small files took 0.054 s so
+    /// (kernel overlayfs 0.069 s) against 0.16 s with an OPEN and RELEASE
+    /// per file. But without an open there is no passthrough, and the
+    /// kernel's page cache of a FUSE file copies out at about a third of the
+    /// speed of the ext4 one below it: a second read of a 1 GiB file took
+    /// 0.14-0.19 s against 0.06 s passed through (kernel overlayfs 0.067 s,
+    /// fuse-overlayfs 2.x 0.066 s). Files keep their opens; the backing
+    /// file registered for a lower object is kept for the next open of
+    /// the same inode (`InodeIo::backing`).
+    fn kernel_opens_dirs(&self) -> bool {
         self.upper.is_none()
     }
 
@@ -408,32 +419,10 @@ impl FsInner {
             || !matches!(self.xattr_of(t, ino, b"security.capability"), Ok(None))
     }
 
-    /// The file to read for `ino` on a read-only mount (file handle 0).
-    fn ro_file(&self, ino: Ino) -> io::Result<Arc<File>> {
-        if let Some(f) = self.ro_files.lock().unwrap_or_else(|p| p.into_inner()).get(&ino) {
-            return Ok(f.clone());
-        }
-        let file = {
-            let t = self.tree_read();
-            let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
-            if !n.attr.is_reg() || n.stand_in {
-                return Err(err(libc::EINVAL));
-            }
-            let (src, e) = self.lower_entry(n).ok_or_else(|| err(libc::EIO))?;
-            Arc::new(src.open_content(e)?)
-        };
-        let mut files = self.ro_files.lock().unwrap_or_else(|p| p.into_inner());
-        if files.len() >= self.dir_cache_cap {
-            files.clear();
-        }
-        files.insert(ino, file.clone());
-        Ok(file)
-    }
-
     /// The listing of directory `ino`: from its handle, or on a read-only
     /// mount (file handle 0) from the listings kept per directory.
     fn listing(&self, ino: Ino, fh: u64) -> Result<Arc<Vec<DirEnt>>, Errno> {
-        if fh == 0 && self.read_only_opens() {
+        if fh == 0 && self.kernel_opens_dirs() {
             if let Some(l) = self.ro_listings.lock().unwrap_or_else(|p| p.into_inner()).get(&ino) {
                 return Ok(l.clone());
             }
@@ -1427,6 +1416,18 @@ impl FsInner {
     /// clears set-id bits (FUSE_HANDLE_KILLPRIV_V2 leaves that to us).
     fn open_reply(&self, ino: Ino, flags: i32, kill_set_id: bool, reply: ReplyOpen) {
         let _op = self.op(Op::Open);
+        if self.upper.is_none() {
+            let mut io = self.io();
+            if let Some(st) = io.get_mut(&ino) {
+                if let (Some(id), Some(object)) = (&st.backing, &st.object) {
+                    st.passthrough += 1;
+                    let file = RwLock::new(object.clone());
+                    let fh =
+                        self.add_handle(ino, HandleKind::File { file, writable: false, mode: IoMode::Passthrough });
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
+                }
+            }
+        }
         let (file, writable, lower) = match self.do_open(ino, flags) {
             Ok(x) => x,
             Err(e) => return reply.error(eno(e)),
@@ -1458,10 +1459,12 @@ impl FsInner {
             }
             if let Some(id) = &st.backing {
                 st.passthrough += 1;
-                let fh = self.add_handle(
-                    ino,
-                    HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode: IoMode::Passthrough },
-                );
+                let file = Arc::new(file);
+                if self.upper.is_none() {
+                    st.object = Some(file.clone());
+                }
+                let fh = self
+                    .add_handle(ino, HandleKind::File { file: RwLock::new(file), writable, mode: IoMode::Passthrough });
                 return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
             }
         }
@@ -2022,10 +2025,6 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if self.read_only_opens() {
-            let _op = self.op(Op::Open);
-            return reply.error(Errno::ENOSYS);
-        }
         let acc = flags.0 & libc::O_ACCMODE;
         let for_writing = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let kill = self.killpriv.load(Ordering::Relaxed) && flags.0 & libc::O_TRUNC != 0 && req.uid() != 0;
@@ -2039,7 +2038,7 @@ impl Filesystem for StrataFs {
     fn read(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -2047,17 +2046,9 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let f = if fh.0 == 0 && self.read_only_opens() {
-            match self.ro_file(ino.0) {
-                Ok(f) => f,
-                Err(e) => return reply.error(eno(e)),
-            }
-        } else {
-            let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-            let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
-            let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
-            f
-        };
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
+        let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
         // Data in the host's page cache is answered right here; a read that
         // would wait for the disk goes on on a worker.
         let mut buf: Vec<u8> = Vec::new();
@@ -2155,9 +2146,6 @@ impl Filesystem for StrataFs {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let _op = self.op(Op::Fsync);
-        if fh.0 == 0 && self.read_only_opens() {
-            return reply.ok(); // nothing here is ever written
-        }
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.ok() };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -2172,7 +2160,7 @@ impl Filesystem for StrataFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _op = self.op(Op::Opendir);
-        if self.read_only_opens() {
+        if self.kernel_opens_dirs() {
             return reply.error(Errno::ENOSYS);
         }
         match self.dir_snapshot(ino.0) {
@@ -2496,19 +2484,11 @@ impl Filesystem for StrataFs {
         });
     }
 
-    fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
         let _op = self.op(Op::Lseek);
-        let f = if fh.0 == 0 && self.read_only_opens() {
-            match self.ro_file(ino.0) {
-                Ok(f) => f,
-                Err(e) => return reply.error(eno(e)),
-            }
-        } else {
-            let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-            let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EBADF) };
-            let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
-            f
-        };
+        let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EBADF) };
+        let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
         let pos = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
             libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),

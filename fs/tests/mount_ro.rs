@@ -62,6 +62,12 @@ fn merged_view_matches_indexes() {
     let ln = std::fs::symlink_metadata(mnt.join("bin/ln")).unwrap();
     assert_eq!(ln.ino(), sh.ino());
     assert_eq!(std::fs::read(mnt.join("bin/ln")).unwrap(), b"#!/bin/sh\n");
+    // Opened again (and through the other name): a read-only mount reuses
+    // what it registered for the first open; the content must not change.
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(mnt.join("bin/sh")).unwrap(), b"#!/bin/sh\n");
+        assert_eq!(std::fs::read(mnt.join("etc/passwd")).unwrap(), b"root:x:0:0:replaced\n");
+    }
 
     let shadow = std::fs::metadata(mnt.join("etc/shadow")).unwrap();
     assert_eq!((shadow.uid(), shadow.gid(), shadow.mode() & 0o7777), (0, 42, 0o640));
