@@ -403,9 +403,15 @@ fn rm_after_sigterm_of_run_and_name_conflict() {
             &e.bb,
             "sh",
             "-c",
-            "trap 'exit 143' TERM; while true; do sleep 1; done",
+            "trap 'exit 143' TERM; touch /tmp/trapped; while true; do sleep 1; done",
         ]);
         wait_running(s, "term");
+        // The shell is the container's PID 1: a SIGTERM that arrives before
+        // its trap is set is dropped by the kernel (as under Docker), and
+        // the container would run on.
+        wait_until("the container's TERM trap", READY, || {
+            s.run(&["exec", "term", "test", "-e", "/tmp/trapped"]).status.success()
+        });
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
             .unwrap();
         let out = wait_output(child, READY, "strata run --rm (SIGTERM)");
