@@ -30,7 +30,15 @@ work="$(mktemp -d /tmp/strata-demo.XXXXXX)"
 registry_pid=""
 cleanup() {
     if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; wait "$registry_pid" 2>/dev/null || true; fi
-    rm -rf "$work"
+    # A demo that stopped half-way may leave containers and mounts under
+    # $work: remove those first, and never delete through a mount.
+    if [ -x "$strata" ] && [ -d "$work/store" ]; then
+        "$strata" --root "$work/store" ps -aq 2>/dev/null | xargs -r "$strata" --root "$work/store" rm -f >/dev/null 2>&1 || true
+    fi
+    awk -v w="$work/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+        umount -l "$m" 2>/dev/null || fusermount3 -u -z "$m" 2>/dev/null || true
+    done
+    rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 
@@ -101,7 +109,8 @@ step "mount the image for inspection, read-only"
 mnt="$work/mnt"
 mkdir -p "$mnt"
 run mount "$image" "$mnt"
-ls -l "$mnt" "$mnt/bin" | head -n 12
+# (sed, not head: ls must not die of SIGPIPE under pipefail)
+ls -l "$mnt" "$mnt/bin" | sed -n 1,12p
 run mount
 run umount "$mnt"
 # commit, build and push follow as those commands land.
