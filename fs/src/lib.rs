@@ -155,6 +155,7 @@ pub struct MountOptions {
     pub dev: bool,
     /// Let the kernel read lower files directly (FUSE passthrough) when the
     /// kernel offers it and strata has CAP_SYS_ADMIN; plain reads otherwise.
+    /// `STRATA_FS_NO_PASSTHROUGH=1` turns it off (for comparisons).
     pub passthrough: bool,
     /// How long the request reader keeps polling the device after a request
     /// before it goes to sleep (see `poll`); zero never polls.
