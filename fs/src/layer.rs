@@ -31,6 +31,13 @@ pub struct UpperEntry {
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
+impl UpperEntry {
+    /// A whiteout or opaque marker: a kind and a path, no metadata.
+    fn marker(path: Vec<u8>, kind: UpperKind) -> UpperEntry {
+        UpperEntry { path, kind, mode: 0, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0, xattrs: vec![] }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpperKind {
     File {
@@ -108,30 +115,12 @@ fn walk(
     let fd = up.dir_readable(rel)?;
     let (names, opaque) = load::upper_names_sorted(up, &fd)?;
     if opaque {
-        out.push(UpperEntry {
-            path: rel.to_vec(),
-            kind: UpperKind::Opaque,
-            mode: 0,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            mtime_nsec: 0,
-            xattrs: vec![],
-        });
+        out.push(UpperEntry::marker(rel.to_vec(), UpperKind::Opaque));
     }
     for (key, n) in names {
         let path = join(rel, &key);
         if n.starts_with(WH_PREFIX) {
-            out.push(UpperEntry {
-                path,
-                kind: UpperKind::Whiteout,
-                mode: 0,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                mtime_nsec: 0,
-                xattrs: vec![],
-            });
+            out.push(UpperEntry::marker(path, UpperKind::Whiteout));
             continue;
         }
         let h = up.stat(fd.as_fd(), &n)?;

@@ -1339,6 +1339,13 @@ impl FsInner {
         Ok(self.attr(&t, ino, None))
     }
 
+    /// Clears the set-id bits of `ino` as the kernel would for a write or
+    /// truncation by a caller without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2
+    /// leaves that to us); see [`without_set_id`].
+    fn kill_set_id(&self, ino: Ino) -> io::Result<FileAttr> {
+        self.do_setattr(ino, None, None, None, None, None, None, None, true)
+    }
+
     /// Opens the file behind `ino`; returns it, whether it is writable and
     /// whether it is a lower object (never written: passthrough is safe).
     fn do_open(&self, ino: Ino, flags: i32) -> io::Result<(File, bool, bool)> {
@@ -1433,7 +1440,7 @@ impl FsInner {
             Err(e) => return reply.error(eno(e)),
         };
         if kill_set_id {
-            if let Err(e) = self.do_setattr(ino, None, None, None, None, None, None, None, true) {
+            if let Err(e) = self.kill_set_id(ino) {
                 return reply.error(eno(e));
             }
         }
@@ -2110,7 +2117,7 @@ impl Filesystem for StrataFs {
         if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             && self.tree_read().get(ino.0).is_some_and(|n| n.attr.mode & (libc::S_ISUID | libc::S_ISGID) != 0)
         {
-            if let Err(e) = self.do_setattr(ino.0, None, None, None, None, None, None, None, true) {
+            if let Err(e) = self.kill_set_id(ino.0) {
                 return reply.error(eno(e));
             }
         }
