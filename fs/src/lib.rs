@@ -109,6 +109,7 @@ mod layer;
 mod load;
 mod ops;
 mod poll;
+mod prefetch;
 mod source;
 #[cfg(feature = "test-support")]
 pub mod testing;
@@ -263,7 +264,9 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     config.n_threads = Some(1);
     config.clone_fd = true;
     let merr = |source| FsError::Mount { path: mountpoint.to_path_buf(), source };
+    let inner = fs.shared();
     let session = fuser::Session::new(fs, mountpoint, &config).map_err(merr)?;
+    inner.set_notifier(session.notifier());
     if let Some(p) = &poller {
         // Without the governor the reader simply always sleeps.
         let _ = p.attach(&session);
