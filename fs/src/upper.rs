@@ -264,6 +264,46 @@ impl Upper {
         Ok(true)
     }
 
+    /// [`Upper::write_meta`] for a regular file just created by us and held
+    /// open (so it carries no record yet): through the fd, without the path
+    /// walks and the `O_PATH` + `/proc/self/fd` detour a name needs (a
+    /// metadata-only copy-up went from 16 to 11 host calls).
+    pub fn write_meta_file(&self, f: &File, want: &Attr) -> io::Result<bool> {
+        let mut st = rustix::fs::fstat(f).map_err(errno)?;
+        if self.privileged && (st.st_uid != want.uid || st.st_gid != want.gid) {
+            let owner = (Some(rustix::fs::Uid::from_raw(want.uid)), Some(rustix::fs::Gid::from_raw(want.gid)));
+            // Refused for ids outside our user namespace's map: recorded below.
+            if rustix::fs::fchown(f, owner.0, owner.1).is_ok() {
+                st = rustix::fs::fstat(f).map_err(errno)?;
+            }
+        }
+        let perm = self.host_perm(want.mode);
+        if st.st_mode & 0o7777 != perm {
+            rustix::fs::fchmod(f, Mode::from_raw_mode(perm)).map_err(errno)?;
+            st.st_mode = (st.st_mode & libc::S_IFMT) | perm;
+        }
+        let exact = st.st_mode == want.mode && st.st_uid == want.uid && st.st_gid == want.gid;
+        if !exact {
+            let v = format!("{} {} {} {}", want.mode, want.uid, want.gid, want.rdev);
+            rustix::fs::fsetxattr(f, META_XATTR, v.as_bytes(), rustix::fs::XattrFlags::empty()).map_err(errno)?;
+        }
+        Ok(!exact)
+    }
+
+    /// Marks an open upper file as a metadata-only copy of the lower object
+    /// `digest` (see [`Upper::set_metacopy`]).
+    pub fn set_metacopy_file(&self, f: &File, digest: &strata_layers::Digest) -> io::Result<()> {
+        rustix::fs::fsetxattr(f, METACOPY_XATTR, digest.hex().as_bytes(), rustix::fs::XattrFlags::empty())
+            .map_err(errno)
+    }
+
+    /// [`Upper::set_times`] for an open file.
+    pub fn set_times_file(&self, f: &File, atime: Ts, mtime: Ts) -> io::Result<()> {
+        let ts = |t: Ts| rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ };
+        let times = rustix::fs::Timestamps { last_access: ts(atime), last_modification: ts(mtime) };
+        rustix::fs::futimens(f, &times).map_err(errno)
+    }
+
     /// Replaces whatever is at `name` by a regular stand-in file for a node
     /// of another type (its content: the symlink target, if any).
     pub fn make_stand_in(&self, dir: BorrowedFd, name: &[u8], want: &Attr, content: &[u8]) -> io::Result<()> {
