@@ -62,7 +62,8 @@ impl Prefetcher {
 }
 
 /// Whether the first page of `file` is in the page cache (a non-blocking
-/// one-byte read succeeds only then).
+/// one-byte read succeeds only then; when it misses it starts the kernel's
+/// read-ahead of the file, which is about to be read anyway).
 pub(crate) fn is_cached(file: &File) -> bool {
     let mut b = [0u8; 1];
     let mut bufs = [std::io::IoSliceMut::new(&mut b)];

@@ -168,3 +168,78 @@ fn xattrs_switched_off_only_when_there_are_none() {
     assert_eq!(rustix::fs::lgetxattr(mnt.join("a"), "user.k", &mut buf[..]), Err(rustix::io::Errno::NODATA));
     g.unmount();
 }
+
+/// Whether the first page of the file at `path` is in the page cache
+/// (mincore: asking does not read anything, unlike a non-blocking read,
+/// which starts read-ahead when it misses).
+fn page_cached(path: &std::path::Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let len = 4096;
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped
+    // before returning; mincore writes one byte into `vec`.
+    unsafe {
+        let p = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        assert_ne!(p, libc::MAP_FAILED);
+        let mut vec = 0u8;
+        assert_eq!(libc::mincore(p, len, &mut vec), 0);
+        libc::munmap(p, len);
+        vec & 1 == 1
+    }
+}
+
+/// Every regular file below `dir`.
+fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Reading one file of a directory whose contents are not in memory reads
+/// the directory's other small files ahead (their objects are scattered in
+/// the store); see the prefetch module.
+#[test]
+fn a_cold_read_reads_the_directory_ahead() {
+    // On the disk of the build (a tmpfs would keep every page in memory).
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let objects = tmp.path().join("objects");
+    let mut b = LayerBuilder::new(&objects).dir("", 0o755).dir("d", 0o755);
+    for i in 0..40 {
+        b = b.file(&format!("d/f{i:02}"), format!("content of file {i}\n").as_bytes(), 0o644);
+    }
+    b = b.file("other/big", &vec![7u8; 2 << 20], 0o644);
+    let layer = b.build();
+    let objs = files_below(&objects);
+    for o in &objs {
+        let f = std::fs::File::open(o).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+    assert!(objs.iter().all(|o| !page_cached(o)), "the objects could not be dropped from memory");
+
+    let mnt = tmp.path().join("mnt");
+    let g = MountGuard::new(vec![layer], &mnt, MountOptions::default());
+    assert_eq!(std::fs::read(mnt.join("d/f00")).unwrap(), b"content of file 0\n");
+    // Read-ahead runs in the background: wait for it (bounded).
+    let small: Vec<_> = objs.iter().filter(|o| std::fs::metadata(o).unwrap().len() < 1 << 20).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !small.iter().all(|o| page_cached(o)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let cold: Vec<_> = small.iter().filter(|o| !page_cached(o)).collect();
+    assert!(cold.is_empty(), "{} of {} sibling objects were not read ahead", cold.len(), small.len());
+    // A large file elsewhere is left to the kernel's own read-ahead.
+    let big = objs.iter().find(|o| std::fs::metadata(o).unwrap().len() >= 1 << 20).unwrap();
+    assert!(!page_cached(big));
+    for i in 0..40 {
+        assert_eq!(std::fs::read(mnt.join(format!("d/f{i:02}"))).unwrap(), format!("content of file {i}\n").as_bytes());
+    }
+    g.unmount();
+}
