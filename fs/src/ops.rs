@@ -850,7 +850,7 @@ impl FsInner {
     /// is not in memory: reads ahead the directory's other small lower files
     /// (see [`crate::prefetch`]).
     fn prefetch_siblings(&self, ino: Ino, opened: &File) {
-        use crate::prefetch::{is_cached, PER_DIR, SMALL_FILE};
+        use crate::prefetch::{is_cached, BYTES_PER_DIR, PER_DIR, SMALL_FILE};
         let Some(parent) = self.tree_read().get(ino).map(|n| n.link.parent) else { return };
         if !self.prefetch.first_visit(parent) || is_cached(opened) {
             return;
@@ -858,6 +858,7 @@ impl FsInner {
         let paths: Vec<std::path::PathBuf> = {
             let t = self.tree_read();
             let Some(d) = t.dir(parent) else { return };
+            let mut budget = BYTES_PER_DIR;
             d.children
                 .values()
                 .filter(|&&c| c != ino)
@@ -868,8 +869,13 @@ impl FsInner {
                         return None;
                     }
                     let (src, e) = self.lower_entry(n)?;
-                    src.content_path(e)
+                    Some((n.attr.size, src.content_path(e)?))
                 })
+                .take_while(|&(size, _)| {
+                    budget = budget.saturating_sub(size);
+                    budget > 0
+                })
+                .map(|(_, path)| path)
                 .take(PER_DIR)
                 .collect()
         };

@@ -26,8 +26,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Files larger than this are left to the kernel's own read-ahead.
 pub(crate) const SMALL_FILE: u64 = 1 << 20;
-/// At most this many files of one directory are prefetched.
+/// At most this many files of one directory are prefetched...
 pub(crate) const PER_DIR: usize = 2048;
+/// ...holding at most this many bytes together (a program may read one
+/// file of a big directory and nothing else).
+pub(crate) const BYTES_PER_DIR: u64 = 32 << 20;
 /// Threads opening objects at once (most of their time is spent waiting
 /// for the disk, which is the point).
 const READERS: usize = 8;

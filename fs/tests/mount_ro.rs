@@ -215,6 +215,10 @@ fn a_cold_read_reads_the_directory_ahead() {
         b = b.file(&format!("d/f{i:02}"), format!("content of file {i}\n").as_bytes(), 0o644);
     }
     b = b.file("other/big", &vec![7u8; 2 << 20], 0o644);
+    // 40 MiB of "small" files: more than one directory's read-ahead budget.
+    for i in 0..40u8 {
+        b = b.file(&format!("wide/w{i:02}"), &vec![i; 1 << 20], 0o644);
+    }
     let layer = b.build();
     let objs = files_below(&objects);
     for o in &objs {
@@ -228,7 +232,7 @@ fn a_cold_read_reads_the_directory_ahead() {
     let g = MountGuard::new(vec![layer], &mnt, MountOptions::default());
     assert_eq!(std::fs::read(mnt.join("d/f00")).unwrap(), b"content of file 0\n");
     // Read-ahead runs in the background: wait for it (bounded).
-    let small: Vec<_> = objs.iter().filter(|o| std::fs::metadata(o).unwrap().len() < 1 << 20).collect();
+    let small: Vec<_> = objs.iter().filter(|o| std::fs::metadata(o).unwrap().len() < 4096).collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while !small.iter().all(|o| page_cached(o)) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -236,8 +240,19 @@ fn a_cold_read_reads_the_directory_ahead() {
     let cold: Vec<_> = small.iter().filter(|o| !page_cached(o)).collect();
     assert!(cold.is_empty(), "{} of {} sibling objects were not read ahead", cold.len(), small.len());
     // A large file elsewhere is left to the kernel's own read-ahead.
-    let big = objs.iter().find(|o| std::fs::metadata(o).unwrap().len() >= 1 << 20).unwrap();
+    let big = objs.iter().find(|o| std::fs::metadata(o).unwrap().len() > 1 << 20).unwrap();
     assert!(!page_cached(big));
+    // A directory holding more than the budget is read ahead only in part.
+    let wide: Vec<_> = objs.iter().filter(|o| std::fs::metadata(o).unwrap().len() == 1 << 20).collect();
+    assert_eq!(wide.len(), 40);
+    assert_eq!(std::fs::read(mnt.join("wide/w00")).unwrap(), vec![0u8; 1 << 20]);
+    let cached = || wide.iter().filter(|o| page_cached(o)).count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cached() < 32 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(cached(), 32, "the file read and the 31 siblings that fit in 32 MiB");
     for i in 0..40 {
         assert_eq!(std::fs::read(mnt.join(format!("d/f{i:02}"))).unwrap(), format!("content of file {i}\n").as_bytes());
     }
