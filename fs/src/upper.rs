@@ -257,8 +257,7 @@ impl Upper {
             *recorded = false;
         } else {
             let f = self.path_fd(dir, name)?;
-            let v = format!("{} {} {} {}", want.mode, want.uid, want.gid, want.rdev);
-            set_xattr_fd(&f, META_XATTR, v.as_bytes(), 0)?;
+            set_xattr_fd(&f, META_XATTR, meta_record(want).as_bytes(), 0)?;
             *recorded = true;
         }
         Ok(true)
@@ -284,7 +283,7 @@ impl Upper {
         }
         let exact = st.st_mode == want.mode && st.st_uid == want.uid && st.st_gid == want.gid;
         if !exact {
-            let v = format!("{} {} {} {}", want.mode, want.uid, want.gid, want.rdev);
+            let v = meta_record(want);
             rustix::fs::fsetxattr(f, META_XATTR, v.as_bytes(), rustix::fs::XattrFlags::empty()).map_err(errno)?;
         }
         Ok(!exact)
@@ -533,6 +532,11 @@ pub(crate) fn list_dir(fd: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
         }
     }
     Ok(out)
+}
+
+/// The `user.strata.meta` value for `want` (read back by [`parse_meta`]).
+fn meta_record(want: &Attr) -> String {
+    format!("{} {} {} {}", want.mode, want.uid, want.gid, want.rdev)
 }
 
 fn parse_meta(v: &[u8]) -> Option<(u32, u32, u32, u32)> {
