@@ -162,6 +162,10 @@ pub struct MountOptions {
     /// before it goes to sleep (see `poll`); zero never polls.
     /// `STRATA_FS_POLL_US` overrides it.
     pub poll: Duration,
+    /// While the reader polls, ask idle CPUs to poll too (a 0 µs PM QoS CPU
+    /// latency request; root only, see `poll`).
+    /// `STRATA_FS_NO_CPU_LATENCY=1` turns it off (for comparisons).
+    pub hold_cpus: bool,
 }
 
 impl Default for MountOptions {
@@ -175,6 +179,7 @@ impl Default for MountOptions {
             dev: false,
             passthrough: true,
             poll: Duration::from_millis(1),
+            hold_cpus: true,
         }
     }
 }
@@ -248,7 +253,8 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
         .and_then(|v| v.parse().ok())
         .map(Duration::from_micros)
         .unwrap_or(opts.poll);
-    let poller = poll::Poller::new(poll);
+    let hold_cpus = opts.hold_cpus && std::env::var_os("STRATA_FS_NO_CPU_LATENCY").is_none_or(|v| v.is_empty());
+    let poller = poll::Poller::new(poll, hold_cpus);
     let fs = ops::StrataFs::new(tree, sources, upper, statfs_fd, passthrough, opts.threads.max(1), poller.clone());
 
     use fuser::MountOption as M;

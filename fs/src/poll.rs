@@ -20,6 +20,17 @@
 //! requests; it is not taken on a machine with a single CPU, where the
 //! spinning reader would take the CPU from the very caller it waits for.
 //!
+//! The caller's side of the same round trip: a caller waiting for its
+//! answer leaves its CPU idle, and an idle vCPU halts, so the answer's
+//! wake-up costs the interrupt again. While the reader spins, a mount
+//! running as root also holds a CPU wake-up latency request of 0 µs (PM
+//! QoS through /dev/cpu_dma_latency, the interface `tuned` and DPDK use):
+//! idle CPUs then poll instead of halting and the kernel wakes a polling
+//! CPU without an interrupt. The request is dropped with the spinning (and
+//! by the kernel when the process ends). Extracting the 20,000 files: 4.0 s
+//! without it, 1.7-2.1 s with it (kernel overlayfs 0.5 s). Ordinary users
+//! may not open the device and go without.
+//!
 //! Measured and not taken: pinning the reader to the CPU its latest caller
 //! ran on (read from /proc/PID/stat every `window`), with a sleeping
 //! reader, so that both take turns on one CPU (2.4-2.9 s above when both
@@ -45,14 +56,17 @@ pub(crate) struct Poller {
     /// Nanoseconds since `epoch` of the latest request.
     last: AtomicU64,
     spinning: AtomicBool,
+    /// The CPU latency request held while spinning, when permitted.
+    cpu_latency: Option<CpuLatency>,
     /// Wakes the governor when spinning starts; `true` asks it to end.
     wake: (Mutex<bool>, Condvar),
 }
 
 impl Poller {
-    /// A poller that spins for up to `window` after each request; `None` when
+    /// A poller that spins for up to `window` after each request, holding
+    /// idle CPUs awake meanwhile when `hold_cpus` and permitted; `None` when
     /// spinning is off (zero window, or a single CPU).
-    pub(crate) fn new(window: Duration) -> Option<Arc<Poller>> {
+    pub(crate) fn new(window: Duration, hold_cpus: bool) -> Option<Arc<Poller>> {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         if window.is_zero() || cpus < 2 {
             return None;
@@ -63,6 +77,7 @@ impl Poller {
             epoch: Instant::now(),
             last: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
+            cpu_latency: if hold_cpus { CpuLatency::open() } else { None },
             wake: (Mutex::new(false), Condvar::new()),
         }))
     }
@@ -106,9 +121,9 @@ impl Poller {
         rustix::fs::fcntl_setfl(fd, flags).is_ok()
     }
 
-    /// Sleeps while the reader sleeps; while it spins, checks every `window`
-    /// whether a request came since, and puts the reader back to sleep when
-    /// none did.
+    /// Sleeps while the reader sleeps; while it spins, keeps idle CPUs
+    /// polling and checks every `window` whether a request came since,
+    /// and puts the reader (and the CPUs) back to sleep when none did.
     fn govern(&self) {
         let (lock, cv) = &self.wake;
         loop {
@@ -122,15 +137,49 @@ impl Poller {
                     return;
                 }
             }
-            std::thread::sleep(self.window);
-            let idle = self.now().saturating_sub(self.last.load(Ordering::Relaxed));
-            if idle >= self.window.as_nanos() as u64 {
-                // In this order: a request racing with the switch either
-                // still sees `spinning` (and its reader sleeps once more
-                // than it needed) or sees it cleared and switches back.
-                self.set_nonblocking(false);
-                self.spinning.store(false, Ordering::Relaxed);
+            if let Some(c) = &self.cpu_latency {
+                c.request(0);
+            }
+            loop {
+                std::thread::sleep(self.window);
+                let idle = self.now().saturating_sub(self.last.load(Ordering::Relaxed));
+                if idle >= self.window.as_nanos() as u64 {
+                    // In this order: a request racing with the switch either
+                    // still sees `spinning` (and its reader sleeps once more
+                    // than it needed) or sees it cleared and switches back.
+                    self.set_nonblocking(false);
+                    self.spinning.store(false, Ordering::Relaxed);
+                    break;
+                }
+            }
+            if let Some(c) = &self.cpu_latency {
+                c.release();
             }
         }
+    }
+}
+
+/// A PM QoS CPU latency request: an open /dev/cpu_dma_latency whose
+/// written value bounds how long any CPU may take to wake up (the kernel
+/// keeps the smallest of all requests and drops ours when the fd closes).
+struct CpuLatency(std::fs::File);
+
+impl CpuLatency {
+    /// Opens a request that asks nothing yet; `None` when not permitted
+    /// (the device is root's) or absent.
+    fn open() -> Option<CpuLatency> {
+        // std opens with O_CLOEXEC: no container inherits the request.
+        std::fs::OpenOptions::new().write(true).open("/dev/cpu_dma_latency").ok().map(CpuLatency)
+    }
+
+    /// Asks for wake-ups within `us` microseconds (0: idle CPUs poll).
+    fn request(&self, us: i32) {
+        use std::io::Write;
+        let _ = (&self.0).write(&us.to_ne_bytes());
+    }
+
+    /// Back to the system's default (PM_QOS_DEFAULT_VALUE).
+    fn release(&self) {
+        self.request(-1);
     }
 }

@@ -1,0 +1,71 @@
+//! While requests keep coming, a mount run by root asks idle CPUs to poll
+//! (a 0 µs PM QoS CPU latency request), and gives the request up once the
+//! requests stop. Alone in its test binary: other mounts of the same process
+//! would hold requests of their own.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use strata_fs::MountOptions;
+
+/// The latency all CPUs are held to now (the smallest of all requests).
+fn cpu_latency_target() -> i32 {
+    let v = std::fs::read("/dev/cpu_dma_latency").expect("reading /dev/cpu_dma_latency");
+    i32::from_ne_bytes(v[..4].try_into().expect("a 4-byte value"))
+}
+
+/// Stats the mount's files over and over for `how_long`, and reports the
+/// lowest latency target seen meanwhile.
+fn lowest_target_during_requests(mnt: &std::path::Path, how_long: Duration) -> i32 {
+    let start = Instant::now();
+    let mut lowest = i32::MAX;
+    let mut n = 0u64;
+    while start.elapsed() < how_long {
+        // A name that is not there: every lookup reaches the server.
+        let _ = std::fs::symlink_metadata(mnt.join(format!("absent-{n}")));
+        n += 1;
+        if n % 64 == 0 {
+            lowest = lowest.min(cpu_latency_target());
+        }
+    }
+    lowest
+}
+
+#[test]
+fn idle_cpus_poll_only_while_requests_come() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let mnt = tmp.path().join("mnt");
+    let lower = LayerBuilder::new(&objects).dir("", 0o755).file("f", b"x", 0o644).build();
+    let polls = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1;
+
+    if !is_root() {
+        // The device is root's: an ordinary user can neither ask nor look.
+        eprintln!("skipped: /dev/cpu_dma_latency is only root's");
+        return;
+    }
+    let before = cpu_latency_target();
+    assert!(before > 0, "something else holds the CPUs at {before} µs; this test cannot see strata's request");
+
+    let opts = MountOptions { poll: Duration::from_millis(5), ..MountOptions::default() };
+    let g = MountGuard::new(vec![lower], &mnt, opts);
+    let during = lowest_target_during_requests(&mnt, Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(100));
+    let after = cpu_latency_target();
+
+    if polls {
+        assert_eq!(during, 0, "no 0 µs CPU latency request while requests came");
+    } else {
+        assert_eq!(during, before, "a single CPU, where nothing polls, changed the CPU latency");
+    }
+    assert_eq!(after, before, "the CPU latency request outlived the requests");
+
+    // Turned off, nothing is asked.
+    g.unmount();
+    let opts = MountOptions { poll: Duration::from_millis(5), hold_cpus: false, ..MountOptions::default() };
+    let g = MountGuard::new(vec![LayerBuilder::new(&objects).dir("", 0o755).build()], &mnt, opts);
+    assert_eq!(lowest_target_during_requests(&mnt, Duration::from_millis(200)), before);
+    g.unmount();
+}
