@@ -26,7 +26,7 @@ fn lowest_target_during_requests(mnt: &std::path::Path, how_long: Duration) -> i
         // A name that is not there: every lookup reaches the server.
         let _ = std::fs::symlink_metadata(mnt.join(format!("absent-{n}")));
         n += 1;
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             lowest = lowest.min(cpu_latency_target());
         }
     }
