@@ -479,9 +479,14 @@ impl FsInner {
         let mut a = n.attr;
         if n.up != Up::No && n.nlink() > 0 {
             if let Some(up) = &self.upper {
+                // A directory whose fd is at hand is stat'ed through it (no
+                // name lookup): the kernel asks for a directory's attributes
+                // after every change in it.
+                let cached_dir = || if a.is_dir() { self.dir_cache().get(&ino).cloned() } else { None };
                 let st = match dir_hint {
                     Some((fd, name)) => stat_host(fd, name),
                     None if ino == ROOT => stat_host(up.root_fd(), b"."),
+                    None if let Some(fd) = cached_dir() => stat_host(fd.as_fd(), b""),
                     None => self.parent_fd(t, ino).and_then(|(fd, name)| stat_host(fd.as_fd(), &name)),
                 };
                 if let Ok(st) = st {
@@ -1059,9 +1064,10 @@ impl FsInner {
             up.remove_whiteout(pfd.as_fd(), name)?;
         }
         let file = up.open_file(pfd.as_fd(), name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL)?;
-        let mut rec = false;
-        up.write_meta(pfd.as_fd(), name, &attr, &mut rec)?;
-        let (ino, a) = self.finish_create(&mut t, &pfd, parent, name, attr, hidden, false, rec);
+        // Owner, mode and attributes through the new fd: no name lookups.
+        let rec = up.write_meta_file(&file, &attr)?;
+        let ino = self.link_new(&mut t, parent, name, attr, hidden, false, rec);
+        let a = self.attr(&t, ino, Some((file.as_fd(), b"")));
         Ok((ino, a, file))
     }
 

@@ -224,7 +224,12 @@ impl Upper {
             // Refused for ids outside our user namespace's map: falls back below.
             let owner = (Some(rustix::fs::Uid::from_raw(want.uid)), Some(rustix::fs::Gid::from_raw(want.gid)));
             if rustix::fs::chownat(dir, os, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
-                st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+                if st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+                    // chown changes the mode only by clearing set-id bits.
+                    (st.st_uid, st.st_gid) = (want.uid, want.gid);
+                } else {
+                    st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+                }
             }
         }
         if kind != libc::S_IFLNK {
@@ -273,7 +278,12 @@ impl Upper {
             let owner = (Some(rustix::fs::Uid::from_raw(want.uid)), Some(rustix::fs::Gid::from_raw(want.gid)));
             // Refused for ids outside our user namespace's map: recorded below.
             if rustix::fs::fchown(f, owner.0, owner.1).is_ok() {
-                st = rustix::fs::fstat(f).map_err(errno)?;
+                if st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+                    // chown changes the mode only by clearing set-id bits.
+                    (st.st_uid, st.st_gid) = (want.uid, want.gid);
+                } else {
+                    st = rustix::fs::fstat(f).map_err(errno)?;
+                }
             }
         }
         let perm = self.host_perm(want.mode);
