@@ -32,7 +32,7 @@ enum Command {
     #[command(flatten)]
     Image(commands::image::ImageCommand),
     #[command(flatten)]
-    Container(commands::container::ContainerCommand),
+    Container(Box<commands::container::ContainerCommand>),
     #[command(flatten)]
     Mount(commands::mount::MountCommand),
 }
@@ -65,7 +65,7 @@ fn main() {
     let ctx = context::Context::new(cli.root);
     let result = match cli.command {
         Command::Image(c) => commands::image::run(&ctx, c),
-        Command::Container(c) => commands::container::run(&ctx, c),
+        Command::Container(c) => commands::container::run(&ctx, *c),
         Command::Mount(c) => commands::mount::run(&ctx, c),
     };
     std::process::exit(exit::report(result));

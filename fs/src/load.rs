@@ -14,15 +14,15 @@ use crate::source::LayerSource;
 use crate::tree::{Ino, LowerRef, Node, Tree, Up, ROOT};
 use crate::upper::{self, list_dir, Upper, LONG_WH_PREFIX, OPAQUE, WH_PREFIX};
 
+/// (name an upper entry stands for, its name on disk) pairs.
+pub(crate) type UpperNames = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The entries of one upper directory as (name it stands for, name on disk),
 /// sorted by the first: a whiteout by the name it hides, which is the order
 /// Docker's walk of an overlay upper gives. Strata's own markers (`.wh..wh.*`,
 /// the opaque marker included) are left out; the flag says whether the
 /// directory is opaque.
-pub(crate) fn upper_names_sorted(
-    up: &Upper,
-    dir: &std::os::fd::OwnedFd,
-) -> io::Result<(Vec<(Vec<u8>, Vec<u8>)>, bool)> {
+pub(crate) fn upper_names_sorted(up: &Upper, dir: &std::os::fd::OwnedFd) -> io::Result<(UpperNames, bool)> {
     let mut names = Vec::new();
     let mut opaque = false;
     for n in list_dir(dir)? {
