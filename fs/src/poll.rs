@@ -11,14 +11,18 @@
 //! the mount (~10 requests per file) took 9.4 s with a sleeping reader and
 //! 2.4 s with `tar` and the server pinned to one CPU.
 //!
-//! So while requests arrive, the request reader does not sleep: the device
-//! fd is switched to non-blocking and fuser's read loop retries EAGAIN at
-//! once (it does, by design). A governor thread switches the fd back to
-//! blocking once no request came for `window`, so an idle mount costs
-//! nothing; the first request after that pays the one wake-up.
-//! The price is one busy CPU during, and up to `window` after, a burst of
-//! requests; it is not taken on a machine with a single CPU, where the
-//! spinning reader would take the CPU from the very caller it waits for.
+//! So while requests arrive densely, the request reader does not sleep: the
+//! device fd is switched to non-blocking and fuser's read loop retries
+//! EAGAIN at once (it does, by design). Spinning starts when a request
+//! follows the one before within a fifth of `window`, and a governor thread
+//! switches the fd back to blocking as soon as a `window` saw fewer than
+//! `DENSE` requests, so an idle mount costs nothing and neither does a
+//! trickle of requests (a program that stats a file every few hundred
+//! microseconds would otherwise keep a CPU spinning for as long as it
+//! runs): the wake-ups matter only where requests follow each other
+//! closely. The price is one busy CPU during, and up to `window` after, a
+//! burst; it is not taken on a machine with a single CPU, where the spinning
+//! reader would take the CPU from the very caller it waits for.
 //!
 //! The caller's side of the same round trip: a caller waiting for its
 //! answer leaves its CPU idle, and an idle vCPU halts, so the answer's
@@ -46,6 +50,10 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::OFlags;
 
+/// Requests per `window` that keep the reader spinning (and the gap that
+/// starts it: `window / DENSE`).
+const DENSE: u64 = 5;
+
 /// Switches the request channel between spinning and sleeping.
 pub(crate) struct Poller {
     /// A duplicate of the session's device fd (the file description, and so
@@ -55,6 +63,8 @@ pub(crate) struct Poller {
     epoch: Instant,
     /// Nanoseconds since `epoch` of the latest request.
     last: AtomicU64,
+    /// Requests since the governor last looked.
+    seen: AtomicU64,
     spinning: AtomicBool,
     /// The CPU latency request held while spinning, when permitted.
     cpu_latency: Option<CpuLatency>,
@@ -76,6 +86,7 @@ impl Poller {
             window,
             epoch: Instant::now(),
             last: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
             cpu_latency: if hold_cpus { CpuLatency::open() } else { None },
             wake: (Mutex::new(false), Condvar::new()),
@@ -94,8 +105,14 @@ impl Poller {
     /// Called at the start of every request, on the reading thread.
     #[inline]
     pub(crate) fn on_request(&self) {
-        self.last.store(self.now(), Ordering::Relaxed);
-        if !self.spinning.load(Ordering::Relaxed) && self.set_nonblocking(true) {
+        let now = self.now();
+        let gap = now.saturating_sub(self.last.swap(now, Ordering::Relaxed));
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        if !self.spinning.load(Ordering::Relaxed)
+            && gap < self.window.as_nanos() as u64 / DENSE
+            && self.set_nonblocking(true)
+        {
+            self.seen.store(0, Ordering::Relaxed);
             self.spinning.store(true, Ordering::Relaxed);
             let (lock, cv) = &self.wake;
             drop(lock.lock().unwrap_or_else(|p| p.into_inner()));
@@ -122,8 +139,8 @@ impl Poller {
     }
 
     /// Sleeps while the reader sleeps; while it spins, keeps idle CPUs
-    /// polling and checks every `window` whether a request came since,
-    /// and puts the reader (and the CPUs) back to sleep when none did.
+    /// polling and counts the requests of every `window`, and puts the
+    /// reader (and the CPUs) back to sleep when fewer than `DENSE` came.
     fn govern(&self) {
         let (lock, cv) = &self.wake;
         loop {
@@ -142,8 +159,7 @@ impl Poller {
             }
             loop {
                 std::thread::sleep(self.window);
-                let idle = self.now().saturating_sub(self.last.load(Ordering::Relaxed));
-                if idle >= self.window.as_nanos() as u64 {
+                if self.seen.swap(0, Ordering::Relaxed) < DENSE {
                     // In this order: a request racing with the switch either
                     // still sees `spinning` (and its reader sleeps once more
                     // than it needed) or sees it cleared and switches back.

@@ -1,6 +1,6 @@
-//! While requests keep coming, a mount run by root asks idle CPUs to poll
+//! While requests come densely, a mount run by root asks idle CPUs to poll
 //! (a 0 µs PM QoS CPU latency request), and gives the request up once the
-//! requests stop. Alone in its test binary: other mounts of the same process
+//! requests stop; a trickle of requests asks nothing. Alone in its test binary: other mounts of the same process
 //! would hold requests of their own.
 
 mod common;
@@ -16,9 +16,9 @@ fn cpu_latency_target() -> i32 {
     i32::from_ne_bytes(v[..4].try_into().expect("a 4-byte value"))
 }
 
-/// Stats the mount's files over and over for `how_long`, and reports the
-/// lowest latency target seen meanwhile.
-fn lowest_target_during_requests(mnt: &std::path::Path, how_long: Duration) -> i32 {
+/// Looks up names in the mount for `how_long`, `pause` apart, and reports
+/// the lowest latency target seen meanwhile.
+fn lowest_target_during_requests(mnt: &std::path::Path, how_long: Duration, pause: Duration) -> i32 {
     let start = Instant::now();
     let mut lowest = i32::MAX;
     let mut n = 0u64;
@@ -26,7 +26,10 @@ fn lowest_target_during_requests(mnt: &std::path::Path, how_long: Duration) -> i
         // A name that is not there: every lookup reaches the server.
         let _ = std::fs::symlink_metadata(mnt.join(format!("absent-{n}")));
         n += 1;
-        if n.is_multiple_of(64) {
+        if pause > Duration::ZERO {
+            std::thread::sleep(pause);
+        }
+        if pause > Duration::ZERO || n.is_multiple_of(64) {
             lowest = lowest.min(cpu_latency_target());
         }
     }
@@ -51,7 +54,11 @@ fn idle_cpus_poll_only_while_requests_come() {
 
     let opts = MountOptions { poll: Duration::from_millis(5), ..MountOptions::default() };
     let g = MountGuard::new(vec![lower], &mnt, opts);
-    let during = lowest_target_during_requests(&mnt, Duration::from_millis(300));
+    // A trickle of requests (further apart than a fifth of the window) is
+    // answered by a sleeping reader and leaves the CPUs alone.
+    let trickle = lowest_target_during_requests(&mnt, Duration::from_millis(300), Duration::from_millis(3));
+    assert_eq!(trickle, before, "requests 3 ms apart held the CPUs polling");
+    let during = lowest_target_during_requests(&mnt, Duration::from_millis(300), Duration::ZERO);
     std::thread::sleep(Duration::from_millis(100));
     let after = cpu_latency_target();
 
@@ -66,6 +73,6 @@ fn idle_cpus_poll_only_while_requests_come() {
     g.unmount();
     let opts = MountOptions { poll: Duration::from_millis(5), hold_cpus: false, ..MountOptions::default() };
     let g = MountGuard::new(vec![LayerBuilder::new(&objects).dir("", 0o755).build()], &mnt, opts);
-    assert_eq!(lowest_target_during_requests(&mnt, Duration::from_millis(200)), before);
+    assert_eq!(lowest_target_during_requests(&mnt, Duration::from_millis(200), Duration::ZERO), before);
     g.unmount();
 }
