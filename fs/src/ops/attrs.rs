@@ -1,0 +1,127 @@
+//! Attribute changes (chmod, chown, utimes, truncate) and set-id clearing.
+
+use super::*;
+
+impl FsInner {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn do_setattr(
+        &self,
+        ino: Ino,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+        kill_set_id: bool,
+    ) -> io::Result<FileAttr> {
+        let mut t = self.tree_write();
+        let up = self.upper()?;
+        let Some(n) = t.get(ino) else { return Err(err(libc::ENOENT)) };
+        let mut mode = mode;
+        if kill_set_id {
+            let cur = n.attr.mode;
+            let perm = mode.unwrap_or(cur) & 0o7777;
+            let killed = without_set_id(cur, perm);
+            if mode.is_some() || killed != perm {
+                mode = Some(killed);
+            }
+        }
+        let linked = t.node(ino).nlink() > 0 || ino == ROOT;
+        if let Some(size) = size {
+            if t.node(ino).attr.is_dir() {
+                return Err(err(libc::EISDIR));
+            }
+            let via_handle = fh.and_then(|fh| self.handle(fh.0)).and_then(|h| match &h.kind {
+                HandleKind::File { file, writable: true, .. } => {
+                    Some(file.read().unwrap_or_else(|p| p.into_inner()).clone())
+                }
+                _ => None,
+            });
+            if linked {
+                self.copy_up_full(&mut t, ino)?;
+            }
+            match via_handle {
+                Some(f) if !linked || t.node(ino).up == Up::Full => f.set_len(size)?,
+                _ => {
+                    let (pfd, name) = self.parent_fd(&t, ino)?;
+                    up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?.set_len(size)?;
+                }
+            }
+            t.node_mut(ino).attr.size = size;
+        }
+        if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
+            if !linked {
+                let a = &mut t.node_mut(ino).attr;
+                if let Some(m) = mode {
+                    a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
+                }
+                a.uid = uid.unwrap_or(a.uid);
+                a.gid = gid.unwrap_or(a.gid);
+                return Ok(self.attr(&t, ino, None));
+            }
+            let was = t.node(ino).attr;
+            let mut a = was;
+            if let Some(m) = mode {
+                a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
+            }
+            a.uid = uid.unwrap_or(a.uid);
+            a.gid = gid.unwrap_or(a.gid);
+            let ids_or_mode = mode.is_some() || uid.is_some() || gid.is_some();
+            // A lower file's metadata-only copy-up is made with the new mode
+            // and owner at once (not copied, then changed: 3 host calls less).
+            let n = t.node(ino);
+            let at_once = ids_or_mode && n.up == Up::No && was.is_reg() && n.nlink() <= 1;
+            if at_once {
+                t.node_mut(ino).attr = a;
+            }
+            if let Err(e) = self.copy_up_meta(&mut t, ino) {
+                if at_once {
+                    t.node_mut(ino).attr = was;
+                }
+                return Err(e);
+            }
+            let (pfd, name) = self.entry_fd(&t, ino)?;
+            let mut rec = t.node(ino).meta_rec;
+            let held = !ids_or_mode || at_once || up.write_meta(pfd.as_fd(), &name, &a, &mut rec)?;
+            t.node_mut(ino).meta_rec = rec;
+            if !held {
+                let target = if a.kind() == libc::S_IFLNK { self.symlink_target(&t, ino)? } else { Vec::new() };
+                let st = stat_host(pfd.as_fd(), &name)?;
+                up.make_stand_in(pfd.as_fd(), &name, &a, &target)?;
+                let n = t.node_mut(ino);
+                (n.meta_rec, n.no_xattrs) = (true, false);
+                up.set_times(
+                    pfd.as_fd(),
+                    &name,
+                    Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
+                    Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
+                )?;
+                t.node_mut(ino).stand_in = true;
+            }
+            let conv = |x: Option<TimeOrNow>| {
+                x.map(|v| match v {
+                    TimeOrNow::Now => now(),
+                    TimeOrNow::SpecificTime(s) => ts_of(s),
+                })
+            };
+            let (at, mt) = (conv(atime), conv(mtime));
+            if at.is_some() || mt.is_some() {
+                up.set_times(pfd.as_fd(), &name, at, mt)?;
+                a.atime = at.unwrap_or(a.atime);
+                a.mtime = mt.unwrap_or(a.mtime);
+            }
+            a.ctime = now();
+            t.node_mut(ino).attr = a;
+        }
+        Ok(self.attr(&t, ino, None))
+    }
+
+    /// Clears the set-id bits of `ino` as the kernel would for a write or
+    /// truncation by a caller without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2
+    /// leaves that to us); see [`without_set_id`].
+    pub(super) fn kill_set_id(&self, ino: Ino) -> io::Result<FileAttr> {
+        self.do_setattr(ino, None, None, None, None, None, None, None, true)
+    }
+}

@@ -1,0 +1,465 @@
+//! Copy-up: bringing lower entries into the upper directory, whole or
+//! metadata only, and the helpers that move content.
+
+use super::*;
+
+impl FsInner {
+    /// Copies the lower xattrs of a node onto its new upper entry.
+    pub(super) fn copy_lower_xattrs(&self, n: &Node, dir: BorrowedFd, name: &[u8]) {
+        if let Some((_, e)) = self.lower_entry(n) {
+            if let Some(up) = &self.upper {
+                // An image must not plant strata's own records (a forged
+                // metacopy digest would expose another image's file).
+                for (k, v) in e.xattrs.iter().filter(|(k, _)| !k.starts_with(upper::RESERVED_PREFIX)) {
+                    // Best effort: a symlink cannot carry user.* xattrs, like on any fs.
+                    let _ = up.set_xattr(dir, name, k, v, 0);
+                }
+            }
+        }
+    }
+
+    /// Whether a copy-up of `ino` made now carries no xattrs on the host: the
+    /// lower entry has none, and the upper parent has none it could pass on
+    /// (a default ACL).
+    pub(super) fn copied_without_xattrs(&self, t: &Tree, ino: Ino) -> bool {
+        let n = t.node(ino);
+        let own = self
+            .lower_entry(n)
+            .is_some_and(|(_, e)| e.xattrs.iter().any(|(k, _)| !k.starts_with(upper::RESERVED_PREFIX)));
+        !own && t.get(n.link.parent).is_some_and(|p| p.no_xattrs)
+    }
+
+    /// Runs `f` and restores the parent directory's timestamps afterwards (a
+    /// copy-up is not a change of the parent).
+    pub(super) fn keeping_times<R>(&self, dir: BorrowedFd, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        let st = rustix::fs::fstat(dir).map_err(errno)?;
+        let r = f()?;
+        let up = self.upper()?;
+        let _ = up.set_times(
+            dir,
+            b"",
+            Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
+            Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
+        );
+        Ok(r)
+    }
+
+    /// Makes sure directory `ino` exists in the upper directory.
+    pub(super) fn ensure_upper_dir(&self, t: &mut Tree, ino: Ino) -> io::Result<()> {
+        let n = t.node(ino);
+        if !n.attr.is_dir() {
+            return Err(err(libc::ENOTDIR));
+        }
+        if n.up == Up::Full || ino == ROOT {
+            return Ok(());
+        }
+        let parent = n.link.parent;
+        self.ensure_upper_dir(t, parent)?;
+        let up = self.upper()?;
+        let (pfd, name) = self.parent_fd(t, ino)?;
+        let n = t.node(ino);
+        let attr = n.attr;
+        let no_xattrs = self.copied_without_xattrs(t, ino);
+        let mut rec = false;
+        self.keeping_times(pfd.as_fd(), || {
+            match rustix::fs::mkdirat(&pfd, OsStr::from_bytes(&name), up.create_perm(attr.mode)) {
+                Ok(()) => {}
+                // Left by an earlier attempt: it may carry anything.
+                Err(rustix::io::Errno::EXIST) => rec = true,
+                Err(e) => return Err(errno(e)),
+            }
+            up.write_meta(pfd.as_fd(), &name, &attr, &mut rec)?;
+            self.copy_lower_xattrs(n, pfd.as_fd(), &name);
+            up.set_times(pfd.as_fd(), &name, Some(attr.atime), Some(attr.mtime))
+        })?;
+        let n = t.node_mut(ino);
+        n.up = Up::Full;
+        n.meta_rec = rec;
+        n.no_xattrs = no_xattrs && !rec;
+        Ok(())
+    }
+
+    /// Copies a non-directory's metadata up: a lower regular file becomes an
+    /// empty metacopy file, anything else is created whole.
+    pub(super) fn copy_up_meta(&self, t: &mut Tree, ino: Ino) -> io::Result<()> {
+        let n = t.node(ino);
+        if n.up != Up::No {
+            return Ok(());
+        }
+        if n.attr.is_dir() {
+            return self.ensure_upper_dir(t, ino);
+        }
+        if n.attr.is_reg() {
+            if n.nlink() > 1 {
+                return self.copy_up_full(t, ino);
+            }
+            return self.copy_up_file(t, ino, Copy::Meta, None).map(drop);
+        }
+        let parent = n.link.parent;
+        self.ensure_upper_dir(t, parent)?;
+        let up = self.upper()?;
+        let (pfd, name) = self.parent_fd(t, ino)?;
+        let attr = t.node(ino).attr;
+        let target = if attr.kind() == libc::S_IFLNK { self.symlink_target(t, ino)? } else { Vec::new() };
+        let mut stand_in = false;
+        let no_xattrs = self.copied_without_xattrs(t, ino);
+        self.keeping_times(pfd.as_fd(), || {
+            stand_in = self.create_special(up, pfd.as_fd(), &name, &attr, &target)?;
+            self.copy_lower_xattrs(t.node(ino), pfd.as_fd(), &name);
+            up.set_times(pfd.as_fd(), &name, Some(attr.atime), Some(attr.mtime))
+        })?;
+        let n = t.node_mut(ino);
+        n.up = Up::Full;
+        n.stand_in = stand_in;
+        n.no_xattrs = no_xattrs;
+        Ok(())
+    }
+
+    /// Creates a symlink, fifo, socket or device node in the upper directory
+    /// with the given attributes; returns true when it had to become a stand-in.
+    pub(super) fn create_special(
+        &self,
+        up: &Upper,
+        dir: BorrowedFd,
+        name: &[u8],
+        attr: &Attr,
+        target: &[u8],
+    ) -> io::Result<bool> {
+        let os = OsStr::from_bytes(name);
+        let made = match attr.kind() {
+            libc::S_IFLNK => rustix::fs::symlinkat(OsStr::from_bytes(target), dir, os),
+            kind => {
+                let ft = rustix::fs::FileType::from_raw_mode(kind);
+                rustix::fs::mknodat(dir, os, ft, up.create_perm(attr.mode), Upper::host_dev(attr.rdev))
+            }
+        };
+        match made {
+            Ok(()) => {
+                if up.write_meta(dir, name, attr, &mut false)? {
+                    return Ok(false);
+                }
+            }
+            Err(rustix::io::Errno::PERM) | Err(rustix::io::Errno::ACCESS) => {}
+            Err(e) => return Err(errno(e)),
+        }
+        up.make_stand_in(dir, name, attr, target)?;
+        Ok(true)
+    }
+
+    /// Copies a lower (or metacopy) regular file up with its content.
+    pub(super) fn copy_up_full(&self, t: &mut Tree, ino: Ino) -> io::Result<()> {
+        let n = t.node(ino);
+        match n.up {
+            Up::Full => Ok(()),
+            _ if !n.attr.is_reg() => self.copy_up_meta(t, ino),
+            _ => self.copy_up_file(t, ino, Copy::Full, None).map(drop),
+        }
+    }
+
+    /// Copies a lower regular file up. `prepared`: a file in the upper root
+    /// that already holds the content (see [`FsInner::precopy`]).
+    /// Returns the new upper file opened read-write when this made it (not
+    /// for metadata-only copies, nor when `prepared` was moved into place),
+    /// so that an open for writing need not open it again.
+    pub(super) fn copy_up_file(
+        &self,
+        t: &mut Tree,
+        ino: Ino,
+        how: Copy,
+        prepared: Option<&[u8]>,
+    ) -> io::Result<Option<File>> {
+        let with_content = how != Copy::Meta;
+        let up = self.upper()?;
+        let n = t.node(ino);
+        let (parent, was) = (n.link.parent, n.up);
+        self.ensure_upper_dir(t, parent)?;
+        let (pfd, name) = self.parent_fd(t, ino)?;
+        let n = t.node(ino);
+        let (src, entry) = self.lower_entry(n).ok_or_else(|| err(libc::EIO))?;
+        let digest = match &entry.kind {
+            EntryKind::File { digest, .. } => *digest,
+            _ => return Err(err(libc::EIO)),
+        };
+        let attr = n.attr;
+        let no_xattrs = self.copied_without_xattrs(t, ino);
+        let mut rec = false;
+        let mut made: Option<File> = None;
+        if was == Up::Meta {
+            // Metadata is already up; fill in the content, keep the times.
+            let st = rustix::fs::statat(&pfd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+            if how == Copy::Full {
+                let out = up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?;
+                copy_content(&src.open_content(entry)?, &out, attr.size)?;
+                out.sync_data().ok();
+            }
+            up.set_metacopy(pfd.as_fd(), &name, None)?;
+            up.set_times(
+                pfd.as_fd(),
+                &name,
+                Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
+                Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
+            )?;
+        } else {
+            // Build the copy under a temporary name, then move it into place.
+            let tmp = format!(".wh..wh..cu.{ino}").into_bytes();
+            self.keeping_times(pfd.as_fd(), || {
+                let out = match prepared.filter(|_| how == Copy::Full) {
+                    Some(p) => {
+                        upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
+                        rustix::fs::renameat(up.root_fd(), OsStr::from_bytes(p), &pfd, OsStr::from_bytes(&tmp))
+                            .map_err(errno)?;
+                        None
+                    }
+                    None => {
+                        let create = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
+                        // A leftover of an interrupted copy-up is in the way
+                        // only after a crash: remove it then, not every time.
+                        let out = match up.open_file(pfd.as_fd(), &tmp, create) {
+                            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                                upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
+                                up.open_file(pfd.as_fd(), &tmp, create)?
+                            }
+                            r => r?,
+                        };
+                        if how == Copy::Full {
+                            copy_content(&src.open_content(entry)?, &out, attr.size)?;
+                        }
+                        Some(out)
+                    }
+                };
+                // Through the fd where we made the file (no path walks).
+                match &out {
+                    Some(f) => {
+                        if !with_content {
+                            up.set_metacopy_file(f, &digest)?;
+                        }
+                        rec = up.write_meta_file(f, &attr)?;
+                    }
+                    None => {
+                        up.write_meta(pfd.as_fd(), &tmp, &attr, &mut rec)?;
+                    }
+                }
+                self.copy_lower_xattrs(n, pfd.as_fd(), &tmp);
+                match &out {
+                    Some(f) => up.set_times_file(f, attr.atime, attr.mtime)?,
+                    None => up.set_times(pfd.as_fd(), &tmp, Some(attr.atime), Some(attr.mtime))?,
+                }
+                if with_content {
+                    made = out;
+                }
+                rustix::fs::renameat(&pfd, OsStr::from_bytes(&tmp), &pfd, OsStr::from_bytes(&name)).map_err(errno)
+            })?;
+            // The other names of a hard link group point at the same copy.
+            let others: Vec<(Ino, Box<[u8]>)> = n.more.iter().map(|l| (l.parent, l.name.clone())).collect();
+            for (p, other) in others {
+                self.ensure_upper_dir(t, p)?;
+                let ofd = self.upper_dir(t, p)?;
+                self.keeping_times(ofd.as_fd(), || {
+                    rustix::fs::linkat(
+                        &pfd,
+                        OsStr::from_bytes(&name),
+                        &ofd,
+                        OsStr::from_bytes(&other),
+                        AtFlags::empty(),
+                    )
+                    .map_err(errno)
+                })?;
+            }
+            let n = t.node_mut(ino);
+            n.meta_rec = rec;
+            n.no_xattrs = no_xattrs;
+        }
+        t.node_mut(ino).up = if with_content { Up::Full } else { Up::Meta };
+        if with_content {
+            // Open readers switch to the copy so they see later writes the way
+            // the page cache does.
+            let handles: Vec<Arc<Handle>> = self
+                .handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|h| h.ino == ino)
+                .cloned()
+                .collect();
+            if !handles.is_empty() {
+                let f = Arc::new(up.open_file(pfd.as_fd(), &name, OFlags::RDONLY)?);
+                for h in handles {
+                    if let HandleKind::File { file, .. } = &h.kind {
+                        *file.write().unwrap_or_else(|p| p.into_inner()) = f.clone();
+                    }
+                }
+            }
+        }
+        Ok(made)
+    }
+
+    /// Copies a large lower file's content into a temporary file in the
+    /// upper root without holding the tree lock, so that other requests go on
+    /// meanwhile; the copy-up under the lock then only moves it into place.
+    pub(super) fn precopy(&self, ino: Ino) -> Option<Vec<u8>> {
+        const WORTH_IT: u64 = 1 << 20;
+        let up = self.upper.as_ref()?;
+        let (src, entry) = {
+            let t = self.tree_read();
+            let n = t.get(ino)?;
+            if n.up != Up::No || !n.attr.is_reg() || n.attr.size < WORTH_IT {
+                return None;
+            }
+            self.lower_entry(n)?
+        };
+        self.drop_page_cache_meanwhile(ino);
+        let tmp = format!(".wh..wh..cu.{ino}.{}", self.next_fh.fetch_add(1, Ordering::Relaxed)).into_bytes();
+        let r = (|| {
+            let out = up.open_file(up.root_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+            copy_content(&src.open_content(entry)?, &out, entry_size(entry))
+        })();
+        match r {
+            Ok(()) => Some(tmp),
+            Err(_) => {
+                let _ = upper::unlink_if_exists(up.root_fd(), &tmp, false);
+                None
+            }
+        }
+    }
+
+    /// Has the kernel drop the page cache of `ino` (filled by cached reads of
+    /// the lower file) on another thread while the copy-up copies.
+    ///
+    /// The first open after the copy-up is a passthrough open, and the
+    /// kernel empties the inode's page cache at every open without
+    /// FOPEN_KEEP_CACHE: with 1 GiB cached that took 0.11 s of the caller's
+    /// time on top of the copy (0.41 s). Done here, in parallel with the
+    /// copy, the open finds it empty: appending a byte to a 1 GiB lower file
+    /// read before took 0.53 s, now 0.40 s (kernel overlayfs 0.38-0.46 s).
+    /// A dedicated thread, not a worker:
+    /// the invalidation waits for page locks that a read being served by a
+    /// worker may hold.
+    pub(super) fn drop_page_cache_meanwhile(&self, ino: Ino) {
+        let Some(notifier) = self.notifier.get().cloned() else { return };
+        let _ = std::thread::Builder::new().name("strata-inval".into()).spawn(move || {
+            // ENOENT when the kernel holds no inode for it: nothing to drop.
+            let _ = notifier.inval_inode(INodeNo(ino), 0, -1);
+        });
+    }
+
+    /// Copies a node and, for a directory, everything below it, fully up.
+    pub(super) fn copy_up_tree(&self, t: &mut Tree, ino: Ino) -> io::Result<()> {
+        if !t.node(ino).attr.is_dir() {
+            return self.copy_up_full(t, ino);
+        }
+        self.ensure_upper_dir(t, ino)?;
+        let children: Vec<Ino> = t.dir(ino).map(|d| d.children.values().copied().collect()).unwrap_or_default();
+        for c in children {
+            self.copy_up_tree(t, c)?;
+        }
+        Ok(())
+    }
+
+    /// After a directory moved: nothing below it covers a lower path any
+    /// more, so its whiteouts are stale; drop them.
+    pub(super) fn forget_lower_below(&self, t: &mut Tree, dir: Ino) -> io::Result<()> {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            type Children = Vec<(Box<[u8]>, Ino)>;
+            let (children, hidden): (Children, Vec<Box<[u8]>>) = match t.dir_mut(d) {
+                Some(x) => (
+                    x.children.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    x.hidden.take().map(|h| h.into_iter().collect()).unwrap_or_default(),
+                ),
+                None => continue,
+            };
+            if !hidden.is_empty() {
+                let fd = self.upper_dir(t, d)?;
+                for h in hidden {
+                    self.upper()?.remove_whiteout(fd.as_fd(), &h)?;
+                }
+            }
+            for (name, c) in children {
+                if let Some(n) = t.get_mut(c) {
+                    if n.link.parent == d && n.link.name == name {
+                        n.link.covers = false;
+                    }
+                    for l in n.more.iter_mut() {
+                        if l.parent == d && l.name == name {
+                            l.covers = false;
+                        }
+                    }
+                    if n.attr.is_dir() {
+                        stack.push(c);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn make_opaque(&self, t: &mut Tree, dir: Ino) -> io::Result<()> {
+        let fd = self.upper_dir(t, dir)?;
+        self.upper()?.create_opaque(fd.as_fd())?;
+        if let Some(d) = t.dir_mut(dir) {
+            d.opaque = true;
+        }
+        Ok(())
+    }
+}
+
+/// Whether copy_file_range failed across filesystems before (then a plain
+/// copy is made at once): an upper directory on another filesystem than
+/// the store (e.g. a tmpfs) refuses it every time.
+pub(super) static NO_COPY_RANGE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Copies the `len` bytes of `src` (the size the layer index gives), in
+/// kernel where the filesystems allow it.
+pub(super) fn copy_content(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    let mut off_in = 0u64;
+    let mut off_out = 0u64;
+    while off_in < len && !NO_COPY_RANGE.load(Ordering::Relaxed) {
+        let chunk = (len - off_in).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+            Ok(0) => return Err(err(libc::EIO)), // the object is shorter than its index says
+            Ok(_) => {}
+            Err(rustix::io::Errno::XDEV) => NO_COPY_RANGE.store(true, Ordering::Relaxed),
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => break,
+            Err(e) => return Err(errno(e)),
+        }
+    }
+    // Across filesystems: sendfile still copies inside the kernel (one copy
+    // instead of two through a buffer here: 1 GiB from the page cache to a
+    // tmpfs upper took 0.75 s with a 1 MiB buffer).
+    // (sendfile writes at the file position of `dst`.)
+    let positioned = off_in >= len || rustix::fs::seek(dst, rustix::fs::SeekFrom::Start(off_out)).is_ok();
+    while positioned && off_in < len {
+        let chunk = (len - off_in).min(1 << 30) as usize;
+        let mut at = off_in;
+        match rustix::fs::sendfile(dst, src, Some(&mut at), chunk) {
+            Ok(0) => return Err(err(libc::EIO)),
+            Ok(n) => {
+                off_in += n as u64;
+                off_out += n as u64;
+            }
+            Err(_) => break,
+        }
+    }
+    if off_in < len {
+        let mut buf = vec![0u8; (len - off_in).min(1 << 20) as usize];
+        while off_in < len {
+            let want = ((len - off_in) as usize).min(buf.len());
+            let n = src.read_at(&mut buf[..want], off_in)?;
+            if n == 0 {
+                return Err(err(libc::EIO));
+            }
+            dst.write_all_at(&buf[..n], off_out)?;
+            off_in += n as u64;
+            off_out += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// The content size of a regular-file index entry.
+pub(super) fn entry_size(e: &Entry) -> u64 {
+    match &e.kind {
+        EntryKind::File { size, .. } => *size,
+        _ => 0,
+    }
+}
