@@ -13,8 +13,10 @@
 //!
 //! So while requests arrive densely, the request reader does not sleep: the
 //! device fd is switched to non-blocking and fuser's read loop retries
-//! EAGAIN at once (it does, by design). Spinning starts when a request
-//! follows the one before within a fifth of `window`, and a governor thread
+//! EAGAIN at once (it does, by design). Spinning starts when `DENSE`
+//! requests in a row each followed the one before within a fifth of
+//! `window` (one system call alone, such as an open that is a LOOKUP and
+//! an OPEN, does not start it), and a governor thread
 //! switches the fd back to blocking as soon as a `window` saw fewer than
 //! `DENSE` requests, so an idle mount costs nothing and neither does a
 //! trickle of requests (a program that stats a file every few hundred
@@ -50,8 +52,8 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::OFlags;
 
-/// Requests per `window` that keep the reader spinning (and the gap that
-/// starts it: `window / DENSE`).
+/// Requests per `window` that keep the reader spinning, and requests in a
+/// row, each within `window / DENSE` of the one before, that start it.
 const DENSE: u64 = 5;
 
 /// Switches the request channel between spinning and sleeping.
@@ -65,6 +67,8 @@ pub(crate) struct Poller {
     last: AtomicU64,
     /// Requests since the governor last looked.
     seen: AtomicU64,
+    /// Requests in a row that came within `window / DENSE` of the previous.
+    streak: AtomicU64,
     spinning: AtomicBool,
     /// The CPU latency request held while spinning, when permitted.
     cpu_latency: Option<CpuLatency>,
@@ -87,6 +91,7 @@ impl Poller {
             epoch: Instant::now(),
             last: AtomicU64::new(0),
             seen: AtomicU64::new(0),
+            streak: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
             cpu_latency: if hold_cpus { CpuLatency::open() } else { None },
             wake: (Mutex::new(false), Condvar::new()),
@@ -108,10 +113,14 @@ impl Poller {
         let now = self.now();
         let gap = now.saturating_sub(self.last.swap(now, Ordering::Relaxed));
         self.seen.fetch_add(1, Ordering::Relaxed);
-        if !self.spinning.load(Ordering::Relaxed)
-            && gap < self.window.as_nanos() as u64 / DENSE
-            && self.set_nonblocking(true)
-        {
+        // Requests in a row, each close after the one before.
+        let streak = if gap < self.window.as_nanos() as u64 / DENSE {
+            self.streak.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.streak.store(0, Ordering::Relaxed);
+            0
+        };
+        if streak >= DENSE && !self.spinning.load(Ordering::Relaxed) && self.set_nonblocking(true) {
             self.seen.store(0, Ordering::Relaxed);
             self.spinning.store(true, Ordering::Relaxed);
             let (lock, cv) = &self.wake;
