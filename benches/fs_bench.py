@@ -142,6 +142,27 @@ def shown(cmd, m):
     return " ".join(argv(cmd, m)[:12]) + (" ..." if len(cmd) > 12 else "")
 
 
+def server_pids(fs, m):
+    """The processes serving the mount at m (none for kernel overlayfs)."""
+    if fs == "kernel":
+        return []
+    p = subprocess.run(["pgrep", "-f", m], capture_output=True, text=True)
+    return [int(x) for x in p.stdout.split() if int(x) != os.getpid()]
+
+
+def cpu_seconds(pids):
+    """User + system CPU time the processes used so far (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def drop_caches():
     subprocess.run(["sync"], check=True)
     with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -197,11 +218,16 @@ def measure(fs, name, temp):
             if warm or mode == "ro":
                 run(warm or cmd, m, "warm-up")
             subprocess.run(["sync"], check=True)
+        # The server's CPU time counts too: a FUSE server may trade it for
+        # latency (strata polls while requests come densely).
+        pids = server_pids(fs, m)
+        cpu0 = cpu_seconds(pids)
         t = run(cmd, m, "command")
+        cpu = cpu_seconds(pids) - cpu0
         err = check(m) if check else None
         if err:
             raise Failed("result check failed after %s: %s" % (shown(cmd, m), err))
-        return t
+        return t, cpu
     except Failed as e:
         raise Failed("%s\n    %s" % (e, mount_state(fs, m)))
     except OSError as e:
@@ -256,10 +282,12 @@ def main():
         error("the filesystems show different trees (entry counts %s)" % counts)
 
     medians = {}
+    cpu_medians = {}
     started = time.time()
     for name in only:
         for temp in ("cold", "warm"):
             times = {fs: [] for fs in FSES}
+            cpus = {fs: [] for fs in FSES}
             failed = set()
             t0 = time.time()
             for i in range(RUNS):
@@ -269,15 +297,20 @@ def main():
                     if fs in failed:
                         continue
                     try:
-                        times[fs].append(measure(fs, name, temp))
+                        t, cpu = measure(fs, name, temp)
+                        times[fs].append(t)
+                        cpus[fs].append(cpu)
                     except Failed as e:
                         failed.add(fs)
                         error("%s %s %s (run %d): %s" % (fs, name, temp, i + 1, e))
             results = [{"command": fs, "times": t, "median": statistics.median(t), "mean": statistics.mean(t),
-                        "min": min(t), "max": max(t)} for fs, t in times.items() if t and fs not in failed]
+                        "min": min(t), "max": max(t), "server_cpu": cpus[fs],
+                        "server_cpu_median": statistics.median(cpus[fs])}
+                       for fs, t in times.items() if t and fs not in failed]
             with open(os.path.join(OUT, "%s-%s.json" % (name, temp)), "w") as f:
                 json.dump({"results": results, "failed": sorted(failed)}, f, indent=1)
             medians[name, temp] = {r["command"]: r["median"] for r in results}
+            cpu_medians[name, temp] = {r["command"]: r["server_cpu_median"] for r in results if r["command"] != "kernel"}
             b = medians[name, temp].get(base)
             print("%-10s %-4s %5.0fs  " % (name, temp, time.time() - t0) +
                   "  ".join("%s %s" % (fs, "FAIL" if fs in failed else "%.3fs" % medians[name, temp][fs]
@@ -299,6 +332,13 @@ def main():
     for (name, temp), med in medians.items():
         lines.append("%-10s %-5s" % (name, temp) +
                      "".join("%*s" % (w, "%.4f" % med[fs] if fs in med else "FAIL") for fs in FSES))
+    lines.append("")
+    servers = [fs for fs in FSES if fs != "kernel"]
+    lines.append("Server CPU seconds (user + system of the serving process, medians)")
+    lines.append("%-10s %-5s" % ("workload", "cache") + "".join("%*s" % (w, fs) for fs in servers))
+    for (name, temp), med in cpu_medians.items():
+        lines.append("%-10s %-5s" % (name, temp) +
+                     "".join("%*s" % (w, "%.2f" % med[fs] if fs in med else "FAIL") for fs in servers))
     lines.append("")
     lines.append("entries per mount: " + ", ".join("%s %d" % kv for kv in counts.items()))
     lines.append("%d failures (details in errors.txt); %.0f s in all" % (len(errors), time.time() - started))
