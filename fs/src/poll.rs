@@ -77,9 +77,9 @@ pub(crate) struct Poller {
 }
 
 impl Poller {
-    /// A poller that spins for up to `window` after each request, holding
-    /// idle CPUs awake meanwhile when `hold_cpus` and permitted; `None` when
-    /// spinning is off (zero window, or a single CPU).
+    /// A poller that spins while requests come densely (see the module
+    /// doc), holding idle CPUs polling meanwhile when `hold_cpus` and
+    /// permitted; `None` when spinning is off (zero window, or one CPU).
     pub(crate) fn new(window: Duration, hold_cpus: bool) -> Option<Arc<Poller>> {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         if window.is_zero() || cpus < 2 {
@@ -107,7 +107,7 @@ impl Poller {
         Ok(())
     }
 
-    /// Called at the start of every request, on the reading thread.
+    /// Called at the start of every request, on the thread serving it.
     #[inline]
     pub(crate) fn on_request(&self) {
         let now = self.now();
