@@ -326,19 +326,16 @@ def main():
         b = med.get(base)
         lines.append("%-10s %-5s %10s" % (name, temp, "%.4f" % b if b else "FAIL") +
                      "".join("%*s" % (w, fmt_ratio(med.get(fs), b)) for fs in others))
-    lines.append("")
-    lines.append("Medians in seconds")
-    lines.append("%-10s %-5s" % ("workload", "cache") + "".join("%*s" % (w, fs) for fs in FSES))
-    for (name, temp), med in medians.items():
-        lines.append("%-10s %-5s" % (name, temp) +
-                     "".join("%*s" % (w, "%.4f" % med[fs] if fs in med else "FAIL") for fs in FSES))
-    lines.append("")
-    servers = [fs for fs in FSES if fs != "kernel"]
-    lines.append("Server CPU seconds (user + system of the serving process, medians)")
-    lines.append("%-10s %-5s" % ("workload", "cache") + "".join("%*s" % (w, fs) for fs in servers))
-    for (name, temp), med in cpu_medians.items():
-        lines.append("%-10s %-5s" % (name, temp) +
-                     "".join("%*s" % (w, "%.2f" % med[fs] if fs in med else "FAIL") for fs in servers))
+
+    def table(title, values, columns, fmt):
+        lines.extend(["", title, "%-10s %-5s" % ("workload", "cache") + "".join("%*s" % (w, fs) for fs in columns)])
+        for (name, temp), med in values.items():
+            lines.append("%-10s %-5s" % (name, temp) +
+                         "".join("%*s" % (w, fmt % med[fs] if fs in med else "FAIL") for fs in columns))
+
+    table("Medians in seconds", medians, FSES, "%.4f")
+    table("Server CPU seconds (user + system of the serving process, medians)", cpu_medians,
+          [fs for fs in FSES if fs != "kernel"], "%.2f")
     lines.append("")
     lines.append("entries per mount: " + ", ".join("%s %d" % kv for kv in counts.items()))
     lines.append("%d failures (details in errors.txt); %.0f s in all" % (len(errors), time.time() - started))
