@@ -13,8 +13,9 @@
 //! `names` for creating, removing and renaming, `attrs`, `handlers` for the
 //! fuser `Filesystem` impl, `stats`), `poll` (keeping the request reader and
 //! idle CPUs awake while requests come densely), `prefetch` (reading a
-//! directory's small lower files ahead after a cold read), `changes` (`docker diff`), `layer` (an upper directory read back as
-//! layer entries, for commit and export), `testing` (behind the
+//! directory's small lower files ahead after a cold read), `changes`
+//! (`docker diff`), `layer` (an upper directory read back as layer entries,
+//! for commit and export), `testing` (behind the
 //! `test-support` feature: the differential test against kernel overlayfs
 //! that this crate's tests and the end-to-end tests share).
 //!
