@@ -32,6 +32,23 @@ pub(crate) struct Ts {
     pub nsec: u32,
 }
 
+impl Ts {
+    /// The access time of a host stat.
+    pub fn atime(st: &rustix::fs::Stat) -> Ts {
+        Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }
+    }
+
+    /// The modification time of a host stat.
+    pub fn mtime(st: &rustix::fs::Stat) -> Ts {
+        Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }
+    }
+
+    /// The change time of a host stat.
+    pub fn ctime(st: &rustix::fs::Stat) -> Ts {
+        Ts { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 }
+    }
+}
+
 /// What stat(2) reports for a node, except nlink (counted from the links).
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Attr {

@@ -98,9 +98,9 @@ impl HostEntry {
             rdev,
             size: st.st_size as u64,
             blocks: st.st_blocks as u64,
-            atime: Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 },
-            mtime: Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 },
-            ctime: Ts { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 },
+            atime: Ts::atime(st),
+            mtime: Ts::mtime(st),
+            ctime: Ts::ctime(st),
         }
     }
 

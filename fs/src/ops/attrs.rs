@@ -92,12 +92,7 @@ impl FsInner {
                 up.make_stand_in(pfd.as_fd(), &name, &a, &target)?;
                 let n = t.node_mut(ino);
                 (n.meta_rec, n.no_xattrs) = (true, false);
-                up.set_times(
-                    pfd.as_fd(),
-                    &name,
-                    Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
-                    Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
-                )?;
+                up.set_times(pfd.as_fd(), &name, Some(Ts::atime(&st)), Some(Ts::mtime(&st)))?;
                 t.node_mut(ino).stand_in = true;
             }
             let conv = |x: Option<TimeOrNow>| {

@@ -35,12 +35,7 @@ impl FsInner {
         let st = rustix::fs::fstat(dir).map_err(errno)?;
         let r = f()?;
         let up = self.upper()?;
-        let _ = up.set_times(
-            dir,
-            b"",
-            Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
-            Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
-        );
+        let _ = up.set_times(dir, b"", Some(Ts::atime(&st)), Some(Ts::mtime(&st)));
         Ok(r)
     }
 
@@ -193,12 +188,7 @@ impl FsInner {
                 out.sync_data().ok();
             }
             up.set_metacopy(pfd.as_fd(), &name, None)?;
-            up.set_times(
-                pfd.as_fd(),
-                &name,
-                Some(Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 }),
-                Some(Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 }),
-            )?;
+            up.set_times(pfd.as_fd(), &name, Some(Ts::atime(&st)), Some(Ts::mtime(&st)))?;
         } else {
             // Build the copy under a temporary name, then move it into place.
             let tmp = format!(".wh..wh..cu.{ino}").into_bytes();

@@ -480,9 +480,7 @@ impl Filesystem for StrataFs {
         let _op = self.op(Op::Setxattr);
         let r = (|| {
             let name = name.as_bytes();
-            if name.starts_with(upper::RESERVED_PREFIX) {
-                return Err(err(libc::EPERM));
-            }
+            check_xattr_name(name)?;
             let mut t = self.tree_write();
             let up = self.upper()?;
             if t.get(ino.0).is_none() {
@@ -550,9 +548,7 @@ impl Filesystem for StrataFs {
         let _op = self.op(Op::Removexattr);
         let r = (|| {
             let name = name.as_bytes();
-            if name.starts_with(upper::RESERVED_PREFIX) {
-                return Err(err(libc::EPERM));
-            }
+            check_xattr_name(name)?;
             let mut t = self.tree_write();
             let up = self.upper()?;
             let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;

@@ -131,6 +131,15 @@ fn now() -> Ts {
     ts_of(SystemTime::now())
 }
 
+/// Strata's own records (`user.strata.*`) are not the container's to set
+/// or remove.
+fn check_xattr_name(name: &[u8]) -> io::Result<()> {
+    if name.starts_with(upper::RESERVED_PREFIX) {
+        return Err(err(libc::EPERM));
+    }
+    Ok(())
+}
+
 pub(crate) fn file_type(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
@@ -499,9 +508,9 @@ impl FsInner {
                     None => self.parent_fd(t, ino).and_then(|(fd, name)| stat_host(fd.as_fd(), &name)),
                 };
                 if let Ok(st) = st {
-                    a.atime = Ts { sec: st.st_atime, nsec: st.st_atime_nsec as u32 };
-                    a.mtime = Ts { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 };
-                    a.ctime = Ts { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 };
+                    a.atime = Ts::atime(&st);
+                    a.mtime = Ts::mtime(&st);
+                    a.ctime = Ts::ctime(&st);
                     if n.up == Up::Full && !a.is_dir() {
                         a.size = st.st_size as u64;
                         a.blocks = st.st_blocks as u64;
