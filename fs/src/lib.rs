@@ -24,8 +24,13 @@
 //! when an ordinary user mounts: FUSE reports what we answer. Permission
 //! checks are the kernel's (`default_permissions`) against those values.
 //!
-//! Known limit: copy-ups other than opening a large file for writing run
-//! under the tree's write lock (other requests wait meanwhile).
+//! Copy-ups take only what they must: chmod, chown, utimes, xattr changes
+//! and renames (also of whole lower trees) copy metadata, leaving the
+//! content below as a metacopy found by digest; a truncation copies the part
+//! that stays; opening for writing copies the content, a large file's outside
+//! the tree lock. Known limit: the remaining content copies (filling in a
+//! metacopy, linking a lower file) run under the tree's write lock, so other
+//! requests wait meanwhile.
 //!
 //! # Performance notes (measured)
 //!

@@ -171,6 +171,102 @@ fn rename_lower_directory_with_content() {
     g.unmount();
 }
 
+/// truncate(2) by path: a SETATTR, where opening the file would copy it up
+/// first.
+fn path_truncate(p: &Path, len: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::truncate(c.as_ptr(), len) }, 0, "truncate {}", p.display());
+}
+
+/// Cuts the object file holding `content` down to its first `len` bytes.
+fn shorten_object(objects: &Path, content: &[u8], len: u64) {
+    for shard in std::fs::read_dir(objects).unwrap() {
+        for obj in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let p = obj.unwrap().path();
+            if std::fs::read(&p).unwrap() == content {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+                std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len).unwrap();
+                return;
+            }
+        }
+    }
+    panic!("no object holds the content");
+}
+
+/// Moving lower files and trees copies metadata only (their content is
+/// found by digest wherever the name goes), and truncating a lower file
+/// copies only what stays; content reads back right through all of it,
+/// also after a write, after a remount, and in the upper directory's
+/// entries that commit reads.
+#[test]
+fn moves_and_truncation_copy_no_needless_content() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let cut: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let lowers = vec![LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .file("big", &big, 0o640)
+        .owner(5, 6)
+        .dir("tree", 0o755)
+        .file("tree/x", b"xxxx", 0o644)
+        .dir("tree/deep", 0o700)
+        .file("tree/deep/y", b"yyyyyy", 0o600)
+        .file("cut", &cut, 0o644)
+        .file("cut0", &big, 0o644)
+        .build()];
+    // Only the head of `cut`'s object is there (as with an object not fully
+    // fetched yet): a copy of more than the head fails with EIO.
+    shorten_object(&objects, &cut, 1000);
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    std::fs::rename(mnt.join("big"), mnt.join("moved")).unwrap();
+    std::fs::rename(mnt.join("tree"), mnt.join("tree2")).unwrap();
+    assert_eq!(std::fs::metadata(upper.join("moved")).unwrap().len(), 0, "a moved file is a metacopy");
+    assert_eq!(std::fs::metadata(upper.join("tree2/deep/y")).unwrap().len(), 0, "so is a file in a moved tree");
+    assert_eq!(std::fs::read(mnt.join("moved")).unwrap(), big);
+    assert_eq!(std::fs::read(mnt.join("tree2/deep/y")).unwrap(), b"yyyyyy");
+    let m = std::fs::metadata(mnt.join("moved")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777, m.len()), (5, 6, 0o640, big.len() as u64));
+
+    // Truncation: only the part that stays comes up.
+    path_truncate(&mnt.join("cut"), 1000);
+    assert_eq!(std::fs::read(mnt.join("cut")).unwrap(), &cut[..1000]);
+    path_truncate(&mnt.join("cut0"), 0);
+    assert_eq!(std::fs::read(mnt.join("cut0")).unwrap(), b"");
+    // Growing a moved metacopy file: the content comes up first.
+    path_truncate(&mnt.join("tree2/x"), 6);
+    assert_eq!(std::fs::read(mnt.join("tree2/x")).unwrap(), b"xxxx\0\0");
+
+    // A write into a moved file fills in the content where it now is.
+    let mut f = std::fs::OpenOptions::new().write(true).open(mnt.join("moved")).unwrap();
+    f.write_all(b"HEAD").unwrap();
+    drop(f);
+    let mut want = big.clone();
+    want[..4].copy_from_slice(b"HEAD");
+    assert_eq!(std::fs::read(mnt.join("moved")).unwrap(), want);
+    g.unmount();
+
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    assert_eq!(std::fs::read(mnt.join("moved")).unwrap(), want);
+    assert_eq!(std::fs::read(mnt.join("tree2/deep/y")).unwrap(), b"yyyyyy");
+    assert!(std::fs::symlink_metadata(mnt.join("tree")).is_err());
+    assert_eq!(std::fs::read(mnt.join("cut")).unwrap(), &cut[..1000]);
+    g.unmount();
+
+    // What commit reads: the metacopy's content is its lower object.
+    let entries = strata_fs::upper_entries(&lowers, &upper).unwrap();
+    let y = entries.iter().find(|e| e.path == b"tree2/deep/y").expect("tree2/deep/y listed");
+    match &y.kind {
+        strata_fs::UpperKind::File { size: 6, content: strata_fs::UpperContent::Object(p) } => {
+            assert_eq!(std::fs::read(p).unwrap(), b"yyyyyy")
+        }
+        other => panic!("tree2/deep/y: {other:?}"),
+    }
+}
+
 /// With FUSE passthrough (used when running as root): upper files are
 /// passed through for readers and writers alike, lower objects only on
 /// read-only mounts; cached and passthrough opens of one inode never mix, so

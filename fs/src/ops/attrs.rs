@@ -40,7 +40,7 @@ impl FsInner {
                 _ => None,
             });
             if linked {
-                self.copy_up_full(&mut t, ino)?;
+                self.copy_up_for_truncate(&mut t, ino, size)?;
             }
             match via_handle {
                 Some(f) if !linked || t.node(ino).up == Up::Full => f.set_len(size)?,

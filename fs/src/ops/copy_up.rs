@@ -182,9 +182,10 @@ impl FsInner {
         if was == Up::Meta {
             // Metadata is already up; fill in the content, keep the times.
             let st = rustix::fs::statat(&pfd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
-            if how == Copy::Full {
+            let len = how.content_len(attr.size);
+            if len > 0 {
                 let out = up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?;
-                copy_content(&src.open_content(entry)?, &out, attr.size)?;
+                copy_content(&src.open_content(entry)?, &out, len)?;
                 out.sync_data().ok();
             }
             up.set_metacopy(pfd.as_fd(), &name, None)?;
@@ -211,8 +212,9 @@ impl FsInner {
                             }
                             r => r?,
                         };
-                        if how == Copy::Full {
-                            copy_content(&src.open_content(entry)?, &out, attr.size)?;
+                        let len = how.content_len(attr.size);
+                        if len > 0 {
+                            copy_content(&src.open_content(entry)?, &out, len)?;
                         }
                         Some(out)
                     }
@@ -332,10 +334,25 @@ impl FsInner {
         });
     }
 
-    /// Copies a node and, for a directory, everything below it, fully up.
+    /// Copies a lower regular file up before it is truncated to `size`:
+    /// only the part that stays is copied (`truncate -s 0` of a 1 GiB lower
+    /// file copied all of it first: 0.6 s).
+    pub(super) fn copy_up_for_truncate(&self, t: &mut Tree, ino: Ino, size: u64) -> io::Result<()> {
+        let n = t.node(ino);
+        if n.up == Up::Full || !n.attr.is_reg() {
+            return self.copy_up_full(t, ino);
+        }
+        self.copy_up_file(t, ino, Copy::Head(size), None).map(drop)
+    }
+
+    /// Copies a node and, for a directory, everything below it, up for a
+    /// rename: regular files as metacopies (their content is found by
+    /// digest, wherever the name goes), so that moving a lower file or tree
+    /// copies no content (`mv` of a 1 GiB lower file took 3.0 s, as a full
+    /// copy). Kernel overlayfs does the same with metacopy=on.
     pub(super) fn copy_up_tree(&self, t: &mut Tree, ino: Ino) -> io::Result<()> {
         if !t.node(ino).attr.is_dir() {
-            return self.copy_up_full(t, ino);
+            return self.copy_up_meta(t, ino);
         }
         self.ensure_upper_dir(t, ino)?;
         let children: Vec<Ino> = t.dir(ino).map(|d| d.children.values().copied().collect()).unwrap_or_default();

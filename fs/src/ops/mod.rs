@@ -182,8 +182,20 @@ enum Copy {
     Meta,
     /// Metadata and content.
     Full,
-    /// Metadata, and the file is about to be truncated: no content.
-    Empty,
+    /// Metadata and at most this many bytes of content: the file is about
+    /// to be truncated to that size, the rest would be thrown away.
+    Head(u64),
+}
+
+impl Copy {
+    /// How many bytes of a `size`-byte lower file this copy-up copies.
+    fn content_len(self, size: u64) -> u64 {
+        match self {
+            Copy::Meta => 0,
+            Copy::Full => size,
+            Copy::Head(n) => n.min(size),
+        }
+    }
 }
 
 /// How the kernel was told to do I/O on an open file.
@@ -582,7 +594,7 @@ impl FsInner {
                 let made = match n.up {
                     Up::Full => None,
                     // O_TRUNC (atomic_o_trunc): the content would be thrown away.
-                    _ if trunc => self.copy_up_file(&mut t, ino, Copy::Empty, None)?,
+                    _ if trunc => self.copy_up_file(&mut t, ino, Copy::Head(0), None)?,
                     _ if n.nlink() > 0 => self.copy_up_file(&mut t, ino, Copy::Full, prepared.as_deref())?,
                     _ => return Err(err(libc::ENOENT)),
                 };
