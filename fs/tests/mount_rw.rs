@@ -215,6 +215,7 @@ fn moves_and_truncation_copy_no_needless_content() {
         .file("tree/x", b"xxxx", 0o644)
         .dir("tree/deep", 0o700)
         .file("tree/deep/y", b"yyyyyy", 0o600)
+        .file("tree/deep/z", b"zzz", 0o600)
         .file("cut", &cut, 0o644)
         .file("cut0", &big, 0o644)
         .build()];
@@ -240,6 +241,15 @@ fn moves_and_truncation_copy_no_needless_content() {
     path_truncate(&mnt.join("tree2/x"), 6);
     assert_eq!(std::fs::read(mnt.join("tree2/x")).unwrap(), b"xxxx\0\0");
 
+    // A second name for a lower file: still no content copied; a write
+    // through one name shows through the other.
+    std::fs::hard_link(mnt.join("tree2/deep/y"), mnt.join("ylink")).unwrap();
+    assert_eq!(std::fs::metadata(upper.join("ylink")).unwrap().len(), 0, "a linked file is a metacopy");
+    assert_eq!(std::fs::read(mnt.join("ylink")).unwrap(), b"yyyyyy");
+    std::fs::OpenOptions::new().append(true).open(mnt.join("ylink")).unwrap().write_all(b"+").unwrap();
+    assert_eq!(std::fs::read(mnt.join("tree2/deep/y")).unwrap(), b"yyyyyy+");
+    assert_eq!(std::fs::metadata(mnt.join("tree2/deep/y")).unwrap().nlink(), 2);
+
     // A write into a moved file fills in the content where it now is.
     let mut f = std::fs::OpenOptions::new().write(true).open(mnt.join("moved")).unwrap();
     f.write_all(b"HEAD").unwrap();
@@ -251,19 +261,23 @@ fn moves_and_truncation_copy_no_needless_content() {
 
     let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
     assert_eq!(std::fs::read(mnt.join("moved")).unwrap(), want);
-    assert_eq!(std::fs::read(mnt.join("tree2/deep/y")).unwrap(), b"yyyyyy");
+    assert_eq!(std::fs::read(mnt.join("tree2/deep/y")).unwrap(), b"yyyyyy+");
+    assert_eq!(std::fs::read(mnt.join("ylink")).unwrap(), b"yyyyyy+");
+    assert_eq!(std::fs::metadata(mnt.join("ylink")).unwrap().nlink(), 2);
     assert!(std::fs::symlink_metadata(mnt.join("tree")).is_err());
     assert_eq!(std::fs::read(mnt.join("cut")).unwrap(), &cut[..1000]);
     g.unmount();
 
-    // What commit reads: the metacopy's content is its lower object.
+    // What commit reads: a metacopy's content is its lower object.
     let entries = strata_fs::upper_entries(&lowers, &upper).unwrap();
-    let y = entries.iter().find(|e| e.path == b"tree2/deep/y").expect("tree2/deep/y listed");
-    match &y.kind {
-        strata_fs::UpperKind::File { size: 6, content: strata_fs::UpperContent::Object(p) } => {
-            assert_eq!(std::fs::read(p).unwrap(), b"yyyyyy")
+    let cut0 = entries.iter().find(|e| e.path == b"cut0").expect("cut0 listed");
+    assert!(matches!(cut0.kind, strata_fs::UpperKind::File { size: 0, .. }), "{cut0:?}");
+    let z = entries.iter().find(|e| e.path == b"tree2/deep/z").expect("tree2/deep/z listed");
+    match &z.kind {
+        strata_fs::UpperKind::File { size: 3, content: strata_fs::UpperContent::Object(p) } => {
+            assert_eq!(std::fs::read(p).unwrap(), b"zzz")
         }
-        other => panic!("tree2/deep/y: {other:?}"),
+        other => panic!("tree2/deep/z: {other:?}"),
     }
 }
 

@@ -179,7 +179,9 @@ impl FsInner {
             return Err(err(libc::EPERM));
         }
         let (dfd, hidden) = self.prepare_create(&mut t, newparent, newname)?;
-        self.copy_up_full(&mut t, ino)?;
+        // A metacopy can take more names: filling in its content later
+        // writes into the one host inode they share.
+        self.copy_up_meta(&mut t, ino)?;
         let up = self.upper()?;
         let (sfd, sname) = self.parent_fd(&t, ino)?;
         if hidden {
