@@ -315,6 +315,37 @@ fn mount_list_umount_and_error_messages() {
     assert!(!auto.exists(), "{} left behind", auto.display());
 }
 
+/// An image mounted for inspection keeps its content: `rmi` refuses to
+/// delete it (untagging one of several names still works), `image prune -a`
+/// passes it by; after `umount` both go through.
+#[test]
+fn mounted_image_is_kept_until_unmounted() {
+    let t = setup(Strata::new());
+    let s = &t.s;
+    s.ok(&["tag", &t.image, "e2e/other:2"]);
+    let dir = new_dir(s, "m");
+    let m = mount(s, &[&t.image], &dir);
+    // Another name goes; the last one stays with the image.
+    assert_eq!(s.ok(&["rmi", "e2e/other:2"]).trim_end(), "Untagged: e2e/other:2");
+    let (code, err) = s.fails(&["rmi", &t.image]);
+    assert_eq!(code, 1);
+    for want in ["image is mounted at", &dir.display().to_string(), "strata umount"] {
+        assert!(err.contains(want), "rmi of a mounted image: {want:?} missing in:\n{err}");
+    }
+    let (code, err) = s.fails(&["rmi", "-f", &t.image]);
+    assert_eq!(code, 1);
+    assert_mentions(&err, &["cannot be forced"], "rmi -f of a mounted image");
+    assert!(s.ok(&["images", "-q"]).lines().count() == 1, "the image is still listed");
+    // prune -a (all images no container uses) passes it by.
+    s.ok(&["image", "prune", "-a", "-f"]);
+    assert!(s.ok(&["images", "-q"]).lines().count() == 1, "prune removed a mounted image");
+    assert_eq!(fs::read(dir.join("bin/busybox")).map(|b| b.len() > 0).ok(), Some(true));
+    drop(m);
+    assert!(!is_mounted(&dir));
+    s.ok(&["rmi", &t.image]);
+    assert_eq!(s.ok(&["images", "-q"]), "");
+}
+
 /// What the store keeps about mounts (records, private directories), not
 /// counting its lock file.
 fn mount_state(s: &Strata) -> Vec<String> {
@@ -477,6 +508,15 @@ fn container_mount_writes_into_the_container() {
     // Mounting it again names the same mount point.
     assert_eq!(s.ok(&["mount", "c1"]).trim_end(), dir.display().to_string());
     fs::write(dir.join("by-mount"), b"written through strata mount\n").unwrap();
+    // While the mount serves its upper directory, the container can be
+    // neither started (two servers of one upper) nor removed.
+    let (code, err) = s.fails(&["start", "c1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("mounted at") && err.contains("strata umount"), "start of a mounted container:\n{err}");
+    let (code, err) = s.fails(&["rm", "-f", "c1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("mounted at") && err.contains("strata umount"), "rm of a mounted container:\n{err}");
+    assert_eq!(fs::read(dir.join("by-mount")).unwrap(), b"written through strata mount\n");
     // umount by the container's name.
     s.ok(&["umount", "c1"]);
     assert!(!is_mounted(&dir));

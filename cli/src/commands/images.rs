@@ -9,6 +9,7 @@ use super::image::{ImagesArgs, PruneArgs, RmiArgs, TagArgs};
 use super::support::{exit_code_for, open_store, parse_reference, unix_time};
 use crate::context::Context;
 use crate::format::{self, Output};
+use crate::mounts;
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -350,7 +351,9 @@ pub fn remove(ctx: &Context, a: RmiArgs) -> anyhow::Result<i32> {
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     for name in &a.images {
-        match store.remove_image(&lock, name, a.force) {
+        let held =
+            |id: &Digest| mounts::image_mounts(&ctx.layout, &id.to_string()).first().map(|p| p.display().to_string());
+        match store.remove_image_unless_held(&lock, name, a.force, &held) {
             Ok(lines) => {
                 for l in lines {
                     writeln!(out, "{l}")?;
@@ -388,7 +391,8 @@ pub fn prune(ctx: &Context, a: PruneArgs) -> anyhow::Result<i32> {
     let mut removed: Vec<Removed> = Vec::new();
     for img in list_images(&store)? {
         let dangling = img.tags.is_empty();
-        if !(dangling || a.all) || is_image_in_use(&store, &img.record.id).is_some() {
+        let mounted = || !mounts::image_mounts(&ctx.layout, &img.record.id.to_string()).is_empty();
+        if !(dangling || a.all) || is_image_in_use(&store, &img.record.id).is_some() || mounted() {
             continue;
         }
         match store.remove_image(&lock, &img.record.id.to_string(), true) {

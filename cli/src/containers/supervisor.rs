@@ -102,6 +102,14 @@ impl Session {
 /// Starts `strata internal-supervise ID` as a detached process. With
 /// `attach` the supervisor sends output to the returned session too.
 pub fn launch(ctx: &Context, c: &Container, attach: bool) -> Result<Session> {
+    if let Some(at) = crate::mounts::container_mount(&ctx.layout, &c.config.id) {
+        bail!(
+            "container {} is mounted at {}: its filesystem is served by that mount; run `strata umount {}` before starting it",
+            c.config.name,
+            at.display(),
+            at.display()
+        );
+    }
     let (ours, theirs) = UnixStream::pair().context("creating the supervisor socket pair")?;
     // Our own binary; /proc/self/exe itself if its file was replaced since
     // we started (the path keeps the process name `strata` otherwise).

@@ -182,15 +182,13 @@ pub fn remove_private(layout: &StoreLayout, id: &str) {
 /// The live mount of a container, if it has one: a container must not be
 /// started while `strata mount` serves its upper directory (two servers
 /// would each keep their own view of it).
-#[allow(dead_code)] // for `start` to call
 pub fn container_mount(layout: &StoreLayout, container_id: &str) -> Option<PathBuf> {
     let recs = read_all(layout).ok()?;
     recs.into_iter().find(|r| r.container_id.as_deref() == Some(container_id) && r.live()).map(|r| r.mountpoint)
 }
 
 /// The live mounts of an image (by `sha256:...` id): its content must stay
-/// in the store while they serve it.
-#[allow(dead_code)] // for `rmi` to call
+/// in the store while they serve it (`rmi` and `image prune` leave it).
 pub fn image_mounts(layout: &StoreLayout, image_id: &str) -> Vec<PathBuf> {
     read_all(layout)
         .unwrap_or_default()

@@ -311,7 +311,22 @@ impl Store {
     /// deleted images held is freed by [`Store::gc`], which callers run once
     /// after all removals. `Deleted:` lines name the image and the layer
     /// chain IDs no remaining image shares, as `docker rmi` prints them.
-    pub fn remove_image(&self, _lock: &ExclusiveLock, input: &str, force: bool) -> Result<Vec<Removed>> {
+    pub fn remove_image(&self, lock: &ExclusiveLock, input: &str, force: bool) -> Result<Vec<Removed>> {
+        self.remove_image_unless_held(lock, input, force, &|_| None)
+    }
+
+    /// [`Store::remove_image`], refusing to delete an image that `held`
+    /// says something outside the store's records still serves (it returns
+    /// where, e.g. the directory a `strata mount` of the image is at):
+    /// deleting it would pull its content from under that user. Untagging
+    /// one of several references still works.
+    pub fn remove_image_unless_held(
+        &self,
+        _lock: &ExclusiveLock,
+        input: &str,
+        force: bool,
+        held: &dyn Fn(&Digest) -> Option<String>,
+    ) -> Result<Vec<Removed>> {
         self.update_records(|recs| {
             let mut out = Vec::new();
             let id = match self.name_image(&recs.tags, input)? {
@@ -370,13 +385,28 @@ impl Store {
                 // Forced untag of an image a container still uses: the image stays, dangling.
                 return Ok(out);
             }
-            let record = recs.image(&id)?.ok_or_else(|| Error::NoSuchImage(input.to_string()))?;
+            if let Some(place) = held(&id) {
+                return Err(Error::Conflict(format!(
+                    "conflict: unable to delete {} (cannot be forced) - image is mounted at {place}; \
+                     unmount it first (strata umount {place})",
+                    id.short()
+                )));
+            }
+            let Some(record) = recs.image(&id)? else {
+                // A tag left pointing at a record that is gone (an earlier
+                // removal that failed half way): untagging was all there was to do.
+                return Ok(out);
+            };
+            // What other images share, read before anything is deleted.
+            let mut shared = HashSet::new();
+            for other in self.image_ids()?.into_iter().filter(|o| *o != id) {
+                // An unreadable record only costs its lines in the output.
+                if let Ok(Some(other)) = self.image(&other) {
+                    shared.extend(chain_ids(&other.diff_ids()));
+                }
+            }
             recs.delete_image(&id)?;
             out.push(Removed::Deleted(id));
-            let mut shared = HashSet::new();
-            for other in self.images()? {
-                shared.extend(chain_ids(&other.diff_ids()));
-            }
             for chain in chain_ids(&record.diff_ids()).into_iter().rev() {
                 if !shared.contains(&chain) {
                     out.push(Removed::Deleted(chain));
