@@ -593,10 +593,11 @@ impl FsInner {
                 }
                 let made = match n.up {
                     Up::Full => None,
+                    // Removed while open: no name left to copy up to.
+                    _ if n.nlink() == 0 => return Err(err(libc::ENOENT)),
                     // O_TRUNC (atomic_o_trunc): the content would be thrown away.
                     _ if trunc => self.copy_up_file(&mut t, ino, Copy::Head(0), None)?,
-                    _ if n.nlink() > 0 => self.copy_up_file(&mut t, ino, Copy::Full, prepared.as_deref())?,
-                    _ => return Err(err(libc::ENOENT)),
+                    _ => self.copy_up_file(&mut t, ino, Copy::Full, prepared.as_deref())?,
                 };
                 // (O_TRUNC opens again: truncating sets the times even of an
                 // empty file.)
