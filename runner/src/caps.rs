@@ -58,6 +58,26 @@ pub const DEFAULT_CAPS: &[Cap] = &[
 ];
 
 impl Cap {
+    /// Docker's `--cap-add` / `--cap-drop` applied to `base` (`ALL` is accepted in both): with
+    /// `--cap-add ALL`, every capability but the ones dropped by name; with `--cap-drop ALL`,
+    /// only the ones added by name; otherwise `base` less the drops plus the adds.
+    pub fn adjusted(base: &[Cap], add: &[Cap], drop: &[Cap], add_all: bool, drop_all: bool) -> Vec<Cap> {
+        let mut caps = if add_all {
+            Cap::all()
+        } else if drop_all {
+            Vec::new()
+        } else {
+            base.to_vec()
+        };
+        caps.retain(|c| !drop.contains(c));
+        for c in add {
+            if !caps.contains(c) {
+                caps.push(*c);
+            }
+        }
+        caps
+    }
+
     /// Every capability this crate knows.
     pub fn all() -> Vec<Cap> {
         Cap::ALL.to_vec()
@@ -149,5 +169,22 @@ mod tests {
         // Docker's default set is 0xa80425fb.
         assert_eq!(Cap::mask(DEFAULT_CAPS), 0xa80425fb);
         assert_eq!(Cap::all().len(), 41);
+    }
+
+    #[test]
+    fn adjusted_like_docker() {
+        let base = DEFAULT_CAPS;
+        // --cap-add ALL --cap-drop NET_RAW: everything but NET_RAW.
+        let c = Cap::adjusted(base, &[], &[Cap::NET_RAW], true, false);
+        assert_eq!(c.len(), Cap::all().len() - 1);
+        assert!(!c.contains(&Cap::NET_RAW));
+        // --cap-drop ALL --cap-add CHOWN: CHOWN alone.
+        assert_eq!(Cap::adjusted(base, &[Cap::CHOWN], &[], false, true), vec![Cap::CHOWN]);
+        // Both ALL: everything.
+        assert_eq!(Cap::adjusted(base, &[], &[], true, true).len(), Cap::all().len());
+        // By name: the default set less the drops plus the adds.
+        let c = Cap::adjusted(base, &[Cap::SYS_ADMIN], &[Cap::CHOWN], false, false);
+        assert!(c.contains(&Cap::SYS_ADMIN) && !c.contains(&Cap::CHOWN));
+        assert_eq!(c.len(), base.len());
     }
 }

@@ -125,6 +125,51 @@ pub(crate) fn new_session() {
     unsafe { libc::setsid() };
 }
 
+/// Hand the container's own stdio (the supervisor's pipes, or the pty slave of its devpts) to
+/// the user the command runs as, as runc does: otherwise `echo hi >/dev/stdout` (a reopen through
+/// /proc) fails with EACCES for any user but root. Only pipes, sockets and pty slaves are
+/// touched, never anything else that might be there (/dev/null). Where the kernel refuses
+/// (an owner not mapped in the user namespace) stdio stays as it is.
+pub(crate) fn give_stdio_to(user: &User) {
+    if user.uid == 0 {
+        return;
+    }
+    const PTY_SLAVE_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
+    for fd in 0..=2 {
+        // SAFETY: fstat into a zeroed struct; fd may be closed (then it fails).
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            continue;
+        }
+        let kind = st.st_mode & libc::S_IFMT;
+        let ours = kind == libc::S_IFIFO
+            || kind == libc::S_IFSOCK
+            || (kind == libc::S_IFCHR && PTY_SLAVE_MAJORS.contains(&libc::major(st.st_rdev)));
+        if ours {
+            // SAFETY: plain syscall on an fd we hold; errors are ignored on purpose (see above).
+            unsafe { libc::fchown(fd, user.uid, u32::MAX) };
+        }
+    }
+}
+
+/// Give the container a new, empty session keyring instead of the one of whoever ran strata
+/// (its keys, e.g. Kerberos tickets, would otherwise be readable with keyctl inside), as runc
+/// does. Where keyctl is refused (ENOSYS, or EPERM under an outer seccomp filter) the container
+/// cannot reach the old keyring either.
+pub(crate) fn new_session_keyring() -> Result<(), ChildError> {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl(JOIN_SESSION_KEYRING, NULL) takes no pointers but the NULL name.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, std::ptr::null::<libc::c_char>()) };
+    if r >= 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENOSYS) | Some(libc::EPERM) => Ok(()),
+        _ => Err(ChildError::setup(format!("create a session keyring for the container: {e}"))),
+    }
+}
+
 /// Drop to `user` keeping exactly `caps` (as far as the kernel's exec rules allow: for a non-root
 /// user only the bounding set survives execve, as with Docker), then no_new_privs if asked.
 pub(crate) fn switch_user(user: &User, caps_mask: u64, last_cap: u32, no_new_privs: bool) -> Result<(), ChildError> {
@@ -298,4 +343,35 @@ pub(crate) fn reaper(sock: OwnedFd, args: &[String], env: &[String]) -> ! {
 /// Send the pty master to the caller.
 pub(crate) fn send_pty(sock: BorrowedFd<'_>, master: &OwnedFd) -> Result<(), ChildError> {
     sys::send_msg(sock, &[MSG_PTY], Some(master.as_fd())).map_err(|e| ChildError::setup(format!("send pty: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The session keyring's serial number for the calling thread.
+    fn session_keyring() -> libc::c_long {
+        const KEYCTL_GET_KEYRING_ID: libc::c_long = 0;
+        const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
+        // SAFETY: keyctl with integer arguments only.
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 1 as libc::c_long) }
+    }
+
+    #[test]
+    fn container_gets_a_session_keyring_of_its_own() {
+        // Credentials are per thread: a thread of its own keeps the test process's keyring.
+        std::thread::spawn(|| {
+            let before = session_keyring();
+            if before < 0 {
+                // keyctl refused here (seccomp, no keys support): then so it is for containers.
+                assert!(new_session_keyring().is_ok());
+                return;
+            }
+            assert!(new_session_keyring().is_ok(), "joining a new session keyring");
+            let after = session_keyring();
+            assert!(after > 0 && after != before, "session keyring {before} -> {after}");
+        })
+        .join()
+        .expect("keyring thread");
+    }
 }

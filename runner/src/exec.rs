@@ -148,6 +148,7 @@ fn exec_child(
         child::send_pty(sock.as_fd(), &pty.master)?;
         child::set_controlling_tty(&pty.slave).map_err(|e| ChildError::setup(format!("set up the terminal: {e}")))?;
     }
+    child::new_session_keyring()?;
     child::switch_user(&spec.user, caps_mask, last_cap, spec.no_new_privileges)?;
     child::chdir(&spec.cwd)?;
     child::reset_signals();

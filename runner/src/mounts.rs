@@ -13,6 +13,7 @@ use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::spec::{Mount, MountKind};
@@ -171,8 +172,13 @@ impl Root {
 
     /// Make the mount at `target` (just mounted) read-only, recursively.
     pub(crate) fn make_readonly(&self, target: &str) -> Result<(), String> {
+        self.restrict(target, sys::MOUNT_ATTR_RDONLY)
+    }
+
+    /// Set `attrs` (`MOUNT_ATTR_*`) on the mount at `target` (just mounted), recursively.
+    fn restrict(&self, target: &str, attrs: u64) -> Result<(), String> {
         let fd = ctx(self.open(target, libc::O_PATH), || format!("open {target}"))?;
-        ctx(sys::mount_setattr(fd.as_fd(), true, sys::MOUNT_ATTR_RDONLY), || format!("make {target} read-only"))
+        ctx(sys::mount_setattr(fd.as_fd(), true, attrs), || format!("restrict mount {target}"))
     }
 }
 
@@ -198,8 +204,8 @@ pub(crate) fn mount_sys(root: &Root, rw: bool) -> Result<(), String> {
     }
 }
 
-const DEVICES: &[(&CStr, u32, u32)] =
-    &[(c"null", 1, 3), (c"zero", 1, 5), (c"full", 1, 7), (c"random", 1, 8), (c"urandom", 1, 9), (c"tty", 5, 0)];
+/// The device nodes every container gets, bound from the host's /dev.
+const DEVICES: &[&CStr] = &[c"null", c"zero", c"full", c"random", c"urandom", c"tty"];
 
 const DEV_LINKS: &[(&CStr, &CStr)] = &[
     (c"fd", c"/proc/self/fd"),
@@ -216,31 +222,27 @@ pub(crate) struct Pty {
     pub slave: OwnedFd,
 }
 
-/// /dev: a fresh tmpfs with the standard nodes (mknod, or bind mounts of the host's nodes where
-/// mknod is not allowed, i.e. in a user namespace), devpts, shm, mqueue, and for a tty a pty
-/// pair whose slave is bind-mounted on /dev/console.
+/// /dev: a fresh tmpfs with the standard nodes, devpts, shm, mqueue, and for a tty a pty pair
+/// whose slave is bind-mounted on /dev/console.
+///
+/// Device access: strata keeps no device cgroup (Docker's allow-list), so the tmpfs is mounted
+/// nodev and the standard nodes are bind mounts of the host's own (a bind mount keeps the host
+/// mount's permission to open devices). A container root with CAP_MKNOD can still create a
+/// node, here or anywhere else it can write (the root filesystem, volumes and --tmpfs are
+/// nodev too), but not open it: `mknod /dev/sda b 8 0; cat /dev/sda` fails with EACCES.
 pub(crate) fn setup_dev(root: &Root, pts_gid5: bool, tty: bool) -> Result<Option<Pty>, String> {
     root.mount(
         "/dev",
         false,
         Some(c"tmpfs"),
         Some(c"tmpfs"),
-        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_STRICTATIME,
         Some(c"mode=755,size=65536k"),
     )?;
     // /dev is now our own empty tmpfs: names inside it cannot be symlinks we did not create.
     let dev = ctx(root.open("/dev", libc::O_PATH | libc::O_DIRECTORY), || "open /dev".into())?;
     let dfd = dev.as_raw_fd();
-    for (name, major, minor) in DEVICES {
-        // SAFETY: valid fd and C string.
-        let ret = unsafe { libc::mknodat(dfd, name.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(*major, *minor)) };
-        if ret == 0 {
-            continue;
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EPERM) {
-            return Err(format!("mknod /dev/{}: {err}", name.to_string_lossy()));
-        }
+    for name in DEVICES {
         let f = ctx(openat(dev.as_fd(), name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o666), || {
             format!("create /dev/{}", name.to_string_lossy())
         })?;
@@ -329,8 +331,15 @@ pub(crate) fn mount_user(root: &Root, m: &Mount) -> Result<(), String> {
             let meta = ctx(std::fs::metadata(source), || format!("bind source {}", source.display()))?;
             let src = ctx(cstring(source.as_os_str().as_bytes()), || "bind source".into())?;
             root.mount(&m.target, !meta.is_dir(), Some(&src), None, libc::MS_BIND | libc::MS_REC, None)?;
+            // No device opens through a bind (see setup_dev), unless the user bound a device
+            // node itself (`-v /dev/fuse:/dev/fuse`): that one they asked for.
+            let ft = meta.file_type();
+            let mut attrs = if ft.is_char_device() || ft.is_block_device() { 0 } else { sys::MOUNT_ATTR_NODEV };
             if *readonly {
-                root.make_readonly(&m.target)?;
+                attrs |= sys::MOUNT_ATTR_RDONLY;
+            }
+            if attrs != 0 {
+                root.restrict(&m.target, attrs)?;
             }
             Ok(())
         }

@@ -555,6 +555,8 @@ fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Re
     }
     drop(pty);
     child::set_rlimits(&spec.rlimits)?;
+    child::new_session_keyring()?;
+    child::give_stdio_to(&spec.user);
     child::switch_user(&spec.user, plan.caps_mask, plan.last_cap, spec.no_new_privileges)?;
     child::chdir(&spec.cwd)?;
     child::reset_signals();

@@ -110,20 +110,9 @@ impl Spec {
         self.sys_rw = true;
     }
 
-    /// Docker's `--cap-add` / `--cap-drop` on top of the current set; `ALL` is accepted in both.
+    /// Docker's `--cap-add` / `--cap-drop` on top of the current set ([`Cap::adjusted`]).
     pub fn adjust_capabilities(&mut self, add: &[Cap], drop: &[Cap], add_all: bool, drop_all: bool) {
-        if drop_all {
-            self.capabilities.clear();
-        }
-        self.capabilities.retain(|c| !drop.contains(c));
-        if add_all {
-            self.capabilities = Cap::all();
-        }
-        for c in add {
-            if !self.capabilities.contains(c) {
-                self.capabilities.push(*c);
-            }
-        }
+        self.capabilities = Cap::adjusted(&self.capabilities, add, drop, add_all, drop_all);
     }
 
     /// The value of `PATH` in `env`, or Docker's default.

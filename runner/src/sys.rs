@@ -173,6 +173,7 @@ struct MountAttr {
 }
 
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 /// mount_setattr(2) on the mount that `fd` (an O_PATH fd of a mount root) refers to. Unlike a
 /// `MS_REMOUNT|MS_BIND` it leaves every other (possibly locked) flag alone.

@@ -41,11 +41,18 @@ fn read_in_root(rootfs: &Path, path: &str) -> Result<String, RunnerError> {
     let root = sys::open(&root_c, libc::O_PATH | libc::O_DIRECTORY)
         .map_err(|e| RunnerError::io(format!("open rootfs {}", rootfs.display()), e))?;
     let rel = cstring(path.trim_start_matches('/')).map_err(|e| RunnerError::io("path", e))?;
-    match openat2(root.as_fd(), &rel, libc::O_RDONLY, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) {
+    // O_NONBLOCK: a fifo put there (by the image, or inside a running container before an
+    // exec) must not hang us; only a regular file is read, anything else counts as missing.
+    match openat2(root.as_fd(), &rel, libc::O_RDONLY | libc::O_NONBLOCK, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) {
         Ok(fd) => {
+            let file = std::fs::File::from(fd);
+            let meta = file.metadata().map_err(|e| RunnerError::io(format!("stat {path} in the image"), e))?;
+            if !meta.is_file() {
+                // Like a missing file: numeric users still work, names are not found.
+                return Ok(String::new());
+            }
             let mut s = String::new();
-            std::fs::File::from(fd)
-                .take(16 << 20)
+            file.take(16 << 20)
                 .read_to_string(&mut s)
                 .map_err(|e| RunnerError::io(format!("read {path} in the image"), e))?;
             Ok(s)

@@ -550,3 +550,65 @@ fn files_owned_by_other_container_users_are_diffed_and_removed() {
         assert!(left.is_empty(), "{who}: left in the store: {left:?}");
     });
 }
+
+/// What a container may reach of the host's devices and what its user gets:
+/// the standard nodes work, a node the container makes (in /dev or in a
+/// volume) cannot be opened; `--cap-add ALL --cap-drop X` drops X; a
+/// non-root user can reopen its stdout; a fifo at /etc/passwd does not hang
+/// an exec.
+#[test]
+fn devices_capabilities_stdio_and_a_fifo_passwd() {
+    both(|e, who| {
+        let s = &e.s;
+        let d = host_dir(s, "devvol");
+        let vol = format!("{}:/v", d.display());
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            &vol,
+            &e.bb,
+            "sh",
+            "-c",
+            "echo x >/dev/null && echo null-ok; head -c 4 /dev/zero | wc -c; \
+             for n in /dev/null2 /v/null2 /tmp/null2; do mknod $n c 1 3 2>/dev/null; \
+             if head -c 1 $n >/dev/null 2>&1; then echo $n OPENED; else echo $n refused; fi; done",
+        ]);
+        assert_eq!(out, "null-ok\n4\n/dev/null2 refused\n/v/null2 refused\n/tmp/null2 refused\n", "{who}");
+        let _ = std::fs::remove_file(d.join("null2"));
+
+        // Docker's order: ALL, then the drops by name.
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "--cap-add",
+            "ALL",
+            "--cap-drop",
+            "NET_RAW",
+            &e.bb,
+            "grep",
+            "CapBnd",
+            "/proc/self/status",
+        ]);
+        let mask =
+            u64::from_str_radix(out.split_whitespace().nth(1).unwrap_or_else(|| panic!("{who}: {out}")), 16).unwrap();
+        assert_eq!(mask & (1 << 13), 0, "{who}: NET_RAW kept: {out}");
+        assert_ne!(mask & (1 << 21), 0, "{who}: SYS_ADMIN missing: {out}");
+
+        // Reopening stdout through /proc as a non-root user.
+        let out =
+            s.ok(&["run", "--rm", "-u", "1000:1000", &e.bb, "sh", "-c", "echo hi >/dev/stdout; echo err >/dev/stderr"]);
+        assert_eq!(out, "hi\n", "{who}");
+
+        s.ok(&["run", "-d", "--name", "fifo", &e.bb, "sleep", "1000"]);
+        wait_running(s, "fifo");
+        s.ok(&["exec", "fifo", "sh", "-c", "rm /etc/passwd && mkfifo /etc/passwd"]);
+        let out = wait_output(
+            s.spawn(&["exec", "fifo", "echo", "still-works"]),
+            Duration::from_secs(30),
+            "exec past a fifo /etc/passwd",
+        );
+        assert_eq!(stdout_of(&out), "still-works\n", "{who}: {}", show_output(&out));
+        s.ok(&["rm", "-f", "fifo"]);
+    });
+}

@@ -99,26 +99,13 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
     spec.cwd = a.workdir.clone().unwrap_or_else(|| cfg.working_dir.clone());
     spec.user = user.user;
     spec.tty = a.tty;
-    let mut caps: Vec<strata_runner::Cap> = strata_runner::DEFAULT_CAPS.to_vec();
-    if cfg.request.privileged || a.privileged {
-        caps = strata_runner::Cap::all();
-    }
-    for d in &cfg.request.cap_drop {
-        if d.eq_ignore_ascii_case("ALL") {
-            caps.clear();
-        } else if let Some(cap) = strata_runner::Cap::parse(d) {
-            caps.retain(|c| *c != cap);
-        }
-    }
-    for d in &cfg.request.cap_add {
-        if d.eq_ignore_ascii_case("ALL") {
-            caps = strata_runner::Cap::all();
-        } else if let Some(cap) = strata_runner::Cap::parse(d) {
-            if !caps.contains(&cap) {
-                caps.push(cap);
-            }
-        }
-    }
+    let caps = if cfg.request.privileged || a.privileged {
+        strata_runner::Cap::all()
+    } else {
+        let (add, add_all) = crate::containers::spec::parse_caps(&cfg.request.cap_add)?;
+        let (drop, drop_all) = crate::containers::spec::parse_caps(&cfg.request.cap_drop)?;
+        strata_runner::Cap::adjusted(strata_runner::DEFAULT_CAPS, &add, &drop, add_all, drop_all)
+    };
     spec.capabilities = caps;
     spec.no_new_privileges =
         cfg.request.security_opt.iter().any(|o| o.starts_with("no-new-privileges") && !o.ends_with("false"));

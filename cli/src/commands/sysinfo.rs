@@ -166,7 +166,8 @@ fn info_value(ctx: &Context) -> anyhow::Result<Value> {
     let mut insecure = vec!["127.0.0.0/8".to_string(), "::1/128".to_string(), "localhost".to_string()];
     insecure.extend(reg.insecure.iter().cloned());
     let h = host_features(ctx.rootless);
-    let mut security = vec!["name=seccomp,profile=builtin".to_string()];
+    // (No seccomp entry: strata installs no seccomp filter yet.)
+    let mut security: Vec<String> = Vec::new();
     if ctx.rootless {
         security.push("name=rootless".to_string());
     }

@@ -94,12 +94,14 @@ impl<'a> SpecBuilder<'a> {
         }
         spec.readonly_rootfs = req.read_only;
         spec.etc_files = Some(etc_files(self.c));
-        if req.privileged {
-            spec.set_privileged();
-        }
         let (add, add_all) = parse_caps(&req.cap_add)?;
         let (drop, drop_all) = parse_caps(&req.cap_drop)?;
-        spec.adjust_capabilities(&add, &drop, add_all, drop_all);
+        if req.privileged {
+            // Every capability, whatever --cap-add/--cap-drop say (as in Docker).
+            spec.set_privileged();
+        } else {
+            spec.adjust_capabilities(&add, &drop, add_all, drop_all);
+        }
         spec.no_new_privileges = req
             .security_opt
             .iter()
@@ -135,7 +137,8 @@ impl<'a> SpecBuilder<'a> {
     }
 }
 
-fn parse_caps(list: &[String]) -> Result<(Vec<Cap>, bool)> {
+/// `--cap-add`/`--cap-drop` values: the capabilities named, and whether `ALL` was among them.
+pub(crate) fn parse_caps(list: &[String]) -> Result<(Vec<Cap>, bool)> {
     let mut out = Vec::new();
     let mut all = false;
     for c in list {
