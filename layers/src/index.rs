@@ -36,7 +36,9 @@ pub enum EntryKind {
     Symlink {
         target: Vec<u8>,
     },
-    /// A hard link to an earlier entry of the same layer (a path in this index).
+    /// A hard link to an earlier entry of the same layer (a path in this
+    /// index; possibly a hard link itself: links are resolved in order, each
+    /// to what its target path held at that point).
     Hardlink {
         target: Vec<u8>,
     },

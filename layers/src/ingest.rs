@@ -10,8 +10,9 @@
 //! (Docker strips a leading `/`; strata refuses it), NUL bytes, hardlinks to
 //! anything that is not an earlier non-directory entry of the same layer,
 //! and entries whose path goes through a symlink created earlier in the same
-//! layer (`a -> /etc` then `a/passwd`). Symlinks across layers are the union
-//! filesystem's business: it resolves paths inside the merged tree.
+//! layer (`a -> /etc` then `a/passwd`) or through a hard link to one.
+//! Symlinks across layers are the union filesystem's business: it resolves
+//! paths inside the merged tree.
 //!
 //! Two phases, so that nothing enters `objects/` or `layers/` before the
 //! whole layer is verified: [`stage_layer`] parses the stream to its end,
@@ -441,7 +442,13 @@ impl<'a> LayerState<'a> {
             return Err(Error::hostile(&raw_path, "would replace the layer's root directory"));
         }
 
-        if matches!(kind, EntryKind::Symlink { .. }) {
+        // A hard link to a symlink is that symlink under another name.
+        let is_symlink = match &kind {
+            EntryKind::Symlink { .. } => true,
+            EntryKind::Hardlink { target } => self.symlinks.contains(target),
+            _ => false,
+        };
+        if is_symlink {
             self.symlinks.insert(path.clone());
         } else if !self.symlinks.is_empty() {
             self.symlinks.remove(&path);
@@ -524,9 +531,10 @@ impl<'a> LayerState<'a> {
                 }
                 let &i = self.seen.get(&target).ok_or_else(not_seen)?;
                 match &self.entries[i].kind {
-                    // Link to the original, so links are never chains.
-                    EntryKind::Hardlink { target } => EntryKind::Hardlink { target: target.clone() },
                     EntryKind::Dir | EntryKind::Whiteout | EntryKind::Opaque => return Err(not_seen()),
+                    // The immediate target, even when it is a link itself: the
+                    // original's path may have been replaced since (`tar
+                    // --append`), and links are resolved in tar order.
                     _ => EntryKind::Hardlink { target },
                 }
             }

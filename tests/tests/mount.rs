@@ -339,7 +339,7 @@ fn mounted_image_is_kept_until_unmounted() {
     // prune -a (all images no container uses) passes it by.
     s.ok(&["image", "prune", "-a", "-f"]);
     assert!(s.ok(&["images", "-q"]).lines().count() == 1, "prune removed a mounted image");
-    assert_eq!(fs::read(dir.join("bin/busybox")).map(|b| b.len() > 0).ok(), Some(true));
+    assert_eq!(fs::read(dir.join("bin/busybox")).map(|b| !b.is_empty()).ok(), Some(true));
     drop(m);
     assert!(!is_mounted(&dir));
     s.ok(&["rmi", &t.image]);

@@ -73,6 +73,7 @@ pub fn resolve(ctx: &Context, name: &str, pull: &str) -> Result<ResolvedImage> {
 /// `run -d`'s id), so stdout points at stderr meanwhile.
 fn pull_image(ctx: &Context, name: &str) -> Result<()> {
     use std::io::Write;
+    use std::os::fd::AsRawFd;
     let args = crate::commands::image::PullArgs {
         platform: std::env::var("DOCKER_DEFAULT_PLATFORM").ok().filter(|p| !p.is_empty()),
         quiet: false,
@@ -81,23 +82,56 @@ fn pull_image(ctx: &Context, name: &str) -> Result<()> {
         reference: name.to_string(),
     };
     let _ = std::io::stdout().flush();
-    // SAFETY: plain fd juggling on fds 1 and 2, restored below.
-    let saved = unsafe { libc::dup(1) };
-    if saved >= 0 {
-        unsafe { libc::dup2(2, 1) };
+    // Close-on-exec: credential helpers started by the pull must not inherit
+    // the real stdout (one that lingers keeps a pipe reading it open). A
+    // closed stdout has nothing to keep clean: the pull just runs.
+    let saved = dup_cloexec(1).ok();
+    if saved.is_some() {
+        // SAFETY: plain fd juggling on fds 1 and 2; stdout is restored below.
+        if unsafe { libc::dup2(2, 1) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("pointing stdout at stderr");
+        }
     }
     let result = crate::commands::pull::run(ctx, args);
     let _ = std::io::stdout().flush();
-    if saved >= 0 {
-        // SAFETY: as above; `saved` is ours to close.
-        unsafe {
-            libc::dup2(saved, 1);
-            libc::close(saved);
+    let mut restore_error = None;
+    if let Some(saved) = saved {
+        // SAFETY: as above; `saved` stays open until after this call.
+        if unsafe { libc::dup2(saved.as_raw_fd(), 1) } < 0 {
+            restore_error = Some(std::io::Error::last_os_error());
         }
     }
-    match result {
-        Ok(0) => Ok(()),
-        Ok(code) => Err(crate::exit::with_code(code, None)),
-        Err(e) => Err(e),
+    match (result?, restore_error) {
+        (_, Some(e)) => Err(e).context("restoring stdout"),
+        (0, None) => Ok(()),
+        (code, None) => Err(crate::exit::with_code(code, None)),
+    }
+}
+
+/// A close-on-exec duplicate of `fd` (`fcntl(F_DUPFD_CLOEXEC)`).
+fn dup_cloexec(fd: std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl does not touch memory; a non-negative result is a new fd we own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just returned by fcntl and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(new) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_stdout_is_close_on_exec() {
+        use std::os::fd::AsRawFd;
+        let saved = dup_cloexec(1).expect("dup of stdout");
+        // SAFETY: F_GETFD on an fd we own.
+        let flags = unsafe { libc::fcntl(saved.as_raw_fd(), libc::F_GETFD) };
+        assert!(flags >= 0, "{}", std::io::Error::last_os_error());
+        assert_ne!(flags & libc::FD_CLOEXEC, 0, "the saved stdout would leak into child processes");
+        assert!(dup_cloexec(-1).is_err());
     }
 }

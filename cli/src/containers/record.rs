@@ -238,11 +238,21 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_slice(&data).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Reads one container by directory; `None` if it is incomplete or gone.
+/// Reads one container by directory; `None` if it is incomplete or gone, or
+/// if its config does not name it (an id is used in paths and sliced as a
+/// 64-hex string, so an edited one is never trusted).
 pub fn read_dir_record(dir: &Path) -> Option<Container> {
     let config: ContainerConfig = read_json(&dir.join("config.json")).ok()?;
+    if !is_container_id(&config.id) || dir.file_name()? != config.id.as_str() {
+        return None;
+    }
     let state: ContainerState = read_json(&dir.join("state.json")).unwrap_or_default();
     Some(Container { config, state, dir: dir.to_path_buf() })
+}
+
+/// A full container id: 64 lowercase hex digits.
+fn is_container_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// All containers, newest first (the order of `ps`).
@@ -257,7 +267,7 @@ pub fn list(layout: &StoreLayout) -> Result<Vec<Container>> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_container_id(name) {
             continue;
         }
         if let Some(c) = read_dir_record(&entry.path()) {
@@ -480,6 +490,53 @@ mod tests {
         let id = new_id();
         assert_eq!(id.len(), 64);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn records_are_read_only_under_their_own_id() {
+        let root = std::env::temp_dir().join(format!("strata-record-test-{}", std::process::id()));
+        let layout = StoreLayout::new(root.clone());
+        let id = new_id();
+        let dir = layout.container_dir(&id);
+        fs::create_dir_all(&dir).unwrap();
+        let mut config = ContainerConfig {
+            id: id.clone(),
+            name: "c".into(),
+            created: now(),
+            image: "img".into(),
+            image_id: String::new(),
+            layers: vec![],
+            request: CreateArgs::default(),
+            path: "/bin/sh".into(),
+            args: vec![],
+            entrypoint: vec![],
+            cmd: vec![],
+            env: vec![],
+            working_dir: "/".into(),
+            user: String::new(),
+            hostname: String::new(),
+            stop_signal: "SIGTERM".into(),
+            stop_timeout: None,
+            labels: BTreeMap::new(),
+            mounts: vec![],
+            ports: vec![],
+            network: "none".into(),
+            exposed_ports: vec![],
+        };
+        write_json(&dir.join("config.json"), &config).unwrap();
+        assert_eq!(read_dir_record(&dir).map(|c| c.config.id), Some(id.clone()));
+
+        // An edited id: too short to slice, a path out of containers/, another
+        // container's id, upper case.
+        let other = new_id();
+        for bad in ["x".to_string(), format!("../../{id}"), other, id.to_uppercase()] {
+            config.id = bad.clone();
+            write_json(&dir.join("config.json"), &config).unwrap();
+            assert!(read_dir_record(&dir).is_none(), "{bad:?} accepted");
+            let listed = list(&layout).unwrap();
+            assert!(listed.is_empty(), "{bad:?} listed");
+        }
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

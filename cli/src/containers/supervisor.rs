@@ -650,6 +650,12 @@ fn bind_socket(dir: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
+/// The instant `timeout` from now; `None` (no deadline) for no timeout or
+/// one too far ahead to represent (`stop -t 9223372036854775807`).
+fn deadline_after(timeout: Option<std::time::Duration>) -> Option<std::time::Instant> {
+    timeout.and_then(|t| std::time::Instant::now().checked_add(t))
+}
+
 /// Sends `sig` to the container's init, if it still is the process we started.
 pub fn signal_container(c: &Container, sig: nix::sys::signal::Signal) -> Result<()> {
     let Some(init) = c.state.init.filter(|p| p.alive()) else {
@@ -663,7 +669,7 @@ pub fn signal_container(c: &Container, sig: nix::sys::signal::Signal) -> Result<
 /// first), or until `timeout` passed. Returns whether it exited.
 pub fn wait_supervisor(c: &Container, timeout: Option<std::time::Duration>) -> bool {
     let Some(sup) = c.state.supervisor else { return true };
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let deadline = deadline_after(timeout);
     // pidfd_open gives a pollable handle on a process that is not our child.
     // SAFETY: plain syscall; the returned fd is owned below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, sup.pid, 0) } as i32;
@@ -700,4 +706,21 @@ pub fn wait_supervisor(c: &Container, timeout: Option<std::time::Duration>) -> b
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_timeout_too_far_ahead_means_no_deadline() {
+        // `stop -t 9223372036854775807`
+        assert_eq!(deadline_after(Some(Duration::from_secs(i64::MAX as u64))), None);
+        assert_eq!(deadline_after(Some(Duration::MAX)), None);
+        assert_eq!(deadline_after(None), None);
+        let before = Instant::now();
+        let d = deadline_after(Some(Duration::from_secs(10))).expect("a deadline");
+        assert!(d >= before + Duration::from_secs(10));
+    }
 }

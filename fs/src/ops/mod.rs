@@ -78,8 +78,14 @@ const INLINE_COPY_UP: u64 = 128 << 10;
 /// thread (RWF_NOWAIT); bigger ones are not worth zeroing a buffer for.
 const NOWAIT_READ_MAX: u32 = 128 << 10;
 /// Inodes whose backing file a read-only mount keeps registered after the
-/// last close (each holds an open file in the kernel).
-const KEPT_BACKING_MAX: usize = 4096;
+/// last close (each holds an open file here and in the kernel): at most
+/// 4096, and a quarter of RLIMIT_NOFILE when that is lower, so that kept
+/// files never crowd out the ones in use (with a soft limit of 1024,
+/// reading 1,000 distinct files made later opens fail with EMFILE).
+fn kept_backing_max() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    (soft / 4).clamp(16, 4096) as usize
+}
 
 fn err(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
@@ -254,6 +260,8 @@ pub(crate) struct FsInner {
     /// these are its listings.
     ro_listings: Mutex<HashMap<Ino, Arc<Vec<DirEnt>>>>,
     /// How many directory fds `dirs` may hold.
+    /// See [`kept_backing_max`].
+    kept_backing_max: usize,
     dir_cache_cap: usize,
     /// A read-only mount of layers without a single xattr: getxattr answers
     /// ENOSYS, after which the kernel stops asking (see the notes in lib.rs).
@@ -299,6 +307,7 @@ impl FsInner {
             dirs: Mutex::new(HashMap::new()),
             ro_listings: Mutex::new(HashMap::new()),
             dir_cache_cap: dir_cache_cap(),
+            kept_backing_max: kept_backing_max(),
             no_xattrs_at_all,
             sources,
             stats: Stats::from_env(),
@@ -368,7 +377,7 @@ impl FsInner {
                 io.remove(&ino);
             }
             // Kept backing files are bounded: drop the unused ones when many.
-            if io.len() > KEPT_BACKING_MAX {
+            if io.len() > self.kept_backing_max {
                 io.retain(|_, st| st.cached > 0 || st.passthrough > 0);
             }
         }

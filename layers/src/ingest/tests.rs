@@ -167,8 +167,8 @@ fn every_entry_type() {
     assert_eq!(find(&idx, "tmp").mode, 0o1777);
     assert_eq!(find(&idx, "bin/sh").kind, EntryKind::Symlink { target: b"/bin/busybox".to_vec() });
     assert_eq!(find(&idx, "bin/su2").kind, EntryKind::Hardlink { target: b"bin/su".to_vec() });
-    // A link to a link points at the original.
-    assert_eq!(find(&idx, "bin/su3").kind, EntryKind::Hardlink { target: b"bin/su".to_vec() });
+    // A link to a link names the link (resolved in order, it is the same file).
+    assert_eq!(find(&idx, "bin/su3").kind, EntryKind::Hardlink { target: b"bin/su2".to_vec() });
     assert_eq!(find(&idx, "dev/null").kind, EntryKind::CharDevice { major: 1, minor: 3 });
     assert_eq!(find(&idx, "dev/sda").kind, EntryKind::BlockDevice { major: 8, minor: 0 });
     assert_eq!(find(&idx, "fifo").kind, EntryKind::Fifo);
@@ -331,12 +331,44 @@ fn refuses_bad_hardlinks() {
     assert_refused(&t, None, "not an earlier file");
     let t = Tar::new().dir("d", 0o755).raw(EntryType::Link, b"l", b"d", b"").bytes();
     assert_refused(&t, None, "not an earlier file");
-    let t = Tar::new()
-        .file("a", 0o644, b"x")
-        .raw(EntryType::Link, b"b", b"a", b"")
-        .raw(EntryType::Link, b"a", b"b", b"")
-        .bytes();
+    let t = Tar::new().file("a", 0o644, b"x").raw(EntryType::Link, b"a", b"a", b"").bytes();
     assert_refused(&t, None, "hardlink to itself");
+}
+
+/// What the union filesystem and `MergedTree` make of one layer.
+fn merged(idx: &LayerIndex) -> crate::merge::MergedTree {
+    crate::merge::MergedTree::from_layers([idx]).unwrap()
+}
+
+fn content_of(t: &crate::merge::MergedTree, path: &str) -> EntryKind {
+    t.entries[path.as_bytes()].kind.clone()
+}
+
+#[test]
+fn a_link_to_a_link_keeps_the_file_it_was_linked_to() {
+    let (_d, store) = store();
+    let (x, y) = (b"first a".as_slice(), b"appended a".as_slice());
+    // What `tar --append` of a changed `a` and a new link `c` gives.
+    let t = Tar::new()
+        .file("a", 0o644, x)
+        .link(EntryType::Link, "b", "a")
+        .file("a", 0o644, y)
+        .link(EntryType::Link, "c", "b")
+        .bytes();
+    let idx = ingest_layer(&store, t.as_slice(), &Digest::of(&t)).unwrap();
+    let tree = merged(&idx);
+    let file = |data: &[u8]| EntryKind::File { size: data.len() as u64, digest: Digest::of(data) };
+    assert_eq!(content_of(&tree, "a"), file(y));
+    assert_eq!(content_of(&tree, "b"), file(x));
+    assert_eq!(content_of(&tree, "c"), file(x), "c is b's file, not the later a");
+    assert_eq!(find(&idx, "c").kind, EntryKind::Hardlink { target: b"b".to_vec() });
+
+    // `a` relinked to its own link: still the same file, not a link to itself.
+    let t = Tar::new().file("a", 0o644, x).link(EntryType::Link, "b", "a").link(EntryType::Link, "a", "b").bytes();
+    let idx = ingest_layer(&store, t.as_slice(), &Digest::of(&t)).unwrap();
+    let tree = merged(&idx);
+    assert_eq!(content_of(&tree, "a"), file(x));
+    assert_eq!(content_of(&tree, "b"), file(x));
 }
 
 #[test]
@@ -347,6 +379,21 @@ fn refuses_paths_through_symlinks_of_the_same_layer() {
     assert_refused(&t, None, "through the symlink \"x/a\"");
     let t = Tar::new().link(EntryType::Symlink, "a", "/etc").file("a/.wh.passwd", 0o644, b"").bytes();
     assert_refused(&t, None, "through the symlink");
+    // A hard link to a symlink is a symlink too, and so is a link to that link.
+    let t = Tar::new()
+        .link(EntryType::Symlink, "s", "/etc")
+        .link(EntryType::Link, "l", "s")
+        .file("l/passwd", 0o644, b"pwned")
+        .bytes();
+    assert_refused(&t, None, "through the symlink \"l\"");
+    let t = Tar::new()
+        .link(EntryType::Symlink, "s", "/etc")
+        .link(EntryType::Link, "l", "s")
+        .file("s", 0o644, b"s is a file now, l still a symlink")
+        .link(EntryType::Link, "m", "l")
+        .dir("m/sub", 0o755)
+        .bytes();
+    assert_refused(&t, None, "through the symlink \"m\"");
     // A symlink replaced by a directory no longer redirects.
     let (_d, store) = store();
     let ok = Tar::new().link(EntryType::Symlink, "a", "/etc").dir("a", 0o755).file("a/f", 0o644, b"ok").bytes();

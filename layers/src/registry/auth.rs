@@ -117,6 +117,10 @@ pub fn basic_header(username: &str, password: &str) -> String {
     format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
 }
 
+/// Bounds for a token's `expires_in`, in seconds.
+const MIN_TOKEN_SECS: u64 = 10;
+const MAX_TOKEN_SECS: u64 = 86_400;
+
 /// The token endpoint's answer (`token` in the Docker protocol, `access_token` in OAuth2).
 #[derive(serde::Deserialize)]
 pub(crate) struct TokenReply {
@@ -131,8 +135,10 @@ pub(crate) struct TokenReply {
 impl TokenReply {
     pub fn into_token(self) -> Option<(String, Duration)> {
         let token = self.token.filter(|t| !t.is_empty()).or(self.access_token.filter(|t| !t.is_empty()))?;
-        // The protocol's default lifetime is 60 s; renew a little early.
-        let secs = self.expires_in.unwrap_or(60).max(10);
+        // The protocol's default lifetime is 60 s; renew a little early. The
+        // registry's value is clamped: a day is plenty, and a huge one must
+        // not overflow the expiry instant.
+        let secs = self.expires_in.unwrap_or(60).clamp(MIN_TOKEN_SECS, MAX_TOKEN_SECS);
         Some((token, Duration::from_secs(secs - 5)))
     }
 }
@@ -181,9 +187,15 @@ impl AuthCache {
         (Instant::now() < *expires).then(|| value.clone())
     }
 
+    /// Remembers a token for `ttl`. One whose expiry is not representable is
+    /// not cached (and replaces any older one): the next request asks anew.
     pub fn set_token(&self, endpoint: &str, scope: &str, header: String, ttl: Duration) {
         if let Ok(mut m) = self.tokens.lock() {
-            m.insert((endpoint.to_string(), scope.to_string()), (header, Instant::now() + ttl));
+            let key = (endpoint.to_string(), scope.to_string());
+            match Instant::now().checked_add(ttl) {
+                Some(expires) => m.insert(key, (header, expires)),
+                None => m.remove(&key),
+            };
         }
     }
 
@@ -237,6 +249,21 @@ mod tests {
         let r: TokenReply = serde_json::from_str(r#"{"token":""}"#).unwrap();
         assert!(r.into_token().is_none());
         assert_eq!(basic_header("u", "p"), "Basic dTpw");
+    }
+
+    #[test]
+    fn huge_or_tiny_token_lifetimes_are_clamped() {
+        let reply = |json: &str| serde_json::from_str::<TokenReply>(json).unwrap().into_token().unwrap().1;
+        assert_eq!(reply(r#"{"token":"t","expires_in":18446744073709551615}"#), Duration::from_secs(86_395));
+        assert_eq!(reply(r#"{"token":"t","expires_in":0}"#), Duration::from_secs(5));
+        // Caching with an expiry past what an Instant holds must not panic,
+        // nor leave an older token in place.
+        let c = AuthCache::default();
+        c.set_token("http://a", "s", "Bearer old".into(), Duration::from_secs(60));
+        c.set_token("http://a", "s", "Bearer x".into(), Duration::MAX);
+        assert_eq!(c.token("http://a", "s"), None);
+        c.set_token("http://a", "t", "Bearer y".into(), reply(r#"{"token":"t","expires_in":18446744073709551615}"#));
+        assert_eq!(c.token("http://a", "t").as_deref(), Some("Bearer y"));
     }
 
     #[test]

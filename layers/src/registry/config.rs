@@ -26,6 +26,9 @@ pub const CONFIG_ENV: &str = "STRATA_REGISTRIES_CONFIG";
 pub const TIMEOUT_ENV: &str = "STRATA_REGISTRY_TIMEOUT";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest read timeout accepted (a day): the HTTP client adds it to the
+/// current instant, which a larger value could overflow.
+pub const MAX_READ_TIMEOUT_SECS: f64 = 86_400.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -33,7 +36,9 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("invalid registry configuration {path}: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("invalid {TIMEOUT_ENV} value {0:?}: expected a number of seconds greater than 0")]
+    #[error(
+        "invalid {TIMEOUT_ENV} value {0:?}: expected a number of seconds greater than 0 and at most {MAX_READ_TIMEOUT_SECS}"
+    )]
     Timeout(String),
 }
 
@@ -123,10 +128,11 @@ impl RegistryConfig {
         }
         config.insecure = file.insecure_registries;
         if let Some(t) = file.timeout {
-            if !(t > 0.0 && t.is_finite()) {
-                return Err(format!("\"timeout\" must be a number of seconds greater than 0, not {t}"));
-            }
-            config.read_timeout = Duration::from_secs_f64(t);
+            config.read_timeout = timeout_from_secs(t).ok_or_else(|| {
+                format!(
+                    "\"timeout\" must be a number of seconds greater than 0 and at most {MAX_READ_TIMEOUT_SECS}, not {t}"
+                )
+            })?;
         }
         Ok(config)
     }
@@ -168,8 +174,15 @@ impl RegistryConfig {
 }
 
 fn parse_seconds(v: &str) -> Option<Duration> {
-    let secs: f64 = v.trim().parse().ok()?;
-    (secs > 0.0 && secs.is_finite()).then(|| Duration::from_secs_f64(secs))
+    timeout_from_secs(v.trim().parse().ok()?)
+}
+
+/// A read timeout of `secs` seconds, if that is in (0, [`MAX_READ_TIMEOUT_SECS`]].
+fn timeout_from_secs(secs: f64) -> Option<Duration> {
+    if !(secs > 0.0 && secs <= MAX_READ_TIMEOUT_SECS) {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 /// `host` without `:port` (brackets of an IPv6 literal kept).
@@ -249,5 +262,22 @@ mod tests {
         assert!(e.contains("invalid registry configuration") && e.contains("r.json"), "{e}");
         assert!(parse_seconds("0").is_none() && parse_seconds("x").is_none());
         assert_eq!(parse_seconds("1.5"), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn huge_timeouts_are_refused() {
+        for v in ["1e20", "1e300", "18446744073709551616", "86401", "inf", "NaN", "-1"] {
+            assert_eq!(parse_seconds(v), None, "{v}");
+        }
+        assert_eq!(parse_seconds("86400"), Some(Duration::from_secs(86_400)));
+        let e = ConfigError::Timeout("1e20".into()).to_string();
+        assert!(e.contains(TIMEOUT_ENV) && e.contains("at most 86400"), "{e}");
+
+        for json in [&br#"{"timeout": 1e300}"#[..], br#"{"timeout": 1e20}"#, br#"{"timeout": 100000}"#] {
+            let e = RegistryConfig::from_json(json).unwrap_err();
+            assert!(e.contains("\"timeout\"") && e.contains("at most 86400"), "{e}");
+        }
+        let c = RegistryConfig::from_json(br#"{"timeout": 86400}"#).unwrap();
+        assert_eq!(c.read_timeout, Duration::from_secs(86_400));
     }
 }
