@@ -542,3 +542,81 @@ fn xattrs_of_new_entries() {
     }
     g.unmount();
 }
+
+/// A tmpfs of `inodes` inodes at `dir`, unmounted when dropped.
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    fn new(dir: &Path, inodes: u32) -> SmallTmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let data = std::ffi::CString::new(format!("nr_inodes={inodes}")).unwrap();
+        rustix::mount::mount("tmpfs", dir, "tmpfs", rustix::mount::MountFlags::empty(), Some(data.as_c_str())).unwrap();
+        SmallTmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// On a full upper filesystem (here: out of inodes, so that no whiteout or
+/// new entry can be made), a rename or a new directory over a deleted one
+/// fails with ENOSPC and changes nothing: the mount shows what it showed,
+/// and so does a remount (the host steps are ordered so that no failure in
+/// between leaves a state that reads differently). Removing a copied-up file
+/// still works there (it frees what its whiteout needs), and stays removed.
+#[test]
+fn a_full_upper_loses_nothing() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper_fs = SmallTmpfs::new(&tmp.path().join("upper-fs"), 64);
+    let upper = upper_fs.0.join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let lowers = vec![LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .file("a", b"lower a", 0o644)
+        .file("r", b"lower r", 0o644)
+        .dir("d", 0o755)
+        .file("d/inside", b"i", 0o644)
+        .build()];
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    std::fs::write(mnt.join("a"), b"changed a").unwrap();
+    std::fs::set_permissions(mnt.join("r"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_dir_all(mnt.join("d")).unwrap();
+    std::fs::create_dir(mnt.join("fill")).unwrap();
+    let mut filled = 0;
+    while std::fs::write(mnt.join(format!("fill/{filled}")), b"").is_ok() {
+        filled += 1;
+        assert!(filled < 1000, "the upper filesystem never filled up");
+    }
+
+    let enospc = |r: std::io::Result<()>, what: &str| {
+        assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::ENOSPC)), "{what}");
+    };
+    enospc(std::fs::rename(mnt.join("r"), mnt.join("r2")), "mv of a copied-up lower file");
+    enospc(std::fs::create_dir(mnt.join("d")), "mkdir over a deleted lower directory");
+    let shown = |mnt: &Path| {
+        (
+            std::fs::read(mnt.join("a")).ok(),
+            std::fs::read(mnt.join("r")).ok(),
+            std::fs::symlink_metadata(mnt.join("r2")).is_ok(),
+            std::fs::symlink_metadata(mnt.join("d")).is_ok(),
+        )
+    };
+    let want = (Some(b"changed a".to_vec()), Some(b"lower r".to_vec()), false, false);
+    assert_eq!(shown(&mnt), want, "after the failures");
+    std::fs::remove_file(mnt.join("a")).expect("rm of a copied-up lower file on a full upper");
+    let want = (None, Some(b"lower r".to_vec()), false, false);
+    assert_eq!(shown(&mnt), want, "after rm");
+    g.unmount();
+    let g = MountGuard::new(lowers, &mnt, opts(&upper));
+    assert_eq!(shown(&mnt), want, "after a remount");
+    g.unmount();
+}

@@ -385,8 +385,10 @@ impl FsInner {
     }
 
     /// After a directory moved: nothing below it covers a lower path any
-    /// more, so its whiteouts are stale; drop them.
-    pub(super) fn forget_lower_below(&self, t: &mut Tree, dir: Ino) -> io::Result<()> {
+    /// more, so its whiteouts are stale; drop them (best effort on the host:
+    /// a stale whiteout where no lower path is hides nothing, and where the
+    /// directory landed over a lower one it is opaque).
+    pub(super) fn forget_lower_below(&self, t: &mut Tree, dir: Ino) {
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
             type Children = Vec<(Box<[u8]>, Ino)>;
@@ -397,10 +399,9 @@ impl FsInner {
                 ),
                 None => continue,
             };
-            if !hidden.is_empty() {
-                let fd = self.upper_dir(t, d)?;
+            if let (false, Ok(fd), Some(up)) = (hidden.is_empty(), self.upper_dir(t, d), self.upper.as_ref()) {
                 for h in hidden {
-                    self.upper()?.remove_whiteout(fd.as_fd(), &h)?;
+                    let _ = up.remove_whiteout(fd.as_fd(), &h);
                 }
             }
             for (name, c) in children {
@@ -419,16 +420,6 @@ impl FsInner {
                 }
             }
         }
-        Ok(())
-    }
-
-    pub(super) fn make_opaque(&self, t: &mut Tree, dir: Ino) -> io::Result<()> {
-        let fd = self.upper_dir(t, dir)?;
-        self.upper()?.create_opaque(fd.as_fd())?;
-        if let Some(d) = t.dir_mut(dir) {
-            d.opaque = true;
-        }
-        Ok(())
     }
 }
 

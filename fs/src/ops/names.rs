@@ -95,12 +95,12 @@ impl FsInner {
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
         let attr = self.new_attr(&t, req, parent, libc::S_IFREG | (mode & 0o7777));
-        if hidden {
-            up.remove_whiteout(pfd.as_fd(), name)?;
-        }
-        let file = up.open_file(pfd.as_fd(), name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL)?;
-        // Owner, mode and attributes through the new fd: no name lookups.
-        let rec = up.write_meta_file(&file, &attr)?;
+        let (file, rec) = create_over(up, pfd.as_fd(), name, hidden, false, || {
+            let file = up.open_file(pfd.as_fd(), name, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL)?;
+            // Owner, mode and attributes through the new fd: no name lookups.
+            let rec = up.write_meta_file(&file, &attr)?;
+            Ok((file, rec))
+        })?;
         let ino = self.link_new(&mut t, parent, name, attr, hidden, false, rec);
         let a = self.attr(&t, ino, Some((file.as_fd(), b"")));
         Ok((ino, a, file))
@@ -111,16 +111,19 @@ impl FsInner {
         let (pfd, hidden) = self.prepare_create(&mut t, parent, name)?;
         let up = self.upper()?;
         let attr = self.new_attr(&t, req, parent, libc::S_IFDIR | (mode & 0o7777));
-        if hidden {
-            up.remove_whiteout(pfd.as_fd(), name)?;
-        }
-        rustix::fs::mkdirat(&pfd, OsStr::from_bytes(name), up.create_perm(attr.mode)).map_err(errno)?;
-        let mut rec = false;
-        up.write_meta(pfd.as_fd(), name, &attr, &mut rec)?;
+        let rec = create_over(up, pfd.as_fd(), name, hidden, true, || {
+            rustix::fs::mkdirat(&pfd, OsStr::from_bytes(name), up.create_perm(attr.mode)).map_err(errno)?;
+            let mut rec = false;
+            up.write_meta(pfd.as_fd(), name, &attr, &mut rec)?;
+            if hidden {
+                // Recreated over a deleted lower entry: hide what was below.
+                up.create_opaque(open_new_dir(pfd.as_fd(), name)?.as_fd())?;
+            }
+            Ok(rec)
+        })?;
         let ino = self.link_new(&mut t, parent, name, attr, hidden, false, rec);
-        if hidden {
-            // Recreated over a deleted lower entry: hide what was below.
-            self.make_opaque(&mut t, ino)?;
+        if let Some(d) = t.dir_mut(ino).filter(|_| hidden) {
+            d.opaque = true;
         }
         Ok((ino, self.attr(&t, ino, Some((pfd.as_fd(), name)))))
     }
@@ -147,10 +150,9 @@ impl FsInner {
         if matches!(mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK) {
             attr.rdev = rdev;
         }
-        if hidden {
-            up.remove_whiteout(pfd.as_fd(), name)?;
-        }
-        let stand_in = self.create_special(up, pfd.as_fd(), name, &attr, b"")?;
+        let stand_in = create_over(up, pfd.as_fd(), name, hidden, false, || {
+            self.create_special(up, pfd.as_fd(), name, &attr, b"")
+        })?;
         Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in, true))
     }
 
@@ -166,10 +168,9 @@ impl FsInner {
         let up = self.upper()?;
         let mut attr = self.new_attr(&t, req, parent, libc::S_IFLNK | 0o777);
         attr.size = target.len() as u64;
-        if hidden {
-            up.remove_whiteout(pfd.as_fd(), name)?;
-        }
-        let stand_in = self.create_special(up, pfd.as_fd(), name, &attr, target)?;
+        let stand_in = create_over(up, pfd.as_fd(), name, hidden, false, || {
+            self.create_special(up, pfd.as_fd(), name, &attr, target)
+        })?;
         Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in, true))
     }
 
@@ -184,11 +185,10 @@ impl FsInner {
         self.copy_up_meta(&mut t, ino)?;
         let up = self.upper()?;
         let (sfd, sname) = self.parent_fd(&t, ino)?;
-        if hidden {
-            up.remove_whiteout(dfd.as_fd(), newname)?;
-        }
-        rustix::fs::linkat(&sfd, OsStr::from_bytes(&sname), &dfd, OsStr::from_bytes(newname), AtFlags::empty())
-            .map_err(errno)?;
+        create_over(up, dfd.as_fd(), newname, hidden, false, || {
+            rustix::fs::linkat(&sfd, OsStr::from_bytes(&sname), &dfd, OsStr::from_bytes(newname), AtFlags::empty())
+                .map_err(errno)
+        })?;
         t.add_link(ino, newparent, newname, hidden);
         t.node(ino).looked_up();
         if hidden {
@@ -220,17 +220,39 @@ impl FsInner {
         let in_upper = n.up != Up::No;
         self.ensure_upper_dir(&mut t, parent)?;
         let pfd = self.upper_dir(&t, parent)?;
-        if in_upper {
-            if is_dir {
-                up.empty_dir(&t.path_of(c))?;
+        // The whiteout first: until the upper entry is gone too, the two side
+        // by side read as the entry, so a failure in between loses nothing.
+        // On a full upper filesystem the entry goes first instead, freeing
+        // what the whiteout needs: removing files must work there.
+        let mut whiteout_made = false;
+        if covers {
+            match up.create_whiteout(pfd.as_fd(), name) {
+                Ok(()) => whiteout_made = true,
+                Err(e) if in_upper && matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {}
+                Err(e) => return Err(e),
             }
-            upper::unlink_if_exists(pfd.as_fd(), name, is_dir)?;
+        }
+        if in_upper {
+            let removed = (|| {
+                if is_dir {
+                    up.empty_dir(&t.path_of(c))?;
+                }
+                upper::unlink_if_exists(pfd.as_fd(), name, is_dir)
+            })();
+            if let Err(e) = removed {
+                if whiteout_made {
+                    let _ = up.remove_whiteout(pfd.as_fd(), name);
+                }
+                return Err(e);
+            }
+        }
+        if covers && !whiteout_made {
+            up.create_whiteout(pfd.as_fd(), name)?;
         }
         if is_dir {
             self.dir_removed(c);
         }
         if covers {
-            up.create_whiteout(pfd.as_fd(), name)?;
             if let Some(d) = t.dir_mut(parent) {
                 d.hide(name);
             }
@@ -309,8 +331,23 @@ impl FsInner {
         let d_link_covers = d.and_then(|d| t.node(d).link_to(newparent, newname)).is_some_and(|l| l.covers);
         let d_hidden = t.dir(newparent).is_some_and(|x| x.is_hidden(newname));
         let (oname, nname) = (OsStr::from_bytes(name), OsStr::from_bytes(newname));
+        // Everything that can fail happens before the host rename, and what
+        // it adds is harmless where the entries still are (an opaque marker
+        // on a directory copied up whole hides nothing it shows; a whiteout
+        // beside its entry reads as the entry); after the rename only
+        // best-effort clean-up follows, so the host never ends up ahead of
+        // the tree.
         if exchange {
             let d = d.ok_or_else(|| err(libc::ENOENT))?;
+            // Each directory becomes opaque where it lands over a lower entry.
+            let markers: Vec<Arc<OwnedFd>> = [(s, d_link_covers), (d, s_covers)]
+                .into_iter()
+                .filter(|&(node, covers_now)| covers_now && t.node(node).attr.is_dir())
+                .map(|(node, _)| self.upper_dir(&t, node))
+                .collect::<io::Result<_>>()?;
+            for fd in &markers {
+                up.create_opaque(fd.as_fd())?;
+            }
             rustix::fs::renameat_with(&sfd, oname, &dfd, nname, rustix::fs::RenameFlags::EXCHANGE).map_err(errno)?;
             t.remove_link(s, parent, name);
             t.remove_link(d, newparent, newname);
@@ -318,13 +355,21 @@ impl FsInner {
             t.add_link(d, parent, name, s_covers);
             for (node, covers_now) in [(s, d_link_covers), (d, s_covers)] {
                 if t.node(node).attr.is_dir() {
-                    self.forget_lower_below(&mut t, node)?;
-                    if covers_now {
-                        self.make_opaque(&mut t, node)?;
+                    self.forget_lower_below(&mut t, node);
+                    if let Some(x) = t.dir_mut(node).filter(|_| covers_now) {
+                        x.opaque = true;
                     }
                 }
             }
             return Ok(());
+        }
+        let covers = d_link_covers || d_hidden;
+        let s_marker = if s_dir && covers { Some(self.upper_dir(&t, s)?) } else { None };
+        if let Some(fd) = &s_marker {
+            up.create_opaque(fd.as_fd())?;
+        }
+        if s_covers {
+            up.create_whiteout(sfd.as_fd(), name)?;
         }
         if let Some(d) = d {
             if t.node(d).attr.is_dir() && t.node(d).up == Up::Full {
@@ -334,12 +379,18 @@ impl FsInner {
             }
         }
         let host_flags = if noreplace { rustix::fs::RenameFlags::NOREPLACE } else { rustix::fs::RenameFlags::empty() };
-        rustix::fs::renameat_with(&sfd, oname, &dfd, nname, host_flags).map_err(errno)?;
-        if d_hidden {
-            up.remove_whiteout(dfd.as_fd(), newname)?;
+        if let Err(e) = rustix::fs::renameat_with(&sfd, oname, &dfd, nname, host_flags) {
+            if s_covers {
+                let _ = up.remove_whiteout(sfd.as_fd(), name);
+            }
+            if let Some(fd) = &s_marker {
+                let _ = upper::unlink_if_exists(fd.as_fd(), upper::OPAQUE, false);
+            }
+            return Err(errno(e));
         }
-        if s_covers {
-            up.create_whiteout(sfd.as_fd(), name)?;
+        if d_hidden {
+            // Left behind, it would still read as the entry (see create_over).
+            let _ = up.remove_whiteout(dfd.as_fd(), newname);
         }
         if let Some(d) = d {
             if t.node(d).attr.is_dir() {
@@ -351,7 +402,6 @@ impl FsInner {
             }
         }
         t.remove_link(s, parent, name);
-        let covers = d_link_covers || d_hidden;
         t.add_link(s, newparent, newname, covers);
         if d_hidden {
             if let Some(x) = t.dir_mut(newparent) {
@@ -364,11 +414,54 @@ impl FsInner {
             }
         }
         if s_dir {
-            self.forget_lower_below(&mut t, s)?;
-            if covers {
-                self.make_opaque(&mut t, s)?;
+            self.forget_lower_below(&mut t, s);
+            if let Some(x) = t.dir_mut(s).filter(|_| covers) {
+                x.opaque = true;
             }
         }
         Ok(())
     }
+}
+
+/// Opens directory `name` of `dir` in the upper directory (never through a symlink).
+fn open_new_dir(dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, OsStr::from_bytes(name), flags, rustix::fs::Mode::empty()).map_err(errno)
+}
+
+/// Removes what a failed creation left of `name` in `dir`, best effort: the
+/// entry, and for a directory the opaque marker it may hold.
+fn undo_create(dir: BorrowedFd, name: &[u8], is_dir: bool) {
+    if is_dir {
+        if let Ok(fd) = open_new_dir(dir, name) {
+            let _ = upper::unlink_if_exists(fd.as_fd(), upper::OPAQUE, false);
+        }
+    }
+    let _ = upper::unlink_if_exists(dir, name, is_dir);
+}
+
+/// The host steps of creating `name` in `dir`: `make` creates the entry, then
+/// the whiteout it replaces (`hidden`) goes. An entry and its whiteout side
+/// by side read as the entry (`load`), so no crash or full disk between the
+/// steps can bring the deleted lower entry back; when a step fails, the entry
+/// is removed again and the whiteout stays. (An entry the tree does not know,
+/// left by an earlier crash, goes the same way: the next attempt succeeds.)
+fn create_over<R>(
+    up: &Upper,
+    dir: BorrowedFd,
+    name: &[u8],
+    hidden: bool,
+    is_dir: bool,
+    make: impl FnOnce() -> io::Result<R>,
+) -> io::Result<R> {
+    let made = make().and_then(|v| {
+        if hidden {
+            up.remove_whiteout(dir, name)?;
+        }
+        Ok(v)
+    });
+    if made.is_err() {
+        undo_create(dir, name, is_dir);
+    }
+    made
 }
