@@ -570,6 +570,11 @@ impl Tree {
                         continue;
                     }
                     self.remove_name(parent, name);
+                    // The target was inside what that name held (a directory
+                    // replaced by a link to its own child): it is gone too.
+                    if self.get(t).is_none_or(|n| n.nlink() == 0) {
+                        continue;
+                    }
                     self.add_link(t, parent, name, true);
                 }
                 _ => {
@@ -646,6 +651,24 @@ mod tests {
         let f = t.lookup_path(b"implicit/dir/f").unwrap();
         assert_eq!(t.path_of(f), b"implicit/dir/f");
         assert!(t.node(t.lookup_path(b"implicit").unwrap()).attr.is_dir());
+    }
+
+    #[test]
+    fn a_link_replacing_the_directory_of_its_target_links_nothing() {
+        let l0 = src(vec![
+            e("a", EntryKind::Dir),
+            file("a/f"),
+            e("a", EntryKind::Hardlink { target: b"a/f".to_vec() }),
+            file("x"),
+            file("z"),
+        ]);
+        let t = Tree::build(&[l0]);
+        assert!(t.lookup_path(b"a").is_none());
+        // No name shares a node it should not (a freed slot linked by name).
+        let (x, z) = (t.lookup_path(b"x").unwrap(), t.lookup_path(b"z").unwrap());
+        assert_ne!(x, z);
+        assert_eq!((t.node(x).nlink(), t.node(z).nlink()), (1, 1));
+        assert_eq!((t.path_of(x), t.path_of(z)), (b"x".to_vec(), b"z".to_vec()));
     }
 
     #[test]

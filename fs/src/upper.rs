@@ -481,7 +481,10 @@ impl Upper {
                     let _ = remove_xattr_fd(&f, &escaped);
                     return Ok(());
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {}
+                // Refused by the host (not allowed here, not supported, or a
+                // value it rejects: an ACL naming an unmapped id, an unknown
+                // security label): kept escaped, as for ordinary users.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::EINVAL)) => {}
                 Err(e) => return Err(e),
             }
         }

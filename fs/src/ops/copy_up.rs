@@ -5,17 +5,20 @@ use super::*;
 
 impl FsInner {
     /// Copies the lower xattrs of a node onto its new upper entry.
-    pub(super) fn copy_lower_xattrs(&self, n: &Node, dir: BorrowedFd, name: &[u8]) {
-        if let Some((_, e)) = self.lower_entry(n) {
-            if let Some(up) = &self.upper {
-                // An image must not plant strata's own records (a forged
-                // metacopy digest would expose another image's file).
-                for (k, v) in e.xattrs.iter().filter(|(k, _)| !k.starts_with(upper::RESERVED_PREFIX)) {
-                    // Best effort: a symlink cannot carry user.* xattrs, like on any fs.
-                    let _ = up.set_xattr(dir, name, k, v, 0);
-                }
+    /// A copy-up that cannot take an xattr along fails: the copy would lose
+    /// it for good (a commit reads the upper entry).
+    pub(super) fn copy_lower_xattrs(&self, n: &Node, dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
+        let (Some((_, e)), Some(up)) = (self.lower_entry(n), &self.upper) else { return Ok(()) };
+        // An image must not plant strata's own records (a forged metacopy
+        // digest would expose another image's file).
+        for (k, v) in e.xattrs.iter().filter(|(k, _)| !k.starts_with(upper::RESERVED_PREFIX)) {
+            match up.set_xattr(dir, name, k, v, 0) {
+                // A symlink cannot carry user.* xattrs on the host, like on any fs.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) && n.attr.kind() == libc::S_IFLNK => {}
+                r => r?,
             }
         }
+        Ok(())
     }
 
     /// Whether a copy-up of `ino` made now carries no xattrs on the host: the
@@ -78,7 +81,7 @@ impl FsInner {
                 Err(e) => return Err(errno(e)),
             }
             up.write_meta(pfd.as_fd(), &name, &attr, &mut rec)?;
-            self.copy_lower_xattrs(n, pfd.as_fd(), &name);
+            self.copy_lower_xattrs(n, pfd.as_fd(), &name)?;
             up.set_times(pfd.as_fd(), &name, Some(attr.atime), Some(attr.mtime))
         })?;
         let n = t.node_mut(ino);
@@ -117,7 +120,7 @@ impl FsInner {
         let no_xattrs = self.copied_without_xattrs(t, ino);
         self.keeping_times(pfd.as_fd(), || {
             stand_in = self.create_special(up, pfd.as_fd(), &name, &attr, &target)?;
-            self.copy_lower_xattrs(t.node(ino), pfd.as_fd(), &name);
+            self.copy_lower_xattrs(t.node(ino), pfd.as_fd(), &name)?;
             up.set_times(pfd.as_fd(), &name, Some(attr.atime), Some(attr.mtime))
         })?;
         let n = t.node_mut(ino);
@@ -206,7 +209,9 @@ impl FsInner {
             if len > 0 {
                 let out = up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?;
                 copy_content(&src.open_content(entry)?, &out, len)?;
-                out.sync_data().ok();
+                // On disk before the marker that points below goes (the
+                // copy-up fsync policy in the README); a failure keeps it.
+                out.sync_data()?;
             }
             up.set_metacopy(pfd.as_fd(), &name, None)?;
             up.set_times(pfd.as_fd(), &name, Some(Ts::atime(&st)), Some(Ts::mtime(&st)))?;
@@ -251,7 +256,7 @@ impl FsInner {
                         up.write_meta(pfd.as_fd(), &tmp, &attr, &mut rec)?;
                     }
                 }
-                self.copy_lower_xattrs(n, pfd.as_fd(), &tmp);
+                self.copy_lower_xattrs(n, pfd.as_fd(), &tmp)?;
                 match &out {
                     Some(f) => up.set_times_file(f, attr.atime, attr.mtime)?,
                     None => up.set_times(pfd.as_fd(), &tmp, Some(attr.atime), Some(attr.mtime))?,
