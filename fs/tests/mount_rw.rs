@@ -620,3 +620,57 @@ fn a_full_upper_loses_nothing() {
     assert_eq!(shown(&mnt), want, "after a remount");
     g.unmount();
 }
+
+/// A copy-up of a lower hard link group that runs out of room half way
+/// leaves nothing that a later attempt trips over: once there is room, the
+/// group comes up whole (all names one file, the write seen through each).
+#[test]
+fn a_hard_link_group_copy_up_that_fails_can_be_retried() {
+    if !is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper_fs = SmallTmpfs::new(&tmp.path().join("upper-fs"), 64);
+    let upper = upper_fs.0.join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let lowers = vec![LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .dir("a", 0o755)
+        .dir("b", 0o755)
+        .dir("c", 0o755)
+        .file("a/x", b"group", 0o644)
+        .hardlink("b/y", "a/x")
+        .hardlink("c/z", "a/x")
+        .build()];
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    std::fs::create_dir(mnt.join("fill")).unwrap();
+    let mut filled = 0;
+    while std::fs::write(mnt.join(format!("fill/{filled}")), b"").is_ok() {
+        filled += 1;
+    }
+    // Room for part of what the copy-up needs: three directories, the copy,
+    // and on tmpfs an inode's worth for each further link.
+    for i in 0..4 {
+        std::fs::remove_file(mnt.join(format!("fill/{i}"))).unwrap();
+    }
+    let append = || std::fs::OpenOptions::new().append(true).open(mnt.join("a/x"))?.write_all(b"+");
+    assert_eq!(append().map_err(|e| e.raw_os_error()), Err(Some(libc::ENOSPC)));
+    eprintln!("DEBUG {:?}", std::process::Command::new("find").arg(&upper).output().unwrap());
+    for i in 4..12 {
+        std::fs::remove_file(mnt.join(format!("fill/{i}"))).unwrap();
+    }
+    append().expect("the copy-up once there is room");
+    for p in ["a/x", "b/y", "c/z"] {
+        assert_eq!(std::fs::read(mnt.join(p)).unwrap(), b"group+", "{p}");
+        assert_eq!(std::fs::metadata(mnt.join(p)).unwrap().nlink(), 3, "{p}");
+    }
+    g.unmount();
+    let g = MountGuard::new(lowers, &mnt, opts(&upper));
+    for p in ["a/x", "b/y", "c/z"] {
+        assert_eq!(std::fs::read(mnt.join(p)).unwrap(), b"group+", "{p} after a remount");
+    }
+    g.unmount();
+}

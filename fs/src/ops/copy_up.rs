@@ -192,6 +192,15 @@ impl FsInner {
         }
         self.ensure_upper_dir(t, parent)?;
         let (pfd, name) = self.parent_fd(t, ino)?;
+        // The directories of the other names of a lower hard link group.
+        let mut others: Vec<(Arc<OwnedFd>, Box<[u8]>)> = Vec::new();
+        if was == Up::No {
+            let names: Vec<(Ino, Box<[u8]>)> = t.node(ino).more.iter().map(|l| (l.parent, l.name.clone())).collect();
+            for (p, other) in names {
+                self.ensure_upper_dir(t, p)?;
+                others.push((self.upper_dir(t, p)?, other));
+            }
+        }
         let n = t.node(ino);
         let (src, entry) = self.lower_entry(n).ok_or_else(|| err(libc::EIO))?;
         let digest = match &entry.kind {
@@ -264,24 +273,8 @@ impl FsInner {
                 if with_content {
                     made = out;
                 }
-                rustix::fs::renameat(&pfd, OsStr::from_bytes(&tmp), &pfd, OsStr::from_bytes(&name)).map_err(errno)
+                self.place_copy(pfd.as_fd(), &tmp, &name, &others)
             })?;
-            // The other names of a hard link group point at the same copy.
-            let others: Vec<(Ino, Box<[u8]>)> = n.more.iter().map(|l| (l.parent, l.name.clone())).collect();
-            for (p, other) in others {
-                self.ensure_upper_dir(t, p)?;
-                let ofd = self.upper_dir(t, p)?;
-                self.keeping_times(ofd.as_fd(), || {
-                    rustix::fs::linkat(
-                        &pfd,
-                        OsStr::from_bytes(&name),
-                        &ofd,
-                        OsStr::from_bytes(&other),
-                        AtFlags::empty(),
-                    )
-                    .map_err(errno)
-                })?;
-            }
             let n = t.node_mut(ino);
             n.meta_rec = rec;
             n.no_xattrs = no_xattrs;
@@ -308,6 +301,37 @@ impl FsInner {
             }
         }
         Ok(made)
+    }
+
+    /// Gives a finished copy (`tmp` in `dir`) the other names of its hard
+    /// link group and then its own: a failure on the way leaves no group
+    /// half linked (and a later attempt no name in its way).
+    fn place_copy(
+        &self,
+        dir: BorrowedFd,
+        tmp: &[u8],
+        name: &[u8],
+        others: &[(Arc<OwnedFd>, Box<[u8]>)],
+    ) -> io::Result<()> {
+        let mut linked: Vec<(BorrowedFd, &[u8])> = Vec::new();
+        let placed = (|| {
+            for (ofd, other) in others {
+                self.keeping_times(ofd.as_fd(), || {
+                    // Only a crash can have left one there: the tree has the name as below.
+                    upper::unlink_if_exists(ofd.as_fd(), other, false)?;
+                    rustix::fs::linkat(dir, OsStr::from_bytes(tmp), ofd, OsStr::from_bytes(other), AtFlags::empty())
+                        .map_err(errno)
+                })?;
+                linked.push((ofd.as_fd(), other));
+            }
+            rustix::fs::renameat(dir, OsStr::from_bytes(tmp), dir, OsStr::from_bytes(name)).map_err(errno)
+        })();
+        if placed.is_err() {
+            for (ofd, other) in linked {
+                let _ = upper::unlink_if_exists(ofd, other, false);
+            }
+        }
+        placed
     }
 
     /// Copies a large lower file's content into a temporary file in the
