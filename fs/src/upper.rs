@@ -315,17 +315,25 @@ impl Upper {
 
     /// Replaces whatever is at `name` by a regular stand-in file for a node
     /// of another type (its content: the symlink target, if any).
+    /// Built under a temporary name and renamed over `name`, so that a
+    /// failure (a full disk) or a crash leaves the old entry, never none or
+    /// a half-made one.
     pub fn make_stand_in(&self, dir: BorrowedFd, name: &[u8], want: &Attr, content: &[u8]) -> io::Result<()> {
-        let os = std::ffi::OsStr::from_bytes(name);
-        match rustix::fs::unlinkat(dir, os, AtFlags::empty()) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-            Err(e) => return Err(errno(e)),
+        // (An interrupted one is removed by the next load.)
+        const TMP: &[u8] = b".wh..wh..cu.stand-in";
+        unlink_if_exists(dir, TMP, false)?;
+        let made = (|| {
+            let mut f = self.open_file(dir, TMP, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+            f.write_all(content)?;
+            drop(f);
+            self.write_meta(dir, TMP, want, &mut false)?;
+            let os = std::ffi::OsStr::from_bytes;
+            rustix::fs::renameat(dir, os(TMP), dir, os(name)).map_err(errno)
+        })();
+        if made.is_err() {
+            let _ = unlink_if_exists(dir, TMP, false);
         }
-        let mut f = self.open_file(dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
-        f.write_all(content)?;
-        drop(f);
-        self.write_meta(dir, name, want, &mut false)?;
-        Ok(())
+        made
     }
 
     pub fn set_times(&self, dir: BorrowedFd, name: &[u8], atime: Option<Ts>, mtime: Option<Ts>) -> io::Result<()> {
@@ -373,16 +381,33 @@ impl Upper {
                 }
             }
         }
-        match self.open_file(dir, &wh, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL) {
-            Ok(mut f) => {
-                if wh.starts_with(LONG_WH_PREFIX) {
-                    f.write_all(name)?;
+        let long = wh.starts_with(LONG_WH_PREFIX);
+        for _ in 0..2 {
+            match self.open_file(dir, &wh, OFlags::RDWR | OFlags::CREATE | OFlags::EXCL) {
+                Ok(mut f) => {
+                    if long {
+                        // A long whiteout names what it hides; one whose name
+                        // did not make it in would hide the wrong thing.
+                        if let Err(e) = f.write_all(name) {
+                            let _ = unlink_if_exists(dir, &wh, false);
+                            return Err(e);
+                        }
+                    }
+                    return Ok(());
                 }
-                Ok(())
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    // There already: done, unless a long one lacks its name
+                    // (left by a failure before this check existed).
+                    let ok = !long || crate::load::long_whiteout_target(self, dir, &wh)? == name;
+                    if ok {
+                        return Ok(());
+                    }
+                    unlink_if_exists(dir, &wh, false)?;
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(e),
         }
+        Err(io::Error::from_raw_os_error(libc::EEXIST))
     }
 
     fn new_whiteout_base(&self) -> io::Result<()> {

@@ -115,6 +115,21 @@ fn copy_up_whiteouts_and_remount() {
     g.unmount();
     let ch = strata_fs::changes(&lowers, &upper2).unwrap();
     assert!(ch.iter().any(|c| c.kind == ChangeKind::Deleted && c.path == format!("/{long}")), "{ch:?}");
+    // A long whiteout that lost the name it holds (a write that failed half
+    // way) hides nothing; deleting the name again repairs it.
+    let lw = std::fs::read_dir(&upper2)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".wh..wh..lng.")))
+        .expect("the long whiteout");
+    std::fs::write(&lw, b"").unwrap();
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper2));
+    assert!(std::fs::symlink_metadata(mnt.join(&long)).is_ok(), "an empty long whiteout hides nothing");
+    std::fs::remove_file(mnt.join(&long)).unwrap();
+    g.unmount();
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper2));
+    assert!(std::fs::symlink_metadata(mnt.join(&long)).is_err(), "the long whiteout was repaired");
+    g.unmount();
 
     // Remount of the first upper shows the same tree.
     let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
