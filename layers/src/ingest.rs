@@ -14,6 +14,22 @@
 //! Symlinks across layers are the union filesystem's business: it resolves
 //! paths inside the merged tree.
 //!
+//! Expansion is bounded too. The `tar` crate reads GNU long-name/long-link
+//! and PAX headers whole into memory (a 20 GB PAX header of zeros gzips to
+//! 20 MB), and fills the holes of GNU sparse files with zeros that strata
+//! would write and hash (100 sparse entries in a 100 KB tar can claim
+//! 800 GiB). A pass-through reader (`guard::TarGuard`) follows the tar
+//! framing ahead of the crate and refuses the layer at such a header, before
+//! its body is read:
+//! - a long-name/long-link or PAX (`x`, `g`) header over 1 MiB (Go's
+//!   archive/tar, so Docker, refuses those too);
+//! - sparse files whose holes, summed over the layer, come to more than
+//!   1 GiB and more than 16 times the data the layer's sparse files store.
+//!   Docker accepts any sparse file; this rule keeps the zeros sparse
+//!   entries add in proportion to bytes the layer really carries (as
+//!   decompression already does), while legitimate sparse files (small, or
+//!   mostly data) pass.
+//!
 //! Two phases, so that nothing enters `objects/` or `layers/` before the
 //! whole layer is verified: [`stage_layer`] parses the stream to its end,
 //! writes new objects into a private staging directory under `ROOT/tmp`,
@@ -48,6 +64,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::index::{Entry, EntryKind, LayerIndex};
 use crate::manifest::LayerCompression;
 use crate::store::{Store, CONTENT_MODE};
+use guard::{Refusal, TarGuard};
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use std::collections::{HashMap, HashSet};
@@ -291,6 +308,9 @@ struct Parsed {
 }
 
 fn read_err(e: io::Error) -> Error {
+    if let Some(r) = e.get_ref().and_then(|inner| inner.downcast_ref::<Refusal>()) {
+        return r.clone().into();
+    }
     if e.kind() == io::ErrorKind::UnexpectedEof {
         return Error::io("reading layer", io::Error::new(io::ErrorKind::UnexpectedEof, "unexpected EOF"));
     }
@@ -305,8 +325,8 @@ fn parse_layer<'a, R: Read>(
     staging: &'a OwnedFd,
     staging_path: &'a Path,
 ) -> Result<(Parsed, Vec<Digest>)> {
-    let hashing = HashingReader::new(reader);
-    let mut archive = tar::Archive::new(BufReader::with_capacity(BUF_SIZE, hashing));
+    let guarded = TarGuard::new(HashingReader::new(reader));
+    let mut archive = tar::Archive::new(BufReader::with_capacity(BUF_SIZE, guarded));
     let mut state = LayerState::new(sink, staging, staging_path);
     {
         let entries = archive.entries().map_err(read_err)?;
@@ -326,7 +346,7 @@ fn parse_layer<'a, R: Read>(
     // The diff_id covers the end-of-archive blocks and record padding too.
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(read_err)?;
-    let (diff_id, size) = rest.into_inner().finish();
+    let (diff_id, size) = rest.into_inner().into_inner().finish();
     Ok((Parsed { entries, unpacked, diff_id, size }, staged))
 }
 
@@ -822,5 +842,6 @@ pub fn decompress(reader: impl Read + Send + 'static, compression: LayerCompress
     Box::new(r)
 }
 
+mod guard;
 #[cfg(test)]
 mod tests;

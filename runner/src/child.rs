@@ -295,8 +295,9 @@ pub(crate) fn exec_command(args: &[String], env: &[String]) -> ChildError {
     }
 }
 
-/// pid 1 with `init`: fork the command, forward every signal to it, reap every child, and exit
-/// with the command's status. The command reports exec errors on `sock` itself.
+/// pid 1 with `init`: fork the command (in its own foreground process group), forward every
+/// signal to it, reap every child, and exit with the command's status. The command reports exec
+/// errors on `sock` itself.
 pub(crate) fn reaper(sock: OwnedFd, args: &[String], env: &[String]) -> ! {
     // SAFETY: signal mask manipulation and fork in a single-threaded process.
     unsafe {
@@ -308,6 +309,10 @@ pub(crate) fn reaper(sock: OwnedFd, args: &[String], env: &[String]) -> ! {
             fail(sock.as_fd(), ChildError::setup(format!("fork: {}", io::Error::last_os_error())));
         }
         if child == 0 {
+            // Still with every signal blocked, as the foreground switch needs (see there).
+            if let Err(e) = own_foreground_group() {
+                fail(sock.as_fd(), ChildError::setup(format!("put the command in the foreground: {e}")));
+            }
             reset_signals();
             let err = exec_command(args, env);
             fail(sock.as_fd(), err);
@@ -338,6 +343,25 @@ pub(crate) fn reaper(sock: OwnedFd, args: &[String], env: &[String]) -> ! {
             }
         }
     }
+}
+
+/// Put the reaper's command in a process group of its own and, when stdin is our controlling
+/// terminal, make that the terminal's foreground group, as tini does: the terminal's signals
+/// (ctrl-c) then go to the command alone, and not also to the reaper, which would forward them
+/// a second time. Called with SIGTTOU blocked, which lets a background process take the
+/// terminal.
+fn own_foreground_group() -> io::Result<()> {
+    // SAFETY: plain syscalls on our own process and stdin.
+    unsafe {
+        cvt(libc::setpgid(0, 0))?;
+        if let Err(e) = cvt(libc::tcsetpgrp(0, libc::getpid())) {
+            // Not a terminal, or not ours (a terminal inherited without `tty`).
+            if !matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::ENXIO)) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Send the pty master to the caller.

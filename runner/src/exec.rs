@@ -3,7 +3,8 @@
 //! Same process layout as `spawn`: a forked intermediate joins the container's namespaces in one
 //! setns(pidfd, ...) call (which also moves it to the container's root), then clones the new
 //! process with `CLONE_PARENT` so that it lands in the container's pid namespace as a child of
-//! the caller. That process drops to the requested user and capabilities and execs.
+//! the caller. That process takes the container's resource limits and Docker's umask, drops to
+//! the requested user and capabilities and execs.
 
 use std::convert::Infallible;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -148,9 +149,14 @@ fn exec_child(
         child::send_pty(sock.as_fd(), &pty.master)?;
         child::set_controlling_tty(&pty.slave).map_err(|e| ChildError::setup(format!("set up the terminal: {e}")))?;
     }
+    // While still root of the container: raising a hard limit back up may need CAP_SYS_RESOURCE.
+    child::set_rlimits(&spec.rlimits)?;
     child::new_session_keyring()?;
     child::switch_user(&spec.user, caps_mask, last_cap, spec.no_new_privileges)?;
     child::chdir(&spec.cwd)?;
     child::reset_signals();
+    // SAFETY: umask cannot fail. Docker's default, as for the container's own process, rather
+    // than whatever the caller of exec had.
+    unsafe { libc::umask(0o022) };
     Err(child::exec_command(&spec.args, &spec.env))
 }

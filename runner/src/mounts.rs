@@ -343,12 +343,55 @@ pub(crate) fn mount_user(root: &Root, m: &Mount) -> Result<(), String> {
             }
             Ok(())
         }
-        MountKind::Tmpfs { options } => {
-            let data = ctx(cstring(options.as_str()), || "tmpfs options".into())?;
-            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        MountKind::Tmpfs { options, readonly } => {
+            let (mut flags, data) = tmpfs_options(options);
+            if *readonly {
+                flags |= libc::MS_RDONLY;
+            }
+            let data = ctx(cstring(data), || "tmpfs options".into())?;
             root.mount(&m.target, false, Some(c"tmpfs"), Some(c"tmpfs"), flags, Some(&data))
         }
     }
+}
+
+/// Docker's `--tmpfs` options as mount(2) wants them: the mount flags they name applied to the
+/// default `nosuid,nodev,noexec` (the last of `ro`/`rw`, `exec`/`noexec`, ... wins), and the rest
+/// (`size=`, `mode=`, `uid=`, `nr_inodes=`, ...) as the data string for tmpfs. `nodev` stays
+/// whatever they say: `dev` would let the container open device nodes it creates there (see
+/// setup_dev).
+fn tmpfs_options(options: &str) -> (libc::c_ulong, String) {
+    const ATIME: libc::c_ulong = libc::MS_NOATIME | libc::MS_RELATIME | libc::MS_STRICTATIME;
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let mut data = Vec::new();
+    for opt in options.split(',').filter(|o| !o.is_empty()) {
+        // (flags to clear, flags to set)
+        let (clear, set) = match opt {
+            "ro" => (0, libc::MS_RDONLY),
+            "rw" => (libc::MS_RDONLY, 0),
+            "exec" => (libc::MS_NOEXEC, 0),
+            "noexec" => (0, libc::MS_NOEXEC),
+            "suid" => (libc::MS_NOSUID, 0),
+            "nosuid" => (0, libc::MS_NOSUID),
+            "dev" | "nodev" => (0, 0),
+            "sync" => (0, libc::MS_SYNCHRONOUS),
+            "async" => (libc::MS_SYNCHRONOUS, 0),
+            "dirsync" => (0, libc::MS_DIRSYNC),
+            "atime" => (libc::MS_NOATIME, 0),
+            "noatime" => (ATIME, libc::MS_NOATIME),
+            "relatime" => (ATIME, libc::MS_RELATIME),
+            "norelatime" => (libc::MS_RELATIME, 0),
+            "strictatime" => (ATIME, libc::MS_STRICTATIME),
+            "nostrictatime" => (libc::MS_STRICTATIME, 0),
+            "diratime" => (libc::MS_NODIRATIME, 0),
+            "nodiratime" => (0, libc::MS_NODIRATIME),
+            _ => {
+                data.push(opt);
+                continue;
+            }
+        };
+        flags = (flags & !clear) | set;
+    }
+    (flags, data.join(","))
 }
 
 /// pivot_root into the root with the `pivot_root(".", ".")` trick: the old root ends up stacked
@@ -416,4 +459,27 @@ fn fstat_is_dir(fd: BorrowedFd<'_>) -> bool {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     let ret = unsafe { libc::fstat(fd.as_raw_fd(), &mut st) };
     ret == 0 && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmpfs_flags_are_split_from_the_data() {
+        let defaults = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        assert_eq!(tmpfs_options(""), (defaults, String::new()));
+        // Docker's documented example.
+        assert_eq!(tmpfs_options("rw,noexec,nosuid,size=65536k"), (defaults, "size=65536k".to_string()));
+        assert_eq!(tmpfs_options("exec"), (libc::MS_NOSUID | libc::MS_NODEV, String::new()));
+        assert_eq!(
+            tmpfs_options("ro,suid,size=1m,mode=1777,uid=5"),
+            (libc::MS_RDONLY | libc::MS_NODEV | libc::MS_NOEXEC, "size=1m,mode=1777,uid=5".to_string())
+        );
+        // `dev` never lifts nodev; the last of a pair wins.
+        assert_eq!(tmpfs_options("dev").0, defaults);
+        assert_eq!(tmpfs_options("ro,rw,exec,noexec").0, defaults);
+        assert_eq!(tmpfs_options("noatime,relatime").0, defaults | libc::MS_RELATIME);
+        assert_eq!(tmpfs_options("sync,nodiratime").0, defaults | libc::MS_SYNCHRONOUS | libc::MS_NODIRATIME);
+    }
 }

@@ -199,9 +199,15 @@ pub enum MountKind {
     /// A recursive bind mount of a host path (a file or a directory; volumes are bind mounts of
     /// their store directory). The target is created like the source (file or directory).
     Bind { source: PathBuf, readonly: bool },
-    /// A tmpfs with `nosuid,nodev,noexec` (Docker's `--tmpfs`) and these options
-    /// (e.g. `size=64m,mode=1777`).
-    Tmpfs { options: String },
+    /// A tmpfs with Docker's `--tmpfs` options (e.g. `rw,exec,size=64m,mode=1777`): the mount
+    /// flags among them (`ro`, `exec`, `suid`, `noatime`, ...) adjust the default
+    /// `nosuid,nodev,noexec`, the rest go to tmpfs. It is always `nodev` (see the runner's /dev
+    /// setup); `readonly` makes it read-only whatever the options say.
+    Tmpfs {
+        options: String,
+        #[serde(default)]
+        readonly: bool,
+    },
 }
 
 /// Contents for /etc/hosts, /etc/hostname and /etc/resolv.conf. The runner writes the given
@@ -285,6 +291,10 @@ pub struct ExecSpec {
     pub tty: bool,
     pub capabilities: Vec<Cap>,
     pub no_new_privileges: bool,
+    /// The container's resource limits: an exec'd process gets them too (as with runc), not
+    /// those of whoever runs the exec.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
 }
 
 impl ExecSpec {
@@ -297,6 +307,7 @@ impl ExecSpec {
             tty: false,
             capabilities: DEFAULT_CAPS.to_vec(),
             no_new_privileges: false,
+            rlimits: Vec::new(),
         }
     }
 }

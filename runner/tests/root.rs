@@ -197,8 +197,10 @@ fn readonly_rootfs_and_mounts() {
          cat /vol/data; echo new > /vol/new && echo vol-ok; touch /ro/x 2>/dev/null || echo ro-vol-ro",
         |s| {
             s.readonly_rootfs = true;
-            s.mounts
-                .push(Mount { target: "/tmp".into(), kind: MountKind::Tmpfs { options: "size=1m,mode=1777".into() } });
+            s.mounts.push(Mount {
+                target: "/tmp".into(),
+                kind: MountKind::Tmpfs { options: "size=1m,mode=1777".into(), readonly: false },
+            });
             s.mounts.push(Mount {
                 target: "/vol".into(),
                 kind: MountKind::Bind { source: vol.path().into(), readonly: false },

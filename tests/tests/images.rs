@@ -1,6 +1,7 @@
 //! Image management with Docker's semantics: `images` (columns, -q, -a,
 //! --digests, --no-trunc, filters, --format), `tag`, `rmi`/`image rm`,
-//! `image prune`, `inspect`, `history`, `system df`, `info`.
+//! `image prune`, `inspect`, `history`, `system df`, `info`, and the exit
+//! statuses of their failures.
 
 use strata_e2e::*;
 
@@ -124,11 +125,12 @@ fn tag_adds_names_to_the_same_image() {
     assert_eq!(row_for(&parse_table(&t.s.ok(&["images"])), "byid:1")[2], id);
 
     let (code, err) = t.s.fails(&["tag", "no-such-image:1", "x"]);
-    assert!(code > 0);
+    assert_eq!(code, 1, "{err}");
     assert_mentions(&err, &["no such image"], "tag of a missing image");
     // "UPPER/case" would be valid (Docker reads UPPER as a registry host);
     // an uppercase repository component is not.
-    let (_, err) = t.s.fails(&["tag", &t.bb, "lower/Upper"]);
+    let (code, err) = t.s.fails(&["tag", &t.bb, "lower/Upper"]);
+    assert_eq!(code, 1, "{err}");
     assert_mentions(&err, &["invalid reference", "must be lowercase", "invalid"], "invalid tag");
 }
 
@@ -146,7 +148,7 @@ fn rmi_by_name_id_and_digest() {
     // A short id of an image with several names needs -f.
     t.s.ok(&["tag", &t.bb, "extra:2"]);
     let (code, err) = t.s.fails(&["rmi", &short_id(&bb_id)]);
-    assert!(code > 0);
+    assert_eq!(code, 1, "{err}");
     assert_mentions(&err, &["must be forced", "multiple repositories", "conflict"], "rmi of a multiply-tagged id");
     let out = t.s.ok(&["rmi", "-f", &short_id(&bb_id)]);
     assert!(out.contains("Untagged: extra:2") && out.contains(&format!("Untagged: {}", t.bb)), "{out}");
@@ -168,7 +170,7 @@ fn rmi_by_name_id_and_digest() {
     assert!(t.s.ok(&["images", "-q"]).trim().is_empty());
 
     let (code, err) = t.s.fails(&["rmi", "no-such-image"]);
-    assert!(code > 0);
+    assert_eq!(code, 1, "{err}");
     assert_mentions(&err, &["no such image"], "rmi of a missing image");
 }
 
@@ -240,7 +242,7 @@ fn inspect_shows_docker_fields() {
     assert_eq!(two.as_array().unwrap().len(), 2);
 
     let (code, err) = t.s.fails(&["inspect", "no-such-image"]);
-    assert!(code > 0);
+    assert_eq!(code, 1, "{err}");
     assert_mentions(&err, &["no such object", "no such image"], "inspect of a missing image");
 }
 
@@ -294,4 +296,36 @@ fn unprivileged_user_manages_images_too() {
     let out = u.ok(&["rmi", "mine:1", &bb]);
     assert!(out.contains("Deleted:"), "{out}");
     assert!(u.ok(&["images", "-q"]).trim().is_empty());
+}
+
+#[test]
+fn image_commands_exit_1_on_errors_like_docker() {
+    // The Docker CLI exits 1 when an image command fails; 125 is for
+    // run/create/start and for usage errors.
+    let s = Strata::new();
+    let fake = FakeRegistry::start();
+    let nosuch = fake.reference("e2e/nosuch:1");
+    for (args, needles) in [
+        (vec!["pull", &nosuch], &["not found", "manifest unknown"][..]),
+        (vec!["image", "pull", "Busybox"], &["invalid reference format"]),
+        (vec!["pull", "--platform", "bogus", "busybox"], &["bogus"]),
+        (vec!["tag", "busybox", "Bad"], &["invalid reference format"]),
+        (vec!["images", "-f", "before=nosuch"], &["no such image"]),
+        (vec!["images", "-f", "bogus=1"], &["invalid filter"]),
+        (vec!["rmi", "nosuch"], &["no such image"]),
+        (vec!["history", "nosuch"], &["no such image"]),
+        (vec!["image", "inspect", "nosuch"], &["no such image"]),
+        (vec!["login"], &["non tty"]),
+        (vec!["login", "--password-stdin", &fake.host()], &["--username"]),
+    ] {
+        let (code, err) = s.fails(&args);
+        assert_eq!(code, 1, "strata {}: {err}", args.join(" "));
+        assert!(err.starts_with("Error"), "strata {}: {err}", args.join(" "));
+        assert_mentions(&err, needles, &args.join(" "));
+    }
+    // Usage errors and `run` keep 125.
+    for args in [&["pull"][..], &["images", "--no-such-flag"], &["run", "Busybox"]] {
+        let (code, err) = s.fails(args);
+        assert_eq!(code, 125, "strata {}: {err}", args.join(" "));
+    }
 }

@@ -177,7 +177,7 @@ fn assert_refused(fake: &FakeRegistry, s: &Strata, fault: Option<Fault>, needles
     assert!(!before.is_empty(), "store is populated before the refusal");
     fake.set_fault(fault);
     let (code, err) = s.fails(&["pull", &fake.reference("e2e/bad:1")]);
-    assert!(code > 0, "{what}: strata must exit with an error status, not die by a signal (code {code})\n{err}");
+    assert_eq!(code, 1, "{what}: strata must exit with Docker's status 1, not die by a signal\n{err}");
     assert!(err.contains("Error"), "{what}: Docker-style `Error: ...` message expected, got:\n{err}");
     assert_mentions(&err, needles, what);
     before.assert_unchanged(&StoreFingerprint::of(&s.root()), what);
@@ -366,6 +366,38 @@ fn refuses_a_file_below_a_symlink() {
     hostile(tar, "file below a symlink", &target);
 }
 
+/// Overwrites fields of the tar header `h` (offset, bytes) and fixes its checksum.
+fn patch_header(h: &mut [u8], fields: &[(usize, &[u8])]) {
+    for (at, v) in fields {
+        h[*at..*at + v.len()].copy_from_slice(v);
+    }
+    h[148..156].fill(b' ');
+    let sum: u32 = h[..512].iter().map(|&b| b as u32).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+#[test]
+fn refuses_layers_that_expand_without_bound() {
+    // A PAX header claiming 4 GiB (which the tar library would read into
+    // memory), followed by no such thing.
+    let mut pax = TarBuilder::new().entry("PaxHeaders/x", b'x', 0o644, "", &[]).finish();
+    patch_header(&mut pax, &[(124, b"40000000000\0")]);
+    refused_with(None, FakeImage::from_layers(&[pax]), &["PAX extended header of 4294967296 bytes"], "huge PAX header");
+
+    // A GNU sparse file of 4 GiB storing 512 bytes (its holes would be written as zeros).
+    let mut sparse = TarBuilder::new().entry("sparse", b'S', 0o644, "", &[b'x'; 512]).finish();
+    patch_header(
+        &mut sparse,
+        &[
+            (257, b"ustar  \0"),
+            (386, b"37777777000\0"), // the data block's offset: 4 GiB - 512
+            (398, b"00000001000\0"), // and length
+            (483, b"40000000000\0"), // the file's size
+        ],
+    );
+    refused_with(None, FakeImage::from_layers(&[sparse]), &["sparse file of 4294967296 bytes"], "sparse bomb");
+}
+
 #[test]
 fn mirror_is_used_first() {
     let f = fixtures();
@@ -492,6 +524,6 @@ fn pull_of_a_missing_tag_fails_cleanly() {
     reg.push_oci_layout(&f.oci, "busybox", "e2e/bb:1");
     let s = Strata::new();
     let (code, err) = s.fails(&["pull", &reg.reference("e2e/bb:nope")]);
-    assert!(code > 0);
+    assert_eq!(code, 1, "{err}");
     assert_mentions(&err, &["not found", "manifest unknown"], "missing tag");
 }

@@ -612,3 +612,154 @@ fn devices_capabilities_stdio_and_a_fifo_passwd() {
         s.ok(&["rm", "-f", "fifo"]);
     });
 }
+
+/// `--tmpfs` options that are mount flags become flags (Docker's documented
+/// `rw,noexec,nosuid,size=...` starts; `exec` lifts the default noexec; `dev`
+/// still opens no device), and `--mount type=tmpfs,readonly` is read-only.
+#[test]
+fn tmpfs_mount_flags_and_read_only_tmpfs() {
+    both(|e, who| {
+        let s = &e.s;
+        let out = s.run(&[
+            "run",
+            "--rm",
+            "--tmpfs",
+            "/run:rw,noexec,nosuid,size=65536k",
+            "--tmpfs",
+            "/x:exec,dev,mode=1770",
+            "--mount",
+            "type=tmpfs,dst=/ro,readonly",
+            &e.bb,
+            "sh",
+            "-c",
+            "for m in /run /x /ro; do echo $m $(grep \" $m \" /proc/self/mountinfo | cut -d' ' -f6); done; \
+             cp /bin/busybox /run/ && /run/busybox true 2>/dev/null || echo run-noexec; \
+             cp /bin/busybox /x/ && /x/busybox true && echo x-exec; \
+             mknod /x/null c 1 3 2>/dev/null; head -c 1 /x/null >/dev/null 2>&1 && echo x-DEV-OPENED || echo x-nodev; \
+             stat -c %a /x; touch /ro/f 2>/dev/null || echo ro-refused",
+        ]);
+        assert!(out.status.success(), "{who}: {}", show_output(&out));
+        let text = stdout_of(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        let flags = |i: usize| -> Vec<&str> {
+            lines
+                .get(i)
+                .and_then(|l| l.split(' ').nth(1))
+                .unwrap_or_else(|| panic!("{who}: {text}"))
+                .split(',')
+                .collect()
+        };
+        let (run, x, ro) = (flags(0), flags(1), flags(2));
+        for f in ["rw", "nosuid", "nodev", "noexec"] {
+            assert!(run.contains(&f), "{who}: /run lacks {f}: {text}");
+        }
+        assert!(x.contains(&"rw") && x.contains(&"nosuid") && x.contains(&"nodev"), "{who}: {text}");
+        assert!(!x.contains(&"noexec"), "{who}: /x is noexec: {text}");
+        assert!(ro.contains(&"ro") && ro.contains(&"noexec"), "{who}: /ro: {text}");
+        assert_eq!(lines[3..], ["run-noexec", "x-exec", "x-nodev", "1770", "ro-refused"], "{who}: {text}");
+    });
+}
+
+/// What `rm` leaves while it removes a container's files (status
+/// "removing"): a `start` must not bring the container back to life.
+#[test]
+fn start_refuses_a_container_marked_for_removal() {
+    both(|e, who| {
+        let s = &e.s;
+        let id = s.ok(&["create", "--name", "doomed", &e.bb, "true"]).trim().to_string();
+        let state = s.root().join("containers").join(&id).join("state.json");
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        v["status"] = "removing".into();
+        std::fs::write(&state, serde_json::to_vec(&v).unwrap()).unwrap();
+        let (code, err) = s.fails(&["start", "doomed"]);
+        assert_eq!(code, 1, "{who}: {err}");
+        assert!(err.contains("container is marked for removal and cannot be started"), "{who}: {err}");
+        let (code, err) = s.fails(&["start", "-a", "doomed"]);
+        assert_ne!(code, 0, "{who}: {err}");
+        assert!(err.contains("container is marked for removal and cannot be started"), "{who}: {err}");
+        assert_eq!(status_of(s, "doomed"), "removing 0", "{who}");
+        s.ok(&["rm", "doomed"]);
+        assert_eq!(s.ok(&["ps", "-aq"]), "", "{who}");
+    });
+}
+
+/// An exec'd process has the container's `--ulimit`s and Docker's umask,
+/// not those of whoever ran `strata exec`.
+#[test]
+fn exec_gets_the_container_ulimits_and_umask() {
+    both(|e, who| {
+        let s = &e.s;
+        s.ok(&["run", "-d", "--name", "lim", "--ulimit", "nofile=256:256", &e.bb, "sleep", "1000"]);
+        wait_running(s, "lim");
+        let mut cmd = s.command(&["exec", "lim", "sh", "-c", "ulimit -n; ulimit -Hn; umask"]);
+        // SAFETY: umask is async-signal-safe and cannot fail.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
+        let out = wait_output(cmd.spawn().unwrap(), READY, "strata exec (ulimit, umask)");
+        assert!(out.status.success(), "{who}: {}", show_output(&out));
+        assert_eq!(stdout_of(&out), "256\n256\n0022\n", "{who}");
+        s.ok(&["rm", "-f", "lim"]);
+    });
+}
+
+/// `run` forwards every signal a process can catch, real-time ones too, not
+/// only the usual few (a SIGALRM used to end strata itself).
+#[test]
+fn run_forwards_every_catchable_signal() {
+    // SIGRTMIN+6 with glibc; the container's shell knows it by number.
+    const RT: i32 = 40;
+    both(|e, who| {
+        let s = &e.s;
+        let script = format!(
+            "trap 'echo got-alrm; touch /tmp/alrm' ALRM; trap 'echo got-rt; touch /tmp/rt' {RT}; \
+             trap 'exit 3' TERM; touch /tmp/trapped; while true; do sleep 1; done"
+        );
+        let mut child = s.spawn(&["run", "--rm", "--name", "sigs", &e.bb, "sh", "-c", &script]);
+        wait_running(s, "sigs");
+        wait_until("the container's traps", READY, || {
+            s.run(&["exec", "sigs", "test", "-e", "/tmp/trapped"]).status.success()
+        });
+        for (sig, mark) in [(libc::SIGALRM, "/tmp/alrm"), (RT, "/tmp/rt")] {
+            // SAFETY: kill with a valid signal number.
+            assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0, "{who}: kill {sig}");
+            wait_until(&format!("{who}: signal {sig} in the container"), READY, || {
+                if let Ok(Some(st)) = child.try_wait() {
+                    panic!("{who}: strata run ended on signal {sig}: {st}");
+                }
+                s.run(&["exec", "sigs", "test", "-e", mark]).status.success()
+            });
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        let out = wait_output(child, READY, "strata run (signals)");
+        assert_eq!(out.status.code(), Some(3), "{who}: {}", show_output(&out));
+        assert_eq!(stdout_of(&out), "got-alrm\ngot-rt\n", "{who}");
+    });
+}
+
+/// With `--init -t` the command leads its own process group, the terminal's
+/// foreground one: ctrl-c reaches it from the terminal alone, and not also
+/// through the init, which forwards what it gets.
+#[test]
+fn init_puts_the_command_in_the_terminal_foreground() {
+    both(|e, who| {
+        let s = &e.s;
+        let script = "read -r pid comm state ppid pgrp sid tty fg rest </proc/self/stat; \
+                      echo \"me=$$ pgrp=$pgrp fg=$fg\"; trap 'echo got-int; exit 7' INT; echo ready; \
+                      while true; do sleep 1; done";
+        let (child, master, mut term) = spawn_on_pty(s, &["run", "-it", "--init", "--rm", &e.bb, "sh", "-c", script]);
+        term.expect("ready");
+        let seen = String::from_utf8_lossy(&term.seen).into_owned();
+        let ids = seen.lines().find_map(|l| l.trim_end_matches('\r').strip_prefix("me=")).unwrap_or_default();
+        // The init is pid 1, the command its first child.
+        assert_eq!(ids, "2 pgrp=2 fg=2", "{who}: {seen}");
+        type_in(&master, b"\x03");
+        term.expect("got-int");
+        let out = wait_output(child, READY, "strata run -it --init");
+        assert_eq!(out.status.code(), Some(7), "{who}: {}", String::from_utf8_lossy(&term.seen));
+    });
+}

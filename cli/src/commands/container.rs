@@ -662,10 +662,7 @@ pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) ->
     }
     if c.running() {
         if !force {
-            bail!(
-                "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
-                c.config.name
-            );
+            bail!(running_error(&c));
         }
         kill_container(&c);
     } else if c.state.supervisor.is_some_and(|p| p.alive()) {
@@ -673,14 +670,29 @@ pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) ->
         supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
     }
     let c = record::refresh(&ctx.layout, c)?;
-    {
-        let _lock = record::lock(&ctx.layout)?;
-        if let Some(mut cur) = record::read_dir_record(&c.dir) {
-            cur.state.status = Status::Removing;
-            record::save_state(&cur)?;
-        }
-    }
+    mark_removing(&ctx.layout, &c)?;
     run::remove_container_files(ctx, &c, volumes)
+}
+
+/// Docker's refusal to remove a running container.
+fn running_error(c: &Container) -> String {
+    format!(
+        "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+        c.config.name
+    )
+}
+
+/// Marks the container as being removed, under the records lock, unless a
+/// `start` got to it since we looked: a supervisor that claimed it (see
+/// `supervisor::claim`) keeps it, and one that comes later refuses it.
+fn mark_removing(layout: &strata_layers::StoreLayout, c: &Container) -> Result<()> {
+    let _lock = record::lock(layout)?;
+    let Some(mut cur) = record::read_dir_record(&c.dir) else { return Ok(()) };
+    if cur.running() || cur.state.supervisor.is_some_and(|p| p.alive()) {
+        bail!(running_error(&cur));
+    }
+    cur.state.status = Status::Removing;
+    record::save_state(&cur)
 }
 
 fn rm(ctx: &Context, a: RmArgs) -> Result<i32> {
@@ -1244,4 +1256,36 @@ fn prune(ctx: &Context, a: PruneArgs) -> Result<i32> {
     }
     println!("Total reclaimed space: {}", format::human_size(reclaimed));
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::containers::record::{test_record, Proc};
+
+    #[test]
+    fn rm_leaves_a_container_that_a_start_claimed_meanwhile() {
+        let root = std::env::temp_dir().join(format!("strata-rm-test-{}", std::process::id()));
+        let layout = strata_layers::StoreLayout::new(root.clone());
+        let status = |c: &Container| record::read_dir_record(&c.dir).map(|c| c.state.status);
+
+        // Looked stopped to rm, but a supervisor (here: us) claimed it since.
+        let mut claimed = test_record(&layout, "claimed");
+        claimed.state.supervisor = Proc::of(std::process::id() as i32);
+        record::save_state(&claimed).unwrap();
+        let err = mark_removing(&layout, &claimed).expect_err("removal of a claimed container");
+        assert!(err.to_string().contains("container is running"), "{err}");
+        assert_eq!(status(&claimed), Some(Status::Created));
+
+        let mut running = test_record(&layout, "running");
+        running.state.status = Status::Running;
+        record::save_state(&running).unwrap();
+        assert!(mark_removing(&layout, &running).is_err());
+        assert_eq!(status(&running), Some(Status::Running));
+
+        let stopped = test_record(&layout, "stopped");
+        mark_removing(&layout, &stopped).unwrap();
+        assert_eq!(status(&stopped), Some(Status::Removing));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

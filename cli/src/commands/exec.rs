@@ -109,6 +109,9 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
     spec.capabilities = caps;
     spec.no_new_privileges =
         cfg.request.security_opt.iter().any(|o| o.starts_with("no-new-privileges") && !o.ends_with("false"));
+    // The container's `--ulimit`s hold for every process in it, as with runc.
+    spec.rlimits =
+        cfg.request.ulimit.iter().map(|u| crate::containers::spec::parse_ulimit(u)).collect::<Result<_>>()?;
 
     let devnull = || -> Result<OwnedFd> { Ok(std::fs::File::open("/dev/null")?.into()) };
     let stdio = if a.detach {

@@ -6,6 +6,7 @@
 
 use crate::commands::{debug, images, inspect, login, pull, sysinfo};
 use crate::context::Context;
+use crate::exit;
 use clap::{Args, Subcommand};
 
 #[derive(Subcommand)]
@@ -240,7 +241,15 @@ pub struct LogoutArgs {
     pub server: Option<String>,
 }
 
+/// Runs an image command. The Docker CLI exits 1 when any of these fails
+/// (125 is for `run`, `create`, `start` and usage errors), so errors that
+/// carry no status of their own get 1 here, not in the commands: `run` pulls
+/// through [`pull::run`] and keeps its 125.
 pub fn run(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
+    dispatch(ctx, cmd).map_err(|e| exit::or_code(e, exit::COMMAND_FAILED))
+}
+
+fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
         ImageCommand::Pull(a) | ImageCommand::Image(ImageGroup::Pull(a)) => pull::run(ctx, a),
         ImageCommand::Images(a) | ImageCommand::Image(ImageGroup::Ls(a)) => images::list(ctx, a),

@@ -3,7 +3,6 @@
 use super::image::PullArgs;
 use super::support::{open_store, parse_reference};
 use crate::context::Context;
-use crate::exit;
 use crate::progress::PullDisplay;
 use anyhow::bail;
 use strata_layers::manifest::Platform;
@@ -15,7 +14,7 @@ pub fn run(ctx: &Context, a: PullArgs) -> anyhow::Result<i32> {
     }
     let reference = parse_reference(&a.reference)?;
     let platform = match a.platform.as_deref().filter(|p| !p.is_empty()) {
-        Some(p) => Some(p.parse::<Platform>().map_err(|e| exit::with_code(exit::STRATA_ERROR, Some(e.to_string())))?),
+        Some(p) => Some(p.parse::<Platform>()?),
         None => None,
     };
     if !a.quiet && reference.tag.is_none() && reference.digest.is_none() {

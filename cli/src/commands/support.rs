@@ -15,8 +15,8 @@ pub fn open_store(ctx: &Context) -> anyhow::Result<Store> {
     Store::open(ctx.layout.clone()).with_context(|| format!("opening the store at {}", ctx.layout.root().display()))
 }
 
-/// Docker exits 1 (not 125) when a command's image does not exist or a
-/// removal conflicts; other store errors keep strata's 125.
+/// A missing image, an ambiguous ID or a removal conflict, with the status
+/// 1 Docker gives them.
 pub fn exit_code_for(e: StoreError) -> anyhow::Error {
     match e {
         StoreError::NoSuchImage(_) | StoreError::AmbiguousId(_) | StoreError::Conflict(_) => {
@@ -27,9 +27,10 @@ pub fn exit_code_for(e: StoreError) -> anyhow::Error {
 }
 
 /// Parses an image reference; a malformed one is Docker's
-/// `invalid reference format: ...` (exit 125).
+/// `invalid reference format: ...`. The status is the caller's: 1 from the
+/// image commands, 125 from a `run` that pulls.
 pub fn parse_reference(s: &str) -> anyhow::Result<Reference> {
-    s.parse::<Reference>().map_err(|e| exit::with_code(exit::STRATA_ERROR, Some(e.to_string())))
+    s.parse::<Reference>().map_err(anyhow::Error::from)
 }
 
 /// Unix seconds of an RFC 3339 time (0 when it does not parse).

@@ -157,11 +157,58 @@ pub enum Outcome {
     Lost,
 }
 
-/// Signals a client forwards to the container; SIGWINCH is handled apart.
-const PROXIED: &[nix::sys::signal::Signal] = {
-    use nix::sys::signal::Signal::*;
-    &[SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
-};
+/// Signals a client forwards to the container: as with Docker, every one a process can catch,
+/// real-time ones included, but SIGCHLD, SIGPIPE and SIGURG, which concern the client itself.
+/// SIGWINCH is handled apart (a resize). glibc keeps the first real-time signals (below
+/// `SIGRTMIN()`) for its own threads; they stay alone.
+fn proxied_signals() -> impl Iterator<Item = libc::c_int> {
+    let classic = (1..32).filter(|s| {
+        !matches!(*s, libc::SIGKILL | libc::SIGSTOP | libc::SIGCHLD | libc::SIGPIPE | libc::SIGURG | libc::SIGWINCH)
+    });
+    classic.chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
+}
+
+/// A set of signal numbers, real-time ones included (which `nix`'s `Signal` cannot name).
+#[derive(Clone, Copy)]
+struct SignalSet(libc::sigset_t);
+
+impl SignalSet {
+    fn new(signals: impl IntoIterator<Item = libc::c_int>) -> SignalSet {
+        // SAFETY: sigemptyset/sigaddset initialise and fill the set; bad numbers are refused
+        // (EINVAL) and left out.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in signals {
+                libc::sigaddset(&mut set, s);
+            }
+            SignalSet(set)
+        }
+    }
+
+    /// Blocks the set in the calling thread (and the threads it starts later).
+    fn block(&self) -> io::Result<()> {
+        // SAFETY: valid set; a null old set is allowed.
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &self.0, std::ptr::null_mut()) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(r))
+        }
+    }
+
+    /// Waits for one of the (blocked) signals of the set.
+    fn wait(&self) -> io::Result<libc::c_int> {
+        let mut sig = 0;
+        // SAFETY: valid set and output pointer.
+        let r = unsafe { libc::sigwait(&self.0, &mut sig) };
+        if r == 0 {
+            Ok(sig)
+        } else {
+            Err(io::Error::from_raw_os_error(r))
+        }
+    }
+}
 
 /// Puts the terminal on fd 0 in raw mode until dropped.
 struct RawMode {
@@ -211,27 +258,18 @@ pub fn parse_resize(p: &[u8]) -> Option<(u16, u16)> {
 /// Relays our stdio over `stream` until the container exits, the start
 /// fails, or the user detaches.
 pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
-    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
     // A supervisor that went away must show up as an error on the socket,
     // not kill us before we can report the container's status.
     // SAFETY: setting a signal disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     // Block the proxied signals and SIGWINCH before starting threads, so
     // only the signal thread receives them (via sigwait).
-    let mut set = SigSet::empty();
-    let mut any_signal = false;
-    if opts.sig_proxy {
-        any_signal = true;
-        for s in PROXIED {
-            set.add(*s);
-        }
-    }
     let stdin_tty = opts.tty && nix::unistd::isatty(io::stdin().as_fd()).unwrap_or(false);
-    if stdin_tty {
-        set.add(Signal::SIGWINCH);
-        any_signal = true;
-    }
-    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).context("blocking signals")?;
+    let proxied = opts.sig_proxy.then(proxied_signals).into_iter().flatten();
+    let winch = stdin_tty.then_some(libc::SIGWINCH);
+    let any_signal = opts.sig_proxy || stdin_tty;
+    let set = SignalSet::new(proxied.chain(winch));
+    set.block().context("blocking signals")?;
 
     let _raw = if stdin_tty && opts.stdin { Some(RawMode::enable()) } else { None };
     let writer = stream.try_clone().context("cloning the attach socket")?;
@@ -247,13 +285,13 @@ pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
         let w = writer.try_clone()?;
         std::thread::spawn(move || loop {
             let Ok(sig) = set.wait() else { return };
-            let r = if sig == Signal::SIGWINCH {
+            let r = if sig == libc::SIGWINCH {
                 match window_size(0) {
                     Some((r, c)) => write_frame(&mut &w, RESIZE, &resize_payload(r, c)),
                     None => Ok(()),
                 }
             } else {
-                write_frame(&mut &w, SIGNAL, &(sig as i32).to_be_bytes())
+                write_frame(&mut &w, SIGNAL, &sig.to_be_bytes())
             };
             if r.is_err() {
                 return;
@@ -364,6 +402,19 @@ mod tests {
         assert_eq!(fb.next_frame().unwrap(), Some((STDOUT, b"hello".to_vec())));
         let (k, p) = fb.next_frame().unwrap().unwrap();
         assert_eq!((k, i32_of(&p)), (EXIT, 3));
+    }
+
+    #[test]
+    fn every_catchable_signal_is_proxied() {
+        let all: Vec<i32> = proxied_signals().collect();
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGALRM, libc::SIGUSR1, libc::SIGTSTP, libc::SIGCONT]
+        {
+            assert!(all.contains(&s), "{s} not proxied");
+        }
+        for s in [libc::SIGKILL, libc::SIGSTOP, libc::SIGCHLD, libc::SIGPIPE, libc::SIGURG, libc::SIGWINCH, 32, 33] {
+            assert!(!all.contains(&s), "{s} proxied");
+        }
+        assert!(all.contains(&libc::SIGRTMIN()) && all.contains(&libc::SIGRTMAX()));
     }
 
     #[test]

@@ -473,6 +473,42 @@ pub fn new_id() -> String {
     }
 }
 
+/// A created container named `name` written to the store of `layout`, for tests.
+#[cfg(test)]
+pub(crate) fn test_record(layout: &StoreLayout, name: &str) -> Container {
+    let id = new_id();
+    let dir = layout.container_dir(&id);
+    fs::create_dir_all(&dir).unwrap();
+    let config = ContainerConfig {
+        id: id.clone(),
+        name: name.into(),
+        created: now(),
+        image: "img".into(),
+        image_id: String::new(),
+        layers: vec![],
+        request: CreateArgs::default(),
+        path: "/bin/sh".into(),
+        args: vec![],
+        entrypoint: vec![],
+        cmd: vec![],
+        env: vec![],
+        working_dir: "/".into(),
+        user: String::new(),
+        hostname: String::new(),
+        stop_signal: "SIGTERM".into(),
+        stop_timeout: None,
+        labels: BTreeMap::new(),
+        mounts: vec![],
+        ports: vec![],
+        network: "none".into(),
+        exposed_ports: vec![],
+    };
+    write_json(&dir.join("config.json"), &config).unwrap();
+    let c = Container { config, state: ContainerState::default(), dir };
+    save_state(&c).unwrap();
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,34 +532,9 @@ mod tests {
     fn records_are_read_only_under_their_own_id() {
         let root = std::env::temp_dir().join(format!("strata-record-test-{}", std::process::id()));
         let layout = StoreLayout::new(root.clone());
-        let id = new_id();
-        let dir = layout.container_dir(&id);
-        fs::create_dir_all(&dir).unwrap();
-        let mut config = ContainerConfig {
-            id: id.clone(),
-            name: "c".into(),
-            created: now(),
-            image: "img".into(),
-            image_id: String::new(),
-            layers: vec![],
-            request: CreateArgs::default(),
-            path: "/bin/sh".into(),
-            args: vec![],
-            entrypoint: vec![],
-            cmd: vec![],
-            env: vec![],
-            working_dir: "/".into(),
-            user: String::new(),
-            hostname: String::new(),
-            stop_signal: "SIGTERM".into(),
-            stop_timeout: None,
-            labels: BTreeMap::new(),
-            mounts: vec![],
-            ports: vec![],
-            network: "none".into(),
-            exposed_ports: vec![],
-        };
-        write_json(&dir.join("config.json"), &config).unwrap();
+        let c = test_record(&layout, "c");
+        let id = c.config.id.clone();
+        let (dir, mut config) = (c.dir, c.config);
         assert_eq!(read_dir_record(&dir).map(|c| c.config.id), Some(id.clone()));
 
         // An edited id: too short to slice, a path out of containers/, another

@@ -87,7 +87,7 @@ impl<'a> SpecBuilder<'a> {
         for m in &cfg.mounts {
             let kind = match m.kind.as_str() {
                 "bind" | "volume" => MountKind::Bind { source: m.source.clone().into(), readonly: !m.rw },
-                "tmpfs" => MountKind::Tmpfs { options: m.options.clone() },
+                "tmpfs" => MountKind::Tmpfs { options: m.options.clone(), readonly: !m.rw },
                 other => bail!("unknown mount type {other}"),
             };
             spec.mounts.push(Mount { target: m.destination.clone(), kind });
@@ -274,7 +274,7 @@ fn enter_user_namespace(mapping: &IdMapping) -> Result<()> {
 }
 
 /// `--ulimit nofile=1024:2048` (a single value sets both).
-fn parse_ulimit(s: &str) -> Result<Rlimit> {
+pub(crate) fn parse_ulimit(s: &str) -> Result<Rlimit> {
     let (name, vals) = s.split_once('=').with_context(|| format!("invalid ulimit argument: {s}"))?;
     let (soft, hard) = vals.split_once(':').unwrap_or((vals, vals));
     let num = |v: &str| -> Result<u64> {

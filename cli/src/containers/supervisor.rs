@@ -274,14 +274,18 @@ fn take_root_fd() -> Option<std::path::PathBuf> {
 }
 
 /// Marks the container as owned by this supervisor; fails if another one
-/// runs it.
+/// runs it, or if `rm` is removing it (`rm` in turn leaves a claimed one
+/// alone: both decide under the records lock).
 fn claim(ctx: &Context, id: &str) -> Result<Container> {
     let me = Proc::of(std::process::id() as i32).context("reading our own start time")?;
     let _lock = record::lock(&ctx.layout)?;
     let dir = ctx.layout.container_dir(id);
     let mut c = record::read_dir_record(&dir).with_context(|| format!("No such container: {id}"))?;
+    if c.state.status == Status::Removing {
+        bail!("container is marked for removal and cannot be started");
+    }
     if c.state.supervisor.is_some_and(|p| p.alive() && p != me) {
-        bail!("container {} is already running", &id[..12]);
+        bail!("container {} is already running", c.short_id());
     }
     // `strata mount CONTAINER` writes to the same upper directory.
     if let Some(m) = crate::mounts::list_live(&ctx.layout)?.iter().find(|m| m.container_id.as_deref() == Some(id)) {
@@ -712,6 +716,20 @@ pub fn wait_supervisor(c: &Container, timeout: Option<std::time::Duration>) -> b
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_container_being_removed_is_not_claimed() {
+        let root = std::env::temp_dir().join(format!("strata-claim-test-{}", std::process::id()));
+        let ctx = Context::new(Some(root.clone()));
+        let mut c = record::test_record(&ctx.layout, "c");
+        c.state.status = Status::Removing;
+        record::save_state(&c).unwrap();
+        let err = claim(&ctx, &c.config.id).expect_err("claimed a container being removed");
+        assert_eq!(err.to_string(), "container is marked for removal and cannot be started");
+        let after = record::read_dir_record(&c.dir).unwrap();
+        assert_eq!((after.state.status, after.state.supervisor), (Status::Removing, None));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn a_timeout_too_far_ahead_means_no_deadline() {

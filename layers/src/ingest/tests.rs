@@ -1,5 +1,6 @@
 //! Layer ingestion against tar streams built in memory.
 
+use super::guard::MAX_EXTENSION_HEADER;
 use super::*;
 use crate::layout::StoreLayout;
 use tar::{EntryType, Header};
@@ -410,6 +411,164 @@ fn refuses_diff_id_mismatch() {
 fn refuses_truncated_streams() {
     let t = Tar::new().file("f", 0o644, &[7u8; 5000]).bytes();
     assert_refused(&t[..1536], Some(Digest::of(&t)), "unexpected EOF");
+}
+
+/// A GNU sparse entry: `blocks` of data at their offsets in a file of
+/// `logical` bytes, with as many extension blocks as the map needs.
+fn sparse_entry(path: &str, logical: u64, blocks: &[(u64, &[u8])]) -> Vec<u8> {
+    let stored: usize = blocks.iter().map(|(_, d)| d.len()).sum();
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_path(path).unwrap();
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_size(stored as u64);
+    // A file ending in a hole ends its map with an empty block there.
+    let last_end = blocks.last().map_or(0, |&(off, d)| off + d.len() as u64);
+    let mut map =
+        blocks.iter().map(|&(off, d)| (off, d.len() as u64)).chain((last_end < logical).then_some((logical, 0)));
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.set_real_size(logical);
+    for slot in gnu.sparse.iter_mut() {
+        if let Some((off, len)) = map.next() {
+            slot.set_offset(off);
+            slot.set_length(len);
+        }
+    }
+    let rest: Vec<(u64, u64)> = map.collect();
+    gnu.set_is_extended(!rest.is_empty());
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    let chunks: Vec<&[(u64, u64)]> = rest.chunks(21).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        for (slot, &(off, len)) in ext.sparse_mut().iter_mut().zip(chunk.iter()) {
+            slot.set_offset(off);
+            slot.set_length(len);
+        }
+        ext.set_is_extended(i + 1 < chunks.len());
+        out.extend_from_slice(ext.as_bytes());
+    }
+    for (_, d) in blocks {
+        out.extend_from_slice(d);
+    }
+    out.resize(out.len().next_multiple_of(512), 0);
+    out
+}
+
+/// A header of type `kind` claiming `size` bytes, and none of them.
+fn bare_header(kind: EntryType, name: &str, size: u64) -> Vec<u8> {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_path(name).unwrap();
+    h.set_size(size);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+#[test]
+fn small_sparse_files_are_expanded() {
+    let (_d, store) = store();
+    // Five data blocks: four in the header's map, one in an extension block.
+    let blocks: Vec<(u64, Vec<u8>)> = (0..5u64).map(|i| (i * 600 * 1024, vec![b'a' + i as u8; 512])).collect();
+    let refs: Vec<(u64, &[u8])> = blocks.iter().map(|(o, d)| (*o, d.as_slice())).collect();
+    let logical = 3 << 20;
+    let mut t = Tar::new();
+    t.b.get_mut().extend(sparse_entry("sparse", logical, &refs));
+    t.file("after", 0o644, b"next entry");
+    let data = t.bytes();
+    let idx = ingest_layer(&store, data.as_slice(), &Digest::of(&data)).unwrap();
+    let mut want = vec![0u8; logical as usize];
+    for (off, d) in &blocks {
+        want[*off as usize..*off as usize + d.len()].copy_from_slice(d);
+    }
+    assert!(object(&store, find(&idx, "sparse")) == want, "sparse file content");
+    assert_eq!(object(&store, find(&idx, "after")), b"next entry");
+}
+
+#[test]
+fn refuses_sparse_files_that_expand_too_far() {
+    // 100 entries of 512 bytes at the end of 8 GiB files: a 100 KB tar that
+    // would otherwise be written and hashed as 800 GiB of zeros.
+    let mut t = Tar::new();
+    for i in 0..100u64 {
+        let end = (8 << 30) - i * 4096;
+        t.b.get_mut().extend(sparse_entry(&format!("f{i}"), end, &[(end - 512, &[b'x'; 512])]));
+    }
+    let data = t.bytes();
+    assert!(data.len() < 110_000);
+    assert_refused(&data, None, "tar entry \"f0\" is a sparse file of 8589934592 bytes storing 512");
+
+    // The allowance is for the whole layer: two sparse files of 600 MiB of
+    // holes each are refused at the second.
+    let mut t = Tar::new();
+    for name in ["a", "b"] {
+        t.b.get_mut().extend(sparse_entry(name, 600 << 20, &[(0, &[b'x'; 512])]));
+    }
+    assert_refused(&t.bytes(), None, "tar entry \"b\" is a sparse file");
+}
+
+#[test]
+fn refuses_oversized_extension_headers() {
+    // The headers claim their size and the stream ends there: a refusal must
+    // come from the header, before any of the body is read.
+    for (kind, what) in [
+        (EntryType::GNULongName, "GNU long-name header"),
+        (EntryType::GNULongLink, "GNU long-link header"),
+        (EntryType::XHeader, "PAX extended header"),
+        (EntryType::XGlobalHeader, "PAX global header"),
+    ] {
+        // 20 GB takes the base-256 size encoding, 1 MiB + 1 the octal one.
+        for size in [20_000_000_000, MAX_EXTENSION_HEADER + 1] {
+            let mut data = bare_header(kind, "././@LongLink", size);
+            data.extend_from_slice(&[0u8; 4096]);
+            assert_refused(&data, None, &format!("is a {what} of {size} bytes; headers over 1048576 bytes"));
+        }
+    }
+}
+
+#[test]
+fn extension_headers_up_to_the_limit_are_read() {
+    let (_d, store) = store();
+    let mut t = Tar::new();
+    // A global header of exactly 1 MiB (ignored), then a PAX header of exactly 1 MiB.
+    let mut g = bare_header(EntryType::XGlobalHeader, "pax_global_header", MAX_EXTENSION_HEADER);
+    g.resize(512 + MAX_EXTENSION_HEADER as usize, b'\n');
+    t.b.get_mut().extend(g);
+    let mut note = vec![b'n'; MAX_EXTENSION_HEADER as usize - 100];
+    while pax_record("SCHILY.xattr.user.note", &note).len() < MAX_EXTENSION_HEADER as usize {
+        note.push(b'n');
+    }
+    assert_eq!(pax_record("SCHILY.xattr.user.note", &note).len(), MAX_EXTENSION_HEADER as usize);
+    t.pax(&[("SCHILY.xattr.user.note", &note)]);
+    t.file("f", 0o644, b"content");
+    let data = t.bytes();
+    let idx = ingest_layer(&store, data.as_slice(), &Digest::of(&data)).unwrap();
+    assert_eq!(find(&idx, "f").xattrs, vec![(b"user.note".to_vec(), note)]);
+}
+
+#[test]
+fn a_pax_size_moves_the_next_header_for_the_guard_too() {
+    // A body that looks like a hostile header is data when a PAX `size`
+    // record says so (Go writes sizes over 8 GiB that way, the ustar field 0) ...
+    let mut fake = bare_header(EntryType::XHeader, "fake", 20_000_000_000);
+    fake.resize(1024, b'z');
+    let mut t = Tar::new();
+    t.pax(&[("size", b"1024")]);
+    t.raw(EntryType::Regular, b"data", b"", b"");
+    t.b.get_mut().extend_from_slice(&fake);
+    t.file("after", 0o644, b"after");
+    let data = t.bytes();
+    let (_d, store) = store();
+    let idx = ingest_layer(&store, data.as_slice(), &Digest::of(&data)).unwrap();
+    assert_eq!(object(&store, find(&idx, "data")), fake);
+    assert_eq!(object(&store, find(&idx, "after")), b"after");
+
+    // ... and a header when the record says the entry is empty.
+    let mut t = Tar::new();
+    t.pax(&[("size", b"0")]);
+    t.raw(EntryType::Regular, b"data", b"", &fake);
+    assert_refused(&t.bytes(), None, "tar entry \"fake\" is a PAX extended header of 20000000000 bytes");
 }
 
 #[test]
