@@ -91,6 +91,13 @@
 //!   xattrs off for the whole mount for good, so it is done only where no
 //!   xattr can ever exist (next item). The writeback cache was measured on
 //!   extract: no gain (it adds a FLUSH per file) and it excludes passthrough.
+//! - FUSE over io_uring (kernel `fuse.enable_uring`), measured with libfuse's
+//!   own passthrough_hp example built from upstream with io_uring on, same
+//!   extract onto a tmpfs: /dev/fuse 10.7-10.9 s, io_uring 3.7-4.3 s; with
+//!   idle CPUs held polling (as strata does) 4.1-5.0 s against 3.4 s. strata
+//!   over /dev/fuse with its polling: 1.8-1.9 s. So a ring transport (which
+//!   fuser lacks) would be worth perhaps a fifth here, not the 3-4x that
+//!   separates FUSE from the kernel's overlayfs on this workload.
 //! - Threads: with two threads reading requests, extract took 3.4-4.1 s;
 //!   with one, 2.5-3.1 s (fuse-overlayfs 1.10, single-threaded: 3.1-3.8 s).
 //!   The kernel gives each request to the reader that waited longest, so
