@@ -7,7 +7,7 @@
 //! under the exclusive content lock, so no pull is between "this object
 //! exists, reuse it" and writing the index that references it.
 
-use super::{ExclusiveLock, Store};
+use super::{ExclusiveLock, Store, RECORD_WRITE_PREFIX};
 use crate::digest::Digest;
 use crate::error::{IoContext, Result};
 use crate::index::EntryKind;
@@ -111,12 +111,25 @@ impl Store {
     }
 
     /// Empties `ROOT/tmp` (staging debris of killed pulls and writes). Only
-    /// safe when nobody is writing: hence the exclusive lock.
+    /// safe when nobody is writing content: hence the exclusive lock. Record
+    /// writes ([`Store::write_atomic`]) happen under the records lock alone,
+    /// so their temporary files are left alone for a while: one that is
+    /// minutes old is debris.
     pub fn clean_tmp(&self, _lock: &ExclusiveLock) -> Result<()> {
+        const RECORD_WRITE_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
         let tmp = self.layout.tmp_dir();
         for name in read_dir_names(&tmp)? {
             let path = tmp.join(&name);
             let res = match fs::symlink_metadata(&path) {
+                Ok(m)
+                    if name.starts_with(RECORD_WRITE_PREFIX)
+                        && m.modified()
+                            .ok()
+                            .and_then(|t| t.elapsed().ok())
+                            .is_none_or(|age| age < RECORD_WRITE_GRACE) =>
+                {
+                    continue
+                }
                 Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
                 Ok(_) => fs::remove_file(&path),
                 Err(e) => Err(e),

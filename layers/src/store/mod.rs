@@ -50,6 +50,8 @@ use std::path::{Path, PathBuf};
 const DIR_MODE: u32 = 0o700;
 /// Mode of blobs, objects and layer indexes: immutable content.
 pub(crate) const CONTENT_MODE: u32 = 0o444;
+/// Prefix of [`Store::write_atomic`]'s temporary files in `ROOT/tmp`.
+pub(crate) const RECORD_WRITE_PREFIX: &str = ".write-";
 
 /// An open store. Cheap to share by reference across threads.
 #[derive(Debug)]
@@ -172,7 +174,7 @@ impl Store {
     /// Replaces `path` with `data` atomically: temp file in `ROOT/tmp`,
     /// fsync, chmod `mode`, rename, fsync of the directory.
     pub fn write_atomic(&self, path: &Path, data: &[u8], mode: u32) -> Result<()> {
-        let mut tmp = self.temp_file(".write-")?;
+        let mut tmp = self.temp_file(RECORD_WRITE_PREFIX)?;
         let what = || format!("writing {}", path.display());
         tmp.write_all(data).ctx(what)?;
         tmp.as_file().set_permissions(Permissions::from_mode(mode)).ctx(what)?;

@@ -331,6 +331,23 @@ fn locks_exclude_each_other() {
     assert!(store.try_clean_tmp().unwrap());
 }
 
+/// A record being written (under the records lock only) keeps its
+/// temporary file through a clean of `tmp/`; debris goes.
+#[test]
+fn cleaning_tmp_spares_record_writes_in_progress() {
+    let (_d, store) = store();
+    let writing = store.temp_file(RECORD_WRITE_PREFIX).unwrap();
+    let debris = store.temp_file(".stage-").unwrap().into_temp_path().keep().unwrap();
+    let old = store.temp_file(RECORD_WRITE_PREFIX).unwrap().into_temp_path().keep().unwrap();
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    File::options().write(true).open(&old).unwrap().set_modified(long_ago).unwrap();
+    assert!(store.try_clean_tmp().unwrap());
+    assert!(writing.path().exists(), "a record write in progress lost its file");
+    assert!(!debris.exists());
+    assert!(!old.exists(), "an old record write's debris stayed");
+    writing.persist(store.layout.root().join("written")).unwrap();
+}
+
 #[test]
 fn corrupt_records_are_reported() {
     let (_d, store) = store();
