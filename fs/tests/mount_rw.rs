@@ -576,6 +576,43 @@ impl Drop for SmallTmpfs {
     }
 }
 
+/// A scratch directory whose upper directory is on a tmpfs of 64 inodes;
+/// None (the test skips) when not root, as mounting the tmpfs needs it.
+struct SmallUpper {
+    // (Unmounted before the scratch directory goes: fields drop in order.)
+    _fs: SmallTmpfs,
+    _tmp: tempfile::TempDir,
+    objects: std::path::PathBuf,
+    upper: std::path::PathBuf,
+    mnt: std::path::PathBuf,
+}
+
+impl SmallUpper {
+    fn new() -> Option<SmallUpper> {
+        if !is_root() {
+            eprintln!("skipped: mounting a small tmpfs needs root");
+            return None;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let fs = SmallTmpfs::new(&tmp.path().join("upper-fs"), 64);
+        let upper = fs.0.join("upper");
+        std::fs::create_dir(&upper).unwrap();
+        let (objects, mnt) = (tmp.path().join("objects"), tmp.path().join("mnt"));
+        Some(SmallUpper { _fs: fs, _tmp: tmp, objects, upper, mnt })
+    }
+}
+
+/// Creates empty files in `mnt/fill/` (named 0, 1, ...) until the upper
+/// filesystem has no inode left.
+fn fill_inodes(mnt: &Path) {
+    std::fs::create_dir(mnt.join("fill")).unwrap();
+    let mut filled = 0;
+    while std::fs::write(mnt.join(format!("fill/{filled}")), b"").is_ok() {
+        filled += 1;
+        assert!(filled < 1000, "the upper filesystem never filled up");
+    }
+}
+
 /// On a full upper filesystem (here: out of inodes, so that no whiteout or
 /// new entry can be made), a rename or a new directory over a deleted one
 /// fails with ENOSPC and changes nothing: the mount shows what it showed,
@@ -584,16 +621,8 @@ impl Drop for SmallTmpfs {
 /// still works there (it frees what its whiteout needs), and stays removed.
 #[test]
 fn a_full_upper_loses_nothing() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper_fs = SmallTmpfs::new(&tmp.path().join("upper-fs"), 64);
-    let upper = upper_fs.0.join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let Some(small) = SmallUpper::new() else { return };
+    let (objects, upper, mnt) = (&small.objects, &small.upper, &small.mnt);
     let lowers = vec![LayerBuilder::new(&objects)
         .dir("", 0o755)
         .file("a", b"lower a", 0o644)
@@ -605,12 +634,7 @@ fn a_full_upper_loses_nothing() {
     std::fs::write(mnt.join("a"), b"changed a").unwrap();
     std::fs::set_permissions(mnt.join("r"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::remove_dir_all(mnt.join("d")).unwrap();
-    std::fs::create_dir(mnt.join("fill")).unwrap();
-    let mut filled = 0;
-    while std::fs::write(mnt.join(format!("fill/{filled}")), b"").is_ok() {
-        filled += 1;
-        assert!(filled < 1000, "the upper filesystem never filled up");
-    }
+    fill_inodes(mnt);
 
     let enospc = |r: std::io::Result<()>, what: &str| {
         assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::ENOSPC)), "{what}");
@@ -641,16 +665,8 @@ fn a_full_upper_loses_nothing() {
 /// group comes up whole (all names one file, the write seen through each).
 #[test]
 fn a_hard_link_group_copy_up_that_fails_can_be_retried() {
-    if !is_root() {
-        eprintln!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper_fs = SmallTmpfs::new(&tmp.path().join("upper-fs"), 64);
-    let upper = upper_fs.0.join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let Some(small) = SmallUpper::new() else { return };
+    let (objects, upper, mnt) = (&small.objects, &small.upper, &small.mnt);
     let lowers = vec![LayerBuilder::new(&objects)
         .dir("", 0o755)
         .dir("a", 0o755)
@@ -661,11 +677,7 @@ fn a_hard_link_group_copy_up_that_fails_can_be_retried() {
         .hardlink("c/z", "a/x")
         .build()];
     let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
-    std::fs::create_dir(mnt.join("fill")).unwrap();
-    let mut filled = 0;
-    while std::fs::write(mnt.join(format!("fill/{filled}")), b"").is_ok() {
-        filled += 1;
-    }
+    fill_inodes(mnt);
     // Room for part of what the copy-up needs: three directories, the copy,
     // and on tmpfs an inode's worth for each further link.
     for i in 0..4 {
