@@ -623,14 +623,14 @@ fn fill_inodes(mnt: &Path) {
 fn a_full_upper_loses_nothing() {
     let Some(small) = SmallUpper::new() else { return };
     let (objects, upper, mnt) = (&small.objects, &small.upper, &small.mnt);
-    let lowers = vec![LayerBuilder::new(&objects)
+    let lowers = vec![LayerBuilder::new(objects)
         .dir("", 0o755)
         .file("a", b"lower a", 0o644)
         .file("r", b"lower r", 0o644)
         .dir("d", 0o755)
         .file("d/inside", b"i", 0o644)
         .build()];
-    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    let g = MountGuard::new(lowers.clone(), mnt, opts(upper));
     std::fs::write(mnt.join("a"), b"changed a").unwrap();
     std::fs::set_permissions(mnt.join("r"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::remove_dir_all(mnt.join("d")).unwrap();
@@ -650,13 +650,13 @@ fn a_full_upper_loses_nothing() {
         )
     };
     let want = (Some(b"changed a".to_vec()), Some(b"lower r".to_vec()), false, false);
-    assert_eq!(shown(&mnt), want, "after the failures");
+    assert_eq!(shown(mnt), want, "after the failures");
     std::fs::remove_file(mnt.join("a")).expect("rm of a copied-up lower file on a full upper");
     let want = (None, Some(b"lower r".to_vec()), false, false);
-    assert_eq!(shown(&mnt), want, "after rm");
+    assert_eq!(shown(mnt), want, "after rm");
     g.unmount();
-    let g = MountGuard::new(lowers, &mnt, opts(&upper));
-    assert_eq!(shown(&mnt), want, "after a remount");
+    let g = MountGuard::new(lowers, mnt, opts(upper));
+    assert_eq!(shown(mnt), want, "after a remount");
     g.unmount();
 }
 
@@ -667,7 +667,7 @@ fn a_full_upper_loses_nothing() {
 fn a_hard_link_group_copy_up_that_fails_can_be_retried() {
     let Some(small) = SmallUpper::new() else { return };
     let (objects, upper, mnt) = (&small.objects, &small.upper, &small.mnt);
-    let lowers = vec![LayerBuilder::new(&objects)
+    let lowers = vec![LayerBuilder::new(objects)
         .dir("", 0o755)
         .dir("a", 0o755)
         .dir("b", 0o755)
@@ -676,7 +676,7 @@ fn a_hard_link_group_copy_up_that_fails_can_be_retried() {
         .hardlink("b/y", "a/x")
         .hardlink("c/z", "a/x")
         .build()];
-    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    let g = MountGuard::new(lowers.clone(), mnt, opts(upper));
     fill_inodes(mnt);
     // Room for part of what the copy-up needs: three directories, the copy,
     // and on tmpfs an inode's worth for each further link.
@@ -685,7 +685,6 @@ fn a_hard_link_group_copy_up_that_fails_can_be_retried() {
     }
     let append = || std::fs::OpenOptions::new().append(true).open(mnt.join("a/x"))?.write_all(b"+");
     assert_eq!(append().map_err(|e| e.raw_os_error()), Err(Some(libc::ENOSPC)));
-    eprintln!("DEBUG {:?}", std::process::Command::new("find").arg(&upper).output().unwrap());
     for i in 4..12 {
         std::fs::remove_file(mnt.join(format!("fill/{i}"))).unwrap();
     }
@@ -695,7 +694,7 @@ fn a_hard_link_group_copy_up_that_fails_can_be_retried() {
         assert_eq!(std::fs::metadata(mnt.join(p)).unwrap().nlink(), 3, "{p}");
     }
     g.unmount();
-    let g = MountGuard::new(lowers, &mnt, opts(&upper));
+    let g = MountGuard::new(lowers, mnt, opts(upper));
     for p in ["a/x", "b/y", "c/z"] {
         assert_eq!(std::fs::read(mnt.join(p)).unwrap(), b"group+", "{p} after a remount");
     }
