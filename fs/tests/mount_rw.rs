@@ -227,9 +227,11 @@ fn removed_while_open_and_deep_trees() {
 
     // The deep tree: a file created at its bottom and the tree moved. Its
     // upper path is longer than PATH_MAX, so the host refuses (the kernel's
-    // overlayfs copies up through such paths); what matters is a clean
-    // error and a mount that keeps serving, not a server thread that ran
-    // out of stack on the way.
+    // overlayfs copies up through such paths; strata keeps every upper path
+    // within PATH_MAX, so that a remount and a commit, which walk the upper
+    // directory by path, can read all of it). What matters is a clean error
+    // and a mount that keeps serving, not a server thread that ran out of
+    // stack on the way.
     let comps: Vec<&str> = deep.split('/').collect();
     let mut at = rustix::fs::open(&mnt, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
     for chunk in comps.chunks(1000) {
