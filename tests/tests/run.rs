@@ -763,3 +763,36 @@ fn init_puts_the_command_in_the_terminal_foreground() {
         assert_eq!(out.status.code(), Some(7), "{who}: {}", String::from_utf8_lossy(&term.seen));
     });
 }
+
+/// An image removed between `create` resolving it and the container's
+/// record naming it (the window in which `rmi` cannot see the container
+/// yet) is noticed: the create fails instead of leaving a container whose
+/// layers are gone. The removal is staged while the test holds the store's
+/// content lock, where `create` waits after resolving.
+#[test]
+fn create_notices_an_image_removed_meanwhile() {
+    let e = setup(false);
+    let s = &e.s;
+    let id = s.ok(&["image", "inspect", "-f", "{{.Id}}", &e.bb]).trim().to_string();
+    let hex = id.strip_prefix("sha256:").unwrap_or(&id).to_string();
+    let lock = std::fs::OpenOptions::new().read(true).write(true).open(s.root().join("lock")).unwrap();
+    lock.lock().unwrap();
+    let child = s.spawn(&["create", "--name", "late", &e.bb, "true"]);
+    // create resolves the image (reading records needs no content lock),
+    // then waits for the lock: remove the image's record meanwhile.
+    std::thread::sleep(Duration::from_millis(1500));
+    let records: Vec<_> = std::fs::read_dir(s.root().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().contains(&hex)))
+        .collect();
+    assert!(!records.is_empty(), "no record file for {id}");
+    for r in records {
+        std::fs::remove_file(r).unwrap();
+    }
+    drop(lock);
+    let out = wait_output(child, Duration::from_secs(60), "create after the image went");
+    assert_ne!(out.status.code(), Some(0), "create succeeded: {}", show_output(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was removed"), "{}", show_output(&out));
+    assert_eq!(s.ok(&["ps", "-aq"]), "");
+}

@@ -348,6 +348,19 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         request: args,
     };
 
+    // rmi refuses to delete an image a container uses, which it learns from
+    // the container's config: until that is written, hold the store's
+    // content lock (rmi and image prune take it exclusively), and check that
+    // the image was not removed since it was resolved.
+    let store = strata_layers::store::Store::open(ctx.layout.clone()).context("opening the store")?;
+    let _content = store.lock_shared()?;
+    let image_digest: strata_layers::Digest = image.id.parse().with_context(|| format!("image id {}", image.id))?;
+    if store.image(&image_digest)?.is_none() {
+        return Err(daemon_error(
+            exit::STRATA_ERROR,
+            format!("image {} was removed while the container was being created", config.image),
+        ));
+    }
     // Name and directory are claimed together under the records lock.
     let _lock = record::lock(&ctx.layout)?;
     let existing = record::list(&ctx.layout)?;
