@@ -367,9 +367,12 @@ pub fn refresh(layout: &StoreLayout, c: Container) -> Result<Container> {
             s.supervisor = None;
             s.finished_at = Some(now());
             s.error = "the container's supervisor process died".to_string();
+            // Its mount is left over too. Detached here, under the lock and
+            // only by the command that repaired the record: a start that
+            // claims the container right after mounts the rootfs anew.
+            clear_stale_mount(&dir.join("rootfs"));
         }
     })?;
-    clear_stale_mount(&dir.join("rootfs"));
     Ok(updated.unwrap_or(c))
 }
 
@@ -526,6 +529,36 @@ mod tests {
         let id = new_id();
         assert_eq!(id.len(), 64);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    /// A command that read a stale "running" record, while another repaired
+    /// it and a start mounted the rootfs anew, leaves that mount alone.
+    #[test]
+    fn repairing_a_record_someone_else_repaired_leaves_the_new_mount() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting needs root");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("strata-refresh-test-{}", std::process::id()));
+        let layout = StoreLayout::new(root.clone());
+        let c = test_record(&layout, "c");
+        let rootfs = c.dir.join("rootfs");
+        fs::create_dir_all(&rootfs).unwrap();
+        // On disk: running, served by a live supervisor (this process), mounted.
+        let mut cur = c.clone();
+        cur.state.status = Status::Running;
+        cur.state.supervisor = Proc::of(std::process::id() as i32);
+        save_state(&cur).unwrap();
+        nix::mount::mount(Some("tmpfs"), &rootfs, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+        // What the slow command read before: running, its supervisor dead.
+        let mut stale = cur.clone();
+        stale.state.supervisor = Some(Proc { pid: i32::MAX, start: 1 });
+        let now = refresh(&layout, stale).unwrap();
+        let mounted = fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&format!(" {} ", rootfs.display()));
+        let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir_all(&root);
+        assert!(mounted, "the new mount was detached");
+        assert_eq!(now.state.status, Status::Running);
     }
 
     #[test]
