@@ -1,4 +1,13 @@
 //! Changes of the namespace: creating, removing and renaming names.
+//!
+//! Each change is several host steps (an entry, its whiteout, an opaque
+//! marker, a rename), and the disk can fill up or the process die between
+//! any two. They are ordered so that every state in between reads, after a
+//! remount, as either the old or the new one: an entry and its whiteout side
+//! by side read as the entry, so a creation makes the entry before removing
+//! the whiteout and a removal writes the whiteout before removing the entry;
+//! a rename does whatever can fail before the host rename. The tree changes
+//! only once the host steps are done.
 
 use super::*;
 
