@@ -44,22 +44,6 @@ impl FsInner {
         Attr { mode, uid: req.uid(), gid, rdev: 0, size: 0, blocks: 0, atime: n, mtime: n, ctime: n }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn finish_create(
-        &self,
-        t: &mut Tree,
-        pfd: &Arc<OwnedFd>,
-        parent: Ino,
-        name: &[u8],
-        attr: Attr,
-        hidden: bool,
-        stand_in: bool,
-        rec: bool,
-    ) -> (Ino, FileAttr) {
-        let ino = self.link_new(t, parent, name, attr, hidden, stand_in, rec);
-        (ino, self.attr(t, ino, Some((pfd.as_fd(), name))))
-    }
-
     /// Links a node strata just created in the upper directory. `rec`: the
     /// host entry carries a `user.strata.meta` record.
     #[allow(clippy::too_many_arguments)]
@@ -162,7 +146,8 @@ impl FsInner {
         let stand_in = create_over(up, pfd.as_fd(), name, hidden, false, || {
             self.create_special(up, pfd.as_fd(), name, &attr, b"")
         })?;
-        Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in, true))
+        let ino = self.link_new(&mut t, parent, name, attr, hidden, stand_in, true);
+        Ok((ino, self.attr(&t, ino, Some((pfd.as_fd(), name)))))
     }
 
     pub(super) fn do_symlink(
@@ -180,7 +165,8 @@ impl FsInner {
         let stand_in = create_over(up, pfd.as_fd(), name, hidden, false, || {
             self.create_special(up, pfd.as_fd(), name, &attr, target)
         })?;
-        Ok(self.finish_create(&mut t, &pfd, parent, name, attr, hidden, stand_in, true))
+        let ino = self.link_new(&mut t, parent, name, attr, hidden, stand_in, true);
+        Ok((ino, self.attr(&t, ino, Some((pfd.as_fd(), name)))))
     }
 
     pub(super) fn do_link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> io::Result<()> {
