@@ -27,10 +27,14 @@
 //! Copy-ups take only what they must: chmod, chown, utimes, xattr changes
 //! and renames (also of whole lower trees) copy metadata, leaving the
 //! content below as a metacopy found by digest; a truncation copies the part
-//! that stays; opening for writing copies the content, a large file's outside
-//! the tree lock. Known limit: the remaining content copies (filling in a
-//! metacopy, linking a lower file) run under the tree's write lock, so other
-//! requests wait meanwhile.
+//! that stays; opening for writing copies the content, a large file's
+//! (also a metacopy's being filled in) outside the tree lock: `ls -l` of
+//! 10,000 entries while a 1 GiB metacopy was filled in took 1.0-1.1 s with
+//! the copy under the lock, 0.45-0.55 s now (0.24-0.29 s alone; the copy
+//! holds one of 2 CPUs). Known limit: the content copies left (a metacopy
+//! with several names, a lower hard link group, a truncation that keeps a
+//! large head) run under the tree's write lock, so other requests wait
+//! meanwhile.
 //!
 //! # Performance notes (measured)
 //!

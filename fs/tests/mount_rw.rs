@@ -459,6 +459,123 @@ fn copy_up_of_large_files() {
     g.unmount();
 }
 
+/// A large metacopy (a lower file after a chmod or a rename) is filled in
+/// from a copy made outside the tree lock: while its object is being read,
+/// other requests of the mount are answered. The object is swapped for a
+/// fifo so that the copy waits, deterministically, until the test has
+/// looked up another name; the filled-in file keeps the metacopy's
+/// metadata, also across a remount.
+#[test]
+fn metacopy_fill_does_not_stall_the_mount() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&upper).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 247) as u8).collect();
+    let lowers = vec![LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .file("big", &big, 0o644)
+        .xattr("user.lower", b"kept")
+        .file("moved", &big, 0o644)
+        .file("other", b"other", 0o644)
+        .build()];
+    let object = strata_layers::layout::object_path_in(&objects, &strata_layers::Digest::of(&big));
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    // Metadata-only copy-ups: a chmod and an xattr, and a rename.
+    std::fs::set_permissions(mnt.join("big"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    rustix::fs::setxattr(mnt.join("big"), "user.mine", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+    let when = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: 1_000_000, tv_nsec: 5 },
+        last_modification: rustix::fs::Timespec { tv_sec: 2_000_000, tv_nsec: 7 },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, mnt.join("big"), &when, rustix::fs::AtFlags::empty()).unwrap();
+    std::fs::rename(mnt.join("moved"), mnt.join("renamed")).unwrap();
+    let host_ino = std::fs::metadata(upper.join("big")).unwrap().ino();
+
+    // The object becomes a fifo (a second name kept to open it by).
+    let real = object.with_extension("real");
+    let fifo = object.with_extension("fifo");
+    std::fs::rename(&object, &real).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &object,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    std::fs::hard_link(&object, &fifo).unwrap();
+    let append = {
+        let p = mnt.join("big");
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().append(true).open(p)?;
+            f.write_all(b"END")
+        })
+    };
+    // Wait until the server waits for a writer of the fifo.
+    let waiting = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("wait_for_partner")))
+    };
+    let t0 = std::time::Instant::now();
+    while !waiting() {
+        assert!(t0.elapsed().as_secs() < 30, "the copy-up never opened the object");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // A name not looked up before: a LOOKUP the server must answer now.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lookup = {
+        let p = mnt.join("other");
+        std::thread::spawn(move || tx.send(std::fs::read(p).map(|v| v.len())))
+    };
+    let answered = rx.recv_timeout(std::time::Duration::from_secs(20));
+    // Let the copy go on: the object back in place, the fifo released (a
+    // fifo cannot be copied from; the copy-up then copies under the lock).
+    std::fs::rename(&real, &object).unwrap();
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    assert!(matches!(answered, Ok(Ok(5))), "a lookup waited for the copy-up: {answered:?}");
+    lookup.join().unwrap();
+    append.join().unwrap().unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(!std::fs::symlink_metadata(&object).unwrap().file_type().is_fifo());
+
+    // Without the fifo: the copy made beforehand takes the metacopy's place.
+    let renamed_ino = std::fs::metadata(upper.join("renamed")).unwrap().ino();
+    let mut f = std::fs::OpenOptions::new().append(true).open(mnt.join("renamed")).unwrap();
+    f.write_all(b"END").unwrap();
+    drop(f);
+    let check = |mnt: &Path| {
+        let want = [&big[..], b"END"].concat();
+        for name in ["big", "renamed"] {
+            assert!(std::fs::read(mnt.join(name)).unwrap() == want, "{name}");
+        }
+        let m = std::fs::metadata(mnt.join("big")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        assert_eq!(rustix::fs::getxattr(mnt.join("big"), "user.mine", &mut [0u8; 8][..]).unwrap(), 1);
+        assert_eq!(rustix::fs::getxattr(mnt.join("big"), "user.lower", &mut [0u8; 8][..]).unwrap(), 4);
+        assert_eq!(rustix::fs::getxattr(mnt.join("renamed"), "user.mine", &mut [0u8; 8][..]).ok(), None);
+    };
+    check(&mnt);
+    g.unmount();
+    assert_eq!(std::fs::metadata(upper.join("big")).unwrap().ino(), host_ino, "filled in place (fifo case)");
+    let renamed = std::fs::metadata(upper.join("renamed")).unwrap();
+    assert_eq!(renamed.len(), big.len() as u64 + 3);
+    assert_ne!(renamed.ino(), renamed_ino, "filled in from the copy made outside the lock");
+    let leftovers: Vec<_> = std::fs::read_dir(&upper)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".wh..wh..cu"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let g = MountGuard::new(lowers, &mnt, opts(&upper));
+    check(&mnt);
+    g.unmount();
+}
+
 /// The upper directory read back as layer entries: whiteouts, opaque
 /// directories, metadata-only changes pointing at the lower object, new
 /// files, hard links, symlinks, owners and xattrs as the mount showed them.

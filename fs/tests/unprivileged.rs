@@ -73,7 +73,10 @@ fn ordinary_user_mounts_through_fusermount() {
         .owner(1001, 1001)
         .file("home/rootfile", b"root's\n", 0o644)
         .file("home/shared", b"shared\n", 0o666)
-        .owner(5, 6);
+        .owner(5, 6)
+        // Large enough to be copied outside the tree lock.
+        .file("home/big", &vec![b'b'; 3 << 20], 0o644)
+        .owner(1001, 6);
     let l1 = LayerBuilder::new(&objects).whiteout("etc/passwd").file("etc/new", b"new", 0o600).owner(5, 6);
     for (i, b) in [l0, l1].into_iter().enumerate() {
         let lower = b.build();
@@ -107,16 +110,20 @@ fn ordinary_user_mounts_through_fusermount() {
     let h = format!("{b}/mnt/home");
     let (ok, _) = as_user(&format!(
         "{b}/strata-fs-mount --upper {b}/upper {layers} {b}/mnt -- sh -ec 'echo hi > {h}/hello; \
-         chmod 0640 {h}/hello; mkdir {h}/d; rm {h}/rootfile; echo more >> {h}/shared; ln -s target {h}/sym'"
+         chmod 0640 {h}/hello; mkdir {h}/d; rm {h}/rootfile; echo more >> {h}/shared; ln -s target {h}/sym; \
+         chmod 0604 {h}/big; echo end >> {h}/big'"
     ));
     assert!(ok);
     let (ok, out) = as_user(&format!(
         "{b}/strata-fs-mount --upper {b}/upper {layers} {b}/mnt -- sh -c 'stat -c \"%n %u:%g %a\" {h}/hello {h}/shared {h}/d; \
-         cat {h}/hello {h}/shared; test -e {h}/rootfile || echo gone; readlink {h}/sym'"
+         cat {h}/hello {h}/shared; test -e {h}/rootfile || echo gone; readlink {h}/sym; \
+         stat -c \"%n %u:%g %a %s\" {h}/big; tail -c 4 {h}/big'"
     ));
     assert!(ok);
-    let want =
-        format!("{h}/hello 1001:1001 640\n{h}/shared 5:6 666\n{h}/d 1001:1001 755\nhi\nshared\nmore\ngone\ntarget\n");
+    let want = format!(
+        "{h}/hello 1001:1001 640\n{h}/shared 5:6 666\n{h}/d 1001:1001 755\nhi\nshared\nmore\ngone\ntarget\n\
+             {h}/big 1001:6 604 3145732\nend\n"
+    );
     assert_eq!(out, want);
     // The host files are the user's own; ids it cannot hold are records.
     let m = std::fs::metadata(base.join("upper/home/shared")).unwrap();
