@@ -538,7 +538,7 @@ fn metacopy_fill_does_not_stall_the_mount() {
     std::fs::rename(&real, &object).unwrap();
     drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
     assert!(matches!(answered, Ok(Ok(5))), "a lookup waited for the copy-up: {answered:?}");
-    lookup.join().unwrap();
+    lookup.join().unwrap().unwrap();
     append.join().unwrap().unwrap();
     std::fs::remove_file(&fifo).unwrap();
     assert!(!std::fs::symlink_metadata(&object).unwrap().file_type().is_fifo());
