@@ -144,6 +144,24 @@ fn entry_of(
     links: &mut std::collections::HashMap<(u64, u64), Vec<u8>>,
 ) -> std::io::Result<UpperEntry> {
     let a = h.attr();
+    // Any non-directory can have several names (a hard link to a symlink,
+    // a fifo, a device: what Docker's layer tars hold as link entries too).
+    if a.kind() != libc::S_IFDIR && h.st.st_nlink > 1 {
+        let key = (h.st.st_dev, h.st.st_ino);
+        if let Some(first) = links.get(&key) {
+            return Ok(UpperEntry {
+                path: path.to_vec(),
+                kind: UpperKind::Hardlink { target: first.clone() },
+                mode: a.mode & 0o7777,
+                uid: a.uid,
+                gid: a.gid,
+                mtime: a.mtime.sec,
+                mtime_nsec: a.mtime.nsec,
+                xattrs: vec![],
+            });
+        }
+        links.insert(key, path.to_vec());
+    }
     let (major, minor) = decode_dev(a.rdev);
     let kind = match a.kind() {
         libc::S_IFDIR => UpperKind::Dir,
@@ -162,36 +180,18 @@ fn entry_of(
         libc::S_IFBLK => UpperKind::BlockDevice { major, minor },
         libc::S_IFIFO => UpperKind::Fifo,
         libc::S_IFSOCK => UpperKind::Socket,
-        _ => {
-            let key = (h.st.st_dev, h.st.st_ino);
-            if h.st.st_nlink > 1 {
-                if let Some(first) = links.get(&key) {
-                    return Ok(UpperEntry {
-                        path: path.to_vec(),
-                        kind: UpperKind::Hardlink { target: first.clone() },
-                        mode: a.mode & 0o7777,
-                        uid: a.uid,
-                        gid: a.gid,
-                        mtime: a.mtime.sec,
-                        mtime_nsec: a.mtime.nsec,
-                        xattrs: vec![],
-                    });
-                }
-                links.insert(key, path.to_vec());
+        _ => match &h.metacopy {
+            Some(d) => {
+                let obj = lowers
+                    .iter()
+                    .map(|l| strata_layers::layout::object_path_in(&l.objects_dir, d))
+                    .find(|p| p.exists())
+                    .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+                let size = std::fs::metadata(&obj)?.len();
+                UpperKind::File { size, content: UpperContent::Object(obj) }
             }
-            match &h.metacopy {
-                Some(d) => {
-                    let obj = lowers
-                        .iter()
-                        .map(|l| strata_layers::layout::object_path_in(&l.objects_dir, d))
-                        .find(|p| p.exists())
-                        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
-                    let size = std::fs::metadata(&obj)?.len();
-                    UpperKind::File { size, content: UpperContent::Object(obj) }
-                }
-                None => UpperKind::File { size: a.size, content: UpperContent::Upper },
-            }
-        }
+            None => UpperKind::File { size: a.size, content: UpperContent::Upper },
+        },
     };
     let mut xattrs = Vec::new();
     for k in up.list_xattrs(dir, name)? {

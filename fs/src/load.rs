@@ -141,7 +141,7 @@ fn walk(
             t.remove_name(dir, &n);
         }
         let key = (h.st.st_dev, h.st.st_ino);
-        if h.host_kind() == libc::S_IFREG && h.st.st_nlink > 1 {
+        if h.host_kind() != libc::S_IFDIR && h.st.st_nlink > 1 {
             if let Some(&ino) = links.get(&key) {
                 t.add_link(ino, dir, &n, covers);
                 continue;
@@ -171,7 +171,7 @@ fn walk(
         node.stand_in = h.is_stand_in();
         let ino = t.alloc(node);
         t.add_link(ino, dir, &n, covers);
-        if h.host_kind() == libc::S_IFREG && h.st.st_nlink > 1 {
+        if h.host_kind() != libc::S_IFDIR && h.st.st_nlink > 1 {
             links.insert(key, ino);
         }
         if attr.is_dir() {

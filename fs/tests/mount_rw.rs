@@ -597,6 +597,8 @@ fn upper_read_back_as_layer_entries() {
     std::fs::write(mnt.join("new"), b"new content").unwrap();
     std::fs::hard_link(mnt.join("new"), mnt.join("new2")).unwrap();
     std::os::unix::fs::symlink("new", mnt.join("sym")).unwrap();
+    // A hard link to a symlink is a link entry too (as in Docker's layers).
+    std::fs::hard_link(mnt.join("sym"), mnt.join("sym2")).unwrap();
     rustix::fs::setxattr(mnt.join("new"), "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap();
     g.unmount();
 
@@ -623,6 +625,7 @@ fn upper_read_back_as_layer_entries() {
     assert_eq!(content, "new content");
     assert_eq!(find("new2").kind, UpperKind::Hardlink { target: b"new".to_vec() });
     assert_eq!(find("sym").kind, UpperKind::Symlink { target: b"new".to_vec() });
+    assert_eq!(find("sym2").kind, UpperKind::Hardlink { target: b"sym".to_vec() });
     assert!(!entries.iter().any(|e| e.path.starts_with(b".wh.") || e.path.windows(4).any(|w| w == b".wh.")));
     // Parents come before their children.
     let pos = |p: &str| entries.iter().position(|e| e.path == p.as_bytes()).unwrap();

@@ -221,6 +221,14 @@ fn script() -> Script {
         ("stat linked", Box::new(|m: &Path| stat(m, "data/d"))),
         ("unlink lower", Box::new(|m: &Path| unlink(m, "etc/motd"))),
         ("unlink missing", Box::new(|m: &Path| unlink(m, "etc/motd"))),
+        (
+            "rename a new dir with old times over a deleted name",
+            Box::new(|m: &Path| {
+                mkdir(m, "x0")?;
+                utimes(m, "x0", 1_100_000_000, 3, true)?;
+                rename(m, "x0", "etc/motd")
+            }),
+        ),
         ("rmdir lower empty", Box::new(|m: &Path| rmdir(m, "emptydir"))),
         ("rmdir non-empty", Box::new(|m: &Path| rmdir(m, "var/cache"))),
         ("rm -rf lower dir", Box::new(|m: &Path| rm_rf(m, "var/cache"))),
@@ -354,4 +362,204 @@ fn same_results_as_kernel_overlayfs_in_a_user_namespace() {
     eprintln!("--- run in the user namespace: stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
     assert!(out.status.success(), "the run in the user namespace failed ({})", out.status);
     assert!(stdout.contains("differential body done"), "the run in the user namespace did not run the test");
+}
+
+/// xorshift64*: the random scripts below are the same on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
+        v[self.below(v.len())]
+    }
+}
+
+/// Directories and names the random steps combine into paths: the layers'
+/// own (lower, merged, opaque, whiteout-covered) and new ones. `dev` (a
+/// device node and a fifo, which block or refuse I/O) is left out.
+const RANDOM_DIRS: &[&str] = &[
+    "",
+    "etc",
+    "data",
+    "var/cache",
+    "srv",
+    "srv/sub",
+    "opt/app",
+    "opt/app/lib",
+    "opt/app/share",
+    "usr/lib",
+    "n1",
+    "n1/n2",
+];
+const RANDOM_NAMES: &[&str] = &[
+    "a",
+    "b",
+    "d",
+    "passwd",
+    "hosts",
+    "shadow",
+    "big",
+    "x.so",
+    "y.so",
+    "doc",
+    "doc.link",
+    "index.html",
+    "link",
+    "sub",
+    "deep.txt",
+    "new",
+    "n1",
+    "n2",
+    "lib",
+    "apt",
+    "cache",
+    "x",
+    "bin",
+    "f1",
+    "f2",
+];
+
+/// One random step: a description and the operation, built from the state
+/// of the overlayfs mount (which equals strata's while no step differed).
+fn random_step(rng: &mut Rng) -> (String, Op) {
+    let path = |rng: &mut Rng| {
+        let (d, n) = (rng.pick(RANDOM_DIRS), rng.pick(RANDOM_NAMES));
+        if d.is_empty() {
+            n.to_string()
+        } else {
+            format!("{d}/{n}")
+        }
+    };
+    let (p, q) = (path(rng), path(rng));
+    let data: Vec<u8> = match rng.below(8) {
+        0 => Vec::new(),
+        1 => vec![b'L'; 70_000],
+        _ => format!("content {}\n", rng.next() % 1000).into_bytes(),
+    };
+    let k = rng.below(24);
+    let what = format!("#{k} {p} {q}");
+    let op: Op = match k {
+        0 | 1 => Box::new(move |m: &Path| write(m, &p, &data)),
+        2 | 3 => Box::new(move |m: &Path| append(m, &p, &data)),
+        4 => {
+            let len = [0, 3, 100_000][rng.below(3)];
+            Box::new(move |m: &Path| truncate(m, &p, len))
+        }
+        5 => Box::new(move |m: &Path| open_trunc(m, &p)),
+        6 => {
+            let mode = [0o600, 0o644, 0o755, 0o4755, 0o2770, 0o1777][rng.below(6)];
+            Box::new(move |m: &Path| chmod(m, &p, mode))
+        }
+        7 => {
+            let (u, g) = ([0, 1000, 33][rng.below(3)], [0, 42, 1000][rng.below(3)]);
+            Box::new(move |m: &Path| chown(m, &p, u, g))
+        }
+        8 => {
+            let (sec, follow) = (1_000_000_000 + rng.below(1000) as i64, rng.below(2) == 0);
+            Box::new(move |m: &Path| utimes(m, &p, sec, 7, follow))
+        }
+        9 => Box::new(move |m: &Path| unlink(m, &p)),
+        10 => Box::new(move |m: &Path| rmdir(m, &p)),
+        11 => Box::new(move |m: &Path| rm_rf(m, &p)),
+        12 | 13 => Box::new(move |m: &Path| mkdir(m, &p)),
+        14 => {
+            let target = rng.pick(RANDOM_NAMES).to_string();
+            Box::new(move |m: &Path| symlink(m, &target, &p))
+        }
+        15 => Box::new(move |m: &Path| link(m, &p, &q)),
+        16 | 17 => Box::new(move |m: &Path| rename(m, &p, &q)),
+        18 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::NOREPLACE)),
+        19 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::EXCHANGE)),
+        20 => {
+            let v = format!("v{}", rng.below(100));
+            Box::new(move |m: &Path| setxattr(m, &p, "user.r", v.as_bytes()))
+        }
+        21 => Box::new(move |m: &Path| removexattr(m, &p, "user.origin")),
+        22 => Box::new(move |m: &Path| read(m, &p)),
+        _ => Box::new(move |m: &Path| {
+            // lstat without the size and link count of directories (those
+            // are each filesystem's own).
+            use std::os::unix::fs::MetadataExt;
+            let st = std::fs::symlink_metadata(m.join(&p)).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+            let (size, nlink) = if st.is_dir() { (0, 0) } else { (st.len(), st.nlink()) };
+            Ok(format!("{:o} {}:{} nlink={nlink} size={size}", st.mode(), st.uid(), st.gid()))
+        }),
+    };
+    (what, op)
+}
+
+/// Random scripts over the same layers on kernel overlayfs (with its inode
+/// index, so that lower hard links stay links after a copy-up, as in
+/// strata) and on strata: every step's result, then the trees (also after
+/// a remount) and the change lists must agree. A step that overlayfs
+/// refuses with EXDEV (it cannot rename a directory that has lower
+/// content without redirect_dir) is not run on strata.
+#[test]
+fn random_scripts_match_kernel_overlayfs() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // More for a longer search: STRATA_FS_RANDOM_RUNS=200 STRATA_FS_RANDOM_STEPS=2000
+    // (STRATA_FS_RANDOM_FIRST=N starts at the Nth seed).
+    let env = |k: &str, default: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (runs, steps) = (env("STRATA_FS_RANDOM_RUNS", 12), env("STRATA_FS_RANDOM_STEPS", 500));
+    let first = env("STRATA_FS_RANDOM_FIRST", 1);
+    for seed in (first..first + runs).map(|i| 0x5eed_0000 + i) {
+        let tmp = tempfile::tempdir().unwrap();
+        let (base, work) = (tmp.path(), tmp.path());
+        let dirs = prepare(base, &LowerFormat::root());
+        let (lowers, _) = layers(&base.join("objects"));
+        for d in ["ov_upper", "ov_work", "ov", "st_upper", "st"] {
+            std::fs::create_dir(work.join(d)).unwrap();
+        }
+        let (ov, stm, st_upper) = (work.join("ov"), work.join("st"), work.join("st_upper"));
+        let _ov =
+            OverlayMount::mount(&dirs, &work.join("ov_upper"), &work.join("ov_work"), &ov, XattrNs::Trusted, true);
+        let rw = || MountOptions { upper: Some(st_upper.clone()), ..MountOptions::default() };
+        let st = MountGuard::new(lowers.clone(), &stm, rw());
+        let mut rng = Rng(seed);
+        let mut log = Vec::new();
+        for i in 0..steps {
+            let (what, op) = random_step(&mut rng);
+            let a = op(&ov);
+            if a == Err(libc::EXDEV) {
+                continue;
+            }
+            let b = op(&stm);
+            log.push(format!("{i} {what}: {a:?}"));
+            assert_eq!(
+                a,
+                b,
+                "seed {seed:#x}, step {what}: overlayfs, strata differ; steps so far:\n{}",
+                log.join("\n")
+            );
+        }
+        let tree = |root: &Path| describe(root, OLD_TIMES);
+        let after = tree(&stm);
+        let why = format!("seed {seed:#x} after its steps:\n{}", log.join("\n"));
+        assert_same_tree(&why, ("overlayfs", &tree(&ov)), ("strata", &after));
+        st.unmount();
+        let st = MountGuard::new(lowers.clone(), &stm, rw());
+        assert_same_tree(&format!("seed {seed:#x}, strata remounted"), ("before", &after), ("after", &tree(&stm)));
+        st.unmount();
+        // A change through one name of a lower hard link group: overlayfs
+        // copies up (and `docker diff` lists) that name alone, strata the
+        // whole group, so that a commit keeps the names one file.
+        let group = ["C /opt/app/share/doc", "C /opt/app/share/doc.link"];
+        let outside_group = |v: Vec<String>| v.into_iter().filter(|c| !group.contains(&c.as_str())).collect::<Vec<_>>();
+        let theirs = outside_group(overlay_changes(&lower_view(&dirs), &work.join("ov_upper")));
+        let ours = outside_group(strata_changes(&lowers, &st_upper));
+        assert_same_changes(&format!("seed {seed:#x} docker diff"), &theirs, &ours);
+    }
 }

@@ -493,9 +493,13 @@ impl FsInner {
                 None => continue,
             };
             if let (false, Ok(fd), Some(up)) = (hidden.is_empty(), self.upper_dir(t, d), self.upper.as_ref()) {
-                for h in hidden {
-                    let _ = up.remove_whiteout(fd.as_fd(), &h);
-                }
+                // Not a change of the directory: its times stay.
+                let _ = self.keeping_times(fd.as_fd(), || {
+                    for h in hidden {
+                        let _ = up.remove_whiteout(fd.as_fd(), &h);
+                    }
+                    Ok(())
+                });
             }
             for (name, c) in children {
                 if let Some(n) = t.get_mut(c) {

@@ -341,7 +341,7 @@ impl FsInner {
                 .map(|(node, _)| self.upper_dir(&t, node))
                 .collect::<io::Result<_>>()?;
             for fd in &markers {
-                up.create_opaque(fd.as_fd())?;
+                self.keeping_times(fd.as_fd(), || up.create_opaque(fd.as_fd()))?;
             }
             rustix::fs::renameat_with(&sfd, oname, &dfd, nname, rustix::fs::RenameFlags::EXCHANGE).map_err(errno)?;
             t.remove_link(s, parent, name);
@@ -361,7 +361,9 @@ impl FsInner {
         let covers = d_link_covers || d_hidden;
         let s_marker = if s_dir && covers { Some(self.upper_dir(&t, s)?) } else { None };
         if let Some(fd) = &s_marker {
-            up.create_opaque(fd.as_fd())?;
+            // A marker, not a change of the directory: its times stay (where
+            // kernel overlayfs sets an xattr, which changes no times).
+            self.keeping_times(fd.as_fd(), || up.create_opaque(fd.as_fd()))?;
         }
         if s_covers {
             up.create_whiteout(sfd.as_fd(), name)?;
@@ -379,7 +381,7 @@ impl FsInner {
                 let _ = up.remove_whiteout(sfd.as_fd(), name);
             }
             if let Some(fd) = &s_marker {
-                let _ = upper::unlink_if_exists(fd.as_fd(), upper::OPAQUE, false);
+                let _ = self.keeping_times(fd.as_fd(), || upper::unlink_if_exists(fd.as_fd(), upper::OPAQUE, false));
             }
             return Err(errno(e));
         }
