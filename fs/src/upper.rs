@@ -522,7 +522,12 @@ impl Upper {
         match remove_xattr_fd(&f, x) {
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) && !x.starts_with("user.") => {
                 let escaped = format!("{}{x}", std::str::from_utf8(ESCAPE_PREFIX).unwrap_or_default());
-                remove_xattr_fd(&f, &escaped)
+                match remove_xattr_fd(&f, &escaped) {
+                    // A type that cannot carry user.* xattrs (a fifo, a
+                    // device) has no escaped form either: it has no such xattr.
+                    Err(escaped_err) if escaped_err.raw_os_error() == Some(libc::EPERM) => Err(e),
+                    r => r,
+                }
             }
             r => r,
         }

@@ -202,6 +202,16 @@ fn script() -> Script {
         ("write again as a user", Box::new(|m: &Path| as_user(m, 1000, "printf y >>\"$M/data/suid-write\""))),
         ("chown clears set-id", Box::new(|m: &Path| chown(m, "data/suid-chown", 1000, 1000))),
         (
+            "writer of a set-id file next to a reader",
+            Box::new(|m: &Path| {
+                write(m, "sgid-rw", b"s")?;
+                chmod(m, "sgid-rw", 0o2770)?;
+                let mut reader = std::fs::File::open(m.join("sgid-rw")).map_err(io_err)?;
+                append(m, "sgid-rw", b"+more")?;
+                read_all(&mut reader)
+            }),
+        ),
+        (
             "stat set-id files",
             Box::new(|m: &Path| {
                 let mut out = String::new();
@@ -257,6 +267,7 @@ fn script() -> Script {
         ("file in recreated", Box::new(|m: &Path| write(m, "opt/app/bin", b"v2"))),
         ("mkdir existing", Box::new(|m: &Path| mkdir(m, "etc"))),
         ("mknod fifo", Box::new(|m: &Path| mkfifo(m, "fifo1", 0o640))),
+        ("removexattr trusted missing on a fifo", Box::new(|m: &Path| removexattr(m, "fifo1", "trusted.none"))),
         ("setxattr lower", Box::new(|m: &Path| setxattr(m, "data/d", "user.test", b"value"))),
         ("getxattr set", Box::new(|m: &Path| read_xattr(m, "data/d.link", "user.test"))),
         ("removexattr lower", Box::new(|m: &Path| removexattr(m, "etc/passwd", "user.origin"))),
@@ -429,9 +440,35 @@ const RANDOM_NAMES: &[&str] = &[
     "f2",
 ];
 
-/// One random step: a description and the operation, built from the state
-/// of the overlayfs mount (which equals strata's while no step differed).
-fn random_step(rng: &mut Rng) -> (String, Op) {
+/// Opens without blocking on a fifo (O_NONBLOCK changes nothing else here).
+fn open_nb(m: &Path, p: &str, o: &mut std::fs::OpenOptions) -> Result<std::fs::File, i32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    o.custom_flags(libc::O_NONBLOCK).open(m.join(p)).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+fn io_err(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+/// The content read through `f` from offset 0 (lossy UTF-8, long content
+/// as its length and hash).
+fn read_all(f: &mut std::fs::File) -> OpResult {
+    use std::io::{Read, Seek};
+    f.seek(std::io::SeekFrom::Start(0)).map_err(io_err)?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).map_err(io_err)?;
+    Ok(if v.len() > 64 {
+        format!("{} bytes {}", v.len(), strata_layers::Digest::of(&v).short())
+    } else {
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
+/// One random step: a description and the operation. Paths combine
+/// [`RANDOM_DIRS`] and [`RANDOM_NAMES`]; most do not exist, or not as the
+/// type an operation wants, so errors are compared as much as successes.
+fn random_step(rng: &mut Rng) -> (String, [String; 2], Op) {
+    use std::io::Write;
     let path = |rng: &mut Rng| {
         let (d, n) = (rng.pick(RANDOM_DIRS), rng.pick(RANDOM_NAMES));
         if d.is_empty() {
@@ -441,23 +478,35 @@ fn random_step(rng: &mut Rng) -> (String, Op) {
         }
     };
     let (p, q) = (path(rng), path(rng));
+    let paths = [p.clone(), q.clone()];
     let data: Vec<u8> = match rng.below(8) {
         0 => Vec::new(),
         1 => vec![b'L'; 70_000],
         _ => format!("content {}\n", rng.next() % 1000).into_bytes(),
     };
-    let k = rng.below(24);
-    let what = format!("#{k} {p} {q}");
+    let k = rng.below(34);
+    let mut what = format!("#{k} {p} {q}");
     let op: Op = match k {
-        0 | 1 => Box::new(move |m: &Path| write(m, &p, &data)),
-        2 | 3 => Box::new(move |m: &Path| append(m, &p, &data)),
+        0 | 1 => Box::new(move |m: &Path| {
+            let mut f = open_nb(m, &p, std::fs::OpenOptions::new().write(true).create(true).truncate(true))?;
+            f.write_all(&data).map_err(io_err).map(|_| String::new())
+        }),
+        2 | 3 => Box::new(move |m: &Path| {
+            let mut f = open_nb(m, &p, std::fs::OpenOptions::new().append(true))?;
+            f.write_all(&data).map_err(io_err).map(|_| String::new())
+        }),
         4 => {
             let len = [0, 3, 100_000][rng.below(3)];
-            Box::new(move |m: &Path| truncate(m, &p, len))
+            Box::new(move |m: &Path| {
+                let f = open_nb(m, &p, std::fs::OpenOptions::new().write(true))?;
+                f.set_len(len).map_err(io_err).map(|_| String::new())
+            })
         }
-        5 => Box::new(move |m: &Path| open_trunc(m, &p)),
+        5 => Box::new(move |m: &Path| {
+            open_nb(m, &p, std::fs::OpenOptions::new().write(true).truncate(true)).map(|_| String::new())
+        }),
         6 => {
-            let mode = [0o600, 0o644, 0o755, 0o4755, 0o2770, 0o1777][rng.below(6)];
+            let mode = [0o600, 0o644, 0o755, 0o4755, 0o2770, 0o1777, 0o700][rng.below(7)];
             Box::new(move |m: &Path| chmod(m, &p, mode))
         }
         7 => {
@@ -473,7 +522,9 @@ fn random_step(rng: &mut Rng) -> (String, Op) {
         11 => Box::new(move |m: &Path| rm_rf(m, &p)),
         12 | 13 => Box::new(move |m: &Path| mkdir(m, &p)),
         14 => {
-            let target = rng.pick(RANDOM_NAMES).to_string();
+            // Relative targets that stay inside the mount.
+            let up = if p.contains('/') { ["../etc/hosts", "..", "../data"][rng.below(3)] } else { "data/a" };
+            let target = [rng.pick(RANDOM_NAMES), up, "etc"][rng.below(3)].to_string();
             Box::new(move |m: &Path| symlink(m, &target, &p))
         }
         15 => Box::new(move |m: &Path| link(m, &p, &q)),
@@ -481,21 +532,79 @@ fn random_step(rng: &mut Rng) -> (String, Op) {
         18 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::NOREPLACE)),
         19 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::EXCHANGE)),
         20 => {
-            let v = format!("v{}", rng.below(100));
-            Box::new(move |m: &Path| setxattr(m, &p, "user.r", v.as_bytes()))
+            let (name, v) = (["user.r", "trusted.t"][rng.below(2)], format!("v{}", rng.below(100)));
+            Box::new(move |m: &Path| setxattr(m, &p, name, v.as_bytes()))
         }
-        21 => Box::new(move |m: &Path| removexattr(m, &p, "user.origin")),
-        22 => Box::new(move |m: &Path| read(m, &p)),
-        _ => Box::new(move |m: &Path| {
-            // lstat without the size and link count of directories (those
-            // are each filesystem's own).
-            use std::os::unix::fs::MetadataExt;
-            let st = std::fs::symlink_metadata(m.join(&p)).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
-            let (size, nlink) = if st.is_dir() { (0, 0) } else { (st.len(), st.nlink()) };
-            Ok(format!("{:o} {}:{} nlink={nlink} size={size}", st.mode(), st.uid(), st.gid()))
+        21 => {
+            let name = ["user.origin", "user.r", "trusted.t"][rng.below(3)];
+            Box::new(move |m: &Path| removexattr(m, &p, name))
+        }
+        22 => {
+            let name = ["user.origin", "user.r", "trusted.t"][rng.below(3)];
+            Box::new(move |m: &Path| read_xattr(m, &p, name))
+        }
+        23 => Box::new(move |m: &Path| {
+            let mut f = open_nb(m, &p, std::fs::OpenOptions::new().read(true))?;
+            read_all(&mut f)
         }),
+        24 => Box::new(move |m: &Path| shape(m, &p)),
+        25 => Box::new(move |m: &Path| list(m, &p)),
+        26 => {
+            let mode = [0o640, 0o755][rng.below(2)];
+            Box::new(move |m: &Path| mkfifo(m, &p, mode))
+        }
+        27 => Box::new(move |m: &Path| {
+            // A reader opened before another open writes: it reads the new
+            // content (a copy-up in between included).
+            let mut r = open_nb(m, &p, std::fs::OpenOptions::new().read(true))?;
+            let mut w = open_nb(m, &p, std::fs::OpenOptions::new().append(true))?;
+            w.write_all(&data).map_err(io_err)?;
+            read_all(&mut r)
+        }),
+        28 => Box::new(move |m: &Path| {
+            // Removed or replaced while open: the open file still reads.
+            let mut r = open_nb(m, &p, std::fs::OpenOptions::new().read(true))?;
+            match rename(m, &q, &p) {
+                // Not run on strata then (see the test).
+                Err(libc::EXDEV) => return Err(libc::EXDEV),
+                Err(_) => drop(unlink(m, &p)?),
+                Ok(_) => {}
+            }
+            read_all(&mut r)
+        }),
+        29 => Box::new(move |m: &Path| {
+            let mut f = open_nb(m, &p, std::fs::OpenOptions::new().read(true).write(true))?;
+            f.set_len(5).map_err(io_err)?;
+            f.write_all(&data).map_err(io_err)?;
+            read_all(&mut f)
+        }),
+        30 => Box::new(move |m: &Path| create_excl(m, &p)),
+        _ => {
+            // An ordinary user (uid and gid 1000, no capabilities): the
+            // permission checks.
+            let script = match rng.below(6) {
+                // (A fifo would block the opens of printf and cat.)
+                0 => format!("[ -p \"$M/{p}\" ] || printf u >>\"$M/{p}\""),
+                1 => format!("rm \"$M/{p}\""),
+                2 => format!("mkdir \"$M/{p}\""),
+                3 => format!("mv -T \"$M/{p}\" \"$M/{q}\""),
+                4 => format!("chmod 0777 \"$M/{p}\""),
+                _ => format!("[ -p \"$M/{p}\" ] || cat \"$M/{p}\" >/dev/null && touch \"$M/{q}\""),
+            };
+            what = format!("#{k} as 1000: {script}");
+            Box::new(move |m: &Path| as_user(m, 1000, &script))
+        }
     };
-    (what, op)
+    (what, paths, op)
+}
+
+/// What lstat says of a path, to compare after every step (directories
+/// without their size and link count, which are each filesystem's own).
+fn shape(m: &Path, p: &str) -> OpResult {
+    use std::os::unix::fs::MetadataExt;
+    let st = std::fs::symlink_metadata(m.join(p)).map_err(io_err)?;
+    let (size, nlink) = if st.is_dir() { (0, 0) } else { (st.len(), st.nlink()) };
+    Ok(format!("{:o} {}:{} nlink={nlink} size={size}", st.mode(), st.uid(), st.gid()))
 }
 
 /// Random scripts over the same layers on kernel overlayfs (with its inode
@@ -526,22 +635,24 @@ fn random_scripts_match_kernel_overlayfs() {
         let (ov, stm, st_upper) = (work.join("ov"), work.join("st"), work.join("st_upper"));
         let _ov =
             OverlayMount::mount(&dirs, &work.join("ov_upper"), &work.join("ov_work"), &ov, XattrNs::Trusted, true);
-        let rw = || MountOptions { upper: Some(st_upper.clone()), ..MountOptions::default() };
+        // Others in: some steps run as an ordinary user.
+        let rw = || MountOptions { upper: Some(st_upper.clone()), allow_other: true, ..MountOptions::default() };
         let st = MountGuard::new(lowers.clone(), &stm, rw());
         let mut rng = Rng(seed);
         let mut log = Vec::new();
         for i in 0..steps {
-            let (what, op) = random_step(&mut rng);
+            let (what, paths, op) = random_step(&mut rng);
             let a = op(&ov);
             if a == Err(libc::EXDEV) {
                 continue;
             }
             let b = op(&stm);
             log.push(format!("{i} {what}: {a:?}"));
+            let after = |m: &Path| paths.iter().map(|p| shape(m, p)).collect::<Vec<_>>();
             assert_eq!(
-                a,
-                b,
-                "seed {seed:#x}, step {what}: overlayfs, strata differ; steps so far:\n{}",
+                (a, after(&ov)),
+                (b, after(&stm)),
+                "seed {seed:#x}, step {what}: overlayfs, strata differ (result, then its paths); steps so far:\n{}",
                 log.join("\n")
             );
         }

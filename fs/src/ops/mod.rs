@@ -211,8 +211,10 @@ enum IoMode {
     Cached,
     /// Straight to the backing file in the kernel (FUSE passthrough).
     Passthrough,
-    /// No page cache: used while the inode has passthrough opens, which the
-    /// kernel does not let coexist with cached ones.
+    /// No page cache, reads and writes come to us: an open that must reach
+    /// us while the inode has passthrough opens, which the kernel does not
+    /// let coexist with cached ones. The kernel counts it as a passthrough
+    /// open (FOPEN_PASSTHROUGH | FOPEN_DIRECT_IO).
     Direct,
 }
 
@@ -363,7 +365,7 @@ impl FsInner {
         if let Some(st) = io.get_mut(&ino) {
             match mode {
                 IoMode::Cached => st.cached = st.cached.saturating_sub(1),
-                IoMode::Passthrough => {
+                IoMode::Passthrough | IoMode::Direct => {
                     st.passthrough = st.passthrough.saturating_sub(1);
                     // A read-only mount keeps the registered backing file
                     // of an immutable lower object for the next open.
@@ -371,7 +373,6 @@ impl FsInner {
                         st.backing = None;
                     }
                 }
-                IoMode::Direct => {}
             }
             if st.cached == 0 && st.passthrough == 0 && st.backing.is_none() {
                 io.remove(&ino);
@@ -718,15 +719,24 @@ impl FsInner {
                 return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
             }
         }
-        let (mode, fl) = if st.passthrough > 0 {
-            (IoMode::Direct, FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH)
-        } else {
-            st.cached += 1;
-            (IoMode::Cached, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
-        };
+        if st.passthrough > 0 {
+            if let Some(id) = &st.backing {
+                // The kernel fails (EIO) any open of an inode in passthrough
+                // mode that does not name its backing file; with
+                // FOPEN_DIRECT_IO this one's reads and writes still come
+                // here (a writer to a set-id file next to a reader).
+                st.passthrough += 1;
+                let file = RwLock::new(Arc::new(file));
+                let fh = self.add_handle(ino, HandleKind::File { file, writable, mode: IoMode::Direct });
+                let fl = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH;
+                return reply.opened_passthrough(FileHandle(fh), fl, id);
+            }
+        }
+        st.cached += 1;
         drop(io);
+        let mode = IoMode::Cached;
         let fh = self.add_handle(ino, HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode });
-        reply.opened(FileHandle(fh), fl);
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH);
     }
 
     /// On the first open of a lower file of its directory, when that file
