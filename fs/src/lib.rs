@@ -59,7 +59,8 @@
 //!   through, and refreshes the mode before every chown: 50,000 4 KiB
 //!   writes took 0.60 s (kernel overlayfs 0.27 s), now 0.16 s. The server
 //!   clears set-id bits itself (chown; truncation and O_TRUNC by a non-root
-//!   caller, as fuser does not pass the kernel's CAP_FSETID flag for those;
+//!   caller, or by any caller when the server runs in a user namespace of
+//!   its own, as fuser does not pass the kernel's CAP_FSETID flag for those;
 //!   writes the kernel flags), and keeps writes to set-id or capability
 //!   files off passthrough so that they reach it. Not covered: a file made
 //!   set-id while a writer already holds it open with passthrough keeps its
@@ -306,10 +307,15 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
 
 /// Root in the initial user namespace (what FUSE passthrough requires).
 fn privileged_host() -> bool {
-    rustix::process::geteuid().is_root()
-        && std::fs::read_to_string("/proc/self/uid_map")
-            .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-            .unwrap_or(false)
+    rustix::process::geteuid().is_root() && in_initial_user_namespace()
+}
+
+/// Whether this process runs in the initial user namespace (its uid map is
+/// the whole identity map).
+pub(crate) fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false)
 }
 
 /// Unmounts whatever is mounted at `path`, lazily (detached when busy):

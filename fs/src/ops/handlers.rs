@@ -139,10 +139,9 @@ impl Filesystem for StrataFs {
         let _op = self.op(Op::Setattr);
         // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us: a
         // chown clears set-id bits, a truncation by a caller without
-        // CAP_FSETID too (fuser does not pass the kernel's flag for that;
-        // uid 0 stands for holding the capability).
+        // CAP_FSETID too.
         let kill = self.killpriv.load(Ordering::Relaxed)
-            && (uid.is_some() || gid.is_some() || (size.is_some() && req.uid() != 0));
+            && (uid.is_some() || gid.is_some() || (size.is_some() && self.truncation_kills_set_id(req)));
         let run = move |fs: &FsInner| match fs.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh, kill) {
             Ok(a) => reply.attr(&UPPER_TTL, &a),
             Err(e) => reply.error(eno(e)),
@@ -235,7 +234,7 @@ impl Filesystem for StrataFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let acc = flags.0 & libc::O_ACCMODE;
         let for_writing = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        let kill = self.killpriv.load(Ordering::Relaxed) && flags.0 & libc::O_TRUNC != 0 && req.uid() != 0;
+        let kill = flags.0 & libc::O_TRUNC != 0 && self.truncation_kills_set_id(req);
         if for_writing && self.upper.is_some() && self.copy_up_is_big(ino.0) {
             // Copies the file up first.
             return self.offload(move |fs| fs.open_reply(ino.0, flags.0, kill, reply));

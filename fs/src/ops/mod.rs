@@ -251,6 +251,11 @@ pub(crate) struct FsInner {
     /// FUSE_HANDLE_KILLPRIV_V2 is on: this server clears set-id bits on
     /// chown, on truncation and on writes (see `kill_set_id`).
     killpriv: std::sync::atomic::AtomicBool,
+    /// Whether a caller of uid 0 may hold CAP_FSETID, which keeps set-id
+    /// bits through a truncation: the kernel asks for the capability in
+    /// the initial user namespace, which no caller has when this server
+    /// runs in a user namespace of its own (root of a rootless container).
+    uid0_may_keep_set_id: bool,
     io: Mutex<HashMap<Ino, InodeIo>>,
     /// Open upper directories by inode, so that a request on an upper entry
     /// costs one *at() call instead of an `openat2` walk from the upper root
@@ -305,6 +310,7 @@ impl FsInner {
             want_passthrough,
             passthrough: std::sync::atomic::AtomicBool::new(false),
             killpriv: std::sync::atomic::AtomicBool::new(false),
+            uid0_may_keep_set_id: crate::in_initial_user_namespace(),
             io: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             ro_listings: Mutex::new(HashMap::new()),
@@ -353,6 +359,14 @@ impl FsInner {
             p.on_request();
         }
         self.stats.as_ref().map(|stats| stats.time(op))
+    }
+
+    /// Whether a truncation (or an O_TRUNC open) by this caller clears
+    /// set-id bits: the caller lacks CAP_FSETID. fuser does not pass the
+    /// kernel's own flag for it, so uid 0 stands for holding it, where it
+    /// can (see `uid0_may_keep_set_id`).
+    pub(super) fn truncation_kills_set_id(&self, req: &Request) -> bool {
+        self.killpriv.load(Ordering::Relaxed) && (req.uid() != 0 || !self.uid0_may_keep_set_id)
     }
 
     fn io(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, InodeIo>> {
@@ -517,6 +531,18 @@ impl FsInner {
     fn attr(&self, t: &Tree, ino: Ino, dir_hint: Option<(BorrowedFd, &[u8])>) -> FileAttr {
         let n = t.node(ino);
         let mut a = n.attr;
+        if n.up == Up::Full && n.nlink() == 0 && n.attr.is_reg() {
+            // Removed while open: the host file lives on in the open files
+            // (their reads and writes change it; a cached reader reads no
+            // further than the size answered here).
+            if let Some(st) = self.open_file_of(ino).and_then(|f| rustix::fs::fstat(&*f).ok()) {
+                a.atime = Ts::atime(&st);
+                a.mtime = Ts::mtime(&st);
+                a.ctime = Ts::ctime(&st);
+                a.size = st.st_size as u64;
+                a.blocks = st.st_blocks as u64;
+            }
+        }
         if n.up != Up::No && n.nlink() > 0 {
             if let Some(up) = &self.upper {
                 // A directory whose fd is at hand is stat'ed through it (no
@@ -641,6 +667,15 @@ impl FsInner {
             }
         };
         Ok((file.0, writable, file.1))
+    }
+
+    /// An open file of `ino`, if any handle holds one.
+    fn open_file_of(&self, ino: Ino) -> Option<Arc<File>> {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.values().filter(|h| h.ino == ino).find_map(|h| match &h.kind {
+            HandleKind::File { file, .. } => Some(file.read().unwrap_or_else(|p| p.into_inner()).clone()),
+            HandleKind::Dir(_) => None,
+        })
     }
 
     fn entry_reply(&self, reply: ReplyEntry, r: io::Result<(Ino, FileAttr)>) {
