@@ -229,6 +229,13 @@ impl FsInner {
                 // On disk before the marker that points below goes (the
                 // copy-up fsync policy in the README); a failure keeps it.
                 out.sync_data()?;
+                if attr.mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+                    // Our own writes cleared the host file's set-id bits when
+                    // this server lacks CAP_FSETID (root of a user namespace).
+                    let mut rec = t.node(ino).meta_rec;
+                    up.write_meta(pfd.as_fd(), &name, &attr, &mut rec)?;
+                    t.node_mut(ino).meta_rec = rec;
+                }
             }
             if made.is_none() {
                 up.set_metacopy(pfd.as_fd(), &name, None)?;

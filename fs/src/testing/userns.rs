@@ -109,7 +109,9 @@ pub fn rerun_test(user: &str, test: &str, dir: &Path, env: &[(&str, &OsStr)], ti
     let bin = world_readable_copy(&exe, dir);
     let mut cmd = in_user_namespace(user, &bin, Some(timeout_secs));
     cmd.args(["--exact", test, "--nocapture", "--test-threads=1"]).current_dir(dir);
-    for var in ["RUST_BACKTRACE", "RUST_LOG"] {
+    for var in
+        ["RUST_BACKTRACE", "RUST_LOG", "STRATA_FS_RANDOM_RUNS", "STRATA_FS_RANDOM_STEPS", "STRATA_FS_RANDOM_FIRST"]
+    {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
         }
