@@ -212,6 +212,16 @@ fn script() -> Script {
             }),
         ),
         (
+            "fallocate a set-id file as root",
+            Box::new(|m: &Path| {
+                write(m, "suid-falloc", b"s")?;
+                chmod(m, "suid-falloc", 0o4755)?;
+                let f = std::fs::OpenOptions::new().write(true).open(m.join("suid-falloc")).map_err(io_err)?;
+                rx(rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::KEEP_SIZE, 0, 4096))?;
+                stat(m, "suid-falloc")
+            }),
+        ),
+        (
             "open a set-id metacopy for writing",
             // (Filled in by the server, whose writes must not cost the bit.)
             Box::new(|m: &Path| {
@@ -496,7 +506,7 @@ fn read_all(f: &mut std::fs::File) -> OpResult {
 /// One random step: a description and the operation. Paths combine
 /// [`RANDOM_DIRS`] and [`RANDOM_NAMES`]; most do not exist, or not as the
 /// type an operation wants, so errors are compared as much as successes.
-fn random_step(rng: &mut Rng, names: &[&'static str]) -> (String, [String; 2], Op) {
+fn random_step(rng: &mut Rng, names: &[&'static str], no_index: bool) -> (String, [String; 2], Op) {
     use std::io::Write;
     let path = |rng: &mut Rng| {
         let (d, n) = (rng.pick(RANDOM_DIRS), rng.pick(names));
@@ -513,7 +523,8 @@ fn random_step(rng: &mut Rng, names: &[&'static str]) -> (String, [String; 2], O
         1 => vec![b'L'; 70_000],
         _ => format!("content {}\n", rng.next() % 1000).into_bytes(),
     };
-    let k = rng.below(34);
+    // (No O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser lacks.)
+    let k = rng.below(39);
     let mut what = format!("#{k} {p} {q}");
     let op: Op = match k {
         0 | 1 => Box::new(move |m: &Path| {
@@ -556,7 +567,7 @@ fn random_step(rng: &mut Rng, names: &[&'static str]) -> (String, [String; 2], O
             let target = [rng.pick(names), up, "etc"][rng.below(3)].to_string();
             Box::new(move |m: &Path| symlink(m, &target, &p))
         }
-        15 => Box::new(move |m: &Path| link(m, &p, &q)),
+        15 if !no_index => Box::new(move |m: &Path| link(m, &p, &q)),
         16 | 17 => Box::new(move |m: &Path| rename(m, &p, &q)),
         18 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::NOREPLACE)),
         19 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::EXCHANGE)),
@@ -608,6 +619,36 @@ fn random_step(rng: &mut Rng, names: &[&'static str]) -> (String, [String; 2], O
             read_all(&mut f)
         }),
         30 => Box::new(move |m: &Path| create_excl(m, &p)),
+        34 => {
+            use rustix::fs::FallocateFlags as F;
+            let mode = [F::empty(), F::KEEP_SIZE, F::PUNCH_HOLE | F::KEEP_SIZE][rng.below(3)];
+            let (off, len) = ([0u64, 2, 4096][rng.below(3)], [1u64, 5, 70_000][rng.below(3)]);
+            what += &format!(" fallocate {mode:?} {off}+{len}");
+            Box::new(move |m: &Path| {
+                let mut f = open_nb(m, &p, std::fs::OpenOptions::new().read(true).write(true))?;
+                rustix::fs::fallocate(&f, mode, off, len).map_err(|e| e.raw_os_error())?;
+                read_all(&mut f)
+            })
+        }
+        35 | 36 => Box::new(move |m: &Path| {
+            let mut names = strata_fs::testing::tree::xattr_names(&m.join(&p));
+            names.retain(|n| !n.starts_with("security."));
+            Ok(names.join(" "))
+        }),
+        37 if !no_index => Box::new(move |m: &Path| {
+            // Made, looked at and removed again: later steps would read it.
+            rx(rustix::fs::mknodat(
+                rustix::fs::CWD,
+                m.join(&p),
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                rustix::fs::makedev(1, 7),
+            ))?;
+            let st = shape(m, &p)?;
+            unlink(m, &p)?;
+            Ok(st)
+        }),
+        38 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::WHITEOUT)),
         _ => {
             // An ordinary user (uid and gid 1000, no capabilities): the
             // permission checks.
@@ -656,8 +697,12 @@ fn random_differential(base: &Path, work: &Path, ns: XattrNs) {
     let dirs: Vec<PathBuf> = (0..lowers.len()).map(|i| base.join(format!("l{i}"))).collect();
     // Without its inode index (in a user namespace overlayfs cannot decode
     // file handles and turns it off) overlayfs breaks a lower hard link
-    // group at copy-up and keeps reporting the lower link count: its names
-    // stay out of the steps then.
+    // group at copy-up and keeps reporting the lower link count, and the
+    // names of an upper hard link keep inodes of their own (a chown through
+    // one leaves the owner the others check permissions against as it
+    // was): the lower group's names stay out of the steps, and no hard
+    // links are made. There, too, device nodes are refused to overlayfs
+    // and kept as metadata by strata: none are made.
     let no_index = matches!(ns, XattrNs::User);
     let names: Vec<&'static str> =
         RANDOM_NAMES.iter().copied().filter(|n| !(no_index && n.starts_with("doc"))).collect();
@@ -675,7 +720,7 @@ fn random_differential(base: &Path, work: &Path, ns: XattrNs) {
         let mut log = Vec::new();
         let tree = |root: &Path| describe(root, OLD_TIMES);
         for i in 1..=steps {
-            let (what, paths, op) = random_step(&mut rng, &names);
+            let (what, paths, op) = random_step(&mut rng, &names, no_index);
             let a = op(&ov);
             if a == Err(libc::EXDEV) {
                 continue;

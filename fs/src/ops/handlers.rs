@@ -668,8 +668,8 @@ impl Filesystem for StrataFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -681,8 +681,14 @@ impl Filesystem for StrataFs {
         let HandleKind::File { file, writable: true, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
-        self.offload(move |_| match rustix::fs::fallocate(&*f, flags, offset, length) {
-            Ok(()) => reply.ok(),
+        // Like a write, it clears set-id bits of a caller without
+        // CAP_FSETID (the kernel passes no flag for it).
+        let kill = self.truncation_kills_set_id(req);
+        self.offload(move |fs| match rustix::fs::fallocate(&*f, flags, offset, length) {
+            Ok(()) => match kill.then(|| fs.kill_set_id(ino.0)) {
+                Some(Err(e)) => reply.error(eno(e)),
+                _ => reply.ok(),
+            },
             Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
         });
     }
