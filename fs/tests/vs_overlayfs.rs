@@ -58,6 +58,9 @@ fn layer0(objects: &Path) -> LayerBuilder {
         .file("data/e", b"e-content", 0o644)
         .file("data/f", b"f-content", 0o644)
         .file("data/big", &vec![7u8; 300_000], 0o644)
+        // Above the size copied up outside the tree lock.
+        .file("data/huge", &vec![9u8; 1_200_000], 0o644)
+        .xattr("user.origin", b"huge")
         .file("data/setuid", b"suid", 0o4755)
         .owner(1000, 1000)
         // Set-id files an ordinary user (1000) may write: what writes,
@@ -455,6 +458,7 @@ const RANDOM_NAMES: &[&str] = &[
     "a",
     "b",
     "d",
+    "huge",
     "passwd",
     "hosts",
     "shadow",
