@@ -30,6 +30,25 @@ fn base(objects: &Path) -> Vec<strata_fs::Lower> {
     vec![l0]
 }
 
+/// A temporary directory with `objects` and `mnt` paths and an empty
+/// `upper` directory in it.
+fn work_dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (objects, upper, mnt) = (tmp.path().join("objects"), tmp.path().join("upper"), tmp.path().join("mnt"));
+    std::fs::create_dir(&upper).unwrap();
+    (tmp, objects, upper, mnt)
+}
+
+/// No temporary copy-up file is left in the upper root.
+fn assert_no_copy_up_leftovers(upper: &Path) {
+    let leftovers: Vec<_> = std::fs::read_dir(upper)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".wh..wh..cu"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 fn opts(upper: &Path) -> MountOptions {
     // Cached I/O here; passthrough has its own test below.
     MountOptions { upper: Some(upper.to_path_buf()), passthrough: false, ..MountOptions::default() }
@@ -37,11 +56,7 @@ fn opts(upper: &Path) -> MountOptions {
 
 #[test]
 fn copy_up_whiteouts_and_remount() {
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let (tmp, objects, upper, mnt) = work_dirs();
     let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
 
     // Content change copies up; the object stays untouched.
@@ -161,11 +176,7 @@ fn copy_up_whiteouts_and_remount() {
 
 #[test]
 fn rename_lower_directory_with_content() {
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let (_tmp, objects, upper, mnt) = work_dirs();
     let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
     std::fs::rename(mnt.join("data"), mnt.join("moved")).unwrap();
     assert!(std::fs::symlink_metadata(mnt.join("data")).is_err());
@@ -192,11 +203,7 @@ fn rename_lower_directory_with_content() {
 /// Copy-ups below a lower tree nested 20,000 deep end in a clean error.
 #[test]
 fn removed_while_open_and_deep_trees() {
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let (_tmp, objects, upper, mnt) = work_dirs();
     let mut deep = String::from("deep");
     let mut b = LayerBuilder::new(&objects).dir("", 0o755).file("f", b"lower", 0o644).dir("empty", 0o755);
     b = b.dir(&deep, 0o755);
@@ -281,11 +288,7 @@ fn shorten_object(objects: &Path, content: &[u8], len: u64) {
 /// entries that commit reads.
 #[test]
 fn moves_and_truncation_copy_no_needless_content() {
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let (_tmp, objects, upper, mnt) = work_dirs();
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let cut: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
     let lowers = vec![LayerBuilder::new(&objects)
@@ -368,11 +371,7 @@ fn moves_and_truncation_copy_no_needless_content() {
 /// every combination below must work and read back what was written.
 #[test]
 fn passthrough_and_cached_opens_coexist() {
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let (_tmp, objects, upper, mnt) = work_dirs();
     let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
     let lowers = vec![LayerBuilder::new(&objects).dir("", 0o755).file("big", &big, 0o644).build()];
     let o = MountOptions { upper: Some(upper.clone()), passthrough: true, ..MountOptions::default() };
@@ -420,11 +419,7 @@ fn passthrough_and_cached_opens_coexist() {
 /// an O_TRUNC open copies nothing; no temporary files are left behind.
 #[test]
 fn copy_up_of_large_files() {
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let (_tmp, objects, upper, mnt) = work_dirs();
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 249) as u8).collect();
     let lowers = vec![LayerBuilder::new(&objects)
         .dir("", 0o755)
@@ -447,12 +442,7 @@ fn copy_up_of_large_files() {
     let m = std::fs::metadata(mnt.join("b")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (12, 34, 0o600));
     g.unmount();
-    let leftovers: Vec<_> = std::fs::read_dir(&upper)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with(".wh..wh..cu"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_copy_up_leftovers(&upper);
     let g = MountGuard::new(lowers, &mnt, opts(&upper));
     assert_eq!(std::fs::read(mnt.join("b")).unwrap(), b"short");
     assert_eq!(std::fs::metadata(mnt.join("a")).unwrap().len(), big.len() as u64 + 3);
@@ -468,11 +458,7 @@ fn copy_up_of_large_files() {
 #[test]
 fn metacopy_fill_does_not_stall_the_mount() {
     use std::os::unix::fs::FileTypeExt;
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let (_tmp, objects, upper, mnt) = work_dirs();
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 247) as u8).collect();
     let lowers = vec![LayerBuilder::new(&objects)
         .dir("", 0o755)
@@ -565,12 +551,7 @@ fn metacopy_fill_does_not_stall_the_mount() {
     let renamed = std::fs::metadata(upper.join("renamed")).unwrap();
     assert_eq!(renamed.len(), big.len() as u64 + 3);
     assert_ne!(renamed.ino(), renamed_ino, "filled in from the copy made outside the lock");
-    let leftovers: Vec<_> = std::fs::read_dir(&upper)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with(".wh..wh..cu"))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_no_copy_up_leftovers(&upper);
     let g = MountGuard::new(lowers, &mnt, opts(&upper));
     check(&mnt);
     g.unmount();
@@ -582,11 +563,7 @@ fn metacopy_fill_does_not_stall_the_mount() {
 #[test]
 fn upper_read_back_as_layer_entries() {
     use strata_fs::{UpperContent, UpperKind};
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let (_tmp, objects, upper, mnt) = work_dirs();
     let lowers = base(&objects);
     let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
     std::fs::remove_file(mnt.join("data/b")).unwrap();
@@ -637,11 +614,7 @@ fn upper_read_back_as_layer_entries() {
 /// the directory) and what is set through the mount must still show.
 #[test]
 fn xattrs_of_new_entries() {
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&upper).unwrap();
+    let (_tmp, objects, upper, mnt) = work_dirs();
     let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
 
     std::fs::create_dir(mnt.join("new")).unwrap();
