@@ -557,6 +557,41 @@ fn metacopy_fill_does_not_stall_the_mount() {
     g.unmount();
 }
 
+/// A large metacopy owned by someone else and carrying file capabilities,
+/// opened for writing without a write: the copy that replaces it keeps the
+/// capabilities (a chown after them would drop them).
+#[test]
+fn metacopy_fill_keeps_file_capabilities() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    // VFS_CAP_REVISION_2, CAP_NET_BIND_SERVICE permitted.
+    let mut cap = vec![0u8; 20];
+    cap[..4].copy_from_slice(&0x0200_0000u32.to_le_bytes());
+    cap[4..8].copy_from_slice(&(1u32 << 10).to_le_bytes());
+    let lowers = vec![LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .file("ping", &vec![b'p'; 2 << 20], 0o755)
+        .owner(1000, 1000)
+        .xattr("security.capability", &cap)
+        .build()];
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    let caps = |p: &Path| {
+        let mut buf = [0u8; 64];
+        rustix::fs::getxattr(p, "security.capability", &mut buf[..]).map(|n| buf[..n].to_vec())
+    };
+    assert_eq!(caps(&mnt.join("ping")).unwrap(), cap);
+    std::fs::set_permissions(mnt.join("ping"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    drop(std::fs::OpenOptions::new().append(true).open(mnt.join("ping")).unwrap());
+    assert_eq!(caps(&mnt.join("ping")).unwrap(), cap);
+    g.unmount();
+    assert_eq!(caps(&upper.join("ping")).unwrap(), cap, "on the host");
+    let m = std::fs::metadata(upper.join("ping")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.len()), (1000, 1000, 2 << 20));
+}
+
 /// The upper directory read back as layer entries: whiteouts, opaque
 /// directories, metadata-only changes pointing at the lower object, new
 /// files, hard links, symlinks, owners and xattrs as the mount showed them.

@@ -344,6 +344,9 @@ impl FsInner {
                     .map_err(errno)
             })?;
             let f = up.open_file(dir, &tmp, OFlags::RDWR)?;
+            // Owner and mode before the xattrs: a chown drops
+            // security.capability.
+            let rec = up.write_meta_file(&f, attr)?;
             let old = up.path_fd(dir, name)?;
             let raw = upper::list_xattr_fd(&old)?;
             for x in raw.split(|&b| b == 0).filter(|x| !x.is_empty()) {
@@ -355,7 +358,6 @@ impl FsInner {
                     rustix::fs::fsetxattr(&f, x, &v, rustix::fs::XattrFlags::empty()).map_err(errno)?;
                 }
             }
-            let rec = up.write_meta_file(&f, attr)?;
             up.set_times_file(&f, Ts::atime(st), Ts::mtime(st))?;
             self.keeping_times(dir, || {
                 rustix::fs::renameat(dir, OsStr::from_bytes(&tmp), dir, OsStr::from_bytes(name)).map_err(errno)
