@@ -119,5 +119,15 @@ pub fn rerun_test(user: &str, test: &str, dir: &Path, env: &[(&str, &OsStr)], ti
     for (k, v) in env {
         cmd.env(k, v);
     }
+    for _ in 0..100 {
+        let out = ok(cmd.output(), || format!("running {cmd:?}"));
+        // A child another test thread forked while the copy was being
+        // written still held it open for writing: its exec failed.
+        if String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        return out;
+    }
     ok(cmd.output(), || format!("running {cmd:?}"))
 }

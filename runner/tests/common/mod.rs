@@ -132,17 +132,28 @@ pub fn rerun_as_test_user(name: &str, arg: &str) -> bool {
     fs::copy(&exe, &copy).expect("copy test binary");
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod");
     use std::os::unix::process::CommandExt;
-    let out = Command::new(&copy)
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(ROOTLESS_ENV, arg)
-        .env("HOME", dir.path())
-        .env("TMPDIR", "/tmp")
-        .current_dir(dir.path())
-        .uid(uid)
-        .gid(gid)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run test binary as the test user");
+    let mut tries = 0;
+    let out = loop {
+        let run = Command::new(&copy)
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(ROOTLESS_ENV, arg)
+            .env("HOME", dir.path())
+            .env("TMPDIR", "/tmp")
+            .current_dir(dir.path())
+            .uid(uid)
+            .gid(gid)
+            .stdin(std::process::Stdio::null())
+            .output();
+        match run {
+            // A child another test thread forked while the copy was being
+            // written still holds it open for writing until it execs.
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => break r.expect("run test binary as the test user"),
+        }
+    };
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.contains("1 passed"), "rootless run of {name} failed:\n{text}");
     true
