@@ -17,12 +17,14 @@
 //!   rules strata's [`crate::changes`] follows.
 //! - [`userns`]: running a test body again as an unprivileged user who is
 //!   root in a user namespace of its own.
+//! - [`random`]: seeded random steps over the differential layers' paths.
 //!
 //! Setup failures panic with a message: this is test code.
 
 pub mod changes;
 pub mod ops;
 pub mod overlay;
+pub mod random;
 pub mod tree;
 pub mod userns;
 

@@ -1,0 +1,293 @@
+//! Random steps for differential and stress tests: a seeded generator of
+//! file operations over paths that mix the differential layers' own names
+//! (lower, merged, opaque, whiteout-covered) with new ones. Most paths do
+//! not exist, or not as the type an operation wants, so errors are
+//! exercised as much as successes.
+
+use std::path::Path;
+
+use super::ops::*;
+
+/// Which kinds of steps a run may take (each off where a reference or a
+/// concurrent run cannot take it).
+#[derive(Debug, Clone, Copy)]
+pub struct Steps {
+    /// Hard links (overlayfs without its inode index keeps an inode per
+    /// name of an upper hard link).
+    pub hard_links: bool,
+    /// Device nodes, made and removed again within the step.
+    pub devices: bool,
+    /// Fifos (a concurrent step could block opening one that appeared).
+    pub fifos: bool,
+    /// Steps as an ordinary user (uid 1000, no capabilities).
+    pub as_user: bool,
+}
+
+impl Steps {
+    pub const ALL: Steps = Steps { hard_links: true, devices: true, fifos: true, as_user: true };
+}
+
+/// xorshift64*: the random scripts below are the same on every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
+        v[self.below(v.len())]
+    }
+}
+
+/// Directories and names the random steps combine into paths: the layers'
+/// own (lower, merged, opaque, whiteout-covered) and new ones. `dev` (a
+/// device node and a fifo, which block or refuse I/O) is left out.
+pub const RANDOM_DIRS: &[&str] = &[
+    "",
+    "etc",
+    "data",
+    "var/cache",
+    "srv",
+    "srv/sub",
+    "opt/app",
+    "opt/app/lib",
+    "opt/app/share",
+    "usr/lib",
+    "n1",
+    "n1/n2",
+];
+pub const RANDOM_NAMES: &[&str] = &[
+    "a",
+    "b",
+    "d",
+    "huge",
+    "passwd",
+    "hosts",
+    "shadow",
+    "big",
+    "x.so",
+    "y.so",
+    "doc",
+    "doc.link",
+    "index.html",
+    "link",
+    "sub",
+    "deep.txt",
+    "new",
+    "n1",
+    "n2",
+    "lib",
+    "apt",
+    "cache",
+    "x",
+    "bin",
+    "f1",
+    "f2",
+];
+
+/// Opens without blocking on a fifo (O_NONBLOCK changes nothing else here).
+pub fn open_nb(m: &Path, p: &str, o: &mut std::fs::OpenOptions) -> Result<std::fs::File, i32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    o.custom_flags(libc::O_NONBLOCK).open(m.join(p)).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+pub fn io_err(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+/// The content read through `f` from offset 0 (lossy UTF-8, long content
+/// as its length and hash).
+pub fn read_all(f: &mut std::fs::File) -> OpResult {
+    use std::io::{Read, Seek};
+    f.seek(std::io::SeekFrom::Start(0)).map_err(io_err)?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).map_err(io_err)?;
+    Ok(if v.len() > 64 {
+        format!("{} bytes {}", v.len(), strata_layers::Digest::of(&v).short())
+    } else {
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
+/// One random step: a description and the operation. Paths combine
+/// [`RANDOM_DIRS`] and [`RANDOM_NAMES`]; most do not exist, or not as the
+/// type an operation wants, so errors are compared as much as successes.
+pub fn random_step(rng: &mut Rng, names: &[&'static str], steps: Steps) -> (String, [String; 2], Op) {
+    use std::io::Write;
+    let path = |rng: &mut Rng| {
+        let (d, n) = (rng.pick(RANDOM_DIRS), rng.pick(names));
+        if d.is_empty() {
+            n.to_string()
+        } else {
+            format!("{d}/{n}")
+        }
+    };
+    let (p, q) = (path(rng), path(rng));
+    let paths = [p.clone(), q.clone()];
+    let data: Vec<u8> = match rng.below(8) {
+        0 => Vec::new(),
+        1 => vec![b'L'; 70_000],
+        _ => format!("content {}\n", rng.next() % 1000).into_bytes(),
+    };
+    // (No O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser lacks.)
+    let k = rng.below(39);
+    let mut what = format!("#{k} {p} {q}");
+    let op: Op = match k {
+        0 | 1 => Box::new(move |m: &Path| {
+            let mut f = open_nb(m, &p, std::fs::OpenOptions::new().write(true).create(true).truncate(true))?;
+            f.write_all(&data).map_err(io_err).map(|_| String::new())
+        }),
+        2 | 3 => Box::new(move |m: &Path| {
+            let mut f = open_nb(m, &p, std::fs::OpenOptions::new().append(true))?;
+            f.write_all(&data).map_err(io_err).map(|_| String::new())
+        }),
+        4 => {
+            let len = [0, 3, 100_000][rng.below(3)];
+            Box::new(move |m: &Path| {
+                let f = open_nb(m, &p, std::fs::OpenOptions::new().write(true))?;
+                f.set_len(len).map_err(io_err).map(|_| String::new())
+            })
+        }
+        5 => Box::new(move |m: &Path| {
+            open_nb(m, &p, std::fs::OpenOptions::new().write(true).truncate(true)).map(|_| String::new())
+        }),
+        6 => {
+            let mode = [0o600, 0o644, 0o755, 0o4755, 0o2770, 0o1777, 0o700][rng.below(7)];
+            Box::new(move |m: &Path| chmod(m, &p, mode))
+        }
+        7 => {
+            let (u, g) = ([0, 1000, 33][rng.below(3)], [0, 42, 1000][rng.below(3)]);
+            Box::new(move |m: &Path| chown(m, &p, u, g))
+        }
+        8 => {
+            let (sec, follow) = (1_000_000_000 + rng.below(1000) as i64, rng.below(2) == 0);
+            Box::new(move |m: &Path| utimes(m, &p, sec, 7, follow))
+        }
+        9 => Box::new(move |m: &Path| unlink(m, &p)),
+        10 => Box::new(move |m: &Path| rmdir(m, &p)),
+        11 => Box::new(move |m: &Path| rm_rf(m, &p)),
+        12 | 13 => Box::new(move |m: &Path| mkdir(m, &p)),
+        14 => {
+            // Relative targets that stay inside the mount.
+            let up = if p.contains('/') { ["../etc/hosts", "..", "../data"][rng.below(3)] } else { "data/a" };
+            let target = [rng.pick(names), up, "etc"][rng.below(3)].to_string();
+            Box::new(move |m: &Path| symlink(m, &target, &p))
+        }
+        15 if steps.hard_links => Box::new(move |m: &Path| link(m, &p, &q)),
+        16 | 17 => Box::new(move |m: &Path| rename(m, &p, &q)),
+        18 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::NOREPLACE)),
+        19 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::EXCHANGE)),
+        20 => {
+            let (name, v) = (["user.r", "trusted.t"][rng.below(2)], format!("v{}", rng.below(100)));
+            Box::new(move |m: &Path| setxattr(m, &p, name, v.as_bytes()))
+        }
+        21 => {
+            let name = ["user.origin", "user.r", "trusted.t"][rng.below(3)];
+            Box::new(move |m: &Path| removexattr(m, &p, name))
+        }
+        22 => {
+            let name = ["user.origin", "user.r", "trusted.t"][rng.below(3)];
+            Box::new(move |m: &Path| read_xattr(m, &p, name))
+        }
+        23 => Box::new(move |m: &Path| {
+            let mut f = open_nb(m, &p, std::fs::OpenOptions::new().read(true))?;
+            read_all(&mut f)
+        }),
+        24 => Box::new(move |m: &Path| shape(m, &p)),
+        25 => Box::new(move |m: &Path| list(m, &p)),
+        26 if steps.fifos => {
+            let mode = [0o640, 0o755][rng.below(2)];
+            Box::new(move |m: &Path| mkfifo(m, &p, mode))
+        }
+        27 => Box::new(move |m: &Path| {
+            // A reader opened before another open writes: it reads the new
+            // content (a copy-up in between included).
+            let mut r = open_nb(m, &p, std::fs::OpenOptions::new().read(true))?;
+            let mut w = open_nb(m, &p, std::fs::OpenOptions::new().append(true))?;
+            w.write_all(&data).map_err(io_err)?;
+            read_all(&mut r)
+        }),
+        28 => Box::new(move |m: &Path| {
+            // Removed or replaced while open: the open file still reads.
+            let mut r = open_nb(m, &p, std::fs::OpenOptions::new().read(true))?;
+            match rename(m, &q, &p) {
+                // Not run on strata then (see the test).
+                Err(libc::EXDEV) => return Err(libc::EXDEV),
+                Err(_) => drop(unlink(m, &p)?),
+                Ok(_) => {}
+            }
+            read_all(&mut r)
+        }),
+        29 => Box::new(move |m: &Path| {
+            let mut f = open_nb(m, &p, std::fs::OpenOptions::new().read(true).write(true))?;
+            f.set_len(5).map_err(io_err)?;
+            f.write_all(&data).map_err(io_err)?;
+            read_all(&mut f)
+        }),
+        30 => Box::new(move |m: &Path| create_excl(m, &p)),
+        34 => {
+            use rustix::fs::FallocateFlags as F;
+            let mode = [F::empty(), F::KEEP_SIZE, F::PUNCH_HOLE | F::KEEP_SIZE][rng.below(3)];
+            let (off, len) = ([0u64, 2, 4096][rng.below(3)], [1u64, 5, 70_000][rng.below(3)]);
+            what += &format!(" fallocate {mode:?} {off}+{len}");
+            Box::new(move |m: &Path| {
+                let mut f = open_nb(m, &p, std::fs::OpenOptions::new().read(true).write(true))?;
+                rustix::fs::fallocate(&f, mode, off, len).map_err(|e| e.raw_os_error())?;
+                read_all(&mut f)
+            })
+        }
+        35 | 36 => Box::new(move |m: &Path| {
+            let mut names = super::tree::xattr_names(&m.join(&p));
+            names.retain(|n| !n.starts_with("security."));
+            Ok(names.join(" "))
+        }),
+        37 if steps.devices => Box::new(move |m: &Path| {
+            // Made, looked at and removed again: later steps would read it.
+            rx(rustix::fs::mknodat(
+                rustix::fs::CWD,
+                m.join(&p),
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                rustix::fs::makedev(1, 7),
+            ))?;
+            let st = shape(m, &p)?;
+            unlink(m, &p)?;
+            Ok(st)
+        }),
+        38 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::WHITEOUT)),
+        _ if steps.as_user => {
+            // An ordinary user (uid and gid 1000, no capabilities): the
+            // permission checks.
+            let script = match rng.below(6) {
+                // (A fifo would block the opens of printf and cat.)
+                0 => format!("[ -p \"$M/{p}\" ] || printf u >>\"$M/{p}\""),
+                1 => format!("rm \"$M/{p}\""),
+                2 => format!("mkdir \"$M/{p}\""),
+                3 => format!("mv -T \"$M/{p}\" \"$M/{q}\""),
+                4 => format!("chmod 0777 \"$M/{p}\""),
+                _ => format!("[ -p \"$M/{p}\" ] || cat \"$M/{p}\" >/dev/null && touch \"$M/{q}\""),
+            };
+            what = format!("#{k} as 1000: {script}");
+            Box::new(move |m: &Path| as_user(m, 1000, &script))
+        }
+        _ => Box::new(move |m: &Path| shape(m, &p)),
+    };
+    (what, paths, op)
+}
+
+/// What lstat says of a path, to compare after every step (directories
+/// without their size and link count, which are each filesystem's own).
+pub fn shape(m: &Path, p: &str) -> OpResult {
+    use std::os::unix::fs::MetadataExt;
+    let st = std::fs::symlink_metadata(m.join(p)).map_err(io_err)?;
+    let (size, nlink) = if st.is_dir() { (0, 0) } else { (st.len(), st.nlink()) };
+    Ok(format!("{:o} {}:{} nlink={nlink} size={size}", st.mode(), st.uid(), st.gid()))
+}
