@@ -31,7 +31,7 @@ impl Steps {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -39,7 +39,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
+        (self.next_u64() % n as u64) as usize
     }
 
     pub fn pick<'a>(&mut self, v: &[&'a str]) -> &'a str {
@@ -135,7 +135,7 @@ pub fn random_step(rng: &mut Rng, names: &[&'static str], steps: Steps) -> (Stri
     let data: Vec<u8> = match rng.below(8) {
         0 => Vec::new(),
         1 => vec![b'L'; 70_000],
-        _ => format!("content {}\n", rng.next() % 1000).into_bytes(),
+        _ => format!("content {}\n", rng.next_u64() % 1000).into_bytes(),
     };
     // (No O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser lacks.)
     let k = rng.below(39);
