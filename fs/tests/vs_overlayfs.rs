@@ -26,7 +26,7 @@ use common::*;
 use strata_fs::testing::changes::{assert_same_changes, lower_view, overlay_changes, strata_changes};
 use strata_fs::testing::ops::*;
 use strata_fs::testing::overlay::{materialize, LowerFormat, OverlayMount, XattrNs};
-use strata_fs::testing::random::{io_err, random_step, read_all, shape, Rng, Steps, RANDOM_NAMES};
+use strata_fs::testing::random::{io_err, random_step, read_all, shape, Rng, Steps, RANDOM_DIRS, RANDOM_NAMES};
 use strata_fs::testing::tree::{assert_same_tree, describe};
 use strata_fs::testing::userns;
 use strata_fs::{Lower, MountOptions};
@@ -462,7 +462,7 @@ fn random_differential(base: &Path, work: &Path, ns: XattrNs) {
         let tree = |root: &Path| describe(root, OLD_TIMES);
         for i in 1..=steps {
             let kinds = Steps { hard_links: !no_index, devices: !no_index, ..Steps::ALL };
-            let (what, paths, op) = random_step(&mut rng, &names, kinds);
+            let (what, paths, op) = random_step(&mut rng, RANDOM_DIRS, &names, kinds);
             let a = op(&ov);
             if a == Err(libc::EXDEV) {
                 continue;
@@ -537,7 +537,7 @@ fn random_concurrent_steps_keep_the_mount_consistent() {
                 s.spawn(move || {
                     let mut rng = Rng(seed + t);
                     for i in 0..steps {
-                        let (what, _, op) = random_step(&mut rng, RANDOM_NAMES, kinds);
+                        let (what, _, op) = random_step(&mut rng, RANDOM_DIRS, RANDOM_NAMES, kinds);
                         let r = op(stm);
                         // (An ordinary user's step fails with its exit status.)
                         if !what.contains(" as 1000") {

@@ -118,12 +118,18 @@ pub fn read_all(f: &mut std::fs::File) -> OpResult {
 }
 
 /// One random step: a description and the operation. Paths combine
-/// [`RANDOM_DIRS`] and [`RANDOM_NAMES`]; most do not exist, or not as the
+/// `dirs` and `names` (for the differential layers [`RANDOM_DIRS`] and
+/// [`RANDOM_NAMES`]); most do not exist, or not as the
 /// type an operation wants, so errors are compared as much as successes.
-pub fn random_step(rng: &mut Rng, names: &[&'static str], steps: Steps) -> (String, [String; 2], Op) {
+pub fn random_step(
+    rng: &mut Rng,
+    dirs: &[&'static str],
+    names: &[&'static str],
+    steps: Steps,
+) -> (String, [String; 2], Op) {
     use std::io::Write;
     let path = |rng: &mut Rng| {
-        let (d, n) = (rng.pick(RANDOM_DIRS), rng.pick(names));
+        let (d, n) = (rng.pick(dirs), rng.pick(names));
         if d.is_empty() {
             n.to_string()
         } else {

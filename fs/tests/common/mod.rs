@@ -59,8 +59,16 @@ impl LayerBuilder {
         self.push(path, EntryKind::Symlink { target: target.as_bytes().to_vec() }, 0o777)
     }
 
+    /// A hard link entry with its target's metadata, as a tar writer puts
+    /// it in the link's header (both names are one inode).
     pub fn hardlink(self, path: &str, target: &str) -> Self {
-        self.push(path, EntryKind::Hardlink { target: target.as_bytes().to_vec() }, 0o644)
+        let of_target = self.entries.iter().rev().find(|e| e.path == target.as_bytes()).cloned();
+        let mut b = self.push(path, EntryKind::Hardlink { target: target.as_bytes().to_vec() }, 0o644);
+        if let (Some(t), Some(e)) = (of_target, b.entries.last_mut()) {
+            (e.mode, e.uid, e.gid, e.mtime, e.mtime_nsec, e.xattrs) =
+                (t.mode, t.uid, t.gid, t.mtime, t.mtime_nsec, t.xattrs);
+        }
+        b
     }
 
     pub fn chardev(self, path: &str, major: u32, minor: u32) -> Self {
