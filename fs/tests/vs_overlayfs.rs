@@ -562,3 +562,135 @@ fn random_concurrent_steps_keep_the_mount_consistent() {
         strata_fs::changes(&lowers, &st_upper).unwrap();
     }
 }
+
+/// Directories and leaf names of the random layers below (leaves never
+/// name one of the directories, so a layer's whiteouts and files never
+/// clash with the parents it lists).
+const LAYER_DIRS: &[&str] = &["", "a", "a/b", "a/b/c", "d", "d/e"];
+const LAYER_NAMES: &[&str] = &["f1", "f2", "f3", "s", "h", "x", "y"];
+
+/// Three random layers in tar order: files, directories, symlinks, hard
+/// links within a layer, whiteouts and opaque directories over what the
+/// layers below have (or not), each layer listing its entries' parents.
+fn random_layers(objects: &Path, rng: &mut Rng) -> Vec<LayerBuilder> {
+    let mut layers = Vec::new();
+    for l in 0..3 {
+        let mut b = LayerBuilder::new(objects);
+        if l == 0 {
+            b = b.dir("", 0o755);
+        }
+        let mut listed: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut files: Vec<String> = Vec::new();
+        for _ in 0..12 {
+            let d = rng.pick(LAYER_DIRS);
+            // The parents, as a layer tar lists them.
+            let mut at = String::new();
+            for part in d.split('/').filter(|p| !p.is_empty()) {
+                at = if at.is_empty() { part.to_string() } else { format!("{at}/{part}") };
+                if listed.insert(at.clone()) {
+                    b = b.dir(&at, [0o755, 0o750, 0o711][rng.below(3)]);
+                }
+            }
+            let name = rng.pick(LAYER_NAMES);
+            let path = if d.is_empty() { name.to_string() } else { format!("{d}/{name}") };
+            if !listed.insert(path.clone()) {
+                continue;
+            }
+            b = match rng.below(9) {
+                0..=2 => {
+                    files.push(path.clone());
+                    let content = format!("{path} in layer {l}: {}", rng.next_u64() % 100);
+                    b.file(&path, content.as_bytes(), [0o644, 0o600, 0o755][rng.below(3)])
+                        .owner([0, 1000][rng.below(2)], [0, 42][rng.below(2)])
+                }
+                3 => b.dir(&path, 0o755),
+                4 => b.symlink(&path, [rng.pick(LAYER_NAMES), "../x", "a/b"][rng.below(3)]),
+                5 if !files.is_empty() => {
+                    let target = files[rng.below(files.len())].clone();
+                    b.hardlink(&path, &target)
+                }
+                6 | 7 if l > 0 => b.whiteout(&path),
+                8 if l > 0 && !d.is_empty() => b.opaque(d),
+                _ => {
+                    files.push(path.clone());
+                    b.file(&path, b"plain", 0o644)
+                }
+            };
+        }
+        layers.push(b);
+    }
+    layers
+}
+
+/// Applies layers to one directory the way an image is unpacked (umoci,
+/// containerd): a layer's whiteouts, opaque markers and replaced entries
+/// first remove what the layers below left, then its entries are written.
+fn unpack(layers: &[Vec<strata_layers::index::Entry>], objects: &Path, dir: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    use strata_layers::index::EntryKind;
+    let rm = |p: &Path| match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).unwrap(),
+        Ok(_) => std::fs::remove_file(p).unwrap(),
+        Err(_) => {}
+    };
+    for entries in layers {
+        for e in entries {
+            let p = dir.join(std::ffi::OsStr::from_bytes(&e.path));
+            match &e.kind {
+                EntryKind::Whiteout => rm(&p),
+                EntryKind::Opaque => {
+                    for child in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                        rm(&child.path());
+                    }
+                }
+                EntryKind::Dir => {
+                    if std::fs::symlink_metadata(&p).is_ok_and(|m| !m.is_dir()) {
+                        rm(&p);
+                    }
+                }
+                _ => rm(&p),
+            }
+        }
+        let written: Vec<_> =
+            entries.iter().filter(|e| !matches!(e.kind, EntryKind::Whiteout | EntryKind::Opaque)).cloned().collect();
+        materialize(&written, objects, dir, &LowerFormat::root());
+    }
+}
+
+/// Random layer stacks mounted by strata (read-only, from the layers'
+/// indexes) against the same layers unpacked into a directory: the tree
+/// strata builds must be the unpacked image, link counts included.
+#[test]
+fn random_layers_read_as_unpacked() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let env = |k: &str, default: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (runs, first) = (env("STRATA_FS_RANDOM_RUNS", 40), env("STRATA_FS_RANDOM_FIRST", 1));
+    for seed in (first..first + runs).map(|i| 0x1a7e_0000 + i) {
+        let tmp = tempfile::tempdir().unwrap();
+        let objects = tmp.path().join("objects");
+        let builders = random_layers(&objects, &mut Rng(seed));
+        let entries: Vec<Vec<strata_layers::index::Entry>> = builders.iter().map(|b| b.entries().to_vec()).collect();
+        let lowers: Vec<Lower> = builders.into_iter().map(|b| b.build()).collect();
+        let (unpacked, mnt) = (tmp.path().join("unpacked"), tmp.path().join("mnt"));
+        unpack(&entries, &objects, &unpacked);
+        std::fs::create_dir(&mnt).unwrap();
+        let st = MountGuard::new(lowers, &mnt, MountOptions::default());
+        let layers_text = entries
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                l.iter().map(move |e| format!("layer {i}: {} {:?}", String::from_utf8_lossy(&e.path), e.kind))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_same_tree(
+            &format!("seed {seed:#x}; layers:\n{layers_text}"),
+            ("unpacked", &describe(&unpacked, OLD_TIMES)),
+            ("strata", &describe(&mnt, OLD_TIMES)),
+        );
+        st.unmount();
+    }
+}
