@@ -569,12 +569,13 @@ fn random_concurrent_steps_keep_the_mount_consistent() {
 const LAYER_DIRS: &[&str] = &["", "a", "a/b", "a/b/c", "d", "d/e"];
 const LAYER_NAMES: &[&str] = &["f1", "f2", "f3", "s", "h", "x", "y"];
 
-/// Three random layers in tar order: files, directories, symlinks, hard
-/// links within a layer, whiteouts and opaque directories over what the
-/// layers below have (or not), each layer listing its entries' parents.
+/// Four random layers in tar order: files (some with xattrs), directories,
+/// symlinks, hard links within a layer, fifos, device nodes, whiteouts and
+/// opaque directories over what the layers below have (or not), each layer
+/// listing its entries' parents.
 fn random_layers(objects: &Path, rng: &mut Rng) -> Vec<LayerBuilder> {
     let mut layers = Vec::new();
-    for l in 0..3 {
+    for l in 0..4 {
         let mut b = LayerBuilder::new(objects);
         if l == 0 {
             b = b.dir("", 0o755);
@@ -596,13 +597,21 @@ fn random_layers(objects: &Path, rng: &mut Rng) -> Vec<LayerBuilder> {
             if !listed.insert(path.clone()) {
                 continue;
             }
-            b = match rng.below(9) {
+            b = match rng.below(11) {
                 0..=2 => {
                     files.push(path.clone());
                     let content = format!("{path} in layer {l}: {}", rng.next_u64() % 100);
-                    b.file(&path, content.as_bytes(), [0o644, 0o600, 0o755][rng.below(3)])
-                        .owner([0, 1000][rng.below(2)], [0, 42][rng.below(2)])
+                    let b = b
+                        .file(&path, content.as_bytes(), [0o644, 0o600, 0o755, 0o4755][rng.below(4)])
+                        .owner([0, 1000][rng.below(2)], [0, 42][rng.below(2)]);
+                    if rng.below(3) == 0 {
+                        b.xattr("user.k", format!("v{l}").as_bytes())
+                    } else {
+                        b
+                    }
                 }
+                9 => b.fifo(&path),
+                10 => b.chardev(&path, 1, 3),
                 3 => b.dir(&path, 0o755),
                 4 => b.symlink(&path, [rng.pick(LAYER_NAMES), "../x", "a/b"][rng.below(3)]),
                 5 if !files.is_empty() => {
