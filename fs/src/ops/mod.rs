@@ -30,7 +30,9 @@
 //! passed through for readers and writers (they share the upper file), lower
 //! objects only on read-only mounts (a writer could otherwise arrive while a
 //! reader holds the immutable object as the backing file), and an inode that
-//! has cached opens gets cached opens only. `InodeIo` keeps that book.
+//! has cached opens gets cached opens only. An open whose writes must reach
+//! this server (a set-id file's) next to passthrough opens names the backing
+//! file too, with FOPEN_DIRECT_IO. `InodeIo` keeps that book.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
