@@ -144,7 +144,7 @@ pub fn random_step(
         _ => format!("content {}\n", rng.next_u64() % 1000).into_bytes(),
     };
     // (No O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser lacks.)
-    let k = rng.below(39);
+    let k = rng.below(42);
     let mut what = format!("#{k} {p} {q}");
     let op: Op = match k {
         0 | 1 => Box::new(move |m: &Path| {
@@ -269,6 +269,37 @@ pub fn random_step(
             Ok(st)
         }),
         38 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::WHITEOUT)),
+        39 => {
+            // truncate(2) by path (through a symlink too).
+            let len = [0i64, 7, 90_000][rng.below(3)];
+            Box::new(move |m: &Path| {
+                let c = std::ffi::CString::new(m.join(&p).into_os_string().into_encoded_bytes()).map_err(|_| -1)?;
+                // SAFETY: a valid C string.
+                match unsafe { libc::truncate(c.as_ptr(), len) } {
+                    0 => Ok(String::new()),
+                    _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)),
+                }
+            })
+        }
+        40 => Box::new(move |m: &Path| {
+            // copy_file_range of p into q at an offset, q created if missing.
+            let src = open_nb(m, &p, std::fs::OpenOptions::new().read(true))?;
+            let mut dst = open_nb(m, &q, std::fs::OpenOptions::new().read(true).write(true).create(true))?;
+            let mut off_out = 3u64;
+            rustix::fs::copy_file_range(&src, Some(&mut 0), &dst, Some(&mut off_out), 100_000)
+                .map_err(|e| e.raw_os_error())?;
+            read_all(&mut dst)
+        }),
+        41 => {
+            // utimensat leaving atime alone.
+            let sec = 1_000_000_000 + rng.below(1000) as i64;
+            Box::new(move |m: &Path| {
+                let omit = rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT };
+                let t = rustix::fs::Timespec { tv_sec: sec, tv_nsec: 0 };
+                let times = rustix::fs::Timestamps { last_access: omit, last_modification: t };
+                rx(rustix::fs::utimensat(rustix::fs::CWD, m.join(&p), &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW))
+            })
+        }
         _ if steps.as_user => {
             // An ordinary user (uid and gid 1000, no capabilities): the
             // permission checks.
