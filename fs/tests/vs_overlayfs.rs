@@ -26,7 +26,9 @@ use common::*;
 use strata_fs::testing::changes::{assert_same_changes, lower_view, overlay_changes, strata_changes};
 use strata_fs::testing::ops::*;
 use strata_fs::testing::overlay::{materialize, LowerFormat, OverlayMount, XattrNs};
-use strata_fs::testing::random::{io_err, random_step, read_all, shape, Rng, Steps, RANDOM_DIRS, RANDOM_NAMES};
+use strata_fs::testing::random::{
+    io_err, random_step, read_all, settings, shape, Rng, Steps, RANDOM_DIRS, RANDOM_NAMES,
+};
 use strata_fs::testing::tree::{assert_same_tree, describe};
 use strata_fs::testing::userns;
 use strata_fs::{Lower, MountOptions};
@@ -429,11 +431,7 @@ fn same_results_as_kernel_overlayfs_in_a_user_namespace() {
 /// `base` holds the prepared layers (see [`prepare`]); each seed works in a
 /// fresh directory under `work`.
 fn random_differential(base: &Path, work: &Path, ns: XattrNs) {
-    // More for a longer search: STRATA_FS_RANDOM_RUNS=200 STRATA_FS_RANDOM_STEPS=2000
-    // (STRATA_FS_RANDOM_FIRST=N starts at the Nth seed).
-    let env = |k: &str, default: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    let (runs, steps) = (env("STRATA_FS_RANDOM_RUNS", 12), env("STRATA_FS_RANDOM_STEPS", 500));
-    let first = env("STRATA_FS_RANDOM_FIRST", 1);
+    let (seeds, steps) = settings(12, 500);
     let (lowers, _) = layers(&base.join("objects"));
     let dirs: Vec<PathBuf> = (0..lowers.len()).map(|i| base.join(format!("l{i}"))).collect();
     // Without its inode index (in a user namespace overlayfs cannot decode
@@ -447,7 +445,7 @@ fn random_differential(base: &Path, work: &Path, ns: XattrNs) {
     let no_index = matches!(ns, XattrNs::User);
     let names: Vec<&'static str> =
         RANDOM_NAMES.iter().copied().filter(|n| !(no_index && n.starts_with("doc"))).collect();
-    for seed in (first..first + runs).map(|i| 0x5eed_0000 + i) {
+    for seed in seeds.map(|i| 0x5eed_0000 + i) {
         let work = work.join(format!("random-{seed:x}"));
         for d in ["", "ov_upper", "ov_work", "ov", "st_upper", "st"] {
             std::fs::create_dir(work.join(d)).unwrap();
@@ -517,10 +515,8 @@ fn random_scripts_match_kernel_overlayfs() {
 #[test]
 fn random_concurrent_steps_keep_the_mount_consistent() {
     const BROKEN: &[i32] = &[libc::EIO, libc::EBADF, libc::EFAULT, libc::ENOSYS, libc::ENOTCONN, libc::ESTALE];
-    let env = |k: &str, default: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    let (runs, steps) = (env("STRATA_FS_RANDOM_RUNS", 3), env("STRATA_FS_RANDOM_STEPS", 400));
-    let first = env("STRATA_FS_RANDOM_FIRST", 1);
-    for seed in (first..first + runs).map(|i| 0xc0c0_0000 + i * 16) {
+    let (seeds, steps) = settings(3, 400);
+    for seed in seeds.map(|i| 0xc0c0_0000 + i * 16) {
         let tmp = tempfile::tempdir().unwrap();
         let (lowers, _) = layers(&tmp.path().join("objects"));
         let (stm, st_upper) = (tmp.path().join("st"), tmp.path().join("st_upper"));
@@ -632,6 +628,14 @@ fn random_layers(objects: &Path, rng: &mut Rng, special: bool) -> Vec<LayerBuild
     layers
 }
 
+/// The layers' entries, a line each, for failure messages.
+fn describe_layers(entries: &[Vec<strata_layers::index::Entry>]) -> String {
+    let line = |(i, e): (usize, &strata_layers::index::Entry)| {
+        format!("layer {i}: {} {:?}", String::from_utf8_lossy(&e.path), e.kind)
+    };
+    entries.iter().enumerate().flat_map(|(i, l)| l.iter().map(move |e| (i, e))).map(line).collect::<Vec<_>>().join("\n")
+}
+
 /// Applies layers to one directory the way an image is unpacked (umoci,
 /// containerd): a layer's whiteouts, opaque markers and replaced entries
 /// first remove what the layers below left, then its entries are written.
@@ -676,9 +680,8 @@ fn random_layers_read_as_unpacked() {
         eprintln!("skipped: needs root");
         return;
     }
-    let env = |k: &str, default: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    let (runs, first) = (env("STRATA_FS_RANDOM_RUNS", 40), env("STRATA_FS_RANDOM_FIRST", 1));
-    for seed in (first..first + runs).map(|i| 0x1a7e_0000 + i) {
+    let (seeds, _) = settings(40, 0);
+    for seed in seeds.map(|i| 0x1a7e_0000 + i) {
         let tmp = tempfile::tempdir().unwrap();
         let objects = tmp.path().join("objects");
         let builders = random_layers(&objects, &mut Rng(seed), true);
@@ -688,14 +691,7 @@ fn random_layers_read_as_unpacked() {
         unpack(&entries, &objects, &unpacked);
         std::fs::create_dir(&mnt).unwrap();
         let st = MountGuard::new(lowers, &mnt, MountOptions::default());
-        let layers_text = entries
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| {
-                l.iter().map(move |e| format!("layer {i}: {} {:?}", String::from_utf8_lossy(&e.path), e.kind))
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let layers_text = describe_layers(&entries);
         assert_same_tree(
             &format!("seed {seed:#x}; layers:\n{layers_text}"),
             ("unpacked", &describe(&unpacked, OLD_TIMES)),
@@ -717,10 +713,8 @@ fn random_layers_and_steps_match_a_plain_directory() {
         eprintln!("skipped: needs root");
         return;
     }
-    let env = |k: &str, default: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    let (runs, steps) = (env("STRATA_FS_RANDOM_RUNS", 12), env("STRATA_FS_RANDOM_STEPS", 300));
-    let first = env("STRATA_FS_RANDOM_FIRST", 1);
-    for seed in (first..first + runs).map(|i| 0x91a1_0000 + i) {
+    let (seeds, steps) = settings(12, 300);
+    for seed in seeds.map(|i| 0x91a1_0000 + i) {
         let tmp = tempfile::tempdir().unwrap();
         // Open to the ordinary user of the steps, as the mount is.
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -739,14 +733,7 @@ fn random_layers_and_steps_match_a_plain_directory() {
         let rw = || MountOptions { upper: Some(upper.clone()), allow_other: true, ..MountOptions::default() };
         let mut st = MountGuard::new(lowers.clone(), &mnt, rw());
         let tree = |root: &Path| describe(root, OLD_TIMES);
-        let layers_text = entries
-            .iter()
-            .enumerate()
-            .flat_map(|(i, l)| {
-                l.iter().map(move |e| format!("layer {i}: {} {:?}", String::from_utf8_lossy(&e.path), e.kind))
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let layers_text = describe_layers(&entries);
         assert_same_tree(
             &format!("seed {seed:#x} untouched; layers:\n{layers_text}"),
             ("plain", &tree(&plain)),

@@ -26,6 +26,16 @@ pub struct Steps {
     pub whiteout_renames: bool,
 }
 
+/// The seeds and the steps per seed of a random test: the test's defaults,
+/// or `STRATA_FS_RANDOM_RUNS` seeds from the `STRATA_FS_RANDOM_FIRST`th
+/// on, `STRATA_FS_RANDOM_STEPS` steps each, for a longer search.
+pub fn settings(runs: u64, steps: u64) -> (std::ops::Range<u64>, u64) {
+    let env = |k: &str, default: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (runs, steps, first) =
+        (env("STRATA_FS_RANDOM_RUNS", runs), env("STRATA_FS_RANDOM_STEPS", steps), env("STRATA_FS_RANDOM_FIRST", 1));
+    (first..first + runs, steps)
+}
+
 impl Steps {
     pub const ALL: Steps =
         Steps { hard_links: true, devices: true, fifos: true, as_user: true, whiteout_renames: true };
