@@ -16,8 +16,10 @@
 //! directory's small lower files ahead after a cold read), `changes`
 //! (`docker diff`), `layer` (an upper directory read back as layer entries,
 //! for commit and export), `testing` (behind the
-//! `test-support` feature: the differential test against kernel overlayfs
-//! that this crate's tests and the end-to-end tests share).
+//! `test-support` feature: the differential tests against kernel overlayfs,
+//! and the seeded random steps they and the tests against a plain
+//! directory take, which this crate's tests and the end-to-end tests
+//! share).
 //!
 //! What the mount reports — owners, modes, times, device numbers, xattrs — is
 //! exactly what the layer indexes and the upper directory's records say, also
