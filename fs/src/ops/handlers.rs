@@ -141,7 +141,7 @@ impl Filesystem for StrataFs {
         // chown clears set-id bits, a truncation by a caller without
         // CAP_FSETID too.
         let kill = self.killpriv.load(Ordering::Relaxed)
-            && (uid.is_some() || gid.is_some() || (size.is_some() && self.truncation_kills_set_id(req)));
+            && (uid.is_some() || gid.is_some() || (size.is_some() && self.change_kills_set_id(req)));
         let run = move |fs: &FsInner| match fs.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh, kill) {
             Ok(a) => reply.attr(&UPPER_TTL, &a),
             Err(e) => reply.error(eno(e)),
@@ -234,7 +234,7 @@ impl Filesystem for StrataFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let acc = flags.0 & libc::O_ACCMODE;
         let for_writing = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        let kill = flags.0 & libc::O_TRUNC != 0 && self.truncation_kills_set_id(req);
+        let kill = flags.0 & libc::O_TRUNC != 0 && self.change_kills_set_id(req);
         if for_writing && self.upper.is_some() && self.copy_up_is_big(ino.0) {
             // Copies the file up first.
             return self.offload(move |fs| fs.open_reply(ino.0, flags.0, kill, reply));
@@ -683,7 +683,7 @@ impl Filesystem for StrataFs {
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
         // Like a write, it clears set-id bits of a caller without
         // CAP_FSETID (the kernel passes no flag for it).
-        let kill = self.truncation_kills_set_id(req);
+        let kill = self.change_kills_set_id(req);
         self.offload(move |fs| match rustix::fs::fallocate(&*f, flags, offset, length) {
             Ok(()) => match kill.then(|| fs.kill_set_id(ino.0)) {
                 Some(Err(e)) => reply.error(eno(e)),

@@ -363,11 +363,12 @@ impl FsInner {
         self.stats.as_ref().map(|stats| stats.time(op))
     }
 
-    /// Whether a truncation (or an O_TRUNC open) by this caller clears
-    /// set-id bits: the caller lacks CAP_FSETID. fuser does not pass the
+    /// Whether a change of content this server sees (a truncation, an
+    /// O_TRUNC open, fallocate) by this caller clears set-id bits: the
+    /// caller lacks CAP_FSETID. fuser does not pass the
     /// kernel's own flag for it, so uid 0 stands for holding it, where it
     /// can (see `uid0_may_keep_set_id`).
-    pub(super) fn truncation_kills_set_id(&self, req: &Request) -> bool {
+    pub(super) fn change_kills_set_id(&self, req: &Request) -> bool {
         self.killpriv.load(Ordering::Relaxed) && (req.uid() != 0 || !self.uid0_may_keep_set_id)
     }
 
