@@ -10,13 +10,14 @@
 //! files are not changes by themselves.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use strata_layers::index::EntryKind;
 
 use crate::source::Lower;
 use crate::upper::{Upper, WH_PREFIX};
+use crate::walk::Visit;
 use crate::{load, FsError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,7 +69,17 @@ pub fn changes(lowers: &[Lower], upper: &Path) -> Result<Vec<Change>, FsError> {
     let lower = lower_paths(lowers);
     let mut out = Vec::new();
     let mut changed_dirs = HashSet::new();
-    walk(&up, &lower, b"", &mut out, &mut changed_dirs).map_err(io)?;
+    let root = up.dir_readable(b"").map_err(io)?;
+    crate::walk::walk(
+        root,
+        Vec::new(),
+        |fd, rel| changes_in(&up, &lower, fd, rel, &mut changed_dirs),
+        |_, c| {
+            out.push(c);
+            Ok(())
+        },
+    )
+    .map_err(io)?;
     Ok(out)
 }
 
@@ -80,22 +91,24 @@ fn same_time(a: (i64, u32), b: (i64, u32)) -> bool {
     a == b || (a.0 == b.0 && (a.1 == 0 || b.1 == 0))
 }
 
-fn walk(
+/// The changes in the upper directory `rel` (open as `fd`), in walk order,
+/// with its subdirectories to walk where their changes go.
+fn changes_in(
     up: &Upper,
     lower: &LowerPaths,
-    rel: &[u8],
-    out: &mut Vec<Change>,
+    fd: BorrowedFd,
+    rel: Vec<u8>,
     changed_dirs: &mut HashSet<Vec<u8>>,
-) -> std::io::Result<()> {
-    let fd = up.dir_readable(rel)?;
-    let (names, _opaque) = load::upper_names_sorted(up, &fd)?;
-    let join = |n: &[u8]| if rel.is_empty() { n.to_vec() } else { [rel, b"/", n].concat() };
+) -> std::io::Result<Vec<Visit<Change, Vec<u8>>>> {
+    let mut todo = Vec::new();
+    let (names, _opaque) = load::upper_names_sorted(up, fd)?;
+    let join = |n: &[u8]| if rel.is_empty() { n.to_vec() } else { [&rel[..], b"/", n].concat() };
     for (key, n) in names {
         let (path, kind, is_dir) = if n.starts_with(WH_PREFIX) {
             (join(&key), ChangeKind::Deleted, false)
         } else {
             let path = join(&n);
-            let h = up.stat(fd.as_fd(), &n)?;
+            let h = up.stat(fd, &n)?;
             let a = h.attr();
             let is_dir = a.is_dir();
             let kind = match lower.get(&path) {
@@ -105,7 +118,7 @@ fn walk(
                         && mode == a.mode
                         && same_time((sec, nsec), (a.mtime.sec, a.mtime.nsec))
                     {
-                        walk(up, lower, &path, out, changed_dirs)?;
+                        todo.push(Visit::Descend(n, path));
                         continue;
                     }
                     ChangeKind::Changed
@@ -117,14 +130,14 @@ fn walk(
         if is_dir {
             changed_dirs.insert(path.clone());
         }
-        if kind != ChangeKind::Changed && !rel.is_empty() && !changed_dirs.contains(rel) {
-            out.push(Change { kind: ChangeKind::Changed, path: show(rel) });
-            changed_dirs.insert(rel.to_vec());
+        if kind != ChangeKind::Changed && !rel.is_empty() && !changed_dirs.contains(&rel) {
+            todo.push(Visit::Emit(Change { kind: ChangeKind::Changed, path: show(&rel) }));
+            changed_dirs.insert(rel.clone());
         }
-        out.push(Change { kind, path: show(&path) });
+        todo.push(Visit::Emit(Change { kind, path: show(&path) }));
         if is_dir {
-            walk(up, lower, &path, out, changed_dirs)?;
+            todo.push(Visit::Descend(n, path));
         }
     }
-    Ok(())
+    Ok(todo)
 }

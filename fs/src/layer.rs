@@ -5,13 +5,14 @@
 //! whiteouts, escaped xattrs — so that writers of layers need not know them.
 
 use std::fs::File;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::source::Lower;
 use crate::tree::decode_dev;
 use crate::upper::{Upper, WH_PREFIX};
+use crate::walk::Visit;
 use crate::{load, FsError};
 
 /// One entry of the layer an upper directory stands for.
@@ -83,7 +84,17 @@ pub fn upper_entries(lowers: &[Lower], upper: &Path) -> Result<Vec<UpperEntry>, 
     let mut links = std::collections::HashMap::new();
     let root = up.stat(up.root_fd(), b".").map_err(io)?;
     out.push(entry_of(&up, lowers, b"", b".", up.root_fd(), &root, &mut links).map_err(io)?);
-    walk(&up, lowers, b"", &mut out, &mut links).map_err(io)?;
+    let top = up.dir_readable(b"").map_err(io)?;
+    crate::walk::walk(
+        top,
+        Vec::new(),
+        |fd, rel| entries_in(&up, lowers, fd, rel, &mut links),
+        |_, e| {
+            out.push(e);
+            Ok(())
+        },
+    )
+    .map_err(io)?;
     Ok(out)
 }
 
@@ -105,33 +116,35 @@ fn join(rel: &[u8], n: &[u8]) -> Vec<u8> {
     }
 }
 
-fn walk(
+/// The entries of the upper directory `rel` (open as `fd`), with its
+/// subdirectories to walk right after their own entries.
+fn entries_in(
     up: &Upper,
     lowers: &[Lower],
-    rel: &[u8],
-    out: &mut Vec<UpperEntry>,
+    fd: BorrowedFd,
+    rel: Vec<u8>,
     links: &mut std::collections::HashMap<(u64, u64), Vec<u8>>,
-) -> std::io::Result<()> {
-    let fd = up.dir_readable(rel)?;
-    let (names, opaque) = load::upper_names_sorted(up, &fd)?;
+) -> std::io::Result<Vec<Visit<UpperEntry, Vec<u8>>>> {
+    let mut todo = Vec::new();
+    let (names, opaque) = load::upper_names_sorted(up, fd)?;
     if opaque {
-        out.push(UpperEntry::marker(rel.to_vec(), UpperKind::Opaque));
+        todo.push(Visit::Emit(UpperEntry::marker(rel.clone(), UpperKind::Opaque)));
     }
     for (key, n) in names {
-        let path = join(rel, &key);
+        let path = join(&rel, &key);
         if n.starts_with(WH_PREFIX) {
-            out.push(UpperEntry::marker(path, UpperKind::Whiteout));
+            todo.push(Visit::Emit(UpperEntry::marker(path, UpperKind::Whiteout)));
             continue;
         }
-        let h = up.stat(fd.as_fd(), &n)?;
-        let e = entry_of(up, lowers, &path, &n, fd.as_fd(), &h, links)?;
+        let h = up.stat(fd, &n)?;
+        let e = entry_of(up, lowers, &path, &n, fd, &h, links)?;
         let is_dir = e.kind == UpperKind::Dir;
-        out.push(e);
+        todo.push(Visit::Emit(e));
         if is_dir {
-            walk(up, lowers, &path, out, links)?;
+            todo.push(Visit::Descend(n, path));
         }
     }
-    Ok(())
+    Ok(todo)
 }
 
 fn entry_of(

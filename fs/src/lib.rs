@@ -141,6 +141,7 @@ mod source;
 pub mod testing;
 mod tree;
 mod upper;
+mod walk;
 
 use std::io;
 use std::os::fd::OwnedFd;

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 use strata_layers::index::EntryKind;
@@ -13,6 +13,7 @@ use strata_layers::Digest;
 use crate::source::LayerSource;
 use crate::tree::{Ino, LowerRef, Node, Tree, Up, ROOT};
 use crate::upper::{self, list_dir, Upper, LONG_WH_PREFIX, OPAQUE, WH_PREFIX};
+use crate::walk::Visit;
 
 /// (name an upper entry stands for, its name on disk) pairs.
 pub(crate) type UpperNames = Vec<(Vec<u8>, Vec<u8>)>;
@@ -22,7 +23,7 @@ pub(crate) type UpperNames = Vec<(Vec<u8>, Vec<u8>)>;
 /// Docker's walk of an overlay upper gives. Strata's own markers (`.wh..wh.*`,
 /// the opaque marker included) are left out; the flag says whether the
 /// directory is opaque.
-pub(crate) fn upper_names_sorted(up: &Upper, dir: &std::os::fd::OwnedFd) -> io::Result<(UpperNames, bool)> {
+pub(crate) fn upper_names_sorted(up: &Upper, dir: BorrowedFd) -> io::Result<(UpperNames, bool)> {
     let mut names = Vec::new();
     let mut opaque = false;
     for n in list_dir(dir)? {
@@ -30,7 +31,7 @@ pub(crate) fn upper_names_sorted(up: &Upper, dir: &std::os::fd::OwnedFd) -> io::
             opaque = true;
             continue;
         } else if n.starts_with(LONG_WH_PREFIX) {
-            long_whiteout_target(up, dir.as_fd(), &n)?
+            long_whiteout_target(up, dir, &n)?
         } else if n.starts_with(b".wh..wh.") {
             continue;
         } else if let Some(h) = n.strip_prefix(WH_PREFIX) {
@@ -45,7 +46,7 @@ pub(crate) fn upper_names_sorted(up: &Upper, dir: &std::os::fd::OwnedFd) -> io::
 }
 
 /// Reads the name a long whiteout stands for.
-pub(crate) fn long_whiteout_target(up: &Upper, dir: std::os::fd::BorrowedFd, name: &[u8]) -> io::Result<Vec<u8>> {
+pub(crate) fn long_whiteout_target(up: &Upper, dir: BorrowedFd, name: &[u8]) -> io::Result<Vec<u8>> {
     let f = up.open_file(dir, name, rustix::fs::OFlags::RDONLY)?;
     let mut v = Vec::new();
     io::Read::read_to_end(&mut &f, &mut v)?;
@@ -79,19 +80,25 @@ pub(crate) fn load_upper(t: &mut Tree, up: &Upper, sources: &[Arc<dyn LayerSourc
     // is passed on to what gets created in it; see `Node::no_xattrs`.
     t.node_mut(ROOT).no_xattrs = up.list_xattrs(up.root_fd(), b".")?.is_empty();
     let mut links = HashMap::new();
-    walk(t, up, sources, b"", ROOT, &mut links)
+    crate::walk::walk(
+        up.dir_readable(b"")?,
+        ROOT,
+        |fd, dir| load_dir(t, up, sources, fd, dir, &mut links),
+        |_, ()| Ok(()),
+    )
 }
 
-fn walk(
+/// Folds one upper directory into the tree; returns its subdirectories.
+fn load_dir(
     t: &mut Tree,
     up: &Upper,
     sources: &[Arc<dyn LayerSource>],
-    rel: &[u8],
+    fd: BorrowedFd,
     dir: Ino,
     links: &mut HashMap<(u64, u64), Ino>,
-) -> io::Result<()> {
-    let fd = up.dir_readable(rel)?;
-    let mut names = list_dir(&fd)?;
+) -> io::Result<Vec<Visit<(), Ino>>> {
+    let mut subdirs = Vec::new();
+    let mut names = list_dir(fd)?;
     names.sort();
     if names.iter().any(|n| n == OPAQUE) {
         t.clear_children(dir);
@@ -105,10 +112,10 @@ fn walk(
             continue;
         }
         let hidden = if n.starts_with(LONG_WH_PREFIX) {
-            long_whiteout_target(up, fd.as_fd(), &n)?
+            long_whiteout_target(up, fd, &n)?
         } else if n.starts_with(b".wh..wh..cu.") {
             // An interrupted copy-up.
-            upper::unlink_if_exists(fd.as_fd(), &n, false)?;
+            upper::unlink_if_exists(fd, &n, false)?;
             continue;
         } else if n.starts_with(b".wh..wh.") {
             continue;
@@ -124,16 +131,15 @@ fn walk(
         }
     }
     for n in plain {
-        let h = up.stat(fd.as_fd(), &n)?;
+        let h = up.stat(fd, &n)?;
         let mut attr = h.attr();
         let existing = t.child(dir, &n);
         let covers = existing.is_some();
-        let child_rel = if rel.is_empty() { n.clone() } else { [rel, b"/", &n].concat() };
         if let Some(e) = existing.filter(|&e| attr.is_dir() && t.node(e).attr.is_dir()) {
             let node = t.node_mut(e);
             node.attr = attr;
             node.up = Up::Full;
-            walk(t, up, sources, &child_rel, e, links)?;
+            subdirs.push(Visit::Descend(n, e));
             continue;
         }
         let existing_lower = existing.and_then(|e| t.node(e).lower);
@@ -175,8 +181,8 @@ fn walk(
             links.insert(key, ino);
         }
         if attr.is_dir() {
-            walk(t, up, sources, &child_rel, ino, links)?;
+            subdirs.push(Visit::Descend(n, ino));
         }
     }
-    Ok(())
+    Ok(subdirs)
 }

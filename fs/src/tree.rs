@@ -436,28 +436,28 @@ impl Tree {
         Some(c)
     }
 
-    /// The path of a node from the root, without a leading slash ("" for the root).
-    pub fn path_of(&self, ino: Ino) -> Vec<u8> {
+    /// The path of a node from the root, without a leading slash ("" for
+    /// the root); `None` for a node no longer linked into the tree. However
+    /// deep: a container may nest directories past any limit of ours.
+    pub fn path_of(&self, ino: Ino) -> Option<Vec<u8>> {
         let mut parts: Vec<&[u8]> = Vec::new();
         let mut cur = ino;
-        let mut guard = 0;
-        while cur != ROOT && guard < 4096 {
-            let n = self.node(cur);
+        while cur != ROOT {
+            let n = self.get(cur)?;
             if n.link.parent == 0 {
-                break;
+                return None;
             }
             parts.push(&n.link.name);
             cur = n.link.parent;
-            guard += 1;
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
         for p in parts.iter().rev() {
             if !out.is_empty() {
                 out.push(b'/');
             }
             out.extend_from_slice(p);
         }
-        out
+        Some(out)
     }
 
     pub fn lookup_path(&self, path: &[u8]) -> Option<Ino> {
@@ -647,9 +647,9 @@ mod tests {
         assert!(t.lookup_path(b"c").is_none());
         let d = t.lookup_path(b"d").unwrap();
         assert_eq!(t.node(d).nlink(), 1);
-        assert_eq!(t.path_of(d), b"d");
+        assert_eq!(t.path_of(d).unwrap(), b"d");
         let f = t.lookup_path(b"implicit/dir/f").unwrap();
-        assert_eq!(t.path_of(f), b"implicit/dir/f");
+        assert_eq!(t.path_of(f).unwrap(), b"implicit/dir/f");
         assert!(t.node(t.lookup_path(b"implicit").unwrap()).attr.is_dir());
     }
 
@@ -668,7 +668,7 @@ mod tests {
         let (x, z) = (t.lookup_path(b"x").unwrap(), t.lookup_path(b"z").unwrap());
         assert_ne!(x, z);
         assert_eq!((t.node(x).nlink(), t.node(z).nlink()), (1, 1));
-        assert_eq!((t.path_of(x), t.path_of(z)), (b"x".to_vec(), b"z".to_vec()));
+        assert_eq!((t.path_of(x), t.path_of(z)), (Some(b"x".to_vec()), Some(b"z".to_vec())));
     }
 
     #[test]
@@ -689,7 +689,7 @@ mod tests {
         assert_eq!(t.nodes.len() - t.free.len(), 3);
         assert!(t.nodes.len() <= 5);
         let y = t.lookup_path(b"y").unwrap();
-        assert_eq!(t.path_of(y), b"y");
+        assert_eq!(t.path_of(y).unwrap(), b"y");
     }
 
     #[test]

@@ -41,8 +41,12 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 
 use crate::tree::{decode_dev, Attr, Ts};
+use crate::walk::Visit;
 
 pub(crate) const OPAQUE: &[u8] = b".wh..wh..opq";
+/// How much of a path [`Upper::dir`] hands the kernel at once: within
+/// `PATH_MAX` (4,096 bytes with its NUL), with room to spare.
+pub(crate) const PATH_PART: usize = 3072;
 pub(crate) const WH_PREFIX: &[u8] = b".wh.";
 pub(crate) const LONG_WH_PREFIX: &[u8] = b".wh..wh..lng.";
 /// The empty file all whiteouts are hard links of (AUFS-style metadata name:
@@ -135,21 +139,50 @@ impl Upper {
         self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)
     }
 
+    /// Opens the directory `name` of `dir` for *at() calls.
+    pub fn subdir(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
+        rustix::fs::openat2(
+            dir,
+            std::ffi::OsStr::from_bytes(name),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(errno)
+    }
+
     /// Opens a directory readable (for listing).
     pub fn dir_readable(&self, rel: &[u8]) -> io::Result<OwnedFd> {
         self.open_beneath(rel, OFlags::RDONLY | OFlags::DIRECTORY)
     }
 
+    /// Opens `rel` below the upper root, never through a symlink. A path
+    /// longer than the kernel takes at once (a tree nested deeper than
+    /// `PATH_MAX`) is opened a part at a time, each relative to the last.
     fn open_beneath(&self, rel: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
-        let p: &[u8] = if rel.is_empty() { b"." } else { rel };
-        rustix::fs::openat2(
-            &self.root,
-            std::ffi::OsStr::from_bytes(p),
-            flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )
-        .map_err(errno)
+        let open = |dir: BorrowedFd, p: &[u8], flags: OFlags| {
+            rustix::fs::openat2(
+                dir,
+                std::ffi::OsStr::from_bytes(if p.is_empty() { b"." } else { p }),
+                flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            )
+            .map_err(errno)
+        };
+        let mut rest = rel;
+        let mut at: Option<OwnedFd> = None;
+        while rest.len() > PATH_PART {
+            // The last '/' within the part's length (a name is at most 255 bytes).
+            let cut = rest[..PATH_PART]
+                .iter()
+                .rposition(|&b| b == b'/')
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+            let dir = at.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
+            at = Some(open(dir, &rest[..cut], OFlags::PATH | OFlags::DIRECTORY)?);
+            rest = &rest[cut + 1..];
+        }
+        open(at.as_ref().map_or(self.root.as_fd(), |d| d.as_fd()), rest, flags)
     }
 
     pub fn stat(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<HostEntry> {
@@ -430,38 +463,44 @@ impl Upper {
         }
     }
 
-    /// Removes everything inside an upper directory (whiteouts and markers of
-    /// a directory that is empty in the merged view), recursively.
-    pub fn empty_dir(&self, dir_rel: &[u8]) -> io::Result<()> {
-        let fd = self.dir_readable(dir_rel)?;
-        let dir = rustix::fs::Dir::read_from(&fd).map_err(errno)?;
-        let mut names = Vec::new();
-        for ent in dir {
-            let ent = ent.map_err(errno)?;
-            let n = ent.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                names.push((n.to_vec(), ent.file_type()));
-            }
-        }
-        for (name, ft) in names {
-            // The listing's type saves a stat per whiteout where the host fs gives it.
-            let is_dir = match ft {
-                rustix::fs::FileType::Unknown => {
-                    let st = rustix::fs::statat(&fd, std::ffi::OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(errno)?;
-                    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    /// Removes everything inside the upper directory `name` of `parent`
+    /// (whiteouts and markers of a directory that is empty in the merged
+    /// view), however deep.
+    pub fn empty_dir(&self, parent: BorrowedFd, name: &[u8]) -> io::Result<()> {
+        let fd = crate::walk::open_subdir(parent, name)?;
+        crate::walk::walk(
+            fd,
+            (),
+            |fd, ()| {
+                let mut todo = Vec::new();
+                for ent in rustix::fs::Dir::read_from(fd).map_err(errno)? {
+                    let ent = ent.map_err(errno)?;
+                    let name = ent.file_name().to_bytes();
+                    if name == b"." || name == b".." {
+                        continue;
+                    }
+                    // The listing's type saves a stat per whiteout where the host fs gives it.
+                    let is_dir = match ent.file_type() {
+                        rustix::fs::FileType::Unknown => {
+                            let st =
+                                rustix::fs::statat(fd, std::ffi::OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
+                                    .map_err(errno)?;
+                            st.st_mode & libc::S_IFMT == libc::S_IFDIR
+                        }
+                        ft => ft == rustix::fs::FileType::Directory,
+                    };
+                    if is_dir {
+                        // Emptied first, then removed.
+                        todo.push(Visit::Descend(name.to_vec(), ()));
+                        todo.push(Visit::Emit(name.to_vec()));
+                    } else {
+                        unlink_if_exists(fd, name, false)?;
+                    }
                 }
-                ft => ft == rustix::fs::FileType::Directory,
-            };
-            if is_dir {
-                let sub = if dir_rel.is_empty() { name.clone() } else { [dir_rel, b"/", &name].concat() };
-                self.empty_dir(&sub)?;
-                unlink_if_exists(fd.as_fd(), &name, true)?;
-            } else {
-                unlink_if_exists(fd.as_fd(), &name, false)?;
-            }
-        }
-        Ok(())
+                Ok(todo)
+            },
+            |fd, name| unlink_if_exists(fd, &name, true),
+        )
     }
 
     /// Lists the xattrs of an upper entry as the mount shows them.
@@ -564,7 +603,7 @@ pub(crate) fn unlink_if_exists(dir: BorrowedFd, name: &[u8], is_dir: bool) -> io
 }
 
 /// Names in a directory (without "." and "..").
-pub(crate) fn list_dir(fd: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+pub(crate) fn list_dir(fd: impl AsFd) -> io::Result<Vec<Vec<u8>>> {
     let dir = rustix::fs::Dir::read_from(fd).map_err(errno)?;
     let mut out = Vec::new();
     for ent in dir {

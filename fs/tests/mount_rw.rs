@@ -200,18 +200,22 @@ fn rename_lower_directory_with_content() {
 /// Entries removed while a process still holds them open have no name to
 /// copy up to: setting an xattr through the fd, or opening it again for
 /// writing through /proc, fails with ENOENT and the mount keeps serving.
-/// Copy-ups below a lower tree nested 20,000 deep end in a clean error.
+/// Copy-ups below a lower tree nested 12,000 deep (upper paths far past
+/// PATH_MAX) work, and a remount, the change list and a commit's
+/// read-back see them.
 #[test]
 fn removed_while_open_and_deep_trees() {
     let (_tmp, objects, upper, mnt) = work_dirs();
     let mut deep = String::from("deep");
     let mut b = LayerBuilder::new(&objects).dir("", 0o755).file("f", b"lower", 0o644).dir("empty", 0o755);
     b = b.dir(&deep, 0o755);
-    for _ in 0..20_000 {
+    let depth = 12_000;
+    for _ in 0..depth {
         deep.push_str("/d");
         b = b.dir(&deep, 0o755);
     }
-    let g = MountGuard::new(vec![b.build()], &mnt, opts(&upper));
+    let lowers = vec![b.build()];
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
 
     let f = std::fs::File::open(mnt.join("f")).unwrap();
     std::fs::remove_file(mnt.join("f")).unwrap();
@@ -232,31 +236,80 @@ fn removed_while_open_and_deep_trees() {
     let e = rustix::fs::fsetxattr(&d, "user.x", b"1", rustix::fs::XattrFlags::empty()).unwrap_err();
     assert_eq!(e, rustix::io::Errno::NOENT);
 
-    // The deep tree: a file created at its bottom and the tree moved. Its
-    // upper path is longer than PATH_MAX, so the host refuses (the kernel's
-    // overlayfs copies up through such paths; strata keeps every upper path
-    // within PATH_MAX, so that a remount and a commit, which walk the upper
-    // directory by path, can read all of it). What matters is a clean error
-    // and a mount that keeps serving, not a server thread that ran out of
-    // stack on the way.
+    // The deep tree: a file created at its bottom, the tree moved, and the
+    // file removed again. Its upper path is far longer than PATH_MAX; the
+    // kernel's overlayfs copies up through such paths, and so does strata:
+    // no host call takes a whole path from the upper root, and the walks of
+    // a remount, of the change list and of a commit are loops that hold one
+    // directory fd at a time (recursion would run out of stack, an fd per
+    // level out of fds).
     let comps: Vec<&str> = deep.split('/').collect();
-    let mut at = rustix::fs::open(&mnt, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
-    for chunk in comps.chunks(1000) {
-        at = rustix::fs::openat(&at, chunk.join("/"), rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
-    }
-    let mode = rustix::fs::Mode::from_raw_mode(0o644);
-    match rustix::fs::openat(&at, "new", rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY, mode) {
-        Ok(_) | Err(rustix::io::Errno::NAMETOOLONG) => {}
-        Err(e) => panic!("create at the bottom: {e:?}"),
-    }
-    match std::fs::rename(mnt.join("deep"), mnt.join("moved")) {
-        Ok(()) => {}
-        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG), "{e}"),
-    }
+    let bottom = |mnt: &Path, top: &str| {
+        let mut at = rustix::fs::open(mnt, rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let mut path = vec![top];
+        path.extend(&comps[1..]);
+        for chunk in path.chunks(1000) {
+            at = rustix::fs::openat(&at, chunk.join("/"), rustix::fs::OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        }
+        at
+    };
+    let read_at = |dir: &std::os::fd::OwnedFd, name: &str| -> Vec<u8> {
+        let f = rustix::fs::openat(dir, name, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()).unwrap();
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(f), &mut v).unwrap();
+        v
+    };
+    let at = bottom(&mnt, "deep");
+    let f = rustix::fs::openat(
+        &at,
+        "new",
+        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY,
+        rustix::fs::Mode::from_raw_mode(0o644),
+    );
+    std::io::Write::write_all(&mut std::fs::File::from(f.expect("create at the bottom")), b"bottom").unwrap();
+    drop(at);
+    std::fs::rename(mnt.join("deep"), mnt.join("moved")).expect("rename of the deep tree");
+    assert_eq!(read_at(&bottom(&mnt, "moved"), "new"), b"bottom");
     assert!(std::fs::symlink_metadata(mnt.join("f")).is_err(), "the mount still serves");
     std::fs::write(mnt.join("after"), b"ok").unwrap();
     assert_eq!(std::fs::read(mnt.join("after")).unwrap(), b"ok");
     g.unmount();
+
+    // What a remount, the change list and a commit's read-back see.
+    let deep_path = |top: &str, name: &str| format!("{top}/{}/{name}", comps[1..].join("/"));
+    let ch = strata_fs::changes(&lowers, &upper).unwrap();
+    let want = format!("/{}", deep_path("moved", "new"));
+    assert!(
+        ch.iter().any(|c| c.kind == strata_fs::ChangeKind::Added && c.path == want),
+        "the deep file in the changes"
+    );
+    assert!(ch.iter().any(|c| c.kind == strata_fs::ChangeKind::Deleted && c.path == "/deep"));
+    let entries = strata_fs::upper_entries(&lowers, &upper).unwrap();
+    let e = entries.iter().find(|e| e.path == deep_path("moved", "new").as_bytes()).expect("the deep file's entry");
+    assert_eq!(e.kind, strata_fs::UpperKind::File { size: 6, content: strata_fs::UpperContent::Upper });
+    let mut content = Vec::new();
+    strata_fs::open_upper_file(&upper, &e.path).unwrap().read_to_end(&mut content).unwrap();
+    assert_eq!(content, b"bottom");
+    assert_eq!(
+        entries.iter().filter(|e| e.kind == strata_fs::UpperKind::Dir).count(),
+        depth + 2,
+        "root, moved and all below"
+    );
+
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    let at = bottom(&mnt, "moved");
+    assert_eq!(read_at(&at, "new"), b"bottom", "after a remount");
+    rustix::fs::unlinkat(&at, "new", rustix::fs::AtFlags::empty()).unwrap();
+    drop(at);
+    assert!(std::fs::symlink_metadata(mnt.join("deep")).is_err());
+    // rm -rf of the whole deep tree.
+    let rm = std::process::Command::new("rm").arg("-rf").arg(mnt.join("moved")).output().unwrap();
+    let said = String::from_utf8_lossy(&rm.stderr);
+    // (Its paths are 24 KB long: the end of the message is what tells.)
+    assert!(rm.status.success(), "rm -rf: ...{}", &said[said.len().saturating_sub(200)..]);
+    assert!(std::fs::symlink_metadata(mnt.join("moved")).is_err());
+    g.unmount();
+    assert!(strata_fs::changes(&lowers, &upper).unwrap().iter().all(|c| !c.path.starts_with("/moved")));
 }
 
 /// truncate(2) by path: a SETATTR, where opening the file would copy it up

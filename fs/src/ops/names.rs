@@ -230,7 +230,7 @@ impl FsInner {
         if in_upper {
             let removed = (|| {
                 if is_dir {
-                    up.empty_dir(&t.path_of(c))?;
+                    up.empty_dir(pfd.as_fd(), name)?;
                 }
                 upper::unlink_if_exists(pfd.as_fd(), name, is_dir)
             })();
@@ -372,7 +372,7 @@ impl FsInner {
             if t.node(d).attr.is_dir() && t.node(d).up == Up::Full {
                 // Empty in the merged view; clear its whiteouts so the host
                 // rename can replace it.
-                up.empty_dir(&t.path_of(d))?;
+                up.empty_dir(dfd.as_fd(), newname)?;
             }
         }
         let host_flags = if noreplace { rustix::fs::RenameFlags::NOREPLACE } else { rustix::fs::RenameFlags::empty() };
