@@ -15,8 +15,9 @@
 //! idle CPUs awake while requests come densely), `prefetch` (reading a
 //! directory's small lower files ahead after a cold read), `changes`
 //! (`docker diff`), `layer` (an upper directory read back as layer entries,
-//! for commit and export), `testing` (behind the
-//! `test-support` feature: the differential tests against kernel overlayfs,
+//! for commit and export), `walk` (depth-first walks of an upper
+//! directory), `testing` (behind the `test-support` feature: the
+//! differential tests against kernel overlayfs,
 //! and the seeded random steps they and the tests against a plain
 //! directory take, which this crate's tests and the end-to-end tests
 //! share).
@@ -27,16 +28,21 @@
 //! checks are the kernel's (`default_permissions`) against those values.
 //!
 //! Copy-ups take only what they must: chmod, chown, utimes, xattr changes
-//! and renames (also of whole lower trees) copy metadata, leaving the
+//! and renames (also of whole lower trees, and of files with several
+//! names: one metacopy file under all of them) copy metadata, leaving the
 //! content below as a metacopy found by digest; a truncation copies the part
-//! that stays; opening for writing copies the content, a large file's
-//! (also a metacopy's being filled in) outside the tree lock: `ls -l` of
-//! 10,000 entries while a 1 GiB metacopy was filled in took 1.0-1.1 s with
-//! the copy under the lock, 0.45-0.55 s now (0.24-0.29 s alone; the copy
-//! holds one of 2 CPUs). Known limit: the content copies left (a metacopy
-//! with several names, a lower hard link group, a truncation that keeps a
-//! large head) run under the tree's write lock, so other requests wait
-//! meanwhile.
+//! that stays; opening for writing copies the content. Every large content
+//! copy (a metacopy's filling in too, and the head a truncation keeps) is
+//! made outside the tree lock and then moved into place under it: `ls -l`
+//! of 10,000 entries while a 1 GiB metacopy was filled in took 1.0-1.1 s
+//! with the copy under the lock, 0.45-0.55 s now (0.24-0.29 s alone; the
+//! copy holds one of 2 CPUs).
+//!
+//! Upper trees may be nested past `PATH_MAX`, as with kernel overlayfs: no
+//! host call takes a whole path from the upper root (directories are
+//! opened relative to their parent, in parts where a path is long), and
+//! the walks of a remount, of `docker diff` and of a commit are loops that
+//! hold one directory fd at a time (`walk`).
 //!
 //! # Performance notes (measured)
 //!
@@ -92,12 +98,16 @@
 //!   removexattr). Server time per file went from ~380 µs to ~160 µs (and
 //!   ~100 µs with the threading below); the rest is context switches of the
 //!   round trips.
-//! - Not done, on purpose: FUSE_HANDLE_KILLPRIV(_V2) would save the forced
-//!   GETATTR per chown, but then the server must clear set-id bits on writes
-//!   it never sees with passthrough. Answering getxattr with ENOSYS turns
-//!   xattrs off for the whole mount for good, so it is done only where no
-//!   xattr can ever exist (next item). The writeback cache was measured on
-//!   extract: no gain (it adds a FLUSH per file) and it excludes passthrough.
+//! - FUSE_HANDLE_KILLPRIV_V2 is taken on writable mounts: it saves the
+//!   forced GETATTR per chown and a GETXATTR `security.capability` per
+//!   write(2) to a file already checked; the server clears set-id bits
+//!   itself, and keeps writes that must clear something off passthrough
+//!   (`ops::handlers`, init). Still sent per created file: one GETXATTR
+//!   for its first write and one for a chown (the VFS asks before every
+//!   ATTR_KILL_PRIV). Answering getxattr with ENOSYS turns xattrs off for
+//!   the whole mount for good, so it is done only where no xattr can ever
+//!   exist (next item). The writeback cache was measured on extract: no
+//!   gain (it adds a FLUSH per file) and it excludes passthrough.
 //! - FUSE over io_uring (kernel `fuse.enable_uring`), measured with libfuse's
 //!   own passthrough_hp example built from upstream with io_uring on, same
 //!   extract onto a tmpfs: /dev/fuse 10.7-10.9 s, io_uring 3.7-4.3 s; with

@@ -502,6 +502,49 @@ fn copy_up_of_large_files() {
     g.unmount();
 }
 
+/// Runs `op`, a copy-up of a large file whose content is `object`, with
+/// the object swapped for a fifo, so that the copy waits, deterministically,
+/// until a lookup of `other` (a name not looked up before: a request the
+/// server must answer now) came back, or did not within 20 s, which fails.
+/// The fifo cannot be copied from: the copy-up then copies under the lock.
+fn copy_waits_on_object(object: &Path, other: &Path, op: impl FnOnce() -> std::io::Result<()> + Send + 'static) {
+    use std::os::unix::fs::FileTypeExt;
+    // The object becomes a fifo (a second name kept to open it by).
+    let real = object.with_extension("real");
+    let fifo = object.with_extension("fifo");
+    std::fs::rename(object, &real).unwrap();
+    let fifo_mode = rustix::fs::Mode::from_raw_mode(0o644);
+    rustix::fs::mknodat(rustix::fs::CWD, object, rustix::fs::FileType::Fifo, fifo_mode, 0).unwrap();
+    std::fs::hard_link(object, &fifo).unwrap();
+    let op = std::thread::spawn(op);
+    // Wait until the server waits for a writer of the fifo.
+    let waiting = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .any(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("wait_for_partner")))
+    };
+    let t0 = std::time::Instant::now();
+    while !waiting() {
+        assert!(t0.elapsed().as_secs() < 30, "the copy-up never opened the object");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lookup = {
+        let p = other.to_path_buf();
+        std::thread::spawn(move || tx.send(std::fs::read(p).map(|v| v.len())))
+    };
+    let answered = rx.recv_timeout(std::time::Duration::from_secs(20));
+    // Let the copy go on: the object back in place, the fifo released.
+    std::fs::rename(&real, object).unwrap();
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    assert!(matches!(answered, Ok(Ok(_))), "a lookup waited for the copy-up: {answered:?}");
+    lookup.join().unwrap().unwrap();
+    op.join().unwrap().unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(!std::fs::symlink_metadata(object).unwrap().file_type().is_fifo());
+}
+
 /// A large metacopy (a lower file after a chmod or a rename) is filled in
 /// from a copy made outside the tree lock: while its object is being read,
 /// other requests of the mount are answered. The object is swapped for a
@@ -510,7 +553,6 @@ fn copy_up_of_large_files() {
 /// metadata, also across a remount.
 #[test]
 fn metacopy_fill_does_not_stall_the_mount() {
-    use std::os::unix::fs::FileTypeExt;
     let (_tmp, objects, upper, mnt) = work_dirs();
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 247) as u8).collect();
     let lowers = vec![LayerBuilder::new(&objects)
@@ -533,54 +575,11 @@ fn metacopy_fill_does_not_stall_the_mount() {
     std::fs::rename(mnt.join("moved"), mnt.join("renamed")).unwrap();
     let host_ino = std::fs::metadata(upper.join("big")).unwrap().ino();
 
-    // The object becomes a fifo (a second name kept to open it by).
-    let real = object.with_extension("real");
-    let fifo = object.with_extension("fifo");
-    std::fs::rename(&object, &real).unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &object,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o644),
-        0,
-    )
-    .unwrap();
-    std::fs::hard_link(&object, &fifo).unwrap();
-    let append = {
-        let p = mnt.join("big");
-        std::thread::spawn(move || {
-            let mut f = std::fs::OpenOptions::new().append(true).open(p)?;
-            f.write_all(b"END")
-        })
-    };
-    // Wait until the server waits for a writer of the fifo.
-    let waiting = || {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .flatten()
-            .any(|t| std::fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w.contains("wait_for_partner")))
-    };
-    let t0 = std::time::Instant::now();
-    while !waiting() {
-        assert!(t0.elapsed().as_secs() < 30, "the copy-up never opened the object");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    // A name not looked up before: a LOOKUP the server must answer now.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let lookup = {
-        let p = mnt.join("other");
-        std::thread::spawn(move || tx.send(std::fs::read(p).map(|v| v.len())))
-    };
-    let answered = rx.recv_timeout(std::time::Duration::from_secs(20));
-    // Let the copy go on: the object back in place, the fifo released (a
-    // fifo cannot be copied from; the copy-up then copies under the lock).
-    std::fs::rename(&real, &object).unwrap();
-    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
-    assert!(matches!(answered, Ok(Ok(5))), "a lookup waited for the copy-up: {answered:?}");
-    lookup.join().unwrap().unwrap();
-    append.join().unwrap().unwrap();
-    std::fs::remove_file(&fifo).unwrap();
-    assert!(!std::fs::symlink_metadata(&object).unwrap().file_type().is_fifo());
+    let p = mnt.join("big");
+    copy_waits_on_object(&object, &mnt.join("other"), move || {
+        let mut f = std::fs::OpenOptions::new().append(true).open(p)?;
+        f.write_all(b"END")
+    });
 
     // Without the fifo: the copy made beforehand takes the metacopy's place.
     let renamed_ino = std::fs::metadata(upper.join("renamed")).unwrap().ino();
@@ -604,6 +603,65 @@ fn metacopy_fill_does_not_stall_the_mount() {
     let renamed = std::fs::metadata(upper.join("renamed")).unwrap();
     assert_eq!(renamed.len(), big.len() as u64 + 3);
     assert_ne!(renamed.ino(), renamed_ino, "filled in from the copy made outside the lock");
+    assert_no_copy_up_leftovers(&upper);
+    let g = MountGuard::new(lowers, &mnt, opts(&upper));
+    check(&mnt);
+    g.unmount();
+}
+
+/// A lower hard link group takes a metadata change as one metacopy file
+/// under all its names (no content copied), and its filling in later, from
+/// a copy made outside the tree lock, keeps the names one inode. A
+/// truncation of a large lower file that keeps most of it copies that part
+/// outside the lock too.
+#[test]
+fn linked_and_truncated_copies_do_not_stall_the_mount() {
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let long: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    let lowers = vec![LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .dir("d", 0o755)
+        .file("h1", &big, 0o644)
+        .hardlink("d/h2", "h1")
+        .hardlink("h3", "h1")
+        .file("long", &long, 0o644)
+        .file("other", b"other", 0o644)
+        .file("more", b"more", 0o644)
+        .build()];
+    let object = |content: &[u8]| strata_layers::layout::object_path_in(&objects, &strata_layers::Digest::of(content));
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+
+    std::fs::set_permissions(mnt.join("d/h2"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let host: Vec<_> = ["h1", "d/h2", "h3"].iter().map(|n| std::fs::metadata(upper.join(n)).unwrap()).collect();
+    assert!(host.iter().all(|m| m.ino() == host[0].ino() && m.len() == 0), "one metacopy file for the group");
+    for n in ["h1", "d/h2", "h3"] {
+        assert_eq!(std::fs::metadata(mnt.join(n)).unwrap().mode() & 0o7777, 0o600, "{n}");
+    }
+
+    let p = mnt.join("h3");
+    copy_waits_on_object(&object(&big), &mnt.join("other"), move || {
+        std::fs::OpenOptions::new().append(true).open(p)?.write_all(b"END")
+    });
+    let p = mnt.join("long");
+    copy_waits_on_object(&object(&long), &mnt.join("more"), move || {
+        std::fs::OpenOptions::new().write(true).open(p)?.set_len(2_000_000)
+    });
+
+    let check = |mnt: &Path| {
+        let want = [&big[..], b"END"].concat();
+        let ino = std::fs::metadata(mnt.join("h1")).unwrap().ino();
+        for n in ["h1", "d/h2", "h3"] {
+            let m = std::fs::metadata(mnt.join(n)).unwrap();
+            assert_eq!((m.ino(), m.nlink(), m.mode() & 0o7777), (ino, 3, 0o600), "{n}");
+            assert!(std::fs::read(mnt.join(n)).unwrap() == want, "{n}");
+        }
+        assert!(std::fs::read(mnt.join("long")).unwrap() == long[..2_000_000], "long");
+    };
+    check(&mnt);
+    g.unmount();
+    let filled: Vec<_> = ["h1", "d/h2", "h3"].iter().map(|n| std::fs::metadata(upper.join(n)).unwrap()).collect();
+    assert!(filled.iter().all(|m| m.ino() == filled[0].ino() && m.len() == big.len() as u64 + 3 && m.nlink() == 3));
     assert_no_copy_up_leftovers(&upper);
     let g = MountGuard::new(lowers, &mnt, opts(&upper));
     check(&mnt);

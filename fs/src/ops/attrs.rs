@@ -16,6 +16,28 @@ impl FsInner {
         fh: Option<FileHandle>,
         kill_set_id: bool,
     ) -> io::Result<FileAttr> {
+        // A large lower file about to be truncated: the part that stays is
+        // copied before the tree lock is taken.
+        let prepared = size.and_then(|s| self.precopy(ino, Copy::Head(s)));
+        let r = self.setattr_locked(ino, mode, uid, gid, size, atime, mtime, fh, kill_set_id, prepared.as_ref());
+        self.drop_precopy(prepared);
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn setattr_locked(
+        &self,
+        ino: Ino,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+        kill_set_id: bool,
+        prepared: Option<&Prepared>,
+    ) -> io::Result<FileAttr> {
         let mut t = self.tree_write();
         let up = self.upper()?;
         let Some(n) = t.get(ino) else { return Err(err(libc::ENOENT)) };
@@ -40,7 +62,7 @@ impl FsInner {
                 _ => None,
             });
             if linked {
-                self.copy_up_for_truncate(&mut t, ino, size)?;
+                self.copy_up_for_truncate(&mut t, ino, size, prepared)?;
             }
             match via_handle {
                 Some(f) if !linked || t.node(ino).up == Up::Full => f.set_len(size)?,

@@ -105,9 +105,8 @@ impl FsInner {
             return self.ensure_upper_dir(t, ino);
         }
         if n.attr.is_reg() {
-            if n.nlink() > 1 {
-                return self.copy_up_full(t, ino);
-            }
+            // Every name of a lower hard link group gets the one metacopy
+            // file (a chmod of a 1 GiB linked file copied all of it).
             return self.copy_up_file(t, ino, Copy::Meta, None).map(drop);
         }
         let parent = n.link.parent;
@@ -172,7 +171,8 @@ impl FsInner {
     }
 
     /// Copies a lower regular file up. `prepared`: a file in the upper root
-    /// that already holds the content (see [`FsInner::precopy`]).
+    /// that already holds the content (see [`FsInner::precopy`]); used when
+    /// it holds just what `how` copies.
     /// Returns the new upper file opened read-write when this made it (not
     /// for metadata-only copies, nor when `prepared` was moved into place),
     /// so that an open for writing need not open it again.
@@ -181,7 +181,7 @@ impl FsInner {
         t: &mut Tree,
         ino: Ino,
         how: Copy,
-        prepared: Option<&[u8]>,
+        prepared: Option<&Prepared>,
     ) -> io::Result<Option<File>> {
         let with_content = how != Copy::Meta;
         let up = self.upper()?;
@@ -211,15 +211,21 @@ impl FsInner {
         let no_xattrs = self.copied_without_xattrs(t, ino);
         let mut rec = false;
         let mut made: Option<File> = None;
+        let prepared = prepared.filter(|p| how != Copy::Meta && p.len == how.content_len(entry_size(entry)));
         if was == Up::Meta {
             // Metadata is already up; fill in the content, keep the times.
             let st = rustix::fs::statat(&pfd, OsStr::from_bytes(&name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
             let len = how.content_len(attr.size);
-            // A single-named file whose content was copied beforehand takes
-            // that copy's inode instead (several names must stay one inode).
-            let prepared = prepared.filter(|_| how == Copy::Full && t.node(ino).more.is_empty());
+            // A file whose content was copied beforehand takes that copy's
+            // inode instead, under each of its names.
             if let Some(p) = prepared {
-                let (f, r) = self.fill_from_prepared(pfd.as_fd(), &name, ino, p, &attr, &st)?;
+                let names: Vec<(Ino, Box<[u8]>)> =
+                    t.node(ino).more.iter().map(|l| (l.parent, l.name.clone())).collect();
+                let others = names
+                    .into_iter()
+                    .map(|(p, other)| Ok((self.upper_dir(t, p)?, other)))
+                    .collect::<io::Result<Vec<_>>>()?;
+                let (f, r) = self.fill_from_prepared(pfd.as_fd(), &name, &others, ino, &p.name, &attr, &st)?;
                 let n = t.node_mut(ino);
                 n.meta_rec = r;
                 made = Some(f);
@@ -245,10 +251,10 @@ impl FsInner {
             // Build the copy under a temporary name, then move it into place.
             let tmp = format!(".wh..wh..cu.{ino}").into_bytes();
             self.keeping_times(pfd.as_fd(), || {
-                let out = match prepared.filter(|_| how == Copy::Full) {
+                let out = match prepared {
                     Some(p) => {
                         upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
-                        rustix::fs::renameat(up.root_fd(), OsStr::from_bytes(p), &pfd, OsStr::from_bytes(&tmp))
+                        rustix::fs::renameat(up.root_fd(), OsStr::from_bytes(&p.name), &pfd, OsStr::from_bytes(&tmp))
                             .map_err(errno)?;
                         None
                     }
@@ -320,16 +326,18 @@ impl FsInner {
         Ok(made)
     }
 
-    /// Fills in a single-named metacopy file by replacing it with
-    /// `prepared` (a copy of its content in the upper root, made outside the
-    /// tree lock by [`FsInner::precopy`]): the copy takes over the upper
-    /// file's xattrs (all but the metacopy marker), owner, mode and times,
-    /// then its name. Returns the copy opened read-write and whether it
-    /// carries a `user.strata.meta` record.
+    /// Fills in a metacopy file by replacing it with `prepared` (a copy of
+    /// its content in the upper root, made outside the tree lock by
+    /// [`FsInner::precopy`]): the copy takes over the upper file's xattrs
+    /// (all but the metacopy marker), owner, mode and times, then its
+    /// `others` names (directory, name) and its name. Returns the copy
+    /// opened read-write and whether it carries a `user.strata.meta` record.
+    #[allow(clippy::too_many_arguments)]
     fn fill_from_prepared(
         &self,
         dir: BorrowedFd,
         name: &[u8],
+        others: &[(Arc<OwnedFd>, Box<[u8]>)],
         ino: Ino,
         prepared: &[u8],
         attr: &Attr,
@@ -359,9 +367,7 @@ impl FsInner {
                 }
             }
             up.set_times_file(&f, Ts::atime(st), Ts::mtime(st))?;
-            self.keeping_times(dir, || {
-                rustix::fs::renameat(dir, OsStr::from_bytes(&tmp), dir, OsStr::from_bytes(name)).map_err(errno)
-            })?;
+            self.replace_names(dir, &tmp, name, others)?;
             Ok((f, rec))
         })();
         if r.is_err() {
@@ -401,38 +407,88 @@ impl FsInner {
         placed
     }
 
+    /// Puts a finished copy (`tmp` in `dir`) in place of the file that has
+    /// the names `others` and `name` (one host inode, so each name gets the
+    /// copy): first a link of it beside each other name, so that a failure
+    /// (a full disk) changes no name and the group never splits; then each
+    /// moved over its name, the primary name last.
+    fn replace_names(
+        &self,
+        dir: BorrowedFd,
+        tmp: &[u8],
+        name: &[u8],
+        others: &[(Arc<OwnedFd>, Box<[u8]>)],
+    ) -> io::Result<()> {
+        let beside: Vec<Vec<u8>> = (0..others.len()).map(|i| [tmp, format!(".l{i}").as_bytes()].concat()).collect();
+        let mut linked = 0;
+        let r = others.iter().zip(&beside).try_for_each(|((ofd, _), b)| {
+            upper::unlink_if_exists(ofd.as_fd(), b, false)?;
+            self.keeping_times(ofd.as_fd(), || {
+                rustix::fs::linkat(dir, OsStr::from_bytes(tmp), ofd, OsStr::from_bytes(b), AtFlags::empty())
+                    .map_err(errno)
+            })?;
+            linked += 1;
+            Ok(())
+        });
+        if let Err(e) = r {
+            for ((ofd, _), b) in others.iter().zip(&beside).take(linked) {
+                let _ = upper::unlink_if_exists(ofd.as_fd(), b, false);
+            }
+            return Err(e);
+        }
+        for ((ofd, other), b) in others.iter().zip(&beside) {
+            self.keeping_times(ofd.as_fd(), || {
+                rustix::fs::renameat(ofd, OsStr::from_bytes(b), ofd, OsStr::from_bytes(other)).map_err(errno)
+            })?;
+        }
+        self.keeping_times(dir, || {
+            rustix::fs::renameat(dir, OsStr::from_bytes(tmp), dir, OsStr::from_bytes(name)).map_err(errno)
+        })
+    }
+
     /// Copies a large lower file's content into a temporary file in the
     /// upper root without holding the tree lock, so that other requests go on
     /// meanwhile; the copy-up under the lock then only moves it into place.
     /// Also for a metacopy about to be filled in (after a rename of a lower
     /// file, a chmod): filling in 1 GiB under the lock stalled every other
     /// request of the mount for the 0.5-3 s of the copy.
-    pub(super) fn precopy(&self, ino: Ino) -> Option<Vec<u8>> {
+    pub(super) fn precopy(&self, ino: Ino, how: Copy) -> Option<Prepared> {
         const WORTH_IT: u64 = 1 << 20;
         let up = self.upper.as_ref()?;
         let (src, entry) = {
             let t = self.tree_read();
             let n = t.get(ino)?;
-            // A lower file, or a single-named metacopy (filled in by taking
-            // the copy's inode, see copy_up_file).
-            let wanted = n.up == Up::No || (n.up == Up::Meta && n.more.is_empty());
-            if !wanted || !n.attr.is_reg() || n.attr.size < WORTH_IT {
+            // A lower file, or a metacopy (filled in by taking the copy's
+            // inode under all its names, see copy_up_file).
+            if n.up == Up::Full || !n.attr.is_reg() {
                 return None;
             }
             self.lower_entry(n)?
         };
+        let len = how.content_len(entry_size(entry));
+        if len < WORTH_IT {
+            return None;
+        }
         self.drop_page_cache_meanwhile(ino);
-        let tmp = format!(".wh..wh..cu.{ino}.{}", self.next_fh.fetch_add(1, Ordering::Relaxed)).into_bytes();
+        let name = format!(".wh..wh..cu.{ino}.{}", self.next_fh.fetch_add(1, Ordering::Relaxed)).into_bytes();
         let r = (|| {
-            let out = up.open_file(up.root_fd(), &tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
-            copy_content(&src.open_content(entry)?, &out, entry_size(entry))
+            let out = up.open_file(up.root_fd(), &name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
+            copy_content(&src.open_content(entry)?, &out, len)
         })();
         match r {
-            Ok(()) => Some(tmp),
+            Ok(()) => Some(Prepared { name, len }),
             Err(_) => {
-                let _ = upper::unlink_if_exists(up.root_fd(), &tmp, false);
+                let _ = upper::unlink_if_exists(up.root_fd(), &name, false);
                 None
             }
+        }
+    }
+
+    /// Removes a precopy that was not used (someone else copied the file
+    /// up first, or the copy-up failed).
+    pub(super) fn drop_precopy(&self, p: Option<Prepared>) {
+        if let (Some(p), Some(up)) = (p, &self.upper) {
+            let _ = upper::unlink_if_exists(up.root_fd(), &p.name, false);
         }
     }
 
@@ -459,12 +515,18 @@ impl FsInner {
     /// Copies a lower regular file up before it is truncated to `size`:
     /// only the part that stays is copied (`truncate -s 0` of a 1 GiB lower
     /// file copied all of it first: 0.6 s).
-    pub(super) fn copy_up_for_truncate(&self, t: &mut Tree, ino: Ino, size: u64) -> io::Result<()> {
+    pub(super) fn copy_up_for_truncate(
+        &self,
+        t: &mut Tree,
+        ino: Ino,
+        size: u64,
+        prepared: Option<&Prepared>,
+    ) -> io::Result<()> {
         let n = t.node(ino);
         if n.up == Up::Full || !n.attr.is_reg() {
             return self.copy_up_full(t, ino);
         }
-        self.copy_up_file(t, ino, Copy::Head(size), None).map(drop)
+        self.copy_up_file(t, ino, Copy::Head(size), prepared).map(drop)
     }
 
     /// Copies a node and, for a directory, everything below it, up for a

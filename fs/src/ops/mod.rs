@@ -195,6 +195,14 @@ enum Copy {
     Head(u64),
 }
 
+/// A copy of a lower file's content made before a copy-up, outside the
+/// tree lock ([`FsInner::precopy`]): a file in the upper root.
+struct Prepared {
+    name: Vec<u8>,
+    /// How many bytes of the content it holds.
+    len: u64,
+}
+
 impl Copy {
     /// How many bytes of a `size`-byte lower file this copy-up copies.
     fn content_len(self, size: u64) -> u64 {
@@ -658,7 +666,7 @@ impl FsInner {
         let trunc = flags & libc::O_TRUNC != 0;
         let file = if writable || trunc {
             self.upper()?;
-            let prepared = if trunc { None } else { self.precopy(ino) };
+            let prepared = if trunc { None } else { self.precopy(ino, Copy::Full) };
             let r = (|| {
                 let mut t = self.tree_write();
                 let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
@@ -671,7 +679,7 @@ impl FsInner {
                     _ if n.nlink() == 0 => return Err(err(libc::ENOENT)),
                     // O_TRUNC (atomic_o_trunc): the content would be thrown away.
                     _ if trunc => self.copy_up_file(&mut t, ino, Copy::Head(0), None)?,
-                    _ => self.copy_up_file(&mut t, ino, Copy::Full, prepared.as_deref())?,
+                    _ => self.copy_up_file(&mut t, ino, Copy::Full, prepared.as_ref())?,
                 };
                 // (O_TRUNC opens again: truncating sets the times even of an
                 // empty file.)
@@ -685,10 +693,7 @@ impl FsInner {
                 }
                 self.upper()?.open_file(pfd.as_fd(), &name, oflags)
             })();
-            if let (Some(p), Some(up)) = (&prepared, &self.upper) {
-                // Not used when someone else copied the file up first.
-                let _ = upper::unlink_if_exists(up.root_fd(), p, false);
-            }
+            self.drop_precopy(prepared);
             (r?, false)
         } else {
             let t = self.tree_read();

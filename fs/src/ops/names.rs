@@ -242,7 +242,20 @@ impl FsInner {
             }
         }
         if covers && !whiteout_made {
-            up.create_whiteout(pfd.as_fd(), name)?;
+            // What the removed entry held is free only once its last open
+            // file is closed, and the kernel may close a passthrough backing
+            // file a moment after the RELEASE (a deferred fput): on a full
+            // filesystem the whiteout waits for that moment, briefly.
+            let mut waited = 0;
+            loop {
+                match up.create_whiteout(pfd.as_fd(), name) {
+                    Err(e) if in_upper && e.raw_os_error() == Some(libc::ENOSPC) && waited < 20 => {
+                        waited += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    r => break r?,
+                }
+            }
         }
         if is_dir {
             self.dir_removed(c);
