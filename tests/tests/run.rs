@@ -266,6 +266,26 @@ fn volumes_bind_named_readonly_and_read_only_root() {
             s.ok(&["run", "--rm", "-v", "etcvol:/etc:ro", &e.bb, "sh", "-c", "cat /etc/new-file; head -1 /etc/passwd"]);
         assert_eq!(out, "kept\nroot:x:0:0:root:/root:/bin/sh\n", "{who}");
         assert!(s.ok(&["volume", "ls", "-q"]).lines().any(|l| l == "etcvol"), "{who}");
+
+        // Containers sharing a new volume seed it once: the emptiness check
+        // and the copy happen under the volume's seed lock. With the lock
+        // held here, a container start waits, the volume still empty.
+        s.ok(&["volume", "create", "seedvol"]);
+        let vol = s.root().join("volumes/seedvol");
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(vol.join("seed.lock")).unwrap();
+        chown_to_user(s, &vol.join("seed.lock"));
+        lock.lock().unwrap();
+        let child = s.spawn(&["run", "-d", "--name", "seeding", "-v", "seedvol:/etc", &e.bb, "sleep", "1000"]);
+        std::thread::sleep(Duration::from_millis(1500));
+        let data = vol.join("_data");
+        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "{who}: seeded while another held the lock");
+        drop(lock);
+        let out = wait_output(child, READY, "strata run -d with a seeded volume");
+        assert!(out.status.success(), "{who}: {}", show_output(&out));
+        assert!(data.join("passwd").exists(), "{who}: seeded after the lock was released");
+        s.ok(&["rm", "-f", "seeding"]);
+        s.ok(&["volume", "rm", "seedvol"]);
         let (code, err) = s.fails(&["volume", "rm", "nope"]);
         assert_eq!(code, 1, "{who}: {err}");
         s.ok(&["volume", "rm", "etcvol"]);

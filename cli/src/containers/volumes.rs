@@ -4,6 +4,7 @@
 //! ```text
 //! ROOT/volumes/NAME/volume.json   {Name, Driver, Mountpoint, CreatedAt, Labels, Options, Scope, Anonymous}
 //! ROOT/volumes/NAME/_data/        the content, bind-mounted into containers
+//! ROOT/volumes/NAME/seed.lock      held while a container seeds the volume
 //! ```
 //!
 //! A volume that is empty when a container first mounts it is seeded with
@@ -339,6 +340,9 @@ fn parse_mount_flag(ctx: &Context, spec: &str) -> Result<MountRecord> {
 pub fn seed_volumes(ctx: &Context, c: &Container, rootfs: &Path) -> Result<()> {
     for m in c.config.mounts.iter().filter(|m| m.kind == "volume") {
         let data = data_dir(ctx, &m.name);
+        // Containers that share the volume and start at once seed it once:
+        // the check and the copy happen under the volume's lock.
+        let _seeding = crate::lockfile::lock_exclusive(&volume_dir(ctx, &m.name).join("seed.lock"))?;
         let empty = std::fs::read_dir(&data).map(|mut d| d.next().is_none()).unwrap_or(false);
         if !empty {
             continue;
