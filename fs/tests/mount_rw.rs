@@ -859,7 +859,9 @@ fn fill_inodes(mnt: &Path) {
 /// fails with ENOSPC and changes nothing: the mount shows what it showed,
 /// and so does a remount (the host steps are ordered so that no failure in
 /// between leaves a state that reads differently). Removing a copied-up file
-/// still works there (it frees what its whiteout needs), and stays removed.
+/// or directory still works there (it frees what its whiteout needs), and
+/// stays removed; a file still open frees nothing, so its removal fails
+/// and it stays as it was.
 #[test]
 fn a_full_upper_loses_nothing() {
     let Some(small) = SmallUpper::new() else { return };
@@ -870,12 +872,31 @@ fn a_full_upper_loses_nothing() {
         .file("r", b"lower r", 0o644)
         .dir("d", 0o755)
         .file("d/inside", b"i", 0o644)
+        .file("w", b"lower w", 0o644)
+        .dir("e", 0o755)
         .build()];
     let g = MountGuard::new(lowers.clone(), mnt, opts(upper));
     std::fs::write(mnt.join("a"), b"changed a").unwrap();
+    std::fs::write(mnt.join("w"), b"changed w").unwrap();
     std::fs::set_permissions(mnt.join("r"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::remove_dir_all(mnt.join("d")).unwrap();
+    // "e" copied up (and its upper directory at hand to the server).
+    std::fs::write(mnt.join("e/n"), b"").unwrap();
+    std::fs::remove_file(mnt.join("e/n")).unwrap();
     fill_inodes(mnt);
+
+    // A copied-up file still open: removing it frees nothing for its
+    // whiteout, so rm fails and the file stays as it was; once closed, it
+    // goes. A copied-up directory goes at once.
+    let held = std::fs::File::open(mnt.join("w")).unwrap();
+    let r = std::fs::remove_file(mnt.join("w"));
+    assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::ENOSPC)), "rm of an open copied-up file");
+    assert_eq!(std::fs::read(mnt.join("w")).unwrap(), b"changed w");
+    drop(held);
+    std::fs::remove_file(mnt.join("w")).expect("rm of the closed file");
+    assert!(std::fs::symlink_metadata(mnt.join("w")).is_err());
+    std::fs::remove_dir(mnt.join("e")).expect("rmdir of a copied-up lower directory on a full upper");
+    assert!(std::fs::symlink_metadata(mnt.join("e")).is_err());
 
     let enospc = |r: std::io::Result<()>, what: &str| {
         assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(libc::ENOSPC)), "{what}");

@@ -227,6 +227,14 @@ impl FsInner {
                 Err(e) => return Err(e),
             }
         }
+        let single_open_file =
+            !is_dir && t.node(c).up == Up::Full && t.node(c).nlink() == 1 && self.open_file_of(c).is_some();
+        if covers && !whiteout_made && single_open_file {
+            // Still open, its host inode outlives the removal: removing it
+            // first would free nothing for the whiteout, and the change
+            // would be lost (the lower file would show again).
+            return Err(err(libc::ENOSPC));
+        }
         if in_upper {
             let removed = (|| {
                 if is_dir {
@@ -239,6 +247,11 @@ impl FsInner {
                     let _ = up.remove_whiteout(pfd.as_fd(), name);
                 }
                 return Err(e);
+            }
+            if is_dir {
+                // Our fd of it would keep the host directory (and its
+                // inode, which the whiteout may need) alive.
+                self.dir_removed(c);
             }
         }
         if covers && !whiteout_made {
