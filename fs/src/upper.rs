@@ -141,14 +141,7 @@ impl Upper {
 
     /// Opens the directory `name` of `dir` for *at() calls.
     pub fn subdir(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
-        rustix::fs::openat2(
-            dir,
-            std::ffi::OsStr::from_bytes(name),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-        )
-        .map_err(errno)
+        open_beneath_of(dir, name, OFlags::PATH | OFlags::DIRECTORY)
     }
 
     /// Opens a directory readable (for listing).
@@ -160,16 +153,6 @@ impl Upper {
     /// longer than the kernel takes at once (a tree nested deeper than
     /// `PATH_MAX`) is opened a part at a time, each relative to the last.
     fn open_beneath(&self, rel: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
-        let open = |dir: BorrowedFd, p: &[u8], flags: OFlags| {
-            rustix::fs::openat2(
-                dir,
-                std::ffi::OsStr::from_bytes(if p.is_empty() { b"." } else { p }),
-                flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                Mode::empty(),
-                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-            )
-            .map_err(errno)
-        };
         let mut rest = rel;
         let mut at: Option<OwnedFd> = None;
         while rest.len() > PATH_PART {
@@ -179,10 +162,10 @@ impl Upper {
                 .rposition(|&b| b == b'/')
                 .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
             let dir = at.as_ref().map_or(self.root.as_fd(), |d| d.as_fd());
-            at = Some(open(dir, &rest[..cut], OFlags::PATH | OFlags::DIRECTORY)?);
+            at = Some(open_beneath_of(dir, &rest[..cut], OFlags::PATH | OFlags::DIRECTORY)?);
             rest = &rest[cut + 1..];
         }
-        open(at.as_ref().map_or(self.root.as_fd(), |d| d.as_fd()), rest, flags)
+        open_beneath_of(at.as_ref().map_or(self.root.as_fd(), |d| d.as_fd()), rest, flags)
     }
 
     pub fn stat(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<HostEntry> {
@@ -592,6 +575,19 @@ impl Upper {
     pub fn root_fd(&self) -> BorrowedFd<'_> {
         self.root.as_fd()
     }
+}
+
+/// Opens `path` (relative, "" for `dir` itself) below `dir`, through no
+/// symlink and never above `dir`.
+pub(crate) fn open_beneath_of(dir: BorrowedFd, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        dir,
+        std::ffi::OsStr::from_bytes(if path.is_empty() { b"." } else { path }),
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(errno)
 }
 
 pub(crate) fn unlink_if_exists(dir: BorrowedFd, name: &[u8], is_dir: bool) -> io::Result<()> {

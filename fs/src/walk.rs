@@ -15,9 +15,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 
 use crate::upper::errno;
 
@@ -83,14 +82,7 @@ pub(crate) fn walk<O, C>(
 
 /// Opens the subdirectory `name` of `dir` readable, refusing a symlink.
 pub(crate) fn open_subdir(dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
-    rustix::fs::openat2(
-        dir,
-        std::ffi::OsStr::from_bytes(name),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
-    )
-    .map_err(errno)
+    crate::upper::open_beneath_of(dir, name, OFlags::RDONLY | OFlags::DIRECTORY)
 }
 
 fn id_of(fd: BorrowedFd) -> io::Result<(u64, u64)> {

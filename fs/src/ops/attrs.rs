@@ -2,42 +2,37 @@
 
 use super::*;
 
+/// What a SETATTR asks to change (`None`: left as it is).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    /// The open file it came through (ftruncate).
+    pub fh: Option<FileHandle>,
+}
+
 impl FsInner {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn do_setattr(
-        &self,
-        ino: Ino,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        fh: Option<FileHandle>,
-        kill_set_id: bool,
-    ) -> io::Result<FileAttr> {
+    pub(super) fn do_setattr(&self, ino: Ino, change: AttrChange, kill_set_id: bool) -> io::Result<FileAttr> {
         // A large lower file about to be truncated: the part that stays is
         // copied before the tree lock is taken.
-        let prepared = size.and_then(|s| self.precopy(ino, Copy::Head(s)));
-        let r = self.setattr_locked(ino, mode, uid, gid, size, atime, mtime, fh, kill_set_id, prepared.as_ref());
+        let prepared = change.size.and_then(|s| self.precopy(ino, Copy::Head(s)));
+        let r = self.setattr_locked(ino, change, kill_set_id, prepared.as_ref());
         self.drop_precopy(prepared);
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn setattr_locked(
         &self,
         ino: Ino,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        fh: Option<FileHandle>,
+        change: AttrChange,
         kill_set_id: bool,
         prepared: Option<&Prepared>,
     ) -> io::Result<FileAttr> {
+        let AttrChange { mode, uid, gid, size, atime, mtime, fh } = change;
         let mut t = self.tree_write();
         let up = self.upper()?;
         let Some(n) = t.get(ino) else { return Err(err(libc::ENOENT)) };
@@ -139,6 +134,6 @@ impl FsInner {
     /// truncation by a caller without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2
     /// leaves that to us); see [`without_set_id`].
     pub(super) fn kill_set_id(&self, ino: Ino) -> io::Result<FileAttr> {
-        self.do_setattr(ino, None, None, None, None, None, None, None, true)
+        self.do_setattr(ino, AttrChange::default(), true)
     }
 }

@@ -142,7 +142,8 @@ impl Filesystem for StrataFs {
         // CAP_FSETID too.
         let kill = self.killpriv.load(Ordering::Relaxed)
             && (uid.is_some() || gid.is_some() || (size.is_some() && self.change_kills_set_id(req)));
-        let run = move |fs: &FsInner| match fs.do_setattr(ino.0, mode, uid, gid, size, atime, mtime, fh, kill) {
+        let change = super::attrs::AttrChange { mode, uid, gid, size, atime, mtime, fh };
+        let run = move |fs: &FsInner| match fs.do_setattr(ino.0, change, kill) {
             Ok(a) => reply.attr(&UPPER_TTL, &a),
             Err(e) => reply.error(eno(e)),
         };
