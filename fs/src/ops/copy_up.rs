@@ -455,7 +455,7 @@ impl FsInner {
     pub(super) fn precopy(&self, ino: Ino, how: Copy) -> Option<Prepared> {
         const WORTH_IT: u64 = 1 << 20;
         let up = self.upper.as_ref()?;
-        let (src, entry) = {
+        let (src, entry, fills_metacopy) = {
             let t = self.tree_read();
             let n = t.get(ino)?;
             // A lower file, or a metacopy (filled in by taking the copy's
@@ -463,7 +463,8 @@ impl FsInner {
             if n.up == Up::Full || !n.attr.is_reg() {
                 return None;
             }
-            self.lower_entry(n)?
+            let (src, entry) = self.lower_entry(n)?;
+            (src, entry, n.up == Up::Meta)
         };
         let len = how.content_len(entry_size(entry));
         if len < WORTH_IT {
@@ -471,9 +472,16 @@ impl FsInner {
         }
         self.drop_page_cache_meanwhile(ino);
         let name = format!(".wh..wh..cu.{ino}.{}", self.next_fh.fetch_add(1, Ordering::Relaxed)).into_bytes();
-        let r = (|| {
+        let r = (|| -> io::Result<()> {
             let out = up.open_file(up.root_fd(), &name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL)?;
-            copy_content(&src.open_content(entry)?, &out, len)
+            copy_content(&src.open_content(entry)?, &out, len)?;
+            if fills_metacopy {
+                // On disk before it replaces the file that points below
+                // (the copy-up fsync policy in the README), and here,
+                // outside the tree lock.
+                out.sync_data()?;
+            }
+            Ok(())
         })();
         match r {
             Ok(()) => Some(Prepared { name, len }),
