@@ -70,7 +70,9 @@ pub(crate) fn walk<O, C>(
                     )
                     .map_err(errno)?;
                     if id_of(up.as_fd())? != parent.id {
-                        return Err(io::Error::other("a directory was moved while the upper directory was read"));
+                        return Err(io::Error::other(
+                            "a directory was moved while the upper directory was read; try again",
+                        ));
                     }
                     cur = up;
                 }
