@@ -192,14 +192,14 @@ impl FsInner {
         }
         self.ensure_upper_dir(t, parent)?;
         let (pfd, name) = self.parent_fd(t, ino)?;
-        // The directories of the other names of a lower hard link group.
+        // The other names (upper directory, name): of a lower hard link
+        // group, which the copy gets; of a metacopy, which a prepared copy
+        // replaces (their directories are up already).
         let mut others: Vec<(Arc<OwnedFd>, Box<[u8]>)> = Vec::new();
-        if was == Up::No {
-            let names: Vec<(Ino, Box<[u8]>)> = t.node(ino).more.iter().map(|l| (l.parent, l.name.clone())).collect();
-            for (p, other) in names {
-                self.ensure_upper_dir(t, p)?;
-                others.push((self.upper_dir(t, p)?, other));
-            }
+        let names: Vec<(Ino, Box<[u8]>)> = t.node(ino).more.iter().map(|l| (l.parent, l.name.clone())).collect();
+        for (p, other) in names {
+            self.ensure_upper_dir(t, p)?;
+            others.push((self.upper_dir(t, p)?, other));
         }
         let n = t.node(ino);
         let (src, entry) = self.lower_entry(n).ok_or_else(|| err(libc::EIO))?;
@@ -219,12 +219,6 @@ impl FsInner {
             // A file whose content was copied beforehand takes that copy's
             // inode instead, under each of its names.
             if let Some(p) = prepared {
-                let names: Vec<(Ino, Box<[u8]>)> =
-                    t.node(ino).more.iter().map(|l| (l.parent, l.name.clone())).collect();
-                let others = names
-                    .into_iter()
-                    .map(|(p, other)| Ok((self.upper_dir(t, p)?, other)))
-                    .collect::<io::Result<Vec<_>>>()?;
                 let (f, r) = self.fill_from_prepared(pfd.as_fd(), &name, &others, ino, &p.name, &attr, &st)?;
                 let n = t.node_mut(ino);
                 n.meta_rec = r;
