@@ -233,13 +233,35 @@ impl Upper {
     /// in, whether the entry may carry a record already (false for an entry
     /// just created by us); out, whether it carries one now.
     pub fn write_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr, recorded: &mut bool) -> io::Result<bool> {
+        self.apply_meta(dir, name, want, recorded).map(|(held, _)| held)
+    }
+
+    /// [`Upper::write_meta`] for a chown or chmod a caller asked for: like
+    /// chown(2) and chmod(2), it moves the entry's change time even when it
+    /// changes nothing (kernel overlayfs passes such a call on to its upper
+    /// file, and backup tools go by ctime). Where the host entry needed no
+    /// change, `lchown(-1, -1)` moves its ctime alone.
+    pub fn change_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr, recorded: &mut bool) -> io::Result<bool> {
+        let (held, wrote) = self.apply_meta(dir, name, want, recorded)?;
+        if held && !wrote {
+            let os = std::ffi::OsStr::from_bytes(name);
+            rustix::fs::chownat(dir, os, None, None, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        }
+        Ok(held)
+    }
+
+    /// [`Upper::write_meta`], also telling whether anything was written to
+    /// the host entry.
+    fn apply_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr, recorded: &mut bool) -> io::Result<(bool, bool)> {
         let os = std::ffi::OsStr::from_bytes(name);
+        let mut wrote = false;
         let mut st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
         let kind = st.st_mode & libc::S_IFMT;
         if self.privileged && (st.st_uid != want.uid || st.st_gid != want.gid) {
             // Refused for ids outside our user namespace's map: falls back below.
             let owner = (Some(rustix::fs::Uid::from_raw(want.uid)), Some(rustix::fs::Gid::from_raw(want.gid)));
             if rustix::fs::chownat(dir, os, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                wrote = true;
                 if st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
                     // chown changes the mode only by clearing set-id bits.
                     (st.st_uid, st.st_gid) = (want.uid, want.gid);
@@ -254,6 +276,7 @@ impl Upper {
                 // The lstat above, under the tree lock, saw no symlink here:
                 // chmod by name does not follow one.
                 rustix::fs::chmodat(dir, os, Mode::from_raw_mode(perm), AtFlags::empty()).map_err(errno)?;
+                wrote = true;
                 st.st_mode = (st.st_mode & libc::S_IFMT) | perm;
             }
         }
@@ -264,13 +287,13 @@ impl Upper {
             && (host_rdev == want.rdev || !matches!(kind, libc::S_IFCHR | libc::S_IFBLK));
         if !can_hold_user_xattrs(kind) {
             *recorded = false;
-            return Ok(exact);
+            return Ok((exact, wrote));
         }
         if exact {
             if *recorded {
                 let f = self.path_fd(dir, name)?;
                 match remove_xattr_fd(&f, META_XATTR) {
-                    Ok(()) => {}
+                    Ok(()) => wrote = true,
                     Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
                     Err(e) => return Err(e),
                 }
@@ -279,9 +302,9 @@ impl Upper {
         } else {
             let f = self.path_fd(dir, name)?;
             set_xattr_fd(&f, META_XATTR, meta_record(want).as_bytes(), 0)?;
-            *recorded = true;
+            (*recorded, wrote) = (true, true);
         }
-        Ok(true)
+        Ok((true, wrote))
     }
 
     /// [`Upper::write_meta`] for a regular file just created by us and held
@@ -323,10 +346,8 @@ impl Upper {
     }
 
     /// [`Upper::set_times`] for an open file.
-    pub fn set_times_file(&self, f: &File, atime: Ts, mtime: Ts) -> io::Result<()> {
-        let ts = |t: Ts| rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ };
-        let times = rustix::fs::Timestamps { last_access: ts(atime), last_modification: ts(mtime) };
-        rustix::fs::futimens(f, &times).map_err(errno)
+    pub fn set_times_file(&self, f: &File, atime: Option<Ts>, mtime: Option<Ts>) -> io::Result<()> {
+        rustix::fs::futimens(f, &timestamps(atime, mtime)).map_err(errno)
     }
 
     /// Replaces whatever is at `name` by a regular stand-in file for a node
@@ -353,11 +374,7 @@ impl Upper {
     }
 
     pub fn set_times(&self, dir: BorrowedFd, name: &[u8], atime: Option<Ts>, mtime: Option<Ts>) -> io::Result<()> {
-        let ts = |t: Option<Ts>| match t {
-            Some(t) => rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ },
-            None => rustix::fs::Timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT as _ },
-        };
-        let times = rustix::fs::Timestamps { last_access: ts(atime), last_modification: ts(mtime) };
+        let times = timestamps(atime, mtime);
         if name.is_empty() {
             // The directory fd itself. An O_PATH fd takes AT_EMPTY_PATH on
             // recent kernels; older ones need its /proc link (slower: a
@@ -590,6 +607,14 @@ pub(crate) fn open_beneath_of(dir: BorrowedFd, path: &[u8], flags: OFlags) -> io
     .map_err(errno)
 }
 
+/// utimensat(2)'s times: `None` leaves that time as it is (UTIME_OMIT).
+fn timestamps(atime: Option<Ts>, mtime: Option<Ts>) -> rustix::fs::Timestamps {
+    let ts = |t: Option<Ts>| match t {
+        Some(t) => rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ },
+        None => rustix::fs::Timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT as _ },
+    };
+    rustix::fs::Timestamps { last_access: ts(atime), last_modification: ts(mtime) }
+}
 pub(crate) fn unlink_if_exists(dir: BorrowedFd, name: &[u8], is_dir: bool) -> io::Result<()> {
     let flags = if is_dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
     match rustix::fs::unlinkat(dir, std::ffi::OsStr::from_bytes(name), flags) {

@@ -235,6 +235,24 @@ fn removed_while_open_and_deep_trees() {
     std::fs::remove_dir(mnt.join("empty")).unwrap();
     let e = rustix::fs::fsetxattr(&d, "user.x", b"1", rustix::fs::XattrFlags::empty()).unwrap_err();
     assert_eq!(e, rustix::io::Errno::NOENT);
+    // An upper file removed while open takes times and mode through its fd,
+    // and the change time moves with them.
+    let w = std::fs::File::create(mnt.join("gone")).unwrap();
+    std::fs::remove_file(mnt.join("gone")).unwrap();
+    let before = rustix::fs::fstat(&w).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let t = |sec| rustix::fs::Timespec { tv_sec: sec, tv_nsec: 5 };
+    rustix::fs::futimens(&w, &rustix::fs::Timestamps { last_access: t(1_000_000), last_modification: t(2_000_000) })
+        .unwrap();
+    let st = rustix::fs::fstat(&w).unwrap();
+    assert_eq!((st.st_atime, st.st_atime_nsec, st.st_mtime, st.st_mtime_nsec), (1_000_000, 5, 2_000_000, 5));
+    assert!((st.st_ctime, st.st_ctime_nsec) > (before.st_ctime, before.st_ctime_nsec), "ctime after futimens");
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    rustix::fs::fchmod(&w, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+    let st2 = rustix::fs::fstat(&w).unwrap();
+    assert_eq!(st2.st_mode & 0o7777, 0o600);
+    assert!((st2.st_ctime, st2.st_ctime_nsec) > (st.st_ctime, st.st_ctime_nsec), "ctime after fchmod");
+    drop(w);
 
     // The deep tree: a file created at its bottom, the tree moved, and the
     // file removed again. Its upper path is far longer than PATH_MAX; the
@@ -796,6 +814,44 @@ fn xattrs_of_new_entries() {
         }
         assert!(getxattr(&mnt.join("new/d"), "system.posix_acl_default").is_some());
     }
+    g.unmount();
+}
+
+/// chown(2) and chmod(2) move the change time even when they change
+/// nothing, as they do on kernel overlayfs; the host entry needs no change
+/// then, and its ctime must move all the same (after a remount too).
+#[test]
+fn metadata_calls_that_change_nothing_move_ctime() {
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    std::fs::write(mnt.join("new"), b"n").unwrap();
+    std::fs::create_dir(mnt.join("newdir")).unwrap();
+    std::os::unix::fs::symlink("new", mnt.join("newlink")).unwrap();
+    std::fs::set_permissions(mnt.join("data/b"), std::fs::Permissions::from_mode(0o640)).unwrap(); // copied up
+    let ctime = |p: &str| {
+        let m = std::fs::symlink_metadata(mnt.join(p)).unwrap();
+        (m.ctime(), m.ctime_nsec())
+    };
+    // The kernel's clock for ctime ticks in jiffies: wait past a few.
+    let tick = || std::thread::sleep(std::time::Duration::from_millis(30));
+    for p in ["new", "newdir", "newlink", "data/b", "data/a"] {
+        let m = std::fs::symlink_metadata(mnt.join(p)).unwrap();
+        let before = ctime(p);
+        tick();
+        std::os::unix::fs::lchown(mnt.join(p), Some(m.uid()), Some(m.gid())).unwrap();
+        let after_chown = ctime(p);
+        assert!(after_chown > before, "{p}: a chown to its own owner left ctime at {before:?}");
+        if !m.file_type().is_symlink() {
+            tick();
+            std::fs::set_permissions(mnt.join(p), std::fs::Permissions::from_mode(m.mode() & 0o7777)).unwrap();
+            assert!(ctime(p) > after_chown, "{p}: a chmod to its own mode left ctime at {after_chown:?}");
+        }
+    }
+    let seen: Vec<_> = ["new", "newdir", "data/b"].iter().map(|p| ctime(p)).collect();
+    g.unmount();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    let again: Vec<_> = ["new", "newdir", "data/b"].iter().map(|p| ctime(p)).collect();
+    assert_eq!(seen, again, "ctime after a remount");
     g.unmount();
 }
 

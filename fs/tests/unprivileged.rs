@@ -125,6 +125,14 @@ fn ordinary_user_mounts_through_fusermount() {
              {h}/big 1001:6 604 3145732\nend\n"
     );
     assert_eq!(out, want);
+    // A chmod or chown that changes nothing still moves the change time.
+    let (ok, out) = as_user(&format!(
+        "{b}/strata-fs-mount --upper {b}/upper {layers} {b}/mnt -- sh -ec 'a=$(stat -c %z {h}/hello); sleep 0.05; \
+         chmod 0640 {h}/hello; c=$(stat -c %z {h}/hello); sleep 0.05; chown 1001:1001 {h}/hello; \
+         d=$(stat -c %z {h}/hello); test \"$a\" != \"$c\" && test \"$c\" != \"$d\" && echo moved'"
+    ));
+    assert!(ok);
+    assert_eq!(out, "moved\n");
     // The host files are the user's own; ids it cannot hold are records.
     let m = std::fs::metadata(base.join("upper/home/shared")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), 1001);

@@ -68,14 +68,36 @@ impl FsInner {
             }
             t.node_mut(ino).attr.size = size;
         }
-        if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
+        let conv = |x: Option<TimeOrNow>| {
+            x.map(|v| match v {
+                TimeOrNow::Now => now(),
+                TimeOrNow::SpecificTime(s) => ts_of(s),
+            })
+        };
+        let (at, mt) = (conv(atime), conv(mtime));
+        if mode.is_some() || uid.is_some() || gid.is_some() || at.is_some() || mt.is_some() {
             if !linked {
+                // Removed while open: the host file lives on in the open
+                // files, and `attr` reads its times from one of them. So the
+                // times go to it, as does the change time a chown or chmod
+                // moves; type, owner and mode are the tree's.
+                let host = if t.node(ino).up == Up::Full { self.open_file_of(ino) } else { None };
+                if let Some(f) = &host {
+                    if at.is_some() || mt.is_some() {
+                        up.set_times_file(f, at, mt)?;
+                    } else {
+                        rustix::fs::fchown(&**f, None, None).map_err(errno)?;
+                    }
+                }
                 let a = &mut t.node_mut(ino).attr;
                 if let Some(m) = mode {
                     a.mode = (a.mode & libc::S_IFMT) | (m & 0o7777);
                 }
                 a.uid = uid.unwrap_or(a.uid);
                 a.gid = gid.unwrap_or(a.gid);
+                a.atime = at.unwrap_or(a.atime);
+                a.mtime = mt.unwrap_or(a.mtime);
+                a.ctime = now();
                 return Ok(self.attr(&t, ino, None));
             }
             let was = t.node(ino).attr;
@@ -101,7 +123,7 @@ impl FsInner {
             }
             let (pfd, name) = self.entry_fd(&t, ino)?;
             let mut rec = t.node(ino).meta_rec;
-            let held = !ids_or_mode || at_once || up.write_meta(pfd.as_fd(), &name, &a, &mut rec)?;
+            let held = !ids_or_mode || at_once || up.change_meta(pfd.as_fd(), &name, &a, &mut rec)?;
             t.node_mut(ino).meta_rec = rec;
             if !held {
                 let target = if a.kind() == libc::S_IFLNK { self.symlink_target(&t, ino)? } else { Vec::new() };
@@ -112,13 +134,6 @@ impl FsInner {
                 up.set_times(pfd.as_fd(), &name, Some(Ts::atime(&st)), Some(Ts::mtime(&st)))?;
                 t.node_mut(ino).stand_in = true;
             }
-            let conv = |x: Option<TimeOrNow>| {
-                x.map(|v| match v {
-                    TimeOrNow::Now => now(),
-                    TimeOrNow::SpecificTime(s) => ts_of(s),
-                })
-            };
-            let (at, mt) = (conv(atime), conv(mtime));
             if at.is_some() || mt.is_some() {
                 up.set_times(pfd.as_fd(), &name, at, mt)?;
                 a.atime = at.unwrap_or(a.atime);

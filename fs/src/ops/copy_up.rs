@@ -284,7 +284,7 @@ impl FsInner {
                 }
                 self.copy_lower_xattrs(n, pfd.as_fd(), &tmp)?;
                 match &out {
-                    Some(f) => up.set_times_file(f, attr.atime, attr.mtime)?,
+                    Some(f) => up.set_times_file(f, Some(attr.atime), Some(attr.mtime))?,
                     None => up.set_times(pfd.as_fd(), &tmp, Some(attr.atime), Some(attr.mtime))?,
                 }
                 if with_content {
@@ -360,7 +360,7 @@ impl FsInner {
                     rustix::fs::fsetxattr(&f, x, &v, rustix::fs::XattrFlags::empty()).map_err(errno)?;
                 }
             }
-            up.set_times_file(&f, Ts::atime(st), Ts::mtime(st))?;
+            up.set_times_file(&f, Some(Ts::atime(st)), Some(Ts::mtime(st)))?;
             self.replace_names(dir, &tmp, name, others)?;
             Ok((f, rec))
         })();
