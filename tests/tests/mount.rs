@@ -180,6 +180,22 @@ fn mount_shows_the_image_as_umoci_unpacks_it() {
     assert!(mounts(&t.s).is_empty());
 }
 
+/// A mount made by root is open to other users, as a kernel overlay mount
+/// is: the modes and owners from the image decide what they may see.
+#[test]
+fn root_mount_is_open_to_other_users_by_mode() {
+    let t = setup(Strata::new());
+    let dir = tempfile::Builder::new()
+        .prefix("m-")
+        .tempdir_in(strata_e2e::paths::world_readable_dir("strata-e2e-mounts"))
+        .unwrap_or_else(|e| panic!("cannot create a mount point: {e}"));
+    fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    let _m = mount(&t.s, &[&t.image], &dir);
+    let expected = reduce(&unpack_reference(&fixtures().oci, "full"));
+    assert_same_listing(&expected, &reduced_listing_as_user(&dir), "root's mount of full as seen by another user");
+}
+
 #[test]
 fn mount_layer_shows_one_layer_with_its_whiteouts() {
     let t = setup(Strata::new());

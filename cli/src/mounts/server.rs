@@ -224,6 +224,10 @@ fn mount(ctx: &Context, rec: &MountRecord) -> Result<strata_fs::MountHandle> {
     let opts = strata_fs::MountOptions {
         upper: rec.upper.clone(),
         fsname: format!("strata-mount:{}", &rec.id[..12]),
+        // Root's mounts are open to every user, as a kernel overlay mount
+        // is, with the image's modes deciding; an ordinary user's stay its
+        // own (fusermount3 allows more only with user_allow_other).
+        allow_other: !ctx.rootless,
         ..Default::default()
     };
     Ok(strata_fs::mount(lowers, &rec.mountpoint, opts)?)
