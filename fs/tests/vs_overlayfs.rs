@@ -328,6 +328,50 @@ fn script() -> Script {
         ("10000-entry directory", Box::new(many)),
         ("truncate grow new", Box::new(|m: &Path| truncate(m, "etc/hosts", 100))),
         (
+            "times: new file, dir and symlink",
+            Box::new(|m: &Path| {
+                mkdir(m, "times")?;
+                write(m, "times/f", b"t")?;
+                chmod(m, "times/f", 0o640)?;
+                mkdir(m, "times/d")?;
+                symlink(m, "f", "times/l")
+            }),
+        ),
+        (
+            "times: chown to its own owner",
+            Box::new(|m: &Path| times_moved(m, "times/f", |m| chown(m, "times/f", 0, 0))),
+        ),
+        (
+            "times: chmod to its own mode",
+            Box::new(|m: &Path| times_moved(m, "times/f", |m| chmod(m, "times/f", 0o640))),
+        ),
+        (
+            "times: chown a dir to its owner",
+            Box::new(|m: &Path| times_moved(m, "times/d", |m| chown(m, "times/d", 0, 0))),
+        ),
+        ("times: lchown a symlink", Box::new(|m: &Path| times_moved(m, "times/l", |m| chown(m, "times/l", 0, 0)))),
+        ("times: utimes", Box::new(|m: &Path| times_moved(m, "times/f", |m| utimes(m, "times/f", 7, 0, true)))),
+        ("times: setxattr", Box::new(|m: &Path| times_moved(m, "times/f", |m| setxattr(m, "times/f", "user.t", b"1")))),
+        ("times: link", Box::new(|m: &Path| times_moved(m, "times/f", |m| link(m, "times/f", "times/f2")))),
+        ("times: append", Box::new(|m: &Path| times_moved(m, "times/f", |m| append(m, "times/f", b"+")))),
+        ("times: chmod lower", Box::new(|m: &Path| times_moved(m, "data/huge", |m| chmod(m, "data/huge", 0o640)))),
+        (
+            "times: rename into a dir",
+            Box::new(|m: &Path| times_moved(m, "times/d", |m| rename(m, "times/f2", "times/d/f"))),
+        ),
+        (
+            "times: futimens on a file removed while open",
+            Box::new(|m: &Path| {
+                use std::os::unix::fs::MetadataExt;
+                let f = std::fs::File::create(m.join("times/gone")).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+                unlink(m, "times/gone")?;
+                let t = rustix::fs::Timespec { tv_sec: 1_000_000, tv_nsec: 9 };
+                rx(rustix::fs::futimens(&f, &rustix::fs::Timestamps { last_access: t, last_modification: t }))?;
+                let st = f.metadata().map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+                Ok(format!("{}.{} {}.{}", st.atime(), st.atime_nsec(), st.mtime(), st.mtime_nsec()))
+            }),
+        ),
+        (
             "read after writes",
             Box::new(|m: &Path| {
                 let s = read(m, "data/d")?;

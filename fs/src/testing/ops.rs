@@ -185,6 +185,26 @@ pub fn stat(m: &Path, p: &str) -> OpResult {
     Ok(format!("{:o} {}:{} nlink={} size={}", st.mode(), st.uid(), st.gid(), st.nlink(), st.len()))
 }
 
+/// Runs `op`, then tells after its result which times of `p` it moved
+/// (`a`, `m`, `c`, or `.` for none). Kernel overlayfs hands every change
+/// to a real inode, whose times the kernel moves, a chmod or chown that
+/// changes nothing included; a union filesystem must move the same ones.
+pub fn times_moved(m: &Path, p: &str, op: impl Fn(&Path) -> OpResult) -> OpResult {
+    use std::os::unix::fs::MetadataExt;
+    let times = || -> Result<[(i64, i64); 3], i32> {
+        let s = std::fs::symlink_metadata(m.join(p)).map_err(|e| e.raw_os_error().unwrap_or(-1))?;
+        Ok([(s.atime(), s.atime_nsec()), (s.mtime(), s.mtime_nsec()), (s.ctime(), s.ctime_nsec())])
+    };
+    let before = times()?;
+    // The kernel stamps times from a clock that ticks in jiffies.
+    std::thread::sleep(std::time::Duration::from_millis(15));
+    let out = op(m)?;
+    let after = times()?;
+    let moved: String =
+        "amc".chars().zip(before.iter().zip(&after)).filter(|(_, (b, a))| b != a).map(|(c, _)| c).collect();
+    Ok(format!("{out} moved:{}", if moved.is_empty() { "." } else { &moved }))
+}
+
 /// Runs `sh -c SCRIPT` in the mount (`$M`) as `uid`:`uid` without
 /// capabilities (so without CAP_FSETID: what an ordinary user's write,
 /// truncation or O_TRUNC open does to set-id bits); the result is its
