@@ -24,6 +24,9 @@ pub struct Steps {
     /// renameat2(RENAME_WHITEOUT), which overlayfs and strata refuse and a
     /// plain filesystem takes.
     pub whiteout_renames: bool,
+    /// Metadata changes also tell which times of their path they moved
+    /// ([`times_moved`]: each waits a clock tick first).
+    pub times: bool,
 }
 
 /// The seeds and the steps per seed of a random test: the test's defaults,
@@ -38,7 +41,7 @@ pub fn settings(runs: u64, steps: u64) -> (std::ops::Range<u64>, u64) {
 
 impl Steps {
     pub const ALL: Steps =
-        Steps { hard_links: true, devices: true, fifos: true, as_user: true, whiteout_renames: true };
+        Steps { hard_links: true, devices: true, fifos: true, as_user: true, whiteout_renames: true, times: true };
 }
 
 /// xorshift64*: the random scripts below are the same on every run.
@@ -131,6 +134,15 @@ pub fn read_all(f: &mut std::fs::File) -> OpResult {
     })
 }
 
+/// `op`, reporting which times of `p` it moved where `steps` asks for it.
+fn timed(steps: Steps, p: String, op: impl Fn(&Path) -> OpResult + 'static) -> Op {
+    if steps.times {
+        Box::new(move |m: &Path| times_moved(m, &p, &op))
+    } else {
+        Box::new(op)
+    }
+}
+
 /// One random step: a description and the operation. Paths combine
 /// `dirs` and `names` (for the differential layers [`RANDOM_DIRS`] and
 /// [`RANDOM_NAMES`]); most do not exist, or not as the
@@ -181,15 +193,15 @@ pub fn random_step(
         }),
         6 => {
             let mode = [0o600, 0o644, 0o755, 0o4755, 0o2770, 0o1777, 0o700][rng.below(7)];
-            Box::new(move |m: &Path| chmod(m, &p, mode))
+            timed(steps, p.clone(), move |m: &Path| chmod(m, &p, mode))
         }
         7 => {
             let (u, g) = ([0, 1000, 33][rng.below(3)], [0, 42, 1000][rng.below(3)]);
-            Box::new(move |m: &Path| chown(m, &p, u, g))
+            timed(steps, p.clone(), move |m: &Path| chown(m, &p, u, g))
         }
         8 => {
             let (sec, follow) = (1_000_000_000 + rng.below(1000) as i64, rng.below(2) == 0);
-            Box::new(move |m: &Path| utimes(m, &p, sec, 7, follow))
+            timed(steps, p.clone(), move |m: &Path| utimes(m, &p, sec, 7, follow))
         }
         9 => Box::new(move |m: &Path| unlink(m, &p)),
         10 => Box::new(move |m: &Path| rmdir(m, &p)),
@@ -209,11 +221,11 @@ pub fn random_step(
         19 => Box::new(move |m: &Path| rename_flags(m, &p, &q, RenameFlags::EXCHANGE)),
         20 => {
             let (name, v) = (["user.r", "trusted.t"][rng.below(2)], format!("v{}", rng.below(100)));
-            Box::new(move |m: &Path| setxattr(m, &p, name, v.as_bytes()))
+            timed(steps, p.clone(), move |m: &Path| setxattr(m, &p, name, v.as_bytes()))
         }
         21 => {
             let name = ["user.origin", "user.r", "trusted.t"][rng.below(3)];
-            Box::new(move |m: &Path| removexattr(m, &p, name))
+            timed(steps, p.clone(), move |m: &Path| removexattr(m, &p, name))
         }
         22 => {
             let name = ["user.origin", "user.r", "trusted.t"][rng.below(3)];
