@@ -233,26 +233,32 @@ impl Upper {
     /// in, whether the entry may carry a record already (false for an entry
     /// just created by us); out, whether it carries one now.
     pub fn write_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr, recorded: &mut bool) -> io::Result<bool> {
-        self.apply_meta(dir, name, want, recorded).map(|(held, _)| held)
+        self.apply_meta(dir, name, want, recorded).map(|(held, _, _)| held)
     }
 
     /// [`Upper::write_meta`] for a chown or chmod a caller asked for: like
     /// chown(2) and chmod(2), it moves the entry's change time even when it
     /// changes nothing (kernel overlayfs passes such a call on to its upper
     /// file, and backup tools go by ctime). Where the host entry needed no
-    /// change, `lchown(-1, -1)` moves its ctime alone.
+    /// change, a chmod to the mode it has moves its ctime alone (see
+    /// [`touch_ctime`]).
     pub fn change_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr, recorded: &mut bool) -> io::Result<bool> {
-        let (held, wrote) = self.apply_meta(dir, name, want, recorded)?;
+        let (held, wrote, host_mode) = self.apply_meta(dir, name, want, recorded)?;
         if held && !wrote {
-            let os = std::ffi::OsStr::from_bytes(name);
-            rustix::fs::chownat(dir, os, None, None, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+            touch_ctime(dir, name, host_mode)?;
         }
         Ok(held)
     }
 
     /// [`Upper::write_meta`], also telling whether anything was written to
-    /// the host entry.
-    fn apply_meta(&self, dir: BorrowedFd, name: &[u8], want: &Attr, recorded: &mut bool) -> io::Result<(bool, bool)> {
+    /// the host entry, and the host entry's mode.
+    fn apply_meta(
+        &self,
+        dir: BorrowedFd,
+        name: &[u8],
+        want: &Attr,
+        recorded: &mut bool,
+    ) -> io::Result<(bool, bool, u32)> {
         let os = std::ffi::OsStr::from_bytes(name);
         let mut wrote = false;
         let mut st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
@@ -287,7 +293,7 @@ impl Upper {
             && (host_rdev == want.rdev || !matches!(kind, libc::S_IFCHR | libc::S_IFBLK));
         if !can_hold_user_xattrs(kind) {
             *recorded = false;
-            return Ok((exact, wrote));
+            return Ok((exact, wrote, st.st_mode));
         }
         if exact {
             if *recorded {
@@ -304,7 +310,7 @@ impl Upper {
             set_xattr_fd(&f, META_XATTR, meta_record(want).as_bytes(), 0)?;
             (*recorded, wrote) = (true, true);
         }
-        Ok((true, wrote))
+        Ok((true, wrote, st.st_mode))
     }
 
     /// [`Upper::write_meta`] for a regular file just created by us and held
@@ -605,6 +611,18 @@ pub(crate) fn open_beneath_of(dir: BorrowedFd, path: &[u8], flags: OFlags) -> io
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     )
     .map_err(errno)
+}
+
+/// Moves the change time of `name` in `dir` (whose host mode is `mode`)
+/// and nothing else: a chmod to the mode it has. Not chown(-1, -1), which
+/// moves it too but clears a regular file's set-id bits and capabilities;
+/// a symlink, which chmod cannot reach, has neither.
+pub fn touch_ctime(dir: BorrowedFd, name: &[u8], mode: u32) -> io::Result<()> {
+    let os = std::ffi::OsStr::from_bytes(name);
+    if mode & libc::S_IFMT == libc::S_IFLNK {
+        return rustix::fs::chownat(dir, os, None, None, AtFlags::SYMLINK_NOFOLLOW).map_err(errno);
+    }
+    rustix::fs::chmodat(dir, os, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty()).map_err(errno)
 }
 
 /// utimensat(2)'s times: `None` leaves that time as it is (UTIME_OMIT).

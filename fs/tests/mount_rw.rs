@@ -828,30 +828,52 @@ fn metadata_calls_that_change_nothing_move_ctime() {
     std::fs::create_dir(mnt.join("newdir")).unwrap();
     std::os::unix::fs::symlink("new", mnt.join("newlink")).unwrap();
     std::fs::set_permissions(mnt.join("data/b"), std::fs::Permissions::from_mode(0o640)).unwrap(); // copied up
+                                                                                                   // Set-id bits and capabilities, which chown(2) would clear on the host.
+    std::fs::write(mnt.join("suid"), b"s").unwrap();
+    std::fs::set_permissions(mnt.join("suid"), std::fs::Permissions::from_mode(0o6755)).unwrap();
+    // VFS_CAP_REVISION_2, CAP_NET_RAW permitted (setting it takes root).
+    let mut cap = vec![0u8; 20];
+    cap[..4].copy_from_slice(&0x0200_0000u32.to_le_bytes());
+    cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+    let cap = is_root().then_some(cap);
+    if let Some(cap) = &cap {
+        rustix::fs::setxattr(mnt.join("suid"), "security.capability", cap, rustix::fs::XattrFlags::empty()).unwrap();
+    }
     let ctime = |p: &str| {
         let m = std::fs::symlink_metadata(mnt.join(p)).unwrap();
         (m.ctime(), m.ctime_nsec())
     };
     // The kernel's clock for ctime ticks in jiffies: wait past a few.
     let tick = || std::thread::sleep(std::time::Duration::from_millis(30));
-    for p in ["new", "newdir", "newlink", "data/b", "data/a"] {
+    for p in ["new", "newdir", "newlink", "data/b", "data/a", "suid"] {
         let m = std::fs::symlink_metadata(mnt.join(p)).unwrap();
-        let before = ctime(p);
-        tick();
-        std::os::unix::fs::lchown(mnt.join(p), Some(m.uid()), Some(m.gid())).unwrap();
-        let after_chown = ctime(p);
-        assert!(after_chown > before, "{p}: a chown to its own owner left ctime at {before:?}");
+        let mut after_chown = ctime(p);
+        // (A chown, even to the same owner, clears set-id bits and
+        // capabilities, as on any Linux filesystem: not of "suid".)
+        if p != "suid" {
+            tick();
+            std::os::unix::fs::lchown(mnt.join(p), Some(m.uid()), Some(m.gid())).unwrap();
+            assert!(ctime(p) > after_chown, "{p}: a chown to its own owner left ctime at {after_chown:?}");
+            after_chown = ctime(p);
+        }
         if !m.file_type().is_symlink() {
             tick();
             std::fs::set_permissions(mnt.join(p), std::fs::Permissions::from_mode(m.mode() & 0o7777)).unwrap();
             assert!(ctime(p) > after_chown, "{p}: a chmod to its own mode left ctime at {after_chown:?}");
         }
     }
-    let seen: Vec<_> = ["new", "newdir", "data/b"].iter().map(|p| ctime(p)).collect();
+    let state = |p: &str| {
+        let m = std::fs::symlink_metadata(mnt.join(p)).unwrap();
+        (m.ctime(), m.ctime_nsec(), m.mode(), getxattr(&mnt.join(p), "security.capability"))
+    };
+    let paths = ["new", "newdir", "data/b", "suid"];
+    let seen: Vec<_> = paths.iter().map(|p| state(p)).collect();
+    assert_eq!(seen[3].2 & 0o7777, 0o6755, "set-id bits kept");
+    assert_eq!(seen[3].3, cap, "capability kept");
     g.unmount();
     let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
-    let again: Vec<_> = ["new", "newdir", "data/b"].iter().map(|p| ctime(p)).collect();
-    assert_eq!(seen, again, "ctime after a remount");
+    let again: Vec<_> = paths.iter().map(|p| state(p)).collect();
+    assert_eq!(seen, again, "ctime, mode and capability after a remount");
     g.unmount();
 }
 
