@@ -817,6 +817,41 @@ fn xattrs_of_new_entries() {
     g.unmount();
 }
 
+/// An ordinary user's write to a set-uid-root binary clears the bit at
+/// once, also in the kernel's cached mode, by which it execs: a stale one
+/// would run the changed binary as root (a container's root filesystem is
+/// mounted with set-uid honoured).
+#[test]
+fn a_written_setuid_binary_no_longer_runs_as_root() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let (tmp, objects, upper, mnt) = work_dirs();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let g = MountGuard::new(base(&objects), &mnt, MountOptions { suid: true, allow_other: true, ..opts(&upper) });
+    std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let id = mnt.join("id");
+    std::fs::copy("/usr/bin/id", &id).unwrap();
+    std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4777)).unwrap();
+    let as_user = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "--inh-caps=-all", "--"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Set-uid as it should be: the kernel has the mode cached now.
+    assert!(as_user(&[id.as_os_str()]).contains("euid=0"), "the set-uid bit works on this mount");
+    let append = format!("printf '\\n' >>'{}'", id.display());
+    as_user(&["sh".as_ref(), "-c".as_ref(), append.as_ref()]);
+    let after = as_user(&[id.as_os_str()]);
+    assert!(!after.contains("euid=0"), "a user's write left the binary set-uid root: {after}");
+    g.unmount();
+}
+
 /// chown(2) and chmod(2) move the change time even when they change
 /// nothing, as they do on kernel overlayfs; the host entry needs no change
 /// then, and its ctime must move all the same (after a remount too).

@@ -78,6 +78,10 @@ fn layer0(objects: &Path) -> LayerBuilder {
         .owner(1000, 1000)
         .file("data/suid-chown", b"c", 0o6755)
         .owner(1000, 1000)
+        .file("data/suid-write2", b"w", 0o6775)
+        .owner(1000, 1000)
+        .file("data/suid-otrunc2", b"o", 0o6755)
+        .owner(1000, 1000)
         .dir("emptydir", 0o755)
         .dir("emptydir2", 0o700)
         .dir("var", 0o755)
@@ -264,6 +268,31 @@ fn script() -> Script {
                     out.push('\n');
                 }
                 Ok(out)
+            }),
+        ),
+        // What the kernel shows right after (its cached attributes).
+        (
+            "a user's write clears set-id at once",
+            Box::new(|m: &Path| {
+                as_user(m, 1000, "printf x >>\"$M/data/suid-write2\"")?;
+                mode_only(m, "data/suid-write2")
+            }),
+        ),
+        (
+            "a user's O_TRUNC clears set-id at once",
+            Box::new(|m: &Path| {
+                as_user(m, 1000, ": >\"$M/data/suid-otrunc2\"")?;
+                mode_only(m, "data/suid-otrunc2")
+            }),
+        ),
+        (
+            "a user's write to a new set-id file clears it at once",
+            Box::new(|m: &Path| {
+                write(m, "suid-new", b"n")?;
+                chmod(m, "suid-new", 0o6777)?;
+                stat(m, "suid-new")?;
+                as_user(m, 1000, "printf x >>\"$M/suid-new\"")?;
+                mode_only(m, "suid-new")
             }),
         ),
         ("chown lower", Box::new(|m: &Path| chown(m, "data/b", 1234, 5678))),

@@ -151,7 +151,21 @@ impl FsInner {
     /// Clears the set-id bits of `ino` as the kernel would for a write or
     /// truncation by a caller without CAP_FSETID (FUSE_HANDLE_KILLPRIV_V2
     /// leaves that to us); see [`without_set_id`].
+    ///
+    /// Its callers (WRITE, an O_TRUNC OPEN, FALLOCATE) answer without
+    /// attributes, and the kernel keeps the mode it has cached after them:
+    /// a stat asking for the mode alone, and exec, which goes by the cached
+    /// mode, would still see the set-id bits (a container's user could
+    /// write into a set-uid-root binary and run it as root). So the
+    /// kernel's attributes of the inode are invalidated before the answer
+    /// whenever bits went.
     pub(super) fn kill_set_id(&self, ino: Ino) -> io::Result<FileAttr> {
-        self.do_setattr(ino, AttrChange::default(), true)
+        let had = |t: &Tree| t.get(ino).map_or(0, |n| n.attr.mode & (libc::S_ISUID | libc::S_ISGID));
+        let before = had(&self.tree_read());
+        let a = self.do_setattr(ino, AttrChange::default(), true)?;
+        if before != 0 && had(&self.tree_read()) != before {
+            self.invalidate_attrs(ino);
+        }
+        Ok(a)
     }
 }

@@ -514,6 +514,17 @@ impl FsInner {
         });
     }
 
+    /// Has the kernel ask for the attributes of `ino` again (they changed
+    /// behind an answer that carried none). Attributes only, no page
+    /// cache, so it takes no lock a request in flight may hold and is
+    /// safe from within a handler.
+    pub(super) fn invalidate_attrs(&self, ino: Ino) {
+        if let Some(notifier) = self.notifier.get() {
+            // ENOENT when the kernel holds no inode for it: nothing cached.
+            let _ = notifier.inval_inode(INodeNo(ino), -1, 0);
+        }
+    }
+
     /// Copies a lower regular file up before it is truncated to `size`:
     /// only the part that stays is copied (`truncate -s 0` of a 1 GiB lower
     /// file copied all of it first: 0.6 s).

@@ -185,6 +185,17 @@ pub fn stat(m: &Path, p: &str) -> OpResult {
     Ok(format!("{:o} {}:{} nlink={} size={}", st.mode(), st.uid(), st.gid(), st.nlink(), st.len()))
 }
 
+/// The mode of the path as statx(2) gives it when asked for the mode alone:
+/// what the kernel has cached, unless it knows its cached mode is stale
+/// (asked for the size too, it asks again whenever a write went by).
+pub fn mode_only(m: &Path, p: &str) -> OpResult {
+    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    match rustix::fs::statx(rustix::fs::CWD, m.join(p), flags, rustix::fs::StatxFlags::MODE) {
+        Ok(s) => Ok(format!("{:o}", s.stx_mode)),
+        Err(e) => Err(e.raw_os_error()),
+    }
+}
+
 /// Runs `op`, then tells after its result which of `p`'s modification and
 /// change times it moved (`m`, `c`, or `.` for neither). Kernel overlayfs
 /// hands every change to a real inode, whose times the kernel moves, a
