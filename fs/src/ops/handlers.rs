@@ -27,7 +27,13 @@ impl Filesystem for StrataFs {
             | F::FUSE_DIRECT_IO_ALLOW_MMAP
             | F::FUSE_MAX_PAGES
             | F::FUSE_ASYNC_READ
-            | F::FUSE_BIG_WRITES;
+            | F::FUSE_BIG_WRITES
+            // POSIX ACLs: the kernel then enforces the ACLs it reads
+            // (system.posix_acl_*, from the layers or the upper file) in
+            // its permission checks, as kernel overlayfs does, and follows
+            // an ACL change with the mode change it implies. Without it,
+            // ACLs were stored and shown but not enforced.
+            | F::FUSE_POSIX_ACL;
         // Ask only for what this kernel offers: add_capabilities refuses unknown bits.
         let _ = config.add_capabilities(wanted & config.capabilities());
         // The kernel then leaves clearing set-id bits on chown, truncation
@@ -489,8 +495,20 @@ impl Filesystem for StrataFs {
             self.copy_up_meta(&mut t, ino.0)?;
             t.node_mut(ino.0).no_xattrs = false;
             let (pfd, n) = self.entry_fd(&t, ino.0)?;
-            up.set_xattr(pfd.as_fd(), &n, name, value, flags)
+            up.set_xattr(pfd.as_fd(), &n, name, value, flags)?;
+            // An access ACL carries the permission bits (its owner, mask or
+            // group, and other entries): the mode follows it, as on any
+            // filesystem with ACLs. The kernel leaves that to the server.
+            let mode = t.get(ino.0).map(|n| n.attr.mode);
+            Ok(mode.filter(|_| name == b"system.posix_acl_access").and_then(|m| acl_mode(value, m)))
         })();
+        let r = match r {
+            Ok(Some(mode)) => {
+                self.do_setattr(ino.0, attrs::AttrChange { mode: Some(mode), ..Default::default() }, false).map(drop)
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(eno(e)),
@@ -711,4 +729,32 @@ impl Filesystem for StrataFs {
             Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
         }
     }
+}
+
+/// The mode an access ACL (`system.posix_acl_access`, in the kernel's
+/// xattr form) gives a file whose mode is `mode`: the owner bits from its
+/// owner entry, the group bits from its mask (or, without one, its group
+/// entry), the other bits from its other entry; type and set-id bits kept.
+/// `None` when the value is no ACL this understands (the kernel checked it
+/// before sending it).
+fn acl_mode(value: &[u8], mode: u32) -> Option<u32> {
+    const VERSION: u32 = 2;
+    let (head, entries) = value.split_at_checked(4)?;
+    if u32::from_le_bytes(head.try_into().ok()?) != VERSION || entries.len() % 8 != 0 {
+        return None;
+    }
+    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
+    for e in entries.chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u32::from(u16::from_le_bytes([e[2], e[3]]) & 7);
+        match tag {
+            0x01 => user = Some(perm),
+            0x04 => group = Some(perm),
+            0x10 => mask = Some(perm),
+            0x20 => other = Some(perm),
+            _ => {}
+        }
+    }
+    let bits = (user? << 6) | (mask.or(group)? << 3) | other?;
+    Some((mode & !0o777) | bits)
 }
