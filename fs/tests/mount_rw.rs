@@ -8,6 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::*;
+use strata_fs::testing::ops::{file_capability, posix_acl};
 use strata_fs::{ChangeKind, MountOptions};
 
 fn base(objects: &Path) -> Vec<strata_fs::Lower> {
@@ -696,10 +697,7 @@ fn metacopy_fill_keeps_file_capabilities() {
         return;
     }
     let (_tmp, objects, upper, mnt) = work_dirs();
-    // VFS_CAP_REVISION_2, CAP_NET_BIND_SERVICE permitted.
-    let mut cap = vec![0u8; 20];
-    cap[..4].copy_from_slice(&0x0200_0000u32.to_le_bytes());
-    cap[4..8].copy_from_slice(&(1u32 << 10).to_le_bytes());
+    let cap = file_capability(10); // CAP_NET_BIND_SERVICE
     let lowers = vec![LayerBuilder::new(&objects)
         .dir("", 0o755)
         .file("ping", &vec![b'p'; 2 << 20], 0o755)
@@ -797,14 +795,8 @@ fn xattrs_of_new_entries() {
         // A default ACL (owner rwx, user 1234 r, mask rwx, group r-x, other
         // r-x) is set on the host directory, which hands an access ACL to
         // every file made in it afterwards.
-        let mut acl = 2u32.to_le_bytes().to_vec();
-        for (tag, perm, id) in
-            [(1u16, 7u16, u32::MAX), (2, 4, 1234), (4, 5, u32::MAX), (0x10, 7, u32::MAX), (0x20, 5, u32::MAX)]
-        {
-            acl.extend_from_slice(&tag.to_le_bytes());
-            acl.extend_from_slice(&perm.to_le_bytes());
-            acl.extend_from_slice(&id.to_le_bytes());
-        }
+        let acl =
+            posix_acl(&[(1, 7, u32::MAX), (2, 4, 1234), (4, 5, u32::MAX), (0x10, 7, u32::MAX), (0x20, 5, u32::MAX)]);
         rustix::fs::lsetxattr(mnt.join("new"), "system.posix_acl_default", &acl, rustix::fs::XattrFlags::empty())
             .unwrap();
         std::fs::write(mnt.join("new/h"), b"h").unwrap();
@@ -866,11 +858,8 @@ fn metadata_calls_that_change_nothing_move_ctime() {
                                                                                                    // Set-id bits and capabilities, which chown(2) would clear on the host.
     std::fs::write(mnt.join("suid"), b"s").unwrap();
     std::fs::set_permissions(mnt.join("suid"), std::fs::Permissions::from_mode(0o6755)).unwrap();
-    // VFS_CAP_REVISION_2, CAP_NET_RAW permitted (setting it takes root).
-    let mut cap = vec![0u8; 20];
-    cap[..4].copy_from_slice(&0x0200_0000u32.to_le_bytes());
-    cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
-    let cap = is_root().then_some(cap);
+    // CAP_NET_RAW (setting it takes root).
+    let cap = is_root().then(|| file_capability(13));
     if let Some(cap) = &cap {
         rustix::fs::setxattr(mnt.join("suid"), "security.capability", cap, rustix::fs::XattrFlags::empty()).unwrap();
     }

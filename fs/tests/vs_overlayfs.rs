@@ -301,14 +301,13 @@ fn script() -> Script {
                 write(m, "acl-f", b"secret")?;
                 chmod(m, "acl-f", 0o666)?;
                 // owner rw-, user 1000 ---, group r--, mask r-x, other rw-
-                let mut acl = 2u32.to_le_bytes().to_vec();
-                for (tag, perm, id) in
-                    [(1u16, 6u16, u32::MAX), (2, 0, 1000), (4, 4, u32::MAX), (0x10, 5, u32::MAX), (0x20, 6, u32::MAX)]
-                {
-                    acl.extend_from_slice(&tag.to_le_bytes());
-                    acl.extend_from_slice(&perm.to_le_bytes());
-                    acl.extend_from_slice(&id.to_le_bytes());
-                }
+                let acl = posix_acl(&[
+                    (1, 6, u32::MAX),
+                    (2, 0, 1000),
+                    (4, 4, u32::MAX),
+                    (0x10, 5, u32::MAX),
+                    (0x20, 6, u32::MAX),
+                ]);
                 setxattr(m, "acl-f", "system.posix_acl_access", &acl)?;
                 let read = as_user(m, 1000, "cat \"$M/acl-f\"");
                 Ok(format!("{read:?} {}", mode_only(m, "acl-f")?))

@@ -196,6 +196,27 @@ pub fn mode_only(m: &Path, p: &str) -> OpResult {
     }
 }
 
+/// A POSIX ACL in the kernel's xattr form (`system.posix_acl_*`): entries of
+/// (tag, permission bits, id), the id `u32::MAX` for entries without one.
+pub fn posix_acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    acl
+}
+
+/// A `security.capability` value (VFS_CAP_REVISION_2) with capability
+/// number `cap` permitted.
+pub fn file_capability(cap: u32) -> Vec<u8> {
+    let mut v = vec![0u8; 20];
+    v[..4].copy_from_slice(&0x0200_0000u32.to_le_bytes());
+    v[4..8].copy_from_slice(&(1u32 << cap).to_le_bytes());
+    v
+}
+
 /// Runs `op`, then tells after its result which of `p`'s modification and
 /// change times it moved (`m`, `c`, or `.` for neither). Kernel overlayfs
 /// hands every change to a real inode, whose times the kernel moves, a
