@@ -313,6 +313,23 @@ fn script() -> Script {
                 Ok(format!("{read:?} {}", mode_only(m, "acl-f")?))
             }),
         ),
+        (
+            "a default ACL, not the umask, limits new entries",
+            Box::new(|m: &Path| {
+                for d in ["dacl", "nodacl"] {
+                    mkdir(m, d)?;
+                    chmod(m, d, 0o777)?;
+                }
+                // owner rwx, group rwx, mask rwx, other r-x
+                let acl = posix_acl(&[(1, 7, u32::MAX), (4, 7, u32::MAX), (0x10, 7, u32::MAX), (0x20, 5, u32::MAX)]);
+                setxattr(m, "dacl", "system.posix_acl_default", &acl)?;
+                let made = "umask 077; for d in dacl nodacl; do echo >\"$M/$d/f\"; mkdir \"$M/$d/d\"; done";
+                as_user(m, 1000, made)?;
+                let modes: Result<Vec<String>, i32> =
+                    ["dacl/f", "dacl/d", "nodacl/f", "nodacl/d"].iter().map(|p| mode_only(m, p)).collect();
+                Ok(modes?.join(" "))
+            }),
+        ),
         ("chown lower", Box::new(|m: &Path| chown(m, "data/b", 1234, 5678))),
         ("chown lower dir", Box::new(|m: &Path| chown(m, "emptydir", 99, 98))),
         ("utimes lower", Box::new(|m: &Path| utimes(m, "data/c", 1_000_000_000, 5, true))),

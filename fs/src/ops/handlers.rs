@@ -33,7 +33,11 @@ impl Filesystem for StrataFs {
             // its permission checks, as kernel overlayfs does, and follows
             // an ACL change with the mode change it implies. Without it,
             // ACLs were stored and shown but not enforced.
-            | F::FUSE_POSIX_ACL;
+            | F::FUSE_POSIX_ACL
+            // The caller's umask comes with the request instead of being
+            // applied by the kernel: in a directory with a default ACL it
+            // does not apply (`FsInner::creation_mode`).
+            | F::FUSE_DONT_MASK;
         // Ask only for what this kernel offers: add_capabilities refuses unknown bits.
         let _ = config.add_capabilities(wanted & config.capabilities());
         // The kernel then leaves clearing set-id bits on chown, truncation
@@ -172,22 +176,15 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let _op = self.op(Op::Mknod);
+        let mode = self.creation_mode(parent.0, mode, umask);
         self.entry_reply(reply, self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev));
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let _op = self.op(Op::Mkdir);
+        let mode = self.creation_mode(parent.0, mode, umask);
         self.entry_reply(reply, self.do_mkdir(req, parent.0, name.as_bytes(), mode));
     }
 
@@ -625,11 +622,12 @@ impl Filesystem for StrataFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _op = self.op(Op::Create);
+        let mode = self.creation_mode(parent.0, mode, umask);
         match self.do_create(req, parent.0, name.as_bytes(), mode) {
             Ok((ino, a, file)) => {
                 let acc = flags & libc::O_ACCMODE;
@@ -727,6 +725,24 @@ impl Filesystem for StrataFs {
         match rustix::fs::seek(&*f, pos) {
             Ok(p) => reply.offset(p as i64),
             Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+}
+
+impl FsInner {
+    /// The mode a new entry in `parent` gets from the `mode` and `umask` of
+    /// its request (FUSE_DONT_MASK): under a default ACL the ACL's owner,
+    /// mask (or group) and other bits limit it and the umask does not apply,
+    /// as POSIX ACLs have it (the host then gives the entry the inherited
+    /// ACL); elsewhere the umask applies.
+    fn creation_mode(&self, parent: Ino, mode: u32, umask: u32) -> u32 {
+        let t = self.tree_read();
+        match self.xattr_of(&t, parent, b"system.posix_acl_default") {
+            Ok(Some(acl)) => match acl_mode(&acl, mode) {
+                Some(limit) => mode & (!0o777 | limit),
+                None => mode & !umask,
+            },
+            _ => mode & !umask,
         }
     }
 }
