@@ -115,7 +115,10 @@
 //!   once per inode (it caches ACLs) and enforces it in its permission
 //!   checks, as kernel overlayfs does; setting an access ACL also sets the
 //!   mode it implies (the server does that; the kernel leaves it to it).
-//!   Warm `ls -l` and the stat walk measured the same with it.
+//!   Warm `ls -l` and the stat walk measured the same with it. With
+//!   FUSE_DONT_MASK the caller's umask comes with each create, so that
+//!   under a default ACL the ACL's bits limit the new entry instead, as
+//!   POSIX ACLs have it (`ops::FsInner::creation_mode`).
 //! - FUSE over io_uring (kernel `fuse.enable_uring`), measured with libfuse's
 //!   own passthrough_hp example built from upstream with io_uring on, same
 //!   extract onto a tmpfs: /dev/fuse 10.7-10.9 s, io_uring 3.7-4.3 s; with
