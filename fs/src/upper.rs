@@ -625,6 +625,12 @@ pub fn touch_ctime(dir: BorrowedFd, name: &[u8], mode: u32) -> io::Result<()> {
     rustix::fs::chmodat(dir, os, Mode::from_raw_mode(mode & 0o7777), AtFlags::empty()).map_err(errno)
 }
 
+/// [`touch_ctime`] for an open regular file.
+pub fn touch_ctime_file(f: &File) -> io::Result<()> {
+    let st = rustix::fs::fstat(f).map_err(errno)?;
+    rustix::fs::fchmod(f, Mode::from_raw_mode(st.st_mode & 0o7777)).map_err(errno)
+}
+
 /// utimensat(2)'s times: `None` leaves that time as it is (UTIME_OMIT).
 fn timestamps(atime: Option<Ts>, mtime: Option<Ts>) -> rustix::fs::Timestamps {
     let ts = |t: Option<Ts>| match t {

@@ -86,10 +86,7 @@ impl FsInner {
                     if at.is_some() || mt.is_some() {
                         up.set_times_file(f, at, mt)?;
                     } else {
-                        // A chmod to the mode it has (see `upper::touch_ctime`).
-                        let st = rustix::fs::fstat(&**f).map_err(errno)?;
-                        rustix::fs::fchmod(&**f, rustix::fs::Mode::from_raw_mode(st.st_mode & 0o7777))
-                            .map_err(errno)?;
+                        upper::touch_ctime_file(f)?;
                     }
                 }
                 let a = &mut t.node_mut(ino).attr;
