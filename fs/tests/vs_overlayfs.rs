@@ -314,6 +314,23 @@ fn script() -> Script {
             }),
         ),
         (
+            "an ACL set by one outside the file's group clears set-group-id",
+            Box::new(|m: &Path| {
+                for (name, gid) in [("sgid-other", 0), ("sgid-own", 1000)] {
+                    write(m, name, b"x")?;
+                    chown(m, name, 1000, gid)?;
+                    chmod(m, name, 0o2775)?;
+                }
+                mkdir(m, "sgid-dir")?;
+                chown(m, "sgid-dir", 1000, 0)?;
+                chmod(m, "sgid-dir", 0o2775)?;
+                let names = ["sgid-other", "sgid-own", "sgid-dir"];
+                as_user(m, 1000, "for f in sgid-other sgid-own sgid-dir; do setfacl -m u:1234:r \"$M/$f\"; done")?;
+                let modes: Result<Vec<String>, i32> = names.iter().map(|p| mode_only(m, p)).collect();
+                Ok(modes?.join(" "))
+            }),
+        ),
+        (
             "a default ACL, not the umask, limits new entries",
             Box::new(|m: &Path| {
                 for d in ["dacl", "nodacl"] {

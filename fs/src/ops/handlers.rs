@@ -472,7 +472,7 @@ impl Filesystem for StrataFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -495,9 +495,19 @@ impl Filesystem for StrataFs {
             up.set_xattr(pfd.as_fd(), &n, name, value, flags)?;
             // An access ACL carries the permission bits (its owner, mask or
             // group, and other entries): the mode follows it, as on any
-            // filesystem with ACLs. The kernel leaves that to the server.
-            let mode = t.get(ino.0).map(|n| n.attr.mode);
-            Ok(mode.filter(|_| name == b"system.posix_acl_access").and_then(|m| acl_mode(value, m)))
+            // filesystem with ACLs. The kernel leaves that to the server,
+            // and also clearing S_ISGID when the caller is neither in the
+            // file's group nor holds CAP_FSETID (it would say so with
+            // FUSE_SETXATTR_ACL_KILL_SGID, but fuser cannot parse the
+            // extended request that needs).
+            let Some(attr) = t.get(ino.0).map(|n| n.attr) else { return Ok(None) };
+            if name != b"system.posix_acl_access" {
+                return Ok(None);
+            }
+            let keep_sgid = attr.mode & libc::S_ISGID == 0
+                || caller::in_group_or_capable(req.pid(), req.uid(), req.gid(), attr.gid);
+            let mode = if keep_sgid { attr.mode } else { attr.mode & !libc::S_ISGID };
+            Ok(acl_mode(value, mode).or((mode != attr.mode).then_some(mode)))
         })();
         let r = match r {
             Ok(Some(mode)) => {

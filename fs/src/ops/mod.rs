@@ -54,6 +54,7 @@ use rustix::fs::{AtFlags, OFlags};
 use strata_layers::index::{Entry, EntryKind};
 
 mod attrs;
+mod caller;
 mod copy_up;
 mod handlers;
 mod names;
