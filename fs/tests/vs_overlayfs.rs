@@ -331,6 +331,17 @@ fn script() -> Script {
             }),
         ),
         (
+            "trusted.* names are listed only to a caller that may read them",
+            Box::new(|m: &Path| {
+                write(m, "trusted-f", b"x")?;
+                setxattr(m, "trusted-f", "user.plain", b"1")?;
+                setxattr(m, "trusted-f", "trusted.secret", b"2")?;
+                let names = "getfattr -m - \"$M/trusted-f\" | grep -v '^#'";
+                let privileged = as_user(m, 0, names);
+                Ok(format!("{privileged:?} {:?}", as_user(m, 1000, names)))
+            }),
+        ),
+        (
             "a default ACL, not the umask, limits new entries",
             Box::new(|m: &Path| {
                 for d in ["dacl", "nodacl"] {

@@ -1,7 +1,8 @@
 //! What the server knows of a calling process beyond its request's uid and
-//! gid: its supplementary groups and effective capabilities, read from
-//! `/proc/PID/status`. Only rare requests need them (setting an ACL); the
-//! kernel checks everything else itself.
+//! gid: its supplementary groups, effective capabilities and user namespace,
+//! read from `/proc/PID`. Only rare requests need them (setting an ACL, a
+//! listing with `trusted.*` names); the kernel checks everything else
+//! itself.
 //!
 //! The kernel translates the request's pid into the server's pid namespace,
 //! and `/proc/PID/status` shows the ids in the reader's user namespace, so
@@ -23,6 +24,31 @@ pub(super) fn in_group_or_capable(pid: u32, uid: u32, req_gid: u32, gid: u32) ->
     let status = (pid != 0).then(|| fs::read_to_string(format!("/proc/{pid}/status")).ok()).flatten();
     let Some(status) = status else { return uid == 0 };
     status_in_group_or_capable(&status, gid).unwrap_or(uid == 0)
+}
+
+/// Whether the caller holds CAP_SYS_ADMIN in the initial user namespace,
+/// which `trusted.*` xattrs need: only such a caller sees their names in a
+/// listing, as on tmpfs or ext4 (the VFS keeps everyone else from reading
+/// them, but leaves listings to the filesystem). `false` whenever that
+/// cannot be established.
+pub(super) fn has_init_sys_admin(pid: u32) -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    if pid == 0 {
+        return false;
+    }
+    let caps = fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+        let eff = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_owned();
+        u64::from_str_radix(&eff, 16).ok()
+    });
+    if caps.is_none_or(|c| c & (1 << CAP_SYS_ADMIN) == 0) {
+        return false;
+    }
+    // The initial namespace's map, seen from it, is the identity of all ids
+    // (/proc/1/ns/user cannot be compared with: reading it takes ptrace
+    // rights over init). Seen from a server in a user namespace, no map
+    // reads so, which is right: its callers cannot hold that capability.
+    let map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
+    map.split_whitespace().eq(["0", "0", "4294967295"])
 }
 
 /// The test of [`in_group_or_capable`] on the text of a `/proc/PID/status`;

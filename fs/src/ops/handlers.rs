@@ -537,7 +537,7 @@ impl Filesystem for StrataFs {
         FsInner::xattr_reply(reply, size, r);
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _op = self.op(Op::Listxattr);
         let r = (|| {
             let t = self.tree_read();
@@ -559,8 +559,10 @@ impl Filesystem for StrataFs {
                 let (pfd, nm) = self.entry_fd(&t, ino.0)?;
                 up.list_xattrs(pfd.as_fd(), &nm)?
             };
+            let trusted = |k: &Vec<u8>| k.starts_with(b"trusted.");
+            let hide_trusted = names.iter().any(trusted) && !caller::has_init_sys_admin(req.pid());
             let mut out = Vec::new();
-            for k in names {
+            for k in names.into_iter().filter(|k| !(hide_trusted && trusted(k))) {
                 out.extend_from_slice(&k);
                 out.push(0);
             }
