@@ -905,9 +905,10 @@ fn metadata_calls_that_change_nothing_move_ctime() {
 struct SmallTmpfs(std::path::PathBuf);
 
 impl SmallTmpfs {
-    fn new(dir: &Path, inodes: u32) -> SmallTmpfs {
+    /// `limit`: its tmpfs mount options (`nr_inodes=64`, `size=512k`).
+    fn new(dir: &Path, limit: &str) -> SmallTmpfs {
         std::fs::create_dir_all(dir).unwrap();
-        let data = std::ffi::CString::new(format!("nr_inodes={inodes}")).unwrap();
+        let data = std::ffi::CString::new(limit).unwrap();
         rustix::mount::mount("tmpfs", dir, "tmpfs", rustix::mount::MountFlags::empty(), Some(data.as_c_str())).unwrap();
         SmallTmpfs(dir.to_path_buf())
     }
@@ -919,8 +920,9 @@ impl Drop for SmallTmpfs {
     }
 }
 
-/// A scratch directory whose upper directory is on a tmpfs of 64 inodes;
-/// None (the test skips) when not root, as mounting the tmpfs needs it.
+/// A scratch directory whose upper directory is on a small tmpfs (`limit`:
+/// its mount options); None (the test skips) when not root, as mounting
+/// the tmpfs needs it.
 struct SmallUpper {
     // (Unmounted before the scratch directory goes: fields drop in order.)
     _fs: SmallTmpfs,
@@ -931,13 +933,13 @@ struct SmallUpper {
 }
 
 impl SmallUpper {
-    fn new() -> Option<SmallUpper> {
+    fn new(limit: &str) -> Option<SmallUpper> {
         if !is_root() {
             eprintln!("skipped: mounting a small tmpfs needs root");
             return None;
         }
         let tmp = tempfile::tempdir().unwrap();
-        let fs = SmallTmpfs::new(&tmp.path().join("upper-fs"), 64);
+        let fs = SmallTmpfs::new(&tmp.path().join("upper-fs"), limit);
         let upper = fs.0.join("upper");
         std::fs::create_dir(&upper).unwrap();
         let (objects, mnt) = (tmp.path().join("objects"), tmp.path().join("mnt"));
@@ -966,7 +968,7 @@ fn fill_inodes(mnt: &Path) {
 /// and it stays as it was.
 #[test]
 fn a_full_upper_loses_nothing() {
-    let Some(small) = SmallUpper::new() else { return };
+    let Some(small) = SmallUpper::new("nr_inodes=64") else { return };
     let (objects, upper, mnt) = (&small.objects, &small.upper, &small.mnt);
     let lowers = vec![LayerBuilder::new(objects)
         .dir("", 0o755)
@@ -1029,7 +1031,7 @@ fn a_full_upper_loses_nothing() {
 /// group comes up whole (all names one file, the write seen through each).
 #[test]
 fn a_hard_link_group_copy_up_that_fails_can_be_retried() {
-    let Some(small) = SmallUpper::new() else { return };
+    let Some(small) = SmallUpper::new("nr_inodes=64") else { return };
     let (objects, upper, mnt) = (&small.objects, &small.upper, &small.mnt);
     let lowers = vec![LayerBuilder::new(objects)
         .dir("", 0o755)
@@ -1062,5 +1064,47 @@ fn a_hard_link_group_copy_up_that_fails_can_be_retried() {
     for p in ["a/x", "b/y", "c/z"] {
         assert_eq!(std::fs::read(mnt.join(p)).unwrap(), b"group+", "{p} after a remount");
     }
+    g.unmount();
+}
+
+/// A copy-up that runs out of room half way gives the room back: the
+/// failing write gets ENOSPC, the file reads as below, the space of the
+/// partial copy is free again (before, a failed copy stayed under a
+/// temporary name and kept the upper filesystem full until the next
+/// attempt). Each way of copying: a large file copied outside the tree
+/// lock first, a smaller one under it, and the filling in of a metacopy
+/// (after a chmod) of both.
+#[test]
+fn a_copy_up_out_of_room_gives_the_room_back() {
+    let Some(small) = SmallUpper::new("size=512k") else { return };
+    let (objects, upper, mnt) = (&small.objects, &small.upper, &small.mnt);
+    let content = |len: usize, seed: u8| (0..len).map(|i| (i % 251) as u8 ^ seed).collect::<Vec<u8>>();
+    let (big, mid) = (content(3 << 20, 1), content(900 << 10, 2));
+    let lowers = vec![LayerBuilder::new(objects)
+        .dir("", 0o755)
+        .file("big", &big, 0o644)
+        .file("mid", &mid, 0o644)
+        .file("meta-big", &big, 0o644)
+        .file("meta-mid", &mid, 0o644)
+        .build()];
+    let g = MountGuard::new(lowers.clone(), mnt, opts(upper));
+    for p in ["meta-big", "meta-mid"] {
+        std::fs::set_permissions(mnt.join(p), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let free = || rustix::fs::statvfs(upper).unwrap().f_bfree;
+    let before = free();
+    for (p, want) in [("big", &big), ("mid", &mid), ("meta-big", &big), ("meta-mid", &mid)] {
+        let append = std::fs::OpenOptions::new().append(true).open(mnt.join(p)).and_then(|mut f| f.write_all(b"+"));
+        assert_eq!(append.map_err(|e| e.raw_os_error()), Err(Some(libc::ENOSPC)), "append to {p}");
+        assert_eq!(free(), before, "free blocks of the upper after the copy-up of {p} failed");
+        assert!(std::fs::read(mnt.join(p)).unwrap() == *want, "{p} reads as below");
+        assert_no_copy_up_leftovers(upper);
+    }
+    // The room is there for what fits.
+    std::fs::write(mnt.join("fits"), vec![7u8; 256 << 10]).expect("a write that fits");
+    g.unmount();
+    let g = MountGuard::new(lowers, mnt, opts(upper));
+    assert!(std::fs::read(mnt.join("meta-big")).unwrap() == big, "meta-big after a remount");
+    assert_eq!(std::fs::metadata(mnt.join("meta-mid")).unwrap().mode() & 0o777, 0o600);
     g.unmount();
 }

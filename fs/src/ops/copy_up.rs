@@ -225,10 +225,16 @@ impl FsInner {
                 made = Some(f);
             } else if len > 0 {
                 let out = up.open_file(pfd.as_fd(), &name, OFlags::WRONLY)?;
-                copy_content(&src.open_content(entry)?, &out, len)?;
                 // On disk before the marker that points below goes (the
-                // copy-up fsync policy in the README); a failure keeps it.
-                out.sync_data()?;
+                // copy-up fsync policy in the README); a failure keeps it,
+                // and gives back the space of what was copied (a full disk
+                // stayed full).
+                let filled =
+                    src.open_content(entry).and_then(|c| copy_content(&c, &out, len)).and_then(|()| out.sync_data());
+                if let Err(e) = filled {
+                    let _ = out.set_len(0);
+                    return Err(e);
+                }
                 if attr.mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
                     // Our own writes cleared the host file's set-id bits when
                     // this server lacks CAP_FSETID (root of a user namespace).
@@ -244,7 +250,7 @@ impl FsInner {
         } else {
             // Build the copy under a temporary name, then move it into place.
             let tmp = format!(".wh..wh..cu.{ino}").into_bytes();
-            self.keeping_times(pfd.as_fd(), || {
+            let copied = self.keeping_times(pfd.as_fd(), || {
                 let out = match prepared {
                     Some(p) => {
                         upper::unlink_if_exists(pfd.as_fd(), &tmp, false)?;
@@ -291,7 +297,13 @@ impl FsInner {
                     made = out;
                 }
                 self.place_copy(pfd.as_fd(), &tmp, &name, &others)
-            })?;
+            });
+            if let Err(e) = copied {
+                // A half-made copy (a full disk, a failing lower read) must
+                // not keep its space until the next copy-up of this file.
+                let _ = self.keeping_times(pfd.as_fd(), || upper::unlink_if_exists(pfd.as_fd(), &tmp, false));
+                return Err(e);
+            }
             let n = t.node_mut(ino);
             n.meta_rec = rec;
             n.no_xattrs = no_xattrs;
