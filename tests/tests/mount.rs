@@ -426,6 +426,85 @@ fn killed_server_is_cleared_and_sigterm_unmounts() {
     assert_eq!(mount_state(&t.s), Vec::<String>::new(), "mount records or directories left");
 }
 
+/// A child process that a failing test must not leave running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `strata umount` of a mount a process still uses (its working directory
+/// inside) detaches it, as `podman umount` does: the command succeeds and
+/// says so, the directory is free for another mount at once, and the process
+/// goes on reading through the mount (before, the server exited and it got
+/// ENOTCONN). Meanwhile the image stays held (`rmi` says why) and the list
+/// shows the mount as detached; once the process leaves, the server ends
+/// and its record goes.
+fn umount_of_a_busy_mount_detaches_it(s: Strata, user: bool) {
+    let t = setup(s);
+    let dir = new_dir(&t.s, "busy");
+    let flag = t.s.base().join("leave-now");
+    let out = t.s.base().join("reader-output");
+    let m = mount(&t.s, &[&t.image], &dir);
+    // The reader runs as whoever may enter the mount (a rootless mount
+    // admits only its owner).
+    let script = "cd \"$1\" && echo in >\"$3\" && while [ ! -e \"$2\" ]; do sleep 0.05; done && sha256sum data/text >\"$3\" && ls bin >>\"$3\"";
+    let mut cmd = Command::new("setpriv");
+    if user {
+        cmd.args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups"]);
+    }
+    let mut reader = KillOnDrop(
+        cmd.args(["--", "sh", "-c", script, "sh"])
+            .args([&dir, &flag, &out])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the reader"),
+    );
+    wait_until("the reader to enter the mount", Duration::from_secs(30), || out.exists());
+    let pid = server_pid(&t.s, &dir);
+
+    let done = t.s.run(&[Path::new("umount"), &dir]);
+    assert!(done.status.success(), "umount of a busy mount: {done:?}");
+    assert!(String::from_utf8_lossy(&done.stderr).contains("detached"), "{done:?}");
+    assert!(!is_mounted(&dir), "the directory is no longer a mount point");
+    let listed = mounts(&t.s);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["Mode"], "ro,detached");
+    let (_, err) = t.s.fails(&["rmi", &t.image]);
+    assert_mentions(&err, &["still in use", &dir.display().to_string()], "rmi of an image a detached mount serves");
+    // Another mount can take the directory meanwhile.
+    let again = mount(&t.s, &[&t.image], &dir);
+    drop(again);
+    assert!(!is_mounted(&dir));
+    std::mem::forget(m);
+
+    fs::write(&flag, b"").unwrap();
+    let status = reader.0.wait().expect("waiting for the reader");
+    assert!(status.success(), "the reader failed: {}", fs::read_to_string(&out).unwrap_or_default());
+    let read = fs::read_to_string(&out).unwrap();
+    let reference = unpack_reference(&fixtures().oci, "full");
+    let want = find_line(&reference, "/data/text").and_then(|l| l.split(' ').nth(6)).unwrap().to_string();
+    assert!(read.starts_with(&want) && read.contains("busybox"), "what the reader read:\n{read}");
+    wait_gone(pid);
+    assert!(mounts(&t.s).is_empty());
+    assert_eq!(mount_state(&t.s), Vec::<String>::new(), "mount records or directories left");
+    t.s.ok(&["rmi", &t.image]);
+}
+
+#[test]
+fn umount_of_a_busy_mount_detaches_it_as_root() {
+    umount_of_a_busy_mount_detaches_it(Strata::new(), false);
+}
+
+#[test]
+fn umount_of_a_busy_mount_detaches_it_rootless() {
+    umount_of_a_busy_mount_detaches_it(Strata::new_unprivileged(), true);
+}
+
 #[test]
 fn rw_mounts_with_throwaway_and_given_upper() {
     let t = setup(Strata::new());

@@ -652,13 +652,8 @@ fn kill(ctx: &Context, a: KillArgs) -> Result<i32> {
 /// Removes one container (`force`: kills it first if it runs).
 pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) -> Result<()> {
     let c = record::find_fresh(&ctx.layout, key)?;
-    if let Some(at) = crate::mounts::container_mount(&ctx.layout, &c.config.id) {
-        bail!(
-            "cannot remove container \"/{}\": it is mounted at {}; run `strata umount {}` first",
-            c.config.name,
-            at.display(),
-            at.display()
-        );
+    if let Some(m) = crate::mounts::container_mount(&ctx.layout, &c.config.id) {
+        bail!("cannot remove container \"/{}\": it is {}; {} first", c.config.name, m.place(), m.release_hint());
     }
     if c.running() {
         if !force {

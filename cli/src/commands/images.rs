@@ -351,8 +351,10 @@ pub fn remove(ctx: &Context, a: RmiArgs) -> anyhow::Result<i32> {
     let mut failed = false;
     let mut out = std::io::stdout().lock();
     for name in &a.images {
-        let held =
-            |id: &Digest| mounts::image_mounts(&ctx.layout, &id.to_string()).first().map(|p| p.display().to_string());
+        let held = |id: &Digest| {
+            let m = mounts::image_mounts(&ctx.layout, &id.to_string());
+            m.first().map(|m| format!("{}; {} first", m.place(), m.release_hint()))
+        };
         match store.remove_image_unless_held(&lock, name, a.force, &held) {
             Ok(lines) => {
                 for l in lines {

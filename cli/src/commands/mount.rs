@@ -205,6 +205,9 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
             );
         }
         if let Some(r) = live.iter().find(|r| r.container_id.as_deref() == Some(c.config.id.as_str())) {
+            if r.detached {
+                bail!("container {} is {}; {} before mounting it again", c.config.name, r.place(), r.release_hint());
+            }
             if a.dir.is_none() {
                 println!("{}", r.mountpoint.display());
                 return Ok(0);
@@ -228,7 +231,7 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
         Some(d) => checked_mountpoint(d)?,
         None => private.join("merged"),
     };
-    if let Some(r) = live.iter().find(|r| r.mountpoint == mountpoint) {
+    if let Some(r) = live.iter().find(|r| r.mountpoint == mountpoint && !r.detached) {
         bail!(
             "{} is already a strata mount of {}; run `strata umount {}` first",
             mountpoint.display(),
@@ -247,7 +250,7 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
     };
     if let Some(u) = &upper {
         if let Some(r) = live.iter().find(|r| r.upper.as_ref() == Some(u)) {
-            bail!("upper directory {} is in use by the mount on {}", u.display(), r.mountpoint.display());
+            bail!("upper directory {} is in use by a strata mount, {}; {}", u.display(), r.place(), r.release_hint());
         }
     }
 
@@ -266,6 +269,7 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
         upper: upper.clone(),
         throwaway_upper: throwaway,
         server: None,
+        detached: false,
         created: record::now(),
     };
     let result = (|| {
@@ -317,7 +321,9 @@ fn user_upper(u: &Path) -> Result<PathBuf> {
 }
 
 fn umount(ctx: &Context, a: UmountArgs) -> Result<i32> {
-    let records = mounts::read_all(&ctx.layout)?;
+    // A detached mount is no longer at its mount point (another may be
+    // there now): it ends with the last process that uses it.
+    let records: Vec<MountRecord> = mounts::read_all(&ctx.layout)?.into_iter().filter(|r| !r.detached).collect();
     let chosen: Vec<Result<MountRecord>> = if a.all {
         records.into_iter().map(Ok).collect()
     } else {
@@ -325,8 +331,16 @@ fn umount(ctx: &Context, a: UmountArgs) -> Result<i32> {
     };
     let mut failed = false;
     for r in chosen {
-        match r.and_then(|rec| server::stop(ctx, &rec).map(|()| rec)) {
-            Ok(rec) => println!("{}", rec.mountpoint.display()),
+        match r.and_then(|rec| server::stop(ctx, &rec).map(|how| (rec, how))) {
+            Ok((rec, how)) => {
+                println!("{}", rec.mountpoint.display());
+                if how == server::Stopped::Detached {
+                    eprintln!(
+                        "note: {} was in use: it is detached, and serves the processes still in it until they leave",
+                        rec.mountpoint.display()
+                    );
+                }
+            }
             Err(e) => {
                 eprintln!("Error: {e:#}");
                 failed = true;

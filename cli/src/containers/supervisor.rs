@@ -102,12 +102,12 @@ impl Session {
 /// Starts `strata internal-supervise ID` as a detached process. With
 /// `attach` the supervisor sends output to the returned session too.
 pub fn launch(ctx: &Context, c: &Container, attach: bool) -> Result<Session> {
-    if let Some(at) = crate::mounts::container_mount(&ctx.layout, &c.config.id) {
+    if let Some(m) = crate::mounts::container_mount(&ctx.layout, &c.config.id) {
         bail!(
-            "container {} is mounted at {}: its filesystem is served by that mount; run `strata umount {}` before starting it",
+            "container {} is {}: its filesystem is served by that mount; {} before starting it",
             c.config.name,
-            at.display(),
-            at.display()
+            m.place(),
+            m.release_hint()
         );
     }
     let (ours, theirs) = UnixStream::pair().context("creating the supervisor socket pair")?;
@@ -289,11 +289,7 @@ fn claim(ctx: &Context, id: &str) -> Result<Container> {
     }
     // `strata mount CONTAINER` writes to the same upper directory.
     if let Some(m) = crate::mounts::list_live(&ctx.layout)?.iter().find(|m| m.container_id.as_deref() == Some(id)) {
-        bail!(
-            "container {} is mounted on {} by `strata mount`: unmount it before starting it",
-            c.config.name,
-            m.mountpoint.display()
-        );
+        bail!("container {} is {} (`strata mount`): {} before starting it", c.config.name, m.place(), m.release_hint());
     }
     c.state.supervisor = Some(me);
     record::save_state(&c)?;

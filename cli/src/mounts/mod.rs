@@ -10,6 +10,11 @@
 //! recognised as stale and cleared — mount detached, private directory and
 //! record removed — by the next `strata mount` or `strata umount`.
 //!
+//! `strata umount` of a mount that processes still use (a shell's working
+//! directory, an open file) detaches it, as `podman umount` does: they keep
+//! working, and its server ends once the last of them leaves; until then its
+//! record, marked detached, keeps holding the image and any upper directory.
+//!
 //! Modules: `view` (which layers, whiteouts of a single layer), `server` (the
 //! detached FUSE server and how the command line starts and stops it).
 
@@ -62,6 +67,13 @@ pub struct MountRecord {
     /// The server process, once it serves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<Proc>,
+    /// Unmounted from `mountpoint` while processes still used it: the mount
+    /// was detached, as `podman umount` detaches, and its server goes on
+    /// serving those processes until the last of them leaves it. Until then
+    /// the record holds the image (and the container's upper directory),
+    /// but no longer the mount point.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
     /// RFC 3339, UTC.
     pub created: String,
 }
@@ -69,10 +81,30 @@ pub struct MountRecord {
 impl MountRecord {
     /// `ro` / `rw`, qualified by the view (`ro,layer=2`).
     pub fn mode(&self) -> String {
-        let base = if self.upper.is_some() { "rw" } else { "ro" };
-        match self.view.describe() {
-            Some(v) => format!("{base},{v}"),
-            None => base.to_string(),
+        let mut mode = if self.upper.is_some() { "rw" } else { "ro" }.to_string();
+        if let Some(v) = self.view.describe() {
+            mode = format!("{mode},{v}");
+        }
+        if self.detached {
+            mode.push_str(",detached");
+        }
+        mode
+    }
+
+    /// Where the mount is, for messages: its mount point, or where it was
+    /// until it was detached.
+    pub fn place(&self) -> String {
+        match self.detached {
+            false => format!("mounted at {}", self.mountpoint.display()),
+            true => format!("still in use by processes that were in its mount at {}", self.mountpoint.display()),
+        }
+    }
+
+    /// What lets go of it, for messages.
+    pub fn release_hint(&self) -> String {
+        match self.detached {
+            false => format!("run `strata umount {}`", self.mountpoint.display()),
+            true => "wait until those processes leave it".to_string(),
         }
     }
 
@@ -115,6 +147,11 @@ pub fn lock(layout: &StoreLayout) -> Result<MountLock> {
 /// Writes `rec` atomically.
 pub fn save(layout: &StoreLayout, rec: &MountRecord) -> Result<()> {
     write_json(&record_path(layout, &rec.id), rec)
+}
+
+/// The record `id` as stored, if it is there and readable.
+pub fn read(layout: &StoreLayout, id: &str) -> Option<MountRecord> {
+    serde_json::from_slice(&fs::read(record_path(layout, id)).ok()?).ok()
 }
 
 /// Every record as stored, live or not. Unreadable records are skipped.
@@ -182,20 +219,15 @@ pub fn remove_private(layout: &StoreLayout, id: &str) {
 /// The live mount of a container, if it has one: a container must not be
 /// started while `strata mount` serves its upper directory (two servers
 /// would each keep their own view of it).
-pub fn container_mount(layout: &StoreLayout, container_id: &str) -> Option<PathBuf> {
+pub fn container_mount(layout: &StoreLayout, container_id: &str) -> Option<MountRecord> {
     let recs = read_all(layout).ok()?;
-    recs.into_iter().find(|r| r.container_id.as_deref() == Some(container_id) && r.live()).map(|r| r.mountpoint)
+    recs.into_iter().find(|r| r.container_id.as_deref() == Some(container_id) && r.live())
 }
 
 /// The live mounts of an image (by `sha256:...` id): its content must stay
 /// in the store while they serve it (`rmi` and `image prune` leave it).
-pub fn image_mounts(layout: &StoreLayout, image_id: &str) -> Vec<PathBuf> {
-    read_all(layout)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.image_id == image_id && r.live())
-        .map(|r| r.mountpoint)
-        .collect()
+pub fn image_mounts(layout: &StoreLayout, image_id: &str) -> Vec<MountRecord> {
+    read_all(layout).unwrap_or_default().into_iter().filter(|r| r.image_id == image_id && r.live()).collect()
 }
 
 /// An absolute path for `p` with its parent's symlinks resolved but the
@@ -245,6 +277,7 @@ mod tests {
             upper: None,
             throwaway_upper: false,
             server: None,
+            detached: false,
             created: String::new(),
         };
         assert!(is_id(&r.id));
@@ -255,5 +288,10 @@ mod tests {
         assert!(!r.live());
         let back: MountRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back.view, View::Upto(3));
+        assert!(!serde_json::to_string(&r).unwrap().contains("detached"), "written only when set");
+        r.detached = true;
+        assert_eq!(r.mode(), "rw,upto=3,detached");
+        let back: MountRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert!(back.detached);
     }
 }

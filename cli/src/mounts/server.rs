@@ -14,7 +14,10 @@
 //! its main thread. SIGTERM (what `strata umount` sends) unmounts and exits;
 //! SIGUSR1 is sent by the server to itself when the session ends because the
 //! mount was removed from outside (`fusermount3 -u`, `umount`). Either way it
-//! removes its record and private directory before it exits.
+//! removes its record and private directory before it exits. A busy mount
+//! is detached at SIGTERM instead: the server marks its record detached and
+//! serves on until the session ends, when the last process using the mount
+//! leaves it (or until a second SIGTERM).
 
 use super::{clear, record_path, remove_private, save, MountRecord};
 use crate::containers::record::Proc;
@@ -89,10 +92,20 @@ pub fn start(ctx: &Context, rec: &MountRecord) -> Result<()> {
     bail!("the mount server exited before the mount was ready ({status})")
 }
 
+/// How [`stop`] left a mount.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Unmounted, its server gone.
+    Gone,
+    /// Busy: detached from its mount point, its server serving the
+    /// processes still in it until they leave.
+    Detached,
+}
+
 /// Stops the server of `rec` (SIGTERM, then SIGKILL after a grace period)
 /// and clears what is left of the mount. Works as well when the server is
-/// already gone.
-pub fn stop(ctx: &Context, rec: &MountRecord) -> Result<()> {
+/// already gone. A busy mount's server detaches it instead and stays.
+pub fn stop(ctx: &Context, rec: &MountRecord) -> Result<Stopped> {
     if let Some(p) = rec.server.filter(|p| p.alive()) {
         let pid = Pid::from_raw(p.pid);
         // A pidfd to wait on a process that is not our child; opened before
@@ -113,9 +126,20 @@ pub fn stop(ctx: &Context, rec: &MountRecord) -> Result<()> {
                 Err(e) => bail!("cannot signal the mount server {}: {e}", p.pid),
             }
             if let Some(fd) = &pidfd {
-                if !wait_exit(fd.as_fd(), STOP_GRACE) && p.alive() {
-                    let _ = kill(pid, Signal::SIGKILL);
-                    wait_exit(fd.as_fd(), STOP_GRACE);
+                let detached = || super::read(&ctx.layout, &rec.id).is_some_and(|r| r.detached);
+                let deadline = std::time::Instant::now() + STOP_GRACE;
+                loop {
+                    if wait_exit(fd.as_fd(), Duration::from_millis(20)) || !p.alive() {
+                        break;
+                    }
+                    if detached() {
+                        return Ok(Stopped::Detached);
+                    }
+                    if std::time::Instant::now() > deadline {
+                        let _ = kill(pid, Signal::SIGKILL);
+                        wait_exit(fd.as_fd(), STOP_GRACE);
+                        break;
+                    }
                 }
             }
         }
@@ -124,7 +148,7 @@ pub fn stop(ctx: &Context, rec: &MountRecord) -> Result<()> {
     if crate::containers::record::is_mountpoint(&rec.mountpoint) {
         bail!("{} could not be unmounted", rec.mountpoint.display());
     }
-    Ok(())
+    Ok(Stopped::Gone)
 }
 
 /// Waits until the process behind `pidfd` exits; false on timeout.
@@ -193,9 +217,17 @@ pub fn serve_main(ctx: &Context, request: &str) -> Result<i32> {
                         let _ = signals.wait();
                     }
                 } else {
-                    // Busy: detach it; whoever still uses it gets ENOTCONN
-                    // once this process is gone.
+                    // Busy: detach it, and serve whoever still uses it until
+                    // the last of them leaves (the session ends then). A
+                    // second signal ends it at once (they get ENOTCONN).
                     let _ = strata_fs::unmount_path(&rec.mountpoint);
+                    rec.detached = true;
+                    let _ = save(&ctx.layout, &rec);
+                    while !ended.load(Ordering::SeqCst) {
+                        if !matches!(signals.wait(), Ok(Signal::SIGUSR1) | Err(_)) {
+                            break;
+                        }
+                    }
                 }
                 break;
             }

@@ -317,7 +317,8 @@ impl Store {
 
     /// [`Store::remove_image`], refusing to delete an image that `held`
     /// says something outside the store's records still serves (it returns
-    /// where, e.g. the directory a `strata mount` of the image is at):
+    /// where and what frees it, e.g. "mounted at DIR; run `strata umount
+    /// DIR` first"):
     /// deleting it would pull its content from under that user. Untagging
     /// one of several references still works.
     pub fn remove_image_unless_held(
@@ -385,10 +386,9 @@ impl Store {
                 // Forced untag of an image a container still uses: the image stays, dangling.
                 return Ok(out);
             }
-            if let Some(place) = held(&id) {
+            if let Some(why) = held(&id) {
                 return Err(Error::Conflict(format!(
-                    "conflict: unable to delete {} (cannot be forced) - image is mounted at {place}; \
-                     unmount it first (strata umount {place})",
+                    "conflict: unable to delete {} (cannot be forced) - image is {why}",
                     id.short()
                 )));
             }
