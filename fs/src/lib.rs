@@ -261,9 +261,19 @@ impl MountHandle {
         unmount_path(&path)
     }
 
-    /// Blocks until the filesystem is unmounted from outside.
+    /// Blocks until the filesystem is unmounted from outside (umount,
+    /// `fusermount3 -u`, or a lazy unmount whose last user has left).
+    ///
+    /// The mount point is left alone afterwards. Dropping fuser's session
+    /// unmounts whatever is mounted at its path then, and after a lazy
+    /// unmount that can be another mount by now.
     pub fn join(self) {
-        let _ = self.session.join();
+        let MountHandle { mut session, .. } = self;
+        // The session's thread, taken out (`guard` is public) so that the
+        // session itself is never dropped.
+        let stand_in = std::thread::spawn(|| Ok(()));
+        let _ = std::mem::replace(&mut session.guard, stand_in).join();
+        std::mem::forget(session);
     }
 }
 

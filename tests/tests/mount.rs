@@ -370,12 +370,13 @@ fn mount_state(s: &Strata) -> Vec<String> {
     rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n != "lock").collect()
 }
 
-/// The server's pid as the list reports it.
+/// The pid of the server of what is mounted at `dir`, as the list reports it.
 fn server_pid(s: &Strata, dir: &Path) -> i32 {
     let m = mounts(s);
+    let detached = |m: &serde_json::Value| m["Mode"].as_str().is_some_and(|m| m.contains("detached"));
     let m = m
         .iter()
-        .find(|m| m["Mountpoint"].as_str() == Some(&dir.display().to_string()))
+        .find(|m| m["Mountpoint"].as_str() == Some(&dir.display().to_string()) && !detached(m))
         .unwrap_or_else(|| panic!("{} not in the list: {m:?}", dir.display()));
     m["Pid"].as_str().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in {m:?}"))
 }
@@ -449,22 +450,7 @@ fn umount_of_a_busy_mount_detaches_it(s: Strata, user: bool) {
     let flag = t.s.base().join("leave-now");
     let out = t.s.base().join("reader-output");
     let m = mount(&t.s, &[&t.image], &dir);
-    // The reader runs as whoever may enter the mount (a rootless mount
-    // admits only its owner).
-    let script = "cd \"$1\" && echo in >\"$3\" && while [ ! -e \"$2\" ]; do sleep 0.05; done && sha256sum data/text >\"$3\" && ls bin >>\"$3\"";
-    let mut cmd = Command::new("setpriv");
-    if user {
-        cmd.args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups"]);
-    }
-    let mut reader = KillOnDrop(
-        cmd.args(["--", "sh", "-c", script, "sh"])
-            .args([&dir, &flag, &out])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("starting the reader"),
-    );
-    wait_until("the reader to enter the mount", Duration::from_secs(30), || out.exists());
+    let mut reader = start_reader(&dir, &flag, &out, user);
     let pid = server_pid(&t.s, &dir);
 
     let done = t.s.run(&[Path::new("umount"), &dir]);
@@ -482,6 +468,20 @@ fn umount_of_a_busy_mount_detaches_it(s: Strata, user: bool) {
     assert!(!is_mounted(&dir));
     std::mem::forget(m);
 
+    // A second detached mount whose server dies: clearing its record
+    // leaves alone what is mounted at its old mount point now.
+    let (flag2, out2) = (t.s.base().join("leave-too"), t.s.base().join("reader-2-output"));
+    let _m2 = mount(&t.s, &["--rw", &t.image], &dir);
+    let _reader2 = start_reader(&dir, &flag2, &out2, user);
+    let pid2 = server_pid(&t.s, &dir);
+    t.s.ok(&[Path::new("umount"), &dir]);
+    let _now = mount(&t.s, &[&t.image], &dir);
+    kill(pid2, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid2);
+    let listed: Vec<String> = mounts(&t.s).iter().map(|m| m["Mode"].as_str().unwrap().to_string()).collect();
+    assert_eq!(listed, ["ro,detached", "ro"], "the dead detached mount is cleared");
+    assert!(is_mounted(&dir), "the mount now at the old mount point stays");
+
     fs::write(&flag, b"").unwrap();
     let status = reader.0.wait().expect("waiting for the reader");
     assert!(status.success(), "the reader failed: {}", fs::read_to_string(&out).unwrap_or_default());
@@ -490,9 +490,32 @@ fn umount_of_a_busy_mount_detaches_it(s: Strata, user: bool) {
     let want = find_line(&reference, "/data/text").and_then(|l| l.split(' ').nth(6)).unwrap().to_string();
     assert!(read.starts_with(&want) && read.contains("busybox"), "what the reader read:\n{read}");
     wait_gone(pid);
+    t.s.ok(&[Path::new("umount"), &dir]);
     assert!(mounts(&t.s).is_empty());
     assert_eq!(mount_state(&t.s), Vec::<String>::new(), "mount records or directories left");
     t.s.ok(&["rmi", &t.image]);
+}
+
+/// Starts a process that enters `dir`, writes `out`, waits for `flag`, then
+/// reads through the mount into `out`. It runs as whoever may enter the
+/// mount (a rootless mount admits only its owner); returns once it is in.
+fn start_reader(dir: &Path, flag: &Path, out: &Path, user: bool) -> KillOnDrop {
+    let script = "cd \"$1\" && echo in >\"$3\" && while [ ! -e \"$2\" ]; do sleep 0.05; done && sha256sum data/text >\"$3\" && ls bin >>\"$3\"";
+    let mut cmd = Command::new("setpriv");
+    if user {
+        cmd.args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups"]);
+    }
+    let reader = KillOnDrop(
+        cmd.args(["--", "sh", "-c", script, "sh"])
+            .args([dir, flag, out])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the reader"),
+    );
+    wait_until("the reader to enter the mount", Duration::from_secs(30), || out.exists());
+    reader
 }
 
 #[test]

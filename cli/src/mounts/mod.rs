@@ -196,7 +196,9 @@ pub fn list_live(layout: &StoreLayout) -> Result<Vec<MountRecord>> {
 /// directory (throwaway upper included) and the record. Best effort: what
 /// cannot be removed now is retried by the next listing.
 pub fn clear(layout: &StoreLayout, rec: &MountRecord) {
-    if is_mountpoint(&rec.mountpoint) {
+    // A detached mount is no longer there: what is mounted there now is
+    // someone else's.
+    if !rec.detached && is_mountpoint(&rec.mountpoint) {
         if let Err(e) = strata_fs::unmount_path(&rec.mountpoint) {
             eprintln!("warning: {e}");
         }
