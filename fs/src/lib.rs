@@ -16,7 +16,8 @@
 //! directory's small lower files ahead after a cold read), `changes`
 //! (`docker diff`), `layer` (an upper directory read back as layer entries,
 //! for commit and export), `walk` (depth-first walks of an upper
-//! directory), `testing` (behind the `test-support` feature: the
+//! directory), `mountinfo` (whose mount is on top at a mount point),
+//! `testing` (behind the `test-support` feature: the
 //! differential tests against kernel overlayfs,
 //! and the seeded random steps they and the tests against a plain
 //! directory take, which this crate's tests and the end-to-end tests
@@ -154,6 +155,7 @@
 mod changes;
 mod layer;
 mod load;
+pub mod mountinfo;
 mod ops;
 mod poll;
 mod prefetch;
@@ -233,10 +235,19 @@ impl Default for MountOptions {
 }
 
 /// A live mount. Dropping it unmounts (lazily when busy).
+///
+/// It unmounts only while its own mount is the one on top at its mount
+/// point, and never lets fuser's session unmount on drop: that unmounts by
+/// path whatever is there, which after an unmount from outside or a lazy
+/// one can be the mount underneath (a user's tmpfs) or another mount made
+/// there since.
 #[derive(Debug)]
 pub struct MountHandle {
-    session: fuser::BackgroundSession,
+    /// `None` once finished.
+    session: Option<fuser::BackgroundSession>,
     mountpoint: PathBuf,
+    /// Device numbers of this mount's filesystem, as mountinfo shows them.
+    dev: Option<(u32, u32)>,
 }
 
 impl MountHandle {
@@ -247,34 +258,60 @@ impl MountHandle {
     /// Unmounts and waits for the serving threads to finish. When the mount
     /// is busy it is detached instead (it goes away with its last user) and
     /// the serving threads end on their own then.
-    pub fn unmount(self) -> Result<(), FsError> {
+    pub fn unmount(mut self) -> Result<(), FsError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), FsError> {
+        let Some(session) = self.session.take() else { return Ok(()) };
         let path = self.mountpoint.clone();
+        if !self.on_top() {
+            // Unmounted from outside already: only the threads are left.
+            join_leaving_the_path_alone(session);
+            return Ok(());
+        }
         let plain = match rustix::mount::unmount(&path, rustix::mount::UnmountFlags::empty()) {
             Ok(()) => true,
             Err(rustix::io::Errno::PERM) => fusermount(&path, false).is_ok(),
             Err(_) => false,
         };
         if plain {
-            let _ = self.session.join();
+            join_leaving_the_path_alone(session);
             return Ok(());
         }
+        // Busy: the threads serve on until the last user leaves.
+        std::mem::forget(session);
         unmount_path(&path)
+    }
+
+    /// Whether this mount is the one on top at its mount point.
+    fn on_top(&self) -> bool {
+        self.dev.is_some() && mountinfo::top_mount(&mountinfo::as_listed(&self.mountpoint)).map(|m| m.dev) == self.dev
     }
 
     /// Blocks until the filesystem is unmounted from outside (umount,
     /// `fusermount3 -u`, or a lazy unmount whose last user has left).
-    ///
-    /// The mount point is left alone afterwards. Dropping fuser's session
-    /// unmounts whatever is mounted at its path then, and after a lazy
-    /// unmount that can be another mount by now.
-    pub fn join(self) {
-        let MountHandle { mut session, .. } = self;
-        // The session's thread, taken out (`guard` is public) so that the
-        // session itself is never dropped.
-        let stand_in = std::thread::spawn(|| Ok(()));
-        let _ = std::mem::replace(&mut session.guard, stand_in).join();
-        std::mem::forget(session);
+    pub fn join(mut self) {
+        if let Some(session) = self.session.take() {
+            join_leaving_the_path_alone(session);
+        }
     }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// Waits for a session's thread to end, then drops nothing of it: its
+/// unmount on drop acts on a path (see [`MountHandle`]).
+fn join_leaving_the_path_alone(mut session: fuser::BackgroundSession) {
+    // The thread's handle, taken out (`guard` is public) so that the
+    // session itself need not be dropped to wait for it.
+    let stand_in = std::thread::spawn(|| Ok(()));
+    let _ = std::mem::replace(&mut session.guard, stand_in).join();
+    std::mem::forget(session);
 }
 
 /// Mounts `lowers` (bottom layer first) at `mountpoint`.
@@ -336,7 +373,8 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
         let _ = p.attach(&session);
     }
     let session = session.spawn().map_err(merr)?;
-    Ok(MountHandle { session, mountpoint: mountpoint.to_path_buf() })
+    let dev = mountinfo::top_mount(&mountinfo::as_listed(mountpoint)).map(|m| m.dev);
+    Ok(MountHandle { session: Some(session), mountpoint: mountpoint.to_path_buf(), dev })
 }
 
 /// Root in the initial user namespace (what FUSE passthrough requires).

@@ -496,6 +496,51 @@ fn umount_of_a_busy_mount_detaches_it(s: Strata, user: bool) {
     t.s.ok(&["rmi", &t.image]);
 }
 
+/// A mount on a directory that is itself a mount point (here a tmpfs)
+/// leaves that mount alone whichever way it ends: umount, umount while
+/// busy (once its last user leaves), and the clearing of a killed server's
+/// mount. Before, each of them unmounted by path once more, and took the
+/// tmpfs away.
+#[test]
+fn a_mount_on_a_mount_point_leaves_what_is_underneath() {
+    let t = setup(Strata::new());
+    let dir = new_dir(&t.s, "stacked");
+    nix::mount::mount(Some("tmpfs"), &dir, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _tmpfs = Unmount(&dir);
+    fs::write(dir.join("underneath"), b"").unwrap();
+    let underneath = || dir.join("underneath").exists() && is_mounted(&dir);
+
+    let m = mount(&t.s, &[&t.image], &dir);
+    assert!(dir.join("bin/busybox").exists() && !dir.join("underneath").exists());
+    drop(m);
+    assert!(underneath(), "after umount");
+
+    let _m = mount(&t.s, &["--rw", &t.image], &dir);
+    let pid = server_pid(&t.s, &dir);
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid);
+    assert!(mounts(&t.s).is_empty(), "the dead mount is cleared");
+    assert!(underneath(), "after a killed server's mount was cleared");
+
+    let (flag, out) = (t.s.base().join("leave"), t.s.base().join("reader-output"));
+    let m = mount(&t.s, &[&t.image], &dir);
+    let mut reader = start_reader(&dir, &flag, &out, false);
+    let pid = server_pid(&t.s, &dir);
+    drop(m);
+    assert!(underneath(), "after umount of the busy mount");
+    fs::write(&flag, b"").unwrap();
+    assert!(reader.0.wait().unwrap().success());
+    wait_gone(pid);
+    assert!(underneath(), "after the detached mount ended");
+    assert_eq!(mount_state(&t.s), Vec::<String>::new(), "mount records or directories left");
+}
+
 /// Starts a process that enters `dir`, writes `out`, waits for `flag`, then
 /// reads through the mount into `out`. It runs as whoever may enter the
 /// mount (a rootless mount admits only its owner); returns once it is in.

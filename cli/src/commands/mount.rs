@@ -355,7 +355,7 @@ fn umount(ctx: &Context, a: UmountArgs) -> Result<i32> {
 /// image or container was mounted by, when that names exactly one mount.
 fn find(records: &[MountRecord], target: &str) -> Result<MountRecord> {
     let p = Path::new(target);
-    let mut candidates = vec![mounts::absolute_lexical(p)?];
+    let mut candidates = vec![strata_fs::mountinfo::as_listed(p)];
     if let Ok(c) = p.canonicalize() {
         candidates.push(c);
     }

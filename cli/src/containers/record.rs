@@ -417,25 +417,7 @@ pub fn clear_stale_mount(path: &Path) {
 
 /// Whether `path` is listed as a mount point in /proc/self/mountinfo.
 pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let want = path.to_string_lossy();
-    info.lines().any(|l| l.split(' ').nth(4).is_some_and(|m| unescape_mountinfo(m) == want))
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    !strata_fs::mountinfo::mounts_at(path).is_empty()
 }
 
 /// Field 22 of /proc/PID/stat: the start time in clock ticks after boot.
@@ -581,10 +563,5 @@ mod tests {
             assert!(listed.is_empty(), "{bad:?} listed");
         }
         let _ = fs::remove_dir_all(&root);
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
     }
 }

@@ -25,7 +25,7 @@ use crate::containers::record::{is_mountpoint, write_json, Proc};
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use strata_layers::StoreLayout;
 use view::View;
 
@@ -89,6 +89,19 @@ impl MountRecord {
             mode.push_str(",detached");
         }
         mode
+    }
+
+    /// The FUSE fsname its server mounts with (the mount's source in
+    /// mountinfo), which tells its mount from any other at the same place.
+    pub fn fsname(&self) -> String {
+        format!("strata-mount:{}", &self.id[..self.id.len().min(12)])
+    }
+
+    /// Whether this mount is the one on top at its mount point (a user's
+    /// directory may itself be a mount point, and a mount may be stacked on
+    /// it after ours).
+    pub fn on_top(&self) -> bool {
+        strata_fs::mountinfo::top_mount(&self.mountpoint).is_some_and(|m| m.source == self.fsname())
     }
 
     /// Where the mount is, for messages: its mount point, or where it was
@@ -196,9 +209,9 @@ pub fn list_live(layout: &StoreLayout) -> Result<Vec<MountRecord>> {
 /// directory (throwaway upper included) and the record. Best effort: what
 /// cannot be removed now is retried by the next listing.
 pub fn clear(layout: &StoreLayout, rec: &MountRecord) {
-    // A detached mount is no longer there: what is mounted there now is
-    // someone else's.
-    if !rec.detached && is_mountpoint(&rec.mountpoint) {
+    // Only while its own mount is on top there: a detached one is gone from
+    // there, and what is mounted there now (or underneath) is someone else's.
+    if !rec.detached && rec.on_top() {
         if let Err(e) = strata_fs::unmount_path(&rec.mountpoint) {
             eprintln!("warning: {e}");
         }
@@ -232,38 +245,9 @@ pub fn image_mounts(layout: &StoreLayout, image_id: &str) -> Vec<MountRecord> {
     read_all(layout).unwrap_or_default().into_iter().filter(|r| r.image_id == image_id && r.live()).collect()
 }
 
-/// An absolute path for `p` with its parent's symlinks resolved but the
-/// last component itself never touched: the mount point of a FUSE mount
-/// whose server died cannot be stat'ed (ENOTCONN).
-pub fn absolute_lexical(p: &Path) -> Result<PathBuf> {
-    let abs = std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))?;
-    match (abs.parent(), abs.file_name()) {
-        (Some(parent), Some(name)) => {
-            let parent = parent.canonicalize().unwrap_or_else(|_| parent.to_path_buf());
-            Ok(parent.join(name))
-        }
-        _ => Ok(abs),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn absolute_lexical_never_touches_the_last_component() {
-        let dir = tempfile_dir();
-        // Does not exist: still resolved (a dead mount point cannot be stat'ed either).
-        let p = absolute_lexical(&dir.join("missing")).unwrap();
-        assert_eq!(p, dir.canonicalize().unwrap().join("missing"));
-        let _ = fs::remove_dir(&dir);
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("strata-mounts-test-{}", std::process::id()));
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
 
     #[test]
     fn mode_names_the_view() {

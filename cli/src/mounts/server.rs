@@ -145,7 +145,7 @@ pub fn stop(ctx: &Context, rec: &MountRecord) -> Result<Stopped> {
         }
     }
     clear(&ctx.layout, rec);
-    if crate::containers::record::is_mountpoint(&rec.mountpoint) {
+    if rec.on_top() {
         bail!("{} could not be unmounted", rec.mountpoint.display());
     }
     Ok(Stopped::Gone)
@@ -210,7 +210,11 @@ pub fn serve_main(ctx: &Context, request: &str) -> Result<i32> {
             Ok(Signal::SIGUSR1) if !ended.load(Ordering::SeqCst) => continue,
             Ok(Signal::SIGUSR1) => break,
             Ok(_) => {
-                if unmount_now(&rec.mountpoint) {
+                if !rec.on_top() {
+                    // Gone from there, or another mount now covers it:
+                    // unmounting by path would take that one. The session
+                    // ends with this process.
+                } else if unmount_now(&rec.mountpoint) {
                     // Not busy: the session ends at once; wait for it so
                     // no request is still writing to the upper directory.
                     while !ended.load(Ordering::SeqCst) {
@@ -255,7 +259,7 @@ fn mount(ctx: &Context, rec: &MountRecord) -> Result<strata_fs::MountHandle> {
     }
     let opts = strata_fs::MountOptions {
         upper: rec.upper.clone(),
-        fsname: format!("strata-mount:{}", &rec.id[..12]),
+        fsname: rec.fsname(),
         // Root's mounts are open to every user, as a kernel overlay mount
         // is, with the image's modes deciding; an ordinary user's stay its
         // own (fusermount3 allows more only with user_allow_other).
