@@ -174,7 +174,7 @@ use std::time::Duration;
 
 pub use changes::{changes, Change, ChangeKind};
 pub use layer::{open_upper_file, upper_entries, UpperContent, UpperEntry, UpperKind};
-pub use source::{LayerSource, Lower};
+pub use source::{LayerSource, Lower, ObjectRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -266,8 +266,9 @@ impl MountHandle {
         let Some(session) = self.session.take() else { return Ok(()) };
         let path = self.mountpoint.clone();
         if !self.on_top() {
-            // Unmounted from outside already: only the threads are left.
-            join_leaving_the_path_alone(session);
+            // Unmounted from outside already (lazily perhaps, with users
+            // left): the threads end on their own when the session does.
+            std::mem::forget(session);
             return Ok(());
         }
         let plain = match rustix::mount::unmount(&path, rustix::mount::UnmountFlags::empty()) {
@@ -320,8 +321,23 @@ fn join_leaving_the_path_alone(mut session: fuser::BackgroundSession) {
 /// namespace) mount with mount(2) directly; anyone else goes through
 /// fusermount3.
 pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Result<MountHandle, FsError> {
-    let sources: Vec<Arc<dyn LayerSource>> =
-        lowers.iter().map(|l| Arc::new(l.clone()) as Arc<dyn LayerSource>).collect();
+    // Object directories are opened before the mount exists (see
+    // `source::StoreLayer`), once for all layers that share one.
+    let mut dirs: std::collections::HashMap<PathBuf, Arc<OwnedFd>> = Default::default();
+    let mut sources: Vec<Arc<dyn LayerSource>> = Vec::with_capacity(lowers.len());
+    for l in &lowers {
+        let fd = match dirs.get(&l.objects_dir) {
+            Some(fd) => fd.clone(),
+            None => {
+                let io =
+                    |source| FsError::Io { what: "opening the object directory", path: l.objects_dir.clone(), source };
+                let fd = Arc::new(source::open_objects_dir(&l.objects_dir).map_err(io)?);
+                dirs.insert(l.objects_dir.clone(), fd.clone());
+                fd
+            }
+        };
+        sources.push(Arc::new(l.open(fd)));
+    }
     let mut tree = tree::Tree::build(&sources);
     let upper = match &opts.upper {
         Some(p) => {

@@ -19,10 +19,10 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::source::ObjectRef;
 
 /// Files larger than this are left to the kernel's own read-ahead.
 pub(crate) const SMALL_FILE: u64 = 1 << 20;
@@ -34,13 +34,13 @@ pub(crate) const BYTES_PER_DIR: u64 = 32 << 20;
 /// Threads opening objects at once (most of their time is spent waiting
 /// for the disk, which is the point).
 const READERS: usize = 8;
-/// Paths waiting; more are dropped rather than queued without bound.
+/// Files waiting; more are dropped rather than queued without bound.
 const QUEUE: usize = 8192;
 
 /// Prefetches object files; threads start on first use.
 #[derive(Default)]
 pub(crate) struct Prefetcher {
-    queue: OnceLock<Option<SyncSender<PathBuf>>>,
+    queue: OnceLock<Option<SyncSender<ObjectRef>>>,
     /// Directories whose files were prefetched, or found cached.
     seen: Mutex<HashSet<u64>>,
 }
@@ -52,10 +52,10 @@ impl Prefetcher {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(dir)
     }
 
-    /// Queues `paths` for read-ahead; paths that do not fit are skipped.
-    pub(crate) fn fetch(&self, paths: Vec<PathBuf>) {
+    /// Queues `objects` for read-ahead; those that do not fit are skipped.
+    pub(crate) fn fetch(&self, objects: Vec<ObjectRef>) {
         let Some(tx) = self.queue.get_or_init(start_readers) else { return };
-        for p in paths {
+        for p in objects {
             match tx.try_send(p) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => return,
@@ -76,8 +76,8 @@ pub(crate) fn is_cached(file: &File) -> bool {
     )
 }
 
-fn start_readers() -> Option<SyncSender<PathBuf>> {
-    let (tx, rx) = sync_channel::<PathBuf>(QUEUE);
+fn start_readers() -> Option<SyncSender<ObjectRef>> {
+    let (tx, rx) = sync_channel::<ObjectRef>(QUEUE);
     let rx = Arc::new(Mutex::new(rx));
     let mut started = 0;
     for i in 0..READERS {
@@ -88,17 +88,12 @@ fn start_readers() -> Option<SyncSender<PathBuf>> {
     (started > 0).then_some(tx)
 }
 
-fn read_ahead(rx: &Mutex<Receiver<PathBuf>>) {
+fn read_ahead(rx: &Mutex<Receiver<ObjectRef>>) {
     loop {
-        // The lock is held only while taking a path.
+        // The lock is held only while taking one.
         let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-        let Ok(path) = next else { return };
-        // Objects are plain files written by the store: never follow a link.
-        let open = |flags| std::fs::OpenOptions::new().read(true).custom_flags(flags).open(&path);
-        let plain = libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        // O_NOATIME is refused for files we do not own.
-        let f = open(plain | libc::O_NOATIME).or_else(|_| open(plain));
-        if let Ok(f) = f {
+        let Ok(object) = next else { return };
+        if let Ok(f) = object.open() {
             let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
         }
     }
@@ -118,14 +113,17 @@ mod tests {
     }
 
     #[test]
-    fn freshly_written_pages_are_cached_and_missing_paths_are_skipped() {
+    fn freshly_written_pages_are_cached_and_missing_objects_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::File::create(&path).unwrap().write_all(b"content").unwrap();
         assert!(is_cached(&File::open(&path).unwrap()));
-        // Paths that cannot be opened (gone, or a symlink) are skipped quietly.
+        // Objects that cannot be opened (gone, or a symlink) are skipped quietly.
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link")).unwrap();
-        let p = Prefetcher::default();
-        p.fetch(vec![dir.path().join("gone"), dir.path().join("link"), path]);
+        let fd = Arc::new(crate::source::open_objects_dir(dir.path()).unwrap());
+        let objects = ["gone", "link", "f"].map(|n| ObjectRef::new(fd.clone(), n.into())).to_vec();
+        assert!(objects[1].open().is_err(), "a symlink is not followed");
+        assert!(objects[2].open().is_ok());
+        Prefetcher::default().fetch(objects);
     }
 }

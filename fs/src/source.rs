@@ -10,10 +10,11 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 use strata_layers::index::{Entry, EntryKind, LayerIndex};
 
 /// One read-only layer of a mount: its index and the store's object directory.
@@ -23,42 +24,94 @@ pub struct Lower {
     pub objects_dir: PathBuf,
 }
 
+impl Lower {
+    /// The layer as a mount serves it, its object directory opened now.
+    pub(crate) fn open(&self, objects: Arc<OwnedFd>) -> StoreLayer {
+        StoreLayer { index: self.index.clone(), objects_dir: self.objects_dir.clone(), objects }
+    }
+}
+
+/// Opens an object directory for [`Lower::open`].
+pub(crate) fn open_objects_dir(dir: &Path) -> io::Result<OwnedFd> {
+    rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(io::Error::from)
+}
+
 /// A read-only layer as the union filesystem sees it.
 pub trait LayerSource: Send + Sync {
     /// The layer's entries in tar order.
     fn entries(&self) -> &[Entry];
+    /// Where a regular-file entry's content is.
+    fn object(&self, entry: &Entry) -> Option<ObjectRef>;
     /// Opens the content of a regular-file entry for reading.
-    fn open_content(&self, entry: &Entry) -> io::Result<File>;
-    /// A host path of the content, when the source has one (used for messages).
+    fn open_content(&self, entry: &Entry) -> io::Result<File> {
+        self.object(entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?.open()
+    }
+    /// A host path of the content, when the source has one (for messages).
     fn content_path(&self, entry: &Entry) -> Option<PathBuf>;
 }
 
-impl LayerSource for Lower {
+/// A layer of the store as a mount serves it: its index, and an fd of the
+/// object directory opened before the mount existed. Content is opened
+/// relative to that fd, never by a path from `/`: a mount over the store
+/// or one of its parents (the mount point is the user's choice) would send
+/// the server's own opens into itself and hang it. It also saves walking
+/// the store's path for every open.
+pub(crate) struct StoreLayer {
+    index: Arc<LayerIndex>,
+    objects_dir: PathBuf,
+    objects: Arc<OwnedFd>,
+}
+
+impl LayerSource for StoreLayer {
     fn entries(&self) -> &[Entry] {
         &self.index.entries
     }
 
-    fn open_content(&self, entry: &Entry) -> io::Result<File> {
-        let path = self.content_path(entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // Objects are plain files written by the store: never follow a symlink there.
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NOATIME)
-            .open(&path)
-            .or_else(|e| {
-                // O_NOATIME is refused for files we do not own.
-                if e.raw_os_error() == Some(libc::EPERM) {
-                    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)
-                } else {
-                    Err(e)
-                }
-            })
+    fn object(&self, entry: &Entry) -> Option<ObjectRef> {
+        match &entry.kind {
+            EntryKind::File { digest, .. } => {
+                Some(ObjectRef::new(self.objects.clone(), strata_layers::layout::object_path_in(Path::new(""), digest)))
+            }
+            _ => None,
+        }
     }
 
     fn content_path(&self, entry: &Entry) -> Option<PathBuf> {
-        match &entry.kind {
-            EntryKind::File { digest, .. } => Some(strata_layers::layout::object_path_in(&self.objects_dir, digest)),
-            _ => None,
-        }
+        self.object(entry).map(|o| self.objects_dir.join(o.rel))
+    }
+}
+
+/// A file's content in an object directory.
+#[derive(Debug, Clone)]
+pub struct ObjectRef {
+    dir: Arc<OwnedFd>,
+    rel: PathBuf,
+}
+
+impl ObjectRef {
+    /// `rel` below the object directory `dir`.
+    pub(crate) fn new(dir: Arc<OwnedFd>, rel: PathBuf) -> ObjectRef {
+        ObjectRef { dir, rel }
+    }
+
+    /// Opens it for reading. Objects are plain files written by the store:
+    /// the walk follows no symlink, stays below the object directory and
+    /// crosses no mount.
+    pub fn open(&self) -> io::Result<File> {
+        let open = |flags: OFlags| {
+            rustix::fs::openat2(
+                self.dir.as_fd(),
+                &self.rel,
+                flags | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+            )
+        };
+        // O_NOATIME is refused for files we do not own.
+        let fd = match open(OFlags::NOATIME) {
+            Err(rustix::io::Errno::PERM) => open(OFlags::empty()),
+            r => r,
+        };
+        Ok(File::from(fd.map_err(io::Error::from)?))
     }
 }

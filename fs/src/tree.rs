@@ -618,7 +618,9 @@ mod tests {
         e(path, EntryKind::File { size: 1, digest: Digest::of(path.as_bytes()) })
     }
     fn src(entries: Vec<Entry>) -> Arc<dyn LayerSource> {
-        Arc::new(Lower { index: Arc::new(LayerIndex::new(entries)), objects_dir: "/nonexistent".into() })
+        let objects = std::env::temp_dir();
+        let fd = Arc::new(crate::source::open_objects_dir(&objects).unwrap());
+        Arc::new(Lower { index: Arc::new(LayerIndex::new(entries)), objects_dir: objects }.open(fd))
     }
 
     #[test]

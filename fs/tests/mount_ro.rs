@@ -258,3 +258,28 @@ fn a_cold_read_reads_the_directory_ahead() {
     }
     g.unmount();
 }
+
+/// A mount over its own object directory (a mount point the user chose)
+/// still reads its files: layer contents are opened relative to the object
+/// directory's fd, taken before the mount. Before, the server opened them
+/// by path, through its own mount, and hung.
+#[test]
+fn a_mount_over_its_own_object_directory_reads_its_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let lowers = layers(&objects);
+    let g = MountGuard::new(lowers, &objects, MountOptions::default());
+    let dev = std::fs::metadata(&objects).unwrap().dev();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = objects.join("etc/passwd");
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(path).map_err(|e| e.to_string()));
+    });
+    let read = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap_or_else(|_| {
+        // Hung: abort the connection so that the test ends.
+        abort_connection(dev);
+        panic!("reading through a mount over its own object directory hung");
+    });
+    assert_eq!(read.unwrap(), b"root:x:0:0:replaced\n");
+    g.unmount();
+}

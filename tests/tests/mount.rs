@@ -320,6 +320,23 @@ fn mount_list_umount_and_error_messages() {
     let (code, err) = t.s.fails(&[Path::new("umount"), &a]);
     assert_eq!(code, 125);
     assert!(err.contains("is not a strata mount"), "{err}");
+    // A mount point that would cover the store (its own objects included,
+    // which the server reads) or the upper directory is refused.
+    let store = t.s.root().canonicalize().unwrap();
+    for (dir, relation) in
+        [(store.join("objects"), "is inside"), (store.clone(), "is"), (t.s.base().to_path_buf(), "holds")]
+    {
+        let (code, err) = t.s.fails(&[Path::new("mount"), Path::new(&t.image), &dir]);
+        assert_eq!(code, 125);
+        assert_mentions(&err, &[&format!("{relation} strata's store"), "outside"], "mount point over the store");
+    }
+    let upper = t.s.base().join("upper-here");
+    fs::create_dir_all(upper.join("sub")).unwrap();
+    let (code, err) =
+        t.s.fails(&[Path::new("mount"), Path::new("--upper"), &upper, Path::new(&t.image), &upper.join("sub")]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["is inside the upper directory"], "mount point inside the upper directory");
+    assert!(mounts(&t.s).len() == 1, "nothing mounted by the refused commands");
 
     // Without DIR: mounted under the store, path printed, removed by umount.
     let out = t.s.ok(&["mount", &t.image]);

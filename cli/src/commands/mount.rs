@@ -253,6 +253,9 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
             bail!("upper directory {} is in use by a strata mount, {}; {}", u.display(), r.place(), r.release_hint());
         }
     }
+    if a.dir.is_some() {
+        refuse_covering(ctx, &mountpoint, upper.as_deref())?;
+    }
 
     let rec = MountRecord {
         id: id.clone(),
@@ -291,6 +294,38 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
     }
     println!("{}", mountpoint.display());
     Ok(0)
+}
+
+/// Refuses a user-given mount point that would cover the store or the
+/// upper directory, or lie inside them: the mount would hide them from
+/// strata itself (and from the server, which opens layer contents and
+/// writes the upper directory below it).
+fn refuse_covering(ctx: &Context, mountpoint: &Path, upper: Option<&Path>) -> Result<()> {
+    let overlaps = |other: &Path| mountpoint.starts_with(other) || other.starts_with(mountpoint);
+    let relation = |other: &Path| match () {
+        _ if mountpoint == other => "is",
+        _ if mountpoint.starts_with(other) => "is inside",
+        _ => "holds",
+    };
+    let root = ctx.layout.root();
+    let store = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    if overlaps(&store) {
+        bail!(
+            "cannot mount at {}: it {} strata's store ({}); choose a directory outside it",
+            mountpoint.display(),
+            relation(&store),
+            store.display()
+        );
+    }
+    if let Some(u) = upper.filter(|u| overlaps(u)) {
+        bail!(
+            "cannot mount at {}: it {} the upper directory {}; choose a directory outside it",
+            mountpoint.display(),
+            relation(u),
+            u.display()
+        );
+    }
+    Ok(())
 }
 
 /// The canonical path of a user-given mount point, which must exist.

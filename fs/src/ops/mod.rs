@@ -827,7 +827,7 @@ impl FsInner {
         if !self.prefetch.first_visit(parent) || is_cached(opened) {
             return;
         }
-        let paths: Vec<std::path::PathBuf> = {
+        let objects: Vec<crate::source::ObjectRef> = {
             let t = self.tree_read();
             let Some(d) = t.dir(parent) else { return };
             let mut budget = BYTES_PER_DIR;
@@ -841,17 +841,17 @@ impl FsInner {
                         return None;
                     }
                     let (src, e) = self.lower_entry(n)?;
-                    Some((n.attr.size, src.content_path(e)?))
+                    Some((n.attr.size, src.object(e)?))
                 })
                 .take_while(|&(size, _)| {
                     budget = budget.saturating_sub(size);
                     budget > 0
                 })
-                .map(|(_, path)| path)
+                .map(|(_, object)| object)
                 .take(PER_DIR)
                 .collect()
         };
-        self.prefetch.fetch(paths);
+        self.prefetch.fetch(objects);
     }
 
     /// Where the session's notifier goes once the session exists.

@@ -156,3 +156,15 @@ pub use strata_fs::testing::tree::{getxattr, snapshot};
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// Aborts the FUSE connection of the mount whose device is `dev` (through
+/// fusectl, mounted here first when it is not), so that a test whose
+/// requests hang can end and report it.
+#[allow(dead_code)]
+pub fn abort_connection(dev: u64) {
+    let conns = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(conns).map(|mut d| d.next().is_none()).unwrap_or(true) {
+        let _ = rustix::mount::mount("fusectl", conns, "fusectl", rustix::mount::MountFlags::empty(), None);
+    }
+    let _ = std::fs::write(conns.join(rustix::fs::minor(dev).to_string()).join("abort"), b"1");
+}
