@@ -184,6 +184,12 @@ pub enum FsError {
     Mount { path: PathBuf, source: io::Error },
     #[error("cannot unmount {}: {detail}", path.display())]
     Unmount { path: PathBuf, detail: String },
+    #[error(
+        "upper directory {}: its filesystem keeps no user extended attributes, where strata records \
+         whiteouts, metadata-only copies and owners; put it on ext4, xfs, btrfs or tmpfs",
+        path.display()
+    )]
+    UpperWithoutXattrs { path: PathBuf },
 }
 
 /// How to mount.
@@ -343,6 +349,11 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
         Some(p) => {
             let io = |source| FsError::Io { what: "opening upper directory", path: p.clone(), source };
             let up = upper::Upper::open(p).map_err(io)?;
+            // Known at once, not at the first chmod or rm that needs one.
+            let probe = rustix::fs::lgetxattr(p, "user.strata.probe", &mut [0u8; 0][..]);
+            if probe == Err(rustix::io::Errno::NOTSUP) {
+                return Err(FsError::UpperWithoutXattrs { path: p.clone() });
+            }
             load::load_upper(&mut tree, &up, &sources).map_err(io)?;
             Some(up)
         }

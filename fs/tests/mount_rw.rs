@@ -1108,3 +1108,29 @@ fn a_copy_up_out_of_room_gives_the_room_back() {
     assert_eq!(std::fs::metadata(mnt.join("meta-mid")).unwrap().mode() & 0o777, 0o600);
     g.unmount();
 }
+
+/// An upper directory on a filesystem without user xattrs (ramfs here) is
+/// refused when mounting, with a message that says why, rather than
+/// failing the first chmod or rm that needs one.
+#[test]
+fn an_upper_without_user_xattrs_is_refused_at_mount() {
+    if !is_root() {
+        eprintln!("skipped: mounting a ramfs needs root");
+        return;
+    }
+    let (tmp, objects, _, mnt) = work_dirs();
+    let ramfs = tmp.path().join("ramfs");
+    std::fs::create_dir(&ramfs).unwrap();
+    rustix::mount::mount("ramfs", &ramfs, "ramfs", rustix::mount::MountFlags::empty(), None).unwrap();
+    let upper = ramfs.join("upper");
+    std::fs::create_dir(&upper).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let r = strata_fs::mount(base(&objects), &mnt, opts(&upper));
+    let _ = rustix::mount::unmount(&ramfs, rustix::mount::UnmountFlags::DETACH);
+    match r {
+        Err(e @ strata_fs::FsError::UpperWithoutXattrs { .. }) => {
+            assert!(e.to_string().contains("user extended attributes"), "{e}")
+        }
+        other => panic!("mounting with an upper on ramfs: {other:?}"),
+    }
+}
