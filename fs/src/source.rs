@@ -112,6 +112,19 @@ impl ObjectRef {
             Err(rustix::io::Errno::PERM) => open(OFlags::empty()),
             r => r,
         };
-        Ok(File::from(fd.map_err(io::Error::from)?))
+        match fd {
+            Ok(fd) => Ok(File::from(fd)),
+            // The entry exists; its content is missing from the store (or
+            // is no plain file there): an I/O error, not "no such file",
+            // which a program would take as the file's absence.
+            Err(
+                rustix::io::Errno::NOENT
+                | rustix::io::Errno::NOTDIR
+                | rustix::io::Errno::LOOP
+                | rustix::io::Errno::XDEV
+                | rustix::io::Errno::AGAIN,
+            ) => Err(io::Error::from_raw_os_error(libc::EIO)),
+            Err(e) => Err(e.into()),
+        }
     }
 }

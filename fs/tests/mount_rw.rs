@@ -353,6 +353,33 @@ fn shorten_object(objects: &Path, content: &[u8], len: u64) {
     panic!("no object holds the content");
 }
 
+/// A lower file whose object is missing from the store (a damaged store)
+/// reads as an I/O error, and so does its copy-up; before, both answered
+/// ENOENT for a file that the listing shows, which programs take as its
+/// absence. Other files stay readable.
+#[test]
+fn a_missing_object_is_an_io_error() {
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    shorten_object(&objects, b"bbb", 0);
+    for shard in std::fs::read_dir(&objects).unwrap() {
+        for obj in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let p = obj.unwrap().path();
+            if std::fs::metadata(&p).unwrap().len() == 0 {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+    }
+    let errno = |r: std::io::Result<Vec<u8>>| r.map_err(|e| e.raw_os_error());
+    assert_eq!(errno(std::fs::read(mnt.join("data/b"))), Err(Some(libc::EIO)));
+    let append = std::fs::OpenOptions::new().append(true).open(mnt.join("data/b")).map(|_| Vec::new());
+    assert_eq!(errno(append), Err(Some(libc::EIO)));
+    assert!(std::fs::symlink_metadata(mnt.join("data/b")).is_ok(), "still listed");
+    assert_eq!(std::fs::read(mnt.join("data/a")).unwrap(), b"aaa");
+    assert_no_copy_up_leftovers(&upper);
+    g.unmount();
+}
+
 /// Moving lower files and trees copies metadata only (their content is
 /// found by digest wherever the name goes), and truncating a lower file
 /// copies only what stays; content reads back right through all of it,
