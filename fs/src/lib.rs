@@ -254,6 +254,9 @@ pub struct MountHandle {
     mountpoint: PathBuf,
     /// Device numbers of this mount's filesystem, as mountinfo shows them.
     dev: Option<(u32, u32)>,
+    /// The mount point as mountinfo lists it (resolved before mounting,
+    /// so a symlink to the directory counts as the directory).
+    listed: PathBuf,
 }
 
 impl MountHandle {
@@ -293,7 +296,7 @@ impl MountHandle {
 
     /// Whether this mount is the one on top at its mount point.
     fn on_top(&self) -> bool {
-        self.dev.is_some() && mountinfo::top_mount(&mountinfo::as_listed(&self.mountpoint)).map(|m| m.dev) == self.dev
+        self.dev.is_some() && mountinfo::top_mount(&self.listed).map(|m| m.dev) == self.dev
     }
 
     /// Blocks until the filesystem is unmounted from outside (umount,
@@ -392,6 +395,7 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     config.n_threads = Some(1);
     config.clone_fd = true;
     let merr = |source| FsError::Mount { path: mountpoint.to_path_buf(), source };
+    let listed = mountpoint.canonicalize().unwrap_or_else(|_| mountinfo::as_listed(mountpoint));
     let inner = fs.shared();
     let session = fuser::Session::new(fs, mountpoint, &config).map_err(merr)?;
     inner.set_notifier(session.notifier());
@@ -400,8 +404,8 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
         let _ = p.attach(&session);
     }
     let session = session.spawn().map_err(merr)?;
-    let dev = mountinfo::top_mount(&mountinfo::as_listed(mountpoint)).map(|m| m.dev);
-    Ok(MountHandle { session: Some(session), mountpoint: mountpoint.to_path_buf(), dev })
+    let dev = mountinfo::top_mount(&listed).map(|m| m.dev);
+    Ok(MountHandle { session: Some(session), mountpoint: mountpoint.to_path_buf(), dev, listed })
 }
 
 /// Root in the initial user namespace (what FUSE passthrough requires).

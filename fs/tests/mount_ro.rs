@@ -283,3 +283,21 @@ fn a_mount_over_its_own_object_directory_reads_its_files() {
     assert_eq!(read.unwrap(), b"root:x:0:0:replaced\n");
     g.unmount();
 }
+
+/// A mount made through a symlink to its directory is unmounted like any
+/// other (the handle knows its mount as mountinfo lists it: the resolved
+/// directory). Before, the handle did not find its own mount there, and
+/// left it mounted.
+#[test]
+fn a_mount_through_a_symlink_is_unmounted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+    let g = MountGuard::new(layers(&objects), &tmp.path().join("link"), MountOptions::default());
+    assert!(real.join("etc/passwd").exists());
+    g.unmount();
+    let real = real.canonicalize().unwrap();
+    assert!(strata_fs::mountinfo::mounts_at(&real).is_empty(), "still mounted at {}", real.display());
+}
