@@ -416,9 +416,13 @@ fn privileged_host() -> bool {
 /// Whether this process runs in the initial user namespace (its uid map is
 /// the whole identity map).
 pub(crate) fn in_initial_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-        .unwrap_or(false)
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| is_identity_map(&m))
+}
+
+/// Whether a `/proc/PID/uid_map` reads as the whole identity map, as the
+/// initial user namespace's does (seen from itself).
+pub(crate) fn is_identity_map(map: &str) -> bool {
+    map.split_whitespace().eq(["0", "0", "4294967295"])
 }
 
 /// Unmounts whatever is mounted at `path`, lazily (detached when busy):

@@ -47,8 +47,7 @@ pub(super) fn has_init_sys_admin(pid: u32) -> bool {
     // (/proc/1/ns/user cannot be compared with: reading it takes ptrace
     // rights over init). Seen from a server in a user namespace, no map
     // reads so, which is right: its callers cannot hold that capability.
-    let map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
-    map.split_whitespace().eq(["0", "0", "4294967295"])
+    fs::read_to_string(format!("/proc/{pid}/uid_map")).is_ok_and(|m| crate::is_identity_map(&m))
 }
 
 /// The test of [`in_group_or_capable`] on the text of a `/proc/PID/status`;
