@@ -375,6 +375,25 @@ fn mounted_image_is_kept_until_unmounted() {
     assert_eq!(fs::read(dir.join("bin/busybox")).map(|b| !b.is_empty()).ok(), Some(true));
     drop(m);
     assert!(!is_mounted(&dir));
+
+    // A mount started while an rmi holds the store's content lock waits for
+    // it: between resolving the image and writing its record (which makes
+    // rmi refuse) it holds that lock shared. Before, rmi could delete the
+    // layers in that window and the mount failed reading them, or came up
+    // over a store whose content was gone.
+    let rmi_lock = fs::File::open(s.root().join("lock")).expect("open the store's content lock");
+    rmi_lock.lock().expect("take the content lock as rmi does");
+    let child = s.spawn(&["mount", &t.image, &dir.display().to_string()]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!is_mounted(&dir), "strata mount went ahead while the content lock was held exclusively");
+    drop(rmi_lock);
+    let out =
+        strata_e2e::strata::wait_output(child, Duration::from_secs(30), "strata mount after the lock is released");
+    assert!(out.status.success(), "mount after the lock: {}", strata_e2e::strata::show_output(&out));
+    let m = Mounted { s, dir: dir.clone() };
+    assert!(is_mounted(&dir));
+    drop(m);
+
     s.ok(&["rmi", &t.image]);
     assert_eq!(s.ok(&["images", "-q"]), "");
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use strata_layers::store::Store;
 
 #[derive(Subcommand)]
 pub enum MountCommand {
@@ -161,8 +162,7 @@ struct Source {
     container: Option<record::Container>,
 }
 
-fn resolve(ctx: &Context, target: &str) -> Result<Source> {
-    let store = strata_layers::store::Store::open(ctx.layout.clone())?;
+fn resolve(ctx: &Context, store: &Store, target: &str) -> Result<Source> {
     match record::find(&ctx.layout, target) {
         Ok(c) => {
             return Ok(Source {
@@ -192,7 +192,13 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
         (None, Some(n)) => View::Upto(n),
         (None, None) => View::All,
     };
-    let src = resolve(ctx, &target)?;
+    // rmi and image prune refuse an image that a live mount record names;
+    // until the server has written that record (server::start returns once
+    // it has), hold the content lock they take exclusively, so that the
+    // image cannot go between being resolved here and being mounted.
+    let store = Store::open(ctx.layout.clone())?;
+    let _content = store.lock_shared()?;
+    let src = resolve(ctx, &store, &target)?;
     view.layers(src.layers.len()).map_err(anyhow::Error::msg)?;
     let _lock = mounts::lock(&ctx.layout)?;
     let live = mounts::list_live(&ctx.layout)?;
