@@ -723,6 +723,34 @@ fn container_mount_writes_into_the_container() {
     assert!(s.ok(&["diff", "c1"]).lines().any(|l| l == "A /by-mount"));
     assert_eq!(s.ok(&["start", "-a", "c1"]), "written through strata mount\n");
 
+    // start and rm decide under the records lock by the mount records, so a
+    // container mount holds that lock from its checks until its record is
+    // written: it waits while another command holds it. (Before, an rm
+    // running alongside deleted the upper directory under a starting mount.)
+    let records = fs::File::open(s.root().join("records.lock")).expect("open the records lock");
+    records.lock().expect("take the records lock as start and rm do");
+    let dir2 = new_dir(s, "c1-again");
+    let child = s.spawn(&["mount", "c1", &dir2.display().to_string()]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!is_mounted(&dir2), "a container mount went ahead while the records lock was held");
+    drop(records);
+    let out = strata_e2e::strata::wait_output(child, Duration::from_secs(30), "strata mount c1 after the lock");
+    assert!(out.status.success(), "mount after the lock: {}", strata_e2e::strata::show_output(&out));
+    let guard = Mounted { s, dir: dir2.clone() };
+    assert_eq!(fs::read(dir2.join("by-mount")).unwrap(), b"written through strata mount\n");
+    drop(guard);
+    // A container that an rm has marked for removal is gone for mount.
+    let state_path =
+        s.root().join("containers").join(s.ok(&["inspect", "-f", "{{.Id}}", "c1"]).trim()).join("state.json");
+    let state = fs::read_to_string(&state_path).expect("read the container's state");
+    let mut v: serde_json::Value = serde_json::from_str(&state).expect("state.json is JSON");
+    v["status"] = serde_json::Value::String("removing".into());
+    fs::write(&state_path, v.to_string()).expect("mark the container as being removed");
+    let (code, err) = s.fails(&["mount", "c1", &dir2.display().to_string()]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["No such container: c1"], "mount of a container being removed");
+    fs::write(&state_path, state).expect("restore the container's state");
+
     // A running container serves its own filesystem: mounting it is refused.
     s.ok(&["run", "-d", "--name", "bg", &t.image, "sleep", "1000"]);
     let (code, err) = s.fails(&["mount", "bg"]);

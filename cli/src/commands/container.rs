@@ -653,7 +653,7 @@ fn kill(ctx: &Context, a: KillArgs) -> Result<i32> {
 pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) -> Result<()> {
     let c = record::find_fresh(&ctx.layout, key)?;
     if let Some(m) = crate::mounts::container_mount(&ctx.layout, &c.config.id) {
-        bail!("cannot remove container \"/{}\": it is {}; {} first", c.config.name, m.place(), m.release_hint());
+        bail!(mounted_error(&c, &m));
     }
     if c.running() {
         if !force {
@@ -667,6 +667,11 @@ pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) ->
     let c = record::refresh(&ctx.layout, c)?;
     mark_removing(&ctx.layout, &c)?;
     run::remove_container_files(ctx, &c, volumes)
+}
+
+/// The refusal to remove a container that `strata mount` serves.
+fn mounted_error(c: &Container, m: &crate::mounts::MountRecord) -> String {
+    format!("cannot remove container \"/{}\": it is {}; {} first", c.config.name, m.place(), m.release_hint())
 }
 
 /// Docker's refusal to remove a running container.
@@ -685,6 +690,11 @@ fn mark_removing(layout: &strata_layers::StoreLayout, c: &Container) -> Result<(
     let Some(mut cur) = record::read_dir_record(&c.dir) else { return Ok(()) };
     if cur.running() || cur.state.supervisor.is_some_and(|p| p.alive()) {
         bail!(running_error(&cur));
+    }
+    // Again under the lock, which `strata mount` holds until its record is
+    // written: a mount may have come since the check in remove_container.
+    if let Some(m) = crate::mounts::container_mount(layout, &cur.config.id) {
+        bail!(mounted_error(&cur, &m));
     }
     cur.state.status = Status::Removing;
     record::save_state(&cur)

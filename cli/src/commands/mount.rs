@@ -202,7 +202,7 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
     view.layers(src.layers.len()).map_err(anyhow::Error::msg)?;
     let _lock = mounts::lock(&ctx.layout)?;
     let live = mounts::list_live(&ctx.layout)?;
-
+    let mut _records = None;
     if let Some(c) = &src.container {
         if view != View::All || a.upper.is_some() {
             bail!(
@@ -220,8 +220,18 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
             }
             bail!("container {} is already mounted on {}", c.config.name, r.mountpoint.display());
         }
-        let c = record::refresh(&ctx.layout, c.clone())?;
-        if c.running() {
+        // A record left "running" by a dead supervisor is repaired first
+        // (that takes the records lock itself).
+        record::refresh(&ctx.layout, c.clone())?;
+        // start and rm decide under the records lock, looking at the mount
+        // records; held until this mount's record is written, so that
+        // neither slips in between the checks below and the mount.
+        _records = Some(record::lock(&ctx.layout)?);
+        let c = match record::read_dir_record(&c.dir) {
+            Some(c) if c.state.status != record::Status::Removing => c,
+            _ => bail!(NoSuchContainer(target.clone())),
+        };
+        if c.running() || c.state.supervisor.is_some_and(|p| p.alive()) {
             bail!(
                 "container {} is running: its filesystem is served by its own process; stop it before mounting it",
                 c.config.name
