@@ -640,6 +640,41 @@ fn rw_mounts_with_throwaway_and_given_upper() {
     assert_eq!(fs::read_to_string(dir.join("etc/added")).unwrap(), "kept\n");
     assert!(!dir.join("data/text").exists());
     assert_eq!(mounts(&t.s)[0]["Mode"], "rw");
+
+    // An upper directory another mount writes, or one inside it or around
+    // it, is refused: two servers would write one tree.
+    let other = new_dir(&t.s, "other");
+    for (u, relation) in
+        [(upper.clone(), "is the upper directory"), (upper.join("etc"), "is inside the upper directory")]
+    {
+        let (code, err) = t.s.fails(&[Path::new("mount"), Path::new("--upper"), &u, Path::new(&t.image), &other]);
+        assert_eq!(code, 125);
+        assert_mentions(&err, &[relation, "strata umount"], "upper directory of another mount");
+    }
+    // So is one inside the store (a container's upper directory, served by
+    // the container's own process), however it is spelled, or one that
+    // holds the store; nothing is created there.
+    t.s.ok(&["create", "--name", "c0", &t.image, "true"]);
+    let id = t.s.ok(&["inspect", "-f", "{{.Id}}", "c0"]).trim().to_string();
+    let store = t.s.root().canonicalize().unwrap();
+    let before = mount_state(&t.s);
+    for (u, relation) in [
+        (store.join("containers").join(&id).join("upper"), "is inside"),
+        (store.join("no-such/../new-dir"), "is inside"),
+        (t.s.base().join("no-such/..").join(store.file_name().unwrap()).join("x"), "is inside"),
+        (store.clone(), "is"),
+        (t.s.base().to_path_buf(), "holds"),
+    ] {
+        let (code, err) = t.s.fails(&[Path::new("mount"), Path::new("--upper"), &u, Path::new(&t.image), &other]);
+        assert_eq!(code, 125);
+        assert_mentions(&err, &[&format!("{relation} strata's store"), "outside"], "upper directory in the store");
+        assert!(!is_mounted(&other));
+    }
+    assert!(
+        !store.join("new-dir").exists() && !store.join("x").exists(),
+        "an upper directory was created in the store"
+    );
+    assert_eq!(mount_state(&t.s), before);
 }
 
 #[test]

@@ -258,17 +258,27 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
     let (upper, throwaway) = if let Some(c) = &src.container {
         (Some(std::path::absolute(c.upper()).context("resolving the container's upper directory")?), false)
     } else if let Some(u) = &a.upper {
-        (Some(user_upper(u)?), false)
+        (Some(user_upper(ctx, u)?), false)
     } else if a.rw {
         (Some(private.join("upper")), true)
     } else {
         (None, false)
     };
     if let Some(u) = &upper {
-        if let Some(r) = live.iter().find(|r| r.upper.as_ref() == Some(u)) {
-            bail!("upper directory {} is in use by a strata mount, {}; {}", u.display(), r.place(), r.release_hint());
+        // Two servers must never write one upper directory, nor one write
+        // below another's (nested uppers would show each other's records).
+        if let Some(r) = live.iter().find(|r| r.upper.as_deref().is_some_and(|o| overlaps(u, o))) {
+            let theirs = r.upper.as_deref().unwrap_or(u);
+            bail!(
+                "upper directory {} {} the upper directory of a strata mount, {}; {}",
+                u.display(),
+                if theirs == u.as_path() { "is" } else { relation(u, theirs) },
+                r.place(),
+                r.release_hint()
+            );
         }
     }
+
     if a.dir.is_some() {
         refuse_covering(ctx, &mountpoint, upper.as_deref())?;
     }
@@ -317,31 +327,83 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
 /// strata itself (and from the server, which opens layer contents and
 /// writes the upper directory below it).
 fn refuse_covering(ctx: &Context, mountpoint: &Path, upper: Option<&Path>) -> Result<()> {
-    let overlaps = |other: &Path| mountpoint.starts_with(other) || other.starts_with(mountpoint);
-    let relation = |other: &Path| match () {
-        _ if mountpoint == other => "is",
-        _ if mountpoint.starts_with(other) => "is inside",
-        _ => "holds",
-    };
-    let root = ctx.layout.root();
-    let store = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
-    if overlaps(&store) {
+    let store = canonical_store(ctx);
+    if overlaps(mountpoint, &store) {
         bail!(
             "cannot mount at {}: it {} strata's store ({}); choose a directory outside it",
             mountpoint.display(),
-            relation(&store),
+            relation(mountpoint, &store),
             store.display()
         );
     }
-    if let Some(u) = upper.filter(|u| overlaps(u)) {
+    if let Some(u) = upper.filter(|u| overlaps(mountpoint, u)) {
         bail!(
             "cannot mount at {}: it {} the upper directory {}; choose a directory outside it",
             mountpoint.display(),
-            relation(u),
+            relation(mountpoint, u),
             u.display()
         );
     }
     Ok(())
+}
+
+/// Refuses an `--upper` directory inside the store (a container's upper
+/// directory, served by its own process, or the store's content) or one
+/// that holds the store (the mount would show and write the store itself).
+fn refuse_upper_in_store(ctx: &Context, upper: &Path) -> Result<()> {
+    let store = canonical_store(ctx);
+    if overlaps(upper, &store) {
+        bail!(
+            "cannot use {} as the upper directory: it {} strata's store ({}); choose a directory outside it",
+            upper.display(),
+            relation(upper, &store),
+            store.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` absolute and resolved component by component as the kernel would
+/// (symlinks of the part that exists resolved), also where it does not exist
+/// yet (that part, which would be created, taken lexically).
+fn resolve_missing(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut resolved = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(name) => {
+                resolved.push(name);
+                if let Ok(real) = resolved.canonicalize() {
+                    resolved = real;
+                }
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    resolved
+}
+
+fn canonical_store(ctx: &Context) -> PathBuf {
+    let root = ctx.layout.root();
+    root.canonicalize().unwrap_or_else(|_| root.to_path_buf())
+}
+
+/// Whether one of two canonical paths is the other or lies below it.
+fn overlaps(a: &Path, b: &Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// How `a` stands to `b` (when they overlap), for messages.
+fn relation(a: &Path, b: &Path) -> &'static str {
+    match () {
+        _ if a == b => "is",
+        _ if a.starts_with(b) => "is inside",
+        _ => "holds",
+    }
 }
 
 /// The canonical path of a user-given mount point, which must exist.
@@ -355,7 +417,9 @@ fn checked_mountpoint(d: &Path) -> Result<PathBuf> {
 }
 
 /// `--upper DIR`: created when missing, canonical.
-fn user_upper(u: &Path) -> Result<PathBuf> {
+fn user_upper(ctx: &Context, u: &Path) -> Result<PathBuf> {
+    // Checked before anything is created there.
+    refuse_upper_in_store(ctx, &resolve_missing(u))?;
     match fs::metadata(u) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => bail!("upper directory {} is not a directory", u.display()),
