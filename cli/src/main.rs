@@ -9,6 +9,7 @@ mod containers;
 mod context;
 mod exit;
 mod format;
+mod inherited_fds;
 mod lockfile;
 mod mounts;
 mod progress;

@@ -139,3 +139,55 @@ pub fn assert_mentions(text: &str, needles: &[&str], what: &str) {
         "{what}: expected the message to mention one of {needles:?}, got:\n{text}"
     );
 }
+
+/// A pipe whose write end a spawned strata inherits (as descriptor 9, not
+/// close-on-exec in that child only, so that processes other test threads
+/// start do not get it), for checking that the long-lived helpers strata
+/// starts (mount servers, container supervisors) keep none of their
+/// caller's descriptors.
+pub struct InheritedPipe {
+    read: std::os::fd::OwnedFd,
+    write: Option<std::os::fd::OwnedFd>,
+}
+
+impl InheritedPipe {
+    pub fn new() -> InheritedPipe {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+            .unwrap_or_else(|e| panic!("pipe: {e}"));
+        InheritedPipe { read, write: Some(write) }
+    }
+
+    /// Makes `cmd`'s process inherit the write end as descriptor 9.
+    pub fn pass_to(&self, cmd: &mut std::process::Command) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let fd = self.write.as_ref().expect("the write end is still ours").as_raw_fd();
+        // SAFETY: dup2 is async-signal-safe; it clears close-on-exec on 9.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 9) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Closes our write end, then tells whether a process still holds one
+    /// (the read neither sees data nor the end of the pipe).
+    pub fn still_held_elsewhere(&mut self) -> bool {
+        self.write = None;
+        let mut buf = [0u8; 16];
+        match nix::unistd::read(&self.read, &mut buf) {
+            Ok(_) => false,
+            Err(nix::errno::Errno::EAGAIN) => true,
+            Err(e) => panic!("reading the pipe: {e}"),
+        }
+    }
+}
+
+impl Default for InheritedPipe {
+    fn default() -> Self {
+        Self::new()
+    }
+}

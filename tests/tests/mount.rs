@@ -429,6 +429,23 @@ fn wait_gone(pid: i32) {
 }
 
 #[test]
+fn mount_server_keeps_no_descriptor_of_its_caller() {
+    // The server outlives `strata mount`: a descriptor it inherited (here
+    // the write end of a pipe, as a script reading strata's output to its
+    // end would pass) must not stay open in it for the life of the mount.
+    let t = setup(Strata::new());
+    let dir = new_dir(&t.s, "m");
+    let mut pipe = InheritedPipe::new();
+    let mut cmd = t.s.command(&[Path::new("mount"), Path::new(&t.image), &dir]);
+    pipe.pass_to(&mut cmd);
+    let out = cmd.output().expect("run strata mount");
+    assert!(out.status.success(), "strata mount: {}", strata_e2e::strata::show_output(&out));
+    let _m = Mounted { s: &t.s, dir: dir.clone() };
+    assert!(is_mounted(&dir));
+    assert!(!pipe.still_held_elsewhere(), "the mount server holds a descriptor inherited from its caller");
+}
+
+#[test]
 fn killed_server_is_cleared_and_sigterm_unmounts() {
     let t = setup(Strata::new());
     let (a, b, c) = (new_dir(&t.s, "a"), new_dir(&t.s, "b"), new_dir(&t.s, "c"));

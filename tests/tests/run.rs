@@ -380,6 +380,15 @@ fn detached_container_logs_exec_and_survival() {
         let fds = s.ok(&["exec", "bg", "ls", "/proc/self/fd"]);
         let fds: Vec<&str> = fds.lines().collect();
         assert!(fds.len() <= 4 && fds[..3] == ["0", "1", "2"], "{who}: leaked fds {fds:?}");
+        // Nor does the supervisor, which outlives `strata run -d`, keep a
+        // descriptor it inherited (a pipe a script reads to its end).
+        let mut pipe = InheritedPipe::new();
+        let mut cmd = s.command(&["run", "-d", "--name", "bg2", &e.bb, "sleep", "1000"]);
+        pipe.pass_to(&mut cmd);
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        assert!(out.status.success(), "{who}: {}", show_output(&out));
+        assert!(!pipe.still_held_elsewhere(), "{who}: the supervisor holds a descriptor inherited from its caller");
+        s.ok(&["rm", "-f", "bg2"]);
 
         s.ok(&["stop", "-t", "0", "bg"]);
         let (code, err) = s.fails(&["exec", "bg", "true"]);

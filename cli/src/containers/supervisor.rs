@@ -140,7 +140,7 @@ pub fn launch(ctx: &Context, c: &Container, attach: bool) -> Result<Session> {
     // Like a daemon, the supervisor keeps no directory of the caller busy.
     cmd.current_dir("/").stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
     let fds = [(theirs.as_raw_fd(), CLIENT_FD), (root.as_raw_fd(), ROOT_FD)];
-    // SAFETY: only async-signal-safe calls (setsid, fcntl, dup2, close) between fork and exec.
+    // SAFETY: only async-signal-safe calls (setsid, fcntl, dup2, close_range) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -161,6 +161,7 @@ pub fn launch(ctx: &Context, c: &Container, attach: bool) -> Result<Session> {
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            crate::inherited_fds::cloexec_from(CLIENT_FD.max(ROOT_FD) + 1);
             Ok(())
         });
     }

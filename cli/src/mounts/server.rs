@@ -61,7 +61,7 @@ pub fn start(ctx: &Context, rec: &MountRecord) -> Result<()> {
         .stderr(Stdio::null())
         .current_dir("/");
     let fd = write_end.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between fork and exec.
+    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl, close_range) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setsid() < 0 {
@@ -73,6 +73,7 @@ pub fn start(ctx: &Context, rec: &MountRecord) -> Result<()> {
             if r < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            crate::inherited_fds::cloexec_from(READY_FD + 1);
             Ok(())
         });
     }
