@@ -273,7 +273,12 @@ impl MountHandle {
 
     fn finish(&mut self) -> Result<(), FsError> {
         let Some(session) = self.session.take() else { return Ok(()) };
-        let path = self.mountpoint.clone();
+        // Where the mount is now: a parent directory renamed since
+        // mounting has moved it.
+        if let Some(now) = self.dev.and_then(|dev| mountinfo::mount_point_of(dev, &self.listed)) {
+            self.listed = now;
+        }
+        let path = self.listed.clone();
         if !self.on_top() {
             // Unmounted from outside already (lazily perhaps, with users
             // left): the threads end on their own when the session does.

@@ -46,25 +46,52 @@ pub fn as_listed(path: &Path) -> PathBuf {
     }
 }
 
+/// Where the filesystem with device numbers `dev` is mounted now, as this
+/// process's mount namespace lists it: at `preferred` if it is there, else
+/// at its one mount point (renaming a parent directory of a mount point
+/// moves the mount with it); `None` when it is nowhere, or at several
+/// places none of which is `preferred`.
+pub fn mount_point_of(dev: (u32, u32), preferred: &Path) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    find_mount_point(&info, |m| m.dev == dev, preferred)
+}
+
+/// As [`mount_point_of`], for the mount whose source (a FUSE fsname) is
+/// `source`.
+pub fn mount_point_of_source(source: &str, preferred: &Path) -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    find_mount_point(&info, |m| m.source == source, preferred)
+}
+
+fn find_mount_point(info: &str, which: impl Fn(&MountEntry) -> bool, preferred: &Path) -> Option<PathBuf> {
+    let places: Vec<PathBuf> = parse(info).filter(|(_, m)| which(m)).map(|(at, _)| PathBuf::from(at)).collect();
+    match places.iter().find(|p| p.as_path() == preferred) {
+        Some(p) => Some(p.clone()),
+        None if places.len() == 1 => places.into_iter().next(),
+        None => None,
+    }
+}
+
 fn parse_mounts_at(info: &str, path: &str) -> Vec<MountEntry> {
-    info.lines()
-        .filter_map(|line| {
-            let (head, tail) = line.split_once(" - ")?;
-            let f: Vec<&str> = head.split(' ').collect();
-            if unescape(f.get(4)?) != path {
-                return None;
-            }
-            let (major, minor) = f.get(2)?.split_once(':')?;
-            let mut t = tail.split(' ');
-            Some(MountEntry {
-                id: f.first()?.parse().ok()?,
-                parent: f.get(1)?.parse().ok()?,
-                dev: (major.parse().ok()?, minor.parse().ok()?),
-                fstype: unescape(t.next()?),
-                source: unescape(t.next()?),
-            })
-        })
-        .collect()
+    parse(info).filter(|(at, _)| at == path).map(|(_, m)| m).collect()
+}
+
+/// Every line of mountinfo: the mount point and the mount.
+fn parse(info: &str) -> impl Iterator<Item = (String, MountEntry)> + '_ {
+    info.lines().filter_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let f: Vec<&str> = head.split(' ').collect();
+        let (major, minor) = f.get(2)?.split_once(':')?;
+        let mut t = tail.split(' ');
+        let entry = MountEntry {
+            id: f.first()?.parse().ok()?,
+            parent: f.get(1)?.parse().ok()?,
+            dev: (major.parse().ok()?, minor.parse().ok()?),
+            fstype: unescape(t.next()?),
+            source: unescape(t.next()?),
+        };
+        Some((unescape(f.get(4)?), entry))
+    })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
@@ -103,6 +130,22 @@ mod tests {
         assert_eq!(at[1].source, "strata-mount:0123456789ab");
         assert_eq!(at[1].dev, (0, 41));
         assert!(parse_mounts_at(INFO, "/mnt").is_empty());
+    }
+
+    #[test]
+    fn a_mount_is_found_by_its_device_where_it_is_now() {
+        let at = |p: &str| Some(PathBuf::from(p));
+        // Where it was mounted, or where a renamed parent took it.
+        let dev = |d: (u32, u32)| move |m: &MountEntry| m.dev == d;
+        assert_eq!(find_mount_point(INFO, dev((0, 41)), Path::new("/mnt/a b")), at("/mnt/a b"));
+        assert_eq!(find_mount_point(INFO, dev((0, 41)), Path::new("/old/a b")), at("/mnt/a b"));
+        assert_eq!(find_mount_point(INFO, dev((0, 99)), Path::new("/mnt/a b")), None);
+        let ours = |m: &MountEntry| m.source == "strata-mount:0123456789ab";
+        assert_eq!(find_mount_point(INFO, ours, Path::new("/old/a b")), at("/mnt/a b"));
+        // Bind-mounted elsewhere too: only the expected place is certain.
+        let twice = format!("{INFO}50 22 0:41 / /mnt/bound rw - fuse.strata strata-mount:0123456789ab rw\n");
+        assert_eq!(find_mount_point(&twice, dev((0, 41)), Path::new("/mnt/bound")), at("/mnt/bound"));
+        assert_eq!(find_mount_point(&twice, dev((0, 41)), Path::new("/old/a b")), None);
     }
 
     #[test]

@@ -301,3 +301,20 @@ fn a_mount_through_a_symlink_is_unmounted() {
     let real = real.canonicalize().unwrap();
     assert!(strata_fs::mountinfo::mounts_at(&real).is_empty(), "still mounted at {}", real.display());
 }
+
+#[test]
+fn a_mount_moved_by_renaming_its_parent_is_unmounted_where_it_is() {
+    // Renaming a parent directory of the mount point moves the mount; the
+    // handle unmounts it there (before, it looked at the old path only and
+    // left the mount behind, dead once its server ended).
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let before = tmp.path().join("before");
+    std::fs::create_dir_all(before.join("m")).unwrap();
+    let g = MountGuard::new(layers(&objects), &before.join("m"), MountOptions::default());
+    let after = tmp.path().canonicalize().unwrap().join("after");
+    std::fs::rename(&before, &after).unwrap();
+    assert!(after.join("m/etc/passwd").exists());
+    g.unmount();
+    assert!(strata_fs::mountinfo::mounts_at(&after.join("m")).is_empty(), "still mounted at {}", after.display());
+}

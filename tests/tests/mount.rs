@@ -446,6 +446,48 @@ fn mount_server_keeps_no_descriptor_of_its_caller() {
 }
 
 #[test]
+fn a_mount_moved_by_renaming_its_parent_is_found_where_it_is() {
+    // Renaming a parent directory of a mount point moves the mount. It is
+    // listed, unmounted (by umount, by its server on SIGTERM) and cleared
+    // (after SIGKILL) where it is now. Before, each looked at the old path
+    // only: umount did not know the new one, and SIGTERM left a dead mount.
+    let t = setup(Strata::new());
+    let s = &t.s;
+    let old = new_dir(s, "before");
+    let names = ["u", "term", "kill"];
+    for n in names {
+        let d = old.join(n);
+        fs::create_dir(&d).unwrap();
+        assert_eq!(s.ok(&[Path::new("mount"), Path::new(&t.image), &d]).trim_end(), d.display().to_string());
+    }
+    let new = old.with_file_name("after");
+    fs::rename(&old, &new).unwrap();
+    let at = |n: &str| new.join(n);
+    let listed: Vec<String> = mounts(s).iter().map(|m| m["Mountpoint"].as_str().unwrap().to_string()).collect();
+    assert_eq!(listed, names.map(|n| at(n).display().to_string()), "the list shows where the mounts are now");
+    for n in names {
+        assert!(is_mounted(&at(n)));
+    }
+    // Guards for where they are now (a failing test leaves no mount).
+    let _guards: Vec<Mounted> = names.iter().map(|n| Mounted { s, dir: at(n) }).collect();
+
+    assert_eq!(s.ok(&[Path::new("umount"), &at("u")]).trim_end(), at("u").display().to_string());
+    assert!(!is_mounted(&at("u")));
+
+    let pid = server_pid(s, &at("term"));
+    kill(pid, nix::sys::signal::Signal::SIGTERM);
+    wait_gone(pid);
+    assert!(!is_mounted(&at("term")), "the server left its moved mount behind on SIGTERM");
+
+    let pid = server_pid(s, &at("kill"));
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid);
+    assert!(mounts(s).is_empty());
+    assert!(!is_mounted(&at("kill")), "the list did not clear a killed server's moved mount");
+    assert_eq!(mount_state(s), Vec::<String>::new());
+}
+
+#[test]
 fn killed_server_is_cleared_and_sigterm_unmounts() {
     let t = setup(Strata::new());
     let (a, b, c) = (new_dir(&t.s, "a"), new_dir(&t.s, "b"), new_dir(&t.s, "c"));

@@ -104,6 +104,17 @@ impl MountRecord {
         strata_fs::mountinfo::top_mount(&self.mountpoint).is_some_and(|m| m.source == self.fsname())
     }
 
+    /// Sets the mount point to where the mount is now. Renaming a parent
+    /// directory of a mount point moves the mount with it: it is listed,
+    /// unmounted and cleared where it is now, not where it was made.
+    pub fn follow_moves(&mut self) {
+        if !self.detached {
+            if let Some(now) = strata_fs::mountinfo::mount_point_of_source(&self.fsname(), &self.mountpoint) {
+                self.mountpoint = now;
+            }
+        }
+    }
+
     /// Where the mount is, for messages: its mount point, or where it was
     /// until it was detached.
     pub fn place(&self) -> String {
@@ -183,7 +194,8 @@ pub fn read_all(layout: &StoreLayout) -> Result<Vec<MountRecord>> {
             continue;
         }
         let Ok(data) = fs::read(entry.path()) else { continue };
-        if let Ok(rec) = serde_json::from_slice::<MountRecord>(&data) {
+        if let Ok(mut rec) = serde_json::from_slice::<MountRecord>(&data) {
+            rec.follow_moves();
             out.push(rec);
         }
     }

@@ -211,6 +211,7 @@ pub fn serve_main(ctx: &Context, request: &str) -> Result<i32> {
             Ok(Signal::SIGUSR1) if !ended.load(Ordering::SeqCst) => continue,
             Ok(Signal::SIGUSR1) => break,
             Ok(_) => {
+                rec.follow_moves();
                 if !rec.on_top() {
                     // Gone from there, or another mount now covers it:
                     // unmounting by path would take that one. The session
