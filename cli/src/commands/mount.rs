@@ -202,42 +202,18 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
     view.layers(src.layers.len()).map_err(anyhow::Error::msg)?;
     let _lock = mounts::lock(&ctx.layout)?;
     let live = mounts::list_live(&ctx.layout)?;
-    let mut _records = None;
-    if let Some(c) = &src.container {
-        if view != View::All || a.upper.is_some() {
-            bail!(
-                "--layer, --upto and --upper apply to images; mount the container's image ({}) for those",
-                c.config.image
-            );
-        }
-        if let Some(r) = live.iter().find(|r| r.container_id.as_deref() == Some(c.config.id.as_str())) {
-            if r.detached {
-                bail!("container {} is {}; {} before mounting it again", c.config.name, r.place(), r.release_hint());
-            }
-            if a.dir.is_none() {
-                println!("{}", r.mountpoint.display());
+    // For a container, the records lock: held until this mount's record is
+    // written (see `check_container`).
+    let _records = match &src.container {
+        Some(c) => match check_container(ctx, c, &live, &a, &target)? {
+            ContainerCheck::MountedAt(dir) => {
+                println!("{}", dir.display());
                 return Ok(0);
             }
-            bail!("container {} is already mounted on {}", c.config.name, r.mountpoint.display());
-        }
-        // A record left "running" by a dead supervisor is repaired first
-        // (that takes the records lock itself).
-        record::refresh(&ctx.layout, c.clone())?;
-        // start and rm decide under the records lock, looking at the mount
-        // records; held until this mount's record is written, so that
-        // neither slips in between the checks below and the mount.
-        _records = Some(record::lock(&ctx.layout)?);
-        let c = match record::read_dir_record(&c.dir) {
-            Some(c) if c.state.status != record::Status::Removing => c,
-            _ => bail!(NoSuchContainer(target.clone())),
-        };
-        if c.running() || c.state.supervisor.is_some_and(|p| p.alive()) {
-            bail!(
-                "container {} is running: its filesystem is served by its own process; stop it before mounting it",
-                c.config.name
-            );
-        }
-    }
+            ContainerCheck::Free(lock) => Some(lock),
+        },
+        None => None,
+    };
 
     let id = mounts::new_id();
     // Canonical, like user-given mount points, so that it matches /proc/self/mountinfo.
@@ -320,6 +296,58 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
     }
     println!("{}", mountpoint.display());
     Ok(0)
+}
+
+/// What [`check_container`] found.
+enum ContainerCheck {
+    /// Already mounted, without a DIR asked for: `strata mount` names it again.
+    MountedAt(PathBuf),
+    /// Free to mount; the records lock is held.
+    Free(record::RecordsLock),
+}
+
+/// Whether container `c` may be mounted now. start and rm decide under the
+/// records lock, looking at the mount records, so the lock is taken here
+/// and held until the mount's record is written: neither can slip in
+/// between these checks and the mount.
+fn check_container(
+    ctx: &Context,
+    c: &record::Container,
+    live: &[MountRecord],
+    a: &MountArgs,
+    target: &str,
+) -> Result<ContainerCheck> {
+    if a.layer.is_some() || a.upto.is_some() || a.upper.is_some() {
+        bail!(
+            "--layer, --upto and --upper apply to images; mount the container's image ({}) for those",
+            c.config.image
+        );
+    }
+    if let Some(r) = live.iter().find(|r| r.container_id.as_deref() == Some(c.config.id.as_str())) {
+        if r.detached {
+            bail!("container {} is {}; {} before mounting it again", c.config.name, r.place(), r.release_hint());
+        }
+        if a.dir.is_none() {
+            return Ok(ContainerCheck::MountedAt(r.mountpoint.clone()));
+        }
+        bail!("container {} is already mounted on {}", c.config.name, r.mountpoint.display());
+    }
+    // A record left "running" by a dead supervisor is repaired first (that
+    // takes the records lock itself).
+    record::refresh(&ctx.layout, c.clone())?;
+    let lock = record::lock(&ctx.layout)?;
+    // As it is now: an rm may have removed it, or be removing it.
+    let c = match record::read_dir_record(&c.dir) {
+        Some(c) if c.state.status != record::Status::Removing => c,
+        _ => bail!(NoSuchContainer(target.to_string())),
+    };
+    if c.running() || c.state.supervisor.is_some_and(|p| p.alive()) {
+        bail!(
+            "container {} is running: its filesystem is served by its own process; stop it before mounting it",
+            c.config.name
+        );
+    }
+    Ok(ContainerCheck::Free(lock))
 }
 
 /// Refuses a user-given mount point that would cover the store or the
