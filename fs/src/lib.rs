@@ -430,6 +430,25 @@ pub(crate) fn is_identity_map(map: &str) -> bool {
     map.split_whitespace().eq(["0", "0", "4294967295"])
 }
 
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit, for a
+/// process that serves a mount, and returns the limit as it was (for the
+/// children it starts, which should not see the change).
+///
+/// Every file open in the mount holds a descriptor in the serving process
+/// (the backing file of passthrough, or the file reads come from): with
+/// the usual soft limit of 1024, the mount's users could hold only about
+/// a thousand files open in it at once, whatever their own limits, and
+/// the next open failed with EMFILE. Kernel overlayfs has no such limit.
+pub fn raise_fd_limit() -> rustix::process::Rlimit {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let old = getrlimit(Resource::Nofile);
+    if old.current != old.maximum {
+        // Best effort: the limit only decides how many files can be open.
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: old.maximum, maximum: old.maximum });
+    }
+    old
+}
+
 /// Unmounts whatever is mounted at `path`, lazily (detached when busy):
 /// umount2(MNT_DETACH) when we may, else `fusermount3 -u -z`.
 pub fn unmount_path(path: &Path) -> Result<(), FsError> {

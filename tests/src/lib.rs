@@ -191,3 +191,23 @@ impl Default for InheritedPipe {
         Self::new()
     }
 }
+
+/// Makes `cmd`'s process start with a soft RLIMIT_NOFILE of `soft` (the
+/// common default of 1024, say), its hard limit unchanged.
+pub fn with_soft_fd_limit(cmd: &mut std::process::Command, soft: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getrlimit and setrlimit are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            l.rlim_cur = soft.min(l.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -488,6 +488,46 @@ fn a_mount_moved_by_renaming_its_parent_is_found_where_it_is() {
 }
 
 #[test]
+fn more_files_can_be_open_in_a_mount_than_its_callers_soft_fd_limit() {
+    // Each file open in the mount holds a descriptor in the server. Started
+    // with the usual soft limit of 1024, the server used to fail the
+    // 1,000th or so open with EMFILE, whatever the opener's own limit.
+    let t = setup(Strata::new());
+    let dir = new_dir(&t.s, "m");
+    let mut cmd = t.s.command(&[Path::new("mount"), Path::new("--rw"), Path::new(&t.image), &dir]);
+    with_soft_fd_limit(&mut cmd, 1024);
+    let out = cmd.output().expect("run strata mount");
+    assert!(out.status.success(), "strata mount: {}", strata_e2e::strata::show_output(&out));
+    let _m = Mounted { s: &t.s, dir: dir.clone() };
+    let want = 2500;
+    // Our own soft limit raised to our hard one (left so: harmless to the
+    // other tests of this process).
+    let mut ours = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut ours), 0);
+        if ours.rlim_max < want + 100 {
+            eprintln!("skipped: this process may not open {want} files (hard limit {})", ours.rlim_max);
+            return;
+        }
+        ours.rlim_cur = ours.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &ours), 0, "raising our soft fd limit");
+    }
+    fs::create_dir(dir.join("many")).unwrap();
+    let mut open = Vec::new();
+    for i in 0..want {
+        let p = dir.join(format!("many/f{i}"));
+        let f = fs::OpenOptions::new().create(true).read(true).write(true).open(&p);
+        open.push(f.unwrap_or_else(|e| panic!("opening file {i} of {want} in the mount: {e}")));
+    }
+    // And lower files on top of those.
+    for name in ["bin/busybox", "data/text"] {
+        open.push(fs::File::open(dir.join(name)).unwrap_or_else(|e| panic!("opening {name}: {e}")));
+    }
+    drop(open);
+}
+
+#[test]
 fn killed_server_is_cleared_and_sigterm_unmounts() {
     let t = setup(Strata::new());
     let (a, b, c) = (new_dir(&t.s, "a"), new_dir(&t.s, "b"), new_dir(&t.s, "c"));

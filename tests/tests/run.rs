@@ -732,6 +732,13 @@ fn exec_gets_the_container_ulimits_and_umask() {
         assert!(out.status.success(), "{who}: {}", show_output(&out));
         assert_eq!(stdout_of(&out), "256\n256\n0022\n", "{who}");
         s.ok(&["rm", "-f", "lim"]);
+        // Without --ulimit nofile the container has its caller's limit,
+        // though the supervisor serving its mount raises its own.
+        let mut cmd = s.command(&["run", "--rm", &e.bb, "sh", "-c", "ulimit -n"]);
+        with_soft_fd_limit(&mut cmd, 1000);
+        let out = wait_output(cmd.spawn().unwrap(), READY, "strata run (ulimit -n)");
+        assert!(out.status.success(), "{who}: {}", show_output(&out));
+        assert_eq!(stdout_of(&out), "1000\n", "{who}");
     });
 }
 

@@ -37,11 +37,20 @@ pub fn mount_rootfs(ctx: &Context, c: &Container) -> Result<strata_fs::MountHand
 pub struct SpecBuilder<'a> {
     ctx: &'a Context,
     c: &'a Container,
+    /// RLIMIT_NOFILE for the container when --ulimit does not set it.
+    fd_limit: Option<rustix::process::Rlimit>,
 }
 
 impl<'a> SpecBuilder<'a> {
     pub fn new(ctx: &'a Context, c: &'a Container) -> Result<Self> {
-        Ok(SpecBuilder { ctx, c })
+        Ok(SpecBuilder { ctx, c, fd_limit: None })
+    }
+
+    /// The container's RLIMIT_NOFILE unless --ulimit nofile sets one: the
+    /// one its caller had (the serving process raises its own).
+    pub fn with_fd_limit(mut self, limit: rustix::process::Rlimit) -> Self {
+        self.fd_limit = Some(limit);
+        self
     }
 
     /// Rootless: creates the container's user namespace (full subordinate
@@ -107,6 +116,11 @@ impl<'a> SpecBuilder<'a> {
             .iter()
             .any(|o| matches!(o.as_str(), "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true"));
         spec.rlimits = req.ulimit.iter().map(|u| parse_ulimit(u)).collect::<Result<_>>()?;
+        if let Some(l) = self.fd_limit.as_ref().filter(|_| !spec.rlimits.iter().any(|r| r.name == "nofile")) {
+            // None is RLIM_INFINITY.
+            let (soft, hard) = (l.current.unwrap_or(u64::MAX), l.maximum.unwrap_or(u64::MAX));
+            spec.rlimits.push(Rlimit { name: "nofile".to_string(), soft, hard });
+        }
         spec.tty = req.tty;
         spec.init = req.init;
         let limits = CgroupLimits {

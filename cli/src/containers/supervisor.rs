@@ -324,7 +324,10 @@ impl Supervisor<'_> {
         let rootfs = c.rootfs();
         record::clear_stale_mount(&rootfs);
         std::fs::create_dir_all(&rootfs)?;
-        let spec_builder = crate::containers::spec::SpecBuilder::new(self.ctx, &c)?;
+        // Each file open in the mount holds a descriptor here; the
+        // container keeps the limit it had (unless --ulimit nofile says).
+        let caller_fd_limit = strata_fs::raise_fd_limit();
+        let spec_builder = crate::containers::spec::SpecBuilder::new(self.ctx, &c)?.with_fd_limit(caller_fd_limit);
         // Rootless: from here on we are root of the container's user namespace.
         spec_builder.enter_user_namespace()?;
         let mount =

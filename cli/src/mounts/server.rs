@@ -180,6 +180,8 @@ pub fn serve_main(ctx: &Context, request: &str) -> Result<i32> {
         // Before any thread exists, so every thread inherits the mask and
         // only `wait` below ever sees these signals.
         signals.thread_block().context("blocking signals")?;
+        // Each file open in the mount holds a descriptor here.
+        strata_fs::raise_fd_limit();
         let handle = mount(ctx, &rec)?;
         anyhow::Ok((rec, handle))
     })();
