@@ -517,7 +517,7 @@ fn more_files_can_be_open_in_a_mount_than_its_callers_soft_fd_limit() {
     let mut open = Vec::new();
     for i in 0..want {
         let p = dir.join(format!("many/f{i}"));
-        let f = fs::OpenOptions::new().create(true).read(true).write(true).open(&p);
+        let f = fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p);
         open.push(f.unwrap_or_else(|e| panic!("opening file {i} of {want} in the mount: {e}")));
     }
     // And lower files on top of those.
