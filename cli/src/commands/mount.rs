@@ -48,13 +48,16 @@ in DIR instead (created if missing), in OCI layer form: `.wh.NAME` whiteout
 files and `.wh..wh..opq` opaque markers. --upper implies --rw.
 
 Layers are numbered from 1 = the bottom (oldest, base) layer up to K = the
-top layer. `strata history` lists newest first, so layer 1 is the last line
-of `strata history` that has a size. --upto N shows the image as it stood
-after layer N. --layer N shows layer N alone, deletions included, the way
-kernel overlayfs stores them: a deleted NAME is a character device 0/0 with
-mode 0000, and a directory whose lower contents the layer hides (opaque)
-carries the xattr trusted.overlay.opaque=y (user.overlay.opaque=y when strata
-runs as an ordinary user, who cannot read trusted.* attributes).
+top layer, in the order `strata image inspect` lists them under
+RootFS.Layers (`--format '{{json .RootFS.Layers}}'`). `strata history` lists
+newest first and also shows the steps that changed only the configuration
+(ENV, CMD, ...; 0B and no layer), so layer 1 is the last of its lines that
+made a layer. --upto N shows the image as it stood after layer N. --layer N
+shows layer N alone, deletions included, the way kernel overlayfs stores
+them: a deleted NAME is a character device 0/0 with mode 0000, and a
+directory whose lower contents the layer hides (opaque) carries the xattr
+trusted.overlay.opaque=y (user.overlay.opaque=y when strata runs as an
+ordinary user, who cannot read trusted.* attributes).
 
 A CONTAINER mount shows its image with the container's changes and is
 writable, like `podman mount`: what is written goes into the container. The
