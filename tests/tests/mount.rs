@@ -528,6 +528,38 @@ fn more_files_can_be_open_in_a_mount_than_its_callers_soft_fd_limit() {
 }
 
 #[test]
+fn a_covered_mount_is_neither_unmounted_nor_left_dead() {
+    // Another store's strata mount on top of ours at the same directory.
+    // Unmounting ours then cannot work (by path, or even through a
+    // descriptor of its root, the kernel takes the mount on top): umount
+    // says so and ours keeps serving. A server ended while covered keeps its
+    // record, and the dead mount is cleared once it is on top again. Before,
+    // umount ended the server and reported success, leaving a dead mount
+    // under the other that no record knew.
+    let t = setup(Strata::new());
+    let (s, other) = (&t.s, Strata::new());
+    other.pull(&t.image);
+    let dir = new_dir(s, "m");
+    let _ours = mount(s, &[&t.image], &dir);
+    let theirs = mount(&other, &[&t.image], &dir);
+    let (code, err) = s.fails(&[Path::new("umount"), &dir]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["is on top of it", "unmount that one first"], "umount of a covered mount");
+    assert_eq!(mounts(s).len(), 1, "the covered mount is still served and listed");
+
+    let pid = server_pid(s, &dir);
+    kill(pid, nix::sys::signal::Signal::SIGTERM);
+    wait_gone(pid);
+    assert!(mounts(s).is_empty());
+    assert!(!mount_state(s).is_empty(), "the record of the dead covered mount is kept");
+    drop(theirs);
+    assert!(is_mounted(&dir), "our dead mount is on top now");
+    assert!(mounts(s).is_empty(), "listing");
+    assert!(!is_mounted(&dir), "the listing cleared the dead mount once it was on top");
+    assert_eq!(mount_state(s), Vec::<String>::new());
+}
+
+#[test]
 fn killed_server_is_cleared_and_sigterm_unmounts() {
     let t = setup(Strata::new());
     let (a, b, c) = (new_dir(&t.s, "a"), new_dir(&t.s, "b"), new_dir(&t.s, "c"));

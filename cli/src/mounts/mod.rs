@@ -104,6 +104,20 @@ impl MountRecord {
         strata_fs::mountinfo::top_mount(&self.mountpoint).is_some_and(|m| m.source == self.fsname())
     }
 
+    /// The mount on top of this one at its mount point, when another mount
+    /// covers it (a user's, or another store's strata mount). A covered
+    /// mount cannot be unmounted: unmounting by path (even through a
+    /// descriptor of its root) takes the one on top.
+    pub fn covered_by(&self) -> Option<strata_fs::mountinfo::MountEntry> {
+        if self.detached {
+            return None;
+        }
+        let at = strata_fs::mountinfo::mounts_at(&self.mountpoint);
+        let ours = at.iter().any(|m| m.source == self.fsname());
+        let top = strata_fs::mountinfo::top_mount(&self.mountpoint)?;
+        (ours && top.source != self.fsname()).then_some(top)
+    }
+
     /// Sets the mount point to where the mount is now. Renaming a parent
     /// directory of a mount point moves the mount with it: it is listed,
     /// unmounted and cleared where it is now, not where it was made.
@@ -221,6 +235,11 @@ pub fn list_live(layout: &StoreLayout) -> Result<Vec<MountRecord>> {
 /// directory (throwaway upper included) and the record. Best effort: what
 /// cannot be removed now is retried by the next listing.
 pub fn clear(layout: &StoreLayout, rec: &MountRecord) {
+    // A dead mount that another covers stays recorded, to be detached once
+    // it is on top again (until then it harms nothing: it is out of reach).
+    if rec.covered_by().is_some() {
+        return;
+    }
     // Only while its own mount is on top there: a detached one is gone from
     // there, and what is mounted there now (or underneath) is someone else's.
     if !rec.detached && rec.on_top() {

@@ -107,6 +107,14 @@ pub enum Stopped {
 /// and clears what is left of the mount. Works as well when the server is
 /// already gone. A busy mount's server detaches it instead and stays.
 pub fn stop(ctx: &Context, rec: &MountRecord) -> Result<Stopped> {
+    if let Some(top) = rec.covered_by() {
+        bail!(
+            "cannot unmount {}: another mount ({} {}) is on top of it; unmount that one first",
+            rec.mountpoint.display(),
+            top.fstype,
+            top.source
+        );
+    }
     if let Some(p) = rec.server.filter(|p| p.alive()) {
         let pid = Pid::from_raw(p.pid);
         // A pidfd to wait on a process that is not our child; opened before
@@ -214,7 +222,12 @@ pub fn serve_main(ctx: &Context, request: &str) -> Result<i32> {
             Ok(Signal::SIGUSR1) => break,
             Ok(_) => {
                 rec.follow_moves();
-                if !rec.on_top() {
+                if rec.covered_by().is_some() {
+                    // Out of reach under another mount: the session ends
+                    // with this process, and the record stays so that the
+                    // dead mount is cleared once it is on top again.
+                    return Ok(0);
+                } else if !rec.on_top() {
                     // Gone from there, or another mount now covers it:
                     // unmounting by path would take that one. The session
                     // ends with this process.
