@@ -287,7 +287,7 @@ impl MountHandle {
         }
         let plain = match rustix::mount::unmount(&path, rustix::mount::UnmountFlags::empty()) {
             Ok(()) => true,
-            Err(rustix::io::Errno::PERM) => fusermount(&path, false).is_ok(),
+            Err(rustix::io::Errno::PERM) => fusermount_unmount(&path, false).is_ok(),
             Err(_) => false,
         };
         if plain {
@@ -459,12 +459,31 @@ pub fn unmount_path(path: &Path) -> Result<(), FsError> {
             return Err(FsError::Unmount { path: path.to_path_buf(), detail: io::Error::from(e).to_string() });
         }
     }
-    fusermount(path, true)
+    fusermount_unmount(path, true)
 }
 
-/// `fusermount3 -u [-z] PATH`, the unprivileged way to unmount a FUSE mount.
-fn fusermount(path: &Path, lazy: bool) -> Result<(), FsError> {
-    let mut cmd = std::process::Command::new("fusermount3");
+/// The fusermount3 binary: `$FUSERMOUNT_PATH` (which fuser, mounting
+/// through it, reads too), else the first of `$PATH` and the usual
+/// directories that holds it. A server started with a `PATH` that lacks
+/// it (a service's minimal environment) must still unmount what fuser
+/// mounted: before, its unmount failed and was taken for a busy mount.
+fn fusermount_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FUSERMOUNT_PATH") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let usual = ["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin", "/sbin"].map(PathBuf::from);
+    std::env::split_paths(&path)
+        .chain(usual)
+        .map(|d| d.join("fusermount3"))
+        .find(|p| rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok())
+        .unwrap_or_else(|| PathBuf::from("fusermount3"))
+}
+
+/// `fusermount3 -u [-z] PATH`, the unprivileged way to unmount a FUSE mount
+/// (`lazy`: detached if busy).
+pub fn fusermount_unmount(path: &Path, lazy: bool) -> Result<(), FsError> {
+    let mut cmd = std::process::Command::new(fusermount_bin());
     cmd.arg("-u");
     if lazy {
         cmd.arg("-z");

@@ -809,6 +809,53 @@ fn rw_mounts_with_throwaway_and_given_upper() {
 }
 
 #[test]
+fn rootless_umount_finds_fusermount3_and_reports_its_failures() {
+    let t = setup(Strata::new_unprivileged());
+    let s = &t.s;
+    let dir = new_dir(s, "m");
+    let run = |args: &[&Path], env: (&str, &Path)| {
+        let mut cmd = s.command(args);
+        cmd.env(env.0, env.1);
+        cmd.output().expect("run strata")
+    };
+    // A PATH without fusermount3 (a service's minimal one): the server
+    // still unmounts. Before, its unmount failed, was taken for a busy
+    // mount, and the mount stayed, recorded as detached, out of reach.
+    let path = s.base().join("path-without-fusermount3");
+    fs::create_dir(&path).unwrap();
+    std::os::unix::fs::symlink("/usr/bin/setpriv", path.join("setpriv")).unwrap();
+    let out = run(&[Path::new("mount"), Path::new(&t.image), &dir], ("PATH", &path));
+    assert!(out.status.success(), "mount: {}", strata_e2e::strata::show_output(&out));
+    let out = run(&[Path::new("umount"), &dir], ("PATH", &path));
+    assert!(out.status.success(), "umount: {}", strata_e2e::strata::show_output(&out));
+    assert!(!is_mounted(&dir), "still mounted");
+    assert!(mounts(s).is_empty());
+
+    // A fusermount3 that fails to unmount: umount says why, and the mount
+    // stays, served and listed as it was (not as detached).
+    let wrapper = s.base().join("fusermount3-that-cannot-unmount");
+    fs::write(
+        &wrapper,
+        "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -u ] && { echo 'no unmounting here' >&2; exit 1; }; done\nexec fusermount3 \"$@\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = run(&[Path::new("mount"), Path::new(&t.image), &dir], ("FUSERMOUNT_PATH", &wrapper));
+    assert!(out.status.success(), "mount: {}", strata_e2e::strata::show_output(&out));
+    let (code, err) = s.fails(&[Path::new("umount"), &dir]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["no unmounting here", "still mounted and served"], "umount that fusermount3 refuses");
+    assert!(as_user("ls", &[&dir.display().to_string()]).contains("bin"), "the mount is still served");
+    assert_eq!(mounts(s)[0]["Mode"], "ro", "listed as it was");
+    // Killed, it is cleared (by the listing, with the real fusermount3).
+    let pid = server_pid(s, &dir);
+    kill(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid);
+    assert!(mounts(s).is_empty());
+    assert!(!is_mounted(&dir));
+}
+
+#[test]
 fn rootless_mount_layer_rw_and_kill() {
     let t = setup(Strata::new_unprivileged());
     let (a, l3, l5, rw) = (new_dir(&t.s, "a"), new_dir(&t.s, "l3"), new_dir(&t.s, "l5"), new_dir(&t.s, "rw"));

@@ -278,6 +278,8 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
         throwaway_upper: throwaway,
         server: None,
         detached: false,
+        unmount_error: None,
+        unmount_failures: 0,
         created: record::now(),
     };
     let result = (|| {

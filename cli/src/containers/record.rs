@@ -404,14 +404,7 @@ pub fn clear_stale_mount(path: &Path) {
     }
     // Rootless: a mount made through fusermount3 can only be removed by it.
     if is_mountpoint(path) {
-        let _ = std::process::Command::new("fusermount3")
-            .arg("-u")
-            .arg("-z")
-            .arg(path)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ = strata_fs::fusermount_unmount(path, true);
     }
 }
 

@@ -74,8 +74,20 @@ pub struct MountRecord {
     /// but no longer the mount point.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detached: bool,
+    /// The server's last failure to unmount or detach on a signal, and how
+    /// many there were: it serves on, and the `umount` waiting for it
+    /// reports this instead of killing it (which would leave a dead mount
+    /// that cannot be removed either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmount_error: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unmount_failures: u32,
     /// RFC 3339, UTC.
     pub created: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl MountRecord {
@@ -295,6 +307,8 @@ mod tests {
             throwaway_upper: false,
             server: None,
             detached: false,
+            unmount_error: None,
+            unmount_failures: 0,
             created: String::new(),
         };
         assert!(is_id(&r.id));

@@ -121,6 +121,8 @@ pub fn stop(ctx: &Context, rec: &MountRecord) -> Result<Stopped> {
         // the signal so the pid cannot be recycled in between.
         let pidfd = rustix::process::Pid::from_raw(p.pid)
             .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok());
+        // A failure the server reports from here on is about this signal.
+        let failures_before = super::read(&ctx.layout, &rec.id).map_or(0, |r| r.unmount_failures);
         if p.alive() {
             match kill(pid, Signal::SIGTERM) {
                 Ok(()) => {}
@@ -135,14 +137,19 @@ pub fn stop(ctx: &Context, rec: &MountRecord) -> Result<Stopped> {
                 Err(e) => bail!("cannot signal the mount server {}: {e}", p.pid),
             }
             if let Some(fd) = &pidfd {
-                let detached = || super::read(&ctx.layout, &rec.id).is_some_and(|r| r.detached);
                 let deadline = std::time::Instant::now() + STOP_GRACE;
                 loop {
                     if wait_exit(fd.as_fd(), Duration::from_millis(20)) || !p.alive() {
                         break;
                     }
-                    if detached() {
+                    let now = super::read(&ctx.layout, &rec.id);
+                    if now.as_ref().is_some_and(|r| r.detached) {
                         return Ok(Stopped::Detached);
+                    }
+                    if let Some(r) = now.filter(|r| r.unmount_failures > failures_before) {
+                        // The server's error names the mount point.
+                        let why = r.unmount_error.unwrap_or_else(|| "failed".to_string());
+                        bail!("{why}; it is still mounted and served");
                     }
                     if std::time::Instant::now() > deadline {
                         let _ = kill(pid, Signal::SIGKILL);
@@ -237,11 +244,18 @@ pub fn serve_main(ctx: &Context, request: &str) -> Result<i32> {
                     while !ended.load(Ordering::SeqCst) {
                         let _ = signals.wait();
                     }
+                } else if let Err(e) = strata_fs::unmount_path(&rec.mountpoint) {
+                    // Neither unmounted nor detached (say fusermount3 failed):
+                    // the mount is still there, so serve on, and let the
+                    // umount waiting for us say why.
+                    rec.unmount_failures += 1;
+                    rec.unmount_error = Some(e.to_string());
+                    let _ = save(&ctx.layout, &rec);
+                    continue;
                 } else {
-                    // Busy: detach it, and serve whoever still uses it until
-                    // the last of them leaves (the session ends then). A
-                    // second signal ends it at once (they get ENOTCONN).
-                    let _ = strata_fs::unmount_path(&rec.mountpoint);
+                    // Busy: detached; serve whoever still uses it until the
+                    // last of them leaves (the session ends then). A second
+                    // signal ends it at once (they get ENOTCONN).
                     rec.detached = true;
                     let _ = save(&ctx.layout, &rec);
                     while !ended.load(Ordering::SeqCst) {
@@ -291,15 +305,7 @@ fn mount(ctx: &Context, rec: &MountRecord) -> Result<strata_fs::MountHandle> {
 fn unmount_now(path: &Path) -> bool {
     match rustix::mount::unmount(path, rustix::mount::UnmountFlags::empty()) {
         Ok(()) => true,
-        Err(rustix::io::Errno::PERM) => Command::new("fusermount3")
-            .arg("-u")
-            .arg("--")
-            .arg(path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success()),
+        Err(rustix::io::Errno::PERM) => strata_fs::fusermount_unmount(path, false).is_ok(),
         Err(_) => false,
     }
 }
