@@ -343,6 +343,20 @@ fn mount_list_umount_and_error_messages() {
     let auto = PathBuf::from(out.trim_end());
     assert!(auto.starts_with(t.s.root()), "{} is not under the store", auto.display());
     assert!(auto.join("bin/busybox").is_file());
+    // Asked again, by name or by id, it names the same mount (as `podman
+    // image mount` does); another view or --rw makes another.
+    let listed = mounts(&t.s).len();
+    assert_eq!(t.s.ok(&["mount", &t.image]), out);
+    let id = t.s.ok(&["images", "-q"]).trim().to_string();
+    assert_eq!(t.s.ok(&["mount", &id]), out);
+    let layer1 = t.s.ok(&["mount", "--layer", "1", &t.image]);
+    let rw = t.s.ok(&["mount", "--rw", &t.image]);
+    assert!(layer1 != out && rw != out && layer1 != rw);
+    assert_eq!(t.s.ok(&["mount", "--layer", "1", &t.image]), layer1);
+    assert_eq!(mounts(&t.s).len(), listed + 2);
+    for other in [&layer1, &rw] {
+        t.s.ok(&["umount", other.trim_end()]);
+    }
     t.s.ok(&[Path::new("umount"), &auto]);
     assert!(!is_mounted(&auto));
     assert!(!auto.exists(), "{} left behind", auto.display());

@@ -33,7 +33,9 @@ const MOUNT_HELP: &str = "\
 Without arguments, lists strata's mounts (CONTAINER/IMAGE, MOUNTPOINT, MODE).
 
 With IMAGE, mounts the image's merged file tree read-only on DIR and prints DIR.
-Without DIR, strata mounts it under its store and prints where.
+Without DIR, strata mounts it under its store and prints where; asked
+again (read-only, same view), it prints the same mount, as `podman image
+mount` does.
 
 The mount is served by a background strata process that lives until
 `strata umount DIR`. As an ordinary user the mount is made through
@@ -221,7 +223,25 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
     let id = mounts::new_id();
     // Canonical, like user-given mount points, so that it matches /proc/self/mountinfo.
     let mounts_dir = ctx.layout.mounts_dir();
-    let private = mounts_dir.canonicalize().unwrap_or(mounts_dir).join(&id);
+    let mounts_dir = mounts_dir.canonicalize().unwrap_or(mounts_dir);
+    // `strata mount IMAGE` again names the read-only mount it made before,
+    // as `podman image mount` does (scripts ask for the path that way), so
+    // that asking twice does not leave two mounts behind.
+    if src.container.is_none() && a.dir.is_none() && !a.rw && a.upper.is_none() {
+        let same = |r: &&MountRecord| {
+            r.kind == Kind::Image
+                && r.image_id == src.image_id
+                && r.view == view
+                && r.upper.is_none()
+                && !r.detached
+                && r.mountpoint.parent().and_then(Path::parent) == Some(mounts_dir.as_path())
+        };
+        if let Some(r) = live.iter().find(same) {
+            println!("{}", r.mountpoint.display());
+            return Ok(0);
+        }
+    }
+    let private = mounts_dir.join(&id);
     let mountpoint = match &a.dir {
         Some(d) => checked_mountpoint(d)?,
         None => private.join("merged"),
