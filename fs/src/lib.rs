@@ -190,6 +190,14 @@ pub enum FsError {
         path.display()
     )]
     UpperWithoutXattrs { path: PathBuf },
+    #[error(
+        "upper directory {}: strata may not change its user.strata.* extended attributes, where it records \
+         whiteouts, metadata-only copies and owners (a strata mount keeps them for itself, so an upper \
+         directory cannot be inside one; nor can it be another user's directory); choose a directory of \
+         your own on ext4, xfs, btrfs or tmpfs",
+        path.display()
+    )]
+    UpperRefusesStrataXattrs { path: PathBuf },
 }
 
 /// How to mount.
@@ -358,9 +366,15 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
             let io = |source| FsError::Io { what: "opening upper directory", path: p.clone(), source };
             let up = upper::Upper::open(p).map_err(io)?;
             // Known at once, not at the first chmod or rm that needs one.
-            let probe = rustix::fs::lgetxattr(p, "user.strata.probe", &mut [0u8; 0][..]);
-            if probe == Err(rustix::io::Errno::NOTSUP) {
-                return Err(FsError::UpperWithoutXattrs { path: p.clone() });
+            // Removing an attribute that is not there: ENODATA where strata
+            // may record its own, and no change anywhere.
+            let probe = rustix::fs::lremovexattr(p, "user.strata.probe");
+            match probe {
+                Err(rustix::io::Errno::NOTSUP) => return Err(FsError::UpperWithoutXattrs { path: p.clone() }),
+                Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => {
+                    return Err(FsError::UpperRefusesStrataXattrs { path: p.clone() })
+                }
+                _ => {}
             }
             load::load_upper(&mut tree, &up, &sources).map_err(io)?;
             Some(up)

@@ -1161,3 +1161,24 @@ fn an_upper_without_user_xattrs_is_refused_at_mount() {
         other => panic!("mounting with an upper on ramfs: {other:?}"),
     }
 }
+
+/// An upper directory inside another strata mount is refused at mount: the
+/// outer mount keeps the user.strata.* attributes for itself (EPERM), where
+/// the inner one would record its whiteouts and owners. Before, the mount
+/// failed reading the upper with a bare "Operation not permitted".
+#[test]
+fn an_upper_inside_a_strata_mount_is_refused_at_mount() {
+    let (tmp, objects, upper, mnt) = work_dirs();
+    let outer = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    let inner_upper = mnt.join("inner-upper");
+    std::fs::create_dir(&inner_upper).unwrap();
+    let inner = tmp.path().join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    match strata_fs::mount(base(&objects), &inner, opts(&inner_upper)) {
+        Err(e @ strata_fs::FsError::UpperRefusesStrataXattrs { .. }) => {
+            assert!(e.to_string().contains("cannot be inside one"), "{e}")
+        }
+        other => panic!("mounting with an upper inside a strata mount: {other:?}"),
+    }
+    drop(outer);
+}
