@@ -357,7 +357,13 @@ fn mount_list_umount_and_error_messages() {
     for other in [&layer1, &rw] {
         t.s.ok(&["umount", other.trim_end()]);
     }
-    t.s.ok(&[Path::new("umount"), &auto]);
+    // umount by another name of the image than the one it was mounted by:
+    // ambiguous while b is mounted too, then the one mount left.
+    let (code, err) = t.s.fails(&["umount", &id]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["mounted more than once"], "umount by id of an image mounted twice");
+    t.s.ok(&[Path::new("umount"), &b]);
+    assert_eq!(t.s.ok(&["umount", &id]), out);
     assert!(!is_mounted(&auto));
     assert!(!auto.exists(), "{} left behind", auto.display());
 }
@@ -943,9 +949,15 @@ fn container_mount_writes_into_the_container() {
     assert_eq!(code, 1);
     assert!(err.contains("mounted at") && err.contains("strata umount"), "rm of a mounted container:\n{err}");
     assert_eq!(fs::read(dir.join("by-mount")).unwrap(), b"written through strata mount\n");
-    // umount by the container's name.
+    // umount by the container's name, or by its id (a prefix too).
     s.ok(&["umount", "c1"]);
     assert!(!is_mounted(&dir));
+    drop(guard);
+    let id = s.ok(&["inspect", "-f", "{{.Id}}", "c1"]).trim().to_string();
+    let again = PathBuf::from(s.ok(&["mount", "c1"]).trim_end());
+    let guard = Mounted { s, dir: again.clone() };
+    assert_eq!(s.ok(&["umount", &id[..12]]).trim_end(), again.display().to_string());
+    assert!(!is_mounted(&again));
     drop(guard);
     assert!(s.ok(&["diff", "c1"]).lines().any(|l| l == "A /by-mount"));
     assert_eq!(s.ok(&["start", "-a", "c1"]), "written through strata mount\n");

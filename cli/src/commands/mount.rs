@@ -495,7 +495,7 @@ fn umount(ctx: &Context, a: UmountArgs) -> Result<i32> {
     let chosen: Vec<Result<MountRecord>> = if a.all {
         records.into_iter().map(Ok).collect()
     } else {
-        a.targets.iter().map(|t| find(&records, t)).collect()
+        a.targets.iter().map(|t| find(ctx, &records, t)).collect()
     };
     let mut failed = false;
     for r in chosen {
@@ -521,7 +521,7 @@ fn umount(ctx: &Context, a: UmountArgs) -> Result<i32> {
 /// The record a `umount` argument names: its mount point (the directory
 /// itself is never stat'ed: a dead mount answers ENOTCONN), else the name the
 /// image or container was mounted by, when that names exactly one mount.
-fn find(records: &[MountRecord], target: &str) -> Result<MountRecord> {
+fn find(ctx: &Context, records: &[MountRecord], target: &str) -> Result<MountRecord> {
     let p = Path::new(target);
     let mut candidates = vec![strata_fs::mountinfo::as_listed(p)];
     if let Ok(c) = p.canonicalize() {
@@ -530,7 +530,17 @@ fn find(records: &[MountRecord], target: &str) -> Result<MountRecord> {
     if let Some(r) = records.iter().find(|r| candidates.contains(&r.mountpoint)) {
         return Ok(r.clone());
     }
-    let by_name: Vec<&MountRecord> = records.iter().filter(|r| r.name == target).collect();
+    // The name it was mounted by; else any name of the same container (id,
+    // id prefix, name) or image (id, tag, digest), as `podman umount` takes.
+    let mut by_name: Vec<&MountRecord> = records.iter().filter(|r| r.name == target).collect();
+    if by_name.is_empty() {
+        if let Ok(c) = record::find(&ctx.layout, target) {
+            by_name = records.iter().filter(|r| r.container_id.as_deref() == Some(c.config.id.as_str())).collect();
+        } else if let Ok(img) = Store::open(ctx.layout.clone()).and_then(|s| s.resolve_image(target)) {
+            let id = img.id.to_string();
+            by_name = records.iter().filter(|r| r.kind == Kind::Image && r.image_id == id).collect();
+        }
+    }
     match by_name.as_slice() {
         [r] => Ok((*r).clone()),
         [] => bail!("{target} is not a strata mount"),
