@@ -990,11 +990,21 @@ fn container_mount_writes_into_the_container() {
     assert_mentions(&err, &["No such container: c1"], "mount of a container being removed");
     fs::write(&state_path, state).expect("restore the container's state");
 
-    // A running container serves its own filesystem: mounting it is refused.
-    s.ok(&["run", "-d", "--name", "bg", &t.image, "sleep", "1000"]);
-    let (code, err) = s.fails(&["mount", "bg"]);
+    // A running container serves its own filesystem: `mount` names it (as
+    // `podman mount` does), but mounts it nowhere else, and umount leaves it.
+    s.ok(&["run", "-d", "--name", "bg", &t.image, "sh", "-c", "echo live > /state; exec sleep 1000"]);
+    let rootfs = s.root().join("containers").join(s.ok(&["inspect", "-f", "{{.Id}}", "bg"]).trim()).join("rootfs");
+    wait_until("the container's /state", Duration::from_secs(30), || rootfs.join("state").exists());
+    assert_eq!(PathBuf::from(s.ok(&["mount", "bg"]).trim_end()), rootfs.canonicalize().unwrap());
+    assert_eq!(fs::read_to_string(rootfs.join("state")).unwrap(), "live\n");
+    let elsewhere = new_dir(s, "elsewhere");
+    let (code, err) = s.fails(&[Path::new("mount"), Path::new("bg"), &elsewhere]);
     assert_eq!(code, 125);
-    assert_mentions(&err, &["is running"], "mount of a running container");
+    assert_mentions(&err, &["is running", "use that path"], "mount of a running container on DIR");
+    let (code, err) = s.fails(&["umount", "bg"]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["stays mounted while it runs"], "umount of a running container");
+    assert!(is_mounted(&rootfs.canonicalize().unwrap()));
     s.ok(&["rm", "-f", "bg"]);
     assert!(mounts(s).is_empty());
 }

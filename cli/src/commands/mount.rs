@@ -62,8 +62,10 @@ trusted.overlay.opaque=y (user.overlay.opaque=y when strata runs as an
 ordinary user, who cannot read trusted.* attributes).
 
 A CONTAINER mount shows its image with the container's changes and is
-writable, like `podman mount`: what is written goes into the container. The
-container must not be running; do not start it while it is mounted.";
+writable, like `podman mount`: what is written goes into the container, and
+the container cannot be started or removed while it is mounted. Of a
+running container (as root), `strata mount CONTAINER` prints where its own
+process serves its filesystem, which stays mounted while it runs.";
 
 #[derive(Args)]
 #[command(after_long_help = MOUNT_HELP)]
@@ -367,9 +369,20 @@ fn check_container(
         _ => bail!(NoSuchContainer(target.to_string())),
     };
     if c.running() || c.state.supervisor.is_some_and(|p| p.alive()) {
+        // As root its own mount is in this mount namespace: name it, as
+        // `podman mount` names a running container's (it stays while the
+        // container runs; `strata umount` is not for it).
+        let rootfs = c.rootfs();
+        let own = format!("strata:{}", &c.config.id[..12.min(c.config.id.len())]);
+        let served = c.running() && strata_fs::mountinfo::top_mount(&rootfs).is_some_and(|m| m.source == own);
+        if served && a.dir.is_none() && !ctx.rootless {
+            return Ok(ContainerCheck::MountedAt(rootfs));
+        }
         bail!(
-            "container {} is running: its filesystem is served by its own process; stop it before mounting it",
-            c.config.name
+            "container {} is running: its filesystem is served by its own process{}; stop it before mounting it{}",
+            c.config.name,
+            if served && !ctx.rootless { format!(" at {}", rootfs.display()) } else { String::new() },
+            if served && !ctx.rootless { " elsewhere, or use that path" } else { "" }
         );
     }
     Ok(ContainerCheck::Free(lock))
@@ -536,6 +549,9 @@ fn find(ctx: &Context, records: &[MountRecord], target: &str) -> Result<MountRec
     if by_name.is_empty() {
         if let Ok(c) = record::find(&ctx.layout, target) {
             by_name = records.iter().filter(|r| r.container_id.as_deref() == Some(c.config.id.as_str())).collect();
+            if by_name.is_empty() && c.running() {
+                bail!("container {} is running: its filesystem stays mounted while it runs", c.config.name);
+            }
         } else if let Ok(img) = Store::open(ctx.layout.clone()).and_then(|s| s.resolve_image(target)) {
             let id = img.id.to_string();
             by_name = records.iter().filter(|r| r.kind == Kind::Image && r.image_id == id).collect();
