@@ -163,6 +163,9 @@ pub(crate) struct Node {
     /// The upper entry may carry a `user.strata.meta` record (true unless
     /// strata knows it does not: then a metadata change need not remove one).
     pub meta_rec: bool,
+    /// The lower object was found to have the entry's size at an open (it
+    /// is checked once per mount, not at every open).
+    pub object_size_checked: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -179,6 +182,7 @@ impl Node {
             lookups: AtomicU64::new(0),
             no_xattrs: false,
             meta_rec: true,
+            object_size_checked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -380,6 +380,24 @@ fn a_missing_object_is_an_io_error() {
     g.unmount();
 }
 
+/// A lower file whose object has another size than its entry (a store
+/// damaged after the pull) reads as an I/O error too, also after a
+/// metadata-only copy-up; before, it read short (or long) without error,
+/// passthrough reading the object itself. A copy-up that needs only the
+/// part that is there still works (see the truncation below).
+#[test]
+fn an_object_of_the_wrong_size_reads_as_an_io_error() {
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    shorten_object(&objects, b"bbb", 2);
+    let errno = |r: std::io::Result<Vec<u8>>| r.map_err(|e| e.raw_os_error());
+    assert_eq!(errno(std::fs::read(mnt.join("data/b"))), Err(Some(libc::EIO)));
+    std::fs::set_permissions(mnt.join("data/b"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(errno(std::fs::read(mnt.join("data/b"))), Err(Some(libc::EIO)), "after a metadata copy-up");
+    assert_eq!(std::fs::read(mnt.join("data/a")).unwrap(), b"aaa");
+    g.unmount();
+}
+
 /// Moving lower files and trees copies metadata only (their content is
 /// found by digest wherever the name goes), and truncating a lower file
 /// copies only what stays; content reads back right through all of it,
