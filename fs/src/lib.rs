@@ -153,6 +153,7 @@
 //!   enough (RMDIR ~250 µs to ~160 µs of server time).
 
 mod changes;
+pub mod idmap;
 mod layer;
 mod load;
 pub mod mountinfo;
@@ -230,6 +231,10 @@ pub struct MountOptions {
     /// latency request; root only, see `poll`).
     /// `STRATA_FS_NO_CPU_LATENCY=1` turns it off (for comparisons).
     pub hold_cpus: bool,
+    /// How the mount's own ids (its layers' and records') map to the ids of
+    /// the user namespace it is served to; identity by default (see
+    /// [`idmap`]).
+    pub id_map: idmap::IdMap,
 }
 
 impl Default for MountOptions {
@@ -244,6 +249,7 @@ impl Default for MountOptions {
             passthrough: true,
             poll: Duration::from_millis(1),
             hold_cpus: true,
+            id_map: idmap::IdMap::default(),
         }
     }
 }
@@ -364,7 +370,7 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     let upper = match &opts.upper {
         Some(p) => {
             let io = |source| FsError::Io { what: "opening upper directory", path: p.clone(), source };
-            let up = upper::Upper::open(p).map_err(io)?;
+            let up = upper::Upper::open(p).map_err(io)?.with_ids(opts.id_map.clone());
             // Known at once, not at the first chmod or rm that needs one.
             // Removing an attribute that is not there: ENODATA where strata
             // may record its own, and no change anywhere.

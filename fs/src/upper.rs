@@ -117,6 +117,8 @@ pub(crate) struct Upper {
     root: OwnedFd,
     /// Root on the host (or in our user namespace): may chown and mknod.
     pub privileged: bool,
+    /// Host owners are this map's outside ids (see `crate::idmap`).
+    pub ids: crate::idmap::IdMap,
 }
 
 fn can_hold_user_xattrs(kind: u32) -> bool {
@@ -131,7 +133,27 @@ impl Upper {
             Mode::empty(),
         )
         .map_err(errno)?;
-        Ok(Upper { root, privileged: rustix::process::geteuid().is_root() })
+        Ok(Upper { root, privileged: rustix::process::geteuid().is_root(), ids: Default::default() })
+    }
+
+    /// Host owners translated through `ids` (see `crate::idmap`).
+    pub fn with_ids(mut self, ids: crate::idmap::IdMap) -> Upper {
+        self.ids = ids;
+        self
+    }
+
+    /// A host stat with its owner in the mount's own ids.
+    fn inward(&self, mut st: rustix::fs::Stat) -> rustix::fs::Stat {
+        if !self.ids.is_identity() {
+            (st.st_uid, st.st_gid) = (self.ids.uid_in(st.st_uid), self.ids.gid_in(st.st_gid));
+        }
+        st
+    }
+
+    /// The host owner for the mount's own ids.
+    fn host_owner(&self, want: &Attr) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
+        let (u, g) = (self.ids.uid_out(want.uid), self.ids.gid_out(want.gid));
+        (Some(rustix::fs::Uid::from_raw(u)), Some(rustix::fs::Gid::from_raw(g)))
     }
 
     /// Opens the directory at `rel` ("" for the upper root) for *at() calls.
@@ -171,6 +193,7 @@ impl Upper {
     pub fn stat(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<HostEntry> {
         let st =
             rustix::fs::statat(dir, std::ffi::OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        let st = self.inward(st);
         let kind = st.st_mode & libc::S_IFMT;
         let (mut meta, mut metacopy) = (None, None);
         if can_hold_user_xattrs(kind) {
@@ -261,18 +284,18 @@ impl Upper {
     ) -> io::Result<(bool, bool, u32)> {
         let os = std::ffi::OsStr::from_bytes(name);
         let mut wrote = false;
-        let mut st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        let mut st = self.inward(rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?);
         let kind = st.st_mode & libc::S_IFMT;
         if self.privileged && (st.st_uid != want.uid || st.st_gid != want.gid) {
             // Refused for ids outside our user namespace's map: falls back below.
-            let owner = (Some(rustix::fs::Uid::from_raw(want.uid)), Some(rustix::fs::Gid::from_raw(want.gid)));
+            let owner = self.host_owner(want);
             if rustix::fs::chownat(dir, os, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
                 wrote = true;
                 if st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
                     // chown changes the mode only by clearing set-id bits.
                     (st.st_uid, st.st_gid) = (want.uid, want.gid);
                 } else {
-                    st = rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+                    st = self.inward(rustix::fs::statat(dir, os, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?);
                 }
             }
         }
@@ -318,16 +341,16 @@ impl Upper {
     /// walks and the `O_PATH` + `/proc/self/fd` detour a name needs (a
     /// metadata-only copy-up went from 16 to 11 host calls).
     pub fn write_meta_file(&self, f: &File, want: &Attr) -> io::Result<bool> {
-        let mut st = rustix::fs::fstat(f).map_err(errno)?;
+        let mut st = self.inward(rustix::fs::fstat(f).map_err(errno)?);
         if self.privileged && (st.st_uid != want.uid || st.st_gid != want.gid) {
-            let owner = (Some(rustix::fs::Uid::from_raw(want.uid)), Some(rustix::fs::Gid::from_raw(want.gid)));
+            let owner = self.host_owner(want);
             // Refused for ids outside our user namespace's map: recorded below.
             if rustix::fs::fchown(f, owner.0, owner.1).is_ok() {
                 if st.st_mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
                     // chown changes the mode only by clearing set-id bits.
                     (st.st_uid, st.st_gid) = (want.uid, want.gid);
                 } else {
-                    st = rustix::fs::fstat(f).map_err(errno)?;
+                    st = self.inward(rustix::fs::fstat(f).map_err(errno)?);
                 }
             }
         }

@@ -875,6 +875,48 @@ fn rootless_umount_finds_fusermount3_and_reports_its_failures() {
     assert!(!is_mounted(&dir));
 }
 
+/// The first subordinate id of the test user in /etc/subuid (or subgid).
+fn first_subid(file: &str) -> u32 {
+    let text = fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {file}: {e}"));
+    let line = text
+        .lines()
+        .find(|l| l.split(':').next() == Some(TEST_USER))
+        .unwrap_or_else(|| panic!("{TEST_USER} in {file}"));
+    line.split(':').nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad line in {file}: {line}"))
+}
+
+#[test]
+fn rootless_container_mount_shows_one_id_space() {
+    // A rootless container's files, mounted on the host by its user: the
+    // ones the container wrote carry the host ids its user namespace gave
+    // them, the image's carry the container's own. Both now show the host's
+    // ids (container root is the user, container uid 123 the subordinate id
+    // for it), so the user may change what the container's root may; the
+    // container sees its own ids after. Before, image files owned by root
+    // showed as owned by uid 0, next to files of the same root shown as the
+    // user's, and the user could not change them.
+    let t = setup(Strata::new_unprivileged());
+    let s = &t.s;
+    let script = "test -e /made || { echo hi > /made; chown 123:456 /made; touch /rootmade; }; \
+                  stat -c '%n %u %g' /made /rootmade /data/text /from-host 2>/dev/null; cat /data/text";
+    s.ok(&["create", "--name", "wc", &t.image, "sh", "-c", script]);
+    s.ok(&["start", "-a", "wc"]);
+    let dir = PathBuf::from(s.ok(&["mount", "wc"]).trim_end());
+    let _m = Mounted { s, dir: dir.clone() };
+    let user = nix::unistd::User::from_name(TEST_USER).unwrap().expect("the test user");
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    let (sub_u, sub_g) = (first_subid("/etc/subuid"), first_subid("/etc/subgid"));
+    let p = |n: &str| dir.join(n).display().to_string();
+    let owners = as_user("stat", &["-c", "%u %g", &p("made"), &p("rootmade"), &p("data/text")]);
+    let want = format!("{} {}\n{uid} {gid}\n{uid} {gid}\n", sub_u + 122, sub_g + 455);
+    assert_eq!(owners, want, "owners through the host mount of the container");
+    as_user("sh", &["-c", &format!("echo from the host >> {} && echo x > {}", p("data/text"), p("from-host"))]);
+    drop(_m);
+    let out = s.ok(&["start", "-a", "wc"]);
+    assert!(out.contains("/made 123 456\n/rootmade 0 0\n/data/text 0 0\n/from-host 0 0\n"), "{out}");
+    assert!(out.ends_with("from the host\n"), "{out}");
+}
+
 #[test]
 fn rootless_mount_layer_rw_and_kill() {
     let t = setup(Strata::new_unprivileged());

@@ -19,7 +19,7 @@
 //! serves on until the session ends, when the last process using the mount
 //! leaves it (or until a second SIGTERM).
 
-use super::{clear, record_path, remove_private, save, MountRecord};
+use super::{clear, record_path, remove_private, save, Kind, MountRecord};
 use crate::containers::record::Proc;
 use crate::context::Context;
 use anyhow::{bail, Context as _, Result};
@@ -295,9 +295,28 @@ fn mount(ctx: &Context, rec: &MountRecord) -> Result<strata_fs::MountHandle> {
         // is, with the image's modes deciding; an ordinary user's stay its
         // own (fusermount3 allows more only with user_allow_other).
         allow_other: !ctx.rootless,
+        id_map: match rec.kind {
+            Kind::Container if ctx.rootless => container_id_map(),
+            _ => strata_fs::idmap::IdMap::default(),
+        },
         ..Default::default()
     };
     Ok(strata_fs::mount(lowers, &rec.mountpoint, opts)?)
+}
+
+/// A rootless container's ids as the host holds its files: through the same
+/// mapping its user namespace gets (see `strata_fs::idmap`). Its upper files
+/// carry the host's ids for them, its layers the container's own.
+fn container_id_map() -> strata_fs::idmap::IdMap {
+    let ranges = |r: &[strata_runner::spec::IdRange]| {
+        r.iter().map(|r| strata_fs::idmap::IdRange { inside: r.container, outside: r.host, count: r.size }).collect()
+    };
+    match strata_runner::rootless_mapping().0 {
+        strata_runner::spec::IdMapping::Map { uids, gids } => {
+            strata_fs::idmap::IdMap { uids: ranges(&uids), gids: ranges(&gids) }
+        }
+        strata_runner::spec::IdMapping::None => strata_fs::idmap::IdMap::default(),
+    }
 }
 
 /// Unmounts `path` if nothing uses it: umount(2), or `fusermount3 -u` for

@@ -152,6 +152,7 @@ impl Filesystem for StrataFs {
         // CAP_FSETID too.
         let kill = self.killpriv.load(Ordering::Relaxed)
             && (uid.is_some() || gid.is_some() || (size.is_some() && self.change_kills_set_id(req)));
+        let (uid, gid) = (uid.map(|u| self.uid_in(u)), gid.map(|g| self.gid_in(g)));
         let change = super::attrs::AttrChange { mode, uid, gid, size, atime, mtime, fh };
         let run = move |fs: &FsInner| match fs.do_setattr(ino.0, change, kill) {
             Ok(a) => reply.attr(&UPPER_TTL, &a),
@@ -505,7 +506,7 @@ impl Filesystem for StrataFs {
                 return Ok(None);
             }
             let keep_sgid = attr.mode & libc::S_ISGID == 0
-                || caller::in_group_or_capable(req.pid(), req.uid(), req.gid(), attr.gid);
+                || caller::in_group_or_capable(req.pid(), req.uid(), req.gid(), self.gid_out(attr.gid));
             let mode = if keep_sgid { attr.mode } else { attr.mode & !libc::S_ISGID };
             Ok(acl_mode(value, mode).or((mode != attr.mode).then_some(mode)))
         })();
@@ -607,16 +608,17 @@ impl Filesystem for StrataFs {
             return reply.error(Errno::EROFS);
         }
         let a = n.attr;
-        let perm = if req.uid() == 0 {
+        let (uid, gid) = (self.uid_in(req.uid()), self.gid_in(req.gid()));
+        let perm = if uid == 0 {
             // root: everything except executing a file without any x bit
             if mask & 1 != 0 && !a.is_dir() && a.mode & 0o111 == 0 {
                 0
             } else {
                 7
             }
-        } else if req.uid() == a.uid {
+        } else if uid == a.uid {
             (a.mode >> 6) & 7
-        } else if req.gid() == a.gid {
+        } else if gid == a.gid {
             (a.mode >> 3) & 7
         } else {
             a.mode & 7

@@ -413,7 +413,22 @@ impl FsInner {
     /// kernel's own flag for it, so uid 0 stands for holding it, where it
     /// can (see `uid0_may_keep_set_id`).
     pub(super) fn change_kills_set_id(&self, req: &Request) -> bool {
-        self.killpriv.load(Ordering::Relaxed) && (req.uid() != 0 || !self.uid0_may_keep_set_id)
+        self.killpriv.load(Ordering::Relaxed) && (self.uid_in(req.uid()) != 0 || !self.uid0_may_keep_set_id)
+    }
+
+    // Ids crossing into and out of the mount (see `crate::idmap`): the map
+    // lives with the upper directory, whose host owners it describes.
+    pub(super) fn uid_in(&self, id: u32) -> u32 {
+        self.upper.as_ref().map_or(id, |u| u.ids.uid_in(id))
+    }
+    pub(super) fn gid_in(&self, id: u32) -> u32 {
+        self.upper.as_ref().map_or(id, |u| u.ids.gid_in(id))
+    }
+    pub(super) fn uid_out(&self, id: u32) -> u32 {
+        self.upper.as_ref().map_or(id, |u| u.ids.uid_out(id))
+    }
+    pub(super) fn gid_out(&self, id: u32) -> u32 {
+        self.upper.as_ref().map_or(id, |u| u.ids.gid_out(id))
     }
 
     fn io(&self) -> std::sync::MutexGuard<'_, HashMap<Ino, InodeIo>> {
@@ -628,8 +643,8 @@ impl FsInner {
             kind: file_type(a.mode),
             perm: (a.mode & 0o7777) as u16,
             nlink,
-            uid: a.uid,
-            gid: a.gid,
+            uid: self.uid_out(a.uid),
+            gid: self.gid_out(a.gid),
             rdev: a.rdev,
             blksize: 4096,
             flags: 0,

@@ -38,10 +38,10 @@ impl FsInner {
             }
             p.gid
         } else {
-            req.gid()
+            self.gid_in(req.gid())
         };
         let n = now();
-        Attr { mode, uid: req.uid(), gid, rdev: 0, size: 0, blocks: 0, atime: n, mtime: n, ctime: n }
+        Attr { mode, uid: self.uid_in(req.uid()), gid, rdev: 0, size: 0, blocks: 0, atime: n, mtime: n, ctime: n }
     }
 
     /// Links a node strata just created in the upper directory. `rec`: the
