@@ -56,11 +56,15 @@ pub fn mount_point_of(dev: (u32, u32), preferred: &Path) -> Option<PathBuf> {
     find_mount_point(&info, |m| m.dev == dev, preferred)
 }
 
-/// As [`mount_point_of`], for the mount whose source (a FUSE fsname) is
-/// `source`.
-pub fn mount_point_of_source(source: &str, preferred: &Path) -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    find_mount_point(&info, |m| m.source == source, preferred)
+/// This process's mountinfo, for several lookups on one reading.
+pub fn read() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
+}
+
+/// As [`mount_point_of`], in `info` (see [`read`]), for the mount whose
+/// source (a FUSE fsname) is `source`.
+pub fn mount_point_of_source(info: &str, source: &str, preferred: &Path) -> Option<PathBuf> {
+    find_mount_point(info, |m| m.source == source, preferred)
 }
 
 fn find_mount_point(info: &str, which: impl Fn(&MountEntry) -> bool, preferred: &Path) -> Option<PathBuf> {

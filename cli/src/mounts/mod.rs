@@ -133,9 +133,11 @@ impl MountRecord {
     /// Sets the mount point to where the mount is now. Renaming a parent
     /// directory of a mount point moves the mount with it: it is listed,
     /// unmounted and cleared where it is now, not where it was made.
-    pub fn follow_moves(&mut self) {
+    /// `mountinfo`: this process's, as [`strata_fs::mountinfo::read`] gives it.
+    pub fn follow_moves(&mut self, mountinfo: &str) {
         if !self.detached {
-            if let Some(now) = strata_fs::mountinfo::mount_point_of_source(&self.fsname(), &self.mountpoint) {
+            if let Some(now) = strata_fs::mountinfo::mount_point_of_source(mountinfo, &self.fsname(), &self.mountpoint)
+            {
                 self.mountpoint = now;
             }
         }
@@ -213,6 +215,7 @@ pub fn read_all(layout: &StoreLayout) -> Result<Vec<MountRecord>> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
     let mut out = Vec::new();
+    let mountinfo = strata_fs::mountinfo::read();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
@@ -221,7 +224,7 @@ pub fn read_all(layout: &StoreLayout) -> Result<Vec<MountRecord>> {
         }
         let Ok(data) = fs::read(entry.path()) else { continue };
         if let Ok(mut rec) = serde_json::from_slice::<MountRecord>(&data) {
-            rec.follow_moves();
+            rec.follow_moves(&mountinfo);
             out.push(rec);
         }
     }

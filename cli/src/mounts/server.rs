@@ -228,7 +228,7 @@ pub fn serve_main(ctx: &Context, request: &str) -> Result<i32> {
             Ok(Signal::SIGUSR1) if !ended.load(Ordering::SeqCst) => continue,
             Ok(Signal::SIGUSR1) => break,
             Ok(_) => {
-                rec.follow_moves();
+                rec.follow_moves(&strata_fs::mountinfo::read());
                 if rec.covered_by().is_some() {
                     // Out of reach under another mount: the session ends
                     // with this process, and the record stays so that the
