@@ -608,7 +608,9 @@ impl Filesystem for StrataFs {
             return reply.error(Errno::EROFS);
         }
         let a = n.attr;
-        let (uid, gid) = (self.uid_in(req.uid()), self.gid_in(req.gid()));
+        // The caller's ids against the owner the kernel was shown.
+        let (uid, gid) = (req.uid(), req.gid());
+        let (owner, group) = (self.uid_out(a.uid), self.gid_out(a.gid));
         let perm = if uid == 0 {
             // root: everything except executing a file without any x bit
             if mask & 1 != 0 && !a.is_dir() && a.mode & 0o111 == 0 {
@@ -616,9 +618,9 @@ impl Filesystem for StrataFs {
             } else {
                 7
             }
-        } else if uid == a.uid {
+        } else if uid == owner {
             (a.mode >> 6) & 7
-        } else if gid == a.gid {
+        } else if gid == group {
             (a.mode >> 3) & 7
         } else {
             a.mode & 7

@@ -413,7 +413,9 @@ impl FsInner {
     /// kernel's own flag for it, so uid 0 stands for holding it, where it
     /// can (see `uid0_may_keep_set_id`).
     pub(super) fn change_kills_set_id(&self, req: &Request) -> bool {
-        self.killpriv.load(Ordering::Relaxed) && (self.uid_in(req.uid()) != 0 || !self.uid0_may_keep_set_id)
+        // The caller's real uid: capabilities go with it, not with the id it
+        // maps to (see `crate::idmap`).
+        self.killpriv.load(Ordering::Relaxed) && (req.uid() != 0 || !self.uid0_may_keep_set_id)
     }
 
     // Ids crossing into and out of the mount (see `crate::idmap`): the map
