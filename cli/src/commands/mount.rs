@@ -374,15 +374,18 @@ fn check_container(
         // container runs; `strata umount` is not for it).
         let rootfs = c.rootfs();
         let own = format!("strata:{}", &c.config.id[..12.min(c.config.id.len())]);
-        let served = c.running() && strata_fs::mountinfo::top_mount(&rootfs).is_some_and(|m| m.source == own);
-        if served && a.dir.is_none() && !ctx.rootless {
+        let visible =
+            !ctx.rootless && c.running() && strata_fs::mountinfo::top_mount(&rootfs).is_some_and(|m| m.source == own);
+        if visible && a.dir.is_none() {
             return Ok(ContainerCheck::MountedAt(rootfs));
         }
+        let (at, hint) = match visible {
+            true => (format!(" at {}", rootfs.display()), " elsewhere, or use that path"),
+            false => (String::new(), ""),
+        };
         bail!(
-            "container {} is running: its filesystem is served by its own process{}; stop it before mounting it{}",
-            c.config.name,
-            if served && !ctx.rootless { format!(" at {}", rootfs.display()) } else { String::new() },
-            if served && !ctx.rootless { " elsewhere, or use that path" } else { "" }
+            "container {} is running: its filesystem is served by its own process{at}; stop it before mounting it{hint}",
+            c.config.name
         );
     }
     Ok(ContainerCheck::Free(lock))
