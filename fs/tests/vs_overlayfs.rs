@@ -111,11 +111,45 @@ fn layer0(objects: &Path) -> LayerBuilder {
         .dir("dev", 0o755)
         .chardev("dev/null", 1, 3)
         .fifo("dev/fifo")
-        .dir("lowerdel", 0o755);
+        .dir("lowerdel", 0o755)
+        .dir("opened", 0o755)
+        .file("opened/a", b"a", 0o644)
+        .file("opened/b", b"b", 0o644)
+        .file("opened/c", b"c", 0o644);
     for i in 0..50 {
         b = b.file(&format!("lowerdel/f{i}"), format!("{i}").as_bytes(), 0o644);
     }
     b
+}
+
+/// A directory stream opened before its directory changed, read after:
+/// its first read and every rewind show the directory as it is then, and so
+/// does every later opendir (the kernel caches what the first read got).
+fn list_opened_before_changes(m: &Path) -> OpResult {
+    use rustix::fs::{Dir, Mode, OFlags};
+    let errno = |e: rustix::io::Errno| e.raw_os_error();
+    let names = |d: &mut Dir| -> OpResult {
+        let mut v = Vec::new();
+        for e in d.by_ref() {
+            let e = e.map_err(errno)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                v.push(name);
+            }
+        }
+        v.sort();
+        Ok(v.join(" "))
+    };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut dir = Dir::new(rustix::fs::open(m.join("opened"), flags, Mode::empty()).map_err(errno)?).map_err(errno)?;
+    write(m, "opened/new", b"n")?;
+    unlink(m, "opened/a")?;
+    let first = names(&mut dir)?;
+    let fresh = list(m, "opened")?;
+    unlink(m, "opened/b")?;
+    dir.rewind();
+    let rewound = names(&mut dir)?;
+    Ok(format!("read: {first}; opendir: {fresh}; rewound: {rewound}; opendir: {}", list(m, "opened")?))
 }
 
 fn layer1(objects: &Path) -> LayerBuilder {
@@ -418,6 +452,7 @@ fn script() -> Script {
             }),
         ),
         ("10000-entry directory", Box::new(many)),
+        ("list a directory opened before it changed", Box::new(list_opened_before_changes)),
         ("truncate grow new", Box::new(|m: &Path| truncate(m, "etc/hosts", 100))),
         (
             "times: new file, dir and symlink",

@@ -375,20 +375,23 @@ impl Filesystem for StrataFs {
         if self.kernel_opens_dirs() {
             return reply.error(Errno::ENOSYS);
         }
-        match self.dir_snapshot(ino.0) {
+        let is_dir = self.tree_read().get(ino.0).map(|n| n.dir.is_some());
+        match is_dir {
             // The kernel may keep what it read of the directory: every change
-            // comes through it and drops that cache.
-            Ok(v) => reply.opened(
-                FileHandle(self.add_handle(ino.0, HandleKind::Dir(Arc::new(v)))),
+            // comes through it and drops that cache. The listing is taken
+            // at the first read (`FsInner::listing`).
+            Some(true) => reply.opened(
+                FileHandle(self.add_handle(ino.0, HandleKind::Dir(Mutex::new(None)))),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Err(e) => reply.error(eno(e)),
+            Some(false) => reply.error(Errno::ENOTDIR),
+            None => reply.error(Errno::ENOENT),
         }
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _op = self.op(Op::Readdir);
-        let ents = match self.listing(ino.0, fh.0) {
+        let ents = match self.listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
@@ -402,7 +405,7 @@ impl Filesystem for StrataFs {
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _op = self.op(Op::Readdirplus);
-        let ents = match self.listing(ino.0, fh.0) {
+        let ents = match self.listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
@@ -417,7 +420,7 @@ impl Filesystem for StrataFs {
         for (i, e) in ents.iter().enumerate().skip(offset as usize) {
             let dots = &*e.name == b"." || &*e.name == b"..";
             // The kernel makes dentries from these entries: answer with what
-            // the name is now, and leave out names removed since opendir (a
+            // the name is now, and leave out names removed since the listing (a
             // stale entry would bring a deleted inode back under its name).
             let cur = if dots { Some(e.ino) } else { t.child(ino.0, &e.name) };
             let Some(cur) = cur else { continue };

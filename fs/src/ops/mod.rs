@@ -180,8 +180,14 @@ struct DirEnt {
 }
 
 enum HandleKind {
-    File { file: RwLock<Arc<File>>, writable: bool, mode: IoMode },
-    Dir(Arc<Vec<DirEnt>>),
+    File {
+        file: RwLock<Arc<File>>,
+        writable: bool,
+        mode: IoMode,
+    },
+    /// The directory's listing as taken by the latest READDIR at offset 0
+    /// through this handle (see [`FsInner::listing`]).
+    Dir(Mutex<Option<Arc<Vec<DirEnt>>>>),
 }
 
 /// What a copy-up of a regular file takes along.
@@ -543,9 +549,18 @@ impl FsInner {
             || !matches!(self.xattr_of(t, ino, b"security.capability"), Ok(None))
     }
 
-    /// The listing of directory `ino`: from its handle, or on a read-only
-    /// mount (file handle 0) from the listings kept per directory.
-    fn listing(&self, ino: Ino, fh: u64) -> Result<Arc<Vec<DirEnt>>, Errno> {
+    /// The listing of directory `ino` for a READDIR at `offset`: from its
+    /// handle, or on a read-only mount (file handle 0) from the listings kept
+    /// per directory.
+    ///
+    /// A handle's listing is taken afresh at offset 0 (the first read, and
+    /// every rewinddir) and kept for the reads that go on from there, so
+    /// that their offsets stay meaningful. Not at OPENDIR: the kernel keeps
+    /// what it reads as the directory's cache (FOPEN_CACHE_DIR) and judges
+    /// that cache by the directory's version when the read at offset 0
+    /// starts, so a listing older than that read would stand for the
+    /// directory until its next change, for every later reader too.
+    fn listing(&self, ino: Ino, fh: u64, offset: u64) -> Result<Arc<Vec<DirEnt>>, Errno> {
         if fh == 0 && self.kernel_opens_dirs() {
             if let Some(l) = self.ro_listings.lock().unwrap_or_else(|p| p.into_inner()).get(&ino) {
                 return Ok(l.clone());
@@ -559,9 +574,15 @@ impl FsInner {
             return Ok(l);
         }
         let Some(h) = self.handle(fh) else { return Err(Errno::EBADF) };
-        match &h.kind {
-            HandleKind::Dir(ents) => Ok(ents.clone()),
-            HandleKind::File { .. } => Err(Errno::ENOTDIR),
+        let HandleKind::Dir(kept) = &h.kind else { return Err(Errno::ENOTDIR) };
+        let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+        match &*kept {
+            Some(l) if offset > 0 => Ok(l.clone()),
+            _ => {
+                let l = Arc::new(self.dir_snapshot(ino).map_err(eno)?);
+                *kept = Some(l.clone());
+                Ok(l)
+            }
         }
     }
 
