@@ -126,29 +126,14 @@ fn layer0(objects: &Path) -> LayerBuilder {
 /// its first read and every rewind show the directory as it is then, and so
 /// does every later opendir (the kernel caches what the first read got).
 fn list_opened_before_changes(m: &Path) -> OpResult {
-    use rustix::fs::{Dir, Mode, OFlags};
-    let errno = |e: rustix::io::Errno| e.raw_os_error();
-    let names = |d: &mut Dir| -> OpResult {
-        let mut v = Vec::new();
-        for e in d.by_ref() {
-            let e = e.map_err(errno)?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name != "." && name != ".." {
-                v.push(name);
-            }
-        }
-        v.sort();
-        Ok(v.join(" "))
-    };
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let mut dir = Dir::new(rustix::fs::open(m.join("opened"), flags, Mode::empty()).map_err(errno)?).map_err(errno)?;
+    let mut dir = open_dir(m, "opened")?;
     write(m, "opened/new", b"n")?;
     unlink(m, "opened/a")?;
-    let first = names(&mut dir)?;
+    let first = dir_names(&mut dir)?;
     let fresh = list(m, "opened")?;
     unlink(m, "opened/b")?;
     dir.rewind();
-    let rewound = names(&mut dir)?;
+    let rewound = dir_names(&mut dir)?;
     Ok(format!("read: {first}; opendir: {fresh}; rewound: {rewound}; opendir: {}", list(m, "opened")?))
 }
 

@@ -178,6 +178,29 @@ pub fn list(m: &Path, p: &str) -> OpResult {
     Ok(names.join(" "))
 }
 
+/// Opens directory `p` as a directory stream.
+pub fn open_dir(m: &Path, p: &str) -> Result<rustix::fs::Dir, i32> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(m.join(p), flags, Mode::empty()).map_err(|e| e.raw_os_error())?;
+    rustix::fs::Dir::new(fd).map_err(|e| e.raw_os_error())
+}
+
+/// The names a directory stream reads from where it stands, sorted,
+/// without `.` and `..`.
+pub fn dir_names(d: &mut rustix::fs::Dir) -> OpResult {
+    let mut names = Vec::new();
+    for e in d.by_ref() {
+        let e = e.map_err(|e| e.raw_os_error())?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names.join(" "))
+}
+
 /// `TYPE MODE UID:GID NLINK SIZE` of the path (lstat).
 pub fn stat(m: &Path, p: &str) -> OpResult {
     use std::os::unix::fs::MetadataExt;

@@ -170,7 +170,7 @@ pub fn random_step(
         _ => format!("content {}\n", rng.next_u64() % 1000).into_bytes(),
     };
     // (No O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser lacks.)
-    let k = rng.below(42);
+    let k = rng.below(43);
     let mut what = format!("#{k} {p} {q}");
     let op: Op = match k {
         0 | 1 => Box::new(move |m: &Path| {
@@ -327,6 +327,32 @@ pub fn random_step(
                 let times = rustix::fs::Timestamps { last_access: omit, last_modification: t };
                 rx(rustix::fs::utimensat(rustix::fs::CWD, m.join(&p), &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW))
             })
+        }
+        42 => {
+            // A directory stream opened before another step and read again
+            // (rewound) after it: the read shows what the step changed.
+            let read_first = rng.below(2) == 0;
+            let (inner_what, inner_paths, inner) = loop {
+                let s = random_step(rng, dirs, names, steps);
+                if !s.0.starts_with("#42 ") {
+                    break s;
+                }
+            };
+            // The directory of one of the step's paths.
+            let p = &inner_paths[rng.below(2)];
+            let d = p.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+            what = format!("#42 {d:?} open{} around {inner_what}", if read_first { ", read" } else { "" });
+            let op: Op = Box::new(move |m: &Path| {
+                let mut dir = open_dir(m, &d)?;
+                let before = if read_first { dir_names(&mut dir)? } else { String::new() };
+                let r = inner(m);
+                if r == Err(libc::EXDEV) {
+                    return r; // not run on strata (see the differential tests)
+                }
+                dir.rewind();
+                Ok(format!("{before} | {r:?} | {}", dir_names(&mut dir)?))
+            });
+            return (what, inner_paths, op);
         }
         _ if steps.as_user => {
             // An ordinary user (uid and gid 1000, no capabilities): the
