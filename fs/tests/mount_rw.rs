@@ -816,6 +816,33 @@ fn upper_read_back_as_layer_entries() {
     assert!(pos("data") < pos("data/b"));
 }
 
+/// A directory in the upper layer (new, or a lower one copied up) shows the
+/// size and blocks of its host directory, as after a remount, where they
+/// come from the host; before, a new one showed 0 until remounted.
+#[test]
+fn upper_directories_show_their_host_size() {
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    let lowers = base(&objects);
+    let sizes = |root: &Path| {
+        ["new", "new/deeper", "data"].map(|p| {
+            let st = std::fs::symlink_metadata(root.join(p)).unwrap();
+            (p, st.size(), st.blocks())
+        })
+    };
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    std::fs::create_dir_all(mnt.join("new/deeper")).unwrap();
+    for i in 0..200 {
+        std::fs::write(mnt.join(format!("new/f{i:03}-with-a-longer-name")), b"x").unwrap();
+    }
+    std::fs::write(mnt.join("data/c"), b"c").unwrap();
+    let live = sizes(&mnt);
+    assert_eq!(live, sizes(&upper), "the mount's directory sizes against the host's");
+    g.unmount();
+    let g = MountGuard::new(lowers, &mnt, opts(&upper));
+    assert_eq!(sizes(&mnt), live, "directory sizes before and after a remount");
+    g.unmount();
+}
+
 /// Entries made through the mount answer xattr requests from memory while
 /// strata knows they carry none; what the host passes on (a default ACL of
 /// the directory) and what is set through the mount must still show.

@@ -644,7 +644,9 @@ impl FsInner {
                     a.atime = Ts::atime(&st);
                     a.mtime = Ts::mtime(&st);
                     a.ctime = Ts::ctime(&st);
-                    if n.up == Up::Full && !a.is_dir() {
+                    // (Directories too: their size is the host's, as a
+                    // remount would load it.)
+                    if n.up == Up::Full {
                         a.size = st.st_size as u64;
                         a.blocks = st.st_blocks as u64;
                     }
