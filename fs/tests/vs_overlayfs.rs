@@ -29,7 +29,7 @@ use strata_fs::testing::overlay::{materialize, LowerFormat, OverlayMount, XattrN
 use strata_fs::testing::random::{
     io_err, random_step, read_all, settings, shape, Rng, Steps, RANDOM_DIRS, RANDOM_NAMES,
 };
-use strata_fs::testing::tree::{assert_same_tree, describe};
+use strata_fs::testing::tree::{assert_same_tree, describe, describe_exact};
 use strata_fs::testing::userns;
 use strata_fs::{Lower, MountOptions};
 
@@ -632,13 +632,13 @@ fn random_differential(base: &Path, work: &Path, ns: XattrNs) {
                 log.join("\n")
             );
             if i % 250 == 0 || i == steps {
-                let before = tree(&stm);
                 let why = format!("seed {seed:#x} after {i} steps:\n{}", log.join("\n"));
-                assert_same_tree(&why, ("overlayfs", &tree(&ov)), ("strata", &before));
+                assert_same_tree(&why, ("overlayfs", &tree(&ov)), ("strata", &tree(&stm)));
+                let before = describe_exact(&stm);
                 st.unmount();
                 st = MountGuard::new(lowers.clone(), &stm, rw());
                 let why = format!("seed {seed:#x}, strata remounted after {i} steps:\n{}", log.join("\n"));
-                assert_same_tree(&why, ("before", &before), ("after", &tree(&stm)));
+                assert_same_tree(&why, ("before", &before), ("after", &describe_exact(&stm)));
             }
         }
         st.unmount();
@@ -703,14 +703,10 @@ fn random_concurrent_steps_keep_the_mount_consistent() {
                 });
             }
         });
-        let before = describe(&stm, OLD_TIMES);
+        let before = describe_exact(&stm);
         st.unmount();
         let st = MountGuard::new(lowers.clone(), &stm, rw());
-        assert_same_tree(
-            &format!("seed {seed:#x}, remounted"),
-            ("before", &before),
-            ("after", &describe(&stm, OLD_TIMES)),
-        );
+        assert_same_tree(&format!("seed {seed:#x}, remounted"), ("before", &before), ("after", &describe_exact(&stm)));
         st.unmount();
         strata_fs::changes(&lowers, &st_upper).unwrap();
     }
@@ -921,12 +917,12 @@ fn plain_differential(work: &Path, in_user_namespace: bool) {
                 log.join("\n")
             );
             if i % 100 == 0 || i == steps {
-                let before = tree(&mnt);
                 let why = format!("seed {seed:#x} after {i} steps; layers:\n{layers_text}\nsteps:\n{}", log.join("\n"));
-                assert_same_tree(&why, ("plain", &tree(&plain)), ("strata", &before));
+                assert_same_tree(&why, ("plain", &tree(&plain)), ("strata", &tree(&mnt)));
+                let before = describe_exact(&mnt);
                 st.unmount();
                 st = MountGuard::new(lowers.clone(), &mnt, rw());
-                assert_same_tree(&format!("{why}\nremounted"), ("before", &before), ("after", &tree(&mnt)));
+                assert_same_tree(&format!("{why}\nremounted"), ("before", &before), ("after", &describe_exact(&mnt)));
             }
         }
         st.unmount();

@@ -79,6 +79,36 @@ pub fn describe(root: &Path, times_before: i64) -> TreeDesc {
     out
 }
 
+/// [`describe`] plus everything else `lstat` says that a filesystem keeps
+/// (sizes and blocks of directories too, link counts, device numbers, every
+/// modification and change time) and every xattr: for comparing one
+/// filesystem with itself, such as a mount before and after a remount.
+/// Access times are left out (reading the tree moves them), and so are inode
+/// numbers.
+pub fn describe_exact(root: &Path) -> TreeDesc {
+    let mut out = describe(root, 0);
+    for (k, v) in out.iter_mut() {
+        let p = root.join(k);
+        let m = ok(std::fs::symlink_metadata(&p), || format!("lstat {}", p.display()));
+        v.push_str(&format!(
+            " size={} blocks={} nlink={} rdev={} mtime={}.{} ctime={}.{}",
+            m.size(),
+            m.blocks(),
+            m.nlink(),
+            m.rdev(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ));
+        for name in xattr_names(&p).into_iter().filter(|k| !k.starts_with("user.")) {
+            let value = getxattr(&p, &name).map(|x| String::from_utf8_lossy(&x).into_owned());
+            v.push_str(&format!(" {name}={value:?}"));
+        }
+    }
+    out
+}
+
 /// The names of `p`'s xattrs (not following a symlink), sorted.
 pub fn xattr_names(p: &Path) -> Vec<String> {
     let mut buf = vec![0u8; 64 * 1024];
