@@ -170,7 +170,7 @@ pub fn random_step(
         _ => format!("content {}\n", rng.next_u64() % 1000).into_bytes(),
     };
     // (No O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser lacks.)
-    let k = rng.below(43);
+    let k = rng.below(44);
     let mut what = format!("#{k} {p} {q}");
     let op: Op = match k {
         0 | 1 => Box::new(move |m: &Path| {
@@ -353,6 +353,14 @@ pub fn random_step(
                 Ok(format!("{before} | {r:?} | {}", dir_names(&mut dir)?))
             });
             return (what, inner_paths, op);
+        }
+        43 => {
+            // The kernel forgets every dentry and inode not in use: a FUSE
+            // server gets them as FORGETs, and lookups start afresh. (Only
+            // root of the initial namespace may; elsewhere both sides fail
+            // alike.)
+            what = "#43 drop the kernel's dentry and inode caches".into();
+            Box::new(|_: &Path| r(std::fs::write("/proc/sys/vm/drop_caches", b"2")))
         }
         _ if steps.as_user => {
             // An ordinary user (uid and gid 1000, no capabilities): the
