@@ -843,6 +843,45 @@ fn upper_directories_show_their_host_size() {
     g.unmount();
 }
 
+/// A copy-up that the kernel is not otherwise told of changes what stat
+/// says (the change time and blocks become the host's): an open for
+/// writing, the entries inside a renamed directory, the directories above
+/// a new entry. What the mount shows then is what a remount shows, also
+/// where the kernel had the lower attributes cached.
+#[test]
+fn copy_ups_show_host_attributes_at_once() {
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    let lowers = vec![LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .dir("p", 0o755)
+        .file("p/f", b"f", 0o644)
+        .dir("p/q", 0o755)
+        .file("p/q/g", b"g", 0o644)
+        .dir("s", 0o755)
+        .dir("s/t", 0o755)
+        .dir("s/t/u", 0o755)
+        .mtime(1_000_000, 0)
+        .build()];
+    let attrs = |root: &Path, p: &str| {
+        let m = std::fs::symlink_metadata(root.join(p)).unwrap();
+        (p.to_string(), m.size(), m.blocks(), m.ctime(), m.ctime_nsec())
+    };
+    let g = MountGuard::new(lowers.clone(), &mnt, opts(&upper));
+    // The kernel caches the lower attributes first.
+    for p in ["p/f", "p/q/g", "s/t"] {
+        attrs(&mnt, p);
+    }
+    drop(std::fs::OpenOptions::new().write(true).open(mnt.join("p/f")).unwrap());
+    std::fs::rename(mnt.join("p/q"), mnt.join("p/q2")).unwrap();
+    std::fs::write(mnt.join("s/t/u/new"), b"n").unwrap();
+    let live: Vec<_> = ["p/f", "p/q2/g", "s/t"].iter().map(|p| attrs(&mnt, p)).collect();
+    g.unmount();
+    let g = MountGuard::new(lowers, &mnt, opts(&upper));
+    let remounted: Vec<_> = ["p/f", "p/q2/g", "s/t"].iter().map(|p| attrs(&mnt, p)).collect();
+    assert_eq!(live, remounted, "(path, size, blocks, ctime) live and after a remount");
+    g.unmount();
+}
+
 /// Entries made through the mount answer xattr requests from memory while
 /// strata knows they carry none; what the host passes on (a default ACL of
 /// the directory) and what is set through the mount must still show.

@@ -88,6 +88,10 @@ impl FsInner {
         n.up = Up::Full;
         n.meta_rec = rec;
         n.no_xattrs = no_xattrs && !rec;
+        // Its size, blocks and change time are the host directory's now:
+        // the kernel is told (a directory is copied up once, and most
+        // requests that do it carry no attributes of it).
+        self.invalidate_attrs(ino);
         Ok(())
     }
 
@@ -564,7 +568,13 @@ impl FsInner {
         let mut todo = vec![ino];
         while let Some(at) = todo.pop() {
             if !t.node(at).attr.is_dir() {
+                let below = t.node(at).up == Up::No;
                 self.copy_up_meta(t, at)?;
+                if below && at != ino {
+                    // Its change time and blocks are the metacopy's now; the
+                    // kernel updates those of the renamed entry itself.
+                    self.invalidate_attrs(at);
+                }
                 continue;
             }
             self.ensure_upper_dir(t, at)?;

@@ -714,7 +714,8 @@ impl FsInner {
                 if !n.attr.is_reg() || n.stand_in {
                     return Err(err(libc::EINVAL));
                 }
-                let made = match n.up {
+                let was = n.up;
+                let made = match was {
                     Up::Full => None,
                     // Removed while open: no name left to copy up to.
                     _ if n.nlink() == 0 => return Err(err(libc::ENOENT)),
@@ -722,6 +723,11 @@ impl FsInner {
                     _ if trunc => self.copy_up_file(&mut t, ino, Copy::Head(0), None)?,
                     _ => self.copy_up_file(&mut t, ino, Copy::Full, prepared.as_ref())?,
                 };
+                if was != Up::Full {
+                    // What stat says now comes from the host file (its change
+                    // time, blocks); the answer to OPEN carries no attributes.
+                    self.invalidate_attrs(ino);
+                }
                 // (O_TRUNC opens again: truncating sets the times even of an
                 // empty file.)
                 if let Some(f) = made.filter(|_| !trunc) {
