@@ -169,6 +169,30 @@ fn xattrs_switched_off_only_when_there_are_none() {
     g.unmount();
 }
 
+/// A layer's xattr outside the namespaces Linux filesystems keep (`foo.bar`
+/// in a layer's tar) is neither listed nor read: no unpacker could have set
+/// it, and getxattr of such a name fails as on the host.
+#[test]
+fn xattrs_outside_the_known_namespaces_are_not_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (objects, mnt) = (tmp.path().join("objects"), tmp.path().join("mnt"));
+    let lower = LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .file("f", b"f", 0o644)
+        .xattr("foo.bar", b"odd")
+        .xattr("user.k", b"v")
+        .xattr("system.other", b"x")
+        .build();
+    let g = MountGuard::new(vec![lower], &mnt, MountOptions::default());
+    let mut buf = [0u8; 256];
+    let n = rustix::fs::llistxattr(mnt.join("f"), &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"user.k\0");
+    for name in ["foo.bar", "system.other"] {
+        assert_eq!(rustix::fs::lgetxattr(mnt.join("f"), name, &mut buf[..]), Err(rustix::io::Errno::NOTSUP), "{name}");
+    }
+    g.unmount();
+}
+
 /// Whether the first page of the file at `path` is in the page cache
 /// (mincore: asking does not read anything, unlike a non-blocking read,
 /// which starts read-ahead when it misses).

@@ -427,6 +427,10 @@ fn script() -> Script {
         ("getxattr set", Box::new(|m: &Path| read_xattr(m, "data/d.link", "user.test"))),
         ("removexattr lower", Box::new(|m: &Path| removexattr(m, "etc/passwd", "user.origin"))),
         ("removexattr missing", Box::new(|m: &Path| removexattr(m, "data/f", "user.none"))),
+        ("setxattr outside the namespaces", Box::new(|m: &Path| setxattr(m, "data/d", "foo.bar", b"v"))),
+        ("getxattr outside the namespaces", Box::new(|m: &Path| read_xattr(m, "data/d", "foo.bar"))),
+        ("removexattr outside the namespaces", Box::new(|m: &Path| removexattr(m, "data/d", "foo.bar"))),
+        ("setxattr system.other", Box::new(|m: &Path| setxattr(m, "data/d", "system.other", b"v"))),
         ("setxattr new file", Box::new(|m: &Path| setxattr(m, "sym", "user.onlink", b"v"))),
         ("readdir while creating and removing", Box::new(readdir_while_changing)),
         (

@@ -535,6 +535,9 @@ impl Filesystem for StrataFs {
             return reply.error(Errno::ENOSYS);
         }
         let r = (|| {
+            if !known_xattr_namespace(name.as_bytes()) {
+                return Err(err(libc::EOPNOTSUPP));
+            }
             let t = self.tree_read();
             self.xattr_of(&t, ino.0, name.as_bytes())?.ok_or_else(|| err(libc::ENODATA))
         })();
@@ -566,7 +569,7 @@ impl Filesystem for StrataFs {
             let trusted = |k: &Vec<u8>| k.starts_with(b"trusted.");
             let hide_trusted = names.iter().any(trusted) && !caller::has_init_sys_admin(req.pid());
             let mut out = Vec::new();
-            for k in names.into_iter().filter(|k| !(hide_trusted && trusted(k))) {
+            for k in names.into_iter().filter(|k| !(hide_trusted && trusted(k)) && known_xattr_namespace(k)) {
                 out.extend_from_slice(&k);
                 out.push(0);
             }

@@ -146,7 +146,22 @@ fn check_xattr_name(name: &[u8]) -> io::Result<()> {
     if name.starts_with(upper::RESERVED_PREFIX) {
         return Err(err(libc::EPERM));
     }
+    if !known_xattr_namespace(name) {
+        return Err(err(libc::EOPNOTSUPP));
+    }
     Ok(())
+}
+
+/// Whether `name` is in a namespace that Linux filesystems keep (`user.`,
+/// `trusted.`, `security.`, and POSIX ACLs of `system.`). FUSE passes any
+/// name on; a host filesystem, and so kernel overlayfs, refuses the others
+/// (`foo.bar`) with EOPNOTSUPP, and so does strata. A layer's own are not
+/// shown either: no unpacker could have set them.
+pub(crate) fn known_xattr_namespace(name: &[u8]) -> bool {
+    const PREFIXES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+    PREFIXES.iter().any(|p| name.starts_with(p) && name.len() > p.len())
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
 }
 
 pub(crate) fn file_type(mode: u32) -> FileType {
@@ -525,7 +540,7 @@ impl FsInner {
 
     /// The value of extended attribute `name` of `ino`, as getxattr shows it.
     fn xattr_of(&self, t: &Tree, ino: Ino, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        if name.starts_with(upper::RESERVED_PREFIX) {
+        if name.starts_with(upper::RESERVED_PREFIX) || !known_xattr_namespace(name) {
             return Ok(None);
         }
         let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
