@@ -843,6 +843,67 @@ fn upper_directories_show_their_host_size() {
     g.unmount();
 }
 
+/// getdents64 into a small buffer: the names of one batch (empty at the end).
+fn getdents_batch(dir: &std::fs::File, buf: &mut [u8]) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+    assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+    let (mut names, mut at) = (Vec::new(), 0usize);
+    while at < n as usize {
+        // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name.
+        let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+        let name = &buf[at + 19..at + reclen];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        at += reclen;
+    }
+    names
+}
+
+/// Two directory streams of one directory, one reading on after the other
+/// filled the kernel's cache of it after a change: the first still returns
+/// every entry that was there all along, once. (The kernel shares its cache
+/// of a directory between opens; READDIR offsets that were positions in one
+/// listing made the first stream go on at the same position of the newer
+/// listing, one entry too far.)
+#[test]
+fn a_directory_stream_misses_nothing_when_another_refills_the_cache() {
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    let dir = mnt.join("many");
+    std::fs::create_dir(&dir).unwrap();
+    let names: Vec<String> = (0..60).map(|i| format!("f{i:03}")).collect();
+    for n in &names {
+        std::fs::write(dir.join(n), b"").unwrap();
+    }
+    let a = std::fs::File::open(&dir).unwrap();
+    let mut small = [0u8; 256];
+    let first = getdents_batch(&a, &mut small);
+    let gone = first.iter().find(|n| n.starts_with('f')).unwrap().clone();
+    std::fs::remove_file(dir.join(&gone)).unwrap();
+    // Another stream reads it all, which fills the kernel's cache anew.
+    let b = std::fs::File::open(&dir).unwrap();
+    let mut big = [0u8; 8192];
+    while !getdents_batch(&b, &mut big).is_empty() {}
+    let mut seen = first.clone();
+    loop {
+        let batch = getdents_batch(&a, &mut small);
+        if batch.is_empty() {
+            break;
+        }
+        seen.extend(batch);
+    }
+    let missing: Vec<_> = names.iter().filter(|n| **n != gone && !seen.contains(n)).collect();
+    assert!(missing.is_empty(), "missing {missing:?} (saw {seen:?})");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seen.len(), "entries returned twice: {seen:?}");
+    drop((a, b));
+    g.unmount();
+}
+
 /// A copy-up that the kernel is not otherwise told of changes what stat
 /// says (the change time and blocks become the host's): an open for
 /// writing, the entries inside a renamed directory, the directories above

@@ -395,8 +395,10 @@ impl Filesystem for StrataFs {
             Ok(l) => l,
             Err(e) => return reply.error(e),
         };
-        for (i, e) in ents.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, OsStr::from_bytes(&e.name)) {
+        // What follows the entry at `offset` (a cookie, see `tree::Dir`).
+        let start = ents.partition_point(|e| e.off <= offset);
+        for e in &ents[start..] {
+            if reply.add(INodeNo(e.ino), e.off, e.kind, OsStr::from_bytes(&e.name)) {
                 break;
             }
         }
@@ -417,7 +419,8 @@ impl Filesystem for StrataFs {
             }
             _ => None,
         };
-        for (i, e) in ents.iter().enumerate().skip(offset as usize) {
+        let start = ents.partition_point(|e| e.off <= offset);
+        for e in &ents[start..] {
             let dots = &*e.name == b"." || &*e.name == b"..";
             // The kernel makes dentries from these entries: answer with what
             // the name is now, and leave out names removed since the listing (a
@@ -430,8 +433,7 @@ impl Filesystem for StrataFs {
                 _ => None,
             };
             let a = self.attr(&t, cur, hint);
-            if reply.add(INodeNo(cur), (i + 1) as u64, OsStr::from_bytes(&e.name), &FsInner::ttl(n), &a, Generation(0))
-            {
+            if reply.add(INodeNo(cur), e.off, OsStr::from_bytes(&e.name), &FsInner::ttl(n), &a, Generation(0)) {
                 break; // full: this entry did not go out
             }
             if !dots {

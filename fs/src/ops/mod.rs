@@ -189,6 +189,9 @@ fn check_name(name: &[u8]) -> io::Result<()> {
 }
 
 struct DirEnt {
+    /// The READDIR offset of this entry, and of the next entry to read
+    /// after it (`tree::Link::cookie`).
+    off: u64,
     ino: Ino,
     kind: FileType,
     name: Box<[u8]>,
@@ -941,11 +944,14 @@ impl FsInner {
         let d = n.dir.as_ref().ok_or_else(|| err(libc::ENOTDIR))?;
         let parent = if ino == ROOT { ROOT } else { n.link.parent };
         let mut v = Vec::with_capacity(d.children.len() + 2);
-        v.push(DirEnt { ino, kind: FileType::Directory, name: (*b".").into() });
-        v.push(DirEnt { ino: parent, kind: FileType::Directory, name: (*b"..").into() });
+        v.push(DirEnt { off: 1, ino, kind: FileType::Directory, name: (*b".").into() });
+        v.push(DirEnt { off: 2, ino: parent, kind: FileType::Directory, name: (*b"..").into() });
         for (name, &c) in &d.children {
-            v.push(DirEnt { ino: c, kind: file_type(t.node(c).attr.mode), name: name.clone() });
+            let n = t.node(c);
+            let off = n.link_to(ino, name).map_or(u64::MAX, |l| l.cookie);
+            v.push(DirEnt { off, ino: c, kind: file_type(n.attr.mode), name: name.clone() });
         }
+        v.sort_unstable_by_key(|e| e.off);
         Ok(v)
     }
 }
