@@ -96,8 +96,6 @@ pub(crate) struct Link {
     /// The lower layers have something at this path (so removing or moving
     /// the name away needs a whiteout).
     pub covers: bool,
-    /// The name's READDIR offset in its directory (see [`Dir::next_cookie`]).
-    pub cookie: u64,
 }
 
 /// Where the node's data lives.
@@ -126,20 +124,7 @@ pub(crate) struct Dir {
     pub opaque: bool,
     /// How many children are directories (a directory's link count is 2 + this).
     pub subdirs: u32,
-    /// Names get READDIR offsets ("cookies") in the order they are added,
-    /// from [`FIRST_COOKIE`] on, and keep them while they stay. A listing is
-    /// in cookie order, so a directory stream that goes on after offset N
-    /// gets what follows the last entry it returned in any listing taken
-    /// since, with nothing present all along skipped or repeated. The
-    /// kernel's directory cache is shared by every open of the directory:
-    /// with offsets that were positions in one listing, a stream that had
-    /// read part of it went on at that position in another (after a
-    /// removal, a later one), and skipped an entry.
-    pub next_cookie: u64,
 }
-
-/// The first cookie of a name: 1 and 2 are `.` and `..`.
-pub(crate) const FIRST_COOKIE: u64 = 3;
 
 impl Dir {
     pub fn is_hidden(&self, name: &[u8]) -> bool {
@@ -187,7 +172,7 @@ impl Node {
     pub fn new(attr: Attr, lower: Option<LowerRef>, up: Up) -> Node {
         let dir = if attr.is_dir() { Some(Box::default()) } else { None };
         Node {
-            link: Link { parent: 0, name: Box::default(), covers: false, cookie: 0 },
+            link: Link { parent: 0, name: Box::default(), covers: false },
             more: Vec::new(),
             attr,
             lower,
@@ -368,11 +353,7 @@ impl Tree {
 
     /// Adds a name for `ino` in directory `parent` (which must not have it yet).
     pub fn add_link(&mut self, ino: Ino, parent: Ino, name: &[u8], covers: bool) {
-        let cookie = self.dir_mut(parent).map_or(0, |d| {
-            d.next_cookie += 1;
-            FIRST_COOKIE + d.next_cookie - 1
-        });
-        let link = Link { parent, name: name.into(), covers, cookie };
+        let link = Link { parent, name: name.into(), covers };
         let n = self.node_mut(ino);
         let is_dir = n.attr.is_dir();
         if n.link.parent == 0 {
@@ -400,8 +381,7 @@ impl Tree {
         }
         let n = self.node_mut(ino);
         if n.link.parent == parent && &*n.link.name == name {
-            let replacement =
-                n.more.pop().unwrap_or(Link { parent: 0, name: Box::default(), covers: false, cookie: 0 });
+            let replacement = n.more.pop().unwrap_or(Link { parent: 0, name: Box::default(), covers: false });
             return Some(std::mem::replace(&mut n.link, replacement));
         }
         let i = n.more.iter().position(|l| l.parent == parent && &*l.name == name)?;

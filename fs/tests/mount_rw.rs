@@ -8,7 +8,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::*;
-use strata_fs::testing::ops::{file_capability, posix_acl};
+use strata_fs::testing::ops::{file_capability, getdents_batch, posix_acl};
 use strata_fs::{ChangeKind, MountOptions};
 
 fn base(objects: &Path) -> Vec<strata_fs::Lower> {
@@ -841,24 +841,6 @@ fn upper_directories_show_their_host_size() {
     let g = MountGuard::new(lowers, &mnt, opts(&upper));
     assert_eq!(sizes(&mnt), live, "directory sizes before and after a remount");
     g.unmount();
-}
-
-/// getdents64 into a small buffer: the names of one batch (empty at the end).
-fn getdents_batch(dir: &std::fs::File, buf: &mut [u8]) -> Vec<String> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the buffer is valid for its length.
-    let n = unsafe { libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
-    assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
-    let (mut names, mut at) = (Vec::new(), 0usize);
-    while at < n as usize {
-        // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name.
-        let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
-        let name = &buf[at + 19..at + reclen];
-        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-        names.push(String::from_utf8_lossy(&name[..end]).into_owned());
-        at += reclen;
-    }
-    names
 }
 
 /// Two directory streams of one directory, one reading on after the other

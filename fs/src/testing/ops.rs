@@ -201,6 +201,24 @@ pub fn dir_names(d: &mut rustix::fs::Dir) -> OpResult {
     Ok(names.join(" "))
 }
 
+/// One getdents64 call on `dir` into `buf`: the names it returned (none at
+/// the end of the directory). A small buffer reads a directory in parts.
+pub fn getdents_batch(dir: &impl std::os::fd::AsRawFd, buf: &mut [u8]) -> Vec<String> {
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, dir.as_raw_fd(), buf.as_mut_ptr(), buf.len()) };
+    assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+    let (mut names, mut at) = (Vec::new(), 0usize);
+    while at < n as usize {
+        // struct linux_dirent64: ino u64, off i64, reclen u16, type u8, name.
+        let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+        let name = &buf[at + 19..at + reclen];
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        names.push(String::from_utf8_lossy(&name[..end]).into_owned());
+        at += reclen;
+    }
+    names
+}
+
 /// `TYPE MODE UID:GID NLINK SIZE` of the path (lstat).
 pub fn stat(m: &Path, p: &str) -> OpResult {
     use std::os::unix::fs::MetadataExt;

@@ -341,6 +341,10 @@ pub fn random_step(
             // The directory of one of the step's paths.
             let p = &inner_paths[rng.below(2)];
             let d = p.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+            if rng.below(3) == 0 {
+                what = format!("#42 {d:?} read in part around {inner_what}, then by another stream");
+                return (what, inner_paths, Box::new(move |m: &Path| streams_around(m, &d, &inner)));
+            }
             what = format!("#42 {d:?} open{} around {inner_what}", if read_first { ", read" } else { "" });
             let op: Op = Box::new(move |m: &Path| {
                 let mut dir = open_dir(m, &d)?;
@@ -380,6 +384,43 @@ pub fn random_step(
         _ => Box::new(move |m: &Path| shape(m, &p)),
     };
     (what, paths, op)
+}
+
+/// Directory `d` read in part by one stream, `step` taken, the directory
+/// read whole by a second stream (which fills the kernel's cache of it
+/// anew), then the rest read by the first: the first must have returned
+/// every name there before and after the step, each once. The result is
+/// those names, or what went wrong.
+fn streams_around(m: &Path, d: &str, step: &Op) -> OpResult {
+    let open = || std::fs::File::open(m.join(d)).map_err(io_err);
+    let before = list(m, d)?;
+    let first = open()?;
+    let mut small = [0u8; 256];
+    let mut seen = getdents_batch(&first, &mut small);
+    let r = step(m);
+    if r == Err(libc::EXDEV) {
+        return r; // not run on strata (see the differential tests)
+    }
+    let second = open()?;
+    let mut big = [0u8; 16384];
+    while !getdents_batch(&second, &mut big).is_empty() {}
+    loop {
+        let batch = getdents_batch(&first, &mut small);
+        if batch.is_empty() {
+            break;
+        }
+        seen.extend(batch);
+    }
+    let after = list(m, d).unwrap_or_default();
+    let stayed: Vec<&str> = before.split(' ').filter(|n| !n.is_empty() && after.split(' ').any(|a| a == *n)).collect();
+    let missed: Vec<&&str> = stayed.iter().filter(|n| !seen.iter().any(|s| s == **n)).collect();
+    let mut once = seen.clone();
+    once.sort();
+    once.dedup();
+    if !missed.is_empty() || once.len() != seen.len() {
+        return Ok(format!("{r:?}; missed {missed:?}, returned {} names for {} distinct", seen.len(), once.len()));
+    }
+    Ok(format!("{r:?}; all of {}", stayed.join(" ")))
 }
 
 /// What lstat says of a path, to compare after every step (directories
