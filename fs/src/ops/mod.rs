@@ -572,8 +572,9 @@ impl FsInner {
     /// per directory.
     ///
     /// A handle's listing is taken afresh at offset 0 (the first read, and
-    /// every rewinddir) and kept for the reads that go on from there, so
-    /// that their offsets stay meaningful. Not at OPENDIR: the kernel keeps
+    /// every rewinddir) and kept for the reads that go on from there (a
+    /// large directory takes many; offsets are [`name_cookie`]s, which mean
+    /// the same in every listing). Not at OPENDIR: the kernel keeps
     /// what it reads as the directory's cache (FOPEN_CACHE_DIR) and judges
     /// that cache by the directory's version when the read at offset 0
     /// starts, so a listing older than that read would stand for the
