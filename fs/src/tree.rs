@@ -96,6 +96,8 @@ pub(crate) struct Link {
     /// The lower layers have something at this path (so removing or moving
     /// the name away needs a whiteout).
     pub covers: bool,
+    /// The name's READDIR offset in its directory (see [`Dir::next_cookie`]).
+    pub cookie: u64,
 }
 
 /// Where the node's data lives.
@@ -124,7 +126,29 @@ pub(crate) struct Dir {
     pub opaque: bool,
     /// How many children are directories (a directory's link count is 2 + this).
     pub subdirs: u32,
+    /// Names get READDIR offsets ("cookies") in the order they are added,
+    /// from [`FIRST_COOKIE`] on, and keep them while they stay. A listing is
+    /// in cookie order, so a directory stream that goes on after offset N
+    /// gets what follows the last entry it returned in any listing taken
+    /// since: nothing present all along is skipped or repeated. The
+    /// kernel's directory cache is shared by every open of the directory:
+    /// with offsets that were positions in one listing, a stream that had
+    /// read part of it went on at that position in another (after a
+    /// removal, a later one), and skipped an entry.
+    ///
+    /// A name removed (or replaced by a rename) and made again while a
+    /// stream reads may come twice, as on btrfs, whose offsets are made the
+    /// same way; POSIX leaves entries removed or added since opendir
+    /// unspecified. Offsets hashed from the names (ext4's way) avoid that,
+    /// but need 63 bits to make collisions rare enough, and a 32-bit
+    /// program reading without large-file support then fails with
+    /// EOVERFLOW (ext4 sees such callers and gives them 31-bit hashes; a
+    /// FUSE server cannot tell). These stay small.
+    pub next_cookie: u64,
 }
+
+/// The first cookie of a name: 1 and 2 are `.` and `..`.
+pub(crate) const FIRST_COOKIE: u64 = 3;
 
 impl Dir {
     pub fn is_hidden(&self, name: &[u8]) -> bool {
@@ -172,7 +196,7 @@ impl Node {
     pub fn new(attr: Attr, lower: Option<LowerRef>, up: Up) -> Node {
         let dir = if attr.is_dir() { Some(Box::default()) } else { None };
         Node {
-            link: Link { parent: 0, name: Box::default(), covers: false },
+            link: Link { parent: 0, name: Box::default(), covers: false, cookie: 0 },
             more: Vec::new(),
             attr,
             lower,
@@ -353,7 +377,11 @@ impl Tree {
 
     /// Adds a name for `ino` in directory `parent` (which must not have it yet).
     pub fn add_link(&mut self, ino: Ino, parent: Ino, name: &[u8], covers: bool) {
-        let link = Link { parent, name: name.into(), covers };
+        let cookie = self.dir_mut(parent).map_or(0, |d| {
+            d.next_cookie += 1;
+            FIRST_COOKIE + d.next_cookie - 1
+        });
+        let link = Link { parent, name: name.into(), covers, cookie };
         let n = self.node_mut(ino);
         let is_dir = n.attr.is_dir();
         if n.link.parent == 0 {
@@ -381,7 +409,8 @@ impl Tree {
         }
         let n = self.node_mut(ino);
         if n.link.parent == parent && &*n.link.name == name {
-            let replacement = n.more.pop().unwrap_or(Link { parent: 0, name: Box::default(), covers: false });
+            let replacement =
+                n.more.pop().unwrap_or(Link { parent: 0, name: Box::default(), covers: false, cookie: 0 });
             return Some(std::mem::replace(&mut n.link, replacement));
         }
         let i = n.more.iter().position(|l| l.parent == parent && &*l.name == name)?;

@@ -190,7 +190,7 @@ fn check_name(name: &[u8]) -> io::Result<()> {
 
 struct DirEnt {
     /// The READDIR offset of this entry, and of the next entry to read
-    /// after it ([`name_cookie`]).
+    /// after it (`tree::Link::cookie`).
     off: u64,
     ino: Ino,
     kind: FileType,
@@ -573,8 +573,8 @@ impl FsInner {
     ///
     /// A handle's listing is taken afresh at offset 0 (the first read, and
     /// every rewinddir) and kept for the reads that go on from there (a
-    /// large directory takes many; offsets are [`name_cookie`]s, which mean
-    /// the same in every listing). Not at OPENDIR: the kernel keeps
+    /// large directory takes many; offsets are cookies, which mean the same
+    /// in every listing: see `tree::Dir::next_cookie`). Not at OPENDIR: the kernel keeps
     /// what it reads as the directory's cache (FOPEN_CACHE_DIR) and judges
     /// that cache by the directory's version when the read at offset 0
     /// starts, so a listing older than that read would stand for the
@@ -948,28 +948,13 @@ impl FsInner {
         v.push(DirEnt { off: 1, ino, kind: FileType::Directory, name: (*b".").into() });
         v.push(DirEnt { off: 2, ino: parent, kind: FileType::Directory, name: (*b"..").into() });
         for (name, &c) in &d.children {
-            v.push(DirEnt { off: name_cookie(name), ino: c, kind: file_type(t.node(c).attr.mode), name: name.clone() });
+            let n = t.node(c);
+            let off = n.link_to(ino, name).map_or(u64::MAX >> 1, |l| l.cookie);
+            v.push(DirEnt { off, ino: c, kind: file_type(n.attr.mode), name: name.clone() });
         }
         v.sort_unstable_by_key(|e| e.off);
         Ok(v)
     }
-}
-
-/// The READDIR offset ("cookie") of a name: a hash of it, as ext4 gives
-/// its entries, and a listing goes in that order. So a directory stream
-/// that goes on after offset N continues after the last name it returned
-/// in any listing taken since: nothing present all along is skipped, and
-/// no name comes twice, even when it was removed and made again meanwhile.
-/// The kernel's directory cache is shared by every open of a directory;
-/// with offsets that were positions in one listing, a stream that had read
-/// part of it went on at that position in another (after a removal, one
-/// entry too far). 1 and 2 are `.` and `..`; cookies stay below 2^63
-/// (telldir's long). Two names of one directory with one cookie (odds of
-/// about n²/2^64) would make a resumed stream skip one of them.
-pub(crate) fn name_cookie(name: &[u8]) -> u64 {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
-    (h >> 1).max(3)
 }
 
 fn stat_host(dir: BorrowedFd, name: &[u8]) -> io::Result<rustix::fs::Stat> {
