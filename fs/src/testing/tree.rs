@@ -84,27 +84,20 @@ pub fn describe(root: &Path, times_before: i64) -> TreeDesc {
 /// modification and change time) and every xattr: for comparing one
 /// filesystem with itself, such as a mount before and after a remount.
 /// Access times are left out (reading the tree moves them), and so are inode
-/// numbers and the change times of directories: a union filesystem's
-/// directory shows that of its upper directory, which moves with changes
-/// the union makes there itself (a file copied up into it), and strata
-/// does not make the kernel ask again after each of those (it would cost
-/// every copy-up a round trip).
+/// numbers and the change times, sizes and blocks of directories: a union
+/// filesystem's directory shows those of its upper directory, which move
+/// with changes the union makes there itself (a file copied up into it;
+/// on a tmpfs every entry counts in the size), and strata does not make
+/// the kernel ask again after each of those (it would cost every copy-up a
+/// round trip).
 pub fn describe_exact(root: &Path) -> TreeDesc {
     let mut out = describe(root, 0);
     for (k, v) in out.iter_mut() {
         let p = root.join(k);
         let m = ok(std::fs::symlink_metadata(&p), || format!("lstat {}", p.display()));
-        v.push_str(&format!(
-            " size={} blocks={} nlink={} rdev={} mtime={}.{}",
-            m.size(),
-            m.blocks(),
-            m.nlink(),
-            m.rdev(),
-            m.mtime(),
-            m.mtime_nsec()
-        ));
+        v.push_str(&format!(" nlink={} rdev={} mtime={}.{}", m.nlink(), m.rdev(), m.mtime(), m.mtime_nsec()));
         if !m.is_dir() {
-            v.push_str(&format!(" ctime={}.{}", m.ctime(), m.ctime_nsec()));
+            v.push_str(&format!(" size={} blocks={} ctime={}.{}", m.size(), m.blocks(), m.ctime(), m.ctime_nsec()));
         }
         for name in xattr_names(&p).into_iter().filter(|k| !k.starts_with("user.")) {
             let value = getxattr(&p, &name).map(|x| String::from_utf8_lossy(&x).into_owned());
