@@ -57,23 +57,26 @@ impl IdMap {
 }
 
 fn out(ranges: &[IdRange], id: u32) -> u32 {
-    if ranges.is_empty() {
-        return id;
-    }
-    ranges
-        .iter()
-        .find(|r| id >= r.inside && id - r.inside < r.count)
-        .map_or(OVERFLOW_ID, |r| r.outside + (id - r.inside))
+    translate(ranges, id, |r| (r.inside, r.outside))
 }
 
 fn inward(ranges: &[IdRange], id: u32) -> u32 {
+    translate(ranges, id, |r| (r.outside, r.inside))
+}
+
+/// `id` through the range that holds it on the side `ends` names first,
+/// to the other side; unchanged without ranges, OVERFLOW_ID outside them.
+fn translate(ranges: &[IdRange], id: u32, ends: impl Fn(&IdRange) -> (u32, u32)) -> u32 {
     if ranges.is_empty() {
         return id;
     }
     ranges
         .iter()
-        .find(|r| id >= r.outside && id - r.outside < r.count)
-        .map_or(OVERFLOW_ID, |r| r.inside + (id - r.outside))
+        .find_map(|r| {
+            let (from, to) = ends(r);
+            (id >= from && id - from < r.count).then(|| to + (id - from))
+        })
+        .unwrap_or(OVERFLOW_ID)
 }
 
 #[cfg(test)]

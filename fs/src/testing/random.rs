@@ -346,12 +346,11 @@ pub fn random_step(
                 // Names the step may remove and make again, which may come twice.
                 let touched: Vec<String> = inner_paths
                     .iter()
-                    .filter_map(|p| p.rsplit_once('/').map_or(Some(("", p.as_str())), Some))
+                    .map(|p| p.rsplit_once('/').unwrap_or(("", p)))
                     .filter(|(pd, _)| *pd == d)
                     .map(|(_, n)| n.to_string())
                     .collect();
-                let paths = inner_paths.clone();
-                return (what, paths, Box::new(move |m: &Path| streams_around(m, &d, &inner, &touched)));
+                return (what, inner_paths, Box::new(move |m: &Path| streams_around(m, &d, &inner, &touched)));
             }
             what = format!("#42 {d:?} open{} around {inner_what}", if read_first { ", read" } else { "" });
             let op: Op = Box::new(move |m: &Path| {
