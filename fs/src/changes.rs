@@ -64,6 +64,15 @@ fn lower_paths(lowers: &[Lower]) -> LowerPaths {
 }
 
 pub fn changes(lowers: &[Lower], upper: &Path) -> Result<Vec<Change>, FsError> {
+    changes_hiding(lowers, upper, &[])
+}
+
+/// [`changes`], leaving out the entries at `hidden` (paths relative to the
+/// root, like `etc/hosts`) and what is below them, where the upper directory
+/// added them: a container runtime's mount points, which Docker keeps in a
+/// layer of their own under the container's ("init"), so that they are
+/// neither changes nor make their directory one.
+pub fn changes_hiding(lowers: &[Lower], upper: &Path, hidden: &[&[u8]]) -> Result<Vec<Change>, FsError> {
     let io = |source| FsError::Io { what: "reading upper directory", path: upper.to_path_buf(), source };
     let up = Upper::open(upper).map_err(io)?;
     let lower = lower_paths(lowers);
@@ -73,7 +82,7 @@ pub fn changes(lowers: &[Lower], upper: &Path) -> Result<Vec<Change>, FsError> {
     crate::walk::walk(
         root,
         Vec::new(),
-        |fd, rel| changes_in(&up, &lower, fd, rel, &mut changed_dirs),
+        |fd, rel| changes_in(&up, &lower, hidden, fd, rel, &mut changed_dirs),
         |_, c| {
             out.push(c);
             Ok(())
@@ -96,6 +105,7 @@ fn same_time(a: (i64, u32), b: (i64, u32)) -> bool {
 fn changes_in(
     up: &Upper,
     lower: &LowerPaths,
+    hidden: &[&[u8]],
     fd: BorrowedFd,
     rel: Vec<u8>,
     changed_dirs: &mut HashSet<Vec<u8>>,
@@ -123,6 +133,7 @@ fn changes_in(
                     }
                     ChangeKind::Changed
                 }
+                None if hidden.contains(&&path[..]) => continue,
                 None => ChangeKind::Added,
             };
             (path, kind, is_dir)

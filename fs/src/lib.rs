@@ -182,7 +182,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use changes::{changes, Change, ChangeKind};
+pub use changes::{changes, changes_hiding, Change, ChangeKind};
 pub use layer::{open_upper_file, upper_entries, UpperContent, UpperEntry, UpperKind};
 pub use source::{LayerSource, Lower, ObjectRef};
 

@@ -44,6 +44,33 @@ fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Option<String> {
     String::from_utf8(buf).ok()
 }
 
+/// Runs `create` (which makes an entry in `dir`) and sets the directory's
+/// modification time back to what it was. The mount points made here are
+/// the runtime's, not the container's changes (Docker keeps them in a
+/// separate "init" layer): with the time moved, `strata diff` would report
+/// the directory as changed (`C /etc` for a created `/etc/hosts`) as soon as
+/// anything else in it changed, and a commit would carry the new time.
+/// Only after a creation that `made` says succeeded (setting a time copies a
+/// lower directory up). Best effort: a directory whose time cannot be set
+/// keeps the new one.
+fn keeping_mtime<T>(dir: BorrowedFd<'_>, made: impl FnOnce(&T) -> bool, create: impl FnOnce() -> T) -> T {
+    // SAFETY: stat is plain data filled by fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and buffer.
+    let before = (unsafe { libc::fstat(dir.as_raw_fd(), &mut st) } == 0).then_some(st);
+    let out = create();
+    if let (Some(st), true) = (before, made(&out)) {
+        let times = [
+            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
+        ];
+        // SAFETY: valid fd, empty C string and times. (AT_EMPTY_PATH: the
+        // O_PATH fd itself, no name is resolved.)
+        unsafe { libc::utimensat(dir.as_raw_fd(), c"".as_ptr(), times.as_ptr(), libc::AT_EMPTY_PATH) };
+    }
+    out
+}
+
 fn rel(path: &str) -> &str {
     let p = path.trim_start_matches('/');
     if p.is_empty() {
@@ -96,7 +123,11 @@ impl Root {
             }
             let name = cstring(comp.as_str())?;
             // SAFETY: valid fd and C string. A single component never follows a symlink.
-            let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) };
+            let ret = keeping_mtime(
+                dir.as_fd(),
+                |r| *r == 0,
+                || unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) },
+            );
             if ret == -1 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() != Some(libc::EEXIST) {
@@ -142,7 +173,10 @@ impl Root {
             let dir = self.mkdir_all(&parent, 0o755)?;
             let cname = cstring(name.as_str())?;
             // O_EXCL|O_NOFOLLOW: never create through a symlink on the host's terms.
-            match openat(dir.as_fd(), &cname, libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY, 0o644) {
+            let made = keeping_mtime(dir.as_fd(), Result::is_ok, || {
+                openat(dir.as_fd(), &cname, libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY, 0o644)
+            });
+            match made {
                 Ok(_) => return self.open(&path, libc::O_PATH),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match readlinkat(dir.as_fd(), &cname) {
                     Some(t) if t.starts_with('/') => path = rel(&t).to_string(),

@@ -969,44 +969,24 @@ fn diff(ctx: &Context, a: DiffArgs) -> Result<i32> {
         });
     }
     let upper = c.upper();
-    let changes: Vec<(char, String)> = crate::containers::spec::in_user_namespace(ctx, move || {
-        Ok(strata_fs::changes(&lowers, &upper)?.into_iter().map(|ch| (ch.kind.letter(), ch.path)).collect())
-    })?;
-    let changes: Vec<strata_fs::Change> = changes
-        .into_iter()
-        .map(|(k, path)| strata_fs::Change {
-            kind: match k {
-                'A' => strata_fs::ChangeKind::Added,
-                'D' => strata_fs::ChangeKind::Deleted,
-                _ => strata_fs::ChangeKind::Changed,
-            },
-            path,
-        })
-        .collect();
     // Mount points the runner creates (Docker keeps them in a separate
-    // "init" layer) are not the container's changes; nor is the touched
-    // directory above them when nothing else below it changed.
-    let mut runtime: Vec<String> = ["/dev", "/proc", "/sys", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
+    // "init" layer) are not the container's changes.
+    let mut runtime: Vec<Vec<u8>> = ["dev", "proc", "sys", "etc/hosts", "etc/hostname", "etc/resolv.conf"]
         .iter()
-        .map(|p| p.to_string())
+        .map(|p| p.as_bytes().to_vec())
         .collect();
-    runtime.extend(c.config.mounts.iter().map(|m| m.destination.clone()));
-    let is_runtime = |ch: &strata_fs::Change| {
-        ch.kind == strata_fs::ChangeKind::Added
-            && runtime.iter().any(|r| ch.path == *r || ch.path.starts_with(&format!("{r}/")))
-    };
-    let kept: Vec<&strata_fs::Change> = changes.iter().filter(|ch| !is_runtime(ch)).collect();
-    let dropped: Vec<&strata_fs::Change> = changes.iter().filter(|ch| is_runtime(ch)).collect();
-    for ch in &kept {
-        if ch.kind == strata_fs::ChangeKind::Changed {
-            let prefix = if ch.path == "/" { "/".to_string() } else { format!("{}/", ch.path) };
-            let parent_of_dropped = dropped.iter().any(|d| d.path.starts_with(&prefix));
-            let parent_of_kept = kept.iter().any(|k| k.path.starts_with(&prefix));
-            if parent_of_dropped && !parent_of_kept {
-                continue;
-            }
-        }
-        println!("{} {}", ch.kind.letter(), ch.path);
+    runtime.extend(c.config.mounts.iter().map(|m| {
+        m.destination.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/").into_bytes()
+    }));
+    let changes: Vec<(char, String)> = crate::containers::spec::in_user_namespace(ctx, move || {
+        let hidden: Vec<&[u8]> = runtime.iter().map(Vec::as_slice).collect();
+        Ok(strata_fs::changes_hiding(&lowers, &upper, &hidden)?
+            .into_iter()
+            .map(|ch| (ch.kind.letter(), ch.path))
+            .collect())
+    })?;
+    for (letter, path) in changes {
+        println!("{letter} {path}");
     }
     Ok(0)
 }
