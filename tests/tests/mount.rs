@@ -336,6 +336,14 @@ fn mount_list_umount_and_error_messages() {
         t.s.fails(&[Path::new("mount"), Path::new("--upper"), &upper, Path::new(&t.image), &upper.join("sub")]);
     assert_eq!(code, 125);
     assert_mentions(&err, &["is inside the upper directory"], "mount point inside the upper directory");
+    // A missing --upper inside the mount point: refused before it is made.
+    let holder = t.s.base().join("holder");
+    fs::create_dir_all(&holder).unwrap();
+    let (code, err) =
+        t.s.fails(&[Path::new("mount"), Path::new("--upper"), &holder.join("up"), Path::new(&t.image), &holder]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["holds the upper directory"], "mount point around the upper directory");
+    assert!(!holder.join("up").exists(), "the refused command created its upper directory");
     assert!(mounts(&t.s).len() == 1, "nothing mounted by the refused commands");
 
     // Without DIR: mounted under the store, path printed, removed by umount.

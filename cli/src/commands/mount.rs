@@ -283,6 +283,9 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
     if a.dir.is_some() {
         refuse_covering(ctx, &mountpoint, upper.as_deref())?;
     }
+    if let (None, Some(_), Some(u)) = (&src.container, &a.upper, &upper) {
+        make_user_upper(u)?;
+    }
 
     let rec = MountRecord {
         id: id.clone(),
@@ -485,23 +488,26 @@ fn checked_mountpoint(d: &Path) -> Result<PathBuf> {
     }
 }
 
-/// `--upper DIR`: created when missing, canonical.
+/// `--upper DIR`, resolved as it will be once made (nothing is created
+/// yet: [`make_user_upper`] does that once every check has passed).
 fn user_upper(ctx: &Context, u: &Path) -> Result<PathBuf> {
-    // Checked before anything is created there.
-    refuse_upper_in_store(ctx, &resolve_missing(u))?;
+    let resolved = resolve_missing(u);
+    refuse_upper_in_store(ctx, &resolved)?;
     match fs::metadata(u) {
-        Ok(m) if m.is_dir() => {}
+        Ok(m) if m.is_dir() => u.canonicalize().with_context(|| format!("resolving {}", u.display())),
         Ok(_) => bail!("upper directory {} is not a directory", u.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(u)
-                .with_context(|| format!("creating upper directory {}", u.display()))?;
-        }
-        Err(e) => return Err(e).with_context(|| format!("upper directory {}", u.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(resolved),
+        Err(e) => Err(e).with_context(|| format!("upper directory {}", u.display())),
     }
-    u.canonicalize().with_context(|| format!("resolving {}", u.display()))
+}
+
+/// Creates a missing `--upper` directory (checked by [`user_upper`]).
+fn make_user_upper(u: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(u)
+        .with_context(|| format!("creating upper directory {}", u.display()))
 }
 
 fn umount(ctx: &Context, a: UmountArgs) -> Result<i32> {
