@@ -170,7 +170,7 @@ pub fn random_step(
         _ => format!("content {}\n", rng.next_u64() % 1000).into_bytes(),
     };
     // (No O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser lacks.)
-    let k = rng.below(44);
+    let k = rng.below(45);
     let mut what = format!("#{k} {p} {q}");
     let op: Op = match k {
         0 | 1 => Box::new(move |m: &Path| {
@@ -365,6 +365,40 @@ pub fn random_step(
             });
             return (what, inner_paths, op);
         }
+        44 => {
+            // A file held open around another step on it, then used through
+            // that descriptor: its attributes, its content, and (opened for
+            // writing) a write or a chmod through it.
+            let writable = rng.below(2) == 0;
+            // (A write through a read-only descriptor fails with EBADF, which
+            // the concurrent test takes for a broken mount.)
+            let usage = [0, 1, 3, 2][rng.below(if writable { 4 } else { 3 })];
+            let (inner_what, inner_paths, inner) = loop {
+                let s = random_step(rng, dirs, names, steps);
+                if !s.0.starts_with("#42 ") && !s.0.starts_with("#44 ") {
+                    break s;
+                }
+            };
+            let p = inner_paths[rng.below(2)].clone();
+            let usage_what = ["fstat", "read", "write", "fchmod"][usage];
+            what = format!("#44 {p} open{} around {inner_what}, then {usage_what}", if writable { " rw" } else { "" });
+            let op: Op = Box::new(move |m: &Path| {
+                use std::os::unix::fs::FileExt;
+                let mut f = open_nb(m, &p, std::fs::OpenOptions::new().read(true).write(writable))?;
+                let r = inner(m);
+                if r == Err(libc::EXDEV) {
+                    return r; // not run on strata (see the differential tests)
+                }
+                let used = match usage {
+                    0 => fd_shape(&f),
+                    1 => read_all(&mut f),
+                    2 => f.write_all_at(b"w", 1).map_err(io_err).and_then(|_| read_all(&mut f)),
+                    _ => rx(rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o640))).and_then(|_| fd_shape(&f)),
+                };
+                Ok(format!("{r:?} | {used:?}"))
+            });
+            return (what, inner_paths, op);
+        }
         43 => {
             // The kernel forgets every dentry and inode not in use: a FUSE
             // server gets them as FORGETs, and lookups start afresh. (Only
@@ -401,7 +435,12 @@ pub fn random_step(
 /// whether those come is unspecified). The result is those names, or what
 /// went wrong.
 fn streams_around(m: &Path, d: &str, step: &Op, touched: &[String]) -> OpResult {
-    let open = || std::fs::File::open(m.join(d)).map_err(io_err);
+    // (O_DIRECTORY: with other threads taking steps, a file may be there
+    // by now.)
+    let open = || {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY).open(m.join(d)).map_err(io_err)
+    };
     let before = list(m, d)?;
     let first = open()?;
     let mut small = [0u8; 256];
@@ -432,6 +471,14 @@ fn streams_around(m: &Path, d: &str, step: &Op, touched: &[String]) -> OpResult 
         return Ok(format!("{r:?}; missed {missed:?}, returned {} names for {} distinct", counted.len(), once.len()));
     }
     Ok(format!("{r:?}; all of {}", stayed.join(" ")))
+}
+
+/// [`shape`] of an open file.
+pub fn fd_shape(f: &std::fs::File) -> OpResult {
+    use std::os::unix::fs::MetadataExt;
+    let st = f.metadata().map_err(io_err)?;
+    let (size, nlink) = if st.is_dir() { (0, 0) } else { (st.len(), st.nlink()) };
+    Ok(format!("{:o} {}:{} nlink={nlink} size={size}", st.mode(), st.uid(), st.gid()))
 }
 
 /// What lstat says of a path, to compare after every step (directories
