@@ -199,7 +199,7 @@ impl Upper {
         if can_hold_user_xattrs(kind) {
             let f = self.path_fd(dir, name)?;
             if let Some(v) = get_xattr_fd(&f, META_XATTR)? {
-                meta = parse_meta(&v);
+                meta = parse_meta(&v).filter(|m| record_fits(kind, m.0));
             }
             if kind == libc::S_IFREG {
                 if let Some(v) = get_xattr_fd(&f, METACOPY_XATTR)? {
@@ -687,6 +687,17 @@ pub(crate) fn list_dir(fd: impl AsFd) -> io::Result<Vec<Vec<u8>>> {
 /// The `user.strata.meta` value for `want` (read back by [`parse_meta`]).
 fn meta_record(want: &Attr) -> String {
     format!("{} {} {} {}", want.mode, want.uid, want.gid, want.rdev)
+}
+
+/// Whether a recorded mode can describe a host entry of type `host_kind`:
+/// its own type, or one a regular file stands in for. A record that says
+/// a directory is a file, or a file a directory (an upper directory made
+/// or changed by hand), is ignored: the entry would be neither.
+fn record_fits(host_kind: u32, recorded_mode: u32) -> bool {
+    let recorded = recorded_mode & libc::S_IFMT;
+    recorded == host_kind
+        || host_kind == libc::S_IFREG
+            && [libc::S_IFLNK, libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK].contains(&recorded)
 }
 
 fn parse_meta(v: &[u8]) -> Option<(u32, u32, u32, u32)> {

@@ -398,6 +398,35 @@ fn an_object_of_the_wrong_size_reads_as_an_io_error() {
     g.unmount();
 }
 
+/// An upper directory changed by hand (`--upper` takes any directory):
+/// a record that gives a directory the type of a file, or a file that of a
+/// directory, is ignored, so each shows as what the host has. Before, the
+/// directory showed as a file that no one could open or list.
+#[test]
+fn a_record_of_the_wrong_type_is_ignored() {
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    std::fs::create_dir_all(upper.join("etc/made")).unwrap();
+    std::fs::write(upper.join("etc/made/inside"), b"in").unwrap();
+    std::fs::write(upper.join("etc/plain"), b"plain").unwrap();
+    std::fs::write(upper.join("etc/fifo"), b"").unwrap();
+    let set = |p: &str, v: &str| {
+        rustix::fs::lsetxattr(upper.join(p), "user.strata.meta", v.as_bytes(), rustix::fs::XattrFlags::empty()).unwrap()
+    };
+    set("etc/made", &format!("{} 0 0 0", libc::S_IFREG | 0o644));
+    set("etc/plain", &format!("{} 0 0 0", libc::S_IFDIR | 0o755));
+    // (A regular file standing in for a fifo is how strata keeps one
+    // where the host refuses mknod: that record is kept.)
+    set("etc/fifo", &format!("{} 0 0 0", libc::S_IFIFO | 0o600));
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    let kind = |p: &str| std::fs::symlink_metadata(mnt.join(p)).unwrap().file_type();
+    assert!(kind("etc/made").is_dir());
+    assert_eq!(std::fs::read(mnt.join("etc/made/inside")).unwrap(), b"in");
+    assert!(kind("etc/plain").is_file());
+    assert_eq!(std::fs::read(mnt.join("etc/plain")).unwrap(), b"plain");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&kind("etc/fifo")));
+    g.unmount();
+}
+
 /// Moving lower files and trees copies metadata only (their content is
 /// found by digest wherever the name goes), and truncating a lower file
 /// copies only what stays; content reads back right through all of it,
