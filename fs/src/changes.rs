@@ -10,7 +10,7 @@
 //! files are not changes by themselves.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 use strata_layers::index::EntryKind;
@@ -71,7 +71,9 @@ pub fn changes(lowers: &[Lower], upper: &Path) -> Result<Vec<Change>, FsError> {
 /// root, like `etc/hosts`) and what is below them, where the upper directory
 /// added them: a container runtime's mount points, which Docker keeps in a
 /// layer of their own under the container's ("init"), so that they are
-/// neither changes nor make their directory one.
+/// neither changes nor make their directory one. So are directories the
+/// upper directory added only to hold them (`/etc` of an image without
+/// one, made for `/etc/hosts`).
 pub fn changes_hiding(lowers: &[Lower], upper: &Path, hidden: &[&[u8]]) -> Result<Vec<Change>, FsError> {
     let io = |source| FsError::Io { what: "reading upper directory", path: upper.to_path_buf(), source };
     let up = Upper::open(upper).map_err(io)?;
@@ -89,7 +91,48 @@ pub fn changes_hiding(lowers: &[Lower], upper: &Path, hidden: &[&[u8]]) -> Resul
         },
     )
     .map_err(io)?;
+    let hidden: Vec<String> = hidden.iter().map(|h| show(h)).collect();
+    drop_holders(&up, &lower, &hidden, &mut out).map_err(io)?;
     Ok(out)
+}
+
+/// Whether `path` lies below directory `dir` (both as [`show`] gives them).
+fn below(dir: &str, path: &str) -> bool {
+    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
+fn parent_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(p, _)| p)
+}
+
+/// Removes from `out` the added directories that hold nothing but hidden
+/// entries, deepest first, and the report of their parent where that was
+/// made only for holding an addition.
+fn drop_holders(up: &Upper, lower: &LowerPaths, hidden: &[String], out: &mut Vec<Change>) -> std::io::Result<()> {
+    loop {
+        let holder = out.iter().position(|c| {
+            c.kind == ChangeKind::Added
+                && hidden.iter().any(|h| below(&c.path, h))
+                && !out.iter().any(|o| below(&c.path, &o.path))
+        });
+        let Some(i) = holder else { return Ok(()) };
+        let gone = out.remove(i);
+        let parent = parent_of(&gone.path);
+        let other_reason = out.iter().any(|c| c.kind != ChangeKind::Changed && parent_of(&c.path) == parent);
+        if parent.is_empty() || other_reason || !unchanged_dir(up, lower, &parent[1..])? {
+            continue;
+        }
+        out.retain(|c| c.path != parent);
+    }
+}
+
+/// Whether the upper directory `rel` has the mode and time of the lower one
+/// (so that only what happened in it would make it a change).
+fn unchanged_dir(up: &Upper, lower: &LowerPaths, rel: &str) -> std::io::Result<bool> {
+    let Some(&(mode, sec, nsec)) = lower.get(rel.as_bytes()) else { return Ok(false) };
+    let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let a = up.stat(up.dir(dir.as_bytes())?.as_fd(), name.as_bytes())?.attr();
+    Ok(a.is_dir() && mode == a.mode && same_time((sec, nsec), (a.mtime.sec, a.mtime.nsec)))
 }
 
 fn show(p: &[u8]) -> String {

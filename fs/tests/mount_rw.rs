@@ -398,6 +398,59 @@ fn an_object_of_the_wrong_size_reads_as_an_io_error() {
     g.unmount();
 }
 
+/// The runtime's mount points are not a container's changes, nor are the
+/// directories made only to hold them (an image without /etc gets one for
+/// /etc/hosts): Docker keeps both in its "init" layer.
+#[test]
+fn hidden_mount_points_and_their_holders_are_no_changes() {
+    let (_tmp, objects, upper, _mnt) = work_dirs();
+    let lowers = vec![LayerBuilder::new(&objects)
+        .dir("", 0o755)
+        .dir("bin", 0o755)
+        .file("bin/tool", b"t", 0o755)
+        .dir("srv", 0o755)
+        .mtime(1_000_000, 0)
+        .build()];
+    // (srv as a copy-up leaves it: its lower mode and time.)
+    std::fs::create_dir_all(upper.join("srv/data/x")).unwrap();
+    std::fs::set_permissions(upper.join("srv"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = rustix::fs::Timespec { tv_sec: 1_000_000, tv_nsec: 0 };
+    let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+    rustix::fs::utimensat(rustix::fs::CWD, upper.join("srv"), &times, rustix::fs::AtFlags::empty()).unwrap();
+    for d in ["etc", "dev", "run/deep"] {
+        std::fs::create_dir_all(upper.join(d)).unwrap();
+    }
+    std::fs::write(upper.join("etc/hosts"), b"").unwrap();
+    std::fs::write(upper.join("run/deep/sock"), b"").unwrap();
+    std::fs::write(upper.join("new"), b"n").unwrap();
+    let hidden: &[&[u8]] = &[b"etc/hosts", b"dev", b"run/deep/sock", b"srv/data/x"];
+    let listed = |hidden: &[&[u8]]| -> Vec<String> {
+        strata_fs::changes_hiding(&lowers, &upper, hidden)
+            .unwrap()
+            .into_iter()
+            .map(|c| format!("{} {}", c.kind.letter(), c.path))
+            .collect()
+    };
+    assert_eq!(listed(hidden), ["A /new"]);
+    // A directory that holds something else too stays a change.
+    std::fs::write(upper.join("etc/other"), b"o").unwrap();
+    assert_eq!(listed(hidden), ["A /etc", "A /etc/other", "A /new"]);
+    let all = [
+        "A /dev",
+        "A /etc",
+        "A /etc/hosts",
+        "A /etc/other",
+        "A /new",
+        "A /run",
+        "A /run/deep",
+        "A /run/deep/sock",
+        "C /srv",
+        "A /srv/data",
+        "A /srv/data/x",
+    ];
+    assert_eq!(listed(&[]), all);
+}
+
 /// An upper directory changed by hand (`--upper` takes any directory):
 /// a record that gives a directory the type of a file, or a file that of a
 /// directory, is ignored, so each shows as what the host has. Before, the
