@@ -389,10 +389,20 @@ pub fn random_step(
                 if r == Err(libc::EXDEV) {
                     return r; // not run on strata (see the differential tests)
                 }
+                // Once its name is gone, a lower file open read-only is
+                // where overlayfs goes its own way: fstat tells the lower
+                // file's link count, and a fchmod (a copy-up with no name
+                // left) fails with EEXIST; strata answers as ext4 does (0,
+                // and done), as the plain-directory test checks. Those two
+                // are left out here.
+                let gone = std::fs::symlink_metadata(m.join(&p)).is_err();
                 let used = match usage {
+                    0 if gone => fd_shape(&f)
+                        .map(|s| s.split(' ').filter(|w| !w.starts_with("nlink=")).collect::<Vec<_>>().join(" ")),
                     0 => fd_shape(&f),
                     1 => read_all(&mut f),
                     2 => f.write_all_at(b"w", 1).map_err(io_err).and_then(|_| read_all(&mut f)),
+                    _ if gone && !writable => read_all(&mut f),
                     _ => rx(rustix::fs::fchmod(&f, rustix::fs::Mode::from_raw_mode(0o640))).and_then(|_| fd_shape(&f)),
                 };
                 Ok(format!("{r:?} | {used:?}"))
