@@ -534,8 +534,13 @@ impl Upper {
 
     /// Lists the xattrs of an upper entry as the mount shows them.
     pub fn list_xattrs(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        let f = self.path_fd(dir, name)?;
-        let raw = list_xattr_fd(&f)?;
+        self.list_xattrs_of(&self.path_fd(dir, name)?)
+    }
+
+    /// [`Upper::list_xattrs`] of the entry open as `f` (an `O_PATH` fd, or
+    /// an open file: one removed while open has no name to go by).
+    pub fn list_xattrs_of(&self, f: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
+        let raw = list_xattr_fd(f)?;
         let mut out = Vec::new();
         for n in raw.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             if let Some(orig) = n.strip_prefix(ESCAPE_PREFIX) {
@@ -548,30 +553,36 @@ impl Upper {
     }
 
     pub fn get_xattr(&self, dir: BorrowedFd, name: &[u8], xname: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        let f = self.path_fd(dir, name)?;
+        self.get_xattr_of(&self.path_fd(dir, name)?, xname)
+    }
+
+    pub fn get_xattr_of(&self, f: &OwnedFd, xname: &[u8]) -> io::Result<Option<Vec<u8>>> {
         let x = std::str::from_utf8(xname).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        if let Some(v) = get_xattr_fd(&f, x)? {
+        if let Some(v) = get_xattr_fd(f, x)? {
             return Ok(Some(v));
         }
         if !xname.starts_with(b"user.") {
             let escaped = format!("{}{x}", std::str::from_utf8(ESCAPE_PREFIX).unwrap_or_default());
-            return get_xattr_fd(&f, &escaped);
+            return get_xattr_fd(f, &escaped);
         }
         Ok(None)
     }
 
     /// Sets an xattr, escaping names the host refuses (see the module docs).
     pub fn set_xattr(&self, dir: BorrowedFd, name: &[u8], xname: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
-        let f = self.path_fd(dir, name)?;
+        self.set_xattr_of(&self.path_fd(dir, name)?, xname, value, flags)
+    }
+
+    pub fn set_xattr_of(&self, f: &OwnedFd, xname: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
         let x = std::str::from_utf8(xname).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let escaped = format!("{}{x}", std::str::from_utf8(ESCAPE_PREFIX).unwrap_or_default());
         if x.starts_with("user.") {
-            return set_xattr_fd(&f, x, value, flags);
+            return set_xattr_fd(f, x, value, flags);
         }
         if self.privileged {
-            match set_xattr_fd(&f, x, value, flags) {
+            match set_xattr_fd(f, x, value, flags) {
                 Ok(()) => {
-                    let _ = remove_xattr_fd(&f, &escaped);
+                    let _ = remove_xattr_fd(f, &escaped);
                     return Ok(());
                 }
                 // Refused by the host (not allowed here, not supported, or a
@@ -581,16 +592,15 @@ impl Upper {
                 Err(e) => return Err(e),
             }
         }
-        set_xattr_fd(&f, &escaped, value, flags)
+        set_xattr_fd(f, &escaped, value, flags)
     }
 
-    pub fn remove_xattr(&self, dir: BorrowedFd, name: &[u8], xname: &[u8]) -> io::Result<()> {
-        let f = self.path_fd(dir, name)?;
+    pub fn remove_xattr_of(&self, f: &OwnedFd, xname: &[u8]) -> io::Result<()> {
         let x = std::str::from_utf8(xname).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        match remove_xattr_fd(&f, x) {
+        match remove_xattr_fd(f, x) {
             Err(e) if e.raw_os_error() == Some(libc::ENODATA) && !x.starts_with("user.") => {
                 let escaped = format!("{}{x}", std::str::from_utf8(ESCAPE_PREFIX).unwrap_or_default());
-                match remove_xattr_fd(&f, &escaped) {
+                match remove_xattr_fd(f, &escaped) {
                     // A type that cannot carry user.* xattrs (a fifo, a
                     // device) has no escaped form either: it has no such xattr.
                     Err(escaped_err) if escaped_err.raw_os_error() == Some(libc::EPERM) => Err(e),

@@ -497,8 +497,7 @@ impl Filesystem for StrataFs {
             }
             self.copy_up_meta(&mut t, ino.0)?;
             t.node_mut(ino.0).no_xattrs = false;
-            let (pfd, n) = self.entry_fd(&t, ino.0)?;
-            up.set_xattr(pfd.as_fd(), &n, name, value, flags)?;
+            up.set_xattr_of(&self.upper_entry_fd(&t, ino.0)?, name, value, flags)?;
             // An access ACL carries the permission bits (its owner, mask or
             // group, and other entries): the mode follows it, as on any
             // filesystem with ACLs. The kernel leaves that to the server,
@@ -564,9 +563,7 @@ impl Filesystem for StrataFs {
             } else if n.no_xattrs {
                 Vec::new()
             } else {
-                let up = self.upper()?;
-                let (pfd, nm) = self.entry_fd(&t, ino.0)?;
-                up.list_xattrs(pfd.as_fd(), &nm)?
+                self.upper()?.list_xattrs_of(&self.upper_entry_fd(&t, ino.0)?)?
             };
             let trusted = |k: &Vec<u8>| k.starts_with(b"trusted.");
             let hide_trusted = names.iter().any(trusted) && !caller::has_init_sys_admin(req.pid());
@@ -595,8 +592,7 @@ impl Filesystem for StrataFs {
                 }
             }
             self.copy_up_meta(&mut t, ino.0)?;
-            let (pfd, n) = self.entry_fd(&t, ino.0)?;
-            up.remove_xattr(pfd.as_fd(), &n, name)
+            up.remove_xattr_of(&self.upper_entry_fd(&t, ino.0)?, name)
         })();
         match r {
             Ok(()) => reply.ok(),

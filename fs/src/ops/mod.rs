@@ -552,9 +552,7 @@ impl FsInner {
         } else if n.no_xattrs {
             None
         } else {
-            let up = self.upper()?;
-            let (pfd, nm) = self.entry_fd(t, ino)?;
-            up.get_xattr(pfd.as_fd(), &nm, name)?
+            self.upper()?.get_xattr_of(&self.upper_entry_fd(t, ino)?, name)?
         })
     }
 
@@ -628,6 +626,22 @@ impl FsInner {
             return Ok((self.upper_dir(t, ROOT)?, (*b".").into()));
         }
         self.parent_fd(t, ino)
+    }
+
+    /// An fd of the node's upper entry for xattr calls: an `O_PATH` fd
+    /// through its name, or, for a file removed while open, one of its open
+    /// files (fgetxattr and fsetxattr work on a removed file, as on any
+    /// local filesystem).
+    fn upper_entry_fd(&self, t: &Tree, ino: Ino) -> io::Result<OwnedFd> {
+        let n = t.node(ino);
+        if ino != ROOT && n.nlink() == 0 {
+            // (Only a full copy's: the open files of any other node are
+            // lower content, which is never written.)
+            let open = if n.up == Up::Full { self.open_file_of(ino) } else { None };
+            return open.ok_or_else(|| err(libc::ENOENT))?.as_fd().try_clone_to_owned();
+        }
+        let (pfd, name) = self.entry_fd(t, ino)?;
+        self.upper()?.path_fd(pfd.as_fd(), &name)
     }
 
     /// The node's attributes; upper nodes are refreshed from the host (times,
