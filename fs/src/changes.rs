@@ -7,7 +7,9 @@
 //! path, else an addition; a directory present below with the same mode and
 //! mtime is not reported by itself, but the parent of an added or deleted
 //! path is reported as changed (once). Opaque markers and strata's internal
-//! files are not changes by themselves.
+//! files are not changes by themselves. [`changes_hiding`] also leaves out
+//! a container runtime's mount points (what Docker keeps in its "init"
+//! layer) and the directories made only to hold them.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd};
