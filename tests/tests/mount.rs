@@ -319,7 +319,23 @@ fn mount_list_umount_and_error_messages() {
     assert!(err.contains(&format!("mount point {} does not exist", missing.display())), "{err}");
     let (code, err) = t.s.fails(&[Path::new("umount"), &a]);
     assert_eq!(code, 125);
-    assert!(err.contains("is not a strata mount"), "{err}");
+    assert!(err.contains("is not a strata mount") && !err.contains("another --root"), "{err}");
+    // Another store has no record of this store's mounts, and says whose it is.
+    let other = Strata::new();
+    let (code, err) = other.fails(&[Path::new("umount"), &b]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["is not a strata mount of this store", "another --root"], "umount through another store");
+    assert!(is_mounted(&b));
+    // Some other filesystem there.
+    let c = t.s.base().join("tmpfs");
+    fs::create_dir(&c).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "e2e-tmpfs"]).arg(&c).status().unwrap();
+    assert!(st.success());
+    let (code, err) = t.s.fails(&[Path::new("umount"), &c]);
+    let st = Command::new("umount").arg(&c).status().unwrap();
+    assert!(st.success());
+    assert_eq!(code, 125);
+    assert!(err.contains("is not a strata mount (a tmpfs mount is there)"), "{err}");
     // A mount point that would cover the store (its own objects included,
     // which the server reads) or the upper directory is refused.
     let store = t.s.root().canonicalize().unwrap();

@@ -540,6 +540,21 @@ fn umount(ctx: &Context, a: UmountArgs) -> Result<i32> {
     Ok(if failed { exit::STRATA_ERROR } else { 0 })
 }
 
+/// What is at a path `umount` found no record for, for its message: a mount
+/// of another store (served for another `--root`, which alone holds its
+/// record), some other filesystem, or nothing.
+fn not_ours_because(candidates: &[PathBuf]) -> String {
+    let Some(top) = candidates.iter().find_map(|p| strata_fs::mountinfo::top_mount(p)) else {
+        return String::new();
+    };
+    if top.source.starts_with(mounts::FSNAME_PREFIX) {
+        " of this store: it was mounted with another --root (or STRATA_ROOT); run `strata --root DIR umount` with that store's DIR"
+            .to_string()
+    } else {
+        format!(" (a {} mount is there)", top.fstype)
+    }
+}
+
 /// The record a `umount` argument names: its mount point (the directory
 /// itself is never stat'ed: a dead mount answers ENOTCONN), else the name the
 /// image or container was mounted by, when that names exactly one mount.
@@ -568,7 +583,7 @@ fn find(ctx: &Context, records: &[MountRecord], target: &str) -> Result<MountRec
     }
     match by_name.as_slice() {
         [r] => Ok((*r).clone()),
-        [] => bail!("{target} is not a strata mount"),
+        [] => bail!("{target} is not a strata mount{}", not_ours_because(&candidates)),
         _ => bail!("{target} is mounted more than once; name the mount point"),
     }
 }

@@ -29,6 +29,11 @@ use std::path::PathBuf;
 use strata_layers::StoreLayout;
 use view::View;
 
+/// How the source of every `strata mount` starts in mountinfo (the FUSE
+/// fsname, [`MountRecord::fsname`]): it tells them from other mounts even
+/// without their record (that of another store's mount, say).
+pub const FSNAME_PREFIX: &str = "strata-mount:";
+
 /// What was mounted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -106,7 +111,7 @@ impl MountRecord {
     /// The FUSE fsname its server mounts with (the mount's source in
     /// mountinfo), which tells its mount from any other at the same place.
     pub fn fsname(&self) -> String {
-        format!("strata-mount:{}", &self.id[..self.id.len().min(12)])
+        format!("{FSNAME_PREFIX}{}", &self.id[..self.id.len().min(12)])
     }
 
     /// Whether this mount is the one on top at its mount point (a user's
