@@ -184,7 +184,8 @@ impl Poller {
 
     /// Sleeps while the reader sleeps; while it spins, keeps idle CPUs
     /// polling and counts the requests of every `window`, and puts the
-    /// reader (and the CPUs) back to sleep when fewer than `DENSE` came.
+    /// reader (and the CPUs) back to sleep when fewer than `DENSE` came or
+    /// the CPUs are wanted elsewhere.
     fn govern(&self) {
         let (lock, cv) = &self.wake;
         loop {
@@ -198,20 +199,17 @@ impl Poller {
                     return;
                 }
             }
+            if self.cpus_busy() {
+                self.stop_spinning();
+                continue;
+            }
             if let Some(c) = &self.cpu_latency {
                 c.request(0);
             }
             loop {
-                let busy = self.cpus_busy();
-                if !busy {
-                    std::thread::sleep(self.window);
-                }
-                if busy || self.seen.swap(0, Ordering::Relaxed) < DENSE {
-                    // In this order: a request racing with the switch either
-                    // still sees `spinning` (and its reader sleeps once more
-                    // than it needed) or sees it cleared and switches back.
-                    self.set_nonblocking(false);
-                    self.spinning.store(false, Ordering::Relaxed);
+                std::thread::sleep(self.window);
+                if self.cpus_busy() || self.seen.swap(0, Ordering::Relaxed) < DENSE {
+                    self.stop_spinning();
                     break;
                 }
             }
@@ -223,6 +221,14 @@ impl Poller {
 }
 
 impl Poller {
+    fn stop_spinning(&self) {
+        // In this order: a request racing with the switch either still sees
+        // `spinning` (and its reader sleeps once more than it needed) or
+        // sees it cleared and switches back.
+        self.set_nonblocking(false);
+        self.spinning.store(false, Ordering::Relaxed);
+    }
+
     /// Whether other work keeps the CPUs too busy for spinning, judged
     /// afresh once `LOAD_PERIOD` has passed since the last look; when so,
     /// no spinning starts before the next look is due.

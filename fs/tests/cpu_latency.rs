@@ -1,6 +1,7 @@
 //! While requests come densely, a mount run by root asks idle CPUs to poll
 //! (a 0 µs PM QoS CPU latency request), and gives the request up once the
-//! requests stop; a trickle of requests asks nothing. Alone in its test binary: other mounts of the same process
+//! requests stop; a trickle of requests asks nothing, and neither do dense
+//! requests while other threads keep every CPU busy. Alone in its test binary: other mounts of the same process
 //! would hold requests of their own.
 
 mod common;
@@ -77,4 +78,34 @@ fn idle_cpus_poll_only_while_requests_come() {
     let g = MountGuard::new(vec![LayerBuilder::new(&objects).dir("", 0o755).build()], &mnt, opts);
     assert_eq!(lowest_target_during_requests(&mnt, Duration::from_millis(200), Duration::ZERO), before);
     g.unmount();
+
+    // With every CPU kept busy by other threads, the reader stops spinning
+    // (and asks nothing of the CPUs) once it sees threads wait for a CPU.
+    if !polls || std::fs::read_to_string("/proc/pressure/cpu").is_err() {
+        eprintln!("skipped the busy-CPU part: one CPU, or no CPU pressure stall information");
+        return;
+    }
+    let opts = MountOptions { poll: Duration::from_millis(5), ..MountOptions::default() };
+    let g = MountGuard::new(vec![LayerBuilder::new(&objects).dir("", 0o755).build()], &mnt, opts);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let hogs: Vec<_> = (0..cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    // Two looks of 50 ms find the stall; after them, spinning stays off.
+    let _ = lowest_target_during_requests(&mnt, Duration::from_millis(400), Duration::ZERO);
+    let busy = lowest_target_during_requests(&mnt, Duration::from_millis(300), Duration::ZERO);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    g.unmount();
+    assert_eq!(busy, before, "the reader kept spinning beside {cpus} busy threads");
 }
