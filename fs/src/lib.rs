@@ -208,6 +208,12 @@ pub enum FsError {
         path.display()
     )]
     UpperRefusesStrataXattrs { path: PathBuf },
+    #[error(
+        "upper directory {} is in use by another mount (a strata mount of another store, or a process \
+         that mounted it itself); unmount that one first, or choose another directory",
+        path.display()
+    )]
+    UpperInUse { path: PathBuf },
 }
 
 /// How to mount.
@@ -379,7 +385,10 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     let upper = match &opts.upper {
         Some(p) => {
             let io = |source| FsError::Io { what: "opening upper directory", path: p.clone(), source };
-            let up = upper::Upper::open(p).map_err(io)?.with_ids(opts.id_map.clone());
+            let mut up = upper::Upper::open(p).map_err(io)?.with_ids(opts.id_map.clone());
+            if !up.lock_for_mount().map_err(io)? {
+                return Err(FsError::UpperInUse { path: p.clone() });
+            }
             // Known at once, not at the first chmod or rm that needs one.
             // Removing an attribute that is not there: ENODATA where strata
             // may record its own, and no change anywhere.

@@ -115,6 +115,9 @@ impl HostEntry {
 
 pub(crate) struct Upper {
     root: OwnedFd,
+    /// The root opened once more, holding an exclusive `flock` for as long
+    /// as this serves a mount (see [`Upper::lock_for_mount`]).
+    lock: Option<OwnedFd>,
     /// Root on the host (or in our user namespace): may chown and mknod.
     pub privileged: bool,
     /// Host owners are this map's outside ids (see `crate::idmap`).
@@ -133,7 +136,33 @@ impl Upper {
             Mode::empty(),
         )
         .map_err(errno)?;
-        Ok(Upper { root, privileged: rustix::process::geteuid().is_root(), ids: Default::default() })
+        Ok(Upper { root, lock: None, privileged: rustix::process::geteuid().is_root(), ids: Default::default() })
+    }
+
+    /// Takes the upper directory for one mount: an exclusive `flock` on it,
+    /// held until this is dropped (or the process dies). Two servers on one
+    /// upper directory would each keep a tree of their own and undo each
+    /// other's changes; kernel overlayfs refuses such a mount with EBUSY.
+    /// `Ok(false)` when another holds it. Readers of an upper directory
+    /// (`docker diff`, commit) take no lock.
+    pub fn lock_for_mount(&mut self) -> io::Result<bool> {
+        use rustix::fs::{flock, FlockOperation};
+        // Not the O_PATH root: flock needs a file opened for real.
+        let fd = rustix::fs::openat(
+            &self.root,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .map_err(errno)?;
+        match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                self.lock = Some(fd);
+                Ok(true)
+            }
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+            Err(e) => Err(errno(e)),
+        }
     }
 
     /// Host owners translated through `ids` (see `crate::idmap`).

@@ -56,6 +56,30 @@ fn opts(upper: &Path) -> MountOptions {
 }
 
 #[test]
+fn one_upper_directory_serves_one_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let objects = tmp.path().join("objects");
+    let upper = tmp.path().join("upper");
+    std::fs::create_dir(&upper).unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let g = MountGuard::new(base(&objects), &a, opts(&upper));
+    std::fs::create_dir_all(&b).unwrap();
+    match strata_fs::mount(base(&objects), &b, opts(&upper)) {
+        Err(e @ strata_fs::FsError::UpperInUse { .. }) => {
+            assert!(e.to_string().contains("is in use by another mount"), "{e}")
+        }
+        Err(e) => panic!("a second mount of the upper directory failed otherwise: {e}"),
+        Ok(_) => panic!("a second mount of the upper directory was let through"),
+    }
+    // Read-only mounts of the same layers are no concern of it.
+    let ro = MountGuard::new(base(&objects), &b, MountOptions::default());
+    ro.unmount();
+    g.unmount();
+    let g = MountGuard::new(base(&objects), &b, opts(&upper));
+    g.unmount();
+}
+
+#[test]
 fn copy_up_whiteouts_and_remount() {
     let (tmp, objects, upper, mnt) = work_dirs();
     let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
@@ -114,6 +138,9 @@ fn copy_up_whiteouts_and_remount() {
     // A whiteout name longer than NAME_MAX is stored in its long form.
     let long = "L".repeat(253);
     std::fs::write(mnt.join(&long), b"x").unwrap();
+    // Closed first: a mount still in use is only detached, and its server
+    // keeps the upper directory until the last user leaves.
+    drop(reader);
     g.unmount();
 
     // A layer whose file has the long name, deleted through the mount.
@@ -254,6 +281,10 @@ fn removed_while_open_and_deep_trees() {
     assert_eq!(st2.st_mode & 0o7777, 0o600);
     assert!((st2.st_ctime, st2.st_ctime_nsec) > (st.st_ctime, st.st_ctime_nsec), "ctime after fchmod");
     drop(w);
+    // Closed before the unmount below: a mount still in use is only
+    // detached, and its server keeps the upper directory until the last
+    // user leaves.
+    drop((f, d));
 
     // The deep tree: a file created at its bottom, the tree moved, and the
     // file removed again. Its upper path is far longer than PATH_MAX; the

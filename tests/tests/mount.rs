@@ -326,6 +326,19 @@ fn mount_list_umount_and_error_messages() {
     assert_eq!(code, 125);
     assert_mentions(&err, &["is not a strata mount of this store", "another --root"], "umount through another store");
     assert!(is_mounted(&b));
+    // One upper directory serves one mount at a time, whatever store asks.
+    other.pull(&t.image);
+    let shared = new_dir(&t.s, "shared-upper").display().to_string();
+    let (c1, c2) = (new_dir(&t.s, "c1"), new_dir(&other, "c2"));
+    let first = mount(&t.s, &["--upper", &shared, &t.image], &c1);
+    let (code, err) =
+        other.fails(&[Path::new("mount"), Path::new("--upper"), Path::new(&shared), Path::new(&t.image), &c2]);
+    assert_eq!(code, 125);
+    assert_mentions(&err, &["upper directory", "is in use by another mount"], "a second mount of an upper directory");
+    assert!(!is_mounted(&c2));
+    assert_eq!(other.ok(&["mount", "-q"]), "", "the refused mount left a record");
+    drop(first);
+    drop(mount(&other, &["--upper", &shared, &t.image], &c2));
     // Some other filesystem there.
     let c = t.s.base().join("tmpfs");
     fs::create_dir(&c).unwrap();
