@@ -96,8 +96,6 @@ pub(crate) struct Poller {
     spinning: AtomicBool,
     /// The CPU latency request held while spinning, when permitted.
     cpu_latency: Option<CpuLatency>,
-    /// How busy others keep the CPUs (the governor's alone).
-    load: Mutex<MachineLoad>,
     /// Nanoseconds since `epoch` before which no spinning starts: the CPUs
     /// were found busy, and are not looked at again before then.
     calm_after: AtomicU64,
@@ -123,7 +121,6 @@ impl Poller {
             streak: AtomicU64::new(0),
             spinning: AtomicBool::new(false),
             cpu_latency: if hold_cpus { CpuLatency::open() } else { None },
-            load: Mutex::new(MachineLoad::new()),
             calm_after: AtomicU64::new(0),
             wake: (Mutex::new(false), Condvar::new()),
         }))
@@ -188,6 +185,7 @@ impl Poller {
     /// the CPUs are wanted elsewhere.
     fn govern(&self) {
         let (lock, cv) = &self.wake;
+        let mut load = MachineLoad::new();
         loop {
             {
                 let mut stop = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -199,7 +197,7 @@ impl Poller {
                     return;
                 }
             }
-            if self.cpus_busy() {
+            if self.cpus_busy(&mut load) {
                 self.stop_spinning();
                 continue;
             }
@@ -208,7 +206,7 @@ impl Poller {
             }
             loop {
                 std::thread::sleep(self.window);
-                if self.cpus_busy() || self.seen.swap(0, Ordering::Relaxed) < DENSE {
+                if self.cpus_busy(&mut load) || self.seen.swap(0, Ordering::Relaxed) < DENSE {
                     self.stop_spinning();
                     break;
                 }
@@ -232,8 +230,7 @@ impl Poller {
     /// Whether other work keeps the CPUs too busy for spinning, judged
     /// afresh once `LOAD_PERIOD` has passed since the last look; when so,
     /// no spinning starts before the next look is due.
-    fn cpus_busy(&self) -> bool {
-        let mut load = self.load.lock().unwrap_or_else(|p| p.into_inner());
+    fn cpus_busy(&self, load: &mut MachineLoad) -> bool {
         let now = self.now();
         if !load.due(now) {
             return false;
