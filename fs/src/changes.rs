@@ -77,7 +77,7 @@ pub fn changes(lowers: &[Lower], upper: &Path) -> Result<Vec<Change>, FsError> {
 /// upper directory added only to hold them (`/etc` of an image without
 /// one, made for `/etc/hosts`).
 pub fn changes_hiding(lowers: &[Lower], upper: &Path, hidden: &[&[u8]]) -> Result<Vec<Change>, FsError> {
-    let io = |source| FsError::Io { what: "reading upper directory", path: upper.to_path_buf(), source };
+    let io = |cause| FsError::Io { what: "reading upper directory", path: upper.to_path_buf(), cause };
     let up = Upper::open(upper).map_err(io)?;
     let lower = lower_paths(lowers);
     let mut out = Vec::new();

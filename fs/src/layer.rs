@@ -78,7 +78,7 @@ pub enum UpperContent {
 
 /// The upper directory's entries, parents before children, siblings by name.
 pub fn upper_entries(lowers: &[Lower], upper: &Path) -> Result<Vec<UpperEntry>, FsError> {
-    let io = |source| FsError::Io { what: "reading upper directory", path: upper.to_path_buf(), source };
+    let io = |cause| FsError::Io { what: "reading upper directory", path: upper.to_path_buf(), cause };
     let up = Upper::open(upper).map_err(io)?;
     let mut out = Vec::new();
     let mut links = std::collections::HashMap::new();
@@ -101,7 +101,7 @@ pub fn upper_entries(lowers: &[Lower], upper: &Path) -> Result<Vec<UpperEntry>, 
 /// Opens a regular file of the upper directory by its entry path, never
 /// following a symlink on the way.
 pub fn open_upper_file(upper: &Path, path: &[u8]) -> Result<File, FsError> {
-    let io = |source| FsError::Io { what: "opening upper file", path: upper.to_path_buf(), source };
+    let io = |cause| FsError::Io { what: "opening upper file", path: upper.to_path_buf(), cause };
     let up = Upper::open(upper).map_err(io)?;
     let (dir, name) = crate::tree::split_last(path);
     let fd = up.dir(dir).map_err(io)?;

@@ -188,10 +188,10 @@ pub use source::{LayerSource, Lower, ObjectRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("{what} {}: {source}", path.display())]
-    Io { what: &'static str, path: PathBuf, source: io::Error },
-    #[error("cannot mount at {}: {source}", path.display())]
-    Mount { path: PathBuf, source: io::Error },
+    #[error("{what} {}: {cause}", path.display())]
+    Io { what: &'static str, path: PathBuf, cause: io::Error },
+    #[error("cannot mount at {}: {cause}", path.display())]
+    Mount { path: PathBuf, cause: io::Error },
     #[error("cannot unmount {}: {detail}", path.display())]
     Unmount { path: PathBuf, detail: String },
     #[error(
@@ -373,7 +373,7 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
             Some(fd) => fd.clone(),
             None => {
                 let io =
-                    |source| FsError::Io { what: "opening the object directory", path: l.objects_dir.clone(), source };
+                    |cause| FsError::Io { what: "opening the object directory", path: l.objects_dir.clone(), cause };
                 let fd = Arc::new(source::open_objects_dir(&l.objects_dir).map_err(io)?);
                 dirs.insert(l.objects_dir.clone(), fd.clone());
                 fd
@@ -384,7 +384,7 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     let mut tree = tree::Tree::build(&sources);
     let upper = match &opts.upper {
         Some(p) => {
-            let io = |source| FsError::Io { what: "opening upper directory", path: p.clone(), source };
+            let io = |cause| FsError::Io { what: "opening upper directory", path: p.clone(), cause };
             let mut up = upper::Upper::open(p).map_err(io)?.with_ids(opts.id_map.clone());
             if !up.lock_for_mount().map_err(io)? {
                 return Err(FsError::UpperInUse { path: p.clone() });
@@ -437,7 +437,7 @@ pub fn mount(lowers: Vec<Lower>, mountpoint: &Path, opts: MountOptions) -> Resul
     // may block (see `ops::StrataFs`).
     config.n_threads = Some(1);
     config.clone_fd = true;
-    let merr = |source| FsError::Mount { path: mountpoint.to_path_buf(), source };
+    let merr = |cause| FsError::Mount { path: mountpoint.to_path_buf(), cause };
     let listed = mountpoint.canonicalize().unwrap_or_else(|_| mountinfo::as_listed(mountpoint));
     let inner = fs.shared();
     let session = fuser::Session::new(fs, mountpoint, &config).map_err(merr)?;

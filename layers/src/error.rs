@@ -4,6 +4,10 @@
 //! "Error: "), so each one says what went wrong and, where there is one, what
 //! to do about it. Some texts are Docker's verbatim because scripts match them
 //! (`No such image: busybox`, the `conflict: unable to delete ...` family).
+//!
+//! An error that wraps an OS error writes it into its own message and keeps
+//! it as a plain field (`cause`), not as its `source()`: the CLI prints an
+//! error's chain of sources after it, which said the cause twice.
 
 use crate::digest::Digest;
 use std::io;
@@ -14,8 +18,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O failure; `what` names the file or the operation.
-    #[error("{what}: {source}")]
-    Io { what: String, source: io::Error },
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: io::Error },
 
     #[error("No such image: {0}")]
     NoSuchImage(String),
@@ -74,8 +78,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(what: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { what: what.into(), source }
+    pub fn io(what: impl Into<String>, cause: io::Error) -> Self {
+        Error::Io { what: what.into(), cause }
     }
     pub(crate) fn hostile(path: &[u8], reason: impl Into<String>) -> Self {
         Error::HostileEntry { path: String::from_utf8_lossy(path).into_owned(), reason: reason.into() }

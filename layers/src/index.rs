@@ -121,8 +121,8 @@ impl Entry {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("layer index {path}: {source}")]
-    Io { path: String, source: io::Error },
+    #[error("layer index {path}: {cause}")]
+    Io { path: String, cause: io::Error },
     #[error("layer index {path} is not a strata index (bad magic); remove the layer and pull again")]
     BadMagic { path: String },
     #[error("layer index {path} has format version {version}, this strata reads version {VERSION}")]
@@ -214,7 +214,7 @@ impl LayerIndex {
         let mut data = Vec::new();
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_end(&mut data))
-            .map_err(|source| IndexError::Io { path: origin.clone(), source })?;
+            .map_err(|cause| IndexError::Io { path: origin.clone(), cause })?;
         Self::from_bytes(&data, &origin)
     }
 }

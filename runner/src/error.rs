@@ -11,8 +11,8 @@ pub enum RunnerError {
     /// Setting up the container process failed (mounts, pivot_root, credentials ...).
     #[error("container setup failed: {0}")]
     Setup(String),
-    #[error("{context}: {source}")]
-    Io { context: String, source: io::Error },
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: io::Error },
     /// The spec asks for something impossible or malformed.
     #[error("{0}")]
     Invalid(String),
@@ -28,8 +28,8 @@ pub enum RunnerError {
 }
 
 impl RunnerError {
-    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> RunnerError {
-        RunnerError::Io { context: context.into(), source }
+    pub(crate) fn io(context: impl Into<String>, cause: io::Error) -> RunnerError {
+        RunnerError::Io { context: context.into(), cause }
     }
 
     /// Docker's exit code for this error.

@@ -329,3 +329,19 @@ fn image_commands_exit_1_on_errors_like_docker() {
         assert_eq!(code, 125, "strata {}: {err}", args.join(" "));
     }
 }
+
+#[test]
+fn errors_name_their_cause_once() {
+    // A store the user may not enter: the message says which and why, and
+    // says the cause once (the CLI prints an error's causes after it, so an
+    // error that also wrote its cause into its own text said it twice).
+    let u = Strata::new_unprivileged();
+    let closed = tempfile::tempdir().expect("temp dir"); // 0700, root's
+    let root = closed.path().join("store");
+    let root = root.to_str().expect("utf-8 temp path");
+    for args in [&["--root", root, "images"][..], &["--root", root, "run", "--rm", "busybox", "true"]] {
+        let (_, err) = u.fails(args);
+        assert_mentions(&err, &[root], &args.join(" "));
+        assert_eq!(err.matches("Permission denied").count(), 1, "strata {}: {err}", args.join(" "));
+    }
+}

@@ -32,8 +32,8 @@ pub const MAX_READ_TIMEOUT_SECS: f64 = 86_400.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read registry configuration {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read registry configuration {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
     #[error("invalid registry configuration {path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error(
@@ -113,7 +113,7 @@ impl RegistryConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|cause| ConfigError::Read { path: path.to_path_buf(), cause })?;
         Self::from_json(&bytes).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
     }
 

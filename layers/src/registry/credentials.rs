@@ -47,10 +47,10 @@ impl fmt::Debug for Credential {
 pub enum CredentialError {
     #[error("cannot determine the Docker config directory: set DOCKER_CONFIG or HOME")]
     NoConfigDir,
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("cannot write {path}: {cause}")]
+    Write { path: PathBuf, cause: std::io::Error },
     #[error("invalid {path}: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("credential helper docker-credential-{helper} failed to {action} credentials for {registry}: {message}")]
@@ -105,7 +105,7 @@ impl CredentialStore {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Map::new()),
-            Err(source) => return Err(CredentialError::Read { path, source }),
+            Err(cause) => return Err(CredentialError::Read { path, cause }),
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Map::new());
@@ -235,7 +235,7 @@ impl CredentialStore {
         let mut path = self.config_path();
         let werr = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| CredentialError::Write { path, source }
+            move |cause| CredentialError::Write { path, cause }
         };
         if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
             path = std::fs::canonicalize(&path).map_err(werr(&path))?;
@@ -249,7 +249,7 @@ impl CredentialStore {
         let mut tmp = tempfile::Builder::new().prefix(".config.json.").tempfile_in(&dir).map_err(werr(&dir))?;
         tmp.write_all(&bytes).map_err(werr(tmp.path()))?;
         tmp.as_file().sync_all().map_err(werr(tmp.path()))?;
-        tmp.persist(&path).map_err(|e| CredentialError::Write { path: path.clone(), source: e.error })?;
+        tmp.persist(&path).map_err(|e| CredentialError::Write { path: path.clone(), cause: e.error })?;
         std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(werr(&dir))?;
         Ok(())
     }
