@@ -81,22 +81,34 @@ pub fn changes_hiding(lowers: &[Lower], upper: &Path, hidden: &[&[u8]]) -> Resul
     let up = Upper::open(upper).map_err(io)?;
     let lower = lower_paths(lowers);
     let mut out = Vec::new();
-    let mut changed_dirs = HashSet::new();
-    let root = up.dir_readable(b"").map_err(io)?;
-    crate::walk::walk(
-        root,
-        Vec::new(),
-        |fd, rel| changes_in(&up, &lower, hidden, fd, rel, &mut changed_dirs),
-        |_, c| {
-            out.push(c);
-            Ok(())
-        },
-    )
-    .map_err(io)?;
+    // A running container may move a directory while it is walked; the
+    // walk then starts again (what changes meanwhile is passed over).
+    for attempt in 1.. {
+        out.clear();
+        let mut changed_dirs = HashSet::new();
+        let root = up.dir_readable(b"").map_err(io)?;
+        let walked = crate::walk::walk(
+            root,
+            Vec::new(),
+            |fd, rel| changes_in(&up, &lower, hidden, fd, rel, &mut changed_dirs),
+            |_, c| {
+                out.push(c);
+                Ok(())
+            },
+        );
+        match walked {
+            Err(e) if crate::walk::was_moved(&e) && attempt < WALK_ATTEMPTS => continue,
+            r => r.map_err(io)?,
+        }
+        break;
+    }
     let hidden: Vec<String> = hidden.iter().map(|h| show(h)).collect();
     drop_holders(&up, &lower, &hidden, &mut out).map_err(io)?;
     Ok(out)
 }
+
+/// How many times a walk is started when directories keep moving under it.
+const WALK_ATTEMPTS: u32 = 10;
 
 /// Whether `path` lies below directory `dir` (both as [`show`] gives them).
 fn below(dir: &str, path: &str) -> bool {
@@ -133,7 +145,11 @@ fn drop_holders(up: &Upper, lower: &LowerPaths, hidden: &[String], out: &mut Vec
 fn unchanged_dir(up: &Upper, lower: &LowerPaths, rel: &str) -> std::io::Result<bool> {
     let Some(&(mode, sec, nsec)) = lower.get(rel.as_bytes()) else { return Ok(false) };
     let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-    let a = up.stat(up.dir(dir.as_bytes())?.as_fd(), name.as_bytes())?.attr();
+    let found = up.dir(dir.as_bytes()).and_then(|d| up.stat(d.as_fd(), name.as_bytes()));
+    let a = match found {
+        Err(e) if crate::walk::vanished(&e) => return Ok(false),
+        r => r?.attr(),
+    };
     Ok(a.is_dir() && mode == a.mode && same_time((sec, nsec), (a.mtime.sec, a.mtime.nsec)))
 }
 
@@ -163,7 +179,10 @@ fn changes_in(
             (join(&key), ChangeKind::Deleted, false)
         } else {
             let path = join(&n);
-            let h = up.stat(fd, &n)?;
+            let h = match up.stat(fd, &n) {
+                Err(e) if crate::walk::vanished(&e) => continue,
+                r => r?,
+            };
             let a = h.attr();
             let is_dir = a.is_dir();
             let kind = match lower.get(&path) {

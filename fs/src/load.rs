@@ -31,7 +31,11 @@ pub(crate) fn upper_names_sorted(up: &Upper, dir: BorrowedFd) -> io::Result<(Upp
             opaque = true;
             continue;
         } else if n.starts_with(LONG_WH_PREFIX) {
-            long_whiteout_target(up, dir, &n)?
+            match long_whiteout_target(up, dir, &n) {
+                // Removed since it was listed (a running container's).
+                Err(e) if crate::walk::vanished(&e) => continue,
+                r => r?,
+            }
         } else if n.starts_with(b".wh..wh.") {
             continue;
         } else if let Some(h) = n.strip_prefix(WH_PREFIX) {

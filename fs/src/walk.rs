@@ -12,6 +12,11 @@
 //! a deep tree would run out of): it comes back up through `..`, checked
 //! against the device and inode number it left, so that a directory moved
 //! meanwhile ends the walk with an error instead of reading somewhere else.
+//!
+//! The upper directory of a running container changes while `docker diff`
+//! reads it: a subdirectory listed but gone (or no longer a directory) by the
+//! time it is opened is passed over, as it is no longer there to report;
+//! a moved one ends the walk with [`Moved`] for the caller to start again.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -51,7 +56,10 @@ pub(crate) fn walk<O, C>(
         match top.todo.next() {
             Some(Visit::Emit(o)) => emit(cur.as_fd(), o)?,
             Some(Visit::Descend(name, ctx)) => {
-                let child = open_subdir(cur.as_fd(), &name)?;
+                let child = match open_subdir(cur.as_fd(), &name) {
+                    Err(e) if vanished(&e) => continue,
+                    r => r?,
+                };
                 let items = enter(child.as_fd(), ctx)?;
                 // A directory with nothing left to do is not gone into.
                 if !items.is_empty() {
@@ -70,9 +78,7 @@ pub(crate) fn walk<O, C>(
                     )
                     .map_err(errno)?;
                     if id_of(up.as_fd())? != parent.id {
-                        return Err(io::Error::other(
-                            "a directory was moved while the upper directory was read; try again",
-                        ));
+                        return Err(io::Error::other(Moved));
                     }
                     cur = up;
                 }
@@ -80,6 +86,30 @@ pub(crate) fn walk<O, C>(
         }
     }
     Ok(())
+}
+
+/// Why a walk ended: a directory it was in was moved meanwhile, so that
+/// going back up through `..` would have read somewhere else.
+#[derive(Debug)]
+pub(crate) struct Moved;
+
+impl std::fmt::Display for Moved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a directory was moved while the upper directory was read; try again")
+    }
+}
+
+impl std::error::Error for Moved {}
+
+/// Whether a walk ended because a directory it was in was moved.
+pub(crate) fn was_moved(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Moved>())
+}
+
+/// Whether `e` says that an entry listed a moment ago is no longer there
+/// as it was: removed, or replaced by a file or a symlink.
+pub(crate) fn vanished(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP))
 }
 
 /// Opens the subdirectory `name` of `dir` readable, refusing a symlink.

@@ -1456,3 +1456,49 @@ fn an_upper_inside_a_strata_mount_is_refused_at_mount() {
     }
     drop(outer);
 }
+
+#[test]
+fn changes_of_an_upper_directory_in_use() {
+    // `docker diff` of a running container: its processes create, remove
+    // and move directories while the upper directory is walked. What goes
+    // meanwhile is passed over and a walk that lost its way starts again;
+    // no listing fails.
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (stop, mnt) = (stop.clone(), mnt.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let d = mnt.join(format!("w/d{}", i % 7));
+                std::fs::create_dir_all(d.join("x/y")).unwrap();
+                std::fs::write(d.join(format!("x/y/f{}", i % 13)), b"f").unwrap();
+                std::fs::write(mnt.join(format!("data/n{}", i % 5)), b"n").unwrap();
+                let _ = std::fs::remove_file(mnt.join(format!("data/n{}", (i + 2) % 5)));
+                let _ = std::fs::remove_dir_all(mnt.join(format!("w/d{}", (i + 3) % 7)));
+                let _ = std::fs::rename(&d, mnt.join(format!("w/e{}", i % 5)));
+                let _ = std::fs::remove_dir_all(mnt.join(format!("w/e{}", (i + 1) % 5)));
+                i += 1;
+            }
+            i
+        })
+    };
+    let lowers = base(&objects);
+    let started = std::time::Instant::now();
+    let (mut listed, mut failed) = (0, Vec::new());
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        match strata_fs::changes(&lowers, &upper) {
+            Ok(_) => listed += 1,
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = churn.join().unwrap();
+    assert!(failed.is_empty(), "{} of {} listings failed, e.g. {}", failed.len(), listed + failed.len(), failed[0]);
+    assert!(listed > 100 && rounds > 100, "{listed} listings beside {rounds} rounds of changes");
+    // Once still, the listing is exact.
+    let ch: Vec<String> = strata_fs::changes(&lowers, &upper).unwrap().iter().map(|c| c.path.clone()).collect();
+    assert!(ch.contains(&"/w".to_string()) && ch.contains(&"/data".to_string()), "{ch:?}");
+    g.unmount();
+}
