@@ -835,3 +835,47 @@ fn create_notices_an_image_removed_meanwhile() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("was removed"), "{}", show_output(&out));
     assert_eq!(s.ok(&["ps", "-aq"]), "");
 }
+
+#[test]
+fn rmi_of_an_image_a_container_uses_follows_docker() {
+    let e = setup(false);
+    let s = &e.s;
+    let image_id = s.ok(&["images", "-q", &e.bb]).trim().to_string();
+    let stopped = s.ok(&["create", "--name", "stopped", &e.bb, "true"]).trim()[..12].to_string();
+    // Its last tag stays without -f, although a digest reference of the
+    // same repository is there too (that does not make a second name).
+    let (code, err) = s.fails(&["rmi", &e.bb]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "conflict: unable to remove repository reference \"{}\" (must force) - container {stopped} is using \
+             its referenced image {image_id}",
+            e.bb
+        )),
+        "{err}"
+    );
+    let (_, err) = s.fails(&["rmi", &image_id]);
+    assert!(
+        err.contains(&format!(
+            "unable to delete {image_id} (must be forced) - image is being used by stopped container {stopped}"
+        )),
+        "{err}"
+    );
+    let running = s.ok(&["run", "-d", "--name", "running", &e.bb, "sleep", "1000"]).trim()[..12].to_string();
+    let (_, err) = s.fails(&["rmi", "-f", &image_id]);
+    assert!(
+        err.contains(&format!(
+            "unable to delete {image_id} (cannot be forced) - image is being used by running container {running}"
+        )),
+        "{err}"
+    );
+    s.ok(&["rm", "-f", "running"]);
+    // Forced beside a stopped container: untagged, and kept for it.
+    let out = s.ok(&["rmi", "-f", &image_id]);
+    assert!(out.contains(&format!("Untagged: {}", e.bb)) && !out.contains("Deleted:"), "{out}");
+    assert_eq!(s.ok(&["images", "-q"]).trim(), image_id);
+    assert_eq!(s.ok(&["start", "-a", "stopped"]), "");
+    s.ok(&["rm", "stopped"]);
+    s.ok(&["rmi", &image_id]);
+    assert_eq!(s.ok(&["images", "-q"]).trim(), "");
+}

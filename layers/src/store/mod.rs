@@ -35,7 +35,7 @@ mod records;
 
 pub use crate::error::{Error, Result};
 pub use gc::{DiskUsage, GcStats};
-pub use records::{is_image_in_use, Records, Removed};
+pub use records::{is_image_in_use, ContainerUse, Records, Removed};
 
 use crate::digest::{Digest, Hasher};
 use crate::error::IoContext;

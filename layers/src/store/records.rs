@@ -68,23 +68,45 @@ fn is_lower_hex(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The container (ID) using image `id`, if any: images in use by a container,
-/// running or not, are not deleted (Docker's rule). Containers are records
-/// of the CLI (`containers/ID/config.json`); this reads only the two fields
-/// it needs, so the layers crate does not depend on the container code.
-pub fn is_image_in_use(store: &Store, id: &Digest) -> Option<String> {
+/// A container that uses an image, as `rmi` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerUse {
+    /// The container's ID, short (12 hex digits) as Docker prints it.
+    pub short_id: String,
+    /// Whether its state says it runs (or is paused or restarting).
+    pub running: bool,
+}
+
+/// A container using image `id`, if any (a running one first): images in use
+/// by a container, running or not, are not deleted (Docker's rule; a
+/// container's filesystem is built from its image's layers). Containers are
+/// records of the CLI (`containers/ID/config.json` and `state.json`); this
+/// reads only the fields it needs, so the layers crate does not depend on
+/// the container code.
+pub fn is_image_in_use(store: &Store, id: &Digest) -> Option<ContainerUse> {
     #[derive(serde::Deserialize)]
     struct ContainerRef {
         id: String,
         image_id: String,
     }
+    #[derive(serde::Deserialize)]
+    struct StateRef {
+        status: String,
+    }
     let wanted = id.to_string();
     let dir = std::fs::read_dir(store.layout().containers_dir()).ok()?;
-    dir.flatten().find_map(|ent| {
+    let users = dir.flatten().filter_map(|ent| {
         let data = std::fs::read(ent.path().join("config.json")).ok()?;
         let c: ContainerRef = serde_json::from_slice(&data).ok()?;
-        (c.image_id == wanted).then_some(c.id)
-    })
+        if c.image_id != wanted {
+            return None;
+        }
+        let state = std::fs::read(ent.path().join("state.json")).ok();
+        let status = state.and_then(|d| serde_json::from_slice::<StateRef>(&d).ok()).map(|s| s.status);
+        let running = matches!(status.as_deref(), Some("running" | "paused" | "restarting"));
+        Some(ContainerUse { short_id: c.id.chars().take(12).collect(), running })
+    });
+    users.max_by_key(|u| u.running)
 }
 
 impl<'s> Records<'s> {
@@ -332,12 +354,14 @@ impl Store {
             let mut out = Vec::new();
             let id = match self.name_image(&recs.tags, input)? {
                 Named::Reference(r, id) => {
-                    if let Some(container) = is_image_in_use(self, &id).filter(|_| !force) {
-                        let refs = recs.references_of(&id);
-                        if refs.len() <= 1 {
+                    if let Some(user) = is_image_in_use(self, &id).filter(|_| !force) {
+                        // Its last tag (digest references of the same
+                        // repository do not count): the image would dangle.
+                        if is_single_reference(&recs.references_of(&id)) {
                             return Err(Error::Conflict(format!(
                                 "conflict: unable to remove repository reference \"{input}\" (must force) - \
-                                 container {container} is using its referenced image {}",
+                                 container {} is using its referenced image {}",
+                                user.short_id,
                                 id.short()
                             )));
                         }
@@ -368,12 +392,26 @@ impl Store {
                             id.short()
                         )));
                     }
-                    if let Some(container) = is_image_in_use(self, &id) {
-                        let how = if force { "cannot be forced" } else { "must be forced" };
-                        return Err(Error::Conflict(format!(
-                            "conflict: unable to delete {} ({how}) - image is being used by running container {container}",
-                            id.short()
-                        )));
+                    match is_image_in_use(self, &id) {
+                        Some(user) if user.running => {
+                            return Err(Error::Conflict(format!(
+                                "conflict: unable to delete {} (cannot be forced) - image is being used by running \
+                                 container {}",
+                                id.short(),
+                                user.short_id
+                            )))
+                        }
+                        Some(user) if !force => {
+                            return Err(Error::Conflict(format!(
+                                "conflict: unable to delete {} (must be forced) - image is being used by stopped \
+                                 container {}",
+                                id.short(),
+                                user.short_id
+                            )))
+                        }
+                        // Forced, beside a stopped container: untagged below
+                        // and kept, dangling, for the container.
+                        _ => {}
                     }
                     for r in refs {
                         recs.untag(&r);
