@@ -1087,3 +1087,48 @@ fn container_mount_writes_into_the_container() {
     s.ok(&["rm", "-f", "bg"]);
     assert!(mounts(s).is_empty());
 }
+
+#[test]
+fn an_open_past_the_servers_descriptors_fails_with_enfile() {
+    // Every file open in a mount holds a descriptor in the process serving
+    // it, so all the mount's users together can hold open only as many
+    // files as that process's hard limit allows (an ordinary user's server
+    // cannot raise it). Past it, an open says that a table shared with
+    // others is full (ENFILE), not that the caller reached its own limit
+    // (EMFILE). This server starts with a hard limit of 64.
+    let st = setup(Strata::new_unprivileged());
+    let dir = new_dir(&st.s, "few-descriptors");
+    let mut cmd = st.s.command(&[Path::new("mount"), Path::new(&st.image), &dir]);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let lim = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start strata mount: {e}"));
+    let out = strata_e2e::strata::wait_output(child, Duration::from_secs(60), "strata mount");
+    assert!(out.status.success(), "{}", strata_e2e::strata::show_output(&out));
+    let _guard = Mounted { s: &st.s, dir: dir.clone() };
+    let script = "import errno, os, sys\n\
+                  files = [os.path.join(d, f) for d, _, fs in os.walk(sys.argv[1]) for f in fs]\n\
+                  files = [f for f in files if os.path.isfile(f) and os.access(f, os.R_OK)]\n\
+                  held = []\n\
+                  for i in range(500):\n\
+                  \x20   try:\n\
+                  \x20       held.append(os.open(files[i % len(files)], os.O_RDONLY))\n\
+                  \x20   except OSError as e:\n\
+                  \x20       print(len(held), errno.errorcode[e.errno])\n\
+                  \x20       break\n\
+                  else:\n\
+                  \x20   print(len(held), 'none failed')\n";
+    // (Debian's own python3: a PATH may name one only root can run.)
+    let out = as_user("/usr/bin/python3", &["-c", script, &dir.display().to_string()]);
+    let (held, how) = out.trim().split_once(' ').unwrap_or_else(|| panic!("unexpected output: {out}"));
+    assert_eq!(how, "ENFILE", "after {held} open files: {out}");
+    let held: usize = held.parse().unwrap_or_else(|e| panic!("{out}: {e}"));
+    assert!((20..64).contains(&held), "{held} files open before the server ran out");
+}

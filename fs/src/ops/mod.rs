@@ -95,7 +95,14 @@ fn err(code: i32) -> io::Error {
 }
 
 fn eno(e: io::Error) -> Errno {
-    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+    match e.raw_os_error() {
+        // This server's descriptor table is full, not the caller's: every
+        // file open in the mount holds one here (see `raise_fd_limit`).
+        // ENFILE says that a table shared with others is full; EMFILE
+        // would send the caller looking at its own limit.
+        Some(libc::EMFILE) => Errno::ENFILE,
+        code => Errno::from_i32(code.unwrap_or(libc::EIO)),
+    }
 }
 
 /// A non-directory's permission bits after the kernel's rule for a chown,
