@@ -90,16 +90,9 @@ pub(crate) fn walk<O, C>(
 
 /// Why a walk ended: a directory it was in was moved meanwhile, so that
 /// going back up through `..` would have read somewhere else.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("a directory was moved while the upper directory was read; try again")]
 pub(crate) struct Moved;
-
-impl std::fmt::Display for Moved {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a directory was moved while the upper directory was read; try again")
-    }
-}
-
-impl std::error::Error for Moved {}
 
 /// Whether a walk ended because a directory it was in was moved.
 pub(crate) fn was_moved(e: &io::Error) -> bool {
