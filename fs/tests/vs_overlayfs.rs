@@ -722,13 +722,16 @@ fn random_concurrent_steps_keep_the_mount_consistent() {
 const LAYER_DIRS: &[&str] = &["", "a", "a/b", "a/b/c", "d", "d/e"];
 const LAYER_NAMES: &[&str] = &["f1", "f2", "f3", "s", "h", "x", "y"];
 
-/// Four random layers in tar order: files (some with xattrs), directories,
-/// symlinks, hard links within a layer, fifos, device nodes, whiteouts and
-/// opaque directories over what the layers below have (or not), each layer
-/// listing its entries' parents.
+/// Random layers (four; in one stack of eight, 2 to 101) in tar order:
+/// files (some with xattrs), directories, symlinks, hard links within a
+/// layer, fifos, device nodes, whiteouts and opaque directories over what
+/// the layers below have (or not), each layer listing its entries' parents.
 fn random_layers(objects: &Path, rng: &mut Rng, special: bool) -> Vec<LayerBuilder> {
     let mut layers = Vec::new();
-    for l in 0..4 {
+    // Mostly four layers; one stack in eight has up to a hundred (images
+    // with many layers are common, and a layer's position is its number).
+    let count = if rng.below(8) == 0 { 2 + rng.below(100) } else { 4 };
+    for l in 0..count {
         let mut b = LayerBuilder::new(objects);
         if l == 0 {
             b = b.dir("", 0o755);
