@@ -98,7 +98,10 @@
 //!   (`tree::Node::meta_rec`: a chown that changes nothing costs no failing
 //!   removexattr). Server time per file went from ~380 µs to ~160 µs (and
 //!   ~100 µs with the threading below); the rest is context switches of the
-//!   round trips.
+//!   round trips. Later, with polling: per request LOOKUP 1.9 µs, GETATTR
+//!   2.5, GETXATTR 2.4, SETATTR 5.8, CREATE 10.5, RELEASE 3.2, so ~41 µs
+//!   per file, 0.81 s of an extract of 1.68 s (kernel overlayfs 0.47 s for
+//!   all of it): even a server that took no time would leave it over 1.5x.
 //! - FUSE_HANDLE_KILLPRIV_V2 is taken on writable mounts: it saves the
 //!   forced GETATTR per chown and a GETXATTR `security.capability` per
 //!   write(2) to a file already checked; the server clears set-id bits
