@@ -480,20 +480,14 @@ pub(crate) fn is_identity_map(map: &str) -> bool {
 /// the usual soft limit of 1024, the mount's users could hold only about
 /// a thousand files open in it at once, whatever their own limits, and
 /// the next open failed with EMFILE. Kernel overlayfs has no such limit.
-/// Where it may (CAP_SYS_RESOURCE), it raises the hard limit too, to the
-/// kernel's ceiling (`fs.nr_open`): the hard limit, often 524,288 but as
-/// low as 20,000 on some hosts, is how many files all the mount's users
-/// together can hold open. Past it an open fails with ENFILE (see
-/// `ops::eno`).
+/// The hard limit, often 524,288 but as low as 20,000 on some hosts, is
+/// then how many files all the mount's users together can hold open; past
+/// it an open fails with ENFILE (see `ops::eno`).
 pub fn raise_fd_limit() -> rustix::process::Rlimit {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let old = getrlimit(Resource::Nofile);
-    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok());
-    // Best effort: the limit only decides how many files can be open.
-    let raised = ceiling
-        .filter(|&c| old.maximum.is_some_and(|m| c > m))
-        .is_some_and(|c| setrlimit(Resource::Nofile, Rlimit { current: Some(c), maximum: Some(c) }).is_ok());
-    if !raised && old.current != old.maximum {
+    if old.current != old.maximum {
+        // Best effort: the limit only decides how many files can be open.
         let _ = setrlimit(Resource::Nofile, Rlimit { current: old.maximum, maximum: old.maximum });
     }
     old
