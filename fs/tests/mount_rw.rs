@@ -57,11 +57,8 @@ fn opts(upper: &Path) -> MountOptions {
 
 #[test]
 fn one_upper_directory_serves_one_mount() {
-    let tmp = tempfile::tempdir().unwrap();
-    let objects = tmp.path().join("objects");
-    let upper = tmp.path().join("upper");
-    std::fs::create_dir(&upper).unwrap();
-    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (tmp, objects, upper, a) = work_dirs();
+    let b = tmp.path().join("b");
     let g = MountGuard::new(base(&objects), &a, opts(&upper));
     std::fs::create_dir_all(&b).unwrap();
     match strata_fs::mount(base(&objects), &b, opts(&upper)) {
