@@ -8,7 +8,8 @@
 #   fs-mount.sh umount-all        every benchmark mount under $WORK
 # FS is kernel, kernel-volatile (writable mounts with -o volatile: no fsync
 # of copy-ups), strata, fuse-overlayfs (1.x, Debian) or fuse-overlayfs2
-# ($FUSE_OVERLAYFS2). Environment (set by fs.sh): WORK, RW (where upper and
+# ($FUSE_OVERLAYFS2), or strata-b (the strata binary $STRATA_B, with the same
+# store). Environment (set by fs.sh): WORK, RW (where upper and
 # work directories go), LAYERS (directory of layer0..layer5), and for strata
 # STRATA, STORE, IMAGE.
 set -euo pipefail
@@ -23,7 +24,7 @@ unmount() {
     if mounted "$m"; then
         case $fs in
             kernel*) umount "$m" ;;
-            strata) "$STRATA" --root "$STORE" umount "$m" >/dev/null || true ;;
+            strata | strata-b) "$STRATA" --root "$STORE" umount "$m" >/dev/null || true ;;
             *) fusermount3 -u "$m" || true ;;
         esac
         # A FUSE server may take a moment to go; a busy or dead one is
@@ -50,11 +51,13 @@ mount_fs() {
         kernel-volatile) mount -t overlay overlay -o "$opts$([ "$mode" = rw ] && echo ,volatile)" "$m" ;;
         fuse-overlayfs) fuse-overlayfs -o "$opts" "$m" ;;
         fuse-overlayfs2) "${FUSE_OVERLAYFS2:?FUSE_OVERLAYFS2 names no binary}" -o "$opts" "$m" ;;
-        strata)
+        strata | strata-b)
+            local bin=$STRATA
+            [ "$fs" = strata-b ] && bin=${STRATA_B:?}
             if [ "$mode" = rw ]; then
-                "$STRATA" --root "$STORE" mount --rw --upper "$u" "$IMAGE" "$m" >/dev/null
+                "$bin" --root "$STORE" mount --rw --upper "$u" "$IMAGE" "$m" >/dev/null
             else
-                "$STRATA" --root "$STORE" mount "$IMAGE" "$m" >/dev/null
+                "$bin" --root "$STORE" mount "$IMAGE" "$m" >/dev/null
             fi
             ;;
         *) echo "fs-mount: unknown filesystem $fs" >&2; exit 2 ;;

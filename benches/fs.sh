@@ -7,10 +7,12 @@
 #
 # Usage (as root):
 #   RUNS=3 [ONLY="statwalk lsl ..."] [FS="kernel strata ..."] \
-#       [FUSE_OVERLAYFS2=/path/to/fuse-overlayfs] [UPPER=tmpfs|disk] [OUT=dir] \
-#       bash benches/fs.sh
+#       [FUSE_OVERLAYFS2=/path/to/fuse-overlayfs] [STRATA_B=/path/to/strata] \
+#       [UPPER=tmpfs|disk] [OUT=dir] bash benches/fs.sh
 # Workloads: statwalk lsf lsl seqread randread tar gitadd gitstatus append1k
 #   append1g chmod1k extract rmextract rmlower write1g
+# FS may also name strata-b: the strata binary STRATA_B (another build, such
+# as one of an earlier commit), measured side by side with this one.
 # Results: a table of medians and ratios to the kernel on stdout and in
 # $OUT/summary.txt, per-workload JSON in $OUT, failures in $OUT/errors.txt.
 # The layers and their OCI image are cached under $CACHE/fsbench.
@@ -32,6 +34,10 @@ FS=${FS:-kernel strata fuse-overlayfs${FUSE_OVERLAYFS2:+ fuse-overlayfs2}}
 ONLY=${ONLY:-statwalk lsf lsl seqread randread tar gitadd gitstatus append1k append1g chmod1k extract rmextract rmlower write1g}
 if [[ " $FS " == *" fuse-overlayfs2 "* && ! -x ${FUSE_OVERLAYFS2:-} ]]; then
     echo "fs.sh: FS has fuse-overlayfs2 but FUSE_OVERLAYFS2 (${FUSE_OVERLAYFS2:-unset}) is no executable" >&2
+    exit 1
+fi
+if [[ " $FS " == *" strata-b "* && ! -x ${STRATA_B:-} ]]; then
+    echo "fs.sh: FS has strata-b but STRATA_B (${STRATA_B:-unset}) is no executable" >&2
     exit 1
 fi
 
@@ -65,9 +71,9 @@ case ${UPPER:=tmpfs} in
     disk) ;;
     *) echo "fs.sh: UPPER is tmpfs or disk, not $UPPER" >&2; exit 1 ;;
 esac
-export WORK=$work RW LAYERS=$cache/data TARBALL=$cache/data/extract.tar BENCH_DIR OUT RUNS ONLY FS FUSE_OVERLAYFS2
+export WORK=$work RW LAYERS=$cache/data TARBALL=$cache/data/extract.tar BENCH_DIR OUT RUNS ONLY FS FUSE_OVERLAYFS2 STRATA_B
 
-if [[ " $FS " == *" strata "* ]]; then
+if [[ " $FS " == *" strata "* || " $FS " == *" strata-b "* ]]; then
     STRATA=$(strata_bin)
     # strata reads layers from its store: an OCI image of the six layer
     # directories (one layer each, bottom first), cached, pulled through a
