@@ -9,7 +9,7 @@
 #   RUNS=3 [ONLY="statwalk lsl ..."] [FS="kernel strata ..."] \
 #       [FUSE_OVERLAYFS2=/path/to/fuse-overlayfs] [STRATA_B=/path/to/strata] \
 #       [UPPER=tmpfs|disk] [OUT=dir] bash benches/fs.sh
-# Workloads: statwalk lsf lsl seqread randread tar gitadd gitstatus append1k
+# Workloads: statwalk lsf lsl seqread randread tar tarrw gitadd gitstatus append1k
 #   append1g chmod1k extract rmextract rmlower write1g
 # FS may also name strata-b: the strata binary STRATA_B (another build, such
 # as one of an earlier commit), measured side by side with this one.
@@ -31,7 +31,7 @@ source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || { echo "fs.sh: run as root (kernel overlayfs, drop_caches)" >&2; exit 1; }
 
 FS=${FS:-kernel strata fuse-overlayfs${FUSE_OVERLAYFS2:+ fuse-overlayfs2}}
-ONLY=${ONLY:-statwalk lsf lsl seqread randread tar gitadd gitstatus append1k append1g chmod1k extract rmextract rmlower write1g}
+ONLY=${ONLY:-statwalk lsf lsl seqread randread tar tarrw gitadd gitstatus append1k append1g chmod1k extract rmextract rmlower write1g}
 if [[ " $FS " == *" fuse-overlayfs2 "* && ! -x ${FUSE_OVERLAYFS2:-} ]]; then
     echo "fs.sh: FS has fuse-overlayfs2 but FUSE_OVERLAYFS2 (${FUSE_OVERLAYFS2:-unset}) is no executable" >&2
     exit 1

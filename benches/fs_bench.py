@@ -68,6 +68,9 @@ WORKLOADS = {
                   "--invalidate=0"], None),
     # GNU tar reads nothing when it writes to /dev/null: give it a pipe.
     "tar": ("ro", None, None, 'tar cf - -C "$M" small | cat >/dev/null', None),
+    # The same through a writable mount, as a container reads its image.
+    "tarrw": ("rw", None, 'tar cf - -C "$M" small | cat >/dev/null',
+              'tar cf - -C "$M" small | cat >/dev/null', None),
     "gitadd": ("rw", GIT[:-1] + ["init", "-q", "{M}/git"], 'tar cf - -C "$M" git | cat >/dev/null',
                GIT + ["{M}/git", "add", "-A"],
                lambda m: git_check(m, lambda out: None if out.count("\n") == 5000 else

@@ -65,8 +65,8 @@ impl Filesystem for StrataFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _op = self.op(Op::Lookup);
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _op = self.op(Op::Lookup, req.pid());
         let t = self.tree_read();
         let Some(d) = t.dir(parent.0) else {
             // A removed directory has no entries left: ENOENT, as on any fs.
@@ -109,15 +109,15 @@ impl Filesystem for StrataFs {
     // needs it exclusively (they arrive with every other request, and an
     // exclusive lock each made the others wait). fuser's batch_forget calls
     // this per inode (its argument type is not public to override it).
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _op = self.op(Op::Forget);
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        let _op = self.op(Op::Forget, req.pid());
         if self.tree_read().forget(ino.0, nlookup) {
             self.tree_write().reclaim_forgotten(ino.0);
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _op = self.op(Op::Getattr);
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _op = self.op(Op::Getattr, req.pid());
         let t = self.tree_read();
         match t.get(ino.0) {
             Some(n) => {
@@ -146,7 +146,7 @@ impl Filesystem for StrataFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _op = self.op(Op::Setattr);
+        let _op = self.op(Op::Setattr, req.pid());
         // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us: a
         // chown clears set-id bits, a truncation by a caller without
         // CAP_FSETID too.
@@ -165,8 +165,8 @@ impl Filesystem for StrataFs {
         run(self);
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _op = self.op(Op::Readlink);
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _op = self.op(Op::Readlink, req.pid());
         let t = self.tree_read();
         if t.get(ino.0).is_none() {
             return reply.error(Errno::ENOENT);
@@ -178,27 +178,27 @@ impl Filesystem for StrataFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let _op = self.op(Op::Mknod);
+        let _op = self.op(Op::Mknod, req.pid());
         let mode = self.creation_mode(parent.0, mode, umask);
         self.entry_reply(reply, self.do_mknod(req, parent.0, name.as_bytes(), mode, rdev));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let _op = self.op(Op::Mkdir);
+        let _op = self.op(Op::Mkdir, req.pid());
         let mode = self.creation_mode(parent.0, mode, umask);
         self.entry_reply(reply, self.do_mkdir(req, parent.0, name.as_bytes(), mode));
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = self.op(Op::Unlink);
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = self.op(Op::Unlink, req.pid());
         match self.do_remove(parent.0, name.as_bytes(), false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(eno(e)),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = self.op(Op::Rmdir);
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = self.op(Op::Rmdir, req.pid());
         match self.do_remove(parent.0, name.as_bytes(), true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(eno(e)),
@@ -206,13 +206,13 @@ impl Filesystem for StrataFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
-        let _op = self.op(Op::Symlink);
+        let _op = self.op(Op::Symlink, req.pid());
         self.entry_reply(reply, self.do_symlink(req, parent.0, link_name.as_bytes(), target.as_os_str().as_bytes()));
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -220,15 +220,15 @@ impl Filesystem for StrataFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _op = self.op(Op::Rename);
+        let _op = self.op(Op::Rename, req.pid());
         match self.do_rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(eno(e)),
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let _op = self.op(Op::Link);
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _op = self.op(Op::Link, req.pid());
         let r = self.do_link(ino.0, newparent.0, newname.as_bytes()).map(|()| {
             let t = self.tree_read();
             (ino.0, self.attr(&t, ino.0, None))
@@ -242,14 +242,15 @@ impl Filesystem for StrataFs {
         let kill = flags.0 & libc::O_TRUNC != 0 && self.change_kills_set_id(req);
         if for_writing && self.upper.is_some() && self.copy_up_is_big(ino.0) {
             // Copies the file up first.
-            return self.offload(move |fs| fs.open_reply(ino.0, flags.0, kill, reply));
+            let caller = req.pid();
+            return self.offload(move |fs| fs.open_reply(ino.0, flags.0, kill, caller, reply));
         }
-        self.open_reply(ino.0, flags.0, kill, reply);
+        self.open_reply(ino.0, flags.0, kill, req.pid(), reply);
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -273,15 +274,16 @@ impl Filesystem for StrataFs {
                 rustix::io::ReadWriteFlags::NOWAIT,
             ) {
                 Ok(n) if n == buf.len() => {
-                    let _op = self.op(Op::Read);
+                    let _op = self.op(Op::Read, req.pid());
                     return reply.data(&buf);
                 }
                 Ok(n) => buf.truncate(n),
                 Err(_) => buf.clear(),
             }
         }
+        let caller = req.pid();
         self.offload(move |fs| {
-            let _op = fs.op(Op::Read);
+            let _op = fs.op(Op::Read, caller);
             // Read into spare capacity: zeroing a buffer of up to 1 MiB per
             // request first showed up as a tenth of the server's time.
             buf.reserve_exact((size as usize).saturating_sub(buf.len()));
@@ -300,7 +302,7 @@ impl Filesystem for StrataFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -310,7 +312,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _op = self.op(Op::Write);
+        let _op = self.op(Op::Write, req.pid());
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, writable: true, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -329,16 +331,16 @@ impl Filesystem for StrataFs {
         reply.written(data.len() as u32)
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         // Nothing to do at close (writes are on the host already): ENOSYS
         // makes the kernel stop sending FLUSH for this mount.
-        let _op = self.op(Op::Flush);
+        let _op = self.op(Op::Flush, req.pid());
         reply.error(Errno::ENOSYS);
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -346,7 +348,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _op = self.op(Op::Release);
+        let _op = self.op(Op::Release, req.pid());
         let h = self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
         if let Some(h) = h {
             if let HandleKind::File { mode, .. } = &h.kind {
@@ -356,8 +358,8 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let _op = self.op(Op::Fsync);
+    fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let _op = self.op(Op::Fsync, req.pid());
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.ok() };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -370,8 +372,8 @@ impl Filesystem for StrataFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _op = self.op(Op::Opendir);
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _op = self.op(Op::Opendir, req.pid());
         if self.kernel_opens_dirs() {
             return reply.error(Errno::ENOSYS);
         }
@@ -389,8 +391,8 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _op = self.op(Op::Readdir);
+    fn readdir(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _op = self.op(Op::Readdir, req.pid());
         let ents = match self.listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
@@ -405,8 +407,8 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let _op = self.op(Op::Readdirplus);
+    fn readdirplus(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _op = self.op(Op::Readdirplus, req.pid());
         let ents = match self.listing(ino.0, fh.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(e),
@@ -443,19 +445,19 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        let _op = self.op(Op::Releasedir);
+    fn releasedir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let _op = self.op(Op::Releasedir, req.pid());
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _op = self.op(Op::Fsyncdir);
+    fn fsyncdir(&self, req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _op = self.op(Op::Fsyncdir, req.pid());
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _op = self.op(Op::Statfs);
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _op = self.op(Op::Statfs, req.pid());
         let fd = match (&self.upper, &self.statfs_fd) {
             (Some(up), _) => up.root_fd(),
             (None, Some(fd)) => fd.as_fd(),
@@ -486,7 +488,7 @@ impl Filesystem for StrataFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _op = self.op(Op::Setxattr);
+        let _op = self.op(Op::Setxattr, req.pid());
         let r = (|| {
             let name = name.as_bytes();
             check_xattr_name(name)?;
@@ -527,8 +529,8 @@ impl Filesystem for StrataFs {
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _op = self.op(Op::Getxattr);
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _op = self.op(Op::Getxattr, req.pid());
         if self.no_xattrs_at_all {
             // The kernel remembers this for the mount: every later getxattr
             // fails with EOPNOTSUPP without a round trip (ls -l asks two
@@ -546,7 +548,7 @@ impl Filesystem for StrataFs {
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _op = self.op(Op::Listxattr);
+        let _op = self.op(Op::Listxattr, req.pid());
         let r = (|| {
             let t = self.tree_read();
             let n = t.get(ino.0).ok_or_else(|| err(libc::ENOENT))?;
@@ -577,8 +579,8 @@ impl Filesystem for StrataFs {
         FsInner::xattr_reply(reply, size, r);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _op = self.op(Op::Removexattr);
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _op = self.op(Op::Removexattr, req.pid());
         let r = (|| {
             let name = name.as_bytes();
             check_xattr_name(name)?;
@@ -601,7 +603,7 @@ impl Filesystem for StrataFs {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let _op = self.op(Op::Access);
+        let _op = self.op(Op::Access, req.pid());
         let t = self.tree_read();
         let Some(n) = t.get(ino.0) else { return reply.error(Errno::ENOENT) };
         let mask = mask.bits() & 7;
@@ -646,7 +648,7 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _op = self.op(Op::Create);
+        let _op = self.op(Op::Create, req.pid());
         let mode = self.creation_mode(parent.0, mode, umask);
         match self.do_create(req, parent.0, name.as_bytes(), mode) {
             Ok((ino, a, file)) => {
@@ -713,7 +715,7 @@ impl Filesystem for StrataFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let _op = self.op(Op::Fallocate);
+        let _op = self.op(Op::Fallocate, req.pid());
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, writable: true, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -730,8 +732,8 @@ impl Filesystem for StrataFs {
         });
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
-        let _op = self.op(Op::Lseek);
+    fn lseek(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
+        let _op = self.op(Op::Lseek, req.pid());
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
         let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EBADF) };
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();

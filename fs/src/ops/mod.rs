@@ -430,10 +430,11 @@ impl FsInner {
         self.dirs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts timing a request (when `STRATA_FS_STATS` is set).
-    fn op(&self, op: Op) -> Option<OpTimer<'_>> {
+    /// Starts timing a request (when `STRATA_FS_STATS` is set) made by
+    /// thread `caller`, and tells the poller of it.
+    fn op(&self, op: Op, caller: u32) -> Option<OpTimer<'_>> {
         if let Some(p) = &self.poller {
-            p.on_request();
+            p.on_request(caller);
         }
         self.stats.as_ref().map(|stats| stats.time(op))
     }
@@ -839,11 +840,11 @@ impl FsInner {
         }
     }
 
-    /// Opens a file and answers (see [`Filesystem::open`]).
+    /// Opens a file and answers (see [`Filesystem::open`]) `caller`.
     /// `kill_set_id`: an O_TRUNC open by a caller without CAP_FSETID, which
     /// clears set-id bits (FUSE_HANDLE_KILLPRIV_V2 leaves that to us).
-    fn open_reply(&self, ino: Ino, flags: i32, kill_set_id: bool, reply: ReplyOpen) {
-        let _op = self.op(Op::Open);
+    fn open_reply(&self, ino: Ino, flags: i32, kill_set_id: bool, caller: u32, reply: ReplyOpen) {
+        let _op = self.op(Op::Open, caller);
         if self.upper.is_none() {
             let mut io = self.io();
             if let Some(st) = io.get_mut(&ino) {
