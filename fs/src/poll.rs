@@ -237,6 +237,7 @@ impl Poller {
     /// reader (and the CPUs) back to sleep when fewer than `DENSE` came or
     /// the CPUs are wanted elsewhere.
     fn govern(&self) {
+        count_this_thread();
         let (lock, cv) = &self.wake;
         let mut load = MachineLoad::new();
         loop {
@@ -496,8 +497,8 @@ fn task_run_ns(path: &str) -> Option<u64> {
 }
 
 /// This process's threads that serve mounts: request readers (and
-/// workers) from their first request, read-ahead threads from their
-/// start. Their CPU time is not other work.
+/// workers) from their first request, read-ahead threads and governors
+/// from their start. Their CPU time is not other work.
 static OUR_THREADS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 thread_local! {
