@@ -165,6 +165,7 @@
 //!   enough (RMDIR ~250 µs to ~160 µs of server time).
 
 mod changes;
+mod cpu_use;
 pub mod idmap;
 mod layer;
 mod load;

@@ -74,7 +74,7 @@
 //! whose first read in each directory sets 8 read-ahead threads going,
 //! made threads wait 14-52% of each period with nothing else running: it
 //! stopped spinning and took 0.68-0.90 s, against 0.43-0.45 s spinning.
-//! So waiting now counts only beside other work ([`CpuUse`]): the CPUs'
+//! So waiting now counts only beside other work ([`crate::cpu_use`]): the CPUs'
 //! busy time over the last 200 ms or more, less this server's threads and
 //! the thread of the latest request, when that is more than what the
 //! reader and its caller leave (all CPUs but 1.5). Measured over whole
@@ -102,14 +102,14 @@
 //! when it answers, `tar` hopped between CPUs every few hundred
 //! milliseconds with the reader following, and extraction took 7-8.5 s.
 
-use std::cell::Cell;
-use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::fs::OFlags;
+
+use crate::cpu_use::{count_this_thread, others_compete, CpuSample, CpuUse};
 
 /// Requests per `window` that keep the reader spinning, and requests in a
 /// row, each within `window / DENSE` of the one before, that start it.
@@ -376,162 +376,6 @@ impl MachineLoad {
     }
 }
 
-/// How far back [`CpuUse`] looks at least: CPU idle time comes from
-/// `/proc/stat` in clock ticks (10 ms), so over one 50 ms period on 2 CPUs
-/// its rounding alone could make 0.4 CPUs out of nothing.
-const OTHERS_WINDOW: Duration = Duration::from_millis(200);
-
-/// Samples older than this are no base for an estimate: the load then is
-/// not the load now.
-const OTHERS_MAX_AGE: Duration = Duration::from_millis(800);
-
-/// CPU times at one moment (ns; `at` since the poller's epoch).
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct CpuSample {
-    at: u64,
-    /// Idle time of all CPUs together.
-    idle: u64,
-    /// Run time of this process's own threads (see [`count_this_thread`]).
-    ours: u64,
-    /// The latest caller's thread id and run time, when readable.
-    caller: Option<(u32, u64)>,
-}
-
-/// How many CPUs other work keeps busy: all CPU time used less this
-/// process's serving threads and the thread that made the latest request
-/// (see the module doc). A caller this process cannot see (pid 0, another
-/// pid namespace) counts as other work, and so does any thread of a
-/// caller but the latest; as before, its waiting then stops the spinning.
-///
-/// Measured on 2 CPUs against the governor before it (waiting alone):
-/// - `tar cf - | cat` through a writable mount, cold: 0.38-0.45 s against
-///   0.68-0.71 s; warm: 0.08-0.09 s against 0.17-0.30 s;
-/// - the same beside one CPU hog: 0.49 s against 0.52-0.58 s cold, 0.13-0.14
-///   s against 0.12-0.13 s warm;
-/// - an extract beside one hog 2.3-2.5 s either way; beside two and two
-///   extracts at once, the spread of either (2.5-7 s, 2.5-3.0 s).
-struct CpuUse {
-    /// CPUs counted in `/proc/stat`; 0 when unreadable (nothing is judged).
-    cpus: u32,
-    /// Nanoseconds per clock tick of `/proc/stat`.
-    ns_per_tick: u64,
-    history: VecDeque<CpuSample>,
-}
-
-impl CpuUse {
-    fn new() -> CpuUse {
-        let cpus = std::fs::read_to_string("/proc/stat").map_or(0, |t| cpus_in_proc_stat(&t));
-        let ticks = rustix::param::clock_ticks_per_second().max(1);
-        CpuUse { cpus, ns_per_tick: 1_000_000_000 / ticks, history: VecDeque::new() }
-    }
-
-    /// The CPU times now (`at`), with `caller`'s (0: none).
-    fn sample(&self, at: u64, caller: u32) -> Option<CpuSample> {
-        if self.cpus == 0 {
-            return None;
-        }
-        let mut buf = [0u8; 256];
-        let n = {
-            use std::io::Read;
-            std::fs::File::open("/proc/stat").and_then(|mut f| f.read(&mut buf)).ok()?
-        };
-        let idle = idle_ticks_in_proc_stat(&buf[..n])? * self.ns_per_tick;
-        let caller = match caller {
-            0 => None,
-            tid => task_run_ns(&format!("/proc/{tid}/schedstat")).map(|ns| (tid, ns)),
-        };
-        Some(CpuSample { at, idle, ours: our_threads_run_ns(), caller })
-    }
-
-    /// Keeps `now` and returns how many CPUs other work kept busy since
-    /// the newest sample at least `OTHERS_WINDOW` (and at most
-    /// `OTHERS_MAX_AGE`) older; `None` when there is none.
-    fn others_since_a_window(&mut self, now: CpuSample) -> Option<f64> {
-        let (window, max_age) = (OTHERS_WINDOW.as_nanos() as u64, OTHERS_MAX_AGE.as_nanos() as u64);
-        // The newest sample old enough to be the base; older ones go.
-        while self.history.len() > 1 && self.history[1].at + window <= now.at {
-            self.history.pop_front();
-        }
-        let base = self.history.front().copied().filter(|b| b.at + window <= now.at && b.at + max_age >= now.at);
-        self.history.push_back(now);
-        Some(others_between(&base?, &now, self.cpus))
-    }
-}
-
-/// CPUs other work kept busy between two samples.
-fn others_between(a: &CpuSample, b: &CpuSample, cpus: u32) -> f64 {
-    let wall = b.at.saturating_sub(a.at).max(1);
-    let busy = (cpus as u64 * wall).saturating_sub(b.idle.saturating_sub(a.idle));
-    let caller = match (a.caller, b.caller) {
-        (Some((t0, c0)), Some((t1, c1))) if t0 == t1 => c1.saturating_sub(c0),
-        _ => 0, // another caller, or none: its time counts as other work
-    };
-    busy.saturating_sub(b.ours.saturating_sub(a.ours)).saturating_sub(caller) as f64 / wall as f64
-}
-
-/// Whether other work keeping `others` CPUs busy competes with spinning:
-/// it needs more than what the spinning reader and its caller leave (a
-/// CPU each), give or take half a CPU.
-fn others_compete(others: f64, cpus: u32) -> bool {
-    others > cpus as f64 - 1.5
-}
-
-/// The number of `cpuN` lines of `/proc/stat`.
-fn cpus_in_proc_stat(text: &str) -> u32 {
-    text.lines().filter(|l| l.strip_prefix("cpu").is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))).count()
-        as u32
-}
-
-/// Idle and I/O wait ticks of all CPUs, from the first line of `/proc/stat`.
-fn idle_ticks_in_proc_stat(text: &[u8]) -> Option<u64> {
-    let line = std::str::from_utf8(text).ok()?.lines().next()?;
-    let mut f = line.strip_prefix("cpu ")?.split_ascii_whitespace().map(|v| v.parse::<u64>().ok());
-    let (idle, iowait) = (f.nth(3)??, f.next()??);
-    Some(idle + iowait)
-}
-
-/// The run time (ns) in a `schedstat` file.
-fn task_run_ns(path: &str) -> Option<u64> {
-    let text = std::fs::read(path).ok()?;
-    std::str::from_utf8(&text).ok()?.split_ascii_whitespace().next()?.parse().ok()
-}
-
-/// This process's threads that serve mounts: request readers (and
-/// workers) from their first request, read-ahead threads and governors
-/// from their start. Their CPU time is not other work.
-static OUR_THREADS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-
-thread_local! {
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Counts the calling thread among this process's serving threads (see
-/// [`CpuUse`]).
-pub(crate) fn count_this_thread() {
-    COUNTED.with(|c| {
-        if !c.get() {
-            c.set(true);
-            let tid = rustix::thread::gettid().as_raw_nonzero().get();
-            OUR_THREADS.lock().unwrap_or_else(|p| p.into_inner()).push(tid);
-        }
-    });
-}
-
-/// The run time (ns) of the serving threads still alive (those that ended
-/// are dropped from the list).
-fn our_threads_run_ns() -> u64 {
-    let mut threads = OUR_THREADS.lock().unwrap_or_else(|p| p.into_inner());
-    let mut total = 0;
-    threads.retain(|tid| match task_run_ns(&format!("/proc/self/task/{tid}/schedstat")) {
-        Some(ns) => {
-            total += ns;
-            true
-        }
-        None => false,
-    });
-    total
-}
-
 /// How much of the time threads may wait for a CPU, when the reader spun
 /// for `spun_share` of it: from `MAX_STALL_SLEEPING` to `MAX_STALL_SPINNING`.
 fn max_stall(spun_share: f64) -> f64 {
@@ -611,7 +455,7 @@ mod tests {
             was_busy: false,
             spun: 0,
             spinning_since: None,
-            cpu: CpuUse { cpus: 0, ns_per_tick: 10_000_000, history: VecDeque::new() },
+            cpu: CpuUse::with_cpus(0),
         }
     }
 
@@ -646,40 +490,6 @@ mod tests {
         assert!(!load.judge(750 * ms, stall_us, None));
     }
 
-    fn sample(at_ms: u64, idle_ms: u64, ours_ms: u64, caller: Option<(u32, u64)>) -> CpuSample {
-        let ms = 1_000_000;
-        CpuSample { at: at_ms * ms, idle: idle_ms * ms, ours: ours_ms * ms, caller: caller.map(|(t, c)| (t, c * ms)) }
-    }
-
-    #[test]
-    fn other_work_is_what_the_cpus_did_besides_us_and_the_caller() {
-        // 2 CPUs for 200 ms: 100 ms idle, 150 ms ours, 100 ms the caller's:
-        // 400 - 100 - 150 - 100 = 50 ms of other work, a quarter of a CPU.
-        let a = sample(0, 0, 0, Some((7, 0)));
-        let b = sample(200, 100, 150, Some((7, 100)));
-        assert!((others_between(&a, &b, 2) - 0.25).abs() < 1e-9);
-        // Another caller at the end: the time is not known to be its.
-        let c = sample(200, 100, 150, Some((8, 100)));
-        assert!((others_between(&a, &c, 2) - 0.75).abs() < 1e-9);
-        assert!(!others_compete(0.25, 2) && others_compete(0.75, 2) && !others_compete(2.4, 4));
-    }
-
-    #[test]
-    fn other_work_is_judged_over_a_window() {
-        let mut cpu = CpuUse { cpus: 2, ns_per_tick: 10_000_000, history: VecDeque::new() };
-        assert_eq!(cpu.others_since_a_window(sample(0, 0, 0, None)), None);
-        assert_eq!(cpu.others_since_a_window(sample(100, 100, 0, None)), None, "no sample 200 ms old yet");
-        // From the sample at 0: 2 x 250 - 250 idle = 250 ms busy, 1 CPU.
-        let o = cpu.others_since_a_window(sample(250, 250, 0, None)).unwrap();
-        assert!((o - 1.0).abs() < 1e-9);
-        // From the one at 100 now (the newest at least 200 ms old).
-        let o = cpu.others_since_a_window(sample(300, 300, 50, None)).unwrap();
-        assert!((o - 0.75).abs() < 1e-9, "{o}");
-        assert_eq!(cpu.history.front().map(|s| s.at), Some(100_000_000));
-        // After a pause longer than OTHERS_MAX_AGE the old samples say nothing.
-        assert_eq!(cpu.others_since_a_window(sample(2000, 3700, 50, None)), None);
-    }
-
     #[test]
     fn waiting_beside_no_other_work_keeps_spinning() {
         let ms = 1_000_000u64;
@@ -688,7 +498,7 @@ mod tests {
         // The reader sleeps, threads wait 40% of the time, and the CPUs
         // are used by us and the caller alone (0.2 CPUs idle). Until a
         // window has passed, that is not known, and the waiting counts.
-        let quiet = |i: u64| Some(sample(i * 50, i * 10, i * 50, Some((7, i * 40))));
+        let quiet = |i: u64| Some(CpuSample::ms(i * 50, i * 10, i * 50, Some((7, i * 40))));
         for i in 0..=3 {
             load.judge(i * 50 * ms, i * 20_000, quiet(i));
         }
@@ -696,33 +506,9 @@ mod tests {
             assert!(!load.judge(i * 50 * ms, i * 20_000, quiet(i)), "look {i}");
         }
         // A hog: the caller now gets 10 ms in each 50, the rest is another's.
-        let hog = |i: u64| Some(sample(i * 50, 80, 400 + (i - 8) * 10, Some((7, 320 + (i - 8) * 10))));
+        let hog = |i: u64| Some(CpuSample::ms(i * 50, 80, 400 + (i - 8) * 10, Some((7, 320 + (i - 8) * 10))));
         let busy: Vec<bool> = (9..=14).map(|i| load.judge(i * 50 * ms, i * 20_000, hog(i))).collect();
         assert!(busy.iter().any(|&b| b), "a hog beside waiting threads went unnoticed: {busy:?}");
-    }
-
-    #[test]
-    fn serving_threads_are_counted_once_and_dropped_when_gone() {
-        let t = std::thread::spawn(|| {
-            count_this_thread();
-            count_this_thread();
-            rustix::thread::gettid().as_raw_nonzero().get()
-        });
-        let tid = t.join().unwrap();
-        let listed = OUR_THREADS.lock().unwrap().iter().filter(|&&t| t == tid).count();
-        assert!(listed <= 1, "listed {listed} times");
-        let _ = our_threads_run_ns();
-        assert!(!OUR_THREADS.lock().unwrap().contains(&tid), "an ended thread is still counted");
-        assert!(task_run_ns("/proc/thread-self/schedstat").is_some());
-    }
-
-    #[test]
-    fn proc_stat_lines() {
-        let text = "cpu  10 0 20 300 5 0 1 0 0 0\ncpu0 5 0 10 150 2 0 0 0 0 0\ncpu1 5 0 10 150 3 0 1 0 0 0\nintr 1 2\n";
-        assert_eq!(cpus_in_proc_stat(text), 2);
-        assert_eq!(idle_ticks_in_proc_stat(text.as_bytes()), Some(305));
-        assert_eq!(idle_ticks_in_proc_stat(b"cpu0 1 2 3 4 5\n"), None);
-        assert_eq!(idle_ticks_in_proc_stat(b"cpu  1 2 3\n"), None);
     }
 
     #[test]

@@ -89,7 +89,7 @@ fn start_readers() -> Option<SyncSender<ObjectRef>> {
 }
 
 fn read_ahead(rx: &Mutex<Receiver<ObjectRef>>) {
-    crate::poll::count_this_thread();
+    crate::cpu_use::count_this_thread();
     loop {
         // The lock is held only while taking one.
         let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
