@@ -12,7 +12,8 @@
 //! FUSE handlers: the state and its caches in `ops`, with `copy_up`,
 //! `names` for creating, removing and renaming, `attrs`, `handlers` for the
 //! fuser `Filesystem` impl, `stats`), `poll` (keeping the request reader and
-//! idle CPUs awake while requests come densely), `prefetch` (reading a
+//! idle CPUs awake while requests come densely), `cpu_use` (how many CPUs
+//! other work keeps busy, which tells `poll` when to stop), `prefetch` (reading a
 //! directory's small lower files ahead after a cold read), `changes`
 //! (`docker diff`), `layer` (an upper directory read back as layer entries,
 //! for commit and export), `walk` (depth-first walks of an upper
