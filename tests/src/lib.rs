@@ -174,14 +174,25 @@ impl InheritedPipe {
     }
 
     /// Closes our write end, then tells whether a process still holds one
-    /// (the read neither sees data nor the end of the pipe).
+    /// 5 s later (the read neither sees data nor the end of the pipe).
+    ///
+    /// Not at once: a process that another test thread is starting right
+    /// then holds a copy of every descriptor of this one, ours too, from
+    /// its fork to its exec (which closes it, being close-on-exec). That
+    /// made a check at once fail now and then.
     pub fn still_held_elsewhere(&mut self) -> bool {
         self.write = None;
         let mut buf = [0u8; 16];
-        match nix::unistd::read(&self.read, &mut buf) {
-            Ok(_) => false,
-            Err(nix::errno::Errno::EAGAIN) => true,
-            Err(e) => panic!("reading the pipe: {e}"),
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match nix::unistd::read(&self.read, &mut buf) {
+                Ok(_) => return false,
+                Err(nix::errno::Errno::EAGAIN) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(nix::errno::Errno::EAGAIN) => return true,
+                Err(e) => panic!("reading the pipe: {e}"),
+            }
         }
     }
 }
