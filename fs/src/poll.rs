@@ -190,7 +190,11 @@ impl Poller {
     #[inline]
     pub(crate) fn on_request(&self, caller: u32) {
         count_this_thread();
-        self.caller.store(caller, Ordering::Relaxed);
+        // The kernel's own requests (FORGET, writeback) come from pid 0:
+        // they name no caller, and the latest one that did still counts.
+        if caller != 0 {
+            self.caller.store(caller, Ordering::Relaxed);
+        }
         let now = self.now();
         let gap = now.saturating_sub(self.last.swap(now, Ordering::Relaxed));
         self.seen.fetch_add(1, Ordering::Relaxed);
