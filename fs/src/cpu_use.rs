@@ -50,6 +50,8 @@ pub(crate) struct CpuSample {
 /// - an extract beside one hog 2.3-2.5 s either way; beside two and two
 ///   extracts at once, the spread of either (2.5-7 s, 2.5-3.0 s).
 pub(crate) struct CpuUse {
+    /// `/proc/stat`, kept open and read again from its start at each sample.
+    stat: Option<std::fs::File>,
     /// CPUs counted in `/proc/stat`; 0 when unreadable (nothing is judged).
     pub(crate) cpus: u32,
     /// Nanoseconds per clock tick of `/proc/stat`.
@@ -61,19 +63,18 @@ impl CpuUse {
     pub(crate) fn new() -> CpuUse {
         let cpus = std::fs::read_to_string("/proc/stat").map_or(0, |t| cpus_in_proc_stat(&t));
         let ticks = rustix::param::clock_ticks_per_second().max(1);
-        CpuUse { cpus, ns_per_tick: 1_000_000_000 / ticks, history: VecDeque::new() }
+        let stat = std::fs::File::open("/proc/stat").ok();
+        CpuUse { stat, cpus, ns_per_tick: 1_000_000_000 / ticks, history: VecDeque::new() }
     }
 
     /// The CPU times now (`at`), with `caller`'s (0: none).
     pub(crate) fn sample(&self, at: u64, caller: u32) -> Option<CpuSample> {
+        use std::os::unix::fs::FileExt;
         if self.cpus == 0 {
             return None;
         }
         let mut buf = [0u8; 256];
-        let n = {
-            use std::io::Read;
-            std::fs::File::open("/proc/stat").and_then(|mut f| f.read(&mut buf)).ok()?
-        };
+        let n = self.stat.as_ref()?.read_at(&mut buf, 0).ok()?;
         let idle = idle_ticks_in_proc_stat(&buf[..n])? * self.ns_per_tick;
         let caller = match caller {
             0 => None,
@@ -175,7 +176,7 @@ fn our_threads_run_ns() -> u64 {
 impl CpuUse {
     /// No samples yet, on a machine of `cpus` CPUs (0: unknown), for tests.
     pub(crate) fn with_cpus(cpus: u32) -> CpuUse {
-        CpuUse { cpus, ns_per_tick: 10_000_000, history: VecDeque::new() }
+        CpuUse { stat: None, cpus, ns_per_tick: 10_000_000, history: VecDeque::new() }
     }
 }
 
@@ -234,6 +235,22 @@ mod tests {
         let _ = our_threads_run_ns();
         assert!(!OUR_THREADS.lock().unwrap().contains(&tid), "an ended thread is still counted");
         assert!(task_run_ns("/proc/thread-self/schedstat").is_some());
+    }
+
+    #[test]
+    fn samples_read_the_kept_proc_stat_afresh() {
+        let cpu = CpuUse::new();
+        if cpu.cpus == 0 {
+            return; // no /proc/stat: nothing is sampled
+        }
+        // A read of a freshly opened /proc/stat between two samples lies
+        // between them: the kept file is not read once and for all.
+        let a = cpu.sample(0, 0).expect("a sample");
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        let text = std::fs::read("/proc/stat").unwrap();
+        let fresh = idle_ticks_in_proc_stat(&text).unwrap() * cpu.ns_per_tick;
+        let b = cpu.sample(60_000_000, 0).expect("a second sample");
+        assert!(a.idle <= fresh && fresh <= b.idle, "{} <= {fresh} <= {}", a.idle, b.idle);
     }
 
     #[test]

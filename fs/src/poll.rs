@@ -189,6 +189,7 @@ impl Poller {
     /// `caller`: the thread that made it.
     #[inline]
     pub(crate) fn on_request(&self, caller: u32) {
+        // A thread-local check; the thread is listed on its first request.
         count_this_thread();
         // The kernel's own requests (FORGET, writeback) come from pid 0:
         // they name no caller, and the latest one that did still counts.
