@@ -113,11 +113,28 @@ impl HostEntry {
     }
 }
 
+/// An upper directory's `flock`, given up explicitly when dropped.
+///
+/// Closing our descriptor alone does not release it while a copy of the
+/// descriptor lives on elsewhere: a child that another thread of this
+/// process forks at that moment holds one until its exec (which closes
+/// it, being close-on-exec). A mount of the same upper directory made
+/// right after the unmount then found it taken (UpperInUse, seen once in
+/// the remounts of the random tests). An explicit unlock releases it for
+/// every copy.
+struct MountLock(OwnedFd);
+
+impl Drop for MountLock {
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(&self.0, rustix::fs::FlockOperation::Unlock);
+    }
+}
+
 pub(crate) struct Upper {
     root: OwnedFd,
     /// The root opened once more, holding an exclusive `flock` for as long
     /// as this serves a mount (see [`Upper::lock_for_mount`]).
-    lock: Option<OwnedFd>,
+    lock: Option<MountLock>,
     /// Root on the host (or in our user namespace): may chown and mknod.
     pub privileged: bool,
     /// Host owners are this map's outside ids (see `crate::idmap`).
@@ -157,7 +174,7 @@ impl Upper {
         .map_err(errno)?;
         match flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
-                self.lock = Some(fd);
+                self.lock = Some(MountLock(fd));
                 Ok(true)
             }
             Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),

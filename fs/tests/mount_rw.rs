@@ -77,6 +77,32 @@ fn one_upper_directory_serves_one_mount() {
 }
 
 #[test]
+fn an_upper_directory_is_free_again_after_unmount_whoever_holds_a_copy_of_its_descriptors() {
+    // A child forked while the mount lives holds a copy of every
+    // descriptor of this process, the upper directory's lock among them
+    // (here it sleeps; a child that execs holds them until then).
+    let (_tmp, objects, upper, mnt) = work_dirs();
+    let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
+    // SAFETY: the child only sleeps and exits (async-signal-safe calls).
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        unsafe {
+            libc::sleep(3);
+            libc::_exit(0);
+        }
+    }
+    g.unmount();
+    let again = strata_fs::mount(base(&objects), &mnt, opts(&upper));
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    let again = again.expect("the upper directory, mounted again at once");
+    again.unmount().unwrap();
+}
+
+#[test]
 fn copy_up_whiteouts_and_remount() {
     let (tmp, objects, upper, mnt) = work_dirs();
     let g = MountGuard::new(base(&objects), &mnt, opts(&upper));
