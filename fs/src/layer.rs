@@ -224,3 +224,127 @@ fn entry_of(
         xattrs,
     })
 }
+
+/// [`upper_entries`] less a container runtime's mount points and what holds
+/// only them (the `hidden` paths of [`crate::changes_hiding`], which Docker
+/// keeps in its "init" layer): every entry that is a change, or a directory
+/// on the way to one. This is what `strata commit` writes as the new layer.
+pub fn upper_entries_hiding(lowers: &[Lower], upper: &Path, hidden: &[&[u8]]) -> Result<Vec<UpperEntry>, FsError> {
+    let changes = crate::changes_hiding(lowers, upper, hidden)?;
+    let mut keep: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for c in &changes {
+        let mut p = c.path.as_str();
+        while !p.is_empty() && keep.insert(p) {
+            p = p.rsplit_once('/').map_or("", |(parent, _)| parent);
+        }
+    }
+    let shown = |p: &[u8]| format!("/{}", String::from_utf8_lossy(p));
+    Ok(upper_entries(lowers, upper)?
+        .into_iter()
+        .filter(|e| !e.path.is_empty() && keep.contains(shown(&e.path).as_str()))
+        .collect())
+}
+
+/// Writes `entries` (of the upper directory `upper`, as [`upper_entries`]
+/// lists them) as an OCI layer tarball: whiteouts as `.wh.NAME`, opaque
+/// directories as `DIR/.wh..wh..opq`, xattrs as PAX `SCHILY.xattr.*`
+/// records, hard links as link entries. Sockets are left out, as Docker
+/// does. A file is read through a descriptor opened beneath `upper` (never
+/// following a symlink); its size is taken from that descriptor, and a
+/// file that shrinks while it is read (a running container) is padded with
+/// zeros so that the archive stays well formed.
+pub fn write_layer_tar(upper: &Path, entries: &[UpperEntry], out: impl std::io::Write) -> Result<(), FsError> {
+    let io = |cause| FsError::Io { what: "writing a layer from upper directory", path: upper.to_path_buf(), cause };
+    let up = Upper::open(upper).map_err(io)?;
+    let mut tar = tar::Builder::new(out);
+    for e in entries {
+        append_entry(&up, &mut tar, e).map_err(io)?;
+    }
+    tar.into_inner().map_err(io)?.flush().map_err(io)
+}
+
+fn append_entry<W: std::io::Write>(up: &Upper, tar: &mut tar::Builder<W>, e: &UpperEntry) -> std::io::Result<()> {
+    use std::io::Read;
+    use tar::EntryType;
+    let (dir, name) = crate::tree::split_last(&e.path);
+    let marker = |suffix: &[u8]| -> (tar::Header, PathBuf) {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(0);
+        h.set_size(0);
+        (h, bytes_path(suffix))
+    };
+    match &e.kind {
+        UpperKind::Whiteout => {
+            let (mut h, p) = marker(&join(dir, &[WH_PREFIX, name].concat()));
+            return tar.append_data(&mut h, p, std::io::empty());
+        }
+        UpperKind::Opaque => {
+            let (mut h, p) = marker(&join(&e.path, b".wh..wh..opq"));
+            return tar.append_data(&mut h, p, std::io::empty());
+        }
+        UpperKind::Socket => return Ok(()),
+        _ => {}
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(e.mode);
+    h.set_uid(e.uid.into());
+    h.set_gid(e.gid.into());
+    h.set_mtime(e.mtime.max(0) as u64);
+    h.set_size(0);
+    if !e.xattrs.is_empty() {
+        let mut records = Vec::with_capacity(e.xattrs.len());
+        for (k, v) in &e.xattrs {
+            let k = std::str::from_utf8(k).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "an extended attribute's name is not UTF-8")
+            })?;
+            records.push((format!("SCHILY.xattr.{k}"), v.as_slice()));
+        }
+        tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))?;
+    }
+    let path = bytes_path(&e.path);
+    match &e.kind {
+        UpperKind::Dir => {
+            h.set_entry_type(EntryType::Directory);
+            tar.append_data(&mut h, path, std::io::empty())
+        }
+        UpperKind::Symlink { target } => {
+            h.set_entry_type(EntryType::Symlink);
+            tar.append_link(&mut h, path, bytes_path(target))
+        }
+        UpperKind::Hardlink { target } => {
+            h.set_entry_type(EntryType::Link);
+            tar.append_link(&mut h, path, bytes_path(target))
+        }
+        UpperKind::CharDevice { major, minor } | UpperKind::BlockDevice { major, minor } => {
+            let block = matches!(e.kind, UpperKind::BlockDevice { .. });
+            h.set_entry_type(if block { EntryType::Block } else { EntryType::Char });
+            h.set_device_major(*major)?;
+            h.set_device_minor(*minor)?;
+            tar.append_data(&mut h, path, std::io::empty())
+        }
+        UpperKind::Fifo => {
+            h.set_entry_type(EntryType::Fifo);
+            tar.append_data(&mut h, path, std::io::empty())
+        }
+        UpperKind::File { content, .. } => {
+            let file = match content {
+                UpperContent::Upper => {
+                    let dir_fd = up.dir(dir)?;
+                    up.open_file(dir_fd.as_fd(), name, rustix::fs::OFlags::RDONLY)?
+                }
+                UpperContent::Object(obj) => std::fs::File::open(obj)?,
+            };
+            let size = file.metadata()?.len();
+            h.set_entry_type(EntryType::Regular);
+            h.set_size(size);
+            let data = file.take(size).chain(std::io::repeat(0)).take(size);
+            tar.append_data(&mut h, path, data)
+        }
+        UpperKind::Whiteout | UpperKind::Opaque | UpperKind::Socket => Ok(()),
+    }
+}
+
+fn bytes_path(p: &[u8]) -> PathBuf {
+    PathBuf::from(std::ffi::OsStr::from_bytes(p))
+}

@@ -1,6 +1,6 @@
 //! Container life-cycle commands other than run/create/start (`run.rs`) and
 //! exec (`exec.rs`): ps, stop, kill, restart, rm, wait, logs, top, inspect,
-//! rename, port, diff, attach, `container prune`, and the `container ...`
+//! rename, port, diff, attach, commit (`commit.rs`), `container prune`, and the `container ...`
 //! aliases. Verbs, flags, columns, messages and exit statuses are Docker's:
 //! errors about a container ("No such container", "is not running") print
 //! `Error response from daemon: ...` and make the command exit 1 after it
@@ -52,6 +52,8 @@ pub enum ContainerCommand {
     Port(PortArgs),
     /// Inspect changes to files or directories on a container's filesystem
     Diff(DiffArgs),
+    /// Create a new image from a container's changes
+    Commit(crate::commands::commit::CommitArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(AttachArgs),
     /// Manage containers
@@ -105,6 +107,8 @@ pub enum ContainerSub {
     Port(PortArgs),
     /// Inspect changes to files or directories on a container's filesystem
     Diff(DiffArgs),
+    /// Create a new image from a container's changes
+    Commit(crate::commands::commit::CommitArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(AttachArgs),
     /// Display detailed information on one or more containers
@@ -306,6 +310,7 @@ pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Rename(a) => rename(ctx, a),
         ContainerCommand::Port(a) => port(ctx, a),
         ContainerCommand::Diff(a) => diff(ctx, a),
+        ContainerCommand::Commit(a) => crate::commands::commit::commit(ctx, a).map_err(fail),
         ContainerCommand::Attach(a) => attach_cmd(ctx, a),
         ContainerCommand::Container(sub) => run_sub(ctx, sub),
         ContainerCommand::Volume(v) => crate::commands::volume::run(ctx, v),
@@ -330,6 +335,7 @@ fn run_sub(ctx: &Context, sub: ContainerSub) -> Result<i32> {
         ContainerSub::Rename(a) => rename(ctx, a),
         ContainerSub::Port(a) => port(ctx, a),
         ContainerSub::Diff(a) => diff(ctx, a),
+        ContainerSub::Commit(a) => crate::commands::commit::commit(ctx, a).map_err(fail),
         ContainerSub::Attach(a) => attach_cmd(ctx, a),
         ContainerSub::Inspect(a) => inspect(ctx, a),
         ContainerSub::Prune(a) => prune(ctx, a),
@@ -969,15 +975,7 @@ fn diff(ctx: &Context, a: DiffArgs) -> Result<i32> {
         });
     }
     let upper = c.upper();
-    // Mount points the runner creates (Docker keeps them in a separate
-    // "init" layer) are not the container's changes.
-    let mut runtime: Vec<Vec<u8>> = ["dev", "proc", "sys", "etc/hosts", "etc/hostname", "etc/resolv.conf"]
-        .iter()
-        .map(|p| p.as_bytes().to_vec())
-        .collect();
-    runtime.extend(c.config.mounts.iter().map(|m| {
-        m.destination.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/").into_bytes()
-    }));
+    let runtime = runtime_paths(&c);
     let changes: Vec<(char, String)> = crate::containers::spec::in_user_namespace(ctx, move || {
         let hidden: Vec<&[u8]> = runtime.iter().map(Vec::as_slice).collect();
         Ok(strata_fs::changes_hiding(&lowers, &upper, &hidden)?
@@ -989,6 +987,20 @@ fn diff(ctx: &Context, a: DiffArgs) -> Result<i32> {
         println!("{letter} {path}");
     }
     Ok(0)
+}
+
+/// The mount points the runner makes in a container's filesystem (Docker
+/// keeps them in a separate "init" layer): not the container's changes, for
+/// `diff` and `commit` alike. Relative paths, like `etc/hosts`.
+pub fn runtime_paths(c: &record::Container) -> Vec<Vec<u8>> {
+    let mut runtime: Vec<Vec<u8>> = ["dev", "proc", "sys", "etc/hosts", "etc/hostname", "etc/resolv.conf"]
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    runtime.extend(c.config.mounts.iter().map(|m| {
+        m.destination.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/").into_bytes()
+    }));
+    runtime
 }
 
 fn attach_cmd(ctx: &Context, a: AttachArgs) -> Result<i32> {

@@ -1,0 +1,126 @@
+//! A new image made of a stored image plus one more layer: what
+//! `strata commit` (and a build step) stores.
+//!
+//! The layer arrives as an uncompressed tar stream. One pass over it both
+//! ingests it (objects and index, as a pulled layer is, with the same
+//! checks) and compresses it with gzip into a blob, so that the image can
+//! be pushed and saved like any pulled one. Then the config (the caller's,
+//! with the new diff_id appended), an OCI manifest naming the base's layer
+//! blobs and the new one, and the image record are stored. Nothing is
+//! visible before the layer and its blob are in place: the record is
+//! written last, under the store's shared lock like a pull, so that a
+//! prune cannot take the new objects away in between.
+//!
+//! The manifest is OCI's even for a base served as Docker schema 2 (as
+//! `podman commit` does by default): the base's layer blobs keep their
+//! bytes and digests, only their media types take the OCI names.
+
+use std::io::{self, Read, Write};
+
+use flate2::write::GzEncoder;
+
+use crate::error::{Error, IoContext, Result};
+use crate::image::{ImageConfig, ImageRecord, LayerRecord};
+use crate::ingest::stage_layer;
+use crate::manifest::{self as m, Descriptor, ImageManifest};
+use crate::reference::Reference;
+use crate::store::Store;
+
+/// Stores `base` plus the layer `tar` as a new image with `config` (whose
+/// `rootfs.diff_ids` this completes with the new layer's), tagged as `tag`
+/// when given. Returns the new image's record.
+pub fn commit_layer(
+    store: &Store,
+    base: &ImageRecord,
+    tar: impl Read,
+    mut config: ImageConfig,
+    tag: Option<&Reference>,
+) -> Result<ImageRecord> {
+    let _lock = store.lock_shared()?;
+    let mut tee = Tee { inner: tar, gzip: GzEncoder::new(store.temp_blob()?, flate2::Compression::default()) };
+    let staged = stage_layer(store, &mut tee, None)?;
+    // The parser may stop at the tar's end-of-archive blocks: the blob takes the rest too.
+    io::copy(&mut tee, &mut io::sink()).ctx(|| "reading the new layer".to_string())?;
+    let blob = tee.gzip.finish().ctx(|| "compressing the new layer".to_string())?;
+    let (blob_digest, blob_size) = blob.digest();
+    let diff_id = staged.diff_id();
+    let unpacked_size = staged.unpacked_size();
+    staged.commit()?;
+    store.put_blob_from_temp(blob, &blob_digest)?;
+
+    config.rootfs.diff_ids = base.diff_ids();
+    config.rootfs.diff_ids.push(diff_id);
+    let config_bytes = config.to_bytes();
+    let id = store.put_blob(&config_bytes)?;
+
+    let mut layers = base.layers.clone();
+    layers.push(LayerRecord {
+        diff_id,
+        blob_digest,
+        blob_media_type: m::OCI_LAYER_GZIP.to_string(),
+        blob_size,
+        unpacked_size,
+    });
+    for l in &mut layers {
+        l.blob_media_type = oci_layer_type(&l.blob_media_type).to_string();
+    }
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(m::OCI_MANIFEST.to_string()),
+        artifact_type: None,
+        config: Descriptor::new(m::OCI_CONFIG, id, config_bytes.len() as u64),
+        layers: layers.iter().map(|l| Descriptor::new(&l.blob_media_type, l.blob_digest, l.blob_size)).collect(),
+        subject: None,
+        annotations: Default::default(),
+    };
+    let manifest_bytes =
+        serde_json::to_vec(&manifest).map_err(|e| Error::InvalidImage(format!("serialising the manifest: {e}")))?;
+    let manifest_digest = store.put_blob(&manifest_bytes)?;
+
+    let record = ImageRecord {
+        id,
+        manifest_digest,
+        manifest_media_type: m::OCI_MANIFEST.to_string(),
+        index_digest: None,
+        size: layers.iter().map(|l| l.unpacked_size).sum(),
+        layers,
+        repo_digests: Vec::new(),
+        created: config.created.clone(),
+        os: config.os.clone(),
+        architecture: config.architecture.clone(),
+        variant: config.variant.clone(),
+    };
+    store.update_records(|recs| {
+        recs.put_image(&record)?;
+        if let Some(tag) = tag {
+            recs.set_reference(tag, &record.id)?;
+        }
+        Ok(())
+    })?;
+    Ok(record)
+}
+
+/// The OCI name of a layer media type (Docker's names mapped, OCI's kept).
+fn oci_layer_type(media_type: &str) -> &str {
+    match media_type {
+        m::DOCKER_LAYER_GZIP => m::OCI_LAYER_GZIP,
+        m::DOCKER_LAYER_TAR => m::OCI_LAYER_TAR,
+        m::DOCKER_LAYER_ZSTD => m::OCI_LAYER_ZSTD,
+        m::DOCKER_LAYER_FOREIGN_GZIP => m::OCI_LAYER_NONDIST_GZIP,
+        other => other,
+    }
+}
+
+/// Reads `inner`, writing what it reads into the gzip stream too.
+struct Tee<R, W: Write> {
+    inner: R,
+    gzip: GzEncoder<W>,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.gzip.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
