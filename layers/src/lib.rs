@@ -16,6 +16,7 @@ pub mod layout;
 pub mod manifest;
 pub mod merge;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;

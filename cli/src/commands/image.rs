@@ -13,6 +13,8 @@ use clap::{Args, Subcommand};
 pub enum ImageCommand {
     /// Download an image from a registry
     Pull(PullArgs),
+    /// Upload an image to a registry
+    Push(super::push::PushArgs),
     /// List images
     Images(ImagesArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
@@ -48,6 +50,8 @@ pub enum ImageGroup {
     Ls(ImagesArgs),
     /// Download an image from a registry
     Pull(PullArgs),
+    /// Upload an image to a registry
+    Push(super::push::PushArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag(TagArgs),
     /// Remove one or more images
@@ -252,6 +256,7 @@ pub fn run(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
 fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
         ImageCommand::Pull(a) | ImageCommand::Image(ImageGroup::Pull(a)) => pull::run(ctx, a),
+        ImageCommand::Push(a) | ImageCommand::Image(ImageGroup::Push(a)) => super::push::run(ctx, a),
         ImageCommand::Images(a) | ImageCommand::Image(ImageGroup::Ls(a)) => images::list(ctx, a),
         ImageCommand::Tag(a) | ImageCommand::Image(ImageGroup::Tag(a)) => images::tag(ctx, a),
         ImageCommand::Rmi(a) | ImageCommand::Image(ImageGroup::Rm(a)) => images::remove(ctx, a),

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod login;
 pub mod mount;
 pub mod pull;
+pub mod push;
 pub mod run;
 pub mod support;
 pub mod sysinfo;
