@@ -96,11 +96,18 @@ echo "exit status: $?"
 set -e
 
 step "a detached container: ps, exec, logs, diff, stop, rm"
-run run -d --name demo "$image" sh -c 'echo started; mkdir /data; touch /data/file; sleep 300'
+run run -d --name demo "$image" sh -c 'echo started; mkdir /data; echo committed > /data/file; sleep 300'
 run ps
 run exec demo ls -l /data
 run logs demo
 run diff demo
+
+step "commit the container's changes as a new image, and push it"
+committed="$registry/demo/committed:1"
+run commit -m "demo data" -c 'CMD ["cat", "/data/file"]' demo "$committed"
+run history "$committed"
+run run --rm "$committed"
+run push "$committed"
 run stop -t 1 demo
 run ps -a
 run rm demo
