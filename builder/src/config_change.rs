@@ -96,18 +96,44 @@ fn syntax(instruction: &str, message: impl Into<String>) -> ChangeError {
 
 /// Applies `changes` in order, as a Dockerfile's instructions would be.
 pub fn apply_changes(config: &mut ContainerConfig, changes: &[ConfigChange]) -> Result<(), ChangeError> {
-    let mut cmd_set = false;
+    let mut applier = Applier::default();
     for c in changes {
-        apply_one(config, c, &mut cmd_set)?;
+        applier.apply(config, c, &BTreeMap::new())?;
     }
     Ok(())
 }
 
-fn apply_one(config: &mut ContainerConfig, c: &ConfigChange, cmd_set: &mut bool) -> Result<(), ChangeError> {
-    let env = env_map(config.env.as_deref().unwrap_or_default());
+/// Applies configuration instructions one after another, remembering what
+/// Docker's rules need across them (whether a CMD was set, for ENTRYPOINT).
+#[derive(Debug, Default)]
+pub struct Applier {
+    cmd_set: bool,
+}
+
+impl Applier {
+    /// Applies `c`; variables expand from `args` (a build's ARGs) overlaid
+    /// by the ENV so far, which wins, as in a Dockerfile.
+    pub fn apply(
+        &mut self,
+        config: &mut ContainerConfig,
+        c: &ConfigChange,
+        args: &BTreeMap<String, String>,
+    ) -> Result<(), ChangeError> {
+        let mut env = args.clone();
+        env.extend(env_map(config.env.as_deref().unwrap_or_default()));
+        apply_one(config, c, &mut self.cmd_set, &env)
+    }
+}
+
+fn apply_one(
+    config: &mut ContainerConfig,
+    c: &ConfigChange,
+    cmd_set: &mut bool,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ChangeError> {
     let ins = c.instruction.as_str();
-    let words = |text: &str| split_words(text, &env).map_err(|e: WordError| syntax(ins, e.to_string()));
-    let word = |text: &str| expand_word(text, &env).map_err(|e: WordError| syntax(ins, e.to_string()));
+    let words = |text: &str| split_words(text, env).map_err(|e: WordError| syntax(ins, e.to_string()));
+    let word = |text: &str| expand_word(text, env).map_err(|e: WordError| syntax(ins, e.to_string()));
     match ins {
         "CMD" => {
             config.cmd = Some(command(config, &c.args));
@@ -122,7 +148,7 @@ fn apply_one(config: &mut ContainerConfig, c: &ConfigChange, cmd_set: &mut bool)
         }
         "ENV" => {
             let mut list = config.env.take().unwrap_or_default();
-            for (k, v) in name_values(ins, &c.args, &env)? {
+            for (k, v) in name_values(ins, &c.args, env)? {
                 list.retain(|kv| kv.split_once('=').map_or(kv.as_str(), |(n, _)| n) != k);
                 list.push(format!("{k}={v}"));
             }
@@ -130,7 +156,7 @@ fn apply_one(config: &mut ContainerConfig, c: &ConfigChange, cmd_set: &mut bool)
         }
         "LABEL" => {
             let labels = config.labels.get_or_insert_with(BTreeMap::new);
-            for (k, v) in name_values(ins, &c.args, &env)? {
+            for (k, v) in name_values(ins, &c.args, env)? {
                 labels.insert(k, v);
             }
         }

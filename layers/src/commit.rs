@@ -33,10 +33,20 @@ pub fn commit_layer(
     store: &Store,
     base: &ImageRecord,
     tar: impl Read,
-    mut config: ImageConfig,
+    config: ImageConfig,
     tag: Option<&Reference>,
 ) -> Result<ImageRecord> {
     let _lock = store.lock_shared()?;
+    let layer = add_layer(store, tar)?;
+    let mut layers = base.layers.clone();
+    layers.push(layer);
+    store_image(store, layers, config, tag)
+}
+
+/// Ingests the uncompressed layer `tar` and stores it gzipped as a blob;
+/// returns its record (for [`store_image`]). The caller holds the store's
+/// shared lock until an image names the layer.
+pub fn add_layer(store: &Store, tar: impl Read) -> Result<LayerRecord> {
     let mut tee = Tee { inner: tar, gzip: GzEncoder::new(store.temp_blob()?, flate2::Compression::default()) };
     let staged = stage_layer(store, &mut tee, None)?;
     // The parser may stop at the tar's end-of-archive blocks: the blob takes the rest too.
@@ -47,20 +57,32 @@ pub fn commit_layer(
     let unpacked_size = staged.unpacked_size();
     staged.commit()?;
     store.put_blob_from_temp(blob, &blob_digest)?;
+    Ok(LayerRecord { diff_id, blob_digest, blob_media_type: m::OCI_LAYER_GZIP.to_string(), blob_size, unpacked_size })
+}
 
-    config.rootfs.diff_ids = base.diff_ids();
-    config.rootfs.diff_ids.push(diff_id);
+/// Stores an image made of stored `layers` (bottom first) and `config`
+/// (its `rootfs.diff_ids` set from the layers), with an OCI manifest, and
+/// tags it as `tag` when given.
+pub fn store_image(
+    store: &Store,
+    layers: Vec<LayerRecord>,
+    config: ImageConfig,
+    tag: Option<&Reference>,
+) -> Result<ImageRecord> {
+    Ok(store_image_telling(store, layers, config, tag)?.0)
+}
+
+/// [`store_image`], also telling whether the image is new to the store
+/// (false when an image with the same config was there already).
+pub fn store_image_telling(
+    store: &Store,
+    mut layers: Vec<LayerRecord>,
+    mut config: ImageConfig,
+    tag: Option<&Reference>,
+) -> Result<(ImageRecord, bool)> {
+    config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id).collect();
     let config_bytes = config.to_bytes();
     let id = store.put_blob(&config_bytes)?;
-
-    let mut layers = base.layers.clone();
-    layers.push(LayerRecord {
-        diff_id,
-        blob_digest,
-        blob_media_type: m::OCI_LAYER_GZIP.to_string(),
-        blob_size,
-        unpacked_size,
-    });
     for l in &mut layers {
         l.blob_media_type = oci_layer_type(&l.blob_media_type).to_string();
     }
@@ -90,14 +112,23 @@ pub fn commit_layer(
         architecture: config.architecture.clone(),
         variant: config.variant.clone(),
     };
-    store.update_records(|recs| {
-        recs.put_image(&record)?;
+    let is_new = store.update_records(|recs| {
+        // An image stored again (the same config) keeps the names it had.
+        let old = recs.image(&record.id)?;
+        let is_new = old.is_none();
+        if let Some(old) = old {
+            let mut merged = record.clone();
+            merged.repo_digests = old.repo_digests;
+            recs.put_image(&merged)?;
+        } else {
+            recs.put_image(&record)?;
+        }
         if let Some(tag) = tag {
             recs.set_reference(tag, &record.id)?;
         }
-        Ok(())
+        Ok(is_new)
     })?;
-    Ok(record)
+    Ok((record, is_new))
 }
 
 /// The OCI name of a layer media type (Docker's names mapped, OCI's kept).

@@ -133,7 +133,7 @@ fn new_config(
 
 /// The container's changes as a layer tar in the store's temporary
 /// directory, rewound for reading.
-fn layer_tar(ctx: &Context, store: &Store, c: &Container, pause: bool) -> Result<std::fs::File> {
+pub fn layer_tar(ctx: &Context, store: &Store, c: &Container, pause: bool) -> Result<std::fs::File> {
     let mut lowers = Vec::new();
     for d in &c.config.layers {
         let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;

@@ -15,6 +15,8 @@ pub enum ImageCommand {
     Pull(PullArgs),
     /// Upload an image to a registry
     Push(super::push::PushArgs),
+    /// Build an image from a Dockerfile
+    Build(super::build::BuildArgs),
     /// List images
     Images(ImagesArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
@@ -52,6 +54,8 @@ pub enum ImageGroup {
     Pull(PullArgs),
     /// Upload an image to a registry
     Push(super::push::PushArgs),
+    /// Build an image from a Dockerfile
+    Build(super::build::BuildArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag(TagArgs),
     /// Remove one or more images
@@ -257,6 +261,7 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
     match cmd {
         ImageCommand::Pull(a) | ImageCommand::Image(ImageGroup::Pull(a)) => pull::run(ctx, a),
         ImageCommand::Push(a) | ImageCommand::Image(ImageGroup::Push(a)) => super::push::run(ctx, a),
+        ImageCommand::Build(a) | ImageCommand::Image(ImageGroup::Build(a)) => super::build::run(ctx, a),
         ImageCommand::Images(a) | ImageCommand::Image(ImageGroup::Ls(a)) => images::list(ctx, a),
         ImageCommand::Tag(a) | ImageCommand::Image(ImageGroup::Tag(a)) => images::tag(ctx, a),
         ImageCommand::Rmi(a) | ImageCommand::Image(ImageGroup::Rm(a)) => images::remove(ctx, a),

@@ -1,5 +1,6 @@
 //! One module per area of commands; each has a clap subcommand enum and `run`.
 
+pub mod build;
 pub mod commit;
 pub mod container;
 pub mod debug;

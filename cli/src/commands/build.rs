@@ -1,0 +1,233 @@
+//! `strata build` (`image build`, `builder build`): a Dockerfile built into
+//! an image by the builder crate's engine, with this binary's containers
+//! running its RUN steps.
+//!
+//! Each RUN is a container of the image so far, created as `strata create`
+//! would (`--entrypoint ""`, the step's ARGs as `-e`, the build's
+//! `--network`), run attached (its output is the build's), then committed
+//! the way `strata commit` reads a container's layer, and removed. Output
+//! follows Podman's: `STEP n/N: INSTRUCTION` per step, then `COMMIT`, the
+//! short id, `Successfully tagged` per name and the image's full id (only
+//! the id with `--quiet`).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser};
+use strata_builder::{BuildHost, BuildOptions, RunFailure};
+use strata_layers::image::ImageRecord;
+use strata_layers::reference::DEFAULT_TAG;
+use strata_layers::store::Store;
+
+use super::run::CreateArgs;
+use super::support::parse_reference;
+use crate::containers::{attach, images, record, supervisor};
+use crate::context::Context;
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Name and optionally a tag in the "name:tag" format
+    #[arg(short = 't', long = "tag", value_name = "list")]
+    tags: Vec<String>,
+    /// Name of the Dockerfile (default: "PATH/Dockerfile"; "-" reads standard input)
+    #[arg(short = 'f', long = "file", value_name = "string")]
+    file: Option<String>,
+    /// Set build-time variables
+    #[arg(long = "build-arg", value_name = "list")]
+    build_args: Vec<String>,
+    /// Set the target build stage to build
+    #[arg(long, value_name = "string")]
+    target: Option<String>,
+    /// Set metadata for an image
+    #[arg(long, value_name = "list")]
+    label: Vec<String>,
+    /// Suppress the build output and print image ID on success
+    #[arg(short, long)]
+    quiet: bool,
+    /// Always attempt to pull a newer version of the image
+    #[arg(long)]
+    pull: bool,
+    /// Do not use cache when building the image (strata has no build cache yet: every step runs)
+    #[arg(long = "no-cache")]
+    no_cache: bool,
+    /// Set the networking mode for the RUN instructions during build
+    #[arg(long, value_name = "string")]
+    network: Option<String>,
+    /// Build context: a directory
+    #[arg(value_name = "PATH")]
+    context: String,
+}
+
+/// `create` flags for a RUN step's container, parsed as the CLI parses them.
+#[derive(Parser)]
+#[command(disable_help_flag = true)]
+struct StepContainer {
+    #[command(flatten)]
+    create: CreateArgs,
+}
+
+struct Host<'a> {
+    ctx: &'a Context,
+    store: &'a Store,
+    pull: bool,
+    quiet: bool,
+    network: Option<String>,
+}
+
+impl BuildHost for Host<'_> {
+    fn base_image(&mut self, name: &str) -> Result<ImageRecord, String> {
+        let policy = if self.pull { "always" } else { "missing" };
+        let found = images::resolve(self.ctx, name, policy).map_err(|e| format!("{e:#}"))?;
+        self.store.resolve_image(&found.id).map_err(|e| e.to_string())
+    }
+
+    fn run(&mut self, image: &ImageRecord, argv: &[String], env: &[String]) -> Result<File, RunFailure> {
+        let other = |e: anyhow::Error| RunFailure::Other(format!("{e:#}"));
+        let mut args: Vec<String> = vec!["strata-build-step".into(), "--entrypoint".into(), String::new()];
+        args.extend(["--pull".into(), "never".into()]);
+        if let Some(n) = &self.network {
+            args.extend(["--network".into(), n.clone()]);
+        }
+        for e in env {
+            args.extend(["-e".into(), e.clone()]);
+        }
+        args.push(image.id.to_string());
+        args.extend(argv.iter().cloned());
+        let step = StepContainer::try_parse_from(&args).map_err(|e| RunFailure::Other(e.to_string()))?;
+        let c = super::run::create_container(self.ctx, step.create).map_err(other)?;
+        // With --quiet, standard output carries the image id alone (as
+        // `docker build -q` does, for `id=$(strata build -q .)`): what the
+        // step prints goes to standard error.
+        let code = {
+            let _stdout = self.quiet.then(StdoutToStderr::new).transpose().map_err(other)?;
+            run_attached(self.ctx, &c)
+        };
+        let result = code.and_then(|code| {
+            if code != 0 {
+                return Ok(Err(RunFailure::Exit(code)));
+            }
+            let c = record::find_fresh(&self.ctx.layout, &c.config.id)?;
+            Ok(Ok(super::commit::layer_tar(self.ctx, self.store, &c, false)?))
+        });
+        let removed = super::container::remove_container(self.ctx, &c.config.id, true, true);
+        match (result, removed) {
+            (Err(e), _) => Err(other(e)),
+            (Ok(r), Ok(())) => r,
+            (Ok(_), Err(e)) => Err(other(e.context("removing the step's container"))),
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        if !self.quiet {
+            println!("{line}");
+        }
+    }
+}
+
+/// Standard output sent to standard error until this is dropped.
+struct StdoutToStderr {
+    saved: std::os::fd::OwnedFd,
+}
+
+impl StdoutToStderr {
+    fn new() -> Result<Self> {
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        let saved = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdout(), 3)?;
+        rustix::stdio::dup2_stdout(rustix::stdio::stderr())?;
+        Ok(StdoutToStderr { saved })
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let _ = rustix::stdio::dup2_stdout(&self.saved);
+    }
+}
+
+/// Runs container `c` attached, without standard input; its exit status.
+fn run_attached(ctx: &Context, c: &record::Container) -> Result<i32> {
+    let mut session = supervisor::launch(ctx, c, true)?;
+    let outcome = attach::run_client(
+        session.take_stream()?,
+        attach::ClientOptions { stdin: false, tty: false, detach_keys: Vec::new(), sig_proxy: true },
+    )?;
+    match outcome {
+        attach::Outcome::Exited(code) => Ok(code),
+        attach::Outcome::StartFailed { message, .. } => bail!("{message}"),
+        attach::Outcome::Detached | attach::Outcome::Lost => bail!("lost the connection to the step's container"),
+    }
+}
+
+pub fn run(ctx: &Context, a: BuildArgs) -> Result<i32> {
+    if a.context == "-" || a.context.contains("://") || a.context.starts_with("git@") {
+        bail!("unable to prepare context: strata builds from a local directory only (got {:?})", a.context);
+    }
+    let context = PathBuf::from(&a.context);
+    if !context.is_dir() {
+        bail!("unable to prepare context: path {:?} not found", a.context);
+    }
+    let dockerfile = match a.file.as_deref() {
+        Some("-") => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading the Dockerfile from standard input")?;
+            s
+        }
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading the Dockerfile {f}"))?,
+        None => {
+            let f = context.join("Dockerfile");
+            std::fs::read_to_string(&f).with_context(|| format!("reading the Dockerfile {}", f.display()))?
+        }
+    };
+    let tags = a
+        .tags
+        .iter()
+        .map(|t| {
+            let r = parse_reference(t)?;
+            if r.digest.is_some() {
+                bail!("invalid reference format: a build's tag cannot have a digest ({t})");
+            }
+            Ok(match r.tag {
+                Some(_) => r,
+                None => r.with_tag(DEFAULT_TAG)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let pairs = |list: &[String], what: &str| -> Result<BTreeMap<String, String>> {
+        list.iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                // `--build-arg NAME` takes the value from this environment, as Docker does.
+                None if what == "build-arg" && !kv.is_empty() => {
+                    Ok((kv.clone(), std::env::var(kv).unwrap_or_default()))
+                }
+                _ => bail!("invalid --{what} {kv:?}: expected KEY=VALUE"),
+            })
+            .collect()
+    };
+    let build_args = pairs(&a.build_args, "build-arg")?;
+    let labels = pairs(&a.label, "label")?;
+    let _ = a.no_cache;
+    let store = Store::open(ctx.layout.clone())?;
+    let options =
+        BuildOptions { dockerfile, context, build_args, target: a.target.clone(), labels, tags: tags.clone() };
+    let mut host = Host { ctx, store: &store, pull: a.pull, quiet: a.quiet, network: a.network.clone() };
+    let image = strata_builder::build(&store, &options, &mut host)?;
+    let hex = image.id.hex();
+    if !a.quiet {
+        if let Some(first) = tags.first() {
+            println!("COMMIT {}", first.familiar_string());
+        }
+        println!("--> {}", &hex[..12]);
+        for t in &tags {
+            println!("Successfully tagged {}", t.familiar_string());
+        }
+    }
+    println!("{hex}");
+    Ok(0)
+}

@@ -1,0 +1,200 @@
+//! `strata build` end to end: a multi-stage Dockerfile with ARG, ENV,
+//! WORKDIR, COPY (files, directories, `--chown`, `--chmod`, `--from`), ADD
+//! of an archive, RUN and configuration instructions builds the image it
+//! describes — as root and as the unprivileged `strata-test` — and bad
+//! Dockerfiles, failing steps and paths out of the context are refused
+//! with a clear message, leaving no container or image behind.
+
+use std::path::PathBuf;
+
+use strata_e2e::*;
+
+const DOCKERFILE: &str = r#"# syntax=docker/dockerfile:1
+ARG BASE
+FROM ${BASE} AS base
+ARG GREETING=hi
+ENV APP=/app PATH=/app/bin:$PATH
+WORKDIR $APP
+COPY hello.txt .
+COPY sub/ ./sub/
+COPY --chown=1000:100 --chmod=640 hello.txt /etc/owned
+ADD tree.tar.gz /unpacked/
+RUN echo "$GREETING from RUN" > greeting \
+ && mkdir -p bin \
+ && printf '#!/bin/sh\necho tool says hi\n' > bin/tool \
+ && chmod 755 bin/tool \
+ && touch owned-by-1234 && chown 1234:5678 owned-by-1234 \
+ && rm /etc/group
+
+FROM ${BASE}
+COPY --from=base /app/greeting /app/bin/tool /opt/
+COPY --from=base /app/owned-by-1234 /opt/
+LABEL built=yes
+EXPOSE 8080
+CMD ["sh", "-c", "cat /opt/greeting; /opt/tool"]
+"#;
+
+struct Env {
+    _reg: Registry,
+    s: Strata,
+    bb: String,
+    ctx: PathBuf,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let out = self.s.run(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.s.run(&["rm", "-f", id]);
+        }
+    }
+}
+
+/// A store that pulled the busybox fixture, and a build context its user can read.
+fn setup(unprivileged: bool) -> Env {
+    let f = fixtures();
+    let reg = Registry::start();
+    let bb = reg.push_oci_layout(&f.oci, "busybox", "e2e/bb:1");
+    let s = if unprivileged { Strata::new_unprivileged() } else { Strata::new() };
+    s.pull(&bb);
+    let ctx = s.base().join("context");
+    std::fs::create_dir_all(ctx.join("sub/deeper")).unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello file\n").unwrap();
+    std::fs::write(ctx.join("sub/a"), "a\n").unwrap();
+    std::fs::write(ctx.join("sub/deeper/b"), "b\n").unwrap();
+    std::os::unix::fs::symlink("a", ctx.join("sub/link")).unwrap();
+    std::fs::write(ctx.join("secret.log"), "not for the image\n").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "*.log\n").unwrap();
+    std::fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+    run_tool(std::process::Command::new("tar").arg("-czf").arg(ctx.join("tree.tar.gz")).arg("-C").arg(&ctx).arg("sub"));
+    // The test user reads the context, as a user's own files would be readable.
+    run_tool(std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(&ctx));
+    Env { _reg: reg, s, bb, ctx }
+}
+
+#[test]
+fn a_dockerfile_builds_the_image_it_describes() {
+    for unprivileged in [false, true] {
+        let who = if unprivileged { "as strata-test" } else { "as root" };
+        let e = setup(unprivileged);
+        let s = &e.s;
+        let ctx = e.ctx.to_str().unwrap();
+        let out = s.ok(&[
+            "build",
+            "-t",
+            "built:1",
+            "-t",
+            "built:also",
+            "--build-arg",
+            &format!("BASE={}", e.bb),
+            "--build-arg",
+            "GREETING=hello",
+            ctx,
+        ]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.contains(&"STEP 1/15: FROM ${BASE} AS base"), "{who}: {out}");
+        assert!(lines.contains(&"STEP 15/15: CMD [\"sh\", \"-c\", \"cat /opt/greeting; /opt/tool\"]"), "{who}: {out}");
+        assert!(
+            lines.contains(&"Successfully tagged built:1") && lines.contains(&"Successfully tagged built:also"),
+            "{who}: {out}"
+        );
+        let id = lines.last().copied().unwrap_or_default();
+        assert_eq!(format!("sha256:{id}"), s.ok(&["image", "inspect", "-f", "{{.Id}}", "built:also"]).trim(), "{who}");
+
+        // The final stage: what it copied from the first, and its configuration.
+        assert_eq!(s.ok(&["run", "--rm", "built:1"]), "hello from RUN\ntool says hi\n", "{who}");
+        let tree = s.tree("built:1");
+        let line = |t: &str, p: &str| {
+            listing::find_line(t, p).map(str::to_string).unwrap_or_else(|| panic!("{who}: no {p} in\n{t}"))
+        };
+        assert!(line(&tree, "/opt/tool").starts_with("/opt/tool f 0755 0 0 "), "{who}");
+        assert!(
+            line(&tree, "/opt/owned-by-1234").starts_with("/opt/owned-by-1234 f 0644 0 0 0 "),
+            "{who}: COPY makes root the owner"
+        );
+        let cfg = s.ok(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{json .Config.Cmd}}|{{json .Config.Labels}}|{{json .Config.ExposedPorts}}",
+            "built:1",
+        ]);
+        assert_eq!(
+            cfg.trim(),
+            r#"["sh","-c","cat /opt/greeting; /opt/tool"]|{"built":"yes"}|{"8080/tcp":{}}"#,
+            "{who}"
+        );
+
+        // The first stage alone (--target), quiet: only the id on standard output.
+        let quiet =
+            s.ok(&["build", "-q", "--target", "base", "-t", "base:1", "--build-arg", &format!("BASE={}", e.bb), ctx]);
+        assert_eq!(quiet.trim().len(), 64, "{who}: {quiet:?}");
+        let tree = s.tree("base:1");
+        for (path, expected) in [
+            ("/app/hello.txt", "/app/hello.txt f 0644 0 0 11 "),
+            ("/app/sub/deeper/b", "/app/sub/deeper/b f 0644 0 0 2 "),
+            ("/app/sub/link", "/app/sub/link l 0777 0 0 0 a"),
+            ("/etc/owned", "/etc/owned f 0640 1000 100 11 "),
+            ("/unpacked/sub/deeper/b", "/unpacked/sub/deeper/b f 0644 "),
+            ("/app/owned-by-1234", "/app/owned-by-1234 f 0644 1234 5678 0 "),
+            ("/app/greeting", "/app/greeting f 0644 0 0 12 "),
+        ] {
+            assert!(line(&tree, path).starts_with(expected), "{who}: {} against {expected}", line(&tree, path));
+        }
+        assert!(listing::find_line(&tree, "/etc/group").is_none(), "{who}: RUN's deletion is a whiteout");
+        assert!(listing::find_line(&tree, "/app/secret.log").is_none(), "{who}");
+        let env = s.ok(&["image", "inspect", "-f", "{{json .Config.Env}} {{.Config.WorkingDir}}", "base:1"]);
+        assert!(env.starts_with(r#"["APP=/app","PATH=/app/bin:"#) && env.trim().ends_with(" /app"), "{who}: {env}");
+        assert!(!env.contains("GREETING"), "{who}: ARGs stay out of the image: {env}");
+        let history = s.ok(&["history", "--no-trunc", "--format", "{{.CreatedBy}}", "base:1"]);
+        assert!(
+            history.lines().next().unwrap_or_default().starts_with("RUN /bin/sh -c echo \"$GREETING from RUN\""),
+            "{who}: {history}"
+        );
+
+        // Nothing left over: no step container, no untagged step image.
+        assert_eq!(s.ok(&["ps", "-aq"]), "", "{who}");
+        let images = s.ok(&["images", "-a", "--format", "{{.Repository}}"]);
+        assert!(!images.contains("<none>"), "{who}: {images}");
+    }
+}
+
+#[test]
+fn bad_builds_say_why_and_leave_nothing_behind() {
+    let e = setup(false);
+    let s = &e.s;
+    std::fs::write(e.ctx.parent().unwrap().join("outside.txt"), "outside the context\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", e.ctx.join("passwd-link")).unwrap();
+    std::os::unix::fs::symlink("/", e.ctx.join("root-link")).unwrap();
+    let ctx = e.ctx.to_str().unwrap();
+    let cases: &[(&str, &str)] = &[
+        ("RUN exit 3", "process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3"),
+        ("FOO bar", "dockerfile parse error on line 2: unknown instruction: FOO"),
+        ("COPY missing.txt /", "\"missing.txt\": not found"),
+        ("COPY ../outside.txt /", "forbidden path outside the build context"),
+        ("COPY passwd-link /leaked", "\"passwd-link\": not found"),
+        ("COPY secret.log /", "\"secret.log\": not found"),
+        ("RUN --mount=type=cache,target=/x true", "RUN --mount is not supported"),
+        ("ADD https://example.com/x /", "ADD from a URL is not supported"),
+    ];
+    for (line, message) in cases {
+        let file = e.ctx.join("Dockerfile.bad");
+        std::fs::write(&file, format!("FROM {}\n{line}\n", e.bb)).unwrap();
+        let (code, err) = s.fails(&["build", "-t", "bad:1", "-f", file.to_str().unwrap(), ctx]);
+        assert_eq!(code, 1, "{line}: {err}");
+        assert!(err.contains(message), "{line}: expected {message:?} in: {err}");
+    }
+    let (_, err) = s.fails(&["build", "--target", "nope", "--build-arg", &format!("BASE={}", e.bb), ctx]);
+    assert!(err.contains("target stage \"nope\" could not be found"), "{err}");
+    assert_eq!(s.ok(&["ps", "-aq"]), "", "no step container is left");
+    let images = s.ok(&["images", "-a", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(!images.contains("bad:1") && !images.contains("<none>"), "{images}");
+
+    // A symlink of the context resolves inside the context.
+    std::fs::write(e.ctx.join("Dockerfile.link"), format!("FROM {}\nCOPY root-link/hello.txt /via-link\n", e.bb))
+        .unwrap();
+    s.ok(&["build", "-q", "-t", "link:1", "-f", e.ctx.join("Dockerfile.link").to_str().unwrap(), ctx]);
+    assert!(listing::find_line(&s.tree("link:1"), "/via-link")
+        .unwrap_or_default()
+        .starts_with("/via-link f 0644 0 0 11 "));
+}
