@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A short tour of strata against a throwaway local registry:
 # build strata, make a small busybox image, push it to a registry on
-# 127.0.0.1, then pull it, run containers from it and mount it.
+# 127.0.0.1, then pull it, run containers from it, commit one, build an
+# image from a Dockerfile, push both and mount the image.
 #
 #   bash scripts/demo.sh        (as root, after scripts/setup.sh)
 #
@@ -95,7 +96,7 @@ run run --rm "$image" sh -c 'exit 3'
 echo "exit status: $?"
 set -e
 
-step "a detached container: ps, exec, logs, diff, stop, rm"
+step "a detached container: ps, exec, logs, diff"
 run run -d --name demo "$image" sh -c 'echo started; mkdir /data; echo committed > /data/file; sleep 300'
 run ps
 run exec demo ls -l /data
@@ -108,6 +109,23 @@ run commit -m "demo data" -c 'CMD ["cat", "/data/file"]' demo "$committed"
 run history "$committed"
 run run --rm "$committed"
 run push "$committed"
+
+step "build an image from a Dockerfile on top of it, and push that too"
+mkdir -p "$work/context"
+echo "copied from the build context" >"$work/context/note.txt"
+cat >"$work/context/Dockerfile" <<DOCKERFILE
+FROM $committed
+ARG WHO=strata
+ENV GREETING="built by \$WHO"
+WORKDIR /app
+COPY note.txt .
+RUN echo "\$GREETING" > greeting && ls -l /app
+CMD ["sh", "-c", "cat /data/file /app/note.txt /app/greeting"]
+DOCKERFILE
+built="$registry/demo/built:1"
+run build -t "$built" --build-arg WHO=the-demo "$work/context"
+run run --rm "$built"
+run push "$built"
 run stop -t 1 demo
 run ps -a
 run rm demo
@@ -120,6 +138,5 @@ run mount "$image" "$mnt"
 ls -l "$mnt" "$mnt/bin" | sed -n 1,12p
 run mount
 run umount "$mnt"
-# commit, build and push follow as those commands land.
 
 step "demo finished"
