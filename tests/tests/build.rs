@@ -190,6 +190,15 @@ fn bad_builds_say_why_and_leave_nothing_behind() {
     let images = s.ok(&["images", "-a", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(!images.contains("bad:1") && !images.contains("<none>"), "{images}");
 
+    // A base image not in the store yet is pulled; with -q its progress stays off standard output.
+    let full = e._reg.push_oci_layout(&fixtures().oci, "full", "e2e/full:1");
+    std::fs::write(e.ctx.join("Dockerfile.pull"), format!("FROM {full}\nRUN echo step output\n")).unwrap();
+    let out = s.run(&["build", "-q", "-f", e.ctx.join("Dockerfile.pull").to_str().unwrap(), ctx]);
+    assert!(out.status.success(), "{}", strata_e2e::strata::show_output(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.len() == 65 && stdout.trim().bytes().all(|b| b.is_ascii_hexdigit()), "only the id: {stdout:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("step output"));
+
     // A symlink of the context resolves inside the context.
     std::fs::write(e.ctx.join("Dockerfile.link"), format!("FROM {}\nCOPY root-link/hello.txt /via-link\n", e.bb))
         .unwrap();

@@ -80,6 +80,8 @@ struct Host<'a> {
 impl BuildHost for Host<'_> {
     fn base_image(&mut self, name: &str) -> Result<ImageRecord, String> {
         let policy = if self.pull { "always" } else { "missing" };
+        // A pull's progress is not the image id either.
+        let _stdout = self.quiet.then(StdoutToStderr::new).transpose().map_err(|e| format!("{e:#}"))?;
         let found = images::resolve(self.ctx, name, policy).map_err(|e| format!("{e:#}"))?;
         self.store.resolve_image(&found.id).map_err(|e| e.to_string())
     }
