@@ -511,7 +511,8 @@ fn history(state: &mut State, created_by: &str, empty: bool) {
     });
 }
 
-fn host_architecture() -> &'static str {
+/// This machine's architecture as OCI names it (`amd64`, `arm64`, ...).
+pub fn host_architecture() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

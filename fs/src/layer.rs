@@ -33,6 +33,10 @@ pub struct UpperEntry {
 }
 
 impl UpperEntry {
+    fn with_path(self, path: &[u8]) -> UpperEntry {
+        UpperEntry { path: path.to_vec(), ..self }
+    }
+
     /// A whiteout or opaque marker: a kind and a path, no metadata.
     fn marker(path: Vec<u8>, kind: UpperKind) -> UpperEntry {
         UpperEntry { path, kind, mode: 0, uid: 0, gid: 0, mtime: 0, mtime_nsec: 0, xattrs: vec![] }
@@ -347,4 +351,93 @@ fn append_entry<W: std::io::Write>(up: &Upper, tar: &mut tar::Builder<W>, e: &Up
 
 fn bytes_path(p: &[u8]) -> PathBuf {
     PathBuf::from(std::ffi::OsStr::from_bytes(p))
+}
+
+/// The whole tree a container sees, as a flat list for `strata export`:
+/// the lower layers merged (their hard links already copies), then the
+/// upper directory's entries applied as a layer on top (whiteouts and
+/// opaque directories hide what is below, a non-directory replaces a
+/// directory with everything under it; a hard link stays one when its
+/// target comes first in the list and becomes a copy of it otherwise, as
+/// lower layers' links already are).
+/// Sorted by path, parents first; the root directory is not listed.
+pub fn merged_entries(lowers: &[Lower], upper: &Path) -> Result<Vec<UpperEntry>, FsError> {
+    use std::collections::BTreeMap;
+    use strata_layers::index::EntryKind;
+    let indexes: Vec<&strata_layers::LayerIndex> = lowers.iter().map(|l| l.index.as_ref()).collect();
+    let merged = strata_layers::merge::MergedTree::from_layers(indexes).map_err(|e| FsError::Io {
+        what: "merging the layers",
+        path: upper.to_path_buf(),
+        cause: std::io::Error::other(e.to_string()),
+    })?;
+    let objects = |d: &strata_layers::Digest| {
+        lowers
+            .iter()
+            .map(|l| strata_layers::layout::object_path_in(&l.objects_dir, d))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| strata_layers::layout::object_path_in(&lowers[0].objects_dir, d))
+    };
+    let mut tree: BTreeMap<Vec<u8>, UpperEntry> = BTreeMap::new();
+    for (path, e) in merged.entries {
+        if path.is_empty() {
+            continue;
+        }
+        let kind = match &e.kind {
+            EntryKind::File { size, digest } => {
+                UpperKind::File { size: *size, content: UpperContent::Object(objects(digest)) }
+            }
+            EntryKind::Dir | EntryKind::Opaque => UpperKind::Dir,
+            EntryKind::Symlink { target } => UpperKind::Symlink { target: target.clone() },
+            EntryKind::CharDevice { major, minor } => UpperKind::CharDevice { major: *major, minor: *minor },
+            EntryKind::BlockDevice { major, minor } => UpperKind::BlockDevice { major: *major, minor: *minor },
+            EntryKind::Fifo => UpperKind::Fifo,
+            EntryKind::Hardlink { .. } | EntryKind::Whiteout => continue,
+        };
+        let entry = UpperEntry {
+            path: path.clone(),
+            kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+            xattrs: e.xattrs.clone(),
+        };
+        tree.insert(path, entry);
+    }
+    let below = |tree: &mut BTreeMap<Vec<u8>, UpperEntry>, dir: &[u8]| {
+        let prefix = if dir.is_empty() { Vec::new() } else { [dir, b"/"].concat() };
+        let doomed: Vec<Vec<u8>> =
+            tree.range(prefix.clone()..).take_while(|(p, _)| p.starts_with(&prefix)).map(|(p, _)| p.clone()).collect();
+        for p in doomed {
+            tree.remove(&p);
+        }
+    };
+    for e in upper_entries(lowers, upper)? {
+        match &e.kind {
+            UpperKind::Whiteout => {
+                tree.remove(&e.path);
+                below(&mut tree, &e.path);
+            }
+            UpperKind::Opaque => below(&mut tree, &e.path),
+            _ if e.path.is_empty() => {}
+            UpperKind::Hardlink { target } => match tree.get(target).cloned() {
+                // A link entry needs its target earlier in the archive.
+                Some(t) if *target < e.path && matches!(t.kind, UpperKind::File { .. }) => {
+                    tree.insert(e.path.clone(), UpperEntry { kind: e.kind.clone(), ..t.clone() }.with_path(&e.path));
+                }
+                Some(t) => {
+                    tree.insert(e.path.clone(), t.with_path(&e.path));
+                }
+                None => {}
+            },
+            kind => {
+                if *kind != UpperKind::Dir {
+                    below(&mut tree, &e.path);
+                }
+                tree.insert(e.path.clone(), e);
+            }
+        }
+    }
+    Ok(tree.into_values().collect())
 }

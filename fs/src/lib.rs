@@ -189,7 +189,8 @@ use std::time::Duration;
 
 pub use changes::{changes, changes_hiding, Change, ChangeKind};
 pub use layer::{
-    open_upper_file, upper_entries, upper_entries_hiding, write_layer_tar, UpperContent, UpperEntry, UpperKind,
+    merged_entries, open_upper_file, upper_entries, upper_entries_hiding, write_layer_tar, UpperContent, UpperEntry,
+    UpperKind,
 };
 pub use source::{LayerSource, Lower, ObjectRef};
 

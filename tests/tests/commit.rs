@@ -4,6 +4,8 @@
 //! metadata-only copy-ups whose content is still a lower object), with the
 //! container's configuration plus `--change`, one more history entry and
 //! the tag asked for — as root and as the unprivileged `strata-test`.
+//! `export` of the same container holds its whole tree, and `import` of
+//! that archive makes it an image again; hostile archives are refused.
 
 use strata_e2e::listing::{assert_same_listing, canonical_listing};
 use strata_e2e::store::StoreFingerprint;
@@ -236,4 +238,80 @@ fn a_running_container_is_committed_and_keeps_running() {
     assert_eq!(s.ok(&["container", "inspect", "-f", "{{.State.Status}}", "live"]).trim(), "running");
     assert_eq!(s.ok(&["exec", "live", "echo", "still here"]).trim(), "still here");
     assert_eq!(s.ok(&["run", "--rm", "live:1", "cat", "/ready"]).trim(), "ready");
+}
+
+/// Exports the container of [`CHANGES`], imports the archive; returns the imported tree.
+fn export_and_import(e: &Env, who: &str) -> String {
+    let s = &e.s;
+    s.ok(&["run", "--name", "exported", &e.full, "sh", "-c", CHANGES]);
+    let archive = s.base().join("exported.tar");
+    if s.is_unprivileged() {
+        // The user writes its own archive, as it would in its home.
+        let dir = s.base().join("out");
+        std::fs::create_dir_all(&dir).unwrap();
+        run_tool(std::process::Command::new("chown").arg(TEST_USER).arg(&dir));
+        let archive = dir.join("exported.tar");
+        s.ok(&["export", "-o", archive.to_str().unwrap(), "exported"]);
+        std::fs::rename(&archive, s.base().join("exported.tar")).unwrap();
+    } else {
+        s.ok(&["export", "-o", archive.to_str().unwrap(), "exported"]);
+    }
+    let listed = run_tool(std::process::Command::new("tar").arg("-tvf").arg(&archive));
+    assert!(
+        listed.lines().any(|l| l.starts_with("hrwsr-xr-x 1234/5678") && l.ends_with("new/sub/f link to new/hl")),
+        "{who}: {listed}"
+    );
+    let imported = s.ok(&[
+        "import",
+        "-m",
+        "from an export",
+        "-c",
+        "CMD [\"cat\", \"/new/hl\"]",
+        archive.to_str().unwrap(),
+        "imported:1",
+    ]);
+    assert!(imported.trim().starts_with("sha256:"), "{who}: {imported}");
+    assert_eq!(s.ok(&["run", "--rm", "imported:1"]), "hello\n", "{who}");
+    let history = s.ok(&["history", "--format", "{{.Comment}}", "imported:1"]);
+    assert_eq!(history, "from an export\n", "{who}: one layer, the message as its comment");
+    let tree = s.tree("imported:1");
+    if !s.is_unprivileged() {
+        let mnt = s.base().join("exp-mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        s.ok(&["mount", "exported", mnt.to_str().unwrap()]);
+        let seen = canonical_listing(&mnt);
+        s.ok(&["umount", mnt.to_str().unwrap()]);
+        assert_same_listing(&seen, &tree, &format!("{who}: the exported tree against the container's view"));
+    }
+    tree
+}
+
+#[test]
+fn export_holds_the_containers_whole_tree_and_import_makes_it_an_image() {
+    let root = export_and_import(&setup(false), "as root");
+    let user = export_and_import(&setup(true), "as strata-test");
+    assert_same_listing(&root, &user, "strata-test's export against root's");
+}
+
+#[test]
+fn import_refuses_a_hostile_archive_and_keeps_the_store() {
+    let e = setup(false);
+    let s = &e.s;
+    let before = StoreFingerprint::of(&s.root());
+    let cases = [
+        ("dotdot", tarball::TarBuilder::new().file("../../etc/passwd", 0o644, b"x").finish()),
+        ("link-out", tarball::TarBuilder::new().hardlink("passwd", "/etc/passwd").finish()),
+        ("through-symlink", tarball::TarBuilder::new().symlink("etc", "/etc").file("etc/passwd", 0o644, b"x").finish()),
+    ];
+    for (name, tar) in cases {
+        let path = s.base().join(format!("{name}.tar"));
+        std::fs::write(&path, tar).unwrap();
+        let (code, err) = s.fails(&["import", path.to_str().unwrap(), "hostile:1"]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains("importing"), "{name}: {err}");
+    }
+    let (code, err) = s.fails(&["export", "no-such-container"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("No such container: no-such-container"), "{err}");
+    before.assert_unchanged(&StoreFingerprint::of(&s.root()), "refused imports");
 }

@@ -1,6 +1,6 @@
 //! Container life-cycle commands other than run/create/start (`run.rs`) and
 //! exec (`exec.rs`): ps, stop, kill, restart, rm, wait, logs, top, inspect,
-//! rename, port, diff, attach, commit (`commit.rs`), `container prune`, and the `container ...`
+//! rename, port, diff, attach, commit (`commit.rs`), export (`export.rs`), `container prune`, and the `container ...`
 //! aliases. Verbs, flags, columns, messages and exit statuses are Docker's:
 //! errors about a container ("No such container", "is not running") print
 //! `Error response from daemon: ...` and make the command exit 1 after it
@@ -54,6 +54,8 @@ pub enum ContainerCommand {
     Diff(DiffArgs),
     /// Create a new image from a container's changes
     Commit(crate::commands::commit::CommitArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(crate::commands::export::ExportArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(AttachArgs),
     /// Manage containers
@@ -109,6 +111,8 @@ pub enum ContainerSub {
     Diff(DiffArgs),
     /// Create a new image from a container's changes
     Commit(crate::commands::commit::CommitArgs),
+    /// Export a container's filesystem as a tar archive
+    Export(crate::commands::export::ExportArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(AttachArgs),
     /// Display detailed information on one or more containers
@@ -311,6 +315,7 @@ pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Port(a) => port(ctx, a),
         ContainerCommand::Diff(a) => diff(ctx, a),
         ContainerCommand::Commit(a) => crate::commands::commit::commit(ctx, a).map_err(fail),
+        ContainerCommand::Export(a) => crate::commands::export::export(ctx, a).map_err(fail),
         ContainerCommand::Attach(a) => attach_cmd(ctx, a),
         ContainerCommand::Container(sub) => run_sub(ctx, sub),
         ContainerCommand::Volume(v) => crate::commands::volume::run(ctx, v),
@@ -336,6 +341,7 @@ fn run_sub(ctx: &Context, sub: ContainerSub) -> Result<i32> {
         ContainerSub::Port(a) => port(ctx, a),
         ContainerSub::Diff(a) => diff(ctx, a),
         ContainerSub::Commit(a) => crate::commands::commit::commit(ctx, a).map_err(fail),
+        ContainerSub::Export(a) => crate::commands::export::export(ctx, a).map_err(fail),
         ContainerSub::Attach(a) => attach_cmd(ctx, a),
         ContainerSub::Inspect(a) => inspect(ctx, a),
         ContainerSub::Prune(a) => prune(ctx, a),

@@ -17,6 +17,8 @@ pub enum ImageCommand {
     Push(super::push::PushArgs),
     /// Build an image from a Dockerfile
     Build(super::build::BuildArgs),
+    /// Import the contents from a tarball to create a filesystem image
+    Import(super::export::ImportArgs),
     /// List images
     Images(ImagesArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
@@ -56,6 +58,8 @@ pub enum ImageGroup {
     Push(super::push::PushArgs),
     /// Build an image from a Dockerfile
     Build(super::build::BuildArgs),
+    /// Import the contents from a tarball to create a filesystem image
+    Import(super::export::ImportArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag(TagArgs),
     /// Remove one or more images
@@ -262,6 +266,7 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::Pull(a) | ImageCommand::Image(ImageGroup::Pull(a)) => pull::run(ctx, a),
         ImageCommand::Push(a) | ImageCommand::Image(ImageGroup::Push(a)) => super::push::run(ctx, a),
         ImageCommand::Build(a) | ImageCommand::Image(ImageGroup::Build(a)) => super::build::run(ctx, a),
+        ImageCommand::Import(a) | ImageCommand::Image(ImageGroup::Import(a)) => super::export::import(ctx, a),
         ImageCommand::Images(a) | ImageCommand::Image(ImageGroup::Ls(a)) => images::list(ctx, a),
         ImageCommand::Tag(a) | ImageCommand::Image(ImageGroup::Tag(a)) => images::tag(ctx, a),
         ImageCommand::Rmi(a) | ImageCommand::Image(ImageGroup::Rm(a)) => images::remove(ctx, a),

@@ -5,6 +5,7 @@ pub mod commit;
 pub mod container;
 pub mod debug;
 pub mod exec;
+pub mod export;
 pub mod image;
 pub mod images;
 pub mod inspect;

@@ -1,0 +1,174 @@
+//! `export` (`container export`): a container's whole filesystem, its
+//! image's layers and its own changes merged, as one tar (Docker's verb).
+//! `import` (`image import`): a tar (plain, gzip or zstd) as a one-layer
+//! image, with `--change` and `--message` as Docker takes them.
+//!
+//! Export reads the container's upper directory inside the containers' user
+//! namespace as an ordinary user (where the files it made as other users
+//! can be read), like `diff` and `commit`; the archive holds the owners
+//! the container sees. Import goes through the same layer ingestion as a
+//! pull: hostile entries (`..`, absolute paths, links out of the archive)
+//! are refused and the store is left as it was.
+
+use std::io::{BufReader, BufWriter, IsTerminal, Read, Write};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use strata_layers::image::{ContainerConfig, History, ImageConfig};
+use strata_layers::manifest::LayerCompression;
+use strata_layers::reference::DEFAULT_TAG;
+use strata_layers::store::Store;
+
+use super::support::parse_reference;
+use crate::containers::record;
+use crate::context::Context;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Write to a file, instead of STDOUT
+    #[arg(short, long, value_name = "string")]
+    output: Option<PathBuf>,
+    container: String,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Apply Dockerfile instruction to the created image
+    #[arg(short, long, value_name = "list")]
+    change: Vec<String>,
+    /// Set commit message for imported image
+    #[arg(short, long, value_name = "string")]
+    message: Option<String>,
+    /// Set platform if server is multi-platform capable (only this machine's is supported)
+    #[arg(long, value_name = "string")]
+    platform: Option<String>,
+    /// A tar archive (plain, gzip or zstd), or - for standard input
+    #[arg(value_name = "file|-")]
+    source: String,
+    /// The new image's name
+    #[arg(value_name = "REPOSITORY[:TAG]")]
+    repository: Option<String>,
+}
+
+pub fn export(ctx: &Context, a: ExportArgs) -> Result<i32> {
+    let c = record::find_fresh(&ctx.layout, &a.container)?;
+    if a.output.is_none() && std::io::stdout().is_terminal() {
+        bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
+    }
+    let store = Store::open(ctx.layout.clone())?;
+    let mut lowers = Vec::new();
+    for d in &c.config.layers {
+        let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
+        lowers.push(strata_fs::Lower {
+            index: std::sync::Arc::new(store.layer_index(&digest)?),
+            objects_dir: ctx.layout.objects_dir(),
+        });
+    }
+    // A file is written next to its final name and renamed into place, so a
+    // failed export leaves no half archive under that name.
+    let (out, finish): (std::fs::File, Option<tempfile::NamedTempFile>) = match &a.output {
+        Some(path) => {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let tmp = tempfile::Builder::new()
+                .prefix(".strata-export-")
+                .tempfile_in(dir)
+                .with_context(|| format!("creating {}", path.display()))?;
+            (tmp.as_file().try_clone()?, Some(tmp))
+        }
+        None => (std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?), None),
+    };
+    let upper = c.upper();
+    crate::containers::spec::in_user_namespace(ctx, move || {
+        let entries = strata_fs::merged_entries(&lowers, &upper)?;
+        let mut w = BufWriter::new(out);
+        strata_fs::write_layer_tar(&upper, &entries, &mut w)?;
+        w.flush().context("writing the archive")?;
+        Ok(())
+    })?;
+    if let (Some(tmp), Some(path)) = (finish, &a.output) {
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(0)
+}
+
+pub fn import(ctx: &Context, a: ImportArgs) -> Result<i32> {
+    if let Some(p) = a.platform.as_deref().filter(|p| !p.is_empty()) {
+        let wanted: strata_layers::manifest::Platform = p.parse()?;
+        if wanted.os != "linux" || wanted.architecture != strata_builder::build::host_architecture() {
+            bail!(
+                "--platform {p}: strata imports for this machine's platform only (linux/{})",
+                strata_builder::build::host_architecture()
+            );
+        }
+    }
+    if a.source.contains("://") {
+        bail!("importing from a URL is not supported by strata: download the archive and import the file");
+    }
+    let tag = match a.repository.as_deref() {
+        Some(r) => {
+            let r = parse_reference(r)?;
+            if r.digest.is_some() {
+                bail!("refusing to create a tag with a digest reference");
+            }
+            Some(if r.tag.is_some() { r } else { r.with_tag(DEFAULT_TAG)? })
+        }
+        None => None,
+    };
+    let changes =
+        a.change.iter().map(|l| strata_builder::parse_change(l)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut input: Box<dyn Read + Send> = if a.source == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(&a.source).with_context(|| format!("opening {}", a.source))?)
+    };
+    // The compression, from the first bytes.
+    let mut head = [0u8; 6];
+    let mut got = 0;
+    while got < head.len() {
+        match input.read(&mut head[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let compression = match &head[..got] {
+        [0x1f, 0x8b, ..] => LayerCompression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => LayerCompression::Zstd,
+        [b'B', b'Z', b'h', ..] | [0xfd, b'7', b'z', b'X', b'Z', 0] => {
+            bail!("bzip2 and xz archives are not supported: decompress it first (or recompress with gzip or zstd)")
+        }
+        _ => LayerCompression::None,
+    };
+    let whole = std::io::Cursor::new(head[..got].to_vec()).chain(input);
+    let tar = strata_layers::ingest::decompress(whole, compression);
+
+    let created = record::now();
+    let mut run = ContainerConfig::default();
+    strata_builder::apply_changes(&mut run, &changes)?;
+    let config = ImageConfig {
+        created: Some(created.clone()),
+        architecture: strata_builder::build::host_architecture().to_string(),
+        os: "linux".into(),
+        config: Some(run),
+        history: Some(vec![History {
+            created: Some(created),
+            created_by: None,
+            author: None,
+            comment: Some(a.message.clone().unwrap_or_else(|| format!("Imported from {}", a.source))),
+            empty_layer: false,
+            other: Default::default(),
+        }]),
+        ..Default::default()
+    };
+    let store = Store::open(ctx.layout.clone())?;
+    let image = {
+        let _lock = store.lock_shared()?;
+        let layer = strata_layers::commit::add_layer(&store, BufReader::new(tar))
+            .with_context(|| format!("importing {}", a.source))?;
+        strata_layers::commit::store_image(&store, vec![layer], config, tag.as_ref())?
+    };
+    println!("{}", image.id);
+    Ok(0)
+}
