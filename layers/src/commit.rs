@@ -76,33 +76,60 @@ pub fn store_image(
 /// (false when an image with the same config was there already).
 pub fn store_image_telling(
     store: &Store,
-    mut layers: Vec<LayerRecord>,
+    layers: Vec<LayerRecord>,
     mut config: ImageConfig,
     tag: Option<&Reference>,
 ) -> Result<(ImageRecord, bool)> {
     config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id).collect();
     let config_bytes = config.to_bytes();
-    let id = store.put_blob(&config_bytes)?;
-    for l in &mut layers {
-        l.blob_media_type = oci_layer_type(&l.blob_media_type).to_string();
+    store_image_as(store, layers, &config_bytes, None, tag.into_iter().cloned().collect())
+}
+
+/// Stores an image whose config (and, when given, manifest and its media
+/// type) are these exact bytes, so that its ID and digests stay what they
+/// were elsewhere (`load`); without a manifest an OCI one is written. The
+/// config's diff_ids must be the layers'. Names it `names`.
+pub fn store_image_as(
+    store: &Store,
+    mut layers: Vec<LayerRecord>,
+    config_bytes: &[u8],
+    manifest: Option<(&[u8], &str)>,
+    names: Vec<Reference>,
+) -> Result<(ImageRecord, bool)> {
+    let config = ImageConfig::from_bytes(config_bytes)?;
+    if config.rootfs.diff_ids != layers.iter().map(|l| l.diff_id).collect::<Vec<_>>() {
+        return Err(Error::InvalidImage("the config's rootfs.diff_ids do not match the image's layers".into()));
     }
-    let manifest = ImageManifest {
-        schema_version: 2,
-        media_type: Some(m::OCI_MANIFEST.to_string()),
-        artifact_type: None,
-        config: Descriptor::new(m::OCI_CONFIG, id, config_bytes.len() as u64),
-        layers: layers.iter().map(|l| Descriptor::new(&l.blob_media_type, l.blob_digest, l.blob_size)).collect(),
-        subject: None,
-        annotations: Default::default(),
+    let id = store.put_blob(config_bytes)?;
+    let (manifest_bytes, manifest_media_type) = match manifest {
+        Some((bytes, media_type)) => (bytes.to_vec(), media_type.to_string()),
+        None => {
+            for l in &mut layers {
+                l.blob_media_type = oci_layer_type(&l.blob_media_type).to_string();
+            }
+            let manifest = ImageManifest {
+                schema_version: 2,
+                media_type: Some(m::OCI_MANIFEST.to_string()),
+                artifact_type: None,
+                config: Descriptor::new(m::OCI_CONFIG, id, config_bytes.len() as u64),
+                layers: layers
+                    .iter()
+                    .map(|l| Descriptor::new(&l.blob_media_type, l.blob_digest, l.blob_size))
+                    .collect(),
+                subject: None,
+                annotations: Default::default(),
+            };
+            let bytes = serde_json::to_vec(&manifest)
+                .map_err(|e| Error::InvalidImage(format!("serialising the manifest: {e}")))?;
+            (bytes, m::OCI_MANIFEST.to_string())
+        }
     };
-    let manifest_bytes =
-        serde_json::to_vec(&manifest).map_err(|e| Error::InvalidImage(format!("serialising the manifest: {e}")))?;
     let manifest_digest = store.put_blob(&manifest_bytes)?;
 
     let record = ImageRecord {
         id,
         manifest_digest,
-        manifest_media_type: m::OCI_MANIFEST.to_string(),
+        manifest_media_type,
         index_digest: None,
         size: layers.iter().map(|l| l.unpacked_size).sum(),
         layers,
@@ -123,8 +150,8 @@ pub fn store_image_telling(
         } else {
             recs.put_image(&record)?;
         }
-        if let Some(tag) = tag {
-            recs.set_reference(tag, &record.id)?;
+        for name in &names {
+            recs.set_reference(name, &record.id)?;
         }
         Ok(is_new)
     })?;

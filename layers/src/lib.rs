@@ -6,6 +6,7 @@
 //! per-layer metadata [`index`], and the small JSON records (images, tags)
 //! that name them. `fs` mounts what this crate stores; `cli` drives it.
 
+pub mod archive;
 pub mod commit;
 pub mod digest;
 pub mod error;

@@ -19,6 +19,10 @@ pub enum ImageCommand {
     Build(super::build::BuildArgs),
     /// Import the contents from a tarball to create a filesystem image
     Import(super::export::ImportArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(super::save_load::SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(super::save_load::LoadArgs),
     /// List images
     Images(ImagesArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
@@ -60,6 +64,10 @@ pub enum ImageGroup {
     Build(super::build::BuildArgs),
     /// Import the contents from a tarball to create a filesystem image
     Import(super::export::ImportArgs),
+    /// Save one or more images to a tar archive (streamed to STDOUT by default)
+    Save(super::save_load::SaveArgs),
+    /// Load an image from a tar archive or STDIN
+    Load(super::save_load::LoadArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag(TagArgs),
     /// Remove one or more images
@@ -267,6 +275,8 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::Push(a) | ImageCommand::Image(ImageGroup::Push(a)) => super::push::run(ctx, a),
         ImageCommand::Build(a) | ImageCommand::Image(ImageGroup::Build(a)) => super::build::run(ctx, a),
         ImageCommand::Import(a) | ImageCommand::Image(ImageGroup::Import(a)) => super::export::import(ctx, a),
+        ImageCommand::Save(a) | ImageCommand::Image(ImageGroup::Save(a)) => super::save_load::save(ctx, a),
+        ImageCommand::Load(a) | ImageCommand::Image(ImageGroup::Load(a)) => super::save_load::load(ctx, a),
         ImageCommand::Images(a) | ImageCommand::Image(ImageGroup::Ls(a)) => images::list(ctx, a),
         ImageCommand::Tag(a) | ImageCommand::Image(ImageGroup::Tag(a)) => images::tag(ctx, a),
         ImageCommand::Rmi(a) | ImageCommand::Image(ImageGroup::Rm(a)) => images::remove(ctx, a),

@@ -14,6 +14,7 @@ pub mod mount;
 pub mod pull;
 pub mod push;
 pub mod run;
+pub mod save_load;
 pub mod support;
 pub mod sysinfo;
 pub mod volume;

@@ -318,6 +318,10 @@ impl TempBlob {
     pub fn size(&self) -> u64 {
         self.size
     }
+    /// The bytes written so far, from their start (another descriptor).
+    pub fn reopen(&self) -> io::Result<File> {
+        self.file.reopen()
+    }
 }
 
 impl Write for TempBlob {
