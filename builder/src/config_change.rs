@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 use strata_layers::image::{ContainerConfig, Healthcheck};
 
+use crate::dockerfile::KEYWORDS;
 use crate::words::{env_map, expand_word, split_words, WordError};
 
 /// What `commit --change` accepts (Docker's list).
@@ -22,29 +23,6 @@ const CHANGE_INSTRUCTIONS: &[&str] = &[
     "HEALTHCHECK",
     "LABEL",
     "ONBUILD",
-    "STOPSIGNAL",
-    "USER",
-    "VOLUME",
-    "WORKDIR",
-];
-
-/// Every Dockerfile instruction, to tell a misspelt one from one that
-/// `--change` does not take.
-const ALL_INSTRUCTIONS: &[&str] = &[
-    "ADD",
-    "ARG",
-    "CMD",
-    "COPY",
-    "ENTRYPOINT",
-    "ENV",
-    "EXPOSE",
-    "FROM",
-    "HEALTHCHECK",
-    "LABEL",
-    "MAINTAINER",
-    "ONBUILD",
-    "RUN",
-    "SHELL",
     "STOPSIGNAL",
     "USER",
     "VOLUME",
@@ -77,7 +55,7 @@ pub fn parse_change(line: &str) -> Result<ConfigChange, ChangeError> {
     let line = line.trim();
     let (word, args) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let instruction = word.to_ascii_uppercase();
-    if !ALL_INSTRUCTIONS.contains(&instruction.as_str()) {
+    if !KEYWORDS.contains(&instruction.as_str()) {
         return Err(ChangeError::Unknown(word.to_string()));
     }
     if !CHANGE_INSTRUCTIONS.contains(&instruction.as_str()) {
@@ -196,7 +174,7 @@ fn apply_one(
                 "FROM" | "MAINTAINER" => {
                     return Err(syntax(ins, format!("{inner} isn't allowed as an ONBUILD trigger")))
                 }
-                i if !ALL_INSTRUCTIONS.contains(&i) => return Err(ChangeError::Unknown(inner.to_string())),
+                i if !KEYWORDS.contains(&i) => return Err(ChangeError::Unknown(inner.to_string())),
                 _ => {}
             }
             config.on_build.get_or_insert_with(Vec::new).push(c.args.clone());

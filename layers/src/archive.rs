@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::{Digest, Hasher, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::image::{ImageConfig, ImageRecord, LayerRecord};
 use crate::ingest::{decompress, stage_layer};
@@ -122,29 +122,8 @@ fn append_blob<W: Write>(store: &Store, tar: &mut tar::Builder<W>, d: &Digest) -
     h.set_size(size);
     h.set_mode(0o644);
     h.set_entry_type(tar::EntryType::Regular);
-    let mut reader = Checked { inner: file.take(size), hasher: Hasher::new(), expected: *d };
+    let mut reader = VerifyingReader::new(file, size, *d, ": the store is corrupt; remove the image and pull it again");
     tar.append_data(&mut h, blob_path(d), &mut reader).map_err(|e| Error::io(format!("saving blob {d}"), e))
-}
-
-/// Fails the read that reaches the end when the bytes do not match the digest.
-struct Checked<R> {
-    inner: R,
-    hasher: Hasher,
-    expected: Digest,
-}
-
-impl<R: Read> Read for Checked<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        if n == 0 && self.hasher.clone().finish() != self.expected {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("stored blob {} is corrupt: remove the image and pull it again", self.expected),
-            ));
-        }
-        Ok(n)
-    }
 }
 
 /// One image `load` stored: its record and the names it got.

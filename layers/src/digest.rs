@@ -113,6 +113,45 @@ impl Write for Hasher {
     }
 }
 
+/// A reader of `size` bytes that must hash to `expected`: the read that
+/// completes them (or meets the end early) fails when they do not, so that
+/// whatever streams them on (an upload, an archive) breaks off unfinished.
+pub struct VerifyingReader<R> {
+    inner: HashingReader<io::Take<R>>,
+    size: u64,
+    expected: Digest,
+    /// What the error says to do about it.
+    hint: &'static str,
+}
+
+impl<R: io::Read> VerifyingReader<R> {
+    pub fn new(inner: R, size: u64, expected: Digest, hint: &'static str) -> Self {
+        VerifyingReader { inner: HashingReader::new(inner.take(size)), size, expected, hint }
+    }
+}
+
+impl<R: io::Read> io::Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.inner.count() == self.size || n == 0 {
+            let actual = self.inner.hasher.clone().finish();
+            if actual != self.expected || self.inner.count() != self.size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} hashes to {actual} ({} of {} bytes){}",
+                        self.expected,
+                        self.inner.count(),
+                        self.size,
+                        self.hint
+                    ),
+                ));
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// A reader that hashes and counts everything read through it.
 pub struct HashingReader<R> {
     inner: R,
@@ -147,6 +186,22 @@ impl<R: io::Read> io::Read for HashingReader<R> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_verifying_reader_fails_the_read_that_ends_wrong_bytes() {
+        use std::io::Read;
+        let data = b"hello world".to_vec();
+        let good = Digest::of(&data);
+        let mut out = Vec::new();
+        VerifyingReader::new(&data[..], 11, good, "").read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        let mut bad = data.clone();
+        bad[3] ^= 1;
+        let err = VerifyingReader::new(&bad[..], 11, good, "; corrupt").read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().ends_with("; corrupt"), "{err}");
+        let short = VerifyingReader::new(&data[..5], 11, good, "").read_to_end(&mut Vec::new());
+        assert!(short.is_err(), "fewer bytes than promised");
+    }
     use super::*;
 
     #[test]

@@ -17,11 +17,10 @@
 //! shared lock, so a prune cannot remove what it is sending.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, Result};
 use crate::image::ImageRecord;
 use crate::manifest::{Descriptor, ImageManifest};
@@ -176,37 +175,8 @@ fn push_blob(
             hint: "; the store is corrupt: remove the image and pull it again",
         });
     }
-    let mut reader = Verified { inner: file, hasher: Hasher::new(), left: size, expected: desc.digest };
+    let mut reader =
+        VerifyingReader::new(file, size, desc.digest, ": the store is corrupt; remove the image and pull it again");
     client.put_blob(target, &desc.digest, size, &mut reader)?;
     Ok(BlobOutcome::Pushed)
-}
-
-/// Reads a stored blob and fails its last read when the bytes do not hash
-/// to the blob's digest, so that the upload breaks off unfinished.
-struct Verified<R> {
-    inner: R,
-    hasher: Hasher,
-    left: u64,
-    expected: Digest,
-}
-
-impl<R: Read> Read for Verified<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.left = self.left.saturating_sub(n as u64);
-        if self.left == 0 || n == 0 {
-            let actual = self.hasher.clone().finish();
-            if actual != self.expected {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "stored blob {} hashes to {actual}: the store is corrupt; remove the image and pull it again",
-                        self.expected
-                    ),
-                ));
-            }
-        }
-        Ok(n)
-    }
 }

@@ -203,6 +203,14 @@ impl Strata {
         self.ok(&["pull", reference])
     }
 
+    /// `strata rm -f` of every container, for a test's cleanup (errors ignored).
+    pub fn remove_all_containers(&self) {
+        let out = self.run(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.run(&["rm", "-f", id]);
+        }
+    }
+
     /// `strata debug tree IMAGE`: the merged image in the canonical listing format.
     pub fn tree(&self, image: &str) -> String {
         self.ok(&["debug", "tree", image])

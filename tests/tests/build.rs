@@ -43,10 +43,7 @@ struct Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let out = self.s.run(&["ps", "-aq"]);
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = self.s.run(&["rm", "-f", id]);
-        }
+        self.s.remove_all_containers();
     }
 }
 

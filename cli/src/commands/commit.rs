@@ -134,14 +134,7 @@ fn new_config(
 /// The container's changes as a layer tar in the store's temporary
 /// directory, rewound for reading.
 pub fn layer_tar(ctx: &Context, store: &Store, c: &Container, pause: bool) -> Result<std::fs::File> {
-    let mut lowers = Vec::new();
-    for d in &c.config.layers {
-        let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
-        lowers.push(strata_fs::Lower {
-            index: std::sync::Arc::new(store.layer_index(&digest)?),
-            objects_dir: ctx.layout.objects_dir(),
-        });
-    }
+    let lowers = c.lowers(store)?;
     let tmp = store.temp_file("commit-")?;
     let mut file = tmp.reopen().context("opening the new layer's temporary file")?;
     let writer = tmp.as_file().try_clone().context("opening the new layer's temporary file")?;

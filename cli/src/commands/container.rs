@@ -972,14 +972,7 @@ fn port(ctx: &Context, a: PortArgs) -> Result<i32> {
 fn diff(ctx: &Context, a: DiffArgs) -> Result<i32> {
     let c = record::find_fresh(&ctx.layout, &a.container).map_err(fail)?;
     let store = strata_layers::store::Store::open(ctx.layout.clone())?;
-    let mut lowers = Vec::new();
-    for d in &c.config.layers {
-        let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
-        lowers.push(strata_fs::Lower {
-            index: std::sync::Arc::new(store.layer_index(&digest)?),
-            objects_dir: ctx.layout.objects_dir(),
-        });
-    }
+    let lowers = c.lowers(&store)?;
     let upper = c.upper();
     let runtime = runtime_paths(&c);
     let changes: Vec<(char, String)> = crate::containers::spec::in_user_namespace(ctx, move || {

@@ -58,26 +58,11 @@ pub fn export(ctx: &Context, a: ExportArgs) -> Result<i32> {
         bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
     }
     let store = Store::open(ctx.layout.clone())?;
-    let mut lowers = Vec::new();
-    for d in &c.config.layers {
-        let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
-        lowers.push(strata_fs::Lower {
-            index: std::sync::Arc::new(store.layer_index(&digest)?),
-            objects_dir: ctx.layout.objects_dir(),
-        });
-    }
-    // A file is written next to its final name and renamed into place, so a
-    // failed export leaves no half archive under that name.
-    let (out, finish): (std::fs::File, Option<tempfile::NamedTempFile>) = match &a.output {
-        Some(path) => {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            let tmp = tempfile::Builder::new()
-                .prefix(".strata-export-")
-                .tempfile_in(dir)
-                .with_context(|| format!("creating {}", path.display()))?;
-            (tmp.as_file().try_clone()?, Some(tmp))
-        }
-        None => (std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?), None),
+    let lowers = c.lowers(&store)?;
+    let output = a.output.as_deref().map(super::support::OutputFile::create).transpose()?;
+    let out = match &output {
+        Some(o) => o.file().try_clone()?,
+        None => std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?),
     };
     let upper = c.upper();
     crate::containers::spec::in_user_namespace(ctx, move || {
@@ -87,9 +72,8 @@ pub fn export(ctx: &Context, a: ExportArgs) -> Result<i32> {
         w.flush().context("writing the archive")?;
         Ok(())
     })?;
-    if let (Some(tmp), Some(path)) = (finish, &a.output) {
-        tmp.as_file().sync_all()?;
-        tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(o) = output {
+        o.finish()?;
     }
     Ok(0)
 }

@@ -59,17 +59,12 @@ pub fn save(ctx: &Context, a: SaveArgs) -> Result<i32> {
     }
     match &a.output {
         Some(path) => {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            let tmp = tempfile::Builder::new()
-                .prefix(".strata-save-")
-                .tempfile_in(dir)
-                .with_context(|| format!("creating {}", path.display()))?;
-            let mut w = std::io::BufWriter::new(tmp.as_file());
+            let output = super::support::OutputFile::create(path)?;
+            let mut w = std::io::BufWriter::new(output.file());
             strata_layers::archive::save(&store, &images, &mut w)?;
             w.flush()?;
             drop(w);
-            tmp.as_file().sync_all()?;
-            tmp.persist(path).with_context(|| format!("writing {}", path.display()))?;
+            output.finish()?;
         }
         None => {
             let out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);

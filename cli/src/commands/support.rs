@@ -65,3 +65,35 @@ pub fn go_html_escape(s: &str) -> String {
     }
     out
 }
+
+/// A file for `-o PATH` output: written beside `PATH` under a temporary
+/// name and renamed over it by [`OutputFile::finish`], so that a failure
+/// leaves no half-written file under the name.
+pub struct OutputFile {
+    tmp: tempfile::NamedTempFile,
+    path: std::path::PathBuf,
+}
+
+impl OutputFile {
+    pub fn create(path: &std::path::Path) -> anyhow::Result<OutputFile> {
+        use anyhow::Context as _;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".strata-output-")
+            .tempfile_in(dir)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(OutputFile { tmp, path: path.to_path_buf() })
+    }
+
+    pub fn file(&self) -> &std::fs::File {
+        self.tmp.as_file()
+    }
+
+    /// Flushes the file to disk and puts it in place.
+    pub fn finish(self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        self.tmp.as_file().sync_all()?;
+        self.tmp.persist(&self.path).with_context(|| format!("writing {}", self.path.display()))?;
+        Ok(())
+    }
+}
