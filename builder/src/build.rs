@@ -17,8 +17,17 @@
 //! wins over an ARG of the same name. Stages build in order up to the
 //! target (`--target`, else the last); `FROM` and `COPY --from` name an
 //! earlier stage by name or number, or an image. ONBUILD triggers of a base
-//! image run right after its FROM. There is no build cache yet: every
-//! step runs.
+//! image run right after its FROM.
+//!
+//! The cache: every state carries a key, the digest of its base image (or
+//! stage) and of each step since with what the step depended on (its text,
+//! the ARG values, and for a step that made a layer, that layer's
+//! diff_id). A RUN whose key the cache knows (`ROOT/buildcache/KEY`, a
+//! small record of the layer it made) does not run again while that layer
+//! is still stored; `--no-cache` runs it anyway. COPY and ADD are not
+//! looked up: their layer is written from the context every time (that
+//! reading is the check), and the same content makes the same diff_id, so
+//! the RUN steps after them hit the cache again.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,6 +38,7 @@ use strata_layers::image::{History, ImageConfig, ImageRecord, LayerRecord};
 use strata_layers::merge::MergedTree;
 use strata_layers::reference::Reference;
 use strata_layers::store::Store;
+use strata_layers::Digest;
 
 use crate::config_change::{Applier, ChangeError, ConfigChange};
 use crate::copy::{self, BuildContext, CopyOptions, Item, ItemKind, LayerWriter, Origin};
@@ -61,6 +71,8 @@ pub struct BuildOptions {
     pub labels: BTreeMap<String, String>,
     /// Names for the final image; the first is given as it is stored.
     pub tags: Vec<Reference>,
+    /// Run every RUN step, even one the cache has.
+    pub no_cache: bool,
 }
 
 /// Why a RUN step's container failed.
@@ -83,11 +95,26 @@ pub trait BuildHost {
     fn say(&mut self, line: &str);
 }
 
-/// An image being built: its layers and configuration.
+/// An image being built: its layers and configuration, and the cache key
+/// of how it came to be (its base and every step since, with what each
+/// step's result depended on).
 #[derive(Clone)]
 struct State {
     layers: Vec<LayerRecord>,
     config: ImageConfig,
+    key: Digest,
+}
+
+impl State {
+    /// Moves the key on past a step that depended on `parts`.
+    fn advance(&mut self, parts: &[&str]) {
+        let mut text = self.key.to_string();
+        for p in parts {
+            text.push('\n');
+            text.push_str(p);
+        }
+        self.key = Digest::of(text.as_bytes());
+    }
 }
 
 struct Stage<'a> {
@@ -104,6 +131,7 @@ struct Engine<'a> {
     used_args: std::collections::BTreeSet<String>,
     step: usize,
     total: usize,
+    no_cache: bool,
 }
 
 fn step_err(ins: &Instruction, message: impl std::fmt::Display) -> BuildError {
@@ -121,8 +149,19 @@ pub fn build(store: &Store, opts: &BuildOptions, host: &mut dyn BuildHost) -> Re
     };
     let context = BuildContext::open(&opts.context)
         .map_err(|e| BuildError::Step { step: "build context".into(), message: e.to_string() })?;
-    let mut engine =
-        Engine { store, host, context, build_args: &opts.build_args, used_args: Default::default(), step: 0, total: 0 };
+    let mut engine = Engine {
+        store,
+        host,
+        context,
+        build_args: &opts.build_args,
+        used_args: Default::default(),
+        step: 0,
+        total: 0,
+        no_cache: opts.no_cache,
+    };
+    // Held for the whole build: the layers made so far are named by no
+    // image until the end, and a prune must not take them meanwhile.
+    let _lock = store.lock_shared()?;
     // ARGs before the first FROM are global: FROM lines may use them, and
     // stages may declare them again to use them.
     let mut global = BTreeMap::new();
@@ -240,12 +279,13 @@ impl Engine<'_> {
                     config: Some(Default::default()),
                     ..Default::default()
                 },
+                key: Digest::of(b"FROM scratch"),
             }
         } else {
             let record = self.host.base_image(&base).map_err(|m| step_err(stage.from, m))?;
             let mut config = record.config(self.store)?;
             triggers = config.config.as_mut().and_then(|c| c.on_build.take()).unwrap_or_default();
-            State { layers: record.layers.clone(), config }
+            State { layers: record.layers.clone(), config, key: Digest::of(format!("FROM {}", record.id).as_bytes()) }
         };
         let mut args = BTreeMap::new();
         let mut applier = Applier::default();
@@ -283,6 +323,8 @@ impl Engine<'_> {
         applier: &mut Applier,
     ) -> Result<(), BuildError> {
         let created_by = ins.to_string();
+        let args_json = serde_json::to_string(&*args).unwrap_or_default();
+        state.advance(&[&created_by, &args_json]);
         match ins.keyword.as_str() {
             "ARG" => return self.declare_args(ins, args, global),
             "FROM" => unreachable!("stages are split at FROM"),
@@ -350,6 +392,19 @@ impl Engine<'_> {
         let env_names = env_map(run.env.as_deref().unwrap_or_default());
         let env: Vec<String> =
             args.iter().filter(|(k, _)| !env_names.contains_key(*k)).map(|(k, v)| format!("{k}={v}")).collect();
+        let cache_file = self.store.layout().build_cache_dir().join(state.key.hex());
+        if !self.no_cache {
+            let cached = std::fs::read(&cache_file).ok().and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok());
+            if let Some(layer) =
+                cached.filter(|l| self.store.has_layer(&l.diff_id) && self.store.has_blob(&l.blob_digest))
+            {
+                self.host.say(&format!("--> Using cache {}", &layer.diff_id.hex()[..12]));
+                state.advance(&[&layer.diff_id.to_string()]);
+                state.layers.push(layer);
+                history(state, &format!("RUN {}", argv.join(" ")), false);
+                return Ok(());
+            }
+        }
         let (image, is_new) =
             strata_layers::commit::store_image_telling(self.store, state.layers.clone(), state.config.clone(), None)?;
         let outcome = self.host.run(&image, &argv, &env);
@@ -361,8 +416,12 @@ impl Engine<'_> {
             Err(RunFailure::Exit(code)) => return Err(BuildError::Run { command: argv.join(" "), code }),
             Err(RunFailure::Other(m)) => return Err(step_err(ins, m)),
         };
-        let _lock = self.store.lock_shared()?;
         let layer = strata_layers::commit::add_layer(self.store, BufReader::new(file))?;
+        // The cache names the layer this step made, under the key of everything it depended on.
+        self.store.ensure_dir(&self.store.layout().build_cache_dir())?;
+        let record = serde_json::to_vec(&layer).unwrap_or_default();
+        self.store.write_atomic(&cache_file, &record, 0o644)?;
+        state.advance(&[&layer.diff_id.to_string()]);
         state.layers.push(layer);
         history(state, &format!("RUN {}", argv.join(" ")), false);
         Ok(())
@@ -493,8 +552,8 @@ fn add_layer(
     fill(&mut w).map_err(io_err)?;
     w.finish().and_then(|mut b| b.flush()).map_err(io_err)?;
     file.rewind().map_err(io_err)?;
-    let _lock = store.lock_shared()?;
     let layer = strata_layers::commit::add_layer(store, BufReader::new(file))?;
+    state.advance(&[&layer.diff_id.to_string()]);
     state.layers.push(layer);
     Ok(())
 }

@@ -522,13 +522,17 @@ pub struct CopyOptions {
 pub struct LayerWriter<W: io::Write> {
     tar: tar::Builder<W>,
     made: HashSet<Vec<u8>>,
-    now: i64,
+    /// The time of the directories the writer makes (not copied ones).
+    made_time: i64,
 }
 
 impl<W: io::Write> LayerWriter<W> {
     pub fn new(out: W) -> Self {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        LayerWriter { tar: tar::Builder::new(out), made: HashSet::new(), now }
+        // Made directories get a fixed time (`SOURCE_DATE_EPOCH`, else 0),
+        // so that the same copy makes the same layer, and the build cache
+        // keyed on layers stays valid from one build to the next.
+        let made_time = std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|t| t.parse().ok()).unwrap_or(0);
+        LayerWriter { tar: tar::Builder::new(out), made: HashSet::new(), made_time }
     }
 
     pub fn finish(self) -> io::Result<W> {
@@ -550,7 +554,7 @@ impl<W: io::Write> LayerWriter<W> {
             return Ok(());
         }
         self.parents(existing, path)?;
-        let mut h = header(0o755, 0, 0, self.now);
+        let mut h = header(0o755, 0, 0, self.made_time);
         h.set_entry_type(tar::EntryType::Directory);
         self.made.insert(path.to_vec());
         self.tar.append_data(&mut h, bytes_path(path), io::empty())

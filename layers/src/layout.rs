@@ -99,6 +99,10 @@ impl StoreLayout {
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
+    /// `build`'s cache: one small file per RUN step, naming the layer it made.
+    pub fn build_cache_dir(&self) -> PathBuf {
+        self.root.join("buildcache")
+    }
 }
 
 /// `OBJECTS/HE/X...`: the object file for content digest `d`.

@@ -204,3 +204,39 @@ fn bad_builds_say_why_and_leave_nothing_behind() {
         .unwrap_or_default()
         .starts_with("/via-link f 0644 0 0 11 "));
 }
+
+#[test]
+fn the_build_cache_reruns_only_what_changed() {
+    let e = setup(false);
+    let s = &e.s;
+    let dir = e.ctx.join("cached");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("input"), "one\n").unwrap();
+    let stamp = "head -c 8 /dev/urandom | od -An -tx1";
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM {}\nWORKDIR /app\nRUN {stamp} > /stamp1\nCOPY input .\nRUN {stamp} > /stamp2\n", e.bb),
+    )
+    .unwrap();
+    let ctx = dir.to_str().unwrap();
+    let build = |tag: &str, extra: &[&str]| {
+        let mut args = vec!["build", "-t", tag];
+        args.extend(extra);
+        args.push(ctx);
+        let out = s.ok(&args);
+        let stamps = s.ok(&["run", "--rm", tag, "cat", "/stamp1", "/stamp2"]);
+        (out.matches("--> Using cache ").count(), stamps.lines().map(str::to_string).collect::<Vec<_>>())
+    };
+    let (hits, first) = build("c:1", &[]);
+    assert_eq!(hits, 0);
+    let (hits, again) = build("c:2", &[]);
+    assert_eq!((hits, &again), (2, &first), "an unchanged build reuses both RUN steps");
+    std::fs::write(dir.join("input"), "two\n").unwrap();
+    let (hits, changed) = build("c:3", &[]);
+    assert_eq!(hits, 1, "the RUN before the changed COPY is reused, the one after it runs");
+    assert_eq!(changed[0], first[0]);
+    assert_ne!(changed[1], first[1]);
+    let (hits, fresh) = build("c:4", &["--no-cache"]);
+    assert_eq!(hits, 0);
+    assert_ne!(fresh[0], first[0]);
+}

@@ -50,7 +50,7 @@ pub struct BuildArgs {
     /// Always attempt to pull a newer version of the image
     #[arg(long)]
     pull: bool,
-    /// Do not use cache when building the image (strata has no build cache yet: every step runs)
+    /// Do not use cache when building the image
     #[arg(long = "no-cache")]
     no_cache: bool,
     /// Set the networking mode for the RUN instructions during build
@@ -214,10 +214,16 @@ pub fn run(ctx: &Context, a: BuildArgs) -> Result<i32> {
     };
     let build_args = pairs(&a.build_args, "build-arg")?;
     let labels = pairs(&a.label, "label")?;
-    let _ = a.no_cache;
     let store = Store::open(ctx.layout.clone())?;
-    let options =
-        BuildOptions { dockerfile, context, build_args, target: a.target.clone(), labels, tags: tags.clone() };
+    let options = BuildOptions {
+        dockerfile,
+        context,
+        build_args,
+        target: a.target.clone(),
+        labels,
+        tags: tags.clone(),
+        no_cache: a.no_cache,
+    };
     let mut host = Host { ctx, store: &store, pull: a.pull, quiet: a.quiet, network: a.network.clone() };
     let image = strata_builder::build(&store, &options, &mut host)?;
     let hex = image.id.hex();
