@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Making and moving images: `strata commit`, `build`, `save` and `load`
+# against podman's (kernel overlay, and fuse-overlayfs as its
+# mount_program), side by side, as root.
+#
+# - commit of a stopped busybox container that wrote 1,000 small files;
+# - build of a 4-step Dockerfile (FROM, RUN, COPY, RUN), without the cache
+#   and fully cached;
+# - save of the Debian minbase image to a file, and load of that file
+#   into an empty store.
+#
+# Usage: RUNS=10 bash benches/image.sh      (REBUILD=1 rebuilds strata first)
+# Prints one table per workload: median seconds and strata's ratio to each.
+source "$(dirname "$0")/lib.sh"
+for tool in hyperfine podman runc fuse-overlayfs umoci skopeo docker-registry; do
+    command -v "$tool" >/dev/null || { echo "image.sh: $tool is not installed (see benches/setup.sh)" >&2; exit 1; }
+done
+[ "$(id -u)" = 0 ] || { echo "image.sh: run as root (podman runs as root here)" >&2; exit 1; }
+STRATA=$(strata_bin)
+work=$(mktemp -d /tmp/sib.XXXXXX) # short: podman's runroot must stay short
+REGISTRY_PID=
+cleanup() {
+    for m in k f; do
+        [ -e "$work/storage-$m.conf" ] && podman_$m rm -f -a >/dev/null 2>&1 || true
+    done
+    [ -n "$REGISTRY_PID" ] && kill "$REGISTRY_PID" 2>/dev/null || true
+    for _ in $(seq 100); do
+        pgrep -f -- "$work/" >/dev/null || break
+        sleep 0.1
+    done
+    { grep -o " $work/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+registry_start "$work/registry"
+
+bb=$work/bbroot
+mkdir -p "$bb/bin" "$bb/etc" "$bb/tmp"
+cp /bin/busybox "$bb/bin/busybox"
+for a in $("$bb/bin/busybox" --list); do
+    [ "$a" = busybox ] || ln -sf busybox "$bb/bin/$a"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\n' >"$bb/etc/passwd"
+printf 'root:x:0:\n' >"$bb/etc/group"
+tar -C "$bb" --numeric-owner -cf "$work/busybox.tar" .
+oci_from_rootfs_tar "$work/busybox.tar" "$work/layout-busybox" latest
+oci_from_rootfs_tar "$(debian_rootfs_tar)" "$work/layout-debian" latest
+for image in busybox debian; do
+    skopeo copy -q --dest-tls-verify=false "oci:$work/layout-$image:latest" "docker://$REGISTRY/$image:latest"
+done
+
+nofile=$(ulimit -Hn)
+nproc=$(ulimit -Hu)
+[ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
+cat >"$work/containers.conf" <<CONF
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+for mode in k f; do
+    mkdir -p "$work/p$mode"
+    {
+        echo '[storage]'
+        echo 'driver = "overlay"'
+        echo "graphroot = \"$work/p$mode/g\""
+        echo "runroot = \"$work/p$mode/r\""
+        if [ $mode = f ]; then
+            echo '[storage.options.overlay]'
+            echo 'mount_program = "/usr/bin/fuse-overlayfs"'
+        fi
+    } >"$work/storage-$mode.conf"
+done
+podman_k() { CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman "$@"; }
+podman_f() { CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-f.conf podman "$@"; }
+PODMAN_K="env CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman"
+PODMAN_F="env CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-f.conf podman"
+S="$STRATA --root $work/s"
+
+report() {
+    python3 - "$1" <<'PY'
+import json, sys
+rs = {r["command"]: r["median"] for r in json.load(open(sys.argv[1]))["results"]}
+s = rs["strata"]
+for name, m in rs.items():
+    ratio = "" if name == "strata" else "   strata/%s = %.2fx" % (name, s / m)
+    print("  %-22s %8.4f s%s" % (name, m, ratio))
+PY
+}
+hf() { hyperfine --style basic --runs "$RUNS" --warmup 1 "$@" >"$OUT/hyperfine.log" 2>&1 || { cat "$OUT/hyperfine.log" >&2; return 1; }; }
+
+bbref=$REGISTRY/busybox:latest
+deref=$REGISTRY/debian:latest
+$S pull -q "$bbref" >/dev/null
+$S pull -q "$deref" >/dev/null
+for m in k f; do
+    podman_$m pull -q --tls-verify=false "$bbref" >/dev/null
+    podman_$m pull -q --tls-verify=false "$deref" >/dev/null
+done
+
+# commit: a stopped container that wrote 1,000 small files.
+writer='mkdir /data && i=0 && while [ $i -lt 1000 ]; do echo file $i > /data/f$i; i=$((i+1)); done'
+$S run --name benchcommit --network none "$bbref" sh -c "$writer"
+podman_k run --name benchcommit --network none "$bbref" sh -c "$writer"
+podman_f run --name benchcommit --network none "$bbref" sh -c "$writer"
+hf --export-json "$OUT/commit.json" \
+    -n strata "$S commit benchcommit committed:1" \
+    -n podman-overlay "$PODMAN_K commit -q benchcommit committed:1" \
+    -n podman-fuse-overlayfs "$PODMAN_F commit -q benchcommit committed:1"
+echo "== commit of 1,000 new small files (RUNS=$RUNS, medians)"
+report "$OUT/commit.json"
+
+# build: FROM, RUN, COPY, RUN; without the cache, then fully cached.
+ctx=$work/context
+mkdir -p "$ctx"
+head -c 100000 /dev/urandom >"$ctx/blob"
+cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $bbref
+RUN echo one > /one
+COPY blob /blob
+RUN sha256sum /blob > /blob.sum
+DOCKERFILE
+hf --export-json "$OUT/build-cold.json" \
+    -n strata "$S build -q --no-cache --network none -t built:1 $ctx" \
+    -n podman-overlay "$PODMAN_K build -q --no-cache --network none --tls-verify=false -t built:1 $ctx" \
+    -n podman-fuse-overlayfs "$PODMAN_F build -q --no-cache --network none --tls-verify=false -t built:1 $ctx"
+echo "== build of a 4-step Dockerfile, no cache (RUNS=$RUNS, medians)"
+report "$OUT/build-cold.json"
+hf --export-json "$OUT/build-cached.json" \
+    -n strata "$S build -q --network none -t built:1 $ctx" \
+    -n podman-overlay "$PODMAN_K build -q --network none --tls-verify=false -t built:1 $ctx" \
+    -n podman-fuse-overlayfs "$PODMAN_F build -q --network none --tls-verify=false -t built:1 $ctx"
+echo "== build of the same Dockerfile, fully cached (RUNS=$RUNS, medians)"
+report "$OUT/build-cached.json"
+
+# save and load of Debian minbase (podman: its docker-archive).
+hf --export-json "$OUT/save.json" \
+    -n strata "rm -f $work/s.tar && $S save -o $work/s.tar $deref" \
+    -n podman-overlay "rm -f $work/pk.tar && $PODMAN_K save -q -o $work/pk.tar $deref"
+echo "== save of Debian minbase to a file (RUNS=$RUNS, medians)"
+report "$OUT/save.json"
+hf --export-json "$OUT/load.json" \
+    --prepare "rm -rf $work/ls $work/pl; mkdir -p $work/pl" \
+    -n strata "$STRATA --root $work/ls load -q -i $work/s.tar" \
+    -n podman-overlay "env CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman --root $work/pl/g --runroot $work/pl/r load -q -i $work/pk.tar"
+echo "== load of that file into an empty store (RUNS=$RUNS, medians)"
+report "$OUT/load.json"
