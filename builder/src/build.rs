@@ -392,12 +392,9 @@ impl Engine<'_> {
         let env_names = env_map(run.env.as_deref().unwrap_or_default());
         let env: Vec<String> =
             args.iter().filter(|(k, _)| !env_names.contains_key(*k)).map(|(k, v)| format!("{k}={v}")).collect();
-        let cache_file = self.store.layout().build_cache_dir().join(state.key.hex());
+        let key = state.key;
         if !self.no_cache {
-            let cached = std::fs::read(&cache_file).ok().and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok());
-            if let Some(layer) =
-                cached.filter(|l| self.store.has_layer(&l.diff_id) && self.store.has_blob(&l.blob_digest))
-            {
+            if let Some(layer) = crate::cache::lookup(self.store, &key) {
                 self.host.say(&format!("--> Using cache {}", &layer.diff_id.hex()[..12]));
                 state.advance(&[&layer.diff_id.to_string()]);
                 state.layers.push(layer);
@@ -417,10 +414,7 @@ impl Engine<'_> {
             Err(RunFailure::Other(m)) => return Err(step_err(ins, m)),
         };
         let layer = strata_layers::commit::add_layer(self.store, BufReader::new(file))?;
-        // The cache names the layer this step made, under the key of everything it depended on.
-        self.store.ensure_dir(&self.store.layout().build_cache_dir())?;
-        let record = serde_json::to_vec(&layer).unwrap_or_default();
-        self.store.write_atomic(&cache_file, &record, 0o644)?;
+        crate::cache::remember(self.store, &key, &layer)?;
         state.advance(&[&layer.diff_id.to_string()]);
         state.layers.push(layer);
         history(state, &format!("RUN {}", argv.join(" ")), false);

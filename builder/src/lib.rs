@@ -9,6 +9,7 @@
 //! records.
 
 pub mod build;
+pub mod cache;
 pub mod config_change;
 pub mod copy;
 pub mod dockerfile;

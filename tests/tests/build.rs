@@ -239,4 +239,12 @@ fn the_build_cache_reruns_only_what_changed() {
     let (hits, fresh) = build("c:4", &["--no-cache"]);
     assert_eq!(hits, 0);
     assert_ne!(fresh[0], first[0]);
+
+    // `system df` counts the cache; `builder prune` forgets it.
+    let df = s.ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}}"]);
+    let total: usize = df.lines().find_map(|l| l.strip_prefix("Build Cache ")).unwrap_or("0").parse().unwrap();
+    assert!(total >= 3, "{df}");
+    assert!(s.ok(&["builder", "prune", "-f"]).starts_with("Total reclaimed space: "));
+    let (hits, _) = build("c:5", &[]);
+    assert_eq!(hits, 0, "nothing is cached after a prune");
 }

@@ -61,6 +61,31 @@ pub struct BuildArgs {
     context: String,
 }
 
+#[derive(Args)]
+pub struct BuilderPruneArgs {
+    /// Remove all build cache (strata keeps no other kind: the same as without)
+    #[arg(short, long)]
+    all: bool,
+    /// Do not prompt for confirmation
+    #[arg(short, long)]
+    force: bool,
+}
+
+/// `builder prune`: forgets the build cache and frees the layers only it kept.
+pub fn prune(ctx: &Context, a: BuilderPruneArgs) -> Result<i32> {
+    let _ = a.all;
+    if !a.force && !super::images::confirm("WARNING! This will remove all dangling build cache.")? {
+        println!("Total reclaimed space: 0B");
+        return Ok(0);
+    }
+    let store = Store::open(ctx.layout.clone())?;
+    let lock = store.lock_exclusive()?;
+    strata_builder::cache::clear(&store).context("removing the build cache")?;
+    let stats = store.gc(&lock).context("freeing the layers only the build cache kept")?;
+    println!("Total reclaimed space: {}", crate::format::human_size(stats.bytes));
+    Ok(0)
+}
+
 /// `create` flags for a RUN step's container, parsed as the CLI parses them.
 #[derive(Parser)]
 #[command(disable_help_flag = true)]

@@ -45,9 +45,21 @@ pub enum ImageCommand {
     /// Manage strata
     #[command(subcommand)]
     System(SystemGroup),
+    /// Manage builds
+    #[command(subcommand)]
+    Builder(BuilderGroup),
     /// Look inside strata's store (for tests and troubleshooting)
     #[command(subcommand)]
     Debug(DebugGroup),
+}
+
+/// `strata builder ...`: Docker's management command for builds.
+#[derive(Subcommand)]
+pub enum BuilderGroup {
+    /// Build an image from a Dockerfile
+    Build(super::build::BuildArgs),
+    /// Remove build cache
+    Prune(super::build::BuilderPruneArgs),
 }
 
 /// `strata image ...`: Docker's management command for images.
@@ -288,6 +300,8 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::System(SystemGroup::Df(a)) => sysinfo::df(ctx, a),
         ImageCommand::Login(a) => login::login(ctx, a),
         ImageCommand::Logout(a) => login::logout(ctx, a),
+        ImageCommand::Builder(BuilderGroup::Build(a)) => super::build::run(ctx, a),
+        ImageCommand::Builder(BuilderGroup::Prune(a)) => super::build::prune(ctx, a),
         ImageCommand::Debug(DebugGroup::Tree { image }) => debug::tree(ctx, &image),
     }
 }

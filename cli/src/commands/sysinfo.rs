@@ -335,6 +335,13 @@ pub fn df(ctx: &Context, a: DfArgs) -> anyhow::Result<i32> {
             }
         }
     }
+    // The build cache: layers only its records keep (those of images count as the images').
+    let image_layers: std::collections::HashSet<_> =
+        listed.iter().flat_map(|i| i.record.layers.iter().map(|l| l.diff_id)).collect();
+    let cached = strata_builder::cache::layers(&store);
+    let cache_records: usize = cached.iter().map(|(_, n)| n).sum();
+    let cache_size: u64 =
+        cached.iter().filter(|(l, _)| !image_layers.contains(&l.diff_id)).map(|(l, _)| l.unpacked_size).sum();
     let containers = count_dirs(&ctx.layout.containers_dir());
     let volumes = count_dirs(&ctx.layout.volumes_dir());
     let volumes_size = tree_size(&ctx.layout.volumes_dir());
@@ -345,7 +352,7 @@ pub fn df(ctx: &Context, a: DfArgs) -> anyhow::Result<i32> {
         df_row("Images", listed.len() as u64, active.len() as u64, size, size.saturating_sub(active_size), true),
         df_row("Containers", containers, 0, 0, 0, true),
         df_row("Local Volumes", volumes, 0, volumes_size, volumes_size, true),
-        df_row("Build Cache", 0, 0, 0, 0, false),
+        df_row("Build Cache", cache_records as u64, 0, cache_size, cache_size, false),
     ];
     let output = Output::new(a.format.as_deref(), DF_TABLE)?;
     print!("{}", output.render(&rows, DF_HEADERS)?);
