@@ -384,7 +384,7 @@ impl Engine<'_> {
             Some(_) => return Err(step_err(ins, "RUN needs a command")),
             None => {
                 let mut shell = run.shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
-                shell.push(ins.args.clone());
+                shell.push(run_script(ins));
                 shell
             }
         };
@@ -472,8 +472,15 @@ impl Engine<'_> {
             }
         };
         let mut items: Vec<Item> = Vec::new();
+        // Here-documents as sources: files of their name and text.
+        let mut inline: Vec<&dockerfile::Heredoc> = Vec::new();
         let mut globbed = false;
         for s in sources {
+            let doc = s.strip_prefix("<<").map(|n| n.strip_prefix('-').unwrap_or(n));
+            if let Some(h) = doc.and_then(|n| ins.heredocs.iter().find(|h| h.name == n)) {
+                inline.push(h);
+                continue;
+            }
             globbed |= s.contains(['*', '?', '[']);
             items.extend(origin.sources(s).map_err(|e| step_err(ins, e))?);
         }
@@ -482,7 +489,7 @@ impl Engine<'_> {
             existing.entries.get(&landed).map(|e| &e.kind),
             Some(strata_layers::EntryKind::Dir | strata_layers::EntryKind::Opaque)
         );
-        let into_dir = dest_dir || globbed || items.len() > 1 || is_dir_there;
+        let into_dir = dest_dir || globbed || items.len() + inline.len() > 1 || is_dir_there;
         let owner = match ins.flag("chown") {
             Some(spec) => Some(copy::owner_ids(spec, &existing, &objects).map_err(|m| step_err(ins, m))?),
             None => None,
@@ -503,6 +510,11 @@ impl Engine<'_> {
             }
         };
         add_layer(self.store, state, ins, |w| {
+            for h in &inline {
+                let target = if into_dir { join(&landed, h.name.as_bytes()) } else { landed.clone() };
+                w.parents(&existing, &target)?;
+                w.inline(&target, h.body.as_bytes(), &opts)?;
+            }
             for item in &items {
                 if item.kind == ItemKind::Dir {
                     w.dir_if_missing(&existing, &landed)?;
@@ -550,6 +562,25 @@ fn add_layer(
     state.advance(&[&layer.diff_id.to_string()]);
     state.layers.push(layer);
     Ok(())
+}
+
+/// The shell-form command of a RUN: `RUN <<EOF` alone runs the document as
+/// the script; otherwise the documents follow the line, for the shell to
+/// read as its own here-documents (`RUN python3 <<EOF`).
+fn run_script(ins: &Instruction) -> String {
+    match ins.heredocs.as_slice() {
+        [] => ins.args.clone(),
+        [only] if ins.args.trim() == only.word => only.body.clone(),
+        docs => {
+            let mut script = ins.args.clone();
+            for h in docs {
+                script.push('\n');
+                script.push_str(&h.body);
+                script.push_str(&h.name);
+            }
+            script
+        }
+    }
 }
 
 /// A history entry for the step (`empty` when it made no layer).

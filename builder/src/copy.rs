@@ -590,6 +590,17 @@ impl<W: io::Write> LayerWriter<W> {
         }
     }
 
+    /// A file of `data` at `path` (a here-document of COPY): `0644` unless
+    /// `--chmod` says otherwise, the time of made directories.
+    pub fn inline(&mut self, path: &[u8], data: &[u8], opts: &CopyOptions) -> io::Result<()> {
+        let (uid, gid) = opts.owner.unwrap_or((0, 0));
+        let mut h = header(opts.chmod.unwrap_or(0o644), uid, gid, self.made_time);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        self.made.insert(path.to_vec());
+        self.tar.append_data(&mut h, bytes_path(path), data)
+    }
+
     /// An entry of an archive that ADD unpacks, re-rooted at `path`.
     pub fn raw<R: Read>(&mut self, h: &mut tar::Header, path: &[u8], link: Option<&[u8]>, data: R) -> io::Result<()> {
         self.made.insert(path.to_vec());

@@ -6,8 +6,10 @@
 //! The rules are BuildKit's: a comment is a line whose first non-blank
 //! character is `#`, also inside a continued instruction; a line ending in
 //! the escape character (`\`, or `` ` `` with `# escape=``) continues on the
-//! next; blank lines inside a continuation are skipped. Here-documents
-//! (`<<EOF`) are refused with a clear message rather than misread.
+//! next; blank lines inside a continuation are skipped. A RUN, COPY or
+//! ADD naming here-documents (`<<EOF`, `<<-EOF`, quoted or not) takes the
+//! lines after it, each document up to its word, as they are (comments and
+//! blank lines included).
 
 use std::fmt;
 
@@ -54,6 +56,19 @@ pub struct Instruction {
     pub flags: Vec<(String, String)>,
     /// The arguments after the options, continuations joined, trimmed.
     pub args: String,
+    /// Here-documents the arguments name (`<<EOF`), in order, with their text.
+    pub heredocs: Vec<Heredoc>,
+}
+
+/// A here-document of a RUN, COPY or ADD (`<<EOF` ... `EOF`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heredoc {
+    /// The word that ends it (`EOF`), quotes removed.
+    pub name: String,
+    /// How it was written in the arguments (`<<-'EOF'`).
+    pub word: String,
+    /// Its lines, each ending in a newline (leading tabs removed for `<<-`).
+    pub body: String,
 }
 
 impl Instruction {
@@ -149,7 +164,28 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>, ParseError> {
                 None => break,
             }
         }
-        out.push(instruction(start + 1, text.trim())?);
+        let mut ins = instruction(start + 1, text.trim())?;
+        // Here-documents: the lines after the instruction, each up to its word.
+        for (word, name, strip_tabs) in heredoc_words(&ins) {
+            let mut body = String::new();
+            loop {
+                let Some(l) = lines.get(i) else {
+                    return Err(ParseError {
+                        line: start + 1,
+                        message: format!("here-document {word} is not ended by a line {name}"),
+                    });
+                };
+                i += 1;
+                let l = if strip_tabs { l.trim_start_matches('\t') } else { l };
+                if l == name {
+                    break;
+                }
+                body.push_str(l);
+                body.push('\n');
+            }
+            ins.heredocs.push(Heredoc { name, word, body });
+        }
+        out.push(ins);
     }
     Ok(out)
 }
@@ -185,29 +221,31 @@ fn instruction(line: usize, text: &str) -> Result<Instruction, ParseError> {
             rest = after.trim_start();
         }
     }
-    if rest.contains("<<") && matches!(keyword.as_str(), "RUN" | "COPY" | "ADD") && heredoc(rest) {
-        return Err(err(format!(
-            "{keyword}: here-documents (<<EOF) are not supported by strata yet; put the text in a file of the build context"
-        )));
-    }
     if rest.is_empty() && !matches!(keyword.as_str(), "RUN" | "CMD" | "ENTRYPOINT") {
         return Err(err(format!("{keyword} requires at least one argument")));
     }
-    Ok(Instruction { line, keyword, flags, args: rest.to_string() })
+    Ok(Instruction { line, keyword, flags, args: rest.to_string(), heredocs: Vec::new() })
 }
 
-/// A `<<WORD` or `<<-WORD` (optionally quoted) word in a shell-form argument.
-fn heredoc(args: &str) -> bool {
-    if args.trim_start().starts_with('[') {
-        return false;
+/// The here-document words (`<<WORD`, `<<-WORD`, optionally quoted) of a
+/// shell-form RUN, COPY or ADD: (as written, the ending word, tabs stripped).
+fn heredoc_words(ins: &Instruction) -> Vec<(String, String, bool)> {
+    if !matches!(ins.keyword.as_str(), "RUN" | "COPY" | "ADD") || ins.args.trim_start().starts_with('[') {
+        return Vec::new();
     }
-    args.split_whitespace().any(|w| {
-        let w = w.strip_prefix("<<").map(|w| w.strip_prefix('-').unwrap_or(w));
-        w.is_some_and(|w| {
-            let w = w.trim_matches(|c| c == '"' || c == '\'');
-            !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    ins.args
+        .split_whitespace()
+        .filter_map(|w| {
+            let rest = w.strip_prefix("<<")?;
+            let (strip, rest) = match rest.strip_prefix('-') {
+                Some(r) => (true, r),
+                None => (false, rest),
+            };
+            let name = rest.trim_matches(|c| c == '"' || c == '\'');
+            let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            plain.then(|| (w.to_string(), name.to_string(), strip))
         })
-    })
+        .collect()
 }
 
 #[cfg(test)]
@@ -236,6 +274,21 @@ mod tests {
     }
 
     #[test]
+    fn here_documents() {
+        let text = "FROM x\nRUN <<EOF\n# not a comment here\n\necho $A\nEOF\nCOPY <<-'one' <<two /dst/\n\tfirst\n\tone\nsecond\ntwo\nCMD x\n";
+        let ins = parse(text).unwrap();
+        assert_eq!(ins.len(), 4);
+        assert_eq!(
+            ins[1].heredocs,
+            [Heredoc { name: "EOF".into(), word: "<<EOF".into(), body: "# not a comment here\n\necho $A\n".into() }]
+        );
+        assert_eq!(ins[2].heredocs[0].body, "first\n");
+        assert_eq!(ins[2].heredocs[0].word, "<<-'one'");
+        assert_eq!(ins[2].heredocs[1].body, "second\n");
+        assert_eq!((ins[3].keyword.as_str(), ins[3].line), ("CMD", 12));
+    }
+
+    #[test]
     fn escape_directive() {
         let ins = parse("# escape=`\nFROM x\nRUN dir `\n  c:\\\n").unwrap();
         assert_eq!(ins[1].args, "dir   c:\\");
@@ -245,7 +298,7 @@ mod tests {
     fn errors_name_the_line() {
         assert_eq!(parse("FROM x\nFOO bar\n"), Err(ParseError { line: 2, message: "unknown instruction: FOO".into() }));
         assert!(parse("FROM x\nCOPY\n").unwrap_err().message.contains("requires at least one argument"));
-        assert!(parse("FROM x\nRUN <<EOF\necho\nEOF\n").unwrap_err().message.contains("here-documents"));
-        assert!(parse("RUN echo 'a<<b'").is_ok());
+        assert!(parse("FROM x\nRUN <<EOF\necho\n").unwrap_err().message.contains("is not ended by a line EOF"));
+        assert!(parse("RUN echo 'a<<b'").unwrap()[0].heredocs.is_empty());
     }
 }

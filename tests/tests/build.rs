@@ -248,3 +248,43 @@ fn the_build_cache_reruns_only_what_changed() {
     let (hits, _) = build("c:5", &[]);
     assert_eq!(hits, 0, "nothing is cached after a prune");
 }
+
+#[test]
+fn here_documents_in_run_and_copy() {
+    let e = setup(false);
+    let s = &e.s;
+    let dir = e.ctx.join("heredocs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dockerfile = r#"# syntax=docker/dockerfile:1
+FROM BASE
+ARG WHO=heredoc
+RUN <<EOF
+set -e
+echo "script from $WHO" > /script.out
+echo second line >> /script.out
+EOF
+RUN cat > /fromshell <<'END'
+literal $WHO
+END
+COPY <<-conf <<two /etc/app/
+	key=value
+	conf
+second file
+two
+COPY --chmod=755 <<EOF /usr/local/bin/hello
+#!/bin/sh
+echo hello from a heredoc
+EOF
+CMD ["sh", "-c", "cat /script.out /fromshell /etc/app/conf /etc/app/two; hello"]
+"#;
+    std::fs::write(dir.join("Dockerfile"), dockerfile.replace("BASE", &e.bb)).unwrap();
+    s.ok(&["build", "-q", "-t", "heredocs:1", dir.to_str().unwrap()]);
+    assert_eq!(
+        s.ok(&["run", "--rm", "heredocs:1"]),
+        "script from heredoc\nsecond line\nliteral $WHO\nkey=value\nsecond file\nhello from a heredoc\n"
+    );
+    let tree = s.tree("heredocs:1");
+    let line = |p: &str| listing::find_line(&tree, p).unwrap_or_default().to_string();
+    assert!(line("/usr/local/bin/hello").starts_with("/usr/local/bin/hello f 0755 0 0 36 "), "{tree}");
+    assert!(line("/etc/app/conf").starts_with("/etc/app/conf f 0644 0 0 10 "), "{tree}");
+}
