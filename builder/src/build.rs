@@ -75,6 +75,25 @@ pub struct BuildOptions {
     pub no_cache: bool,
 }
 
+/// A `RUN --mount=...`, resolved to what the step's container mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMount {
+    /// A directory or file of the build context (read-only unless `rw`).
+    Bind {
+        source: PathBuf,
+        target: String,
+        readonly: bool,
+    },
+    /// A directory kept in the store between builds (`type=cache`).
+    Cache {
+        dir: PathBuf,
+        target: String,
+    },
+    Tmpfs {
+        target: String,
+    },
+}
+
 /// Why a RUN step's container failed.
 pub enum RunFailure {
     /// The command ran and exited with this status.
@@ -90,7 +109,13 @@ pub trait BuildHost {
     /// Runs `argv` in a container of `image` (as its configuration says:
     /// user, working directory, environment plus `env`); returns the
     /// container's changes as a layer tarball, rewound.
-    fn run(&mut self, image: &ImageRecord, argv: &[String], env: &[String]) -> Result<File, RunFailure>;
+    fn run(
+        &mut self,
+        image: &ImageRecord,
+        argv: &[String],
+        env: &[String],
+        mounts: &[RunMount],
+    ) -> Result<File, RunFailure>;
     /// A line of progress (`STEP 2/5: RUN make`).
     fn say(&mut self, line: &str);
 }
@@ -375,8 +400,13 @@ impl Engine<'_> {
     }
 
     fn run(&mut self, ins: &Instruction, state: &mut State, args: &BTreeMap<String, String>) -> Result<(), BuildError> {
-        if let Some((flag, _)) = ins.flags.first() {
-            return Err(step_err(ins, format!("RUN --{flag} is not supported by strata yet")));
+        let mut mounts = Vec::new();
+        for (flag, value) in &ins.flags {
+            match flag.as_str() {
+                "mount" => mounts.push(self.run_mount(ins, value, state)?),
+                "network" if matches!(value.as_str(), "default" | "none" | "host") => {}
+                _ => return Err(step_err(ins, format!("RUN --{flag} is not supported by strata yet"))),
+            }
         }
         let run = state.config.config.clone().unwrap_or_default();
         let argv = match ins.json_args() {
@@ -404,7 +434,7 @@ impl Engine<'_> {
         }
         let (image, is_new) =
             strata_layers::commit::store_image_telling(self.store, state.layers.clone(), state.config.clone(), None)?;
-        let outcome = self.host.run(&image, &argv, &env);
+        let outcome = self.host.run(&image, &argv, &env, &mounts);
         if is_new {
             self.store.update_records(|r| r.delete_image(&image.id))?;
         }
@@ -419,6 +449,77 @@ impl Engine<'_> {
         state.layers.push(layer);
         history(state, &format!("RUN {}", argv.join(" ")), false);
         Ok(())
+    }
+
+    /// One `--mount=type=...,target=...` of a RUN. A bind mount's content
+    /// moves the cache key on (as the layer of a COPY would), so that a
+    /// changed file under it runs the step again.
+    fn run_mount(&mut self, ins: &Instruction, spec: &str, state: &mut State) -> Result<RunMount, BuildError> {
+        let mut kind = "bind";
+        let (mut target, mut source, mut id) = (None, None, None);
+        let mut readonly = true;
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            match k {
+                "type" => kind = if v.is_empty() { "bind" } else { v },
+                "target" | "dst" | "destination" => target = Some(v.to_string()),
+                "source" | "src" => source = Some(v.to_string()),
+                "id" => id = Some(v.to_string()),
+                "rw" | "readwrite" => readonly = v == "false",
+                "ro" | "readonly" => readonly = v != "false",
+                // Sharing modes, owners and modes of a cache: one build at a time, kept as made.
+                "sharing" | "mode" | "uid" | "gid" => {}
+                "from" => {
+                    return Err(step_err(ins, "RUN --mount from another stage or image is not supported by strata yet"))
+                }
+                other => return Err(step_err(ins, format!("unknown --mount option {other:?}"))),
+            }
+        }
+        if matches!(kind, "secret" | "ssh") {
+            return Err(step_err(ins, format!("RUN --mount=type={kind} is not supported by strata yet")));
+        }
+        let target = target.filter(|t| !t.is_empty()).ok_or_else(|| step_err(ins, "--mount needs target=PATH"))?;
+        let workdir = state.config.config.as_ref().and_then(|c| c.working_dir.clone()).unwrap_or_else(|| "/".into());
+        let target =
+            if target.starts_with('/') { target } else { format!("{}/{target}", workdir.trim_end_matches('/')) };
+        match kind {
+            "tmpfs" => Ok(RunMount::Tmpfs { target }),
+            "cache" => {
+                let key = id.unwrap_or_else(|| target.clone());
+                let dir = self.store.layout().build_cache_dir().join("mounts").join(Digest::of(key.as_bytes()).hex());
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| step_err(ins, format!("cache mount {}: {e}", dir.display())))?;
+                Ok(RunMount::Cache { dir, target })
+            }
+            "bind" if !readonly => Err(step_err(
+                ins,
+                "RUN --mount=type=bind,rw is not supported by strata yet: its writes would reach the build context",
+            )),
+            "bind" => {
+                let src = source.unwrap_or_else(|| ".".into());
+                let origin = Origin::Context(&self.context);
+                let items = origin.sources(&src).map_err(|e| step_err(ins, e))?;
+                let [item] = items.as_slice() else {
+                    return Err(step_err(ins, "a bind mount's source names one path"));
+                };
+                // What is under the source, as a COPY of it would write it, into the key.
+                let mut hashed = strata_layers::digest::HashingWriter::default();
+                let mut w = LayerWriter::new(&mut hashed);
+                let all = if item.kind == ItemKind::Dir {
+                    origin.below(item).map_err(|e| step_err(ins, e))?
+                } else {
+                    vec![item.clone()]
+                };
+                for i in &all {
+                    w.item(&origin, i, &i.path, &CopyOptions::default()).map_err(|e| step_err(ins, e))?;
+                }
+                w.finish().map_err(|e| step_err(ins, e))?;
+                state.advance(&[&hashed.finish().to_string()]);
+                let source = self.context.dir().join(String::from_utf8_lossy(&item.path).as_ref());
+                Ok(RunMount::Bind { source, target, readonly })
+            }
+            other => Err(step_err(ins, format!("unknown mount type {other:?}"))),
+        }
     }
 
     fn copy(

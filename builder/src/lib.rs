@@ -15,5 +15,5 @@ pub mod copy;
 pub mod dockerfile;
 pub mod words;
 
-pub use build::{build, BuildError, BuildHost, BuildOptions, RunFailure};
+pub use build::{build, BuildError, BuildHost, BuildOptions, RunFailure, RunMount};
 pub use config_change::{apply_changes, parse_change, ChangeError, ConfigChange};

@@ -305,10 +305,23 @@ impl MountHandle {
     /// is busy it is detached instead (it goes away with its last user) and
     /// the serving threads end on their own then.
     pub fn unmount(mut self) -> Result<(), FsError> {
-        self.finish()
+        self.finish(false)
     }
 
-    fn finish(&mut self) -> Result<(), FsError> {
+    /// Unmounts a filesystem nobody may use any more (a container's root
+    /// after its last process exited), aborting the FUSE connection first
+    /// (a forced unmount, as root). A mount namespace that another process
+    /// unshared while this was mounted (another user's container or its
+    /// pasta, on a host whose mounts do not propagate) holds a copy of the
+    /// mount; a plain unmount here leaves that copy, the kernel keeps the
+    /// connection for it, and the serving threads would wait for it for as
+    /// long as that namespace lives. Aborted, the copy answers ENOTCONN.
+    /// Without the privilege for a forced unmount it is [`Self::unmount`].
+    pub fn unmount_abandoned(mut self) -> Result<(), FsError> {
+        self.finish(true)
+    }
+
+    fn finish(&mut self, abort: bool) -> Result<(), FsError> {
         let Some(session) = self.session.take() else { return Ok(()) };
         // Where the mount is now: a parent directory renamed since
         // mounting has moved it.
@@ -322,11 +335,13 @@ impl MountHandle {
             std::mem::forget(session);
             return Ok(());
         }
-        let plain = match rustix::mount::unmount(&path, rustix::mount::UnmountFlags::empty()) {
-            Ok(()) => true,
-            Err(rustix::io::Errno::PERM) => fusermount_unmount(&path, false).is_ok(),
-            Err(_) => false,
-        };
+        let forced = abort && rustix::mount::unmount(&path, rustix::mount::UnmountFlags::FORCE).is_ok();
+        let plain = forced
+            || match rustix::mount::unmount(&path, rustix::mount::UnmountFlags::empty()) {
+                Ok(()) => true,
+                Err(rustix::io::Errno::PERM) => fusermount_unmount(&path, false).is_ok(),
+                Err(_) => false,
+            };
         if plain {
             join_leaving_the_path_alone(session);
             return Ok(());
@@ -352,7 +367,7 @@ impl MountHandle {
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
-        let _ = self.finish();
+        let _ = self.finish(false);
     }
 }
 

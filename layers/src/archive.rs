@@ -24,7 +24,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::{Digest, Hasher, VerifyingReader};
+use crate::digest::{Digest, HashingWriter, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::image::{ImageConfig, ImageRecord, LayerRecord};
 use crate::ingest::{decompress, stage_layer};
@@ -464,9 +464,8 @@ fn check_layer<'s>(
     let reopened = blob.reopen().ctx(|| format!("reading layer {path}"))?;
     let (staged_layer, unpacked_size) = if store.has_layer(diff_id) {
         // Stored already: the stream is still checked against the diff_id.
-        let mut h = Hasher::new();
-        io::copy(&mut decompress(reopened, compression), &mut HashWriter(&mut h))
-            .ctx(|| format!("reading layer {path}"))?;
+        let mut h = HashingWriter::default();
+        io::copy(&mut decompress(reopened, compression), &mut h).ctx(|| format!("reading layer {path}"))?;
         let actual = h.finish();
         if actual != *diff_id {
             return Err(Error::DigestMismatch {
@@ -497,15 +496,4 @@ fn check_layer<'s>(
     };
     let blob = (!store.has_blob(&digest)).then_some(blob);
     Ok((staged_layer, blob, record))
-}
-
-struct HashWriter<'a>(&'a mut Hasher);
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }

@@ -152,6 +152,26 @@ impl<R: io::Read> io::Read for VerifyingReader<R> {
     }
 }
 
+/// A writer that only hashes what is written to it.
+#[derive(Default)]
+pub struct HashingWriter(Hasher);
+
+impl HashingWriter {
+    pub fn finish(self) -> Digest {
+        self.0.finish()
+    }
+}
+
+impl io::Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A reader that hashes and counts everything read through it.
 pub struct HashingReader<R> {
     inner: R,

@@ -171,7 +171,7 @@ fn bad_builds_say_why_and_leave_nothing_behind() {
         ("COPY ../outside.txt /", "forbidden path outside the build context"),
         ("COPY passwd-link /leaked", "\"passwd-link\": not found"),
         ("COPY secret.log /", "\"secret.log\": not found"),
-        ("RUN --mount=type=cache,target=/x true", "RUN --mount is not supported"),
+        ("RUN --mount=type=secret,id=x true", "RUN --mount=type=secret is not supported"),
         ("ADD https://example.com/x /", "ADD from a URL is not supported"),
     ];
     for (line, message) in cases {
@@ -287,4 +287,42 @@ CMD ["sh", "-c", "cat /script.out /fromshell /etc/app/conf /etc/app/two; hello"]
     let line = |p: &str| listing::find_line(&tree, p).unwrap_or_default().to_string();
     assert!(line("/usr/local/bin/hello").starts_with("/usr/local/bin/hello f 0755 0 0 36 "), "{tree}");
     assert!(line("/etc/app/conf").starts_with("/etc/app/conf f 0644 0 0 10 "), "{tree}");
+}
+
+#[test]
+fn run_mounts_a_cache_a_context_directory_and_a_tmpfs() {
+    for unprivileged in [false, true] {
+        let who = if unprivileged { "as strata-test" } else { "as root" };
+        let e = setup(unprivileged);
+        let s = &e.s;
+        let dockerfile = r#"FROM BASE
+RUN --mount=type=cache,target=/cache sh -c 'echo run >> /cache/count; wc -l < /cache/count > /runs'
+RUN --mount=type=bind,source=sub,target=/mnt/src cat /mnt/src/a > /copied
+RUN --mount=type=tmpfs,target=/scratch sh -c 'echo x > /scratch/x && ls /scratch > /tmpfs.seen'
+"#;
+        std::fs::write(e.ctx.join("Dockerfile.mounts"), dockerfile.replace("BASE", &e.bb)).unwrap();
+        run_tool(std::process::Command::new("chmod").arg("a+r").arg(e.ctx.join("Dockerfile.mounts")));
+        let file = e.ctx.join("Dockerfile.mounts");
+        let build = |tag: &str| {
+            s.ok(&["build", "-q", "--no-cache", "-t", tag, "-f", file.to_str().unwrap(), e.ctx.to_str().unwrap()]);
+            s.ok(&["run", "--rm", tag, "cat", "/runs", "/copied", "/tmpfs.seen"])
+        };
+        assert_eq!(build("m:1"), "1\na\nx\n", "{who}");
+        assert_eq!(build("m:2"), "2\na\nx\n", "{who}: the cache directory outlives the build");
+        let tree = s.tree("m:2");
+        for gone in ["/cache", "/mnt", "/scratch"] {
+            assert!(listing::find_line(&tree, gone).is_none(), "{who}: {gone} is a mount point, not content");
+        }
+        let (code, err) = {
+            std::fs::write(
+                e.ctx.join("Dockerfile.rw"),
+                format!("FROM {}\nRUN --mount=type=bind,rw,target=/ctx true\n", e.bb),
+            )
+            .unwrap();
+            run_tool(std::process::Command::new("chmod").arg("a+r").arg(e.ctx.join("Dockerfile.rw")));
+            s.fails(&["build", "-f", e.ctx.join("Dockerfile.rw").to_str().unwrap(), e.ctx.to_str().unwrap()])
+        };
+        assert_eq!(code, 1, "{who}: {err}");
+        assert!(err.contains("its writes would reach the build context"), "{who}: {err}");
+    }
 }

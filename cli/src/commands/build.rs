@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser};
-use strata_builder::{BuildHost, BuildOptions, RunFailure};
+use strata_builder::{BuildHost, BuildOptions, RunFailure, RunMount};
 use strata_layers::image::ImageRecord;
 use strata_layers::reference::DEFAULT_TAG;
 use strata_layers::store::Store;
@@ -111,7 +111,13 @@ impl BuildHost for Host<'_> {
         self.store.resolve_image(&found.id).map_err(|e| e.to_string())
     }
 
-    fn run(&mut self, image: &ImageRecord, argv: &[String], env: &[String]) -> Result<File, RunFailure> {
+    fn run(
+        &mut self,
+        image: &ImageRecord,
+        argv: &[String],
+        env: &[String],
+        mounts: &[RunMount],
+    ) -> Result<File, RunFailure> {
         let other = |e: anyhow::Error| RunFailure::Other(format!("{e:#}"));
         let mut args: Vec<String> = vec!["strata-build-step".into(), "--entrypoint".into(), String::new()];
         args.extend(["--pull".into(), "never".into()]);
@@ -120,6 +126,20 @@ impl BuildHost for Host<'_> {
         }
         for e in env {
             args.extend(["-e".into(), e.clone()]);
+        }
+        for m in mounts {
+            let spec = match m {
+                RunMount::Bind { source, target, readonly } => {
+                    format!(
+                        "type=bind,source={},target={target}{}",
+                        source.display(),
+                        if *readonly { ",readonly" } else { "" }
+                    )
+                }
+                RunMount::Cache { dir, target } => format!("type=bind,source={},target={target}", dir.display()),
+                RunMount::Tmpfs { target } => format!("type=tmpfs,target={target}"),
+            };
+            args.extend(["--mount".into(), spec]);
         }
         args.push(image.id.to_string());
         args.extend(argv.iter().cloned());

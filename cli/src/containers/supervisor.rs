@@ -593,7 +593,11 @@ impl Supervisor<'_> {
         if let Some(l) = self.log.as_mut().filter(|_| !self.c.config.request.rm) {
             let _ = l.sync_all();
         }
-        drop(run);
+        // The container's processes are gone: its filesystem is served to
+        // no one any more (see `MountHandle::unmount_abandoned`).
+        let Running { child, _mount: mount, .. } = run;
+        drop(child);
+        let _ = mount.unmount_abandoned();
         self.teardown();
         if self.c.config.request.rm {
             if let Err(e) = remove_container_files(self.ctx, &self.c, true) {
