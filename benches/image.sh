@@ -24,59 +24,14 @@ cleanup() {
         [ -e "$work/storage-$m.conf" ] && podman_$m rm -f -a >/dev/null 2>&1 || true
     done
     [ -n "$REGISTRY_PID" ] && kill "$REGISTRY_PID" 2>/dev/null || true
-    for _ in $(seq 100); do
-        pgrep -f -- "$work/" >/dev/null || break
-        sleep 0.1
-    done
-    { grep -o " $work/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-    rm -rf "$work"
+    release_work "$work"
 }
 trap cleanup EXIT
 registry_start "$work/registry"
 
-bb=$work/bbroot
-mkdir -p "$bb/bin" "$bb/etc" "$bb/tmp"
-cp /bin/busybox "$bb/bin/busybox"
-for a in $("$bb/bin/busybox" --list); do
-    [ "$a" = busybox ] || ln -sf busybox "$bb/bin/$a"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\n' >"$bb/etc/passwd"
-printf 'root:x:0:\n' >"$bb/etc/group"
-tar -C "$bb" --numeric-owner -cf "$work/busybox.tar" .
-oci_from_rootfs_tar "$work/busybox.tar" "$work/layout-busybox" latest
-oci_from_rootfs_tar "$(debian_rootfs_tar)" "$work/layout-debian" latest
-for image in busybox debian; do
-    skopeo copy -q --dest-tls-verify=false "oci:$work/layout-$image:latest" "docker://$REGISTRY/$image:latest"
-done
+seed_busybox_and_debian "$work"
 
-nofile=$(ulimit -Hn)
-nproc=$(ulimit -Hu)
-[ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
-cat >"$work/containers.conf" <<CONF
-[containers]
-default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
-for mode in k f; do
-    mkdir -p "$work/p$mode"
-    {
-        echo '[storage]'
-        echo 'driver = "overlay"'
-        echo "graphroot = \"$work/p$mode/g\""
-        echo "runroot = \"$work/p$mode/r\""
-        if [ $mode = f ]; then
-            echo '[storage.options.overlay]'
-            echo 'mount_program = "/usr/bin/fuse-overlayfs"'
-        fi
-    } >"$work/storage-$mode.conf"
-done
-podman_k() { CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman "$@"; }
-podman_f() { CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-f.conf podman "$@"; }
-PODMAN_K="env CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman"
-PODMAN_F="env CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-f.conf podman"
+podman_configure "$work"
 S="$STRATA --root $work/s"
 
 report() {

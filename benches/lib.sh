@@ -116,3 +116,75 @@ for r in data["results"]:
     print("%-28s %8.4f s  %5.2fx %s" % (r["command"], r["median"], r["median"] / base, sys.argv[2]))
 PY
 }
+
+# seed_busybox_and_debian WORK: OCI layouts of a busybox-static image (one
+# layer: busybox and its applet links) and of Debian minbase in WORK, pushed
+# to $REGISTRY as busybox:latest and debian:latest.
+seed_busybox_and_debian() {
+    local work=$1 bb=$1/bbroot a image
+    mkdir -p "$bb/bin" "$bb/etc" "$bb/tmp"
+    cp /bin/busybox "$bb/bin/busybox"
+    for a in $("$bb/bin/busybox" --list); do
+        [ "$a" = busybox ] || ln -sf busybox "$bb/bin/$a"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\n' >"$bb/etc/passwd"
+    printf 'root:x:0:\n' >"$bb/etc/group"
+    tar -C "$bb" --numeric-owner -cf "$work/busybox.tar" .
+    oci_from_rootfs_tar "$work/busybox.tar" "$work/layout-busybox" latest
+    oci_from_rootfs_tar "$(debian_rootfs_tar)" "$work/layout-debian" latest
+    for image in busybox debian; do
+        skopeo copy -q --dest-tls-verify=false "oci:$work/layout-$image:latest" "docker://$REGISTRY/$image:latest"
+    done
+}
+
+# podman_configure WORK: a private podman store per variant under WORK (k:
+# kernel overlay, f: fuse-overlayfs as mount_program), runc as the runtime,
+# cgroupfs, and limits it may set: by default it asks for more open files
+# than the hard limit, and its conmon runs with at most 32768 processes (so
+# runc fails to give the container more). Defines podman_k and podman_f, and
+# PODMAN_K and PODMAN_F for command lines (hyperfine).
+podman_configure() {
+    local work=$1 nofile nproc mode
+    nofile=$(ulimit -Hn)
+    nproc=$(ulimit -Hu)
+    [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ] && nproc=32768
+    cat >"$work/containers.conf" <<CONF
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+    for mode in k f; do
+        mkdir -p "$work/p$mode"
+        {
+            echo '[storage]'
+            echo 'driver = "overlay"'
+            echo "graphroot = \"$work/p$mode/g\""
+            echo "runroot = \"$work/p$mode/r\""
+            if [ $mode = f ]; then
+                echo '[storage.options.overlay]'
+                echo 'mount_program = "/usr/bin/fuse-overlayfs"'
+            fi
+        } >"$work/storage-$mode.conf"
+    done
+    PODMAN_WORK=$work
+    PODMAN_K="env CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-k.conf podman"
+    PODMAN_F="env CONTAINERS_CONF=$work/containers.conf CONTAINERS_STORAGE_CONF=$work/storage-f.conf podman"
+}
+podman_k() { CONTAINERS_CONF=$PODMAN_WORK/containers.conf CONTAINERS_STORAGE_CONF=$PODMAN_WORK/storage-k.conf podman "$@"; }
+podman_f() { CONTAINERS_CONF=$PODMAN_WORK/containers.conf CONTAINERS_STORAGE_CONF=$PODMAN_WORK/storage-f.conf podman "$@"; }
+
+# release_work WORK: after podman's `container cleanup` processes (which
+# mount its storage again) have ended, unmounts what is left below WORK and
+# removes it.
+release_work() {
+    local work=$1 m
+    for _ in $(seq 100); do
+        pgrep -f -- "$work/" >/dev/null || break
+        sleep 0.1
+    done
+    { grep -o " $work/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    rm -rf "$work"
+}
