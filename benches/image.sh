@@ -34,17 +34,7 @@ seed_busybox_and_debian "$work"
 podman_configure "$work"
 S="$STRATA --root $work/s"
 
-report() {
-    python3 - "$1" <<'PY'
-import json, sys
-rs = {r["command"]: r["median"] for r in json.load(open(sys.argv[1]))["results"]}
-s = rs["strata"]
-for name, m in rs.items():
-    ratio = "" if name == "strata" else "   strata/%s = %.2fx" % (name, s / m)
-    print("  %-22s %8.4f s%s" % (name, m, ratio))
-PY
-}
-hf() { hyperfine --style basic --runs "$RUNS" --warmup 1 "$@" >"$OUT/hyperfine.log" 2>&1 || { cat "$OUT/hyperfine.log" >&2; return 1; }; }
+WARMUP=1
 
 bbref=$REGISTRY/busybox:latest
 deref=$REGISTRY/debian:latest

@@ -188,3 +188,18 @@ release_work() {
     { grep -o " $work/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf "$work"
 }
+
+# report JSON: hyperfine's medians, and strata's ratio to each other command.
+report() {
+    python3 - "$1" <<'PY'
+import json, sys
+rs = {r["command"]: r["median"] for r in json.load(open(sys.argv[1]))["results"]}
+s = rs["strata"]
+for name, m in rs.items():
+    ratio = "" if name == "strata" else "   strata/%s = %.2fx" % (name, s / m)
+    print("  %-22s %8.4f s%s" % (name, m, ratio))
+PY
+}
+
+# hf ARGS...: hyperfine with RUNS runs (WARMUP warm-ups, default 2), its log in OUT.
+hf() { hyperfine --style basic --runs "$RUNS" --warmup "${WARMUP:-2}" "$@" >"$OUT/hyperfine.log" 2>&1 || { cat "$OUT/hyperfine.log" >&2; return 1; }; }

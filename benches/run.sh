@@ -53,19 +53,7 @@ json.dump(s, open(path, "w"))
 PY
 }
 
-# report JSON: medians and strata's ratios to each peer.
-report() {
-    python3 - "$1" <<'PY'
-import json, sys
-rs = {r["command"]: r["median"] for r in json.load(open(sys.argv[1]))["results"]}
-s = rs["strata"]
-for name, m in rs.items():
-    ratio = "" if name == "strata" else "   strata/%s = %.2fx" % (name, s / m)
-    print("  %-22s %8.4f s%s" % (name, m, ratio))
-PY
-}
 
-hf() { hyperfine --style basic --runs "$RUNS" --warmup 2 "$@" >"$OUT/hyperfine.log" 2>&1 || { cat "$OUT/hyperfine.log" >&2; return 1; }; }
 
 for image in busybox debian; do
     ref=$REGISTRY/$image:latest

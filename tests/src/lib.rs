@@ -73,6 +73,18 @@ pub use registry::Registry;
 pub use store::StoreFingerprint;
 pub use strata::Strata;
 
+/// A registry holding fixture image `name` (tag `name` of the fixtures'
+/// OCI layout) as `e2e/NAME:1`, and a fresh store, root's or the test
+/// user's, that pulled it. Returns the registry (keep it alive), the store
+/// and the image's reference.
+pub fn store_with_fixture(name: &str, unprivileged: bool) -> (Registry, Strata, String) {
+    let reg = Registry::start();
+    let reference = reg.push_oci_layout(&fixtures().oci, name, &format!("e2e/{name}:1"));
+    let s = if unprivileged { Strata::new_unprivileged() } else { Strata::new() };
+    s.pull(&reference);
+    (reg, s, reference)
+}
+
 /// The unprivileged user the rootless tests run as (created by scripts/setup.sh).
 pub const TEST_USER: &str = "strata-test";
 

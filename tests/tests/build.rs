@@ -49,11 +49,7 @@ impl Drop for Env {
 
 /// A store that pulled the busybox fixture, and a build context its user can read.
 fn setup(unprivileged: bool) -> Env {
-    let f = fixtures();
-    let reg = Registry::start();
-    let bb = reg.push_oci_layout(&f.oci, "busybox", "e2e/bb:1");
-    let s = if unprivileged { Strata::new_unprivileged() } else { Strata::new() };
-    s.pull(&bb);
+    let (reg, s, bb) = store_with_fixture("busybox", unprivileged);
     let ctx = s.base().join("context");
     std::fs::create_dir_all(ctx.join("sub/deeper")).unwrap();
     std::fs::write(ctx.join("hello.txt"), "hello file\n").unwrap();

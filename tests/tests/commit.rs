@@ -62,11 +62,7 @@ impl Drop for Env {
 }
 
 fn setup(unprivileged: bool) -> Env {
-    let f = fixtures();
-    let reg = Registry::start();
-    let full = reg.push_oci_layout(&f.oci, "full", "e2e/full:1");
-    let s = if unprivileged { Strata::new_unprivileged() } else { Strata::new() };
-    s.pull(&full);
+    let (reg, s, full) = store_with_fixture("full", unprivileged);
     Env { _reg: reg, s, full }
 }
 
