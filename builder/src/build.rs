@@ -73,6 +73,8 @@ pub struct BuildOptions {
     pub tags: Vec<Reference>,
     /// Run every RUN step, even one the cache has.
     pub no_cache: bool,
+    /// Secrets RUN steps may mount (`--secret id=ID,src=FILE`): id -> file.
+    pub secrets: BTreeMap<String, PathBuf>,
 }
 
 /// A `RUN --mount=...`, resolved to what the step's container mounts.
@@ -157,6 +159,7 @@ struct Engine<'a> {
     step: usize,
     total: usize,
     no_cache: bool,
+    secrets: &'a BTreeMap<String, PathBuf>,
 }
 
 fn step_err(ins: &Instruction, message: impl std::fmt::Display) -> BuildError {
@@ -183,6 +186,7 @@ pub fn build(store: &Store, opts: &BuildOptions, host: &mut dyn BuildHost) -> Re
         step: 0,
         total: 0,
         no_cache: opts.no_cache,
+        secrets: &opts.secrets,
     };
     // Held for the whole build: the layers made so far are named by no
     // image until the end, and a prune must not take them meanwhile.
@@ -403,7 +407,7 @@ impl Engine<'_> {
         let mut mounts = Vec::new();
         for (flag, value) in &ins.flags {
             match flag.as_str() {
-                "mount" => mounts.push(self.run_mount(ins, value, state)?),
+                "mount" => mounts.extend(self.run_mount(ins, value, state)?),
                 "network" if matches!(value.as_str(), "default" | "none" | "host") => {}
                 _ => return Err(step_err(ins, format!("RUN --{flag} is not supported by strata yet"))),
             }
@@ -454,10 +458,11 @@ impl Engine<'_> {
     /// One `--mount=type=...,target=...` of a RUN. A bind mount's content
     /// moves the cache key on (as the layer of a COPY would), so that a
     /// changed file under it runs the step again.
-    fn run_mount(&mut self, ins: &Instruction, spec: &str, state: &mut State) -> Result<RunMount, BuildError> {
+    fn run_mount(&mut self, ins: &Instruction, spec: &str, state: &mut State) -> Result<Option<RunMount>, BuildError> {
         let mut kind = "bind";
         let (mut target, mut source, mut id) = (None, None, None);
         let mut readonly = true;
+        let mut required = false;
         for part in spec.split(',') {
             let (k, v) = part.split_once('=').unwrap_or((part, ""));
             match k {
@@ -469,27 +474,43 @@ impl Engine<'_> {
                 "ro" | "readonly" => readonly = v != "false",
                 // Sharing modes, owners and modes of a cache: one build at a time, kept as made.
                 "sharing" | "mode" | "uid" | "gid" => {}
+                "required" => required = v != "false",
                 "from" => {
                     return Err(step_err(ins, "RUN --mount from another stage or image is not supported by strata yet"))
                 }
                 other => return Err(step_err(ins, format!("unknown --mount option {other:?}"))),
             }
         }
-        if matches!(kind, "secret" | "ssh") {
-            return Err(step_err(ins, format!("RUN --mount=type={kind} is not supported by strata yet")));
+        if kind == "ssh" {
+            return Err(step_err(ins, "RUN --mount=type=ssh is not supported by strata yet"));
+        }
+        if kind == "secret" {
+            // A secret given with `--secret`, read-only at /run/secrets/ID (or
+            // the target); one not given is left out unless required. Its
+            // content is not part of the cache key (as with BuildKit).
+            let id = id.or_else(|| target.as_deref().and_then(|t| t.rsplit('/').next()).map(String::from));
+            let id = id.filter(|i| !i.is_empty()).ok_or_else(|| step_err(ins, "a secret mount needs id=ID"))?;
+            let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+            return match self.secrets.get(&id) {
+                Some(file) => Ok(Some(RunMount::Bind { source: file.clone(), target, readonly: true })),
+                None if required => {
+                    Err(step_err(ins, format!("secret {id} is required: give it with --secret id={id},src=FILE")))
+                }
+                None => Ok(None),
+            };
         }
         let target = target.filter(|t| !t.is_empty()).ok_or_else(|| step_err(ins, "--mount needs target=PATH"))?;
         let workdir = state.config.config.as_ref().and_then(|c| c.working_dir.clone()).unwrap_or_else(|| "/".into());
         let target =
             if target.starts_with('/') { target } else { format!("{}/{target}", workdir.trim_end_matches('/')) };
         match kind {
-            "tmpfs" => Ok(RunMount::Tmpfs { target }),
+            "tmpfs" => Ok(Some(RunMount::Tmpfs { target })),
             "cache" => {
                 let key = id.unwrap_or_else(|| target.clone());
                 let dir = self.store.layout().build_cache_dir().join("mounts").join(Digest::of(key.as_bytes()).hex());
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| step_err(ins, format!("cache mount {}: {e}", dir.display())))?;
-                Ok(RunMount::Cache { dir, target })
+                Ok(Some(RunMount::Cache { dir, target }))
             }
             "bind" if !readonly => Err(step_err(
                 ins,
@@ -516,7 +537,7 @@ impl Engine<'_> {
                 w.finish().map_err(|e| step_err(ins, e))?;
                 state.advance(&[&hashed.finish().to_string()]);
                 let source = self.context.dir().join(String::from_utf8_lossy(&item.path).as_ref());
-                Ok(RunMount::Bind { source, target, readonly })
+                Ok(Some(RunMount::Bind { source, target, readonly }))
             }
             other => Err(step_err(ins, format!("unknown mount type {other:?}"))),
         }

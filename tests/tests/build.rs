@@ -322,3 +322,58 @@ RUN --mount=type=tmpfs,target=/scratch sh -c 'echo x > /scratch/x && ls /scratch
         assert!(err.contains("its writes would reach the build context"), "{who}: {err}");
     }
 }
+
+#[test]
+fn secrets_reach_run_steps_and_stay_out_of_the_image() {
+    let e = setup(false);
+    let s = &e.s;
+    let secret = s.base().join("token");
+    std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+    let dir = e.ctx.join("secrets");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN --mount=type=secret,id=token wc -c < /run/secrets/token > /length\n\
+             RUN --mount=type=secret,id=absent sh -c 'test ! -e /run/secrets/absent && echo left-out > /absent'\n",
+            e.bb
+        ),
+    )
+    .unwrap();
+    let iid = s.base().join("iid");
+    let id = s.ok(&[
+        "build",
+        "-q",
+        "--secret",
+        &format!("id=token,src={}", secret.display()),
+        "--iidfile",
+        iid.to_str().unwrap(),
+        "-t",
+        "secrets:1",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read_to_string(&iid).unwrap(), format!("sha256:{}", id.trim()), "--iidfile");
+    assert_eq!(s.ok(&["run", "--rm", "secrets:1", "cat", "/length", "/absent"]), "13\nleft-out\n");
+    let tree = s.tree("secrets:1");
+    assert!(!tree.contains("/run/secrets"), "the secret's mount point is not in the image:\n{tree}");
+    let saved = s.base().join("saved.tar");
+    s.ok(&["save", "-o", saved.to_str().unwrap(), "secrets:1"]);
+    let mut archive = Vec::new();
+    let gz = std::fs::read(&saved).unwrap();
+    // The layers are gzipped inside the archive: look through each for the secret.
+    for start in (0..gz.len().saturating_sub(2)).filter(|&i| gz[i] == 0x1f && gz[i + 1] == 0x8b) {
+        let mut d = flate2::read::GzDecoder::new(&gz[start..]);
+        let _ = std::io::Read::read_to_end(&mut d, &mut archive);
+    }
+    assert!(!String::from_utf8_lossy(&archive).contains("s3cr3t-value"), "the secret's content is in no layer");
+    let (code, err) = {
+        std::fs::write(
+            dir.join("Dockerfile.required"),
+            format!("FROM {}\nRUN --mount=type=secret,id=token,required true\n", e.bb),
+        )
+        .unwrap();
+        s.fails(&["build", "-f", dir.join("Dockerfile.required").to_str().unwrap(), dir.to_str().unwrap()])
+    };
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("secret token is required: give it with --secret id=token,src=FILE"), "{err}");
+}

@@ -53,6 +53,12 @@ pub struct BuildArgs {
     /// Do not use cache when building the image
     #[arg(long = "no-cache")]
     no_cache: bool,
+    /// Secret to expose to the build (id=ID,src=FILE), for RUN --mount=type=secret
+    #[arg(long, value_name = "stringArray")]
+    secret: Vec<String>,
+    /// Write the image ID to the file
+    #[arg(long, value_name = "string")]
+    iidfile: Option<PathBuf>,
     /// Set the networking mode for the RUN instructions during build
     #[arg(long, value_name = "string")]
     network: Option<String>,
@@ -259,6 +265,23 @@ pub fn run(ctx: &Context, a: BuildArgs) -> Result<i32> {
     };
     let build_args = pairs(&a.build_args, "build-arg")?;
     let labels = pairs(&a.label, "label")?;
+    let mut secrets = BTreeMap::new();
+    for spec in &a.secret {
+        let (mut id, mut src) = (None, None);
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+                Some(("type", "file")) => {}
+                _ => bail!("invalid --secret {spec:?}: expected id=ID,src=FILE"),
+            }
+        }
+        let (Some(id), Some(src)) = (id, src) else { bail!("invalid --secret {spec:?}: expected id=ID,src=FILE") };
+        if !src.is_file() {
+            bail!("secret {id}: {} is not a file", src.display());
+        }
+        secrets.insert(id, std::fs::canonicalize(&src)?);
+    }
     let store = Store::open(ctx.layout.clone())?;
     let options = BuildOptions {
         dockerfile,
@@ -268,10 +291,14 @@ pub fn run(ctx: &Context, a: BuildArgs) -> Result<i32> {
         labels,
         tags: tags.clone(),
         no_cache: a.no_cache,
+        secrets,
     };
     let mut host = Host { ctx, store: &store, pull: a.pull, quiet: a.quiet, network: a.network.clone() };
     let image = strata_builder::build(&store, &options, &mut host)?;
     let hex = image.id.hex();
+    if let Some(f) = &a.iidfile {
+        std::fs::write(f, image.id.to_string()).with_context(|| format!("writing {}", f.display()))?;
+    }
     if !a.quiet {
         if let Some(first) = tags.first() {
             println!("COMMIT {}", first.familiar_string());
