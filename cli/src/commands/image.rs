@@ -57,7 +57,7 @@ pub enum ImageCommand {
 #[derive(Subcommand)]
 pub enum BuilderGroup {
     /// Build an image from a Dockerfile
-    Build(super::build::BuildArgs),
+    Build(Box<super::build::BuildArgs>),
     /// Remove build cache
     Prune(super::build::BuilderPruneArgs),
 }
@@ -300,7 +300,7 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::System(SystemGroup::Df(a)) => sysinfo::df(ctx, a),
         ImageCommand::Login(a) => login::login(ctx, a),
         ImageCommand::Logout(a) => login::logout(ctx, a),
-        ImageCommand::Builder(BuilderGroup::Build(a)) => super::build::run(ctx, a),
+        ImageCommand::Builder(BuilderGroup::Build(a)) => super::build::run(ctx, *a),
         ImageCommand::Builder(BuilderGroup::Prune(a)) => super::build::prune(ctx, a),
         ImageCommand::Debug(DebugGroup::Tree { image }) => debug::tree(ctx, &image),
     }
