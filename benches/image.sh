@@ -12,10 +12,7 @@
 # Usage: RUNS=10 bash benches/image.sh      (REBUILD=1 rebuilds strata first)
 # Prints one table per workload: median seconds and strata's ratio to each.
 source "$(dirname "$0")/lib.sh"
-for tool in hyperfine podman runc fuse-overlayfs umoci skopeo docker-registry; do
-    command -v "$tool" >/dev/null || { echo "image.sh: $tool is not installed (see benches/setup.sh)" >&2; exit 1; }
-done
-[ "$(id -u)" = 0 ] || { echo "image.sh: run as root (podman runs as root here)" >&2; exit 1; }
+require_root_and_tools image.sh hyperfine podman runc fuse-overlayfs umoci skopeo docker-registry
 STRATA=$(strata_bin)
 work=$(mktemp -d /tmp/sib.XXXXXX) # short: podman's runroot must stay short
 REGISTRY_PID=

@@ -203,3 +203,13 @@ PY
 
 # hf ARGS...: hyperfine with RUNS runs (WARMUP warm-ups, default 2), its log in OUT.
 hf() { hyperfine --style basic --runs "$RUNS" --warmup "${WARMUP:-2}" "$@" >"$OUT/hyperfine.log" 2>&1 || { cat "$OUT/hyperfine.log" >&2; return 1; }; }
+
+# require_root_and_tools SCRIPT TOOL...: stops unless run as root with every TOOL installed.
+require_root_and_tools() {
+    local script=$1 tool
+    shift
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "$script: $tool is not installed (see benches/setup.sh)" >&2; exit 1; }
+    done
+    [ "$(id -u)" = 0 ] || { echo "$script: run as root (podman and runc run as root here)" >&2; exit 1; }
+}

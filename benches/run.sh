@@ -11,10 +11,7 @@
 # Prints one table per image and for exec: median seconds and the ratios
 # strata/podman-overlay, strata/podman-fuse-overlayfs and strata/runc.
 source "$(dirname "$0")/lib.sh"
-for tool in hyperfine podman runc fuse-overlayfs umoci skopeo docker-registry; do
-    command -v "$tool" >/dev/null || { echo "run.sh: $tool is not installed (see benches/setup.sh)" >&2; exit 1; }
-done
-[ "$(id -u)" = 0 ] || { echo "run.sh: run as root (podman and runc run as root here)" >&2; exit 1; }
+require_root_and_tools run.sh hyperfine podman runc fuse-overlayfs umoci skopeo docker-registry
 STRATA=$(strata_bin)
 work=$(mktemp -d /tmp/srb.XXXXXX) # short: podman's runroot must stay short
 REGISTRY_PID=

@@ -300,11 +300,13 @@ impl Engine<'_> {
         let mut state = if let Some(s) = self.earlier(&base, built) {
             s.clone()
         } else if base == "scratch" {
+            let host = strata_layers::manifest::Platform::host();
             State {
                 layers: Vec::new(),
                 config: ImageConfig {
-                    architecture: host_architecture().to_string(),
-                    os: "linux".into(),
+                    architecture: host.architecture,
+                    os: host.os,
+                    variant: host.variant,
                     config: Some(Default::default()),
                     ..Default::default()
                 },
@@ -715,17 +717,6 @@ fn history(state: &mut State, created_by: &str, empty: bool) {
         empty_layer: empty,
         other: Default::default(),
     });
-}
-
-/// This machine's architecture as OCI names it (`amd64`, `arm64`, ...).
-pub fn host_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
 }
 
 /// The file as a tar stream when it is a tar archive, plain or gzipped

@@ -28,7 +28,7 @@ use crate::digest::{Digest, HashingWriter, VerifyingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::image::{ImageConfig, ImageRecord, LayerRecord};
 use crate::ingest::{decompress, stage_layer};
-use crate::manifest::{self as m, Descriptor, ImageManifest, LayerCompression};
+use crate::manifest::{self as m, Descriptor, ImageIndex, ImageManifest, LayerCompression};
 use crate::reference::Reference;
 use crate::store::Store;
 
@@ -46,16 +46,6 @@ fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
-/// An OCI image index (`index.json`), as far as loading needs it.
-#[derive(Serialize, Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-struct Index {
-    schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    media_type: Option<String>,
-    manifests: Vec<Descriptor>,
-}
-
 const IMAGE_NAME: &str = "io.containerd.image.name";
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Configs and manifests larger than this are refused (they are JSON of a few KiB).
@@ -67,7 +57,14 @@ pub fn save(store: &Store, images: &[(ImageRecord, Vec<Reference>)], out: impl W
     let mut tar = tar::Builder::new(out);
     let werr = |e: io::Error| Error::io("writing the archive", e);
     let mut written = std::collections::HashSet::new();
-    let mut index = Index { schema_version: 2, media_type: Some(m::OCI_INDEX.into()), manifests: Vec::new() };
+    let mut index = ImageIndex {
+        schema_version: 2,
+        media_type: Some(m::OCI_INDEX.into()),
+        artifact_type: None,
+        manifests: Vec::new(),
+        subject: None,
+        annotations: BTreeMap::new(),
+    };
     let mut docker = Vec::new();
     append(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(werr)?;
     for (image, names) in images {
@@ -264,12 +261,7 @@ struct Found {
 fn unpack(store: &Store, input: impl Read + Send + 'static) -> Result<Staged> {
     let mut input = BufReader::new(input);
     let head = io::BufRead::fill_buf(&mut input).ctx(|| "reading the archive".to_string())?.to_vec();
-    let compression = match head.as_slice() {
-        [0x1f, 0x8b, ..] => LayerCompression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => LayerCompression::Zstd,
-        _ => LayerCompression::None,
-    };
-    let reader = decompress(input, compression);
+    let reader = decompress(input, LayerCompression::sniff(&head));
     let dir = store.temp_dir("load-")?;
     let mut staged = Staged { dir, files: HashMap::new(), links: HashMap::new() };
     let mut ar = tar::Archive::new(reader);
@@ -354,26 +346,17 @@ type ListedManifest = (Vec<u8>, ImageManifest, String, Vec<Reference>);
 /// The image manifests `index.json` lists (an index in it: this machine's
 /// platform), with their bytes, media type and names.
 fn oci_manifests(staged: &Staged) -> Result<Vec<ListedManifest>> {
-    let index: Index =
+    let index: ImageIndex =
         serde_json::from_slice(&staged.read_small("index.json")?).map_err(|e| bad(format!("index.json: {e}")))?;
     let mut out = Vec::new();
     for d in index.manifests {
         let mut bytes = blob_bytes(staged, &d)?;
         let mut media_type = d.media_type.clone();
         if matches!(d.media_type.as_str(), m::OCI_INDEX | m::DOCKER_MANIFEST_LIST) {
-            let inner: Index = serde_json::from_slice(&bytes).map_err(|e| bad(format!("index {}: {e}", d.digest)))?;
-            let arch = match std::env::consts::ARCH {
-                "x86_64" => "amd64",
-                "aarch64" => "arm64",
-                a => a,
-            };
-            let Some(pick) = inner
-                .manifests
-                .iter()
-                .find(|m| m.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
-            else {
-                continue;
-            };
+            let inner: ImageIndex =
+                serde_json::from_slice(&bytes).map_err(|e| bad(format!("index {}: {e}", d.digest)))?;
+            // Another platform's image only: left out, as a pull would pick none of it.
+            let Ok(pick) = m::select_platform(&inner, &m::Platform::host()) else { continue };
             bytes = blob_bytes(staged, pick)?;
             media_type = pick.media_type.clone();
         }
@@ -450,17 +433,9 @@ fn check_layer<'s>(
     }
     let mut head = [0u8; 4];
     let n = blob.reopen().and_then(|mut f| f.read(&mut head)).ctx(|| format!("reading layer {path}"))?;
-    let compression = match &head[..n] {
-        [0x1f, 0x8b, ..] => LayerCompression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd] => LayerCompression::Zstd,
-        _ => LayerCompression::None,
-    };
-    let media_type = match (declared, compression) {
-        (Some(d), _) => d.media_type.clone(),
-        (None, LayerCompression::Gzip) => m::OCI_LAYER_GZIP.into(),
-        (None, LayerCompression::Zstd) => m::OCI_LAYER_ZSTD.into(),
-        (None, LayerCompression::None) => m::OCI_LAYER_TAR.into(),
-    };
+    let compression = LayerCompression::sniff(&head[..n]);
+    let media_type =
+        declared.as_ref().map_or_else(|| compression.oci_media_type().to_string(), |d| d.media_type.clone());
     let reopened = blob.reopen().ctx(|| format!("reading layer {path}"))?;
     let (staged_layer, unpacked_size) = if store.has_layer(diff_id) {
         // Stored already: the stream is still checked against the diff_id.

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use clap::Args;
 use strata_layers::image::{ContainerConfig, History, ImageConfig};
-use strata_layers::manifest::LayerCompression;
+use strata_layers::manifest::{LayerCompression, Platform};
 use strata_layers::reference::DEFAULT_TAG;
 use strata_layers::store::Store;
 
@@ -79,13 +79,10 @@ pub fn export(ctx: &Context, a: ExportArgs) -> Result<i32> {
 }
 
 pub fn import(ctx: &Context, a: ImportArgs) -> Result<i32> {
+    let host = Platform::host();
     if let Some(p) = a.platform.as_deref().filter(|p| !p.is_empty()) {
-        let wanted: strata_layers::manifest::Platform = p.parse()?;
-        if wanted.os != "linux" || wanted.architecture != strata_builder::build::host_architecture() {
-            bail!(
-                "--platform {p}: strata imports for this machine's platform only (linux/{})",
-                strata_builder::build::host_architecture()
-            );
+        if !p.parse::<Platform>()?.matches(&host) {
+            bail!("--platform {p}: strata imports for this machine's platform only ({host})");
         }
     }
     if a.source.contains("://") {
@@ -117,14 +114,10 @@ pub fn import(ctx: &Context, a: ImportArgs) -> Result<i32> {
             n => got += n,
         }
     }
-    let compression = match &head[..got] {
-        [0x1f, 0x8b, ..] => LayerCompression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => LayerCompression::Zstd,
-        [b'B', b'Z', b'h', ..] | [0xfd, b'7', b'z', b'X', b'Z', 0] => {
-            bail!("bzip2 and xz archives are not supported: decompress it first (or recompress with gzip or zstd)")
-        }
-        _ => LayerCompression::None,
-    };
+    if matches!(&head[..got], [b'B', b'Z', b'h', ..] | [0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        bail!("bzip2 and xz archives are not supported: decompress it first (or recompress with gzip or zstd)")
+    }
+    let compression = LayerCompression::sniff(&head[..got]);
     let whole = std::io::Cursor::new(head[..got].to_vec()).chain(input);
     let tar = strata_layers::ingest::decompress(whole, compression);
 
@@ -133,8 +126,9 @@ pub fn import(ctx: &Context, a: ImportArgs) -> Result<i32> {
     strata_builder::apply_changes(&mut run, &changes)?;
     let config = ImageConfig {
         created: Some(created.clone()),
-        architecture: strata_builder::build::host_architecture().to_string(),
-        os: "linux".into(),
+        architecture: host.architecture.clone(),
+        os: host.os.clone(),
+        variant: host.variant.clone(),
         config: Some(run),
         history: Some(vec![History {
             created: Some(created),
