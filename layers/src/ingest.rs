@@ -65,9 +65,11 @@ use crate::index::{Entry, EntryKind, LayerIndex};
 use crate::manifest::LayerCompression;
 use crate::store::{Store, CONTENT_MODE};
 use guard::{Refusal, TarGuard};
+use crate::entry_rules::{lossy, EntryRules, Naming};
+pub use crate::entry_rules::normalize;
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
@@ -335,7 +337,8 @@ fn parse_layer<'a, R: Read>(
             state.add(&mut entry)?;
         }
     }
-    let LayerState { entries, unpacked, sink, .. } = state;
+    let LayerState { rules, unpacked, sink, .. } = state;
+    let entries = rules.entries;
     let staged = match sink {
         Sink::Inline(w) => w.staged,
         Sink::Thread(tx) => {
@@ -355,11 +358,7 @@ struct LayerState<'a> {
     sink: Sink<'a>,
     staging: &'a OwnedFd,
     staging_path: &'a Path,
-    entries: Vec<Entry>,
-    /// Path -> position in `entries` of its latest entry.
-    seen: HashMap<Vec<u8>, usize>,
-    /// Paths that are symlinks (as of the latest entry for that path).
-    symlinks: HashSet<Vec<u8>>,
+    rules: EntryRules,
     /// Object digests already queued or staged for this layer.
     sent: HashSet<Digest>,
     unpacked: u64,
@@ -373,9 +372,7 @@ impl<'a> LayerState<'a> {
             sink,
             staging,
             staging_path,
-            entries: Vec::new(),
-            seen: HashMap::new(),
-            symlinks: HashSet::new(),
+            rules: EntryRules::default(),
             sent: HashSet::new(),
             unpacked: 0,
             big_files: 0,
@@ -401,7 +398,6 @@ impl<'a> LayerState<'a> {
             return Ok(());
         }
         let raw_path = entry.path_bytes().into_owned();
-        let mut path = normalize(&raw_path)?;
         let pax = read_pax(entry, &raw_path)?;
 
         let header = entry.header();
@@ -425,72 +421,12 @@ impl<'a> LayerState<'a> {
             None => (i64::try_from(num(header.mtime(), &old.mtime, "mtime")?).unwrap_or(i64::MAX), 0),
         };
 
-        // Whiteouts (`.wh.NAME`, `.wh..wh..opq`) are recognised by name, whatever their type.
-        let name_start = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
-        let mut kind = None;
-        if let Some(hidden) = path[name_start..].strip_prefix(b".wh.") {
-            if hidden == b".wh..opq" {
-                path.truncate(name_start.saturating_sub(1));
-                kind = Some(EntryKind::Opaque);
-            } else if hidden.starts_with(b".wh.") {
-                return Ok(()); // other AUFS metadata (.wh..wh.plnk, .wh..wh.aufs): ignored
-            } else if hidden.is_empty() || hidden == b"." || hidden == b".." {
-                return Err(Error::hostile(&raw_path, "is a whiteout of an invalid name"));
-            } else {
-                let hidden = hidden.to_vec();
-                path.truncate(name_start);
-                path.extend_from_slice(&hidden);
-                kind = Some(EntryKind::Whiteout);
-            }
-        }
-
-        if let Some(link) = self.through_symlink(&path) {
-            return Err(Error::hostile(
-                &raw_path,
-                format!("goes through the symlink {:?} created earlier in this layer", lossy(link)),
-            ));
-        }
-
-        let kind = match kind {
-            Some(k) => k,
-            None => self.entry_kind(entry, etype, &raw_path, &pax)?,
+        let (path, kind) = match self.rules.name(&raw_path)? {
+            Naming::Skip => return Ok(()),
+            Naming::Marker(path, kind) => (path, kind),
+            Naming::Plain(path) => (path, self.entry_kind(entry, etype, &raw_path, &pax)?),
         };
-        if matches!(&kind, EntryKind::Hardlink { target } if *target == path) {
-            return Err(Error::hostile(&raw_path, "is a hardlink to itself"));
-        }
-        if path.is_empty() && !matches!(kind, EntryKind::Dir | EntryKind::Opaque) {
-            return Err(Error::hostile(&raw_path, "would replace the layer's root directory"));
-        }
-
-        // A hard link to a symlink is that symlink under another name.
-        let is_symlink = match &kind {
-            EntryKind::Symlink { .. } => true,
-            EntryKind::Hardlink { target } => self.symlinks.contains(target),
-            _ => false,
-        };
-        if is_symlink {
-            self.symlinks.insert(path.clone());
-        } else if !self.symlinks.is_empty() {
-            self.symlinks.remove(&path);
-        }
-        let mut xattrs = pax.xattrs;
-        xattrs.sort();
-        xattrs.dedup_by(|a, b| a.0 == b.0);
-        self.seen.insert(path.clone(), self.entries.len());
-        self.entries.push(Entry { path, kind, mode, uid, gid, mtime, mtime_nsec, xattrs });
-        Ok(())
-    }
-
-    /// The symlink (from this layer) that some proper ancestor of `path` is.
-    fn through_symlink<'p>(&self, path: &'p [u8]) -> Option<&'p [u8]> {
-        if self.symlinks.is_empty() {
-            return None;
-        }
-        path.iter()
-            .enumerate()
-            .filter(|(_, &b)| b == b'/')
-            .map(|(i, _)| &path[..i])
-            .find(|p| self.symlinks.contains(*p))
+        self.rules.push(&raw_path, Entry { path, kind, mode, uid, gid, mtime, mtime_nsec, xattrs: pax.xattrs })
     }
 
     fn entry_kind<R: Read>(
@@ -524,39 +460,11 @@ impl<'a> LayerState<'a> {
             },
             T::Symlink => {
                 let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-                if target.contains(&0) {
-                    return Err(Error::hostile(raw_path, "has a symlink target containing a NUL byte"));
-                }
-                if target.is_empty() {
-                    return Err(Error::hostile(raw_path, "is a symlink with an empty target"));
-                }
-                EntryKind::Symlink { target }
+                EntryRules::symlink(raw_path, target)?
             }
             T::Link => {
                 let raw_target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-                let target = normalize(&raw_target).map_err(|_| {
-                    Error::hostile(raw_path, format!("is a hardlink to {:?}, outside the layer", lossy(&raw_target)))
-                })?;
-                let not_seen = || {
-                    Error::hostile(
-                        raw_path,
-                        format!(
-                            "is a hardlink to {:?}, which is not an earlier file of this layer",
-                            lossy(&raw_target)
-                        ),
-                    )
-                };
-                if self.through_symlink(&target).is_some() {
-                    return Err(Error::hostile(raw_path, "is a hardlink through a symlink of this layer"));
-                }
-                let &i = self.seen.get(&target).ok_or_else(not_seen)?;
-                match &self.entries[i].kind {
-                    EntryKind::Dir | EntryKind::Whiteout | EntryKind::Opaque => return Err(not_seen()),
-                    // The immediate target, even when it is a link itself: the
-                    // original's path may have been replaced since (`tar
-                    // --append`), and links are resolved in tar order.
-                    _ => EntryKind::Hardlink { target },
-                }
+                self.rules.hardlink(raw_path, &raw_target)?
             }
             other => {
                 return Err(Error::BadTar(format!("entry {:?} has unsupported type {:?}", lossy(raw_path), other)));
@@ -628,36 +536,6 @@ impl<'a> LayerState<'a> {
         }
         Ok(EntryKind::File { size, digest })
     }
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A tar path made relative and canonical: no leading `./`, no trailing `/`,
-/// no `.` or empty components. Refuses absolute paths, `..` and NUL bytes.
-/// The layer root (`.`, `./`) is the empty path.
-pub fn normalize(raw: &[u8]) -> Result<Vec<u8>> {
-    if raw.contains(&0) {
-        return Err(Error::hostile(raw, "contains a NUL byte"));
-    }
-    if raw.first() == Some(&b'/') {
-        return Err(Error::hostile(raw, "has an absolute path"));
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    for comp in raw.split(|&b| b == b'/') {
-        match comp {
-            b"" | b"." => {}
-            b".." => return Err(Error::hostile(raw, "has a '..' component")),
-            c => {
-                if !out.is_empty() {
-                    out.push(b'/');
-                }
-                out.extend_from_slice(c);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Reads the entry's PAX records that the tar crate does not apply itself:

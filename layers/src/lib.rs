@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod commit;
 pub mod digest;
+mod entry_rules;
 pub mod error;
 pub mod image;
 pub mod index;
