@@ -10,6 +10,7 @@ mod context;
 mod exit;
 mod format;
 mod inherited_fds;
+mod lazy;
 mod lockfile;
 mod mounts;
 mod progress;

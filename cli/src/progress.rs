@@ -184,18 +184,32 @@ impl PullProgress for PullDisplay {
     }
 
     fn layer_done(&self, digest: &Digest) {
+        self.layer_finished(digest, "Pull complete");
+    }
+
+    fn layer_lazy(&self, digest: &Digest) {
+        self.layer_finished(digest, "Lazy (files fetched on first use)");
+    }
+}
+
+impl PullDisplay {
+    fn layer_finished(&self, digest: &Digest, status: &str) {
         let st = self.state();
         match &self.mode {
             Mode::Quiet => {}
-            Mode::Lines => self.line(&format!("{}: Pull complete", short(digest))),
-            Mode::Bars(_) => {
-                if let Some(pb) = st.bars.get(digest) {
+            Mode::Lines => self.line(&format!("{}: {status}", short(digest))),
+            Mode::Bars(_) => match st.bars.get(digest) {
+                Some(pb) => {
                     let style = ProgressStyle::with_template("{prefix}: {msg}")
                         .unwrap_or_else(|_| ProgressStyle::default_spinner());
                     pb.set_style(style);
-                    pb.finish_with_message("Pull complete");
+                    pb.finish_with_message(status.to_string());
                 }
-            }
+                None => {
+                    drop(st);
+                    self.line(&format!("{}: {status}", short(digest)));
+                }
+            },
         }
     }
 }

@@ -199,11 +199,7 @@ fn entry_of(
         libc::S_IFSOCK => UpperKind::Socket,
         _ => match &h.metacopy {
             Some(d) => {
-                let obj = lowers
-                    .iter()
-                    .map(|l| strata_layers::layout::object_path_in(&l.objects_dir, d))
-                    .find(|p| p.exists())
-                    .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT))?;
+                let obj = crate::source::object_of_lowers(lowers, d)?;
                 let size = std::fs::metadata(&obj)?.len();
                 UpperKind::File { size, content: UpperContent::Object(obj) }
             }
@@ -371,11 +367,8 @@ pub fn merged_entries(lowers: &[Lower], upper: &Path) -> Result<Vec<UpperEntry>,
         cause: std::io::Error::other(e.to_string()),
     })?;
     let objects = |d: &strata_layers::Digest| {
-        lowers
-            .iter()
-            .map(|l| strata_layers::layout::object_path_in(&l.objects_dir, d))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| strata_layers::layout::object_path_in(&lowers[0].objects_dir, d))
+        crate::source::object_of_lowers(lowers, d)
+            .unwrap_or_else(|_| strata_layers::layout::object_path_in(&lowers[0].objects_dir, d))
     };
     let mut tree: BTreeMap<Vec<u8>, UpperEntry> = BTreeMap::new();
     for (path, e) in merged.entries {

@@ -16,19 +16,59 @@ use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use strata_layers::index::{Entry, EntryKind, LayerIndex};
+use strata_layers::Digest;
 
 /// One read-only layer of a mount: its index and the store's object directory.
 #[derive(Debug, Clone)]
 pub struct Lower {
     pub index: Arc<LayerIndex>,
     pub objects_dir: PathBuf,
+    /// For a lazily pulled layer: what brings a missing object into
+    /// `objects_dir` when a file is first opened.
+    pub fetch: Option<Arc<dyn FetchObject>>,
+}
+
+/// Brings the content of a lazily pulled layer's file into the object
+/// directory, checked against its digest (strata_layers::chunked does the
+/// work; the CLI, which has the registry client, provides it).
+pub trait FetchObject: Send + Sync + std::fmt::Debug {
+    /// True when `digest` is content of this layer that can be fetched.
+    fn covers(&self, digest: &Digest) -> bool;
+    /// Fetches `digest` and stores it as an object; Ok once it is there.
+    fn fetch(&self, digest: &Digest) -> io::Result<()>;
 }
 
 impl Lower {
+    /// A layer whose objects are all in `objects_dir`.
+    pub fn new(index: Arc<LayerIndex>, objects_dir: PathBuf) -> Lower {
+        Lower { index, objects_dir, fetch: None }
+    }
+
     /// The layer as a mount serves it, its object directory opened now.
     pub(crate) fn open(&self, objects: Arc<OwnedFd>) -> StoreLayer {
-        StoreLayer { index: self.index.clone(), objects_dir: self.objects_dir.clone(), objects }
+        StoreLayer {
+            index: self.index.clone(),
+            objects_dir: self.objects_dir.clone(),
+            objects,
+            fetch: self.fetch.clone(),
+        }
     }
+}
+
+/// The path of object `d` of some of `lowers`, fetched first when a lazy
+/// layer has it and the store does not yet.
+pub(crate) fn object_of_lowers(lowers: &[Lower], d: &Digest) -> io::Result<PathBuf> {
+    let path = |l: &Lower| strata_layers::layout::object_path_in(&l.objects_dir, d);
+    if let Some(p) = lowers.iter().map(path).find(|p| p.exists()) {
+        return Ok(p);
+    }
+    for l in lowers {
+        if let Some(f) = l.fetch.as_ref().filter(|f| f.covers(d)) {
+            f.fetch(d)?;
+            return Ok(path(l));
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::ENOENT))
 }
 
 /// Opens an object directory for [`Lower::open`].
@@ -46,6 +86,7 @@ pub trait LayerSource: Send + Sync {
     fn open_content(&self, entry: &Entry) -> io::Result<File> {
         self.object(entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?.open()
     }
+
     /// A host path of the content, when the source has one (for messages).
     fn content_path(&self, entry: &Entry) -> Option<PathBuf>;
 }
@@ -60,6 +101,7 @@ pub(crate) struct StoreLayer {
     index: Arc<LayerIndex>,
     objects_dir: PathBuf,
     objects: Arc<OwnedFd>,
+    fetch: Option<Arc<dyn FetchObject>>,
 }
 
 impl LayerSource for StoreLayer {
@@ -73,6 +115,20 @@ impl LayerSource for StoreLayer {
                 Some(ObjectRef::new(self.objects.clone(), strata_layers::layout::object_path_in(Path::new(""), digest)))
             }
             _ => None,
+        }
+    }
+
+    /// Opens the object, first fetching it if this layer is lazy and the
+    /// store does not have it yet. Several threads opening one missing
+    /// file each fetch it; the store keeps the first copy.
+    fn open_content(&self, entry: &Entry) -> io::Result<File> {
+        let object = self.object(entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        match (object.open(), &self.fetch, &entry.kind) {
+            (Err(e), Some(fetch), EntryKind::File { digest, .. }) if e.raw_os_error() == Some(libc::EIO) => {
+                fetch.fetch(digest)?;
+                object.open()
+            }
+            (r, _, _) => r,
         }
     }
 

@@ -653,7 +653,7 @@ mod tests {
     fn src(entries: Vec<Entry>) -> Arc<dyn LayerSource> {
         let objects = std::env::temp_dir();
         let fd = Arc::new(crate::source::open_objects_dir(&objects).unwrap());
-        Arc::new(Lower { index: Arc::new(LayerIndex::new(entries)), objects_dir: objects }.open(fd))
+        Arc::new(Lower::new(Arc::new(LayerIndex::new(entries)), objects).open(fd))
     }
 
     #[test]

@@ -468,6 +468,7 @@ fn check_layer<'s>(
         blob_media_type: media_type,
         blob_size: size,
         unpacked_size,
+        lazy_toc: None,
     };
     let blob = (!store.has_blob(&digest)).then_some(blob);
     Ok((staged_layer, blob, record))

@@ -57,7 +57,14 @@ pub fn add_layer(store: &Store, tar: impl Read) -> Result<LayerRecord> {
     let unpacked_size = staged.unpacked_size();
     staged.commit()?;
     store.put_blob_from_temp(blob, &blob_digest)?;
-    Ok(LayerRecord { diff_id, blob_digest, blob_media_type: m::OCI_LAYER_GZIP.to_string(), blob_size, unpacked_size })
+    Ok(LayerRecord {
+        diff_id,
+        blob_digest,
+        blob_media_type: m::OCI_LAYER_GZIP.to_string(),
+        blob_size,
+        unpacked_size,
+        lazy_toc: None,
+    })
 }
 
 /// Stores an image made of stored `layers` (bottom first) and `config`

@@ -181,7 +181,32 @@ pub struct LayerRecord {
     /// Sum of the regular-file sizes in the layer (what Docker reports as a
     /// layer's size).
     pub unpacked_size: u64,
+    /// The TOC digest when the layer was pulled lazily (`lazy/HEX/`). It
+    /// stays after a full pull has verified the layer, for the containers
+    /// created from the lazy form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy_toc: Option<Digest>,
 }
+
+impl LayerRecord {
+    /// What a container or mount made from this image now records for the
+    /// layer (see [`crate::store::Store::open_layer`]): the diff_id once
+    /// the layer is verified, else its lazy form.
+    pub fn mount_key(&self, store: &crate::store::Store) -> String {
+        match self.lazy_toc {
+            Some(toc) if !store.has_layer(&self.diff_id) => format!("{LAZY_KEY_PREFIX}{toc}"),
+            _ => self.diff_id.to_string(),
+        }
+    }
+
+    /// True while the layer's content is only partly in the store.
+    pub fn is_lazy(&self, store: &crate::store::Store) -> bool {
+        self.lazy_toc.is_some() && !store.has_layer(&self.diff_id)
+    }
+}
+
+/// Marks a lazily pulled layer in a [`LayerRecord::mount_key`].
+pub const LAZY_KEY_PREFIX: &str = "lazy:";
 
 /// strata's record of one stored image (`images/HEX.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

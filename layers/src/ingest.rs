@@ -60,13 +60,13 @@
 //! Decompression ([`decompress`]) runs in its own thread too.
 
 use crate::digest::{Digest, Hasher, HashingReader};
+pub use crate::entry_rules::normalize;
+use crate::entry_rules::{lossy, EntryRules, Naming};
 use crate::error::{Error, IoContext, Result};
 use crate::index::{Entry, EntryKind, LayerIndex};
 use crate::manifest::LayerCompression;
 use crate::store::{Store, CONTENT_MODE};
 use guard::{Refusal, TarGuard};
-use crate::entry_rules::{lossy, EntryRules, Naming};
-pub use crate::entry_rules::normalize;
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use std::collections::HashSet;

@@ -7,6 +7,7 @@
 //! ROOT/blobs/sha256/HEX          manifests, configs, compressed layers as served
 //! ROOT/objects/HE/X...           regular-file contents, named by sha256 (read-only)
 //! ROOT/layers/HEX/index          layer index (see index.rs), named by diff_id
+//! ROOT/lazy/HEX/               lazily pulled layer: index + source.json, by TOC digest
 //! ROOT/images/HEX.json           image records, named by config digest (IMAGE ID)
 //! ROOT/tags.json                 repository:tag and repo@digest -> IMAGE ID
 //! ROOT/containers/ID/            per-container state, upper/ and logs
@@ -98,6 +99,13 @@ impl StoreLayout {
     }
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+    /// Lazily pulled layers, by TOC digest (see `chunked`).
+    pub fn lazy_dir(&self) -> PathBuf {
+        self.root.join("lazy")
+    }
+    pub fn lazy_layer_dir(&self, toc: &Digest) -> PathBuf {
+        self.lazy_dir().join(toc.hex())
     }
     /// `build`'s cache: one small file per RUN step, naming the layer it made.
     pub fn build_cache_dir(&self) -> PathBuf {

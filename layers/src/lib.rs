@@ -7,6 +7,7 @@
 //! that name them. `fs` mounts what this crate stores; `cli` drives it.
 
 pub mod archive;
+pub mod chunked;
 pub mod commit;
 pub mod digest;
 mod entry_rules;

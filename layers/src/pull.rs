@@ -16,10 +16,12 @@
 //! reference, while concurrent pulls proceed side by side (every admission
 //! step is idempotent).
 
+use crate::chunked::{fetch_toc, LazyLayer, TocLocation};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::image::{ImageConfig, ImageRecord, LayerRecord};
 use crate::index::EntryKind;
+use crate::index::LayerIndex;
 use crate::ingest::{channel, pump, stage_layer, StagedLayer};
 use crate::manifest::{parse_manifest, select_platform, Descriptor, LayerCompression, Manifest, Platform};
 use crate::reference::Reference;
@@ -45,6 +47,8 @@ pub trait PullProgress: Sync {
     fn layer_progress(&self, _digest: &Digest, _bytes: u64) {}
     /// The layer is already in the store (Docker's "Already exists").
     fn layer_already_exists(&self, _digest: &Digest) {}
+    /// The layer's table of contents is read: its files come when opened.
+    fn layer_lazy(&self, _digest: &Digest) {}
     /// The layer downloaded, unpacked and verified ("Pull complete"); it
     /// enters the store once every layer has.
     fn layer_done(&self, _digest: &Digest) {}
@@ -82,6 +86,28 @@ pub fn pull(
     reference: &Reference,
     platform: Option<Platform>,
     progress: &dyn PullProgress,
+) -> Result<PullOutcome> {
+    pull_with(store, client, reference, platform, progress, PullMode::Full)
+}
+
+/// How a pull treats layers that can be fetched lazily.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullMode {
+    /// Every layer whole, verified against its diff_id.
+    Full,
+    /// zstd:chunked layers by their table of contents only; their files are
+    /// fetched when first opened (see [`crate::chunked`]). Other layers whole.
+    Lazy,
+}
+
+/// [`pull`], lazily where `mode` says so and the image allows.
+pub fn pull_with(
+    store: &Store,
+    client: &RegistryClient,
+    reference: &Reference,
+    platform: Option<Platform>,
+    progress: &dyn PullProgress,
+    mode: PullMode,
 ) -> Result<PullOutcome> {
     let _lock = store.lock_shared()?;
     let wanted = platform.clone().unwrap_or_else(Platform::host);
@@ -143,11 +169,21 @@ pub fn pull(
         )));
     }
 
-    // Layers to fetch: missing ones, each distinct diff_id once.
+    // Layers to fetch: missing ones, each distinct diff_id once; with
+    // PullMode::Lazy, the tables of contents of those that have one.
     let mut jobs: Vec<(&Descriptor, Digest)> = Vec::new();
+    let mut lazy: Vec<(&Descriptor, TocLocation)> = Vec::new();
     for (desc, diff_id) in manifest.layers.iter().zip(diff_ids) {
+        let toc = match mode {
+            PullMode::Lazy => TocLocation::of(desc)?,
+            PullMode::Full => None,
+        };
         if store.has_layer(diff_id) && store.has_blob(&desc.digest) {
             progress.layer_already_exists(&desc.digest);
+        } else if let Some(toc) = toc {
+            if !lazy.iter().any(|(_, t)| t.digest == toc.digest) {
+                lazy.push((desc, toc));
+            }
         } else if let Some((first, _)) = jobs.iter().find(|(_, d)| d == diff_id) {
             // The same layer twice in one image (empty layers often are): fetched once.
             if first.digest != desc.digest {
@@ -157,6 +193,7 @@ pub fn pull(
             jobs.push((desc, *diff_id));
         }
     }
+    let lazy_layers = fetch_tocs(store, client, reference, &lazy, progress)?;
     let fetched = fetch_layers(store, client, reference, &jobs, progress)?;
 
     // Everything verified: admit, in dependency order.
@@ -166,6 +203,10 @@ pub fn pull(
         staged.commit()?;
         store.put_blob_from_temp(blob, &desc.digest)?;
     }
+    for (index, layer) in &lazy_layers {
+        unpacked.insert(layer.blob_digest, index_unpacked_size(index));
+        store.put_lazy_layer(index, layer)?;
+    }
     store.put_blob_verified(&config_bytes, &config_desc.digest)?;
     store.put_blob_verified(&manifest_bytes, &manifest_digest)?;
     if let Some((digest, bytes)) = &index {
@@ -174,9 +215,14 @@ pub fn pull(
 
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for (desc, diff_id) in manifest.layers.iter().zip(diff_ids) {
-        let unpacked_size = match unpacked.get(diff_id) {
+        let lazy_toc = lazy.iter().find(|(d, _)| d.digest == desc.digest).map(|(_, t)| t.digest);
+        let unpacked_size = match unpacked.get(diff_id).or_else(|| unpacked.get(&desc.digest)) {
             Some(n) => *n,
-            None => layer_unpacked_size(store, diff_id)?,
+            None => match lazy_toc {
+                // A lazy layer stored by an earlier pull.
+                Some(toc) => store.lazy_layer(&toc)?.map(|(index, _)| index_unpacked_size(&index)).unwrap_or_default(),
+                None => layer_unpacked_size(store, diff_id)?,
+            },
         };
         layers.push(LayerRecord {
             diff_id: *diff_id,
@@ -184,6 +230,7 @@ pub fn pull(
             blob_media_type: desc.media_type.clone(),
             blob_size: desc.size,
             unpacked_size,
+            lazy_toc,
         });
     }
     let top_digest = index.as_ref().map_or(manifest_digest, |(d, _)| *d);
@@ -204,6 +251,13 @@ pub fn pull(
     let updated = store.update_records(|recs| {
         let existing = recs.image(&record.id)?;
         if let Some(old) = &existing {
+            // A full pull of a lazily pulled image keeps the lazy forms
+            // that containers made before may still use.
+            for (l, o) in record.layers.iter_mut().zip(&old.layers) {
+                if l.blob_digest == o.blob_digest {
+                    l.lazy_toc = l.lazy_toc.or(o.lazy_toc);
+                }
+            }
             for d in &old.repo_digests {
                 if !record.repo_digests.contains(d) {
                     record.repo_digests.push(d.clone());
@@ -228,12 +282,41 @@ pub fn pull(
 
 /// Sum of regular-file sizes in a stored layer.
 fn layer_unpacked_size(store: &Store, diff_id: &Digest) -> Result<u64> {
-    Ok(store
-        .layer_index(diff_id)?
-        .entries
-        .iter()
-        .map(|e| if let EntryKind::File { size, .. } = e.kind { size } else { 0 })
-        .sum())
+    Ok(index_unpacked_size(&store.layer_index(diff_id)?))
+}
+
+fn index_unpacked_size(index: &LayerIndex) -> u64 {
+    index.entries.iter().map(|e| if let EntryKind::File { size, .. } = e.kind { size } else { 0 }).sum()
+}
+
+/// The tables of contents of lazily pulled layers (those not stored from
+/// an earlier pull), read and checked; nothing is stored yet.
+fn fetch_tocs(
+    store: &Store,
+    client: &RegistryClient,
+    reference: &Reference,
+    layers: &[(&Descriptor, TocLocation)],
+    progress: &dyn PullProgress,
+) -> Result<Vec<(LayerIndex, LazyLayer)>> {
+    let mut out = Vec::new();
+    for (desc, toc) in layers {
+        if store.lazy_layer(&toc.digest)?.is_some() {
+            progress.layer_lazy(&desc.digest);
+            continue;
+        }
+        progress.layer_started(&desc.digest, toc.length);
+        let (index, extents) = fetch_toc(client, reference, desc, toc)?;
+        let layer = LazyLayer {
+            toc: toc.digest,
+            blob_digest: desc.digest,
+            blob_size: desc.size,
+            repository: reference.full_name(),
+            extents,
+        };
+        progress.layer_lazy(&desc.digest);
+        out.push((index, layer));
+    }
+    Ok(out)
 }
 
 fn corrupt(expected: Digest, actual: Digest) -> Error {

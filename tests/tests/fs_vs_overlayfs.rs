@@ -360,10 +360,7 @@ fn compare(t: &Setup) {
     let lowers: Vec<strata_fs::Lower> = t
         .diff_ids
         .iter()
-        .map(|d| strata_fs::Lower {
-            index: Arc::new(store.layer_index(&d.parse().unwrap()).unwrap()),
-            objects_dir: layout.objects_dir(),
-        })
+        .map(|d| strata_fs::Lower::new(Arc::new(store.layer_index(&d.parse().unwrap()).unwrap()), layout.objects_dir()))
         .collect();
     let theirs = overlay_changes(&lower_view(&dirs), &ov_upper);
     assert_same_changes(&format!("{name}: docker diff"), &theirs, &strata_changes(&lowers, &st_upper));

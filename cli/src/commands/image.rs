@@ -123,6 +123,10 @@ pub struct PullArgs {
     /// Download all tagged images in the repository (not supported)
     #[arg(short = 'a', long = "all-tags")]
     pub all_tags: bool,
+    /// Fetch zstd:chunked layers lazily: only their table of contents now,
+    /// each file when a container or mount first opens it
+    #[arg(long, env = "STRATA_LAZY_PULL")]
+    pub lazy: bool,
     /// Skip image verification (accepted for compatibility; strata always verifies digests)
     #[arg(long = "disable-content-trust", default_value_t = true, num_args = 0..=1, default_missing_value = "true",
           action = clap::ArgAction::Set, hide = true)]

@@ -187,7 +187,7 @@ fn resolve(ctx: &Context, store: &Store, target: &str) -> Result<Source> {
     Ok(Source {
         kind: Kind::Image,
         image_id: img.id.to_string(),
-        layers: img.diff_ids().iter().map(|d| d.to_string()).collect(),
+        layers: img.layers.iter().map(|l| l.mount_key(store)).collect(),
         container: None,
     })
 }

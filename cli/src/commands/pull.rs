@@ -6,6 +6,7 @@ use crate::context::Context;
 use crate::progress::PullDisplay;
 use anyhow::bail;
 use strata_layers::manifest::Platform;
+use strata_layers::pull::PullMode;
 use strata_layers::registry::RegistryClient;
 
 pub fn run(ctx: &Context, a: PullArgs) -> anyhow::Result<i32> {
@@ -28,7 +29,8 @@ pub fn run(ctx: &Context, a: PullArgs) -> anyhow::Result<i32> {
     let store = open_store(ctx)?;
     let client = RegistryClient::from_env()?;
     let display = PullDisplay::new(a.quiet);
-    match strata_layers::pull::pull(&store, &client, &reference, platform, &display) {
+    let mode = if a.lazy { PullMode::Lazy } else { PullMode::Full };
+    match strata_layers::pull::pull_with(&store, &client, &reference, platform, &display, mode) {
         Ok(outcome) => {
             display.finish(&outcome);
             Ok(0)

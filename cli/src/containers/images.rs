@@ -63,7 +63,7 @@ pub fn resolve(ctx: &Context, name: &str, pull: &str) -> Result<ResolvedImage> {
     };
     Ok(ResolvedImage {
         id: record.id.to_string(),
-        layers: record.layers.iter().map(|l| l.diff_id.to_string()).collect(),
+        layers: record.layers.iter().map(|l| l.mount_key(&store)).collect(),
         config: settings,
     })
 }
@@ -78,6 +78,7 @@ fn pull_image(ctx: &Context, name: &str) -> Result<()> {
         platform: std::env::var("DOCKER_DEFAULT_PLATFORM").ok().filter(|p| !p.is_empty()),
         quiet: false,
         all_tags: false,
+        lazy: std::env::var("STRATA_LAZY_PULL").is_ok_and(|v| matches!(v.as_str(), "1" | "true")),
         disable_content_trust: true,
         reference: name.to_string(),
     };

@@ -194,16 +194,7 @@ impl Container {
     /// The image's layers under the container's upper directory, for
     /// reading its changes (`diff`, `commit`, `export`) without a mount.
     pub fn lowers(&self, store: &strata_layers::store::Store) -> anyhow::Result<Vec<strata_fs::Lower>> {
-        use anyhow::Context as _;
-        let mut lowers = Vec::new();
-        for d in &self.config.layers {
-            let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
-            lowers.push(strata_fs::Lower {
-                index: std::sync::Arc::new(store.layer_index(&digest)?),
-                objects_dir: store.layout().objects_dir(),
-            });
-        }
-        Ok(lowers)
+        crate::lazy::lowers(store.layout(), &self.config.layers)
     }
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("ctr.log")

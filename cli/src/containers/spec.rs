@@ -7,7 +7,6 @@ use crate::containers::record::Container;
 use crate::context::Context;
 use anyhow::{bail, Context as _, Result};
 use std::os::fd::AsFd;
-use std::sync::Arc;
 use strata_runner::spec::{
     CgroupLimits, CgroupSpec, EtcFiles, IdMapping, Mount, MountKind, Network, PortForward, Protocol, Rlimit, Spec,
 };
@@ -16,13 +15,7 @@ use strata_runner::Cap;
 /// Mounts the container's union filesystem on `rootfs/`, served by this
 /// process until the handle is dropped.
 pub fn mount_rootfs(ctx: &Context, c: &Container) -> Result<strata_fs::MountHandle> {
-    let store = strata_layers::store::Store::open(ctx.layout.clone())?;
-    let mut lowers = Vec::new();
-    for d in &c.config.layers {
-        let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
-        let index = store.layer_index(&digest).with_context(|| format!("reading the index of layer {d}"))?;
-        lowers.push(strata_fs::Lower { index: Arc::new(index), objects_dir: ctx.layout.objects_dir() });
-    }
+    let lowers = crate::lazy::lowers(&ctx.layout, &c.config.layers)?;
     let opts = strata_fs::MountOptions {
         upper: Some(c.upper()),
         fsname: format!("strata:{}", &c.config.id[..12]),

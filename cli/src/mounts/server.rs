@@ -276,18 +276,12 @@ pub fn serve_main(ctx: &Context, request: &str) -> Result<i32> {
 
 /// Mounts what `rec` describes, served from threads of this process.
 fn mount(ctx: &Context, rec: &MountRecord) -> Result<strata_fs::MountHandle> {
-    let store = strata_layers::store::Store::open(ctx.layout.clone())?;
     let range = rec.view.layers(rec.layers.len()).map_err(anyhow::Error::msg)?;
     let single = matches!(rec.view, super::View::Layer(_));
-    let mut lowers = Vec::with_capacity(range.len());
-    for d in &rec.layers[range] {
-        let digest: strata_layers::Digest = d.parse().with_context(|| format!("layer id {d}"))?;
-        let mut index = store.layer_index(&digest).with_context(|| format!("reading the index of layer {d}"))?;
-        if single {
-            index = super::view::expose_whiteouts(&index, ctx.rootless);
-        }
-        lowers.push(strata_fs::Lower { index: Arc::new(index), objects_dir: ctx.layout.objects_dir() });
-    }
+    let lowers = crate::lazy::lowers_with(&ctx.layout, &rec.layers[range], |index| match single {
+        true => super::view::expose_whiteouts(&index, ctx.rootless),
+        false => index,
+    })?;
     let opts = strata_fs::MountOptions {
         upper: rec.upper.clone(),
         fsname: rec.fsname(),

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
             Some("--layer") => {
                 let (Some(index), Some(objects)) = (args.next(), args.next()) else { return usage() };
                 match strata_layers::LayerIndex::read_from_file(std::path::Path::new(&index)) {
-                    Ok(ix) => lowers.push(strata_fs::Lower { index: Arc::new(ix), objects_dir: objects.into() }),
+                    Ok(ix) => lowers.push(strata_fs::Lower::new(Arc::new(ix), objects.into())),
                     Err(e) => {
                         eprintln!("strata-fs-mount: {e}");
                         return ExitCode::from(1);

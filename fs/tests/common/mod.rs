@@ -110,7 +110,7 @@ impl LayerBuilder {
     }
 
     pub fn build(self) -> Lower {
-        Lower { index: Arc::new(LayerIndex::new(self.entries)), objects_dir: self.objects }
+        Lower::new(Arc::new(LayerIndex::new(self.entries)), self.objects)
     }
 
     pub fn entries(&self) -> &[Entry] {

@@ -2,8 +2,9 @@
 //!
 //! GC is mark and sweep from the image records: a blob lives if an image
 //! names it (config, manifest, index, layer blob), a layer if an image lists
-//! its diff_id, an object if the index of a live layer names it. Everything
-//! else under `blobs/`, `layers/` and `objects/` goes, as does `tmp/`. It runs
+//! its diff_id (or the TOC of its lazy form), an object if the index of a
+//! live layer names it. Everything else under `blobs/`, `layers/`, `lazy/`
+//! and `objects/` goes, as does `tmp/`. It runs
 //! under the exclusive content lock, so no pull is between "this object
 //! exists, reuse it" and writing the index that references it.
 
@@ -54,6 +55,7 @@ impl Store {
     pub fn gc(&self, lock: &ExclusiveLock) -> Result<GcStats> {
         let mut live_blobs = HashSet::new();
         let mut live_layers = HashSet::new();
+        let mut live_lazy = HashSet::new();
         for img in self.images()? {
             live_blobs.insert(img.id);
             live_blobs.insert(img.manifest_digest);
@@ -61,6 +63,7 @@ impl Store {
             for l in &img.layers {
                 live_blobs.insert(l.blob_digest);
                 live_layers.insert(l.diff_id);
+                live_lazy.extend(l.lazy_toc);
             }
         }
         // Every live layer's index must be readable: an object we cannot
@@ -77,6 +80,16 @@ impl Store {
             }
         }
 
+        for toc in &live_lazy {
+            if let Some((index, _)) = self.lazy_layer(toc)? {
+                for e in index.entries {
+                    if let EntryKind::File { digest, .. } = e.kind {
+                        live_objects.insert(digest);
+                    }
+                }
+            }
+        }
+
         let mut stats = GcStats::default();
         let blobs = self.layout.blobs_dir();
         for (path, digest) in hex_named(&blobs, "")? {
@@ -88,6 +101,14 @@ impl Store {
         let layers = self.layout.layers_dir();
         for (path, digest) in hex_named(&layers, "")? {
             if !live_layers.contains(&digest) {
+                stats.bytes += tree_size(&path);
+                fs::remove_dir_all(&path).at(&path)?;
+                stats.layers += 1;
+            }
+        }
+        let lazy = self.layout.lazy_dir();
+        for (path, toc) in hex_named(&lazy, "")? {
+            if !live_lazy.contains(&toc) {
                 stats.bytes += tree_size(&path);
                 fs::remove_dir_all(&path).at(&path)?;
                 stats.layers += 1;

@@ -278,6 +278,23 @@ impl Store {
         self.object_path(digest).is_file()
     }
 
+    /// Admits a temporary file as the object `digest`; the caller has
+    /// checked its content. Idempotent: an existing object stays.
+    pub fn put_object_from_temp(&self, file: tempfile::NamedTempFile, digest: &Digest) -> Result<()> {
+        let dest = self.object_path(digest);
+        let what = || format!("storing object {digest}");
+        if let Some(fan) = dest.parent() {
+            self.ensure_dir(fan)?;
+        }
+        file.as_file().set_permissions(Permissions::from_mode(CONTENT_MODE)).ctx(what)?;
+        file.as_file().sync_all().ctx(what)?;
+        match file.persist_noclobber(&dest) {
+            Ok(_) => sync_parent(&dest),
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(Error::io(what(), e.error)),
+        }
+    }
+
     /// True when the layer with this diff_id is stored (its index exists;
     /// an index is only written after all its objects are in place).
     pub fn has_layer(&self, diff_id: &Digest) -> bool {

@@ -44,6 +44,7 @@ fn image(store: &Store, salt: &str, layers: &[&[(&str, &[u8])]]) -> ImageRecord 
             blob_media_type: "application/vnd.oci.image.layer.v1.tar".into(),
             blob_size: tar.len() as u64,
             unpacked_size: unpacked,
+            lazy_toc: None,
         });
     }
     let diff_ids: Vec<String> = recs.iter().map(|l| format!("\"{}\"", l.diff_id)).collect();

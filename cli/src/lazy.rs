@@ -1,0 +1,80 @@
+//! The layers that containers and mounts record, turned into what the union
+//! filesystem mounts. A lazily pulled layer (recorded as `lazy:sha256:TOC`,
+//! see `strata_layers::chunked`) gets a fetcher that brings a file's content
+//! from the registry the first time the filesystem opens it.
+
+use anyhow::{Context as _, Result};
+use std::sync::{Arc, OnceLock};
+use strata_layers::chunked::{fetch_object, LazyLayer};
+use strata_layers::registry::RegistryClient;
+use strata_layers::store::Store;
+use strata_layers::{Digest, LayerIndex, StoreLayout};
+
+/// The lowers for `keys` (bottom first), each index passed through `adjust`.
+pub fn lowers_with(
+    layout: &StoreLayout,
+    keys: &[String],
+    mut adjust: impl FnMut(LayerIndex) -> LayerIndex,
+) -> Result<Vec<strata_fs::Lower>> {
+    let store = Store::open(layout.clone()).context("opening the store")?;
+    let client: Arc<OnceLock<Option<RegistryClient>>> = Arc::new(OnceLock::new());
+    keys.iter()
+        .map(|key| {
+            let opened = store.open_layer(key).with_context(|| format!("reading the index of layer {key}"))?;
+            let mut lower = strata_fs::Lower::new(Arc::new(adjust(opened.index)), layout.objects_dir());
+            if let Some(layer) = opened.lazy {
+                lower.fetch = Some(Arc::new(RegistryFetch { layout: layout.clone(), client: client.clone(), layer }));
+            }
+            Ok(lower)
+        })
+        .collect()
+}
+
+/// [`lowers_with`] with the indexes as stored.
+pub fn lowers(layout: &StoreLayout, keys: &[String]) -> Result<Vec<strata_fs::Lower>> {
+    lowers_with(layout, keys, |index| index)
+}
+
+/// Fetches a lazy layer's files from its registry. The client is made on
+/// first use (it reads the registry configuration and credentials) and
+/// shared by the layers of one mount.
+struct RegistryFetch {
+    layout: StoreLayout,
+    client: Arc<OnceLock<Option<RegistryClient>>>,
+    layer: LazyLayer,
+}
+
+impl std::fmt::Debug for RegistryFetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegistryFetch({} from {})", self.layer.toc, self.layer.repository)
+    }
+}
+
+impl strata_fs::FetchObject for RegistryFetch {
+    fn covers(&self, digest: &Digest) -> bool {
+        self.layer.extents.contains_key(digest)
+    }
+
+    /// The filesystem can only answer EIO; what went wrong goes to stderr
+    /// (the container's supervisor log, or the mount's).
+    fn fetch(&self, digest: &Digest) -> std::io::Result<()> {
+        let eio = || std::io::Error::from_raw_os_error(libc::EIO);
+        let client = self.client.get_or_init(|| match RegistryClient::from_env() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("strata: lazily pulled files cannot be fetched: {e}");
+                None
+            }
+        });
+        let client = client.as_ref().ok_or_else(eio)?;
+        let result = Store::open(self.layout.clone()).and_then(|store| {
+            // Shared with pulls: a gc never empties the staging area under a fetch.
+            let _lock = store.lock_shared()?;
+            fetch_object(&store, client, &self.layer, digest)
+        });
+        result.map_err(|e| {
+            eprintln!("strata: fetching {digest} of a lazily pulled layer from {}: {e}", self.layer.repository);
+            eio()
+        })
+    }
+}
