@@ -14,7 +14,7 @@ packages=(
     build-essential pkg-config git curl ca-certificates python3
     fuse3 libfuse3-dev attr acl
     docker-registry skopeo umoci apache2-utils
-    busybox-static passt uidmap iproute2 procps debootstrap
+    busybox-static passt uidmap iproute2 procps debootstrap zstd
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -52,7 +52,7 @@ impl std::fmt::Debug for RegistryFetch {
 
 impl strata_fs::FetchObject for RegistryFetch {
     fn covers(&self, digest: &Digest) -> bool {
-        self.layer.extents.contains_key(digest)
+        self.layer.covers(digest)
     }
 
     /// The filesystem can only answer EIO; what went wrong goes to stderr

@@ -280,6 +280,59 @@ pub fn pull_with(
     Ok(PullOutcome { record, reference: reference.clone(), digest: top_digest, updated })
 }
 
+/// Makes the lazily pulled layers of `record` ordinary ones: their whole
+/// blobs fetched, checked against the manifest and the diff_ids like a pull,
+/// and stored. What needs every byte (push, save, build's base images)
+/// calls this first. The record itself does not change: a layer is lazy
+/// only as long as its diff_id is not stored (see
+/// [`LayerRecord::mount_key`]). True when anything was fetched.
+pub fn complete_lazy(
+    store: &Store,
+    client: &RegistryClient,
+    record: &ImageRecord,
+    progress: &dyn PullProgress,
+) -> Result<bool> {
+    let _lock = store.lock_shared()?;
+    let missing: Vec<&LayerRecord> = record
+        .layers
+        .iter()
+        .filter(|l| l.lazy_toc.is_some() && !(store.has_layer(&l.diff_id) && store.has_blob(&l.blob_digest)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(false);
+    }
+    let manifest = match parse_manifest(&store.read_blob(&record.manifest_digest)?, &record.manifest_media_type)? {
+        Manifest::Image(m) => m,
+        Manifest::Index(_) => {
+            return Err(Error::InvalidImage(format!("image {}: its manifest is an index", record.id)));
+        }
+    };
+    // Grouped by the repository each lazy layer came from.
+    let mut by_repository: std::collections::BTreeMap<String, Vec<(&Descriptor, Digest)>> = Default::default();
+    for l in missing {
+        let desc = manifest.layers.iter().find(|d| d.digest == l.blob_digest).ok_or_else(|| {
+            Error::InvalidImage(format!("image {}: layer {} is not in its manifest", record.id, l.blob_digest))
+        })?;
+        let toc = l.lazy_toc.unwrap_or(l.diff_id);
+        let (_, lazy) = store.lazy_layer(&toc)?.ok_or_else(|| {
+            Error::InvalidImage(format!("the lazily pulled layer {toc} is gone from the store; pull the image again"))
+        })?;
+        let jobs = by_repository.entry(lazy.repository).or_default();
+        if !jobs.iter().any(|(_, d)| *d == l.diff_id) {
+            jobs.push((desc, l.diff_id));
+        }
+    }
+    for (repository, jobs) in by_repository {
+        let reference = Reference::parse_bare(&repository)
+            .map_err(|e| Error::InvalidImage(format!("lazy layer source {repository:?}: {e}")))?;
+        for (staged, blob, desc) in fetch_layers(store, client, &reference, &jobs, progress)? {
+            staged.commit()?;
+            store.put_blob_from_temp(blob, &desc.digest)?;
+        }
+    }
+    Ok(true)
+}
+
 /// Sum of regular-file sizes in a stored layer.
 fn layer_unpacked_size(store: &Store, diff_id: &Digest) -> Result<u64> {
     Ok(index_unpacked_size(&store.layer_index(diff_id)?))

@@ -19,6 +19,8 @@ pub struct Fixtures {
     pub oci: PathBuf,
     /// OCI layout, zstd layers: tag full (same diff_ids as oci:full).
     pub zstd: PathBuf,
+    /// OCI layout, zstd:chunked layers: tag full (same diff_ids as oci:full).
+    pub chunked: PathBuf,
 }
 
 /// The fixtures, built on first use in this process (or taken from the cache).
@@ -45,7 +47,8 @@ fn build_or_reuse() -> Fixtures {
     let cache = crate::paths::target_dir().join("fixtures-cache");
     fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("mkdir {}: {e}", cache.display()));
     let dir = cache.join(cache_key());
-    let fixtures = Fixtures { oci: dir.join("oci"), zstd: dir.join("zstd"), dir: dir.clone() };
+    let fixtures =
+        Fixtures { oci: dir.join("oci"), zstd: dir.join("zstd"), chunked: dir.join("chunked"), dir: dir.clone() };
     if dir.join("done").exists() {
         return fixtures;
     }

@@ -114,7 +114,10 @@ impl BuildHost for Host<'_> {
         // A pull's progress is not the image id either.
         let _stdout = self.quiet.then(StdoutToStderr::new).transpose().map_err(|e| format!("{e:#}"))?;
         let found = images::resolve(self.ctx, name, policy).map_err(|e| format!("{e:#}"))?;
-        self.store.resolve_image(&found.id).map_err(|e| e.to_string())
+        let record = self.store.resolve_image(&found.id).map_err(|e| e.to_string())?;
+        // Build steps read base layers as stored layers, whole.
+        super::support::complete_lazy(self.store, &record).map_err(|e| format!("{e:#}"))?;
+        Ok(record)
     }
 
     fn run(

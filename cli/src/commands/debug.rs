@@ -30,7 +30,7 @@ pub fn tree(ctx: &Context, image: &str) -> anyhow::Result<i32> {
     let rec = store.resolve_image(image).map_err(exit_code_for)?;
     let mut indexes = Vec::with_capacity(rec.layers.len());
     for l in &rec.layers {
-        indexes.push(store.layer_index(&l.diff_id)?);
+        indexes.push(store.open_layer(&l.mount_key(&store))?.index);
     }
     let merged = MergedTree::from_layers(&indexes).with_context(|| format!("merging the layers of {image}"))?;
     let mut lines: Vec<String> = merged.entries.values().filter(|e| !e.path.is_empty()).map(canonical_line).collect();

@@ -94,6 +94,7 @@ pub fn run(ctx: &Context, a: PushArgs) -> anyhow::Result<i32> {
     for (target, id) in targets {
         let image =
             store.image(&id)?.ok_or_else(|| anyhow::anyhow!("image {id} of {target} is missing from the store"))?;
+        super::support::complete_lazy(&store, &image)?;
         let pushed = strata_layers::push::push(&store, &client, &image, &target, &lines)?;
         if a.quiet {
             println!("{}", target.familiar_string());

@@ -43,6 +43,7 @@ pub fn save(ctx: &Context, a: SaveArgs) -> Result<i32> {
     let mut images: Vec<(ImageRecord, Vec<Reference>)> = Vec::new();
     for name in &a.images {
         let record = store.resolve_image(name).map_err(exit_code_for)?;
+        super::support::complete_lazy(&store, &record)?;
         // A name the store has as a tag is saved with it; an ID is not a name.
         let named = parse_reference(name).ok().map(|r| {
             if r.tag.is_none() && r.digest.is_none() {

@@ -17,6 +17,23 @@ pub fn open_store(ctx: &Context) -> anyhow::Result<Store> {
 
 /// A missing image, an ambiguous ID or a removal conflict, with the status
 /// 1 Docker gives them.
+/// Fetches the rest of an image pulled with `--lazy` (see
+/// `strata_layers::pull::complete_lazy`) before something that needs all
+/// of it; says so on stderr, which keeps stdout for the command's output.
+pub fn complete_lazy(store: &Store, record: &strata_layers::image::ImageRecord) -> anyhow::Result<()> {
+    let partial = |l: &strata_layers::image::LayerRecord| {
+        l.lazy_toc.is_some() && !(store.has_layer(&l.diff_id) && store.has_blob(&l.blob_digest))
+    };
+    if !record.layers.iter().any(partial) {
+        return Ok(());
+    }
+    eprintln!("Fetching the rest of lazily pulled image {}", &record.id.hex()[..12]);
+    let client = strata_layers::registry::RegistryClient::from_env()?;
+    strata_layers::pull::complete_lazy(store, &client, record, &strata_layers::pull::NoProgress)
+        .with_context(|| format!("fetching the rest of lazily pulled image {}", &record.id.hex()[..12]))?;
+    Ok(())
+}
+
 pub fn exit_code_for(e: StoreError) -> anyhow::Error {
     match e {
         StoreError::NoSuchImage(_) | StoreError::AmbiguousId(_) | StoreError::Conflict(_) => {

@@ -1,0 +1,308 @@
+//! `pull --lazy` of zstd:chunked images end to end, against a real registry,
+//! with images made by skopeo (`--dest-compress-format zstd:chunked`, the
+//! `chunked` fixture: the `full` image with a table of contents per layer).
+//!
+//! - A lazy pull stores no layer blob and no file; the tree it serves equals
+//!   that of a full pull of the same image; a container reads files, which
+//!   are fetched then; a mount reads every file with the same content.
+//! - Data that does not match the table of contents is refused: a file whose
+//!   frames were altered is an I/O error and is not stored; a table of
+//!   contents that does not match the manifest's checksum, or names a path
+//!   outside the layer, fails the pull and stores nothing.
+//! - A full pull completes a lazy image (verified against the diff_ids);
+//!   containers made before keep working; `rmi` removes the lazy forms.
+//!   `push` of a lazy image fetches the rest first.
+//!
+//! All as root and as the unprivileged test user.
+
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use strata_e2e::listing::{assert_same_listing, canonical_listing};
+use strata_e2e::*;
+
+const CHECKSUM: &str = "io.github.containers.zstd-chunked.manifest-checksum";
+const OLD_CHECKSUM: &str = "io.containers.zstd-chunked.manifest-checksum";
+const POSITION: &str = "io.github.containers.zstd-chunked.manifest-position";
+const OLD_POSITION: &str = "io.containers.zstd-chunked.manifest-position";
+
+/// Every regular file of the image with its sha256, sorted (the files the
+/// runtime mounts over are left out).
+const SUM_ALL: &str = "find / -xdev -type f | grep -v -e '^/proc/' -e '^/sys/' -e '^/dev/' \
+    -e '^/etc/hosts$' -e '^/etc/hostname$' -e '^/etc/resolv.conf$' | sort | xargs sha256sum";
+
+fn annotation<'v>(desc: &'v Value, keys: [&str; 2]) -> &'v str {
+    keys.iter().find_map(|k| desc["annotations"][*k].as_str()).unwrap_or_else(|| panic!("no {keys:?} in {desc}"))
+}
+
+/// An OCI layout being edited: a copy of the fixture's `chunked` layout.
+struct Layout {
+    dir: tempfile::TempDir,
+}
+
+impl Layout {
+    fn copy_of_fixture() -> Layout {
+        let dir = tempfile::tempdir().unwrap();
+        run_tool(
+            std::process::Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", fixtures().chunked.display()))
+                .arg(dir.path()),
+        );
+        Layout { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    }
+    fn json(&self, digest: &str) -> Value {
+        serde_json::from_slice(&fs::read(self.blob_path(digest)).unwrap()).unwrap()
+    }
+    fn put(&self, data: &[u8]) -> (String, usize) {
+        let digest = format!("sha256:{}", sha256_hex(data));
+        fs::write(self.blob_path(&digest), data).unwrap();
+        (digest, data.len())
+    }
+    fn index(&self) -> Value {
+        serde_json::from_slice(&fs::read(self.path().join("index.json")).unwrap()).unwrap()
+    }
+    fn manifest(&self) -> Value {
+        self.json(self.index()["manifests"][0]["digest"].as_str().unwrap())
+    }
+    /// Layer `i`'s descriptor and blob.
+    fn layer(&self, i: usize) -> (Value, Vec<u8>) {
+        let desc = self.manifest()["layers"][i].clone();
+        let blob = fs::read(self.blob_path(desc["digest"].as_str().unwrap())).unwrap();
+        (desc, blob)
+    }
+    /// Replaces layer `i` with `blob` described by `desc` (digest and size
+    /// are set here), rewriting the manifest and index.json.
+    fn replace_layer(&self, i: usize, mut desc: Value, blob: &[u8]) {
+        let (digest, size) = self.put(blob);
+        desc["digest"] = digest.into();
+        desc["size"] = size.into();
+        let mut manifest = self.manifest();
+        manifest["layers"][i] = desc;
+        let (mdigest, msize) = self.put(&serde_json::to_vec(&manifest).unwrap());
+        let mut index = self.index();
+        index["manifests"][0]["digest"] = mdigest.into();
+        index["manifests"][0]["size"] = msize.into();
+        fs::write(self.path().join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    }
+}
+
+/// The table of contents of a zstd:chunked layer: (offset, entries).
+fn toc(desc: &Value, blob: &[u8]) -> (usize, Vec<Value>) {
+    let pos: Vec<usize> = annotation(desc, [POSITION, OLD_POSITION]).split(':').map(|f| f.parse().unwrap()).collect();
+    let json = zstd::decode_all(&blob[pos[0]..pos[0] + pos[1]]).unwrap();
+    let v: Value = serde_json::from_slice(&json).unwrap();
+    (pos[0], v["entries"].as_array().unwrap().clone())
+}
+
+/// `desc` and `blob` with the table of contents' entries replaced by what
+/// `edit` makes of them (written after the files, annotations updated).
+fn with_toc(desc: &Value, blob: &[u8], edit: impl FnOnce(&mut Vec<Value>)) -> (Value, Vec<u8>) {
+    let (offset, mut entries) = toc(desc, blob);
+    edit(&mut entries);
+    let json = serde_json::to_vec(&serde_json::json!({ "version": 1, "entries": entries })).unwrap();
+    let compressed = zstd::encode_all(&json[..], 3).unwrap();
+    let mut out = blob[..offset].to_vec();
+    out.extend_from_slice(&compressed);
+    let mut desc = desc.clone();
+    let ann = desc["annotations"].as_object_mut().unwrap();
+    ann.retain(|k, _| k != OLD_CHECKSUM && k != OLD_POSITION);
+    ann.insert(CHECKSUM.into(), format!("sha256:{}", sha256_hex(&compressed)).into());
+    ann.insert(POSITION.into(), format!("{offset}:{}:{}:1", compressed.len(), json.len()).into());
+    (desc, out)
+}
+
+fn store_files(dir: &Path) -> usize {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    store_files(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum(),
+        Err(_) => 0,
+    }
+}
+
+fn instance(unprivileged: bool) -> Strata {
+    if unprivileged {
+        Strata::new_unprivileged()
+    } else {
+        Strata::new()
+    }
+}
+
+fn who(unprivileged: bool) -> &'static str {
+    if unprivileged {
+        "as strata-test"
+    } else {
+        "as root"
+    }
+}
+
+#[test]
+fn a_lazy_pull_serves_the_same_image_and_fetches_files_when_read() {
+    let f = fixtures();
+    let reg = Registry::start();
+    let image = reg.push_oci_layout(&f.chunked, "full", "e2e/chunked:1");
+    // The truth: the same image pulled whole.
+    let whole = Strata::new();
+    whole.pull(&image);
+    let whole_objects = store_files(&whole.root().join("objects"));
+
+    for unprivileged in [false, true] {
+        let who = who(unprivileged);
+        let s = instance(unprivileged);
+        let out = s.ok(&["pull", "--lazy", &image]);
+        assert_eq!(out.matches(": Lazy (files fetched on first use)\n").count(), 5, "{who}: {out}");
+        assert_eq!(store_files(&s.root().join("objects")), 0, "{who}: no file is fetched by the pull");
+        assert_eq!(store_files(&s.root().join("blobs")), 2, "{who}: only the manifest and config are stored");
+        assert_same_listing(&whole.tree(&image), &s.tree(&image), &format!("{who}: the lazy image's tree"));
+
+        // A container reads files: those, and only about those, are fetched.
+        let text = s.ok(&["run", "--rm", &image, "sh", "-c", "cat /data/text /data/hl/b; sha256sum /data/big.bin"]);
+        let big = whole.ok(&["run", "--rm", &image, "sha256sum", "/data/big.bin"]);
+        assert_eq!(text, format!("some text\nlinked content\n{big}"), "{who}");
+        let fetched = store_files(&s.root().join("objects"));
+        assert!(fetched > 2 && fetched < whole_objects / 2, "{who}: {fetched} of {whole_objects} objects fetched");
+
+        // Every file read in a container: the same content as the whole image's.
+        let sums = |s: &Strata| s.ok(&["run", "--rm", &image, "sh", "-c", SUM_ALL]);
+        let summed = sums(&s);
+        assert!(summed.lines().count() > 20, "{who}: {summed}");
+        assert_eq!(summed, sums(&whole), "{who}: the content of every file");
+        if !unprivileged {
+            // And through `strata mount`, whose listing has owners, modes and xattrs.
+            let listing = |s: &Strata| {
+                let dir = s.base().join("mnt");
+                fs::create_dir_all(&dir).unwrap();
+                let dir = dir.canonicalize().unwrap();
+                s.ok(&[Path::new("mount"), Path::new(&image), &dir]);
+                let listing = canonical_listing(&dir);
+                s.ok(&[Path::new("umount"), &dir]);
+                listing
+            };
+            assert_same_listing(&listing(&whole), &listing(&s), &format!("{who}: the mounted lazy image"));
+        }
+        // Content that upper layers hide is never needed, so never fetched.
+        let all = store_files(&s.root().join("objects"));
+        assert!(all > fetched && all <= whole_objects, "{who}: {all} of {whole_objects} objects after the mount");
+    }
+}
+
+#[test]
+fn lazy_data_that_does_not_match_its_table_of_contents_is_refused() {
+    // Layer 4 holds data/big.bin (50 MiB): one byte in the middle of its
+    // frames is changed, the table of contents is not.
+    let altered = Layout::copy_of_fixture();
+    let (desc, mut blob) = altered.layer(3);
+    let (_, entries) = toc(&desc, &blob);
+    let big = entries.iter().find(|e| e["name"] == "data/big.bin" && e["type"] == "reg").expect("big.bin in layer 4");
+    let (start, end) = (big["offset"].as_u64().unwrap() as usize, big["endOffset"].as_u64().unwrap() as usize);
+    let at = start + (end - start) / 2;
+    blob[at] ^= 0x55;
+    altered.replace_layer(3, desc, &blob);
+    let reg = Registry::start();
+    let image = reg.push_oci_layout(altered.path(), "full", "e2e/altered:1");
+
+    for unprivileged in [false, true] {
+        let who = who(unprivileged);
+        let s = instance(unprivileged);
+        s.ok(&["pull", "--lazy", &image]);
+        let out = s.run(&["run", "--rm", &image, "sh", "-c", "cat /data/text; cat /data/big.bin >/dev/null"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{who}: reading the altered file fails");
+        assert_eq!(stdout, "some text\n", "{who}: other files read");
+        assert_mentions(&stderr, &["/data/big.bin"], who);
+        assert_mentions(&stderr, &["Input/output error", "I/O error"], who);
+        let digest = big["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        let object = s.root().join("objects").join(&digest[..2]).join(&digest[2..]);
+        assert!(!object.exists(), "{who}: nothing is stored for the altered file");
+        // A full pull finds the damage too (the frame's checksum, before the diff_id).
+        let (_, err) = s.fails(&["pull", &image]);
+        assert_mentions(&err, &["checksum", "diff_id"], &format!("{who}: a full pull of the altered image"));
+    }
+
+    // A table of contents that the manifest's checksum does not vouch for.
+    let forged = Layout::copy_of_fixture();
+    let (desc, blob) = forged.layer(4);
+    let (mut forged_desc, forged_blob) = with_toc(&desc, &blob, |_| {});
+    let ann = forged_desc["annotations"].as_object_mut().unwrap();
+    ann.insert(CHECKSUM.into(), format!("sha256:{}", sha256_hex(b"another table")).into());
+    forged.replace_layer(4, forged_desc, &forged_blob);
+    // A table of contents with a path outside the layer, properly checksummed.
+    let hostile = Layout::copy_of_fixture();
+    let (desc, blob) = hostile.layer(4);
+    let (hostile_desc, hostile_blob) = with_toc(&desc, &blob, |entries| {
+        let mut escape = entries.iter().find(|e| e["type"] == "reg").unwrap().clone();
+        escape["name"] = "../../etc/strata-escape".into();
+        entries.push(escape);
+    });
+    hostile.replace_layer(4, hostile_desc, &hostile_blob);
+
+    let reg = Registry::start();
+    let forged_image = reg.push_oci_layout(forged.path(), "full", "e2e/forged:1");
+    let hostile_image = reg.push_oci_layout(hostile.path(), "full", "e2e/hostile:1");
+    for unprivileged in [false, true] {
+        let who = who(unprivileged);
+        let s = instance(unprivileged);
+        let (_, err) = s.fails(&["pull", "--lazy", &forged_image]);
+        assert_mentions(&err, &["is not the one its manifest names"], &format!("{who}: forged table of contents"));
+        let (_, err) = s.fails(&["pull", "--lazy", &hostile_image]);
+        assert_mentions(&err, &["\"../../etc/strata-escape\" has a '..' component"], &format!("{who}: hostile TOC"));
+        assert_eq!(s.ok(&["images", "-q"]), "", "{who}: nothing stored");
+        assert_eq!(store_files(&s.root().join("lazy")), 0, "{who}: no lazy layer stored");
+        assert!(!Path::new("/etc/strata-escape").exists());
+    }
+}
+
+#[test]
+fn a_full_pull_completes_a_lazy_image_and_earlier_containers_keep_working() {
+    let f = fixtures();
+    let reg = Registry::start();
+    let image = reg.push_oci_layout(&f.chunked, "full", "e2e/chunked:1");
+    for unprivileged in [false, true] {
+        let who = who(unprivileged);
+        let s = instance(unprivileged);
+        s.ok(&["pull", "--lazy", &image]);
+        s.ok(&["create", "--name", "early", &image, "cat", "/data/text"]);
+        let before = s.tree(&image);
+
+        let out = s.ok(&["pull", &image]);
+        assert_eq!(out.matches(": Pull complete\n").count(), 5, "{who}: the layers are fetched whole: {out}");
+        assert_eq!(store_files(&s.root().join("layers")), 5, "{who}: five verified layers");
+        assert_same_listing(&before, &s.tree(&image), &format!("{who}: the completed image"));
+        assert_eq!(s.ok(&["start", "-a", "early"]), "some text\n", "{who}: the earlier container");
+        assert_eq!(s.ok(&["run", "--rm", &image, "cat", "/data/hl/a"]), "linked content\n", "{who}");
+        // gc keeps the lazy forms while the image lists them...
+        s.ok(&["image", "prune", "-a", "-f"]);
+        assert_eq!(store_files(&s.root().join("lazy")), 10, "{who}: lazy layers kept for `early`");
+        // ...and removes them with it.
+        s.ok(&["rm", "early"]);
+        s.ok(&["rmi", &image]);
+        assert_eq!(store_files(&s.root().join("lazy")), 0, "{who}: lazy layers removed with the image");
+    }
+
+    // `push` of a lazy image sends all of it.
+    let s = Strata::new();
+    s.ok(&["pull", "--lazy", &image]);
+    let target = reg.reference("e2e/again:1");
+    s.ok(&["tag", &image, &target]);
+    let out = s.run(&["push", &target]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_mentions(&String::from_utf8_lossy(&out.stderr), &["Fetching the rest of lazily pulled image"], "push");
+    let other = Strata::new();
+    other.pull(&target);
+    assert_same_listing(&s.tree(&image), &other.tree(&target), "pushed after a lazy pull");
+}
