@@ -4,8 +4,9 @@
 //! from the registry the first time the filesystem opens it.
 
 use anyhow::{Context as _, Result};
-use std::sync::{Arc, OnceLock};
-use strata_layers::chunked::{fetch_object, LazyLayer};
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use strata_layers::chunked::{fetch_object, fetch_order, LazyLayer};
 use strata_layers::registry::RegistryClient;
 use strata_layers::store::Store;
 use strata_layers::{Digest, LayerIndex, StoreLayout};
@@ -23,7 +24,14 @@ pub fn lowers_with(
             let opened = store.open_layer(key).with_context(|| format!("reading the index of layer {key}"))?;
             let mut lower = strata_fs::Lower::new(Arc::new(adjust(opened.index)), layout.objects_dir());
             if let Some(layer) = opened.lazy {
-                lower.fetch = Some(Arc::new(RegistryFetch { layout: layout.clone(), client: client.clone(), layer }));
+                let order = fetch_order(&lower.index, &layer);
+                lower.fetch = Some(Arc::new(RegistryFetch {
+                    layout: layout.clone(),
+                    client: client.clone(),
+                    layer,
+                    order,
+                    in_flight: Default::default(),
+                }));
             }
             Ok(lower)
         })
@@ -35,6 +43,37 @@ pub fn lowers(layout: &StoreLayout, keys: &[String]) -> Result<Vec<strata_fs::Lo
     lowers_with(layout, keys, |index| index)
 }
 
+/// Threads that fetch a container's lazy layers in the background, so that
+/// it stops depending on the registry soon after it starts. Files a
+/// program opens are still fetched at once, by the thread serving the
+/// open; these only fill in the rest (containerd's stargz snapshotter does
+/// the same).
+const BACKGROUND_FETCHERS: usize = 2;
+
+/// Starts fetching, in the background, whatever the lazy layers among
+/// `lowers` do not have yet. The threads end when everything is stored or
+/// with the process (a container's supervisor lives as long as it).
+pub fn fill_in_background(lowers: &[strata_fs::Lower]) {
+    let queue: Vec<(Arc<dyn strata_fs::FetchObject>, strata_layers::Digest)> = lowers
+        .iter()
+        .filter_map(|l| l.fetch.clone())
+        .flat_map(|f| f.pending().into_iter().map(move |d| (f.clone(), d)))
+        .collect();
+    if queue.is_empty() {
+        return;
+    }
+    let queue = Arc::new(Mutex::new(queue.into_iter()));
+    for _ in 0..BACKGROUND_FETCHERS {
+        let queue = queue.clone();
+        let _ = std::thread::Builder::new().name("lazy-fill".into()).spawn(move || loop {
+            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+            let Some((fetch, digest)) = next else { break };
+            // A failure was reported by fetch; the file is fetched again when opened.
+            let _ = fetch.fetch(&digest);
+        });
+    }
+}
+
 /// Fetches a lazy layer's files from its registry. The client is made on
 /// first use (it reads the registry configuration and credentials) and
 /// shared by the layers of one mount.
@@ -42,6 +81,11 @@ struct RegistryFetch {
     layout: StoreLayout,
     client: Arc<OnceLock<Option<RegistryClient>>>,
     layer: LazyLayer,
+    /// Every content of the layer, in background order.
+    order: Vec<Digest>,
+    /// Contents being fetched now, so that two threads that want one file
+    /// (a reader and the background) fetch it once.
+    in_flight: (Mutex<HashSet<Digest>>, Condvar),
 }
 
 impl std::fmt::Debug for RegistryFetch {
@@ -55,9 +99,34 @@ impl strata_fs::FetchObject for RegistryFetch {
         self.layer.covers(digest)
     }
 
+    fn pending(&self) -> Vec<Digest> {
+        let objects = self.layout.objects_dir();
+        let present = |d: &Digest| strata_layers::layout::object_path_in(&objects, d).exists();
+        self.order.iter().filter(|d| !present(d)).copied().collect()
+    }
+
     /// The filesystem can only answer EIO; what went wrong goes to stderr
     /// (the container's supervisor log, or the mount's).
     fn fetch(&self, digest: &Digest) -> std::io::Result<()> {
+        let (set, done) = &self.in_flight;
+        let mut fetching = set.lock().unwrap_or_else(|e| e.into_inner());
+        while fetching.contains(digest) {
+            fetching = done.wait(fetching).unwrap_or_else(|e| e.into_inner());
+        }
+        if strata_layers::layout::object_path_in(&self.layout.objects_dir(), digest).exists() {
+            return Ok(());
+        }
+        fetching.insert(*digest);
+        drop(fetching);
+        let result = self.fetch_now(digest);
+        set.lock().unwrap_or_else(|e| e.into_inner()).remove(digest);
+        done.notify_all();
+        result
+    }
+}
+
+impl RegistryFetch {
+    fn fetch_now(&self, digest: &Digest) -> std::io::Result<()> {
         let eio = || std::io::Error::from_raw_os_error(libc::EIO);
         let client = self.client.get_or_init(|| match RegistryClient::from_env() {
             Ok(c) => Some(c),
