@@ -6,7 +6,8 @@
 use anyhow::{Context as _, Result};
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use strata_layers::chunked::{fetch_object, fetch_order, LazyLayer};
+use strata_layers::chunked::{fetch_object, LazyLayer};
+use strata_layers::pull::{complete_lazy_layers, NoProgress};
 use strata_layers::registry::RegistryClient;
 use strata_layers::store::Store;
 use strata_layers::{Digest, LayerIndex, StoreLayout};
@@ -24,12 +25,10 @@ pub fn lowers_with(
             let opened = store.open_layer(key).with_context(|| format!("reading the index of layer {key}"))?;
             let mut lower = strata_fs::Lower::new(Arc::new(adjust(opened.index)), layout.objects_dir());
             if let Some(layer) = opened.lazy {
-                let order = fetch_order(&lower.index, &layer);
                 lower.fetch = Some(Arc::new(RegistryFetch {
                     layout: layout.clone(),
                     client: client.clone(),
                     layer,
-                    order,
                     in_flight: Default::default(),
                 }));
             }
@@ -43,34 +42,16 @@ pub fn lowers(layout: &StoreLayout, keys: &[String]) -> Result<Vec<strata_fs::Lo
     lowers_with(layout, keys, |index| index)
 }
 
-/// Threads that fetch a container's lazy layers in the background, so that
-/// it stops depending on the registry soon after it starts. Files a
-/// program opens are still fetched at once, by the thread serving the
-/// open; these only fill in the rest (containerd's stargz snapshotter does
-/// the same).
-const BACKGROUND_FETCHERS: usize = 2;
-
-/// Starts fetching, in the background, whatever the lazy layers among
-/// `lowers` do not have yet. The threads end when everything is stored or
-/// with the process (a container's supervisor lives as long as it).
-pub fn fill_in_background(lowers: &[strata_fs::Lower]) {
-    let queue: Vec<(Arc<dyn strata_fs::FetchObject>, strata_layers::Digest)> = lowers
-        .iter()
-        .filter_map(|l| l.fetch.clone())
-        .flat_map(|f| f.pending().into_iter().map(move |d| (f.clone(), d)))
-        .collect();
-    if queue.is_empty() {
-        return;
-    }
-    let queue = Arc::new(Mutex::new(queue.into_iter()));
-    for _ in 0..BACKGROUND_FETCHERS {
-        let queue = queue.clone();
-        let _ = std::thread::Builder::new().name("lazy-fill".into()).spawn(move || loop {
-            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-            let Some((fetch, digest)) = next else { break };
-            // A failure was reported by fetch; the file is fetched again when opened.
-            let _ = fetch.fetch(&digest);
-        });
+/// Completes a container's lazy layers in the background (whole blobs,
+/// verified like a pull: `strata_layers::pull::complete_lazy_layers`), so
+/// that it stops depending on the registry soon after it starts. Files a
+/// program opens meanwhile are still fetched at once, by the thread serving
+/// the open. The threads end when done or with the process (a container's
+/// supervisor lives as long as it); a failure is reported on stderr and
+/// leaves the layer lazy.
+pub fn complete_in_background(lowers: &[strata_fs::Lower]) {
+    for fetch in lowers.iter().filter_map(|l| l.fetch.clone()) {
+        let _ = std::thread::Builder::new().name("lazy-complete".into()).spawn(move || fetch.complete());
     }
 }
 
@@ -81,8 +62,6 @@ struct RegistryFetch {
     layout: StoreLayout,
     client: Arc<OnceLock<Option<RegistryClient>>>,
     layer: LazyLayer,
-    /// Every content of the layer, in background order.
-    order: Vec<Digest>,
     /// Contents being fetched now, so that two threads that want one file
     /// (a reader and the background) fetch it once.
     in_flight: (Mutex<HashSet<Digest>>, Condvar),
@@ -99,10 +78,14 @@ impl strata_fs::FetchObject for RegistryFetch {
         self.layer.covers(digest)
     }
 
-    fn pending(&self) -> Vec<Digest> {
-        let objects = self.layout.objects_dir();
-        let present = |d: &Digest| strata_layers::layout::object_path_in(&objects, d).exists();
-        self.order.iter().filter(|d| !present(d)).copied().collect()
+    fn complete(&self) -> std::io::Result<()> {
+        let client = self.client().ok_or_else(|| std::io::Error::from_raw_os_error(libc::EIO))?;
+        let result = Store::open(self.layout.clone())
+            .and_then(|store| complete_lazy_layers(&store, client, std::slice::from_ref(&self.layer), &NoProgress));
+        result.map_err(|e| {
+            eprintln!("strata: completing lazily pulled layer {} from {}: {e}", self.layer.toc, self.layer.repository);
+            std::io::Error::from_raw_os_error(libc::EIO)
+        })
     }
 
     /// The filesystem can only answer EIO; what went wrong goes to stderr
@@ -126,16 +109,21 @@ impl strata_fs::FetchObject for RegistryFetch {
 }
 
 impl RegistryFetch {
+    fn client(&self) -> Option<&RegistryClient> {
+        self.client
+            .get_or_init(|| match RegistryClient::from_env() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("strata: lazily pulled files cannot be fetched: {e}");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
     fn fetch_now(&self, digest: &Digest) -> std::io::Result<()> {
         let eio = || std::io::Error::from_raw_os_error(libc::EIO);
-        let client = self.client.get_or_init(|| match RegistryClient::from_env() {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("strata: lazily pulled files cannot be fetched: {e}");
-                None
-            }
-        });
-        let client = client.as_ref().ok_or_else(eio)?;
+        let client = self.client().ok_or_else(eio)?;
         let result = Store::open(self.layout.clone()).and_then(|store| {
             // Shared with pulls: a gc never empties the staging area under a fetch.
             let _lock = store.lock_shared()?;

@@ -36,9 +36,8 @@ pub trait FetchObject: Send + Sync + std::fmt::Debug {
     fn covers(&self, digest: &Digest) -> bool;
     /// Fetches `digest` and stores it as an object; Ok once it is there.
     fn fetch(&self, digest: &Digest) -> io::Result<()>;
-    /// The contents not stored yet, in the order a background task should
-    /// fetch them.
-    fn pending(&self) -> Vec<Digest>;
+    /// Fetches all of the layer (a background task of a running container).
+    fn complete(&self) -> io::Result<()>;
 }
 
 impl Lower {

@@ -20,7 +20,8 @@
 //! size and sha256 checked against the TOC, then stored as an ordinary
 //! object. A later full pull of the image reads the whole blob, checks the
 //! diff_id and makes the layer an ordinary one; [`LazyLayer`] files stay for
-//! the containers created before that.
+//! the containers created before that. A running container does that in
+//! the background ([`crate::pull::complete_lazy_layers`]).
 
 use crate::digest::{Digest, Hasher};
 use crate::entry_rules::{EntryRules, Naming};
@@ -31,7 +32,7 @@ use crate::reference::Reference;
 use crate::registry::RegistryClient;
 use crate::store::{Store, CONTENT_MODE};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
 /// The TOC's sha256 (of its compressed bytes). containers/storage has
@@ -109,7 +110,11 @@ pub struct Extent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LazyLayer {
     pub toc: Digest,
+    /// The image config's diff_id for the layer: only a claim until
+    /// [`crate::pull::complete_lazy_layers`] has read the whole blob.
+    pub diff_id: Digest,
     pub blob_digest: Digest,
+    pub blob_media_type: String,
     pub blob_size: u64,
     /// The repository the blob is fetched from (`registry/name`, no tag).
     pub repository: String,
@@ -455,27 +460,6 @@ impl Read for RangeReader<'_> {
         self.at += n;
         Ok(n)
     }
-}
-
-/// Groups of objects to fetch in the background, landmark files first: the
-/// ones a container start reads (the dynamic loader, libc, the shell), then
-/// the rest in TOC order.
-pub fn fetch_order(index: &LayerIndex, layer: &LazyLayer) -> Vec<Digest> {
-    let landmark = |p: &[u8]| {
-        let name = p.rsplit(|&b| b == b'/').next().unwrap_or(p);
-        name.starts_with(b"ld-") || name.starts_with(b"libc.so") || name == b"sh" || name == b"busybox"
-    };
-    let mut seen = HashMap::new();
-    let mut order: Vec<(bool, usize, Digest)> = Vec::new();
-    for (i, e) in index.entries.iter().enumerate() {
-        if let EntryKind::File { digest, .. } = &e.kind {
-            if layer.extents.contains_key(digest) && seen.insert(*digest, ()).is_none() {
-                order.push((!landmark(&e.path), i, *digest));
-            }
-        }
-    }
-    order.sort();
-    order.into_iter().map(|(_, _, d)| d).collect()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use strata_runner::Cap;
 /// process until the handle is dropped.
 pub fn mount_rootfs(ctx: &Context, c: &Container) -> Result<strata_fs::MountHandle> {
     let lowers = crate::lazy::lowers(&ctx.layout, &c.config.layers)?;
-    crate::lazy::fill_in_background(&lowers);
+    crate::lazy::complete_in_background(&lowers);
     let opts = strata_fs::MountOptions {
         upper: Some(c.upper()),
         fsname: format!("strata:{}", &c.config.id[..12]),

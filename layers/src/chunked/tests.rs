@@ -94,23 +94,3 @@ fn hostile_or_damaged_tocs_are_refused() {
     loc.uncompressed_length += 1;
     assert!(parse_toc(&toc, &loc, 2000).unwrap_err().to_string().contains("uncompressed"));
 }
-
-#[test]
-fn landmark_files_are_fetched_first() {
-    let d = |s: &str| Digest::of(s.as_bytes());
-    let (toc, loc) = toc_of(json!([
-        { "type": "reg", "name": "usr/share/doc", "size": 1, "digest": d("doc").to_string(), "offset": 0, "endOffset": 9 },
-        { "type": "reg", "name": "usr/lib/libc.so.6", "size": 1, "digest": d("libc").to_string(), "offset": 9, "endOffset": 19 },
-        { "type": "reg", "name": "bin/sh", "size": 1, "digest": d("sh").to_string(), "offset": 19, "endOffset": 29 },
-        { "type": "reg", "name": "copy", "size": 1, "digest": d("doc").to_string(), "offset": 29, "endOffset": 39 }
-    ]));
-    let (index, extents) = parse_toc(&toc, &loc, 2000).unwrap();
-    let layer = LazyLayer {
-        toc: loc.digest,
-        blob_digest: d("blob"),
-        blob_size: 2000,
-        repository: "localhost:5000/x".into(),
-        extents,
-    };
-    assert_eq!(fetch_order(&index, &layer), vec![d("libc"), d("sh"), d("doc")]);
-}
