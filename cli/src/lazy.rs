@@ -48,12 +48,20 @@ pub fn lowers(layout: &StoreLayout, keys: &[String]) -> Result<Vec<strata_fs::Lo
 /// program opens meanwhile are still fetched at once, by the thread serving
 /// the open. The threads end when done or with the process (a container's
 /// supervisor lives as long as it); a failure is reported on stderr and
-/// leaves the layer lazy.
+/// leaves the layer lazy. They start after [`COMPLETION_DELAY`]: a
+/// container that is done by then (`run --rm IMAGE CMD`) has needed only
+/// the files it read, and would leave a half-fetched blob behind.
 pub fn complete_in_background(lowers: &[strata_fs::Lower]) {
     for fetch in lowers.iter().filter_map(|l| l.fetch.clone()) {
-        let _ = std::thread::Builder::new().name("lazy-complete".into()).spawn(move || fetch.complete());
+        let _ = std::thread::Builder::new().name("lazy-complete".into()).spawn(move || {
+            std::thread::sleep(COMPLETION_DELAY);
+            fetch.complete()
+        });
     }
 }
+
+/// How long a container runs before its lazy layers are completed.
+pub const COMPLETION_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Fetches a lazy layer's files from its registry. The client is made on
 /// first use (it reads the registry configuration and credentials) and
