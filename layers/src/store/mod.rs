@@ -236,15 +236,7 @@ impl Store {
         if dest.is_file() {
             return Ok(());
         }
-        let what = || format!("storing blob {expected}");
-        let file = blob.file;
-        file.as_file().set_permissions(Permissions::from_mode(CONTENT_MODE)).ctx(what)?;
-        file.as_file().sync_all().ctx(what)?;
-        match file.persist_noclobber(&dest) {
-            Ok(_) => sync_parent(&dest),
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(Error::io(what(), e.error)),
-        }
+        admit_content(blob.file, &dest, || format!("storing blob {expected}"))
     }
 
     /// Stores `data` as a blob and returns its digest.
@@ -282,17 +274,10 @@ impl Store {
     /// checked its content. Idempotent: an existing object stays.
     pub fn put_object_from_temp(&self, file: tempfile::NamedTempFile, digest: &Digest) -> Result<()> {
         let dest = self.object_path(digest);
-        let what = || format!("storing object {digest}");
         if let Some(fan) = dest.parent() {
             self.ensure_dir(fan)?;
         }
-        file.as_file().set_permissions(Permissions::from_mode(CONTENT_MODE)).ctx(what)?;
-        file.as_file().sync_all().ctx(what)?;
-        match file.persist_noclobber(&dest) {
-            Ok(_) => sync_parent(&dest),
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(Error::io(what(), e.error)),
-        }
+        admit_content(file, &dest, || format!("storing object {digest}"))
     }
 
     /// True when the layer with this diff_id is stored (its index exists;
@@ -354,6 +339,18 @@ impl Write for TempBlob {
 }
 
 /// fsync of `path`'s directory, so that a rename into it is durable.
+/// Makes a checked temporary file the read-only, durable content at `dest`.
+/// Content is named by its digest, so one already there is the same: kept.
+fn admit_content(file: tempfile::NamedTempFile, dest: &Path, what: impl Fn() -> String) -> Result<()> {
+    file.as_file().set_permissions(Permissions::from_mode(CONTENT_MODE)).ctx(&what)?;
+    file.as_file().sync_all().ctx(&what)?;
+    match file.persist_noclobber(dest) {
+        Ok(_) => sync_parent(dest),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(what(), e.error)),
+    }
+}
+
 pub(crate) fn sync_parent(path: &Path) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("/"));
     File::open(parent).and_then(|d| d.sync_all()).at(parent)
