@@ -66,6 +66,20 @@ impl Registry {
         panic!("docker-registry did not start:\n{last_log}");
     }
 
+    /// Stops the registry process; its data, configuration and port stay
+    /// for [`Registry::resume`].
+    pub fn pause(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again, on the same port with the same data.
+    pub fn resume(&mut self) {
+        let (config, log) = (self.dir.path().join("config.yml"), self.dir.path().join("registry.log"));
+        self.child = spawn_ready(&config, &log, self.port)
+            .unwrap_or_else(|| panic!("docker-registry did not restart:\n{}", self.log()));
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

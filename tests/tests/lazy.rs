@@ -10,6 +10,8 @@
 //!   frames were altered is an I/O error and is not stored; a table of
 //!   contents that does not match the manifest's checksum, or names a path
 //!   outside the layer, fails the pull and stores nothing.
+//! - Without the registry, a file not fetched yet is an I/O error and the
+//!   files fetched before still read; with it back, the file reads.
 //! - A full pull completes a lazy image (verified against the diff_ids);
 //!   containers made before keep working; `rmi` removes the lazy forms.
 //!   `push` of a lazy image fetches the rest first.
@@ -320,4 +322,29 @@ fn a_full_pull_completes_a_lazy_image_and_earlier_containers_keep_working() {
     let other = Strata::new();
     other.pull(&target);
     assert_same_listing(&s.tree(&image), &other.tree(&target), "pushed after a lazy pull");
+}
+
+#[test]
+fn without_the_registry_only_files_not_fetched_yet_fail() {
+    let f = fixtures();
+    let mut reg = Registry::start();
+    let image = reg.push_oci_layout(&f.chunked, "full", "e2e/chunked:1");
+    let users = [instance(false), instance(true)];
+    for s in &users {
+        s.ok(&["pull", "--lazy", &image]);
+        assert_eq!(s.ok(&["run", "--rm", &image, "cat", "/data/hl/a"]), "linked content\n");
+    }
+    reg.pause();
+    for (s, unprivileged) in users.iter().zip([false, true]) {
+        let who = who(unprivileged);
+        assert_eq!(s.ok(&["run", "--rm", &image, "cat", "/data/hl/a"]), "linked content\n", "{who}: fetched before");
+        let out = s.run(&["run", "--rm", &image, "cat", "/data/text"]);
+        assert!(!out.status.success(), "{who}: a file not fetched yet cannot be read");
+        assert_mentions(&String::from_utf8_lossy(&out.stderr), &["Input/output error", "I/O error"], who);
+    }
+    reg.resume();
+    for (s, unprivileged) in users.iter().zip([false, true]) {
+        let who = who(unprivileged);
+        assert_eq!(s.ok(&["run", "--rm", &image, "cat", "/data/text"]), "some text\n", "{who}: registry back");
+    }
 }
