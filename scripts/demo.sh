@@ -2,7 +2,8 @@
 # A short tour of strata against a throwaway local registry:
 # build strata, make a small busybox image, push it to a registry on
 # 127.0.0.1, then pull it, run containers from it, commit one, build an
-# image from a Dockerfile, push both and mount the image.
+# image from a Dockerfile, push both, mount the image, and pull it lazily
+# as zstd:chunked.
 #
 #   bash scripts/demo.sh        (as root, after scripts/setup.sh)
 #
@@ -33,9 +34,11 @@ cleanup() {
     if [ -n "$registry_pid" ]; then kill "$registry_pid" 2>/dev/null || true; wait "$registry_pid" 2>/dev/null || true; fi
     # A demo that stopped half-way may leave containers and mounts under
     # $work: remove those first, and never delete through a mount.
-    if [ -x "$strata" ] && [ -d "$work/store" ]; then
-        "$strata" --root "$work/store" ps -aq 2>/dev/null | xargs -r "$strata" --root "$work/store" rm -f >/dev/null 2>&1 || true
-    fi
+    for store in "$work/store" "$work/lazy-store"; do
+        if [ -x "$strata" ] && [ -d "$store" ]; then
+            "$strata" --root "$store" ps -aq 2>/dev/null | xargs -r "$strata" --root "$store" rm -f >/dev/null 2>&1 || true
+        fi
+    done
     awk -v w="$work/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
         umount -l "$m" 2>/dev/null || fusermount3 -u -z "$m" 2>/dev/null || true
     done
@@ -138,5 +141,17 @@ run mount "$image" "$mnt"
 ls -l "$mnt" "$mnt/bin" | sed -n 1,12p
 run mount
 run umount "$mnt"
+
+step "a lazy pull: only the table of contents now, each file when first read"
+# (skopeo writes the table of contents' annotations only into an OCI layout)
+skopeo --policy tests/fixtures/policy.json copy -q --dest-compress-format zstd:chunked \
+    "oci:$work/fixtures/oci:busybox" "oci:$work/chunked:latest"
+skopeo --policy tests/fixtures/policy.json copy -q --preserve-digests --dest-tls-verify=false \
+    "oci:$work/chunked:latest" "docker://$registry/demo/chunked:latest"
+lazy_store="$work/lazy-store"
+run --root "$lazy_store" pull --lazy "$registry/demo/chunked:latest"
+echo "files stored after the pull: $(find "$lazy_store/objects" -type f | wc -l)"
+run --root "$lazy_store" run --rm "$registry/demo/chunked:latest" sh -c 'busybox | head -1'
+echo "files stored after the run: $(find "$lazy_store/objects" -type f | wc -l)"
 
 step "demo finished"
