@@ -1,4 +1,4 @@
-//! Cgroup placement and limits (memory, cpus, pids).
+//! Cgroup placement, limits (memory, cpus, pids) and freezing (`pause`).
 //!
 //! - Unified cgroup v2 (`/sys/fs/cgroup` is cgroup2): a `strata/<name>` cgroup under the root as
 //!   root, or `<own cgroup>/strata-<name>` as an ordinary user when systemd (or an admin) has
@@ -19,6 +19,11 @@ use crate::spec::{CgroupLimits, CgroupSpec};
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
 const CPU_PERIOD: u64 = 100_000;
+/// The v1 hierarchies a container gets a cgroup in: the three that limit,
+/// and the freezer for `pause`.
+const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "freezer"];
+/// How long freezing may take before `set_frozen` gives up.
+const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The cgroup directories a container was placed in.
 #[derive(Debug)]
@@ -69,13 +74,14 @@ impl Cgroup {
         }
         let mut cg = Cgroup { dirs: Vec::new() };
         let l = &spec.limits;
-        for controller in ["memory", "cpu", "pids"] {
+        for controller in V1_CONTROLLERS {
             let base = Path::new(CGROUP_ROOT).join(controller);
             if !base.join("cgroup.procs").exists() {
                 let asked = match controller {
                     "memory" => l.memory.is_some(),
                     "cpu" => l.cpus.is_some(),
-                    _ => l.pids.is_some(),
+                    "pids" => l.pids.is_some(),
+                    _ => false,
                 };
                 if asked {
                     cg.remove();
@@ -95,7 +101,8 @@ impl Cgroup {
                     write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD.to_string())?;
                     write(&dir.join("cpu.cfs_quota_us"), &quota(c).to_string())
                 }),
-                _ => l.pids.map_or(Ok(()), |p| write(&dir.join("pids.max"), &pids(p))),
+                "pids" => l.pids.map_or(Ok(()), |p| write(&dir.join("pids.max"), &pids(p))),
+                _ => Ok(()),
             };
             if let Err(e) = res {
                 cg.remove();
@@ -201,7 +208,7 @@ impl Cgroup {
                     dirs.push(Path::new(CGROUP_ROOT).join(rel));
                 }
             } else {
-                for c in controllers.split(',').filter(|c| matches!(*c, "memory" | "cpu" | "pids")) {
+                for c in controllers.split(',').filter(|c| V1_CONTROLLERS.contains(c)) {
                     dirs.push(Path::new(CGROUP_ROOT).join(c).join(rel));
                 }
             }
@@ -222,12 +229,65 @@ impl Cgroup {
         &self.dirs
     }
 
+    /// Freezes every process of the cgroup (`frozen`), or thaws them:
+    /// `cgroup.freeze` on cgroup v2, `freezer.state` on v1. Returns once
+    /// the kernel reports the cgroup frozen (freezing waits for tasks in
+    /// uninterruptible sleep).
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), RunnerError> {
+        let (file, value) = match self.freezer() {
+            Some(Freezer::V2(dir)) => (dir.join("cgroup.freeze"), if frozen { "1" } else { "0" }),
+            Some(Freezer::V1(dir)) => (dir.join("freezer.state"), if frozen { "FROZEN" } else { "THAWED" }),
+            None => return Err(RunnerError::Cgroup("the container's cgroup has no freezer".into())),
+        };
+        write(&file, value)?;
+        let start = std::time::Instant::now();
+        while self.is_frozen() != frozen {
+            if start.elapsed() > FREEZE_TIMEOUT {
+                if frozen {
+                    let _ = self.set_frozen(false);
+                }
+                return Err(RunnerError::Cgroup(format!(
+                    "the container's processes did not {} within {} s",
+                    if frozen { "freeze" } else { "thaw" },
+                    FREEZE_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// True when the cgroup is frozen (a v1 cgroup still FREEZING is not).
+    pub fn is_frozen(&self) -> bool {
+        match self.freezer() {
+            Some(Freezer::V2(dir)) => {
+                fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l.trim() == "frozen 1"))
+            }
+            Some(Freezer::V1(dir)) => fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN"),
+            None => false,
+        }
+    }
+
+    /// Where this cgroup is frozen: the v2 directory, or the v1 freezer one.
+    fn freezer(&self) -> Option<Freezer<'_>> {
+        let v1 = Path::new(CGROUP_ROOT).join("freezer");
+        match self.dirs.iter().find(|d| d.starts_with(&v1)) {
+            Some(d) => Some(Freezer::V1(d)),
+            None => self.dirs.iter().find(|d| d.join("cgroup.freeze").exists()).map(|d| Freezer::V2(d)),
+        }
+    }
+
     /// Remove the (empty) cgroup directories. Call after every process in them was reaped.
     pub fn remove(&self) {
         for d in &self.dirs {
             let _ = remove_dir_retry(d);
         }
     }
+}
+
+enum Freezer<'a> {
+    V1(&'a Path),
+    V2(&'a Path),
 }
 
 /// A just-reaped cgroup can report EBUSY for a moment while the kernel finishes tearing down.

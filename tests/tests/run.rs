@@ -1,6 +1,7 @@
 //! Containers end to end: `run` (foreground, detached, with a terminal),
-//! `exec`, `logs`, `stop`, `rm`, `ps`, volumes, published ports, and the
-//! supervisor's life cycle — as root and as the unprivileged `strata-test`.
+//! `exec`, `logs`, `stop`, `rm`, `ps`, `pause`, volumes, published ports,
+//! and the supervisor's life cycle — as root and as the unprivileged
+//! `strata-test`.
 //!
 //! Every test gets its own registry and store; the guard in [`Env`]
 //! force-removes every container it left behind, so a failing test does not
@@ -878,4 +879,64 @@ fn rmi_of_an_image_a_container_uses_follows_docker() {
     s.ok(&["rm", "stopped"]);
     s.ok(&["rmi", &image_id]);
     assert_eq!(s.ok(&["images", "-q"]).trim(), "");
+}
+
+/// The counter a container of [`pause_freezes_and_unpause_thaws`] writes.
+fn counter(s: &Strata, name: &str) -> u64 {
+    s.ok(&["exec", name, "cat", "/tmp/count"]).trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn pause_freezes_and_unpause_thaws() {
+    let e = setup(false);
+    let s = &e.s;
+    let count = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done";
+    s.ok(&["run", "-d", "--name", "busy", &e.bb, "sh", "-c", count]);
+    wait_until("the counter runs", READY, || counter(s, "busy") > 0);
+    assert_eq!(s.ok(&["pause", "busy"]), "busy\n");
+    assert_eq!(status_of(s, "busy"), "paused 0");
+    assert_eq!(s.ok(&["inspect", "-f", "{{.State.Paused}} {{.State.Running}}", "busy"]).trim(), "true true");
+    assert!(s.ok(&["ps", "--format", "{{.Status}}"]).trim().ends_with("(Paused)"));
+    assert_eq!(s.ok(&["ps", "-q", "--filter", "status=paused"]).lines().count(), 1);
+    assert_eq!(s.ok(&["ps", "-q", "--filter", "status=running"]), "");
+    let (code, err) = s.fails(&["exec", "busy", "true"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is paused, unpause the container before exec"), "{err}");
+    let (_, err) = s.fails(&["pause", "busy"]);
+    assert!(err.contains("is already paused"), "{err}");
+    // Frozen: the counter file does not change (read from the upper directory).
+    let id = s.ok(&["inspect", "-f", "{{.Id}}", "busy"]).trim().to_string();
+    let file = s.root().join("containers").join(&id).join("upper/tmp/count");
+    let before = std::fs::read_to_string(&file).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before, "a paused container does nothing");
+    // A commit of a paused container leaves it paused.
+    s.ok(&["commit", "busy", "paused:1"]);
+    assert_eq!(status_of(s, "busy"), "paused 0");
+
+    assert_eq!(s.ok(&["unpause", "busy"]), "busy\n");
+    assert_eq!(status_of(s, "busy"), "running 0");
+    let thawed: u64 = before.trim().parse().unwrap();
+    wait_until("the counter runs again", READY, || counter(s, "busy") > thawed);
+    let (_, err) = s.fails(&["unpause", "busy"]);
+    assert!(err.contains("is not paused"), "{err}");
+
+    // A paused container stops (its shell ignores SIGTERM: killed after -t).
+    s.ok(&["pause", "busy"]);
+    s.ok(&["stop", "-t", "1", "busy"]);
+    assert_eq!(status_of(s, "busy"), "exited 137");
+    let (_, err) = s.fails(&["pause", "busy"]);
+    assert!(err.contains("is not running"), "{err}");
+}
+
+#[test]
+fn pause_as_an_ordinary_user_without_a_cgroup_says_why() {
+    let e = setup(true);
+    let s = &e.s;
+    s.ok(&["run", "-d", "--name", "idle", &e.bb, "sleep", "600"]);
+    let (code, err) = s.fails(&["pause", "idle"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has no cgroup of its own to freeze"), "{err}");
+    assert_eq!(status_of(s, "idle"), "running 0");
+    s.ok(&["rm", "-f", "idle"]);
 }

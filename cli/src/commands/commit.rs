@@ -12,15 +12,13 @@
 //! exposed ports) with `--change` instructions applied, and its history
 //! gains one entry, as with Docker.
 //!
-//! A running container is frozen meanwhile (`--pause`, the default) when
-//! it has a cgroup v2 of its own, as Docker pauses it. Without one (cgroup
-//! v1 hosts, where the runner makes no freezer cgroup, or an ordinary
-//! user's container without limits) it keeps running: a file it writes
-//! meanwhile may be caught half written (the tar stays well formed).
+//! A running container is frozen meanwhile (`--pause`, the default) as
+//! `strata pause` freezes it (cgroup v2's or v1's freezer). Without a cgroup
+//! of its own (an ordinary user's container without limits) it keeps
+//! running: a file it writes meanwhile may be caught half written (the tar
+//! stays well formed).
 
 use std::io::{BufReader, BufWriter, Seek, Write};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::{ArgAction, Args};
@@ -153,48 +151,25 @@ pub fn layer_tar(ctx: &Context, store: &Store, c: &Container, pause: bool) -> Re
     Ok(file)
 }
 
-/// A container's cgroup v2 frozen until this is dropped.
-struct Frozen {
-    freeze: PathBuf,
-}
+/// A running container frozen (as `pause` does) until this is dropped.
+struct Frozen(strata_runner::Cgroup);
 
 impl Frozen {
-    /// Freezes the container's own cgroup v2 (the one the runner made for
-    /// it, found through its init's `/proc/PID/cgroup`), if it has one, and
-    /// waits (up to 5 s) until the kernel reports it frozen. Without one
-    /// (cgroup v1, or an ordinary user's container without limits) nothing
-    /// is frozen: there is no cgroup of the container's alone to freeze.
+    /// Freezes the container's own cgroup, if it has one and it is not
+    /// paused already (then it stays as it is). Without one (an ordinary
+    /// user's container without limits) nothing is frozen.
     fn freeze(c: &Container) -> Result<Option<Frozen>> {
-        let Some(init) = &c.state.init else { return Ok(None) };
-        let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", init.pid)).unwrap_or_default();
-        let Some(path) = cgroups.lines().find_map(|l| l.strip_prefix("0::")) else { return Ok(None) };
-        let own = [c.config.id.clone(), format!("strata-{}", c.config.id)];
-        if !path.rsplit('/').next().is_some_and(|leaf| own.iter().any(|o| o == leaf)) {
+        let Ok(cgroup) = crate::commands::container::container_cgroup(c) else { return Ok(None) };
+        if cgroup.is_frozen() {
             return Ok(None);
         }
-        let dir = PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-        let freeze = dir.join("cgroup.freeze");
-        if !freeze.exists() {
-            return Ok(None);
-        }
-        std::fs::write(&freeze, "1").with_context(|| format!("pausing the container: {}", freeze.display()))?;
-        let frozen = Frozen { freeze };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
-            if events.lines().any(|l| l == "frozen 1") {
-                return Ok(Some(frozen));
-            }
-            if Instant::now() > deadline {
-                bail!("the container did not pause within 5 s; commit it with --pause=false");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        cgroup.set_frozen(true).context("pausing the container; commit it with --pause=false")?;
+        Ok(Some(Frozen(cgroup)))
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        let _ = std::fs::write(&self.freeze, "0");
+        let _ = self.0.set_frozen(false);
     }
 }

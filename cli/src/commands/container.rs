@@ -34,6 +34,10 @@ pub enum ContainerCommand {
     Stop(StopArgs),
     /// Kill one or more running containers
     Kill(KillArgs),
+    /// Pause all processes within one or more containers
+    Pause(PauseArgs),
+    /// Unpause all processes within one or more containers
+    Unpause(PauseArgs),
     /// Restart one or more containers
     Restart(StopArgs),
     /// Remove one or more containers
@@ -90,6 +94,10 @@ pub enum ContainerSub {
     Stop(StopArgs),
     /// Kill one or more running containers
     Kill(KillArgs),
+    /// Pause all processes within one or more containers
+    Pause(PauseArgs),
+    /// Unpause all processes within one or more containers
+    Unpause(PauseArgs),
     /// Restart one or more containers
     Restart(StopArgs),
     /// Remove one or more containers
@@ -204,6 +212,12 @@ pub struct KillArgs {
 }
 
 #[derive(Args)]
+pub struct PauseArgs {
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(Args)]
 pub struct RmArgs {
     /// Force the removal of a running container (uses SIGKILL)
     #[arg(short = 'f', long)]
@@ -305,6 +319,8 @@ pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Ps(a) => ps(ctx, a),
         ContainerCommand::Stop(a) => stop(ctx, a, false),
         ContainerCommand::Kill(a) => kill(ctx, a),
+        ContainerCommand::Pause(a) => pause(ctx, a, true),
+        ContainerCommand::Unpause(a) => pause(ctx, a, false),
         ContainerCommand::Restart(a) => stop(ctx, a, true),
         ContainerCommand::Rm(a) => rm(ctx, a),
         ContainerCommand::Wait(a) => wait(ctx, a),
@@ -331,6 +347,8 @@ fn run_sub(ctx: &Context, sub: ContainerSub) -> Result<i32> {
         ContainerSub::Start(a) => run::start(ctx, a.attach, a.interactive, a.detach_keys, a.containers),
         ContainerSub::Stop(a) => stop(ctx, a, false),
         ContainerSub::Kill(a) => kill(ctx, a),
+        ContainerSub::Pause(a) => pause(ctx, a, true),
+        ContainerSub::Unpause(a) => pause(ctx, a, false),
         ContainerSub::Restart(a) => stop(ctx, a, true),
         ContainerSub::Rm(a) => rm(ctx, a),
         ContainerSub::Wait(a) => wait(ctx, a),
@@ -377,10 +395,17 @@ fn since(t: chrono::DateTime<chrono::Utc>) -> Duration {
 pub fn status_text(c: &Container) -> String {
     match c.state.status {
         Status::Created => "Created".into(),
-        Status::Running => match parse_time(&c.state.started_at) {
-            Some(t) => format!("Up {}", format::human_duration(since(t))),
-            None => "Up".into(),
-        },
+        Status::Running => {
+            let up = match parse_time(&c.state.started_at) {
+                Some(t) => format!("Up {}", format::human_duration(since(t))),
+                None => "Up".into(),
+            };
+            if is_paused(c) {
+                format!("{up} (Paused)")
+            } else {
+                up
+            }
+        }
         Status::Exited => match parse_time(&c.state.finished_at) {
             Some(t) => format!("Exited ({}) {} ago", c.state.exit_code, format::human_duration(since(t))),
             None => format!("Exited ({})", c.state.exit_code),
@@ -439,7 +464,12 @@ fn matches_filter(ctx: &Context, c: &Container, key: &str, value: &str) -> Resul
             if !matches!(value, "created" | "restarting" | "running" | "removing" | "paused" | "exited" | "dead") {
                 bail!("invalid filter 'status={value}'");
             }
-            c.state.status.as_str() == value
+            let paused = is_paused(c);
+            match value {
+                "paused" => paused,
+                "running" => c.running() && !paused,
+                _ => c.state.status.as_str() == value,
+            }
         }
         "name" => c.config.name.contains(value.trim_start_matches('/')),
         "id" => c.config.id.starts_with(value),
@@ -591,6 +621,8 @@ pub fn stop_container(c: &Container, signal: Option<&str>, timeout: Option<i64>)
     let sig = signals::parse(signal.unwrap_or(&c.config.stop_signal))?;
     let secs = timeout.or(c.config.stop_timeout).unwrap_or(10);
     let _ = supervisor::signal_container(c, sig);
+    // A paused container handles the signal once thawed, as Docker's does.
+    thaw_if_paused(c);
     let wait = if secs < 0 { None } else { Some(Duration::from_secs(secs as u64)) };
     if !supervisor::wait_supervisor(c, wait) {
         kill_container(c);
@@ -603,6 +635,7 @@ pub fn stop_container(c: &Container, signal: Option<&str>, timeout: Option<i64>)
 /// killed too, and the next look at the record repairs it.
 pub fn kill_container(c: &Container) {
     let _ = supervisor::signal_container(c, nix::sys::signal::Signal::SIGKILL);
+    thaw_if_paused(c);
     if !supervisor::wait_supervisor(c, Some(Duration::from_secs(30))) {
         if let Some(sup) = c.state.supervisor.filter(|p| p.alive()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sup.pid), nix::sys::signal::Signal::SIGKILL);
@@ -636,6 +669,62 @@ fn stop(ctx: &Context, a: StopArgs, restart: bool) -> Result<i32> {
     Ok(status)
 }
 
+// ---------------------------------------------------------------------------
+// pause / unpause
+
+/// The container's own cgroup, where its processes are frozen. Root's
+/// containers always have one; an ordinary user's only on cgroup v2 with
+/// a delegated subtree and a resource limit (without a cgroup of its own
+/// there is nothing to freeze, as with rootless podman on cgroup v1).
+pub fn container_cgroup(c: &Container) -> Result<strata_runner::Cgroup> {
+    let init = c.state.init.ok_or_else(|| anyhow::anyhow!("container {} is not running", c.config.id))?;
+    strata_runner::Cgroup::of_container(init.pid, &c.config.id)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "container {} has no cgroup of its own to freeze: as an ordinary user that takes cgroup v2 with a \
+             delegated subtree and a resource limit (--memory, --cpus or --pids-limit) at run",
+            c.short_id()
+        )
+    })
+}
+
+/// True when the running container's processes are frozen by `pause`.
+pub fn is_paused(c: &Container) -> bool {
+    c.running() && c.state.init.is_some() && container_cgroup(c).is_ok_and(|cg| cg.is_frozen())
+}
+
+fn thaw_if_paused(c: &Container) {
+    if let Ok(cg) = container_cgroup(c) {
+        if cg.is_frozen() {
+            let _ = cg.set_frozen(false);
+        }
+    }
+}
+
+fn pause(ctx: &Context, a: PauseArgs, freeze: bool) -> Result<i32> {
+    let mut status = 0;
+    for key in &a.containers {
+        let r = record::find_fresh(&ctx.layout, key).and_then(|c| {
+            if !c.running() {
+                bail!("Container {} is not running", c.config.id);
+            }
+            let cg = container_cgroup(&c)?;
+            match (freeze, cg.is_frozen()) {
+                (true, true) => bail!("Container {} is already paused", c.config.id),
+                (false, false) => bail!("Container {} is not paused", c.config.id),
+                _ => Ok(cg.set_frozen(freeze)?),
+            }
+        });
+        match r {
+            Ok(()) => println!("{key}"),
+            Err(e) => {
+                daemon_err(&e);
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
 fn kill(ctx: &Context, a: KillArgs) -> Result<i32> {
     let sig = signals::parse(&a.signal)?;
     let mut status = 0;
@@ -646,6 +735,7 @@ fn kill(ctx: &Context, a: KillArgs) -> Result<i32> {
             }
             supervisor::signal_container(&c, sig)?;
             if sig == nix::sys::signal::Signal::SIGKILL {
+                thaw_if_paused(&c);
                 supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
             }
             Ok(())
@@ -1079,10 +1169,11 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         })
         .collect();
     let pid = st.init.filter(|_| c.running()).map(|p| p.pid).unwrap_or(0);
+    let paused = is_paused(c);
     let state = json!({
-        "Status": st.status.as_str(),
+        "Status": if paused { "paused" } else { st.status.as_str() },
         "Running": c.running(),
-        "Paused": false,
+        "Paused": paused,
         "Restarting": false,
         "OOMKilled": st.oom_killed,
         "Dead": false,

@@ -54,6 +54,10 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
             return Err(exit::with_code(1, None));
         }
     };
+    if crate::commands::container::is_paused(&c) {
+        eprintln!("Error response from daemon: Container {} is paused, unpause the container before exec", c.config.id);
+        return Err(exit::with_code(1, None));
+    }
     let cfg = &c.config;
     if ctx.rootless {
         // A rootless container's filesystem is a FUSE mount made inside its

@@ -122,7 +122,10 @@ impl<'a> SpecBuilder<'a> {
             cpus: req.cpus,
             pids: req.pids_limit.filter(|p| *p > 0),
         };
-        if !limits.is_empty() {
+        // Root's containers always get a cgroup of their own (to `pause`
+        // them, as with Docker); an ordinary user's only when a limit needs
+        // one, since it may have no delegated subtree.
+        if !limits.is_empty() || !self.ctx.rootless {
             spec.cgroup = Some(CgroupSpec { name: cfg.id.clone(), limits });
         }
         spec.network = match cfg.network.as_str() {
