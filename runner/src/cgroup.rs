@@ -290,6 +290,25 @@ enum Freezer<'a> {
     V2(&'a Path),
 }
 
+/// Removes the cgroups root's container `name` was given, when its
+/// supervisor died before it could (the container's processes killed
+/// first). An ordinary user's are left: where they are depends on the
+/// session the container was started from.
+pub fn remove_leftover(name: &str) {
+    if check_name(name).is_err() {
+        return;
+    }
+    let root = Path::new(CGROUP_ROOT);
+    let dirs: Vec<PathBuf> = if is_cgroup2(CGROUP_ROOT) {
+        vec![root.join("strata").join(name)]
+    } else {
+        V1_CONTROLLERS.iter().map(|c| root.join(c).join("strata").join(name)).collect()
+    };
+    for d in dirs.iter().filter(|d| d.is_dir()) {
+        let _ = remove_dir_retry(d);
+    }
+}
+
 /// A just-reaped cgroup can report EBUSY for a moment while the kernel finishes tearing down.
 fn remove_dir_retry(d: &Path) -> io::Result<()> {
     let mut last = Ok(());

@@ -488,6 +488,18 @@ fn killed_supervisor_marks_the_container_exited_and_clears_its_mount() {
         let ps = s.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
         assert!(ps.starts_with("orphan Exited (255)"), "{who}: {ps}");
         assert!(!mounted(), "{who}: stale mount left at {}", rootfs.display());
+        if !s.is_unprivileged() {
+            // Root's containers have cgroups of their own: removed too.
+            let left: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+                .unwrap()
+                .flatten()
+                .map(|c| c.path().join("strata").join(&id))
+                .chain([std::path::PathBuf::from("/sys/fs/cgroup/strata").join(&id)])
+                .filter(|d| d.is_dir())
+                .map(|d| d.display().to_string())
+                .collect();
+            assert!(left.is_empty(), "{who}: cgroups left: {left:?}");
+        }
         let err = s.ok(&["container", "inspect", "-f", "{{.State.Error}}", "orphan"]);
         assert!(err.contains("supervisor"), "{who}: {err}");
         s.ok(&["rm", "orphan"]);

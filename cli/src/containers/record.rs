@@ -363,6 +363,9 @@ pub fn refresh(layout: &StoreLayout, c: Container) -> Result<Container> {
             if let Some(init) = s.init.filter(|p| p.alive()) {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(init.pid), nix::sys::signal::SIGKILL);
             }
+            if rustix::process::geteuid().is_root() {
+                strata_runner::remove_leftover_cgroup(&c.config.id);
+            }
             if let Some(ns) = s.netns.take() {
                 kill_netns_helpers(&ns);
             }
