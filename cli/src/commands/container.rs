@@ -60,6 +60,8 @@ pub enum ContainerCommand {
     Commit(crate::commands::commit::CommitArgs),
     /// Export a container's filesystem as a tar archive
     Export(crate::commands::export::ExportArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(crate::commands::cp::CpArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(AttachArgs),
     /// Manage containers
@@ -121,6 +123,8 @@ pub enum ContainerSub {
     Commit(crate::commands::commit::CommitArgs),
     /// Export a container's filesystem as a tar archive
     Export(crate::commands::export::ExportArgs),
+    /// Copy files/folders between a container and the local filesystem
+    Cp(crate::commands::cp::CpArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(AttachArgs),
     /// Display detailed information on one or more containers
@@ -332,6 +336,7 @@ pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Diff(a) => diff(ctx, a),
         ContainerCommand::Commit(a) => crate::commands::commit::commit(ctx, a).map_err(fail),
         ContainerCommand::Export(a) => crate::commands::export::export(ctx, a).map_err(fail),
+        ContainerCommand::Cp(a) => crate::commands::cp::cp(ctx, a),
         ContainerCommand::Attach(a) => attach_cmd(ctx, a),
         ContainerCommand::Container(sub) => run_sub(ctx, sub),
         ContainerCommand::Volume(v) => crate::commands::volume::run(ctx, v),
@@ -360,6 +365,7 @@ fn run_sub(ctx: &Context, sub: ContainerSub) -> Result<i32> {
         ContainerSub::Diff(a) => diff(ctx, a),
         ContainerSub::Commit(a) => crate::commands::commit::commit(ctx, a).map_err(fail),
         ContainerSub::Export(a) => crate::commands::export::export(ctx, a).map_err(fail),
+        ContainerSub::Cp(a) => crate::commands::cp::cp(ctx, a),
         ContainerSub::Attach(a) => attach_cmd(ctx, a),
         ContainerSub::Inspect(a) => inspect(ctx, a),
         ContainerSub::Prune(a) => prune(ctx, a),

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod commit;
 pub mod container;
+pub mod cp;
 pub mod debug;
 pub mod exec;
 pub mod export;

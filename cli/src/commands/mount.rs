@@ -193,6 +193,23 @@ fn resolve(ctx: &Context, store: &Store, target: &str) -> Result<Source> {
 }
 
 fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
+    let made = mount_target(ctx, &a)?;
+    println!("{}", made.dir.display());
+    Ok(0)
+}
+
+/// Where [`mount_target`] mounted (or found) the target.
+pub struct MountedAt {
+    pub dir: PathBuf,
+    /// The record of the mount made for this call; None when the target
+    /// was mounted already (a running container's own mount, or an earlier
+    /// `strata mount`), which stays as it is.
+    pub made: Option<MountRecord>,
+}
+
+/// `strata mount` without the printing, for other commands (`cp` into a
+/// stopped container).
+pub fn mount_target(ctx: &Context, a: &MountArgs) -> Result<MountedAt> {
     let target = a.target.clone().unwrap_or_default();
     let view = match (a.layer, a.upto) {
         (Some(n), _) => View::Layer(n),
@@ -212,11 +229,8 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
     // For a container, the records lock: held until this mount's record is
     // written (see `check_container`).
     let _records = match &src.container {
-        Some(c) => match check_container(ctx, c, &live, &a, &target)? {
-            ContainerCheck::MountedAt(dir) => {
-                println!("{}", dir.display());
-                return Ok(0);
-            }
+        Some(c) => match check_container(ctx, c, &live, a, &target)? {
+            ContainerCheck::MountedAt(dir) => return Ok(MountedAt { dir, made: None }),
             ContainerCheck::Free(lock) => Some(lock),
         },
         None => None,
@@ -239,8 +253,7 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
                 && r.mountpoint.parent().and_then(Path::parent) == Some(mounts_dir.as_path())
         };
         if let Some(r) = live.iter().find(same) {
-            println!("{}", r.mountpoint.display());
-            return Ok(0);
+            return Ok(MountedAt { dir: r.mountpoint.clone(), made: None });
         }
     }
     let private = mounts_dir.join(&id);
@@ -324,8 +337,7 @@ fn mount(ctx: &Context, a: MountArgs) -> Result<i32> {
         mounts::remove_private(&ctx.layout, &id);
         return Err(e);
     }
-    println!("{}", mountpoint.display());
-    Ok(0)
+    Ok(MountedAt { dir: mountpoint, made: Some(rec) })
 }
 
 /// What [`check_container`] found.
