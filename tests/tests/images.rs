@@ -1,6 +1,6 @@
 //! Image management with Docker's semantics: `images` (columns, -q, -a,
 //! --digests, --no-trunc, filters, --format), `tag`, `rmi`/`image rm`,
-//! `image prune`, `inspect`, `history`, `system df`, `info`, and the exit
+//! `image prune`, `system prune`, `inspect`, `history`, `system df`, `info`, and the exit
 //! statuses of their failures.
 
 use strata_e2e::*;
@@ -210,6 +210,46 @@ fn prune_removes_dangling_then_everything() {
     let layers = t.s.root().join("layers");
     let left = std::fs::read_dir(&layers).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "layers left after prune -a");
+}
+
+#[test]
+fn system_prune_removes_stopped_containers_dangling_images_and_volumes() {
+    let f = fixtures();
+    let t = setup();
+    let s = &t.s;
+    s.ok(&["run", "--name", "stopped", "-v", "/anon", &t.bb, "true"]);
+    s.ok(&["run", "-d", "--name", "running", &t.plat, "sleep", "600"]);
+    t.reg.push_oci_layout(&f.oci, "full", "e2e/bb:1");
+    s.pull(&t.bb); // the old e2e/bb:1 is dangling now, but `stopped` uses it
+
+    let (code, err) = s.fails(&["system", "prune", "--filter", "until=1h"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid filter 'until=1h'"), "{err}");
+    let out = s.ok(&["system", "prune"]); // no answer on stdin: nothing is removed
+    assert!(
+        out.starts_with("WARNING! This will remove:\n  - all stopped containers\n  - all dangling images\n"),
+        "{out}"
+    );
+    assert_eq!(s.ok(&["ps", "-aq"]).lines().count(), 2);
+
+    let out = s.ok(&["system", "prune", "-f"]);
+    let stopped = s.ok(&["images", "-q"]);
+    assert!(out.starts_with("Deleted Containers:\n"), "{out}");
+    assert!(out.contains(&format!("deleted: {}", t.bb_img.config_digest)), "the dangling image goes with it: {out}");
+    assert!(out.contains("Total reclaimed space: "), "{out}");
+    assert_eq!(s.ok(&["ps", "-a", "--format", "{{.Names}}"]), "running\n");
+    assert_eq!(stopped.lines().count(), 2, "the tagged images stay: {stopped}");
+    assert_eq!(s.ok(&["volume", "ls", "-q"]).lines().count(), 1, "volumes stay without --volumes");
+
+    let out = s.ok(&["system", "prune", "-a", "-f", "--volumes"]);
+    assert!(out.contains("Deleted Volumes:\n"), "{out}");
+    assert_eq!(s.ok(&["volume", "ls", "-q"]), "");
+    assert_eq!(
+        s.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]).trim(),
+        t.plat,
+        "only the running one's image"
+    );
+    s.ok(&["rm", "-f", "running"]);
 }
 
 #[test]

@@ -80,16 +80,20 @@ pub struct BuilderPruneArgs {
 /// `builder prune`: forgets the build cache and frees the layers only it kept.
 pub fn prune(ctx: &Context, a: BuilderPruneArgs) -> Result<i32> {
     let _ = a.all;
-    if !a.force && !super::images::confirm("WARNING! This will remove all dangling build cache.")? {
-        println!("Total reclaimed space: 0B");
+    if !a.force && !super::support::confirm("WARNING! This will remove all dangling build cache.")? {
+        super::support::print_reclaimed(0);
         return Ok(0);
     }
+    super::support::print_reclaimed(prune_build_cache(ctx)?);
+    Ok(0)
+}
+
+/// Empties the build cache and frees what only it kept; returns the bytes.
+pub fn prune_build_cache(ctx: &Context) -> Result<u64> {
     let store = Store::open(ctx.layout.clone())?;
     let lock = store.lock_exclusive()?;
     strata_builder::cache::clear(&store).context("removing the build cache")?;
-    let stats = store.gc(&lock).context("freeing the layers only the build cache kept")?;
-    println!("Total reclaimed space: {}", crate::format::human_size(stats.bytes));
-    Ok(0)
+    Ok(store.gc(&lock).context("freeing the layers only the build cache kept")?.bytes)
 }
 
 /// `create` flags for a RUN step's container, parsed as the CLI parses them.

@@ -1314,41 +1314,38 @@ fn inspect(ctx: &Context, a: InspectArgs) -> Result<i32> {
 }
 
 fn prune(ctx: &Context, a: PruneArgs) -> Result<i32> {
-    if !a.force && !crate::commands::volume::confirm("WARNING! This will remove all stopped containers.")? {
+    if !a.force && !crate::commands::support::confirm("WARNING! This will remove all stopped containers.")? {
         return Ok(0);
     }
-    let mut filters = Vec::new();
+    let mut labels = Vec::new();
     for f in &a.filter {
         let (k, v) = f.split_once('=').with_context(|| format!("bad format of filter (expected name=value): {f}"))?;
         if k != "label" {
             bail!("invalid filter '{k}'");
         }
-        filters.push(v.to_string());
+        labels.push(v.to_string());
     }
-    let mut deleted = Vec::new();
-    let mut reclaimed = 0u64;
+    prune_containers(ctx, &labels)?.print();
+    Ok(0)
+}
+
+/// Removes every stopped container that has all of `labels`.
+pub fn prune_containers(ctx: &Context, labels: &[String]) -> Result<crate::commands::support::Pruned> {
+    let mut pruned = crate::commands::support::Pruned { heading: "Deleted Containers", items: Vec::new(), bytes: 0 };
     for c in record::list_fresh(&ctx.layout)? {
         if c.running() || c.state.supervisor.is_some_and(|p| p.alive()) {
             continue;
         }
-        if !filters.iter().all(|f| matches_filter(ctx, &c, "label", f).unwrap_or(false)) {
+        if !labels.iter().all(|f| matches_filter(ctx, &c, "label", f).unwrap_or(false)) {
             continue;
         }
         let size = upper_size(&c);
         if remove_container(ctx, &c.config.id, false, false).is_ok() {
-            reclaimed += size;
-            deleted.push(c.config.id.clone());
+            pruned.bytes += size;
+            pruned.items.push(c.config.id.clone());
         }
     }
-    if !deleted.is_empty() {
-        println!("Deleted Containers:");
-        for id in &deleted {
-            println!("{id}");
-        }
-        println!();
-    }
-    println!("Total reclaimed space: {}", format::human_size(reclaimed));
-    Ok(0)
+    Ok(pruned)
 }
 
 #[cfg(test)]

@@ -100,6 +100,24 @@ pub enum SystemGroup {
     Df(DfArgs),
     /// Display system-wide information
     Info(InfoArgs),
+    /// Remove unused data
+    Prune(SystemPruneArgs),
+}
+
+#[derive(Args)]
+pub struct SystemPruneArgs {
+    /// Remove all unused images not just dangling ones
+    #[arg(short, long)]
+    pub all: bool,
+    /// Do not prompt for confirmation
+    #[arg(short, long)]
+    pub force: bool,
+    /// Prune anonymous volumes
+    #[arg(long)]
+    pub volumes: bool,
+    /// Provide filter values (only label= is supported, for containers)
+    #[arg(long = "filter", value_name = "FILTER")]
+    pub filter: Vec<String>,
 }
 
 /// `strata debug ...`.
@@ -302,6 +320,7 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::History(a) | ImageCommand::Image(ImageGroup::History(a)) => inspect::history(ctx, a),
         ImageCommand::Info(a) | ImageCommand::System(SystemGroup::Info(a)) => sysinfo::info(ctx, a),
         ImageCommand::System(SystemGroup::Df(a)) => sysinfo::df(ctx, a),
+        ImageCommand::System(SystemGroup::Prune(a)) => sysinfo::system_prune(ctx, a),
         ImageCommand::Login(a) => login::login(ctx, a),
         ImageCommand::Logout(a) => login::logout(ctx, a),
         ImageCommand::Builder(BuilderGroup::Build(a)) => super::build::run(ctx, *a),

@@ -6,6 +6,7 @@
 //! `Untagged:`/`Deleted:` lines; prune's `Deleted Images:` report).
 
 use super::image::{ImagesArgs, PruneArgs, RmiArgs, TagArgs};
+use super::support::confirm;
 use super::support::{exit_code_for, open_store, parse_reference, unix_time};
 use crate::context::Context;
 use crate::format::{self, Output};
@@ -13,7 +14,7 @@ use crate::mounts;
 use anyhow::{bail, Context as _};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use strata_layers::image::ImageRecord;
 use strata_layers::reference::Reference;
 use strata_layers::store::{is_image_in_use, Removed, Store};
@@ -384,50 +385,36 @@ pub fn prune(ctx: &Context, a: PruneArgs) -> anyhow::Result<i32> {
             "WARNING! This will remove all dangling images."
         };
         if !confirm(warning)? {
-            println!("Total reclaimed space: 0B");
+            super::support::print_reclaimed(0);
             return Ok(0);
         }
     }
+    prune_images(ctx, a.all)?.print();
+    Ok(0)
+}
+
+/// Removes the dangling images (every unused one with `all`) that no
+/// container or mount uses, and frees their content.
+pub fn prune_images(ctx: &Context, all: bool) -> anyhow::Result<super::support::Pruned> {
     let store = open_store(ctx)?;
     let lock = store.lock_exclusive()?;
-    let mut removed: Vec<Removed> = Vec::new();
+    let mut items = Vec::new();
     for img in list_images(&store)? {
         let dangling = img.tags.is_empty();
         let mounted = || !mounts::image_mounts(&ctx.layout, &img.record.id.to_string()).is_empty();
-        if !(dangling || a.all) || is_image_in_use(&store, &img.record.id).is_some() || mounted() {
+        if !(dangling || all) || is_image_in_use(&store, &img.record.id).is_some() || mounted() {
             continue;
         }
         match store.remove_image(&lock, &img.record.id.to_string(), true) {
-            Ok(lines) => removed.extend(lines),
+            Ok(lines) => items.extend(lines.iter().map(|r| match r {
+                Removed::Untagged(s) => format!("untagged: {s}"),
+                Removed::Deleted(d) => format!("deleted: {d}"),
+            })),
             Err(e) => eprintln!("Error: {e}"),
         }
     }
     let stats = store.gc(&lock).context("freeing the removed images' content")?;
-    if !removed.is_empty() {
-        println!("Deleted Images:");
-        for r in &removed {
-            match r {
-                Removed::Untagged(s) => println!("untagged: {s}"),
-                Removed::Deleted(d) => println!("deleted: {d}"),
-            }
-        }
-        println!();
-    }
-    println!("Total reclaimed space: {}", format::human_size(stats.bytes));
-    Ok(0)
-}
-
-/// Docker's confirmation prompt: the question on stdout, one line from
-/// stdin; only `y`/`Y` agrees (end of input declines).
-pub fn confirm(warning: &str) -> anyhow::Result<bool> {
-    print!("{warning}\nAre you sure you want to continue? [y/N] ");
-    std::io::stdout().flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the answer from stdin")?;
-    if line.is_empty() {
-        println!();
-    }
-    Ok(matches!(line.trim(), "y" | "Y"))
+    Ok(super::support::Pruned { heading: "Deleted Images", items, bytes: stats.bytes })
 }
 
 #[cfg(test)]

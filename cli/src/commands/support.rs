@@ -114,3 +114,47 @@ impl OutputFile {
         Ok(())
     }
 }
+
+/// Docker's confirmation prompt: the question on stdout, one line from
+/// stdin; `y` or `yes` agrees (end of input declines).
+pub fn confirm(warning: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead as _, Write as _};
+    print!("{warning}\nAre you sure you want to continue? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("reading the answer from stdin")?;
+    if line.is_empty() {
+        println!();
+    }
+    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
+}
+
+/// What one kind of prune removed, printed as Docker prints it.
+pub struct Pruned {
+    /// `Deleted Containers`, `Deleted Images`, ...
+    pub heading: &'static str,
+    pub items: Vec<String>,
+    pub bytes: u64,
+}
+
+impl Pruned {
+    pub fn print_items(&self) {
+        if !self.items.is_empty() {
+            println!("{}:", self.heading);
+            for i in &self.items {
+                println!("{i}");
+            }
+            println!();
+        }
+    }
+
+    /// The items, then the total line.
+    pub fn print(&self) {
+        self.print_items();
+        print_reclaimed(self.bytes);
+    }
+}
+
+pub fn print_reclaimed(bytes: u64) {
+    println!("Total reclaimed space: {}", crate::format::human_size(bytes));
+}

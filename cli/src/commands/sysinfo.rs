@@ -7,7 +7,7 @@
 //! version. `--format` sees Docker's field names (`{{.ServerVersion}}`,
 //! `{{.DockerRootDir}}`, `{{json .RegistryConfig}}`, ...).
 
-use super::image::{DfArgs, InfoArgs};
+use super::image::{DfArgs, InfoArgs, SystemPruneArgs};
 use super::images::list_images;
 use super::support::open_store;
 use crate::context::Context;
@@ -408,6 +408,48 @@ fn df_verbose(listed: &[super::images::Listed]) -> anyhow::Result<i32> {
     print!("\nContainers space usage:\n\nCONTAINER ID   IMAGE     COMMAND   LOCAL VOLUMES   SIZE      CREATED   STATUS    NAMES\n");
     print!("\nLocal Volumes space usage:\n\nVOLUME NAME   LINKS     SIZE\n");
     print!("\nBuild cache usage: 0B\n\nCACHE ID   CACHE TYPE   SIZE      CREATED   LAST USED   USAGE     SHARED\n");
+    Ok(0)
+}
+
+/// `system prune`: stopped containers, (anonymous volumes,) dangling or
+/// unused images and the build cache, in Docker's order and words.
+pub fn system_prune(ctx: &Context, a: SystemPruneArgs) -> anyhow::Result<i32> {
+    let mut labels = Vec::new();
+    for f in &a.filter {
+        match f.split_once('=') {
+            Some(("label", v)) => labels.push(v.to_string()),
+            _ => anyhow::bail!("invalid filter '{f}': strata's system prune supports only label="),
+        }
+    }
+    if !a.force {
+        let mut warning = String::from("WARNING! This will remove:\n  - all stopped containers\n");
+        if a.volumes {
+            warning.push_str("  - all anonymous volumes not used by at least one container\n");
+        }
+        warning.push_str(if a.all {
+            "  - all images without at least one container associated to them\n"
+        } else {
+            "  - all dangling images\n"
+        });
+        warning.push_str("  - unused build cache\n");
+        if !super::support::confirm(&warning)? {
+            return Ok(0);
+        }
+    }
+    let mut total = 0;
+    let containers = super::container::prune_containers(ctx, &labels)?;
+    containers.print_items();
+    total += containers.bytes;
+    if a.volumes {
+        let volumes = super::volume::prune_volumes(ctx, false)?;
+        volumes.print_items();
+        total += volumes.bytes;
+    }
+    let images = super::images::prune_images(ctx, a.all)?;
+    images.print_items();
+    total += images.bytes;
+    total += super::build::prune_build_cache(ctx)?;
+    super::support::print_reclaimed(total);
     Ok(0)
 }
 

@@ -1,5 +1,6 @@
 //! `strata volume create|ls|inspect|rm|prune` (records: `containers/volumes.rs`).
 
+use super::support::{confirm, Pruned};
 use crate::containers::volumes;
 use crate::context::Context;
 use crate::exit;
@@ -8,7 +9,6 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
 
 #[derive(Subcommand)]
 pub enum VolumeCommand {
@@ -80,14 +80,6 @@ pub struct PruneArgs {
 
 /// Docker's confirmation prompt; stdin that is not a terminal and says
 /// nothing counts as "no".
-pub fn confirm(warning: &str) -> Result<bool> {
-    print!("{warning}\nAre you sure you want to continue? [y/N] ");
-    std::io::stdout().flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(matches!(line.trim(), "y" | "Y" | "yes" | "Yes"))
-}
-
 pub fn run(ctx: &Context, cmd: VolumeCommand) -> Result<i32> {
     match cmd {
         VolumeCommand::Create(a) => {
@@ -217,29 +209,26 @@ pub fn run(ctx: &Context, cmd: VolumeCommand) -> Result<i32> {
             {
                 return Ok(0);
             }
-            let mut deleted = Vec::new();
-            let mut reclaimed = 0u64;
-            for v in volumes::list(ctx)? {
-                if (!a.all && !v.anonymous) || !volumes::users(ctx, &v.name)?.is_empty() {
-                    continue;
-                }
-                let size = dir_size(std::path::Path::new(&v.mountpoint));
-                if volumes::remove(ctx, &v.name, false).is_ok() {
-                    reclaimed += size;
-                    deleted.push(v.name);
-                }
-            }
-            if !deleted.is_empty() {
-                println!("Deleted Volumes:");
-                for n in &deleted {
-                    println!("{n}");
-                }
-                println!();
-            }
-            println!("Total reclaimed space: {}", format::human_size(reclaimed));
+            prune_volumes(ctx, a.all)?.print();
             Ok(0)
         }
     }
+}
+
+/// Removes the volumes no container uses: anonymous ones, or all (`all`).
+pub fn prune_volumes(ctx: &Context, all: bool) -> Result<Pruned> {
+    let mut pruned = Pruned { heading: "Deleted Volumes", items: Vec::new(), bytes: 0 };
+    for v in volumes::list(ctx)? {
+        if (!all && !v.anonymous) || !volumes::users(ctx, &v.name)?.is_empty() {
+            continue;
+        }
+        let size = dir_size(std::path::Path::new(&v.mountpoint));
+        if volumes::remove(ctx, &v.name, false).is_ok() {
+            pruned.bytes += size;
+            pruned.items.push(v.name);
+        }
+    }
+    Ok(pruned)
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
