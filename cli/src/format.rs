@@ -65,6 +65,18 @@ pub fn human_size(size: u64) -> String {
     human_size_precision(size as f64, 4)
 }
 
+/// go-units `BytesSize` (binary units, 4 significant digits): `3.832GiB`.
+pub fn bytes_size(n: u64) -> String {
+    const UNITS: [&str; 9] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{}{}", go_format_g(v, 4), UNITS[i])
+}
+
 /// Docker's size column (3 significant digits), e.g. `4.26MB`.
 pub fn human_size3(size: u64) -> String {
     human_size_precision(size as f64, 3)

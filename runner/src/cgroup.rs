@@ -20,8 +20,9 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
 const CPU_PERIOD: u64 = 100_000;
 /// The v1 hierarchies a container gets a cgroup in: the three that limit,
-/// and the freezer for `pause`.
-const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "freezer"];
+/// the freezer for `pause`, and the two that count for `stats` (cpuacct,
+/// blkio; skipped where they are not mounted).
+const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "pids", "freezer", "cpuacct", "blkio"];
 /// How long freezing may take before `set_frozen` gives up.
 const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -268,6 +269,65 @@ impl Cgroup {
         }
     }
 
+    /// What the kernel counts for the cgroup's processes (None where a
+    /// counter is not available).
+    pub fn usage(&self) -> Usage {
+        let v2 = self.dirs.iter().find(|d| d.join("cgroup.controllers").exists());
+        let v1 = |ctl: &str| {
+            let base = Path::new(CGROUP_ROOT).join(ctl);
+            self.dirs.iter().find(|d| d.starts_with(&base))
+        };
+        let read = |p: PathBuf| fs::read_to_string(p).ok();
+        let number = |p: PathBuf| read(p).and_then(|s| s.trim().parse::<u64>().ok());
+        let keyed = |text: Option<String>, key: &str| {
+            text.and_then(|t| {
+                t.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+            })
+        };
+        match v2 {
+            Some(d) => {
+                let (mut read_bytes, mut write_bytes) = (0, 0);
+                for line in read(d.join("io.stat")).unwrap_or_default().lines() {
+                    for field in line.split_whitespace() {
+                        if let Some(v) = field.strip_prefix("rbytes=") {
+                            read_bytes += v.parse::<u64>().unwrap_or(0);
+                        } else if let Some(v) = field.strip_prefix("wbytes=") {
+                            write_bytes += v.parse::<u64>().unwrap_or(0);
+                        }
+                    }
+                }
+                Usage {
+                    cpu_ns: keyed(read(d.join("cpu.stat")), "usage_usec").map(|us| us * 1000),
+                    memory: number(d.join("memory.current")),
+                    memory_inactive_file: keyed(read(d.join("memory.stat")), "inactive_file"),
+                    memory_limit: number(d.join("memory.max")),
+                    pids: number(d.join("pids.current")),
+                    io: Some((read_bytes, write_bytes)),
+                }
+            }
+            None => Usage {
+                cpu_ns: v1("cpuacct").and_then(|d| number(d.join("cpuacct.usage"))),
+                memory: v1("memory").and_then(|d| number(d.join("memory.usage_in_bytes"))),
+                memory_inactive_file: v1("memory")
+                    .and_then(|d| keyed(read(d.join("memory.stat")), "total_inactive_file")),
+                memory_limit: v1("memory").and_then(|d| number(d.join("memory.limit_in_bytes"))),
+                pids: v1("pids").and_then(|d| number(d.join("pids.current"))),
+                io: v1("blkio").map(|d| {
+                    let text = read(d.join("blkio.throttle.io_service_bytes")).unwrap_or_default();
+                    let sum = |op: &str| {
+                        text.lines()
+                            .filter_map(|l| {
+                                let f: Vec<&str> = l.split_whitespace().collect();
+                                (f.len() == 3 && f[1] == op).then(|| f[2].parse::<u64>().unwrap_or(0))
+                            })
+                            .sum()
+                    };
+                    (sum("Read"), sum("Write"))
+                }),
+            },
+        }
+    }
+
     /// Where this cgroup is frozen: the v2 directory, or the v1 freezer one.
     fn freezer(&self) -> Option<Freezer<'_>> {
         let v1 = Path::new(CGROUP_ROOT).join("freezer");
@@ -283,6 +343,22 @@ impl Cgroup {
             let _ = remove_dir_retry(d);
         }
     }
+}
+
+/// A cgroup's counters, as [`Cgroup::usage`] reads them.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// CPU time of every process that ran in it, in nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Memory charged to it, and the part of it that is inactive file
+    /// cache (Docker shows the difference).
+    pub memory: Option<u64>,
+    pub memory_inactive_file: Option<u64>,
+    /// The limit; None for none (v2 says `max`; v1's "no limit" is a huge number).
+    pub memory_limit: Option<u64>,
+    pub pids: Option<u64>,
+    /// Bytes read from and written to block devices.
+    pub io: Option<(u64, u64)>,
 }
 
 enum Freezer<'a> {

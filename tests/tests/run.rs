@@ -1,5 +1,5 @@
 //! Containers end to end: `run` (foreground, detached, with a terminal),
-//! `exec`, `logs`, `stop`, `rm`, `ps`, `pause`, volumes, published ports,
+//! `exec`, `logs`, `stop`, `rm`, `ps`, `pause`, `stats`, volumes, published ports,
 //! and the supervisor's life cycle — as root and as the unprivileged
 //! `strata-test`.
 //!
@@ -951,4 +951,57 @@ fn pause_as_an_ordinary_user_without_a_cgroup_says_why() {
     assert!(err.contains("has no cgroup of its own to freeze"), "{err}");
     assert_eq!(status_of(s, "idle"), "running 0");
     s.ok(&["rm", "-f", "idle"]);
+}
+
+#[test]
+fn stats_shows_cpu_memory_and_pids() {
+    both(|e, who| {
+        let s = &e.s;
+        let mut args = vec!["run", "-d", "--name", "busy", &e.bb, "sh", "-c", "while true; do :; done"];
+        if !s.is_unprivileged() {
+            args.splice(2..2, ["--memory", "64m"]);
+        }
+        s.ok(&args);
+        s.ok(&["create", "--name", "idle", &e.bb, "true"]);
+        let out = s.ok(&["stats", "--no-stream"]);
+        assert_eq!(
+            out.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(),
+            [
+                "CONTAINER",
+                "ID",
+                "NAME",
+                "CPU",
+                "%",
+                "MEM",
+                "USAGE",
+                "/",
+                "LIMIT",
+                "MEM",
+                "%",
+                "NET",
+                "I/O",
+                "BLOCK",
+                "I/O",
+                "PIDS"
+            ],
+            "{who}: {out}"
+        );
+        assert_eq!(out.lines().count(), 2, "{who}: only running containers without -a: {out}");
+        let line =
+            s.ok(&["stats", "--no-stream", "--format", "{{.Name}}|{{.CPUPerc}}|{{.MemUsage}}|{{.PIDs}}", "busy"]);
+        let f: Vec<&str> = line.trim().split('|').collect();
+        assert_eq!(f[0], "busy", "{who}: {line}");
+        let cpu: f64 = f[1].trim_end_matches('%').parse().unwrap();
+        assert!(cpu > 20.0, "{who}: a busy loop uses a CPU: {line}");
+        if !s.is_unprivileged() {
+            assert!(f[2].ends_with(" / 64MiB"), "{who}: the memory limit: {line}");
+        }
+        assert_eq!(f[3], "1", "{who}: {line}");
+        let all = s.ok(&["stats", "-a", "--no-stream", "--format", "{{.Name}} {{.CPUPerc}} {{.PIDs}}"]);
+        assert!(all.lines().any(|l| l == "idle 0.00% 0"), "{who}: a created container reads zeros: {all}");
+        let (code, err) = s.fails(&["stats", "--no-stream", "nosuch"]);
+        assert_eq!(code, 1, "{who}");
+        assert!(err.contains("No such container: nosuch"), "{who}: {err}");
+        s.ok(&["rm", "-f", "busy", "idle"]);
+    });
 }

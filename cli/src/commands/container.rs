@@ -62,6 +62,8 @@ pub enum ContainerCommand {
     Export(crate::commands::export::ExportArgs),
     /// Copy files/folders between a container and the local filesystem
     Cp(crate::commands::cp::CpArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(crate::commands::stats::StatsArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(AttachArgs),
     /// Manage containers
@@ -125,6 +127,8 @@ pub enum ContainerSub {
     Export(crate::commands::export::ExportArgs),
     /// Copy files/folders between a container and the local filesystem
     Cp(crate::commands::cp::CpArgs),
+    /// Display a live stream of container(s) resource usage statistics
+    Stats(crate::commands::stats::StatsArgs),
     /// Attach local standard input, output, and error streams to a running container
     Attach(AttachArgs),
     /// Display detailed information on one or more containers
@@ -337,6 +341,7 @@ pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Commit(a) => crate::commands::commit::commit(ctx, a).map_err(fail),
         ContainerCommand::Export(a) => crate::commands::export::export(ctx, a).map_err(fail),
         ContainerCommand::Cp(a) => crate::commands::cp::cp(ctx, a),
+        ContainerCommand::Stats(a) => crate::commands::stats::stats(ctx, a),
         ContainerCommand::Attach(a) => attach_cmd(ctx, a),
         ContainerCommand::Container(sub) => run_sub(ctx, sub),
         ContainerCommand::Volume(v) => crate::commands::volume::run(ctx, v),
@@ -366,6 +371,7 @@ fn run_sub(ctx: &Context, sub: ContainerSub) -> Result<i32> {
         ContainerSub::Commit(a) => crate::commands::commit::commit(ctx, a).map_err(fail),
         ContainerSub::Export(a) => crate::commands::export::export(ctx, a).map_err(fail),
         ContainerSub::Cp(a) => crate::commands::cp::cp(ctx, a),
+        ContainerSub::Stats(a) => crate::commands::stats::stats(ctx, a),
         ContainerSub::Attach(a) => attach_cmd(ctx, a),
         ContainerSub::Inspect(a) => inspect(ctx, a),
         ContainerSub::Prune(a) => prune(ctx, a),

@@ -16,6 +16,7 @@ pub mod pull;
 pub mod push;
 pub mod run;
 pub mod save_load;
+pub mod stats;
 pub mod support;
 pub mod sysinfo;
 pub mod volume;

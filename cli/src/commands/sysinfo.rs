@@ -132,18 +132,6 @@ fn mem_total() -> u64 {
         .unwrap_or(0)
 }
 
-/// go-units `BytesSize` (binary units, 4 significant digits): `3.832GiB`.
-fn bytes_size(n: u64) -> String {
-    const UNITS: [&str; 9] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{}{}", format::go_format_g(v, 4), UNITS[i])
-}
-
 fn count_dirs(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().is_dir()).count() as u64).unwrap_or(0)
 }
@@ -262,7 +250,7 @@ pub fn info(ctx: &Context, a: InfoArgs) -> anyhow::Result<i32> {
     o.push_str(" OSType: linux\n");
     o.push_str(&format!(" Architecture: {}\n", s("Architecture")));
     o.push_str(&format!(" CPUs: {}\n", s("NCPU")));
-    o.push_str(&format!(" Total Memory: {}\n", bytes_size(v["MemTotal"].as_u64().unwrap_or(0))));
+    o.push_str(&format!(" Total Memory: {}\n", format::bytes_size(v["MemTotal"].as_u64().unwrap_or(0))));
     o.push_str(&format!(" Name: {}\n", s("Name")));
     o.push_str(&format!(" Docker Root Dir: {}\n", s("DockerRootDir")));
     o.push_str(" Debug Mode: false\n");
@@ -467,8 +455,8 @@ mod tests {
 
     #[test]
     fn bytes_sizes() {
-        assert_eq!(bytes_size(4_114_878_464), "3.832GiB");
-        assert_eq!(bytes_size(1024), "1KiB");
-        assert_eq!(bytes_size(500), "500B");
+        assert_eq!(format::bytes_size(4_114_878_464), "3.832GiB");
+        assert_eq!(format::bytes_size(1024), "1KiB");
+        assert_eq!(format::bytes_size(500), "500B");
     }
 }
