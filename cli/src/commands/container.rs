@@ -657,20 +657,25 @@ pub fn kill_container(c: &Container) {
 }
 
 fn stop(ctx: &Context, a: StopArgs, restart: bool) -> Result<i32> {
-    let mut status = 0;
-    for key in &a.containers {
-        let r = record::find_fresh(&ctx.layout, key).and_then(|c| {
-            stop_container(&c, a.signal.as_deref(), a.time)?;
-            if restart {
-                let c = record::find_fresh(&ctx.layout, &c.config.id)?;
-                if c.running() {
-                    bail!("container {} is still running", c.short_id());
-                }
-                supervisor::launch(ctx, &c, false)?.wait_started()?;
+    Ok(each_container(ctx, &a.containers, |_, c| {
+        stop_container(&c, a.signal.as_deref(), a.time)?;
+        if restart {
+            let c = record::find_fresh(&ctx.layout, &c.config.id)?;
+            if c.running() {
+                bail!("container {} is still running", c.short_id());
             }
-            Ok(())
-        });
-        match r {
+            supervisor::launch(ctx, &c, false)?.wait_started()?;
+        }
+        Ok(())
+    }))
+}
+
+/// Runs `f` on each container named in `keys`, printing the name when it
+/// succeeds and Docker's daemon error when not; 1 if any failed.
+fn each_container(ctx: &Context, keys: &[String], mut f: impl FnMut(&str, Container) -> Result<()>) -> i32 {
+    let mut status = 0;
+    for key in keys {
+        match record::find_fresh(&ctx.layout, key).and_then(|c| f(key, c)) {
             Ok(()) => println!("{key}"),
             Err(e) => {
                 daemon_err(&e);
@@ -678,7 +683,7 @@ fn stop(ctx: &Context, a: StopArgs, restart: bool) -> Result<i32> {
             }
         }
     }
-    Ok(status)
+    status
 }
 
 // ---------------------------------------------------------------------------
@@ -713,54 +718,32 @@ fn thaw_if_paused(c: &Container) {
 }
 
 fn pause(ctx: &Context, a: PauseArgs, freeze: bool) -> Result<i32> {
-    let mut status = 0;
-    for key in &a.containers {
-        let r = record::find_fresh(&ctx.layout, key).and_then(|c| {
-            if !c.running() {
-                bail!("Container {} is not running", c.config.id);
-            }
-            let cg = container_cgroup(&c)?;
-            match (freeze, cg.is_frozen()) {
-                (true, true) => bail!("Container {} is already paused", c.config.id),
-                (false, false) => bail!("Container {} is not paused", c.config.id),
-                _ => Ok(cg.set_frozen(freeze)?),
-            }
-        });
-        match r {
-            Ok(()) => println!("{key}"),
-            Err(e) => {
-                daemon_err(&e);
-                status = 1;
-            }
+    Ok(each_container(ctx, &a.containers, |_, c| {
+        if !c.running() {
+            bail!("Container {} is not running", c.config.id);
         }
-    }
-    Ok(status)
+        let cg = container_cgroup(&c)?;
+        match (freeze, cg.is_frozen()) {
+            (true, true) => bail!("Container {} is already paused", c.config.id),
+            (false, false) => bail!("Container {} is not paused", c.config.id),
+            _ => Ok(cg.set_frozen(freeze)?),
+        }
+    }))
 }
 
 fn kill(ctx: &Context, a: KillArgs) -> Result<i32> {
     let sig = signals::parse(&a.signal)?;
-    let mut status = 0;
-    for key in &a.containers {
-        let r = record::find_fresh(&ctx.layout, key).and_then(|c| {
-            if !c.running() {
-                bail!("cannot kill container: {key}: container {} is not running", c.config.id);
-            }
-            supervisor::signal_container(&c, sig)?;
-            if sig == nix::sys::signal::Signal::SIGKILL {
-                thaw_if_paused(&c);
-                supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
-            }
-            Ok(())
-        });
-        match r {
-            Ok(()) => println!("{key}"),
-            Err(e) => {
-                daemon_err(&e);
-                status = 1;
-            }
+    Ok(each_container(ctx, &a.containers, |key, c| {
+        if !c.running() {
+            bail!("cannot kill container: {key}: container {} is not running", c.config.id);
         }
-    }
-    Ok(status)
+        supervisor::signal_container(&c, sig)?;
+        if sig == nix::sys::signal::Signal::SIGKILL {
+            thaw_if_paused(&c);
+            supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
+        }
+        Ok(())
+    }))
 }
 
 /// Removes one container (`force`: kills it first if it runs).
