@@ -7,7 +7,8 @@
 //!   container's changes come back as a layer tarball, as `commit` makes
 //!   it. The untagged image is removed again.
 //! - COPY and ADD: the layer is written directly from the build context or
-//!   another stage (see [`crate::copy`]); no container is involved.
+//!   another stage (see [`crate::copy`]); no container is involved. ADD's
+//!   URLs are fetched by the [`BuildHost`].
 //! - WORKDIR: a layer holding the directory when the image lacks it.
 //! - Everything else changes the configuration only (see
 //!   [`crate::config_change`]), and records a history entry without a layer.
@@ -25,8 +26,8 @@
 //! diff_id). A RUN whose key the cache knows (`ROOT/buildcache/KEY`, a
 //! small record of the layer it made) does not run again while that layer
 //! is still stored; `--no-cache` runs it anyway. COPY and ADD are not
-//! looked up: their layer is written from the context every time (that
-//! reading is the check), and the same content makes the same diff_id, so
+//! looked up: their layer is written from the context (or the URL) every
+//! time (that reading is the check), and the same content makes the same diff_id, so
 //! the RUN steps after them hit the cache again.
 
 use std::collections::BTreeMap;
@@ -120,6 +121,33 @@ pub trait BuildHost {
     ) -> Result<File, RunFailure>;
     /// A line of progress (`STEP 2/5: RUN make`).
     fn say(&mut self, line: &str);
+    /// Fetches `url` for `ADD URL` (HTTP or HTTPS GET, status 200).
+    fn download(&mut self, url: &str) -> Result<Downloaded, String>;
+}
+
+/// A file fetched for `ADD URL`: its content (rewound) and size, and the
+/// time its server gave it (`Last-Modified`), which becomes its mtime.
+pub struct Downloaded {
+    pub file: File,
+    pub size: u64,
+    pub mtime: Option<i64>,
+}
+
+/// A source of ADD that is fetched rather than read from the context.
+fn is_url(source: &str) -> bool {
+    source.starts_with("http://") || source.starts_with("https://")
+}
+
+/// The name a downloaded file gets in a destination directory: the last
+/// segment of the URL's path (Docker's rule), or `index.html` for none.
+fn url_file_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest.split(['?', '#']).next().unwrap_or_default();
+    let path = path.split_once('/').map_or("", |(_, p)| p);
+    match path.rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..") {
+        Some(n) => n.to_string(),
+        None => "index.html".to_string(),
+    }
 }
 
 /// An image being built: its layers and configuration, and the cache key
@@ -554,7 +582,8 @@ impl Engine<'_> {
     ) -> Result<(), BuildError> {
         let add = ins.keyword == "ADD";
         for (flag, _) in &ins.flags {
-            if !matches!(flag.as_str(), "from" | "chown" | "chmod" | "link") || (add && flag == "from") {
+            let known = matches!(flag.as_str(), "from" | "chown" | "chmod" | "link") || (add && flag == "checksum");
+            if !known || (add && flag == "from") {
                 return Err(step_err(ins, format!("{} --{flag} is not supported", ins.keyword)));
             }
         }
@@ -569,13 +598,40 @@ impl Engine<'_> {
         let Some((dest, sources)) = words.split_last().filter(|(_, s)| !s.is_empty()) else {
             return Err(step_err(ins, format!("{} requires at least two arguments: SOURCE... DEST", ins.keyword)));
         };
-        if add && sources.iter().any(|s| s.starts_with("http://") || s.starts_with("https://") || s.starts_with("git@"))
-        {
-            return Err(step_err(
-                ins,
-                "ADD from a URL is not supported by strata yet: fetch it into the build context and COPY it",
-            ));
+        if add && sources.iter().any(|s| s.starts_with("git@") || (is_url(s) && s.ends_with(".git"))) {
+            return Err(step_err(ins, "ADD of a git repository is not supported by strata yet: clone it and COPY it"));
         }
+        // ADD URL: fetched now (every build, as BuildKit checks it), checked
+        // against --checksum when given.
+        let mut downloads: Vec<(String, Downloaded)> = Vec::new();
+        if add {
+            let checksum = match ins.flag("checksum") {
+                Some(c) => Some(
+                    c.parse::<Digest>()
+                        .map_err(|_| step_err(ins, format!("invalid --checksum={c}: expected sha256:HEX")))?,
+                ),
+                None => None,
+            };
+            for url in sources.iter().filter(|s| is_url(s)) {
+                let mut got = self.host.download(url).map_err(|m| step_err(ins, m))?;
+                if let Some(want) = checksum {
+                    let mut hashed = strata_layers::digest::HashingWriter::default();
+                    io::copy(&mut got.file, &mut hashed).map_err(|e| step_err(ins, e))?;
+                    got.file.rewind().map_err(|e| step_err(ins, e))?;
+                    let actual = hashed.finish();
+                    if actual != want {
+                        return Err(step_err(
+                            ins,
+                            format!("{url}: the content's digest is {actual}, not the {want} of --checksum"),
+                        ));
+                    }
+                }
+                downloads.push((url_file_name(url), got));
+            }
+        } else if ins.flag("checksum").is_some() {
+            return Err(step_err(ins, "COPY --checksum is not supported"));
+        }
+        let sources: Vec<&String> = sources.iter().filter(|s| !(add && is_url(s))).collect();
         let existing = self.merged(&state.layers)?;
         let workdir = run.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into());
         let absolute = if dest.starts_with('/') { dest.clone() } else { format!("{workdir}/{dest}") };
@@ -613,7 +669,7 @@ impl Engine<'_> {
             existing.entries.get(&landed).map(|e| &e.kind),
             Some(strata_layers::EntryKind::Dir | strata_layers::EntryKind::Opaque)
         );
-        let into_dir = dest_dir || globbed || items.len() + inline.len() > 1 || is_dir_there;
+        let into_dir = dest_dir || globbed || items.len() + inline.len() + downloads.len() > 1 || is_dir_there;
         let owner = match ins.flag("chown") {
             Some(spec) => Some(copy::owner_ids(spec, &existing, &objects).map_err(|m| step_err(ins, m))?),
             None => None,
@@ -638,6 +694,11 @@ impl Engine<'_> {
                 let target = if into_dir { join(&landed, h.name.as_bytes()) } else { landed.clone() };
                 w.parents(&existing, &target)?;
                 w.inline(&target, h.body.as_bytes(), &opts)?;
+            }
+            for (name, got) in &mut downloads {
+                let target = if into_dir { join(&landed, name.as_bytes()) } else { landed.clone() };
+                w.parents(&existing, &target)?;
+                w.downloaded(&target, &mut got.file, got.size, got.mtime, &opts)?;
             }
             for item in &items {
                 if item.kind == ItemKind::Dir {

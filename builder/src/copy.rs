@@ -601,6 +601,25 @@ impl<W: io::Write> LayerWriter<W> {
         self.tar.append_data(&mut h, bytes_path(path), data)
     }
 
+    /// A file fetched by `ADD URL` at `path`: `0600` unless `--chmod` says
+    /// otherwise (Docker's rule), its server's time or the epoch.
+    pub fn downloaded(
+        &mut self,
+        path: &[u8],
+        file: &mut File,
+        size: u64,
+        mtime: Option<i64>,
+        opts: &CopyOptions,
+    ) -> io::Result<()> {
+        let (uid, gid) = opts.owner.unwrap_or((0, 0));
+        let mut h = header(opts.chmod.unwrap_or(0o600), uid, gid, mtime.unwrap_or(0));
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(size);
+        self.made.insert(path.to_vec());
+        let data = file.take(size).chain(io::repeat(0)).take(size);
+        self.tar.append_data(&mut h, bytes_path(path), data)
+    }
+
     /// An entry of an archive that ADD unpacks, re-rooted at `path`.
     pub fn raw<R: Read>(&mut self, h: &mut tar::Header, path: &[u8], link: Option<&[u8]>, data: R) -> io::Result<()> {
         self.made.insert(path.to_vec());

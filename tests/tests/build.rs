@@ -377,3 +377,85 @@ fn secrets_reach_run_steps_and_stay_out_of_the_image() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("secret token is required: give it with --secret id=token,src=FILE"), "{err}");
 }
+
+/// `python3 -m http.server` on loopback serving `dir`, stopped when dropped.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn start(dir: &std::path::Path) -> HttpServer {
+        let port = strata_e2e::registry::free_port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the HTTP server", std::time::Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn add_fetches_urls_and_checks_their_checksum() {
+    let e = setup(false);
+    let s = &e.s;
+    let www = s.base().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("note.txt"), "served over http\n").unwrap();
+    run_tool(std::process::Command::new("touch").args(["-d", "2001-02-03 04:05:06 UTC"]).arg(www.join("note.txt")));
+    let server = HttpServer::start(&www);
+    let url = format!("http://127.0.0.1:{}/note.txt", server.port);
+    let sum = sha256_hex(b"served over http\n");
+    let dockerfile = e.ctx.join("Dockerfile.add");
+    std::fs::write(
+        &dockerfile,
+        format!(
+            "FROM {}\nADD {url} /dl/\nADD --checksum=sha256:{sum} {url}?query=1 /exact.txt\n\
+             ADD --chmod=644 --chown=12:34 {url} /owned\n",
+            e.bb
+        ),
+    )
+    .unwrap();
+    let ctx = e.ctx.to_str().unwrap();
+    s.ok(&["build", "-q", "-t", "added:1", "-f", dockerfile.to_str().unwrap(), ctx]);
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        "added:1",
+        "sh",
+        "-c",
+        "cat /dl/note.txt /exact.txt; stat -c '%a %u:%g %Y' /dl/note.txt /exact.txt /owned",
+    ]);
+    assert_eq!(
+        out, "served over http\nserved over http\n600 0:0 981173106\n600 0:0 981173106\n644 12:34 981173106\n",
+        "the file, Docker's mode 0600 and the server's Last-Modified time"
+    );
+
+    // A wrong checksum, a missing file, a git repository: refused.
+    for (line, want) in [
+        (format!("ADD --checksum=sha256:{} {url} /x", "0".repeat(64)), "not the sha256:0000"),
+        (format!("ADD http://127.0.0.1:{}/missing /x", server.port), "404"),
+        (format!("ADD --checksum=md5:1 {url} /x"), "invalid --checksum"),
+        ("ADD https://example.invalid/repo.git /src".to_string(), "git repository is not supported"),
+        (format!("COPY --checksum=sha256:{sum} hello.txt /x"), "COPY --checksum is not supported"),
+    ] {
+        std::fs::write(&dockerfile, format!("FROM {}\n{line}\n", e.bb)).unwrap();
+        let (code, err) = s.fails(&["build", "-q", "-t", "bad:1", "-f", dockerfile.to_str().unwrap(), ctx]);
+        assert_eq!(code, 1, "{line}: {err}");
+        assert!(err.contains(want), "{line}: expected {want:?} in {err}");
+    }
+}

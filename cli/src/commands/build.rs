@@ -185,6 +185,27 @@ impl BuildHost for Host<'_> {
             println!("{line}");
         }
     }
+
+    fn download(&mut self, url: &str) -> Result<strata_builder::build::Downloaded, String> {
+        use std::io::Seek as _;
+        self.say(&format!("--> Downloading {url}"));
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(std::time::Duration::from_secs(600))).build().into();
+        let response = agent.get(url).call().map_err(|e| format!("GET {url}: {e}"))?;
+        let mtime = response
+            .headers()
+            .get("last-modified")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+            .map(|t| t.timestamp());
+        let what = |e: std::io::Error| format!("ADD {url}: {e}");
+        let mut tmp = self.store.temp_file("add-url-").map_err(|e| e.to_string())?;
+        let size = std::io::copy(&mut response.into_body().into_reader(), tmp.as_file_mut()).map_err(what)?;
+        // The open file outlives its name, which goes with `tmp`.
+        let mut file = tmp.reopen().map_err(what)?;
+        file.rewind().map_err(what)?;
+        Ok(strata_builder::build::Downloaded { file, size, mtime })
+    }
 }
 
 /// Standard output sent to standard error until this is dropped.
