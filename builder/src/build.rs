@@ -443,9 +443,32 @@ impl Engine<'_> {
             }
         }
         let run = state.config.config.clone().unwrap_or_default();
+        // `RUN <<EOF` whose document starts with `#!`: the document is the
+        // program (BuildKit's rule), shown read-only and run by its own
+        // interpreter; the file stays for the step and is in no layer.
+        let mut _script_file = None;
+        let script_doc = match ins.heredocs.as_slice() {
+            [only] if ins.json_args().is_none() && ins.args.trim() == only.word && only.body.starts_with("#!") => {
+                Some(only)
+            }
+            _ => None,
+        };
         let argv = match ins.json_args() {
             Some(a) if !a.is_empty() => a,
             Some(_) => return Err(step_err(ins, "RUN needs a command")),
+            None if script_doc.is_some() => {
+                let doc = script_doc.map(|d| (d.name.clone(), d.body.clone())).unwrap_or_default();
+                let io_err = |e: io::Error| step_err(ins, e);
+                let mut file = self.store.temp_file("run-script-")?;
+                file.write_all(doc.1.as_bytes()).map_err(io_err)?;
+                // Closed before it runs: a file open for writing cannot be executed (ETXTBSY).
+                let path = file.into_temp_path();
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).map_err(io_err)?;
+                let target = format!("/run/strata-scripts/{}", doc.0);
+                mounts.push(RunMount::Bind { source: path.to_path_buf(), target: target.clone(), readonly: true });
+                _script_file = Some(path);
+                vec![target]
+            }
             None => {
                 let mut shell = run.shell.clone().unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
                 shell.push(run_script(ins));

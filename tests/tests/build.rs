@@ -262,6 +262,10 @@ EOF
 RUN cat > /fromshell <<'END'
 literal $WHO
 END
+RUN <<SCRIPT
+#!/bin/sh -e
+echo "run by its own interpreter as $0" > /shebang.out
+SCRIPT
 COPY <<-conf <<two /etc/app/
 	key=value
 	conf
@@ -271,15 +275,17 @@ COPY --chmod=755 <<EOF /usr/local/bin/hello
 #!/bin/sh
 echo hello from a heredoc
 EOF
-CMD ["sh", "-c", "cat /script.out /fromshell /etc/app/conf /etc/app/two; hello"]
+CMD ["sh", "-c", "cat /script.out /fromshell /shebang.out /etc/app/conf /etc/app/two; hello"]
 "#;
     std::fs::write(dir.join("Dockerfile"), dockerfile.replace("BASE", &e.bb)).unwrap();
     s.ok(&["build", "-q", "-t", "heredocs:1", dir.to_str().unwrap()]);
     assert_eq!(
         s.ok(&["run", "--rm", "heredocs:1"]),
-        "script from heredoc\nsecond line\nliteral $WHO\nkey=value\nsecond file\nhello from a heredoc\n"
+        "script from heredoc\nsecond line\nliteral $WHO\nrun by its own interpreter as /run/strata-scripts/SCRIPT\n\
+         key=value\nsecond file\nhello from a heredoc\n"
     );
     let tree = s.tree("heredocs:1");
+    assert!(listing::find_line(&tree, "/run").is_none(), "the script is in no layer: {tree}");
     let line = |p: &str| listing::find_line(&tree, p).unwrap_or_default().to_string();
     assert!(line("/usr/local/bin/hello").starts_with("/usr/local/bin/hello f 0755 0 0 36 "), "{tree}");
     assert!(line("/etc/app/conf").starts_with("/etc/app/conf f 0644 0 0 10 "), "{tree}");
