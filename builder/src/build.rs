@@ -188,6 +188,9 @@ struct Engine<'a> {
     total: usize,
     no_cache: bool,
     secrets: &'a BTreeMap<String, PathBuf>,
+    /// What the RUN step being prepared shows its command and must keep
+    /// until it ends (files of `--mount=type=bind,from=`).
+    scratch: Vec<tempfile::TempDir>,
 }
 
 fn step_err(ins: &Instruction, message: impl std::fmt::Display) -> BuildError {
@@ -215,6 +218,7 @@ pub fn build(store: &Store, opts: &BuildOptions, host: &mut dyn BuildHost) -> Re
         total: 0,
         no_cache: opts.no_cache,
         secrets: &opts.secrets,
+        scratch: Vec::new(),
     };
     // Held for the whole build: the layers made so far are named by no
     // image until the end, and a prune must not take them meanwhile.
@@ -387,7 +391,11 @@ impl Engine<'_> {
         match ins.keyword.as_str() {
             "ARG" => return self.declare_args(ins, args, global),
             "FROM" => unreachable!("stages are split at FROM"),
-            "RUN" => self.run(ins, state, args)?,
+            "RUN" => {
+                let ran = self.run(ins, state, args, built);
+                self.scratch.clear();
+                ran?
+            }
             "COPY" | "ADD" => self.copy(ins, state, args, built)?,
             "SHELL" => {
                 let shell = ins.json_args().filter(|s| !s.is_empty()).ok_or_else(|| {
@@ -433,11 +441,17 @@ impl Engine<'_> {
         Ok(true)
     }
 
-    fn run(&mut self, ins: &Instruction, state: &mut State, args: &BTreeMap<String, String>) -> Result<(), BuildError> {
+    fn run(
+        &mut self,
+        ins: &Instruction,
+        state: &mut State,
+        args: &BTreeMap<String, String>,
+        built: &[(Option<String>, State)],
+    ) -> Result<(), BuildError> {
         let mut mounts = Vec::new();
         for (flag, value) in &ins.flags {
             match flag.as_str() {
-                "mount" => mounts.extend(self.run_mount(ins, value, state)?),
+                "mount" => mounts.extend(self.run_mount(ins, value, state, built)?),
                 "network" if matches!(value.as_str(), "default" | "none" | "host") => {}
                 _ => return Err(step_err(ins, format!("RUN --{flag} is not supported by strata yet"))),
             }
@@ -511,9 +525,15 @@ impl Engine<'_> {
     /// One `--mount=type=...,target=...` of a RUN. A bind mount's content
     /// moves the cache key on (as the layer of a COPY would), so that a
     /// changed file under it runs the step again.
-    fn run_mount(&mut self, ins: &Instruction, spec: &str, state: &mut State) -> Result<Option<RunMount>, BuildError> {
+    fn run_mount(
+        &mut self,
+        ins: &Instruction,
+        spec: &str,
+        state: &mut State,
+        built: &[(Option<String>, State)],
+    ) -> Result<Option<RunMount>, BuildError> {
         let mut kind = "bind";
-        let (mut target, mut source, mut id) = (None, None, None);
+        let (mut target, mut source, mut id, mut from) = (None, None, None, None);
         let mut readonly = true;
         let mut required = false;
         for part in spec.split(',') {
@@ -528,14 +548,15 @@ impl Engine<'_> {
                 // Sharing modes, owners and modes of a cache: one build at a time, kept as made.
                 "sharing" | "mode" | "uid" | "gid" => {}
                 "required" => required = v != "false",
-                "from" => {
-                    return Err(step_err(ins, "RUN --mount from another stage or image is not supported by strata yet"))
-                }
+                "from" => from = Some(v.to_string()),
                 other => return Err(step_err(ins, format!("unknown --mount option {other:?}"))),
             }
         }
         if kind == "ssh" {
             return Err(step_err(ins, "RUN --mount=type=ssh is not supported by strata yet"));
+        }
+        if from.is_some() && kind != "bind" {
+            return Err(step_err(ins, format!("RUN --mount=type={kind},from= is not supported by strata yet")));
         }
         if kind == "secret" {
             // A secret given with `--secret`, read-only at /run/secrets/ID (or
@@ -569,26 +590,29 @@ impl Engine<'_> {
                 ins,
                 "RUN --mount=type=bind,rw is not supported by strata yet: its writes would reach the build context",
             )),
+            "bind" if from.is_some() => {
+                let name = from.unwrap_or_default();
+                let layers = match self.earlier(&name, built) {
+                    Some(s) => s.layers.clone(),
+                    None => self.host.base_image(&name).map_err(|m| step_err(ins, m))?.layers,
+                };
+                let tree = self.merged(&layers)?;
+                let objects = self.store.layout().objects_dir();
+                let origin = Origin::Image { tree: &tree, objects: &objects };
+                let src = source.unwrap_or_else(|| ".".into());
+                let (item, all) = bind_items(ins, &origin, &src, state)?;
+                // A read-only copy of the stage's files, for this step only.
+                let dir = self.store.temp_dir("run-mount-from-")?;
+                let root = dir.path().join("m");
+                copy::materialize(&origin, &item, &all, &root).map_err(|e| step_err(ins, e))?;
+                let source = root.clone();
+                self.scratch.push(dir);
+                Ok(Some(RunMount::Bind { source, target, readonly }))
+            }
             "bind" => {
                 let src = source.unwrap_or_else(|| ".".into());
                 let origin = Origin::Context(&self.context);
-                let items = origin.sources(&src).map_err(|e| step_err(ins, e))?;
-                let [item] = items.as_slice() else {
-                    return Err(step_err(ins, "a bind mount's source names one path"));
-                };
-                // What is under the source, as a COPY of it would write it, into the key.
-                let mut hashed = strata_layers::digest::HashingWriter::default();
-                let mut w = LayerWriter::new(&mut hashed);
-                let all = if item.kind == ItemKind::Dir {
-                    origin.below(item).map_err(|e| step_err(ins, e))?
-                } else {
-                    vec![item.clone()]
-                };
-                for i in &all {
-                    w.item(&origin, i, &i.path, &CopyOptions::default()).map_err(|e| step_err(ins, e))?;
-                }
-                w.finish().map_err(|e| step_err(ins, e))?;
-                state.advance(&[&hashed.finish().to_string()]);
+                let (item, _) = bind_items(ins, &origin, &src, state)?;
                 let source = self.context.dir().join(String::from_utf8_lossy(&item.path).as_ref());
                 Ok(Some(RunMount::Bind { source, target, readonly }))
             }
@@ -750,6 +774,31 @@ impl Engine<'_> {
         history(state, &ins.to_string(), false);
         Ok(())
     }
+}
+
+/// The one path a bind mount's `source` names in `origin`, and everything
+/// at and below it; what they hold, as a COPY of them would write it,
+/// moves the step's cache key on.
+fn bind_items(
+    ins: &Instruction,
+    origin: &Origin,
+    source: &str,
+    state: &mut State,
+) -> Result<(Item, Vec<Item>), BuildError> {
+    let items = origin.sources(source).map_err(|e| step_err(ins, e))?;
+    let [item] = items.as_slice() else {
+        return Err(step_err(ins, "a bind mount's source names one path"));
+    };
+    let mut hashed = strata_layers::digest::HashingWriter::default();
+    let mut w = LayerWriter::new(&mut hashed);
+    let all =
+        if item.kind == ItemKind::Dir { origin.below(item).map_err(|e| step_err(ins, e))? } else { vec![item.clone()] };
+    for i in &all {
+        w.item(origin, i, &i.path, &CopyOptions::default()).map_err(|e| step_err(ins, e))?;
+    }
+    w.finish().map_err(|e| step_err(ins, e))?;
+    state.advance(&[&hashed.finish().to_string()]);
+    Ok((item.clone(), all))
 }
 
 /// Writes a layer with `fill` and adds it to `state`; a failure names `ins`.

@@ -59,6 +59,42 @@ pub enum ItemKind {
     Symlink(Vec<u8>),
 }
 
+/// Writes `item` and everything below it (`all`: what [`Origin::below`]
+/// lists, or the item itself for a file) as a plain tree at `root`, which
+/// must not exist: directories, files copied out of the origin, symlinks,
+/// with their permission bits (owners are the caller's). For
+/// `RUN --mount=type=bind,from=STAGE`, which shows another stage's files.
+pub fn materialize(origin: &Origin, item: &Item, all: &[Item], root: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut dirs = Vec::new();
+    if item.kind == ItemKind::Dir {
+        std::fs::create_dir(root)?;
+        dirs.push((root.to_path_buf(), item.mode));
+    }
+    for i in all.iter().filter(|i| i.path != item.path || item.kind != ItemKind::Dir) {
+        let rel = i.path.get(item.path.len()..).unwrap_or_default();
+        let rel = rel.strip_prefix(b"/").unwrap_or(rel);
+        let path = if rel.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(rel)) };
+        match &i.kind {
+            ItemKind::Dir => {
+                std::fs::create_dir(&path)?;
+                dirs.push((path, i.mode));
+            }
+            ItemKind::File => {
+                let mut out = std::fs::File::create_new(&path)?;
+                io::copy(&mut origin.open(i)?, &mut out)?;
+                out.set_permissions(std::fs::Permissions::from_mode(i.mode))?;
+            }
+            ItemKind::Symlink(target) => std::os::unix::fs::symlink(OsStr::from_bytes(target), &path)?,
+        }
+    }
+    // Modes of directories last, deepest first: a read-only one is filled first.
+    for (path, mode) in dirs.iter().rev() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))?;
+    }
+    Ok(())
+}
+
 /// The build context directory, opened once.
 pub struct BuildContext {
     root: OwnedFd,

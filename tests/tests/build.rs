@@ -168,7 +168,7 @@ fn bad_builds_say_why_and_leave_nothing_behind() {
         ("COPY passwd-link /leaked", "\"passwd-link\": not found"),
         ("COPY secret.log /", "\"secret.log\": not found"),
         ("RUN --mount=type=ssh true", "RUN --mount=type=ssh is not supported"),
-        ("ADD https://example.com/x /", "ADD from a URL is not supported"),
+        ("ADD https://example.invalid/tool.git /src", "ADD of a git repository is not supported"),
     ];
     for (line, message) in cases {
         let file = e.ctx.join("Dockerfile.bad");
@@ -463,5 +463,40 @@ fn add_fetches_urls_and_checks_their_checksum() {
         let (code, err) = s.fails(&["build", "-q", "-t", "bad:1", "-f", dockerfile.to_str().unwrap(), ctx]);
         assert_eq!(code, 1, "{line}: {err}");
         assert!(err.contains(want), "{line}: expected {want:?} in {err}");
+    }
+}
+
+#[test]
+fn run_mounts_files_of_another_stage_or_image() {
+    for unprivileged in [false, true] {
+        let who = if unprivileged { "as strata-test" } else { "as root" };
+        let e = setup(unprivileged);
+        let s = &e.s;
+        let dockerfile = e.ctx.join("Dockerfile.from");
+        std::fs::write(
+            &dockerfile,
+            format!(
+                "FROM {bb} AS builder\n\
+                 RUN mkdir -p /out/sub && echo built > /out/artifact && echo deep > /out/sub/x && chmod 750 /out/sub\n\
+                 FROM {bb}\n\
+                 RUN --mount=type=bind,from=builder,source=/out,target=/mnt/out \
+                     cat /mnt/out/artifact /mnt/out/sub/x > /copied && stat -c %a /mnt/out/sub >> /copied\n\
+                 RUN --mount=type=bind,from=builder,source=out/artifact,target=/one cat /one >> /copied\n\
+                 RUN --mount=from={bb},target=/image test -x /image/bin/busybox && echo image >> /copied\n",
+                bb = e.bb
+            ),
+        )
+        .unwrap();
+        let ctx = e.ctx.to_str().unwrap();
+        s.ok(&["build", "-q", "-t", "from:1", "-f", dockerfile.to_str().unwrap(), ctx]);
+        assert_eq!(s.ok(&["run", "--rm", "from:1", "cat", "/copied"]), "built\ndeep\n750\nbuilt\nimage\n", "{who}");
+        let tree = s.tree("from:1");
+        assert!(listing::find_line(&tree, "/mnt").is_none(), "{who}: the mounts are in no layer: {tree}");
+        let left: Vec<_> = std::fs::read_dir(s.root().join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+        assert!(left.is_empty(), "{who}: the copies are removed: {left:?}");
+        // Another mount type from a stage: refused, with the reason.
+        std::fs::write(&dockerfile, format!("FROM {}\nRUN --mount=type=cache,from=x,target=/c true\n", e.bb)).unwrap();
+        let (_, err) = s.fails(&["build", "-q", "-f", dockerfile.to_str().unwrap(), ctx]);
+        assert!(err.contains("type=cache,from= is not supported"), "{who}: {err}");
     }
 }
