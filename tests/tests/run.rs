@@ -1005,3 +1005,20 @@ fn stats_shows_cpu_memory_and_pids() {
         s.ok(&["rm", "-f", "busy", "idle"]);
     });
 }
+
+#[test]
+fn logs_since_and_until_select_by_time() {
+    let e = setup(false);
+    let s = &e.s;
+    s.ok(&["run", "--name", "talker", &e.bb, "sh", "-c", "echo one; echo two; sleep 1.2; echo three"]);
+    let stamped = s.ok(&["logs", "-t", "talker"]);
+    let times: Vec<&str> = stamped.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(times.len(), 3, "{stamped}");
+    assert_eq!(s.ok(&["logs", "--since", times[2], "talker"]), "three\n");
+    assert_eq!(s.ok(&["logs", "--until", times[2], "talker"]), "one\ntwo\n");
+    assert_eq!(s.ok(&["logs", "--until", times[2], "--tail", "1", "talker"]), "two\n");
+    assert_eq!(s.ok(&["logs", "--since", "1h", "talker"]), "one\ntwo\nthree\n");
+    assert_eq!(s.ok(&["logs", "--until", "1h", "talker"]), "");
+    let (_, err) = s.fails(&["logs", "--since", "yesterday", "talker"]);
+    assert!(err.contains("invalid value for --since/--until"), "{err}");
+}

@@ -254,6 +254,12 @@ pub struct LogsArgs {
     /// Show timestamps
     #[arg(short = 't', long)]
     timestamps: bool,
+    /// Show logs since timestamp (e.g. "2013-01-02T13:23:37Z") or relative (e.g. "42m" for 42 minutes)
+    #[arg(long)]
+    since: Option<String>,
+    /// Show logs before a timestamp (e.g. "2013-01-02T13:23:37Z") or relative (e.g. "42m" for 42 minutes)
+    #[arg(long)]
+    until: Option<String>,
     container: String,
 }
 
@@ -859,11 +865,66 @@ struct LogRecord {
     log: String,
 }
 
+/// A `--since`/`--until` value as Docker reads it: an RFC 3339 time, Unix
+/// seconds (fractions allowed), or a Go duration back from now (`42m`,
+/// `1h30m`, `10s`).
+fn log_time_bound(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+    if let Some(t) = parse_time(&Some(s.to_string())) {
+        return Ok(t);
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        let nanos = (secs * 1e9) as i64;
+        return Ok(chrono::DateTime::from_timestamp_nanos(nanos));
+    }
+    let ago = go_duration(s).with_context(|| {
+        format!("invalid value for --since/--until: {s:?} (a time such as 2013-01-02T13:23:37Z, Unix seconds, or a duration such as 42m)")
+    })?;
+    Ok(chrono::Utc::now() - ago)
+}
+
+/// Go's `time.ParseDuration` for the units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`.
+fn go_duration(s: &str) -> Option<chrono::Duration> {
+    let mut rest = s;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit..];
+    }
+    Some(chrono::Duration::nanoseconds(total as i64))
+}
+
 fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
     let c = record::find_fresh(&ctx.layout, &a.container).map_err(fail)?;
     let tail: Option<usize> = match a.tail.as_str() {
         "all" | "-1" => None,
         n => Some(n.parse().with_context(|| format!("invalid value for --tail: {n}"))?),
+    };
+    let since = a.since.as_deref().map(log_time_bound).transpose()?;
+    let until = a.until.as_deref().map(log_time_bound).transpose()?;
+    // A line is shown when its time is within --since/--until.
+    let within = |line: &str| {
+        if since.is_none() && until.is_none() {
+            return true;
+        }
+        let Ok(r) = serde_json::from_str::<LogRecord>(line) else { return false };
+        let Some(t) = parse_time(&Some(r.time)) else { return false };
+        since.is_none_or(|s| t >= s) && until.is_none_or(|u| t < u)
     };
     let path = c.log_path();
     let mut file = match std::fs::File::open(&path) {
@@ -910,10 +971,10 @@ fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
         if reader.read_line(&mut l)? == 0 {
             break;
         }
-        if l.ends_with('\n') {
-            lines.push(l);
-        } else {
+        if !l.ends_with('\n') {
             pending = l;
+        } else if within(l.trim_end_matches('\n')) {
+            lines.push(l);
         }
     }
     let start = tail.map(|n| lines.len().saturating_sub(n)).unwrap_or(0);
@@ -929,7 +990,9 @@ fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
         if n > 0 {
             pending.push_str(&l);
             if pending.ends_with('\n') {
-                emit(pending.trim_end_matches('\n'), &mut stdout, &mut stderr);
+                if within(pending.trim_end_matches('\n')) {
+                    emit(pending.trim_end_matches('\n'), &mut stdout, &mut stderr);
+                }
                 pending.clear();
             }
             continue;
@@ -944,7 +1007,7 @@ fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
                 pending.push_str(&l);
                 l.clear();
             }
-            for line in pending.lines() {
+            for line in pending.lines().filter(|l| within(l)) {
                 emit(line, &mut stdout, &mut stderr);
             }
             return Ok(0);
