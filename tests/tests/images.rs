@@ -385,3 +385,13 @@ fn errors_name_their_cause_once() {
         assert_eq!(err.matches("Permission denied").count(), 1, "strata {}: {err}", args.join(" "));
     }
 }
+
+#[test]
+fn version_reports_client_and_server() {
+    let s = Strata::new();
+    let out = s.ok(&["version"]);
+    assert!(out.starts_with("Client:\n Version:"), "{out}");
+    assert!(out.contains("\nServer: strata\n Engine:\n"), "{out}");
+    let v = s.ok(&["version", "--format", "{{.Server.Version}} {{.Client.Os}}"]);
+    assert_eq!(v, format!("{} linux\n", s.ok(&["--version"]).trim().rsplit(' ').next().unwrap()));
+}

@@ -911,6 +911,8 @@ fn pause_freezes_and_unpause_thaws() {
     assert!(s.ok(&["ps", "--format", "{{.Status}}"]).trim().ends_with("(Paused)"));
     assert_eq!(s.ok(&["ps", "-q", "--filter", "status=paused"]).lines().count(), 1);
     assert_eq!(s.ok(&["ps", "-q", "--filter", "status=running"]), "");
+    let counts = "{{.ContainersRunning}} {{.ContainersPaused}} {{.ContainersStopped}}";
+    assert_eq!(s.ok(&["info", "--format", counts]).trim(), "0 1 0");
     let (code, err) = s.fails(&["exec", "busy", "true"]);
     assert_eq!(code, 1);
     assert!(err.contains("is paused, unpause the container before exec"), "{err}");

@@ -35,6 +35,8 @@ pub enum ImageCommand {
     History(HistoryArgs),
     /// Display system-wide information
     Info(InfoArgs),
+    /// Show the strata version information
+    Version(InfoArgs),
     /// Log in to a registry
     Login(LoginArgs),
     /// Log out from a registry
@@ -319,6 +321,7 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::Image(ImageGroup::Inspect(a)) => inspect::image_inspect(ctx, a),
         ImageCommand::History(a) | ImageCommand::Image(ImageGroup::History(a)) => inspect::history(ctx, a),
         ImageCommand::Info(a) | ImageCommand::System(SystemGroup::Info(a)) => sysinfo::info(ctx, a),
+        ImageCommand::Version(a) => sysinfo::version(ctx, a),
         ImageCommand::System(SystemGroup::Df(a)) => sysinfo::df(ctx, a),
         ImageCommand::System(SystemGroup::Prune(a)) => sysinfo::system_prune(ctx, a),
         ImageCommand::Login(a) => login::login(ctx, a),

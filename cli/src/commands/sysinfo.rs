@@ -140,9 +140,10 @@ fn count_dirs(dir: &Path) -> u64 {
 fn info_value(ctx: &Context) -> anyhow::Result<Value> {
     let store = open_store(ctx)?;
     let images = store.images()?.len();
-    // Container state belongs to the container commands; until they report
-    // running ones, containers are counted from their directories.
-    let containers = count_dirs(&ctx.layout.containers_dir());
+    let all = crate::containers::record::list_fresh(&ctx.layout)?;
+    let containers = all.len();
+    let paused = all.iter().filter(|c| super::container::is_paused(c)).count();
+    let running = all.iter().filter(|c| c.running()).count() - paused;
     let reg = RegistryConfig::load()?;
     let mut mirrors: Vec<String> = reg.mirrors.get("docker.io").cloned().unwrap_or_default();
     let mut other_mirrors: Vec<(&String, &Vec<String>)> =
@@ -163,9 +164,9 @@ fn info_value(ctx: &Context) -> anyhow::Result<Value> {
     Ok(json!({
         "ID": "",
         "Containers": containers,
-        "ContainersRunning": 0,
-        "ContainersPaused": 0,
-        "ContainersStopped": containers,
+        "ContainersRunning": running,
+        "ContainersPaused": paused,
+        "ContainersStopped": containers - running - paused,
         "Images": images,
         "Driver": "strata",
         "DriverStatus": [
@@ -196,6 +197,52 @@ fn info_value(ctx: &Context) -> anyhow::Result<Value> {
         "FuseDevice": h.fuse_device,
         "Fusermount3": h.fusermount3.unwrap_or_default(),
     }))
+}
+
+/// `version`: Docker's Client and Server sections (one program is both;
+/// the "API version" is the Docker API whose behaviour strata follows).
+pub fn version(ctx: &Context, a: InfoArgs) -> anyhow::Result<i32> {
+    let _ = ctx;
+    let (os, arch) = ("linux", go_arch());
+    let part = |kind: &str| {
+        json!({
+            "Platform": { "Name": "strata" },
+            "Version": VERSION,
+            "ApiVersion": DOCKER_API_VERSION,
+            "GoVersion": "",
+            "GitCommit": "",
+            "Os": os,
+            "Arch": arch,
+            "KernelVersion": if kind == "server" { kernel_release() } else { String::new() },
+        })
+    };
+    let v = json!({ "Client": part("client"), "Server": part("server") });
+    match a.format.as_deref() {
+        Some("json") => println!("{}", serde_json::to_string(&v)?),
+        Some(f) => println!("{}", format::render_loose(f, &v)?),
+        None => {
+            println!("Client:\n Version:           {VERSION}\n API version:       {DOCKER_API_VERSION}");
+            println!(" OS/Arch:           {os}/{arch}\n");
+            println!("Server: strata\n Engine:\n  Version:          {VERSION}");
+            println!("  API version:      {DOCKER_API_VERSION}\n  OS/Arch:          {os}/{arch}");
+            println!("  Kernel Version:   {}", kernel_release());
+        }
+    }
+    Ok(0)
+}
+
+/// The Docker Engine API version whose commands and output strata follows.
+const DOCKER_API_VERSION: &str = "1.44";
+
+/// GOARCH names, as Docker prints them.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        other => other,
+    }
 }
 
 pub fn info(ctx: &Context, a: InfoArgs) -> anyhow::Result<i32> {
