@@ -12,12 +12,72 @@ use strata_layers::registry::RegistryClient;
 use strata_layers::store::Store;
 use strata_layers::{Digest, LayerIndex, StoreLayout};
 
+/// Where the registry configuration and credentials are, for a process
+/// that cannot look at the user's environment: a container's supervisor
+/// runs with a cut-down one (see `containers::supervisor`), so its
+/// launcher writes these paths next to the container
+/// (`registry-settings.json`) when the container has lazy layers.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+pub struct RegistrySettings {
+    pub registries_config: Option<std::path::PathBuf>,
+    pub docker_config: Option<std::path::PathBuf>,
+    pub timeout: Option<String>,
+}
+
+/// The file [`RegistrySettings`] are kept in, in a container's directory.
+pub const SETTINGS_FILE: &str = "registry-settings.json";
+
+impl RegistrySettings {
+    /// As this process's environment gives them.
+    pub fn from_env() -> RegistrySettings {
+        let docker_config =
+            std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()).map(std::path::PathBuf::from).or_else(|| {
+                std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| std::path::Path::new(&h).join(".docker"))
+            });
+        RegistrySettings {
+            registries_config: strata_layers::registry::RegistryConfig::default_path(),
+            docker_config,
+            timeout: std::env::var("STRATA_REGISTRY_TIMEOUT").ok(),
+        }
+    }
+
+    /// Writes them for the supervisor of the container in `dir`, when it
+    /// has lazy layers (`keys`); removes a stale file otherwise.
+    pub fn save_for(dir: &std::path::Path, keys: &[String]) -> Result<()> {
+        let path = dir.join(SETTINGS_FILE);
+        if !keys.iter().any(|k| k.starts_with(strata_layers::image::LAZY_KEY_PREFIX)) {
+            let _ = std::fs::remove_file(&path);
+            return Ok(());
+        }
+        crate::containers::record::write_json(&path, &RegistrySettings::from_env())
+    }
+
+    /// A registry client as these settings say.
+    fn client(&self) -> Result<RegistryClient> {
+        let mut config = match &self.registries_config {
+            Some(p) if p.exists() => strata_layers::registry::RegistryConfig::from_file(p)?,
+            _ => strata_layers::registry::RegistryConfig::default(),
+        };
+        if let Some(t) = &self.timeout {
+            config.read_timeout = strata_layers::registry::config::parse_seconds(t)
+                .ok_or_else(|| anyhow::anyhow!("STRATA_REGISTRY_TIMEOUT={t:?} is not a number of seconds"))?;
+        }
+        let client = RegistryClient::new(config);
+        Ok(match &self.docker_config {
+            Some(d) => client.with_credential_store(strata_layers::registry::credentials::CredentialStore::new(d)),
+            None => client,
+        })
+    }
+}
+
 /// The lowers for `keys` (bottom first), each index passed through `adjust`.
 pub fn lowers_with(
     layout: &StoreLayout,
     keys: &[String],
+    settings: Option<RegistrySettings>,
     mut adjust: impl FnMut(LayerIndex) -> LayerIndex,
 ) -> Result<Vec<strata_fs::Lower>> {
+    let settings = settings.map(Arc::new);
     let store = Store::open(layout.clone()).context("opening the store")?;
     let client: Arc<OnceLock<Option<RegistryClient>>> = Arc::new(OnceLock::new());
     keys.iter()
@@ -27,6 +87,7 @@ pub fn lowers_with(
             if let Some(layer) = opened.lazy {
                 lower.fetch = Some(Arc::new(RegistryFetch {
                     layout: layout.clone(),
+                    settings: settings.clone(),
                     client: client.clone(),
                     layer,
                     in_flight: Default::default(),
@@ -37,9 +98,18 @@ pub fn lowers_with(
         .collect()
 }
 
-/// [`lowers_with`] with the indexes as stored.
+/// [`lowers_with`] with the indexes as stored and the registry settings of
+/// this process's environment.
 pub fn lowers(layout: &StoreLayout, keys: &[String]) -> Result<Vec<strata_fs::Lower>> {
-    lowers_with(layout, keys, |index| index)
+    lowers_with(layout, keys, None, |index| index)
+}
+
+/// The lowers of a container for its supervisor: registry settings from
+/// the file its launcher wrote ([`RegistrySettings::save_for`]).
+pub fn container_lowers(layout: &StoreLayout, dir: &std::path::Path, keys: &[String]) -> Result<Vec<strata_fs::Lower>> {
+    let settings =
+        std::fs::read(dir.join(SETTINGS_FILE)).ok().and_then(|b| serde_json::from_slice::<RegistrySettings>(&b).ok());
+    lowers_with(layout, keys, settings, |index| index)
 }
 
 /// Completes a container's lazy layers in the background (whole blobs,
@@ -68,6 +138,9 @@ pub const COMPLETION_DELAY: std::time::Duration = std::time::Duration::from_secs
 /// shared by the layers of one mount.
 struct RegistryFetch {
     layout: StoreLayout,
+    /// Where the registry settings are when the environment does not say
+    /// (a container's supervisor); None: from the environment.
+    settings: Option<Arc<RegistrySettings>>,
     client: Arc<OnceLock<Option<RegistryClient>>>,
     layer: LazyLayer,
     /// Contents being fetched now, so that two threads that want one file
@@ -119,11 +192,13 @@ impl strata_fs::FetchObject for RegistryFetch {
 impl RegistryFetch {
     fn client(&self) -> Option<&RegistryClient> {
         self.client
-            .get_or_init(|| match RegistryClient::from_env() {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    eprintln!("strata: lazily pulled files cannot be fetched: {e}");
-                    None
+            .get_or_init(|| {
+                match self.settings.as_ref().map_or_else(|| Ok(RegistryClient::from_env()?), |s| s.client()) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        eprintln!("strata: lazily pulled files cannot be fetched: {e}");
+                        None
+                    }
                 }
             })
             .as_ref()

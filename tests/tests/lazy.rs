@@ -348,3 +348,22 @@ fn without_the_registry_only_files_not_fetched_yet_fail() {
         assert_eq!(s.ok(&["run", "--rm", &image, "cat", "/data/text"]), "some text\n", "{who}: registry back");
     }
 }
+
+#[test]
+fn a_container_fetches_from_a_registry_that_needs_a_login() {
+    let f = fixtures();
+    let reg = Registry::start_with_auth("lazy", "secret-pass");
+    let image = reg.push_oci_layout(&f.chunked, "full", "e2e/private:1");
+    for unprivileged in [false, true] {
+        let who = who(unprivileged);
+        let s = instance(unprivileged);
+        s.ok(&["login", "-u", "lazy", "-p", "secret-pass", &reg.host()]);
+        s.ok(&["pull", "--lazy", &image]);
+        // The supervisor fetches with the caller's credentials, though its
+        // environment is cut down.
+        assert_eq!(s.ok(&["run", "--rm", &image, "cat", "/data/text"]), "some text\n", "{who}");
+        s.ok(&["logout", &reg.host()]);
+        let out = s.run(&["run", "--rm", &image, "cat", "/data/opq/new"]);
+        assert!(!out.status.success(), "{who}: without the login the file cannot be fetched");
+    }
+}

@@ -15,7 +15,7 @@ use strata_runner::Cap;
 /// Mounts the container's union filesystem on `rootfs/`, served by this
 /// process until the handle is dropped.
 pub fn mount_rootfs(ctx: &Context, c: &Container) -> Result<strata_fs::MountHandle> {
-    let lowers = crate::lazy::lowers(&ctx.layout, &c.config.layers)?;
+    let lowers = crate::lazy::container_lowers(&ctx.layout, &c.dir, &c.config.layers)?;
     crate::lazy::complete_in_background(&lowers);
     let opts = strata_fs::MountOptions {
         upper: Some(c.upper()),

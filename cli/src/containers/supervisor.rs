@@ -110,6 +110,9 @@ pub fn launch(ctx: &Context, c: &Container, attach: bool) -> Result<Session> {
             m.release_hint()
         );
     }
+    // Lazy layers are fetched by the supervisor, whose environment is cut
+    // down: where the registry settings are goes into a file instead.
+    crate::lazy::RegistrySettings::save_for(&c.dir, &c.config.layers)?;
     let (ours, theirs) = UnixStream::pair().context("creating the supervisor socket pair")?;
     // Our own binary; /proc/self/exe itself if its file was replaced since
     // we started (the path keeps the process name `strata` otherwise).

@@ -278,7 +278,7 @@ pub fn serve_main(ctx: &Context, request: &str) -> Result<i32> {
 fn mount(ctx: &Context, rec: &MountRecord) -> Result<strata_fs::MountHandle> {
     let range = rec.view.layers(rec.layers.len()).map_err(anyhow::Error::msg)?;
     let single = matches!(rec.view, super::View::Layer(_));
-    let lowers = crate::lazy::lowers_with(&ctx.layout, &rec.layers[range], |index| match single {
+    let lowers = crate::lazy::lowers_with(&ctx.layout, &rec.layers[range], None, |index| match single {
         true => super::view::expose_whiteouts(&index, ctx.rootless),
         false => index,
     })?;

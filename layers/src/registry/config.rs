@@ -173,7 +173,7 @@ impl RegistryConfig {
     }
 }
 
-fn parse_seconds(v: &str) -> Option<Duration> {
+pub fn parse_seconds(v: &str) -> Option<Duration> {
     timeout_from_secs(v.trim().parse().ok()?)
 }
 
