@@ -409,7 +409,10 @@ impl Engine<'_> {
                 history(state, &created_by, true);
             }
             keyword => {
-                let change = ConfigChange { instruction: keyword.to_string(), args: ins.args.clone() };
+                // The parser took flags (HEALTHCHECK --interval=...) off the
+                // arguments; the configuration change reads them there.
+                let flags: String = ins.flags.iter().map(|(n, v)| format!("--{n}={v} ")).collect();
+                let change = ConfigChange { instruction: keyword.to_string(), args: flags + &ins.args };
                 let run = state.config.config.get_or_insert_with(Default::default);
                 applier.apply(run, &change, args).map_err(|e| step_err(ins, e))?;
                 let workdir = (keyword == "WORKDIR").then(|| run.working_dir.clone()).flatten();

@@ -1,5 +1,5 @@
 //! Containers end to end: `run` (foreground, detached, with a terminal),
-//! `exec`, `logs`, `stop`, `rm`, `ps`, `pause`, `stats`, volumes, published ports,
+//! `exec`, `logs`, `stop`, `rm`, `ps`, `pause`, `stats`, health checks, volumes, published ports,
 //! and the supervisor's life cycle — as root and as the unprivileged
 //! `strata-test`.
 //!
@@ -1023,4 +1023,60 @@ fn logs_since_and_until_select_by_time() {
     assert_eq!(s.ok(&["logs", "--until", "1h", "talker"]), "");
     let (_, err) = s.fails(&["logs", "--since", "yesterday", "talker"]);
     assert!(err.contains("invalid value for --since/--until"), "{err}");
+}
+
+#[test]
+fn health_checks_run_and_show_in_ps_and_inspect() {
+    both(|e, who| {
+        let s = &e.s;
+        s.ok(&[
+            "run",
+            "-d",
+            "--name",
+            "checked",
+            "--health-cmd",
+            "echo probing; test -e /tmp/ready",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "2",
+            &e.bb,
+            "sleep",
+            "600",
+        ]);
+        let status = || s.ok(&["ps", "--format", "{{.Status}}", "--filter", "name=checked"]);
+        assert!(status().contains("(health: starting)") || status().contains("(unhealthy)"), "{who}: {}", status());
+        wait_until("unhealthy", READY, || status().trim_end().ends_with("(unhealthy)"));
+        assert_eq!(s.ok(&["ps", "-q", "--filter", "health=unhealthy"]).lines().count(), 1, "{who}");
+        s.ok(&["exec", "checked", "touch", "/tmp/ready"]);
+        wait_until("healthy", READY, || status().trim_end().ends_with("(healthy)"));
+        let health: serde_json::Value =
+            serde_json::from_str(&s.ok(&["inspect", "-f", "{{json .State.Health}}", "checked"])).unwrap();
+        assert_eq!(health["Status"], "healthy", "{who}: {health}");
+        assert_eq!(health["FailingStreak"], 0, "{who}: {health}");
+        let log = health["Log"].as_array().unwrap();
+        assert!(!log.is_empty() && log.len() <= 5, "{who}: {health}");
+        assert_eq!(log.last().unwrap()["Output"], "probing\n", "{who}: {health}");
+        s.ok(&["rm", "-f", "checked"]);
+
+        // The image's HEALTHCHECK, and --no-healthcheck turning it off.
+        let ctx = s.base().join("hc-context");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), format!("FROM {}\nHEALTHCHECK --interval=200ms CMD true\n", e.bb))
+            .unwrap();
+        run_tool(std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(&ctx));
+        s.ok(&["build", "-q", "-t", "checked:1", ctx.to_str().unwrap()]);
+        let check = s.ok(&["image", "inspect", "-f", "{{json .Config.Healthcheck}}", "checked:1"]);
+        assert_eq!(check.trim(), r#"{"Interval":200000000,"Test":["CMD-SHELL","true"]}"#, "{who}: the flags are kept");
+        s.ok(&["run", "-d", "--name", "from-image", "checked:1", "sleep", "600"]);
+        wait_until("healthy from the image's check", READY, || {
+            s.ok(&["ps", "--format", "{{.Status}}", "--filter", "name=from-image"]).trim_end().ends_with("(healthy)")
+        });
+        s.ok(&["run", "-d", "--name", "unchecked", "--no-healthcheck", "checked:1", "sleep", "600"]);
+        std::thread::sleep(Duration::from_millis(500));
+        let plain = s.ok(&["ps", "--format", "{{.Status}}", "--filter", "name=unchecked"]);
+        assert!(!plain.contains("health"), "{who}: {plain}");
+        assert_eq!(s.ok(&["inspect", "-f", "{{json .State.Health}}", "unchecked"]).trim(), "null", "{who}");
+        s.ok(&["rm", "-f", "from-image", "unchecked"]);
+    });
 }

@@ -421,7 +421,7 @@ pub fn status_text(c: &Container) -> String {
             if is_paused(c) {
                 format!("{up} (Paused)")
             } else {
-                up
+                up + &crate::containers::health::status_suffix(c)
             }
         }
         Status::Exited => match parse_time(&c.state.finished_at) {
@@ -488,6 +488,13 @@ fn matches_filter(ctx: &Context, c: &Container, key: &str, value: &str) -> Resul
                 "running" => c.running() && !paused,
                 _ => c.state.status.as_str() == value,
             }
+        }
+        "health" => {
+            if !matches!(value, "starting" | "healthy" | "unhealthy" | "none") {
+                bail!("Unrecognised filter value for health: {value}");
+            }
+            let status = c.state.health.as_ref().filter(|_| c.running()).map_or("none", |h| h.status.as_str());
+            status == value
         }
         "name" => c.config.name.contains(value.trim_start_matches('/')),
         "id" => c.config.id.starts_with(value),
@@ -876,37 +883,10 @@ fn log_time_bound(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
         let nanos = (secs * 1e9) as i64;
         return Ok(chrono::DateTime::from_timestamp_nanos(nanos));
     }
-    let ago = go_duration(s).with_context(|| {
+    let ago = format::go_duration(s).with_context(|| {
         format!("invalid value for --since/--until: {s:?} (a time such as 2013-01-02T13:23:37Z, Unix seconds, or a duration such as 42m)")
     })?;
     Ok(chrono::Utc::now() - ago)
-}
-
-/// Go's `time.ParseDuration` for the units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`.
-fn go_duration(s: &str) -> Option<chrono::Duration> {
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let value: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += value * scale;
-        rest = &rest[unit..];
-    }
-    Some(chrono::Duration::nanoseconds(total as i64))
 }
 
 fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
@@ -1228,7 +1208,7 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         .collect();
     let pid = st.init.filter(|_| c.running()).map(|p| p.pid).unwrap_or(0);
     let paused = is_paused(c);
-    let state = json!({
+    let mut state = json!({
         "Status": if paused { "paused" } else { st.status.as_str() },
         "Running": c.running(),
         "Paused": paused,
@@ -1241,6 +1221,10 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         "StartedAt": rfc3339_or_zero(&st.started_at),
         "FinishedAt": rfc3339_or_zero(&st.finished_at),
     });
+    // Only a container with a health check has `Health` (Docker's shape).
+    if let Some(h) = st.health.as_ref().filter(|_| c.config.healthcheck.is_some()) {
+        state["Health"] = serde_json::to_value(h).unwrap_or_default();
+    }
     let host_config = json!({
         "Binds": cfg.request.volumes,
         "NetworkMode": cfg.network,

@@ -68,55 +68,15 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER)
             .context("joining the container's user namespace")?;
     }
-    // The container's root as its init sees it (also for a rootless
-    // container whose mount only exists in its supervisor's namespace).
-    let root = std::path::PathBuf::from(format!("/proc/{}/root", init.pid));
-    let user = strata_runner::resolve_user(&root, a.user.as_deref().unwrap_or(&cfg.user)).map_err(|e| {
-        eprintln!("Error response from daemon: {e}");
-        exit::with_code(126, None)
-    })?;
-    let mut spec = strata_runner::ExecSpec::new(a.command.clone());
-    let mut env = cfg.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-        env.push(format!("HOSTNAME={}", cfg.hostname));
-    }
-    if a.tty {
-        env.push("TERM=xterm".into());
-    }
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", user.home));
-    }
-    for e in &a.env {
-        let entry = if e.contains('=') {
-            e.clone()
-        } else {
-            match std::env::var(e) {
-                Ok(v) => format!("{e}={v}"),
-                Err(_) => continue,
+    let spec =
+        match exec_spec(&c, init.pid, &a.command, a.user.as_deref(), &a.env, a.workdir.clone(), a.tty, a.privileged) {
+            Ok(spec) => spec,
+            Err(e) if e.downcast_ref::<strata_runner::RunnerError>().is_some() => {
+                eprintln!("Error response from daemon: {e}");
+                return Err(exit::with_code(126, None));
             }
+            Err(e) => return Err(e),
         };
-        let key = entry.split('=').next().unwrap_or("").to_string();
-        env.retain(|x| x.split('=').next() != Some(key.as_str()));
-        env.push(entry);
-    }
-    spec.env = env;
-    spec.cwd = a.workdir.clone().unwrap_or_else(|| cfg.working_dir.clone());
-    spec.user = user.user;
-    spec.tty = a.tty;
-    let caps = if cfg.request.privileged || a.privileged {
-        strata_runner::Cap::all()
-    } else {
-        let (add, add_all) = crate::containers::spec::parse_caps(&cfg.request.cap_add)?;
-        let (drop, drop_all) = crate::containers::spec::parse_caps(&cfg.request.cap_drop)?;
-        strata_runner::Cap::adjusted(strata_runner::DEFAULT_CAPS, &add, &drop, add_all, drop_all)
-    };
-    spec.capabilities = caps;
-    spec.no_new_privileges =
-        cfg.request.security_opt.iter().any(|o| o.starts_with("no-new-privileges") && !o.ends_with("false"));
-    // The container's `--ulimit`s hold for every process in it, as with runc.
-    spec.rlimits =
-        cfg.request.ulimit.iter().map(|u| crate::containers::spec::parse_ulimit(u)).collect::<Result<_>>()?;
-
     let devnull = || -> Result<OwnedFd> { Ok(std::fs::File::open("/dev/null")?.into()) };
     let stdio = if a.detach {
         let null_out = || -> Result<OwnedFd> { Ok(std::fs::OpenOptions::new().write(true).open("/dev/null")?.into()) };
@@ -148,6 +108,70 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
         return relay_pty(master, &mut process, a.interactive);
     }
     process.wait().context("waiting for the exec'd process")
+}
+
+/// What a process started in container `c` (whose init is `pid`) runs as,
+/// as `docker exec` sets it: the container's user (or `user`), environment
+/// (plus `env`, `KEY` alone taken from ours), working directory (or
+/// `workdir`), capabilities, no-new-privileges and ulimits. Also used for
+/// health checks.
+#[allow(clippy::too_many_arguments)]
+pub fn exec_spec(
+    c: &crate::containers::record::Container,
+    pid: i32,
+    command: &[String],
+    user: Option<&str>,
+    env_args: &[String],
+    workdir: Option<String>,
+    tty: bool,
+    privileged: bool,
+) -> Result<strata_runner::ExecSpec> {
+    let cfg = &c.config;
+    // The container's root as its init sees it (also for a rootless
+    // container whose mount only exists in its supervisor's namespace).
+    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+    let user = strata_runner::resolve_user(&root, user.unwrap_or(&cfg.user))?;
+    let mut spec = strata_runner::ExecSpec::new(command.to_vec());
+    let mut env = cfg.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.push(format!("HOSTNAME={}", cfg.hostname));
+    }
+    if tty {
+        env.push("TERM=xterm".into());
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    for e in env_args {
+        let entry = if e.contains('=') {
+            e.clone()
+        } else {
+            match std::env::var(e) {
+                Ok(v) => format!("{e}={v}"),
+                Err(_) => continue,
+            }
+        };
+        let key = entry.split('=').next().unwrap_or("").to_string();
+        env.retain(|x| x.split('=').next() != Some(key.as_str()));
+        env.push(entry);
+    }
+    spec.env = env;
+    spec.cwd = workdir.unwrap_or_else(|| cfg.working_dir.clone());
+    spec.user = user.user;
+    spec.tty = tty;
+    spec.capabilities = if cfg.request.privileged || privileged {
+        strata_runner::Cap::all()
+    } else {
+        let (add, add_all) = crate::containers::spec::parse_caps(&cfg.request.cap_add)?;
+        let (drop, drop_all) = crate::containers::spec::parse_caps(&cfg.request.cap_drop)?;
+        strata_runner::Cap::adjusted(strata_runner::DEFAULT_CAPS, &add, &drop, add_all, drop_all)
+    };
+    spec.no_new_privileges =
+        cfg.request.security_opt.iter().any(|o| o.starts_with("no-new-privileges") && !o.ends_with("false"));
+    // The container's `--ulimit`s hold for every process in it, as with runc.
+    spec.rlimits =
+        cfg.request.ulimit.iter().map(|u| crate::containers::spec::parse_ulimit(u)).collect::<Result<_>>()?;
+    Ok(spec)
 }
 
 /// Relays our terminal to `master` until the process exits.

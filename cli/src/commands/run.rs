@@ -122,6 +122,30 @@ pub struct CreateArgs {
     /// Timeout (in seconds) to stop a container
     #[arg(long = "stop-timeout", value_name = "int", allow_hyphen_values = true)]
     pub stop_timeout: Option<i64>,
+    /// Command to run to check health
+    #[arg(long = "health-cmd", value_name = "string")]
+    #[serde(default)]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h) (default 30s)
+    #[arg(long = "health-interval", value_name = "duration")]
+    #[serde(default)]
+    pub health_interval: Option<String>,
+    /// Consecutive failures needed to report unhealthy
+    #[arg(long = "health-retries", value_name = "int")]
+    #[serde(default)]
+    pub health_retries: Option<i64>,
+    /// Maximum time to allow one check to run (ms|s|m|h) (default 30s)
+    #[arg(long = "health-timeout", value_name = "duration")]
+    #[serde(default)]
+    pub health_timeout: Option<String>,
+    /// Start period for the container to initialize before counting retries towards unstable (ms|s|m|h)
+    #[arg(long = "health-start-period", value_name = "duration")]
+    #[serde(default)]
+    pub health_start_period: Option<String>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(long = "no-healthcheck")]
+    #[serde(default)]
+    pub no_healthcheck: bool,
     /// Set meta data on a container
     #[arg(short = 'l', long = "label", value_name = "list")]
     pub label: Vec<String>,
@@ -340,6 +364,8 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         hostname,
         stop_signal,
         stop_timeout: args.stop_timeout,
+        healthcheck: crate::containers::health::resolve(&args, ic.healthcheck.clone())
+            .map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?,
         labels,
         mounts,
         ports,

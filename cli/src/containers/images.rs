@@ -30,6 +30,7 @@ pub struct ImageSettings {
     /// `80/tcp`, ...
     pub exposed_ports: Vec<String>,
     pub labels: BTreeMap<String, String>,
+    pub healthcheck: Option<strata_layers::image::Healthcheck>,
 }
 
 /// Finds `name` in the store, pulling it according to `pull`
@@ -60,6 +61,7 @@ pub fn resolve(ctx: &Context, name: &str, pull: &str) -> Result<ResolvedImage> {
         volumes: config.volumes.map(|v| v.into_keys().collect()).unwrap_or_default(),
         exposed_ports: config.exposed_ports.map(|v| v.into_keys().collect()).unwrap_or_default(),
         labels: config.labels.unwrap_or_default(),
+        healthcheck: config.healthcheck,
     };
     Ok(ResolvedImage {
         id: record.id.to_string(),

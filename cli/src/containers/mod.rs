@@ -5,6 +5,7 @@
 //! `commands/volume.rs`.
 
 pub mod attach;
+pub mod health;
 pub mod images;
 pub mod names;
 pub mod record;

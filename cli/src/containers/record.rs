@@ -62,6 +62,9 @@ pub struct ContainerConfig {
     pub hostname: String,
     pub stop_signal: String,
     pub stop_timeout: Option<i64>,
+    /// The health check the supervisor runs (see `health`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<strata_layers::image::Healthcheck>,
     pub labels: BTreeMap<String, String>,
     pub mounts: Vec<MountRecord>,
     pub ports: Vec<PortBinding>,
@@ -168,6 +171,9 @@ pub struct ContainerState {
     /// Docker's RestartCount (no restart policies yet: always 0).
     #[serde(default)]
     pub restart_count: u32,
+    /// The health check's results while it runs (see `health`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::containers::health::Health>,
 }
 
 /// A container as read from the store.
@@ -483,6 +489,7 @@ pub(crate) fn test_record(layout: &StoreLayout, name: &str) -> Container {
         hostname: String::new(),
         stop_signal: "SIGTERM".into(),
         stop_timeout: None,
+        healthcheck: None,
         labels: BTreeMap::new(),
         mounts: vec![],
         ports: vec![],

@@ -381,6 +381,7 @@ impl Supervisor<'_> {
             s.started_at = Some(record::now());
             s.finished_at = None;
         })?;
+        crate::containers::health::start(self.ctx, &c, init);
         // Later clients (`attach`, `start -a`) connect here.
         self.listener = bind_socket(&c.dir).ok();
         let stdin = if tty.is_some() { tty.as_ref().map(|m| m.try_clone()).transpose()? } else { parent_stdin };
