@@ -1,5 +1,5 @@
 //! Containers end to end: `run` (foreground, detached, with a terminal),
-//! `exec`, `logs`, `stop`, `rm`, `ps`, `pause`, `stats`, health checks, volumes, published ports,
+//! `exec`, `logs`, `stop`, `rm`, `ps`, `pause`, `stats`, health checks, restart policies, volumes, published ports,
 //! and the supervisor's life cycle — as root and as the unprivileged
 //! `strata-test`.
 //!
@@ -1078,5 +1078,38 @@ fn health_checks_run_and_show_in_ps_and_inspect() {
         assert!(!plain.contains("health"), "{who}: {plain}");
         assert_eq!(s.ok(&["inspect", "-f", "{{json .State.Health}}", "unchecked"]).trim(), "null", "{who}");
         s.ok(&["rm", "-f", "from-image", "unchecked"]);
+    });
+}
+
+#[test]
+fn restart_policies_restart_until_stopped() {
+    both(|e, who| {
+        let s = &e.s;
+        s.ok(&["run", "-d", "--name", "failing", "--restart", "on-failure:2", &e.bb, "sh", "-c", "echo run; exit 3"]);
+        wait_until("two restarts", READY, || {
+            s.ok(&["inspect", "-f", "{{.RestartCount}} {{.State.Status}}", "failing"]).trim() == "2 exited"
+                && s.run(&["inspect", "-f", "{{.State.Running}}", "failing"]).stdout.starts_with(b"false")
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(s.ok(&["logs", "failing"]), "run\nrun\nrun\n", "{who}: three runs, then no more");
+        let policy = s.ok(&["inspect", "-f", "{{json .HostConfig.RestartPolicy}}", "failing"]);
+        assert_eq!(policy.trim(), r#"{"MaximumRetryCount":2,"Name":"on-failure"}"#, "{who}");
+
+        s.ok(&["run", "-d", "--name", "looping", "--restart", "always", &e.bb, "sh", "-c", "echo again; sleep 0.2"]);
+        wait_until("restarts", READY, || {
+            s.ok(&["inspect", "-f", "{{.RestartCount}}", "looping"]).trim().parse::<u32>().unwrap_or(0) >= 2
+        });
+        s.ok(&["stop", "-t", "1", "looping"]);
+        let count = s.ok(&["inspect", "-f", "{{.RestartCount}}", "looping"]);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(s.ok(&["inspect", "-f", "{{.RestartCount}}", "looping"]), count, "{who}: stopped means stopped");
+        assert_eq!(status_of(s, "looping").split(' ').next(), Some("exited"), "{who}");
+
+        let (code, err) = s.fails(&["run", "--rm", "--restart", "always", &e.bb, "true"]);
+        assert_eq!(code, 125, "{who}");
+        assert!(err.contains("Conflicting options: --restart and --rm"), "{who}: {err}");
+        let (_, err) = s.fails(&["create", "--restart", "sometimes", &e.bb, "true"]);
+        assert!(err.contains("invalid restart policy"), "{who}: {err}");
+        s.ok(&["rm", "-f", "failing", "looping"]);
     });
 }

@@ -640,8 +640,28 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
 /// seconds (negative: wait for ever). Returns once the supervisor recorded
 /// the exit.
 pub fn stop_container(c: &Container, signal: Option<&str>, timeout: Option<i64>) -> Result<()> {
+    // Also between two runs under a restart policy: it is not started again.
+    mark_stop_requested(c);
+    let fresh;
+    let mut c = c;
     if !c.running() {
-        return Ok(());
+        // Its supervisor may have claimed it for a restart just before the
+        // mark: wait for that start to show, then stop it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut now = c.clone();
+        while !now.running() && now.state.supervisor.is_some_and(|p| p.alive()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+            match record::read_dir_record(&c.dir) {
+                Some(r) => now = r,
+                None => return Ok(()),
+            }
+        }
+        if !now.running() {
+            return Ok(());
+        }
+        fresh = now;
+        c = &fresh;
     }
     let sig = signals::parse(signal.unwrap_or(&c.config.stop_signal))?;
     let secs = timeout.or(c.config.stop_timeout).unwrap_or(10);
@@ -655,10 +675,20 @@ pub fn stop_container(c: &Container, signal: Option<&str>, timeout: Option<i64>)
     Ok(())
 }
 
+/// Tells the supervisor that the coming exit is wanted: no restart. (The
+/// store root is two levels above the container's directory.)
+fn mark_stop_requested(c: &Container) {
+    if let Some(layout) = c.dir.parent().and_then(std::path::Path::parent) {
+        let layout = strata_layers::StoreLayout::new(layout);
+        let _ = record::update_state(&layout, &c.dir, |s| s.stop_requested = true);
+    }
+}
+
 /// SIGKILLs the container and waits for its supervisor to record the exit;
 /// a supervisor that does not finish within 30 s (a hung filesystem) is
 /// killed too, and the next look at the record repairs it.
 pub fn kill_container(c: &Container) {
+    mark_stop_requested(c);
     let _ = supervisor::signal_container(c, nix::sys::signal::Signal::SIGKILL);
     thaw_if_paused(c);
     if !supervisor::wait_supervisor(c, Some(Duration::from_secs(30))) {
@@ -749,6 +779,9 @@ fn kill(ctx: &Context, a: KillArgs) -> Result<i32> {
     Ok(each_container(ctx, &a.containers, |key, c| {
         if !c.running() {
             bail!("cannot kill container: {key}: container {} is not running", c.config.id);
+        }
+        if sig == nix::sys::signal::Signal::SIGKILL {
+            mark_stop_requested(&c);
         }
         supervisor::signal_container(&c, sig)?;
         if sig == nix::sys::signal::Signal::SIGKILL {
@@ -1225,6 +1258,9 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
     if let Some(h) = st.health.as_ref().filter(|_| c.config.healthcheck.is_some()) {
         state["Health"] = serde_json::to_value(h).unwrap_or_default();
     }
+    let restart = crate::containers::restart::Policy::parse(cfg.request.restart.as_deref())
+        .map(|p| p.docker_name())
+        .unwrap_or(("no", 0));
     let host_config = json!({
         "Binds": cfg.request.volumes,
         "NetworkMode": cfg.network,
@@ -1241,6 +1277,10 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         "Memory": cfg.request.memory.as_deref().and_then(|m| crate::containers::spec::parse_bytes(m).ok()).unwrap_or(0),
         "NanoCpus": cfg.request.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
         "PidsLimit": cfg.request.pids_limit,
+        "RestartPolicy": {
+            "Name": restart.0,
+            "MaximumRetryCount": restart.1,
+        },
         "Tmpfs": cfg.request.tmpfs,
     });
     let config = json!({

@@ -146,6 +146,10 @@ pub struct CreateArgs {
     #[arg(long = "no-healthcheck")]
     #[serde(default)]
     pub no_healthcheck: bool,
+    /// Restart policy to apply when a container exits ("no", "always", "unless-stopped", "on-failure[:max-retries]")
+    #[arg(long, value_name = "string")]
+    #[serde(default)]
+    pub restart: Option<String>,
     /// Set meta data on a container
     #[arg(short = 'l', long = "label", value_name = "list")]
     pub label: Vec<String>,
@@ -241,6 +245,11 @@ fn start_error(e: anyhow::Error) -> anyhow::Error {
 
 /// Resolves the request into a container record and writes it.
 pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container> {
+    let policy = crate::containers::restart::Policy::parse(args.restart.as_deref())
+        .map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;
+    if args.rm && policy != crate::containers::restart::Policy::No {
+        return Err(daemon_error(exit::STRATA_ERROR, "Conflicting options: --restart and --rm"));
+    }
     if args.detach_keys.is_some() {
         attach::parse_detach_keys(args.detach_keys.as_deref())?;
     }

@@ -9,6 +9,7 @@ pub mod health;
 pub mod images;
 pub mod names;
 pub mod record;
+pub mod restart;
 pub mod signals;
 pub mod spec;
 pub mod supervisor;

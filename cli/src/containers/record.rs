@@ -171,6 +171,10 @@ pub struct ContainerState {
     /// Docker's RestartCount (no restart policies yet: always 0).
     #[serde(default)]
     pub restart_count: u32,
+    /// Set by `stop`, `kill` and `rm -f` before they signal: the restart
+    /// policy does not apply to this exit (see `restart`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_requested: bool,
     /// The health check's results while it runs (see `health`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::containers::health::Health>,

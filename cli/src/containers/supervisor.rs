@@ -215,7 +215,11 @@ pub fn supervise_main(ctx: &Context, id: &str, attach_first: bool) -> Result<i32
         }
         eprintln!("start failed ({code}): {msg}");
     };
-    let c = match claim(ctx, id) {
+    let c = match claim(ctx, id).and_then(|c| {
+        // A start by hand: a stop asked for before no longer holds.
+        record::update_state(&ctx.layout, &c.dir, |s| s.stop_requested = false)?;
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             report(&mut first, 125, &format!("{e:#}"));
@@ -232,7 +236,47 @@ pub fn supervise_main(ctx: &Context, id: &str, attach_first: bool) -> Result<i32
                     sup.clients.push(Client { stream: s, frames: FrameBuf::default() });
                 }
             }
-            let code = sup.serve(running);
+            let mut code = sup.serve(running);
+            // The restart policy (see `restart`): start again after a back-off
+            // while it says so and nobody else took the container meanwhile.
+            let policy = crate::containers::restart::Policy::parse(sup.c.config.request.restart.as_deref())
+                .unwrap_or(crate::containers::restart::Policy::No);
+            let mut delay = None;
+            let mut started = std::time::Instant::now();
+            while let Some(now) = record::read_dir_record(&sup.c.dir) {
+                if !policy.restarts(code, now.state.restart_count, now.state.stop_requested) {
+                    break;
+                }
+                let wait = crate::containers::restart::next_delay(delay, started.elapsed());
+                delay = Some(wait);
+                std::thread::sleep(wait);
+                match claim(ctx, id) {
+                    // Stopped during the back-off: it stays stopped.
+                    Ok(c) if c.state.stop_requested => {
+                        let _ = record::update_state(&ctx.layout, &c.dir, |s| s.supervisor = None);
+                        break;
+                    }
+                    Ok(c) => sup.c = c,
+                    Err(_) => break,
+                }
+                let _ = record::update_state(&ctx.layout, &sup.c.dir, |s| s.restart_count += 1);
+                started = std::time::Instant::now();
+                match sup.start() {
+                    Ok(running) => code = sup.serve(running),
+                    Err(e) => {
+                        let msg = format!("failed to restart the container: {e:#}");
+                        eprintln!("{msg}");
+                        let _ = record::update_state(&ctx.layout, &sup.c.dir, |s| {
+                            s.supervisor = None;
+                            s.init = None;
+                            s.status = Status::Exited;
+                            s.error = msg.clone();
+                        });
+                        sup.teardown();
+                        break;
+                    }
+                }
+            }
             Ok(code)
         }
         Err(e) => {
