@@ -1,7 +1,7 @@
 //! Containers end to end: `run` (foreground, detached, with a terminal),
-//! `exec`, `logs`, `stop`, `rm`, `ps`, `pause`, `stats`, health checks, restart policies, volumes, published ports,
-//! and the supervisor's life cycle — as root and as the unprivileged
-//! `strata-test`.
+//! `exec`, `logs`, `stop`, `rm`, `ps`, `pause`, `stats`, health checks,
+//! restart policies, volumes, published ports, and the supervisor's life
+//! cycle — as root and as the unprivileged `strata-test`.
 //!
 //! Every test gets its own registry and store; the guard in [`Env`]
 //! force-removes every container it left behind, so a failing test does not

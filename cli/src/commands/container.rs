@@ -917,7 +917,10 @@ fn log_time_bound(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
         return Ok(chrono::DateTime::from_timestamp_nanos(nanos));
     }
     let ago = format::go_duration(s).with_context(|| {
-        format!("invalid value for --since/--until: {s:?} (a time such as 2013-01-02T13:23:37Z, Unix seconds, or a duration such as 42m)")
+        format!(
+            "invalid value for --since/--until: {s:?} \
+             (a time such as 2013-01-02T13:23:37Z, Unix seconds, or a duration such as 42m)"
+        )
     })?;
     Ok(chrono::Utc::now() - ago)
 }
