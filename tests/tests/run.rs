@@ -1099,6 +1099,11 @@ fn restart_policies_restart_until_stopped() {
         wait_until("restarts", READY, || {
             s.ok(&["inspect", "-f", "{{.RestartCount}}", "looping"]).trim().parse::<u32>().unwrap_or(0) >= 2
         });
+        wait_until("shown as restarting", READY, || {
+            s.ok(&["ps", "-a", "--format", "{{.Status}}", "--filter", "name=looping"]).starts_with("Restarting (0) ")
+                && s.ok(&["inspect", "-f", "{{.State.Restarting}} {{.State.Status}}", "looping"]).trim()
+                    == "true restarting"
+        });
         s.ok(&["stop", "-t", "1", "looping"]);
         let count = s.ok(&["inspect", "-f", "{{.RestartCount}}", "looping"]);
         std::thread::sleep(Duration::from_millis(1500));

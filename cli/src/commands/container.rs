@@ -424,6 +424,10 @@ pub fn status_text(c: &Container) -> String {
                 up + &crate::containers::health::status_suffix(c)
             }
         }
+        Status::Exited if c.state.is_restarting() => match parse_time(&c.state.finished_at) {
+            Some(t) => format!("Restarting ({}) {} ago", c.state.exit_code, format::human_duration(since(t))),
+            None => format!("Restarting ({})", c.state.exit_code),
+        },
         Status::Exited => match parse_time(&c.state.finished_at) {
             Some(t) => format!("Exited ({}) {} ago", c.state.exit_code, format::human_duration(since(t))),
             None => format!("Exited ({})", c.state.exit_code),
@@ -1244,11 +1248,12 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         .collect();
     let pid = st.init.filter(|_| c.running()).map(|p| p.pid).unwrap_or(0);
     let paused = is_paused(c);
+    let restarting = st.is_restarting();
     let mut state = json!({
-        "Status": if paused { "paused" } else { st.status.as_str() },
+        "Status": if paused { "paused" } else if restarting { "restarting" } else { st.status.as_str() },
         "Running": c.running(),
         "Paused": paused,
-        "Restarting": false,
+        "Restarting": restarting,
         "OOMKilled": st.oom_killed,
         "Dead": false,
         "Pid": pid,

@@ -175,9 +175,20 @@ pub struct ContainerState {
     /// policy does not apply to this exit (see `restart`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop_requested: bool,
+    /// Exited, and the supervisor named here (while it lives) starts it
+    /// again after a back-off, as its restart policy says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarting: Option<Proc>,
     /// The health check's results while it runs (see `health`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::containers::health::Health>,
+}
+
+impl ContainerState {
+    /// Between two runs of a restart policy (see `restart`).
+    pub fn is_restarting(&self) -> bool {
+        self.status == Status::Exited && !self.stop_requested && self.restarting.is_some_and(|p| p.alive())
+    }
 }
 
 /// A container as read from the store.

@@ -249,7 +249,10 @@ pub fn supervise_main(ctx: &Context, id: &str, attach_first: bool) -> Result<i32
                 }
                 let wait = crate::containers::restart::next_delay(delay, started.elapsed());
                 delay = Some(wait);
+                let me = Proc::of(std::process::id() as i32);
+                let _ = record::update_state(&ctx.layout, &sup.c.dir, |s| s.restarting = me);
                 std::thread::sleep(wait);
+                let _ = record::update_state(&ctx.layout, &sup.c.dir, |s| s.restarting = None);
                 match claim(ctx, id) {
                     // Stopped during the back-off: it stays stopped.
                     Ok(c) if c.state.stop_requested => {
