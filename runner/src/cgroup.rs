@@ -96,16 +96,7 @@ impl Cgroup {
             let dir = base.join("strata").join(&spec.name);
             mkdir(&dir)?;
             cg.dirs.push(dir.clone());
-            let res = match controller {
-                "memory" => l.memory.map_or(Ok(()), |m| write(&dir.join("memory.limit_in_bytes"), &m.to_string())),
-                "cpu" => l.cpus.map_or(Ok(()), |c| {
-                    write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD.to_string())?;
-                    write(&dir.join("cpu.cfs_quota_us"), &quota(c).to_string())
-                }),
-                "pids" => l.pids.map_or(Ok(()), |p| write(&dir.join("pids.max"), &pids(p))),
-                _ => Ok(()),
-            };
-            if let Err(e) = res {
+            if let Err(e) = write_v1_limit(controller, &dir, l) {
                 cg.remove();
                 return Err(e);
             }
@@ -164,19 +155,7 @@ impl Cgroup {
         let dir = parent.join(leaf);
         mkdir(&dir)?;
         let cg = Cgroup { dirs: vec![dir.clone()] };
-        let res = (|| {
-            if let Some(m) = l.memory {
-                write(&dir.join("memory.max"), &m.to_string())?;
-            }
-            if let Some(c) = l.cpus {
-                write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD}", quota(c)))?;
-            }
-            if let Some(p) = l.pids {
-                write(&dir.join("pids.max"), &pids(p))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = res {
+        if let Err(e) = write_v2_limits(&dir, l) {
             cg.remove();
             return Err(e);
         }
@@ -269,6 +248,29 @@ impl Cgroup {
         }
     }
 
+    /// Changes the limits `l` sets (`docker update`); the others stay.
+    pub fn set_limits(&self, l: &CgroupLimits) -> Result<(), RunnerError> {
+        validate(l)?;
+        if let Some(d) = self.dirs.iter().find(|d| d.join("cgroup.controllers").exists()) {
+            return write_v2_limits(d, l);
+        }
+        for (controller, asked) in
+            [("memory", l.memory.is_some()), ("cpu", l.cpus.is_some()), ("pids", l.pids.is_some())]
+        {
+            let base = Path::new(CGROUP_ROOT).join(controller);
+            match self.dirs.iter().find(|d| d.starts_with(&base)) {
+                Some(d) => write_v1_limit(controller, d, l)?,
+                None if asked => {
+                    return Err(RunnerError::Cgroup(format!(
+                        "the container has no cgroup of the {controller} controller"
+                    )))
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     /// What the kernel counts for the cgroup's processes (None where a
     /// counter is not available).
     pub fn usage(&self) -> Usage {
@@ -343,6 +345,33 @@ impl Cgroup {
             let _ = remove_dir_retry(d);
         }
     }
+}
+
+/// Writes the limits `l` sets into the v1 cgroup `dir` of `controller`.
+fn write_v1_limit(controller: &str, dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
+    match controller {
+        "memory" => l.memory.map_or(Ok(()), |m| write(&dir.join("memory.limit_in_bytes"), &m.to_string())),
+        "cpu" => l.cpus.map_or(Ok(()), |c| {
+            write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD.to_string())?;
+            write(&dir.join("cpu.cfs_quota_us"), &quota(c).to_string())
+        }),
+        "pids" => l.pids.map_or(Ok(()), |p| write(&dir.join("pids.max"), &pids(p))),
+        _ => Ok(()),
+    }
+}
+
+/// Writes the limits `l` sets into the v2 cgroup `dir`.
+fn write_v2_limits(dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
+    if let Some(m) = l.memory {
+        write(&dir.join("memory.max"), &m.to_string())?;
+    }
+    if let Some(c) = l.cpus {
+        write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD}", quota(c)))?;
+    }
+    if let Some(p) = l.pids {
+        write(&dir.join("pids.max"), &pids(p))?;
+    }
+    Ok(())
 }
 
 /// A cgroup's counters, as [`Cgroup::usage`] reads them.

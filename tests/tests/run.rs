@@ -1118,3 +1118,39 @@ fn restart_policies_restart_until_stopped() {
         s.ok(&["rm", "-f", "failing", "looping"]);
     });
 }
+
+#[test]
+fn update_changes_a_running_containers_limits_and_restart_policy() {
+    both(|e, who| {
+        let s = &e.s;
+        s.ok(&["run", "-d", "--name", "limited", &e.bb, "sleep", "600"]);
+        if s.is_unprivileged() {
+            let (code, err) = s.fails(&["update", "--memory", "32m", "limited"]);
+            assert_eq!(code, 1, "{who}");
+            assert!(err.contains("has no cgroup of its own to limit"), "{who}: {err}");
+        } else {
+            assert_eq!(
+                s.ok(&["update", "--memory", "32m", "--cpus", "0.5", "--pids-limit", "50", "limited"]),
+                "limited\n"
+            );
+            let mem = s.ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "limited"]);
+            assert!(mem.trim_end().ends_with(" / 32MiB"), "{who}: the cgroup has the new limit: {mem}");
+            let host = s.ok(&[
+                "inspect",
+                "-f",
+                "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.PidsLimit}}",
+                "limited",
+            ]);
+            assert_eq!(host.trim(), "33554432 500000000 50", "{who}: and the record, for later starts");
+            // A fork bomb stops at the new pids limit.
+            let out = s.run(&["exec", "limited", "sh", "-c", "for i in $(seq 80); do sleep 5 & done; wait"]);
+            assert!(!out.status.success() || !out.stderr.is_empty(), "{who}: the pids limit holds");
+        }
+        s.ok(&["update", "--restart", "on-failure:3", "limited"]);
+        let policy = s.ok(&["inspect", "-f", "{{json .HostConfig.RestartPolicy}}", "limited"]);
+        assert_eq!(policy.trim(), r#"{"MaximumRetryCount":3,"Name":"on-failure"}"#, "{who}");
+        let (_, err) = s.fails(&["update", "limited"]);
+        assert!(err.contains("you must provide one or more flags"), "{who}: {err}");
+        s.ok(&["rm", "-f", "limited"]);
+    });
+}

@@ -36,6 +36,8 @@ pub enum ContainerCommand {
     Kill(KillArgs),
     /// Pause all processes within one or more containers
     Pause(PauseArgs),
+    /// Update configuration of one or more containers
+    Update(UpdateArgs),
     /// Unpause all processes within one or more containers
     Unpause(PauseArgs),
     /// Restart one or more containers
@@ -100,6 +102,8 @@ pub enum ContainerSub {
     Kill(KillArgs),
     /// Pause all processes within one or more containers
     Pause(PauseArgs),
+    /// Update configuration of one or more containers
+    Update(UpdateArgs),
     /// Unpause all processes within one or more containers
     Unpause(PauseArgs),
     /// Restart one or more containers
@@ -220,6 +224,24 @@ pub struct KillArgs {
 }
 
 #[derive(Args)]
+pub struct UpdateArgs {
+    /// Memory limit
+    #[arg(short = 'm', long, value_name = "bytes")]
+    memory: Option<String>,
+    /// Number of CPUs
+    #[arg(long, value_name = "decimal")]
+    cpus: Option<f64>,
+    /// Tune container pids limit (set -1 for unlimited)
+    #[arg(long = "pids-limit", value_name = "int", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    /// Restart policy to apply when a container exits
+    #[arg(long, value_name = "string")]
+    restart: Option<String>,
+    #[arg(required = true, value_name = "CONTAINER")]
+    containers: Vec<String>,
+}
+
+#[derive(Args)]
 pub struct PauseArgs {
     #[arg(required = true, value_name = "CONTAINER")]
     containers: Vec<String>,
@@ -334,6 +356,7 @@ pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Stop(a) => stop(ctx, a, false),
         ContainerCommand::Kill(a) => kill(ctx, a),
         ContainerCommand::Pause(a) => pause(ctx, a, true),
+        ContainerCommand::Update(a) => update(ctx, a),
         ContainerCommand::Unpause(a) => pause(ctx, a, false),
         ContainerCommand::Restart(a) => stop(ctx, a, true),
         ContainerCommand::Rm(a) => rm(ctx, a),
@@ -364,6 +387,7 @@ fn run_sub(ctx: &Context, sub: ContainerSub) -> Result<i32> {
         ContainerSub::Stop(a) => stop(ctx, a, false),
         ContainerSub::Kill(a) => kill(ctx, a),
         ContainerSub::Pause(a) => pause(ctx, a, true),
+        ContainerSub::Update(a) => update(ctx, a),
         ContainerSub::Unpause(a) => pause(ctx, a, false),
         ContainerSub::Restart(a) => stop(ctx, a, true),
         ContainerSub::Rm(a) => rm(ctx, a),
@@ -762,6 +786,50 @@ fn thaw_if_paused(c: &Container) {
             let _ = cg.set_frozen(false);
         }
     }
+}
+
+/// `update`: new limits for a running container's cgroup at once, and for
+/// its later starts (its record), and a new restart policy.
+fn update(ctx: &Context, a: UpdateArgs) -> Result<i32> {
+    if a.memory.is_none() && a.cpus.is_none() && a.pids_limit.is_none() && a.restart.is_none() {
+        bail!("you must provide one or more flags when using this command");
+    }
+    let memory = a.memory.as_deref().map(crate::containers::spec::parse_bytes).transpose()?;
+    if let Some(r) = a.restart.as_deref() {
+        crate::containers::restart::Policy::parse(Some(r))?;
+    }
+    let limits = strata_runner::CgroupLimits { memory, cpus: a.cpus, pids: a.pids_limit };
+    Ok(each_container(ctx, &a.containers, |_, c| {
+        if a.restart.as_deref().is_some_and(|r| r != "no") && c.config.request.rm {
+            bail!("Cannot update restart policy for a container with --rm");
+        }
+        if c.running() && !limits.is_empty() {
+            let init = c.state.init.ok_or_else(|| anyhow::anyhow!("container {} is not running", c.config.id))?;
+            let cgroup = strata_runner::Cgroup::of_container(init.pid, &c.config.id)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "container {} has no cgroup of its own to limit: as an ordinary user that takes cgroup v2 with a \
+                     delegated subtree and a limit given at run",
+                    c.short_id()
+                )
+            })?;
+            cgroup.set_limits(&limits)?;
+        }
+        let _names = record::lock(&ctx.layout)?;
+        let mut cfg = record::read_dir_record(&c.dir).map(|c| c.config).unwrap_or(c.config);
+        if a.memory.is_some() {
+            cfg.request.memory = a.memory.clone();
+        }
+        if a.cpus.is_some() {
+            cfg.request.cpus = a.cpus;
+        }
+        if a.pids_limit.is_some() {
+            cfg.request.pids_limit = a.pids_limit;
+        }
+        if a.restart.is_some() {
+            cfg.request.restart = a.restart.clone();
+        }
+        record::write_json(&c.dir.join("config.json"), &cfg)
+    }))
 }
 
 fn pause(ctx: &Context, a: PauseArgs, freeze: bool) -> Result<i32> {
