@@ -264,7 +264,7 @@ pub(crate) struct Pty {
 /// mount's permission to open devices). A container root with CAP_MKNOD can still create a
 /// node, here or anywhere else it can write (the root filesystem, volumes and --tmpfs are
 /// nodev too), but not open it: `mknod /dev/sda b 8 0; cat /dev/sda` fails with EACCES.
-pub(crate) fn setup_dev(root: &Root, pts_gid5: bool, tty: bool) -> Result<Option<Pty>, String> {
+pub(crate) fn setup_dev(root: &Root, pts_gid5: bool, tty: bool, shm_size: Option<u64>) -> Result<Option<Pty>, String> {
     root.mount(
         "/dev",
         false,
@@ -310,13 +310,16 @@ pub(crate) fn setup_dev(root: &Root, pts_gid5: bool, tty: bool) -> Result<Option
             Some(c"newinstance,ptmxmode=0666,mode=0620"),
         )?;
     }
+    let shm_options =
+        std::ffi::CString::new(format!("mode=1777,size={}k", shm_size.unwrap_or(64 << 20).div_ceil(1024)))
+            .map_err(|e| e.to_string())?;
     root.mount(
         "/dev/shm",
         false,
         Some(c"shm"),
         Some(c"tmpfs"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        Some(c"mode=1777,size=65536k"),
+        Some(&shm_options),
     )?;
     // mqueue needs an IPC namespace owned by our user namespace; without one, go without it.
     let _ = root.mount(

@@ -525,7 +525,7 @@ fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Re
     }
     let root = Root::prepare(&spec.rootfs)?;
     mounts::mount_proc(&root)?;
-    let pty = mounts::setup_dev(&root, plan.pts_gid5, spec.tty)?;
+    let pty = mounts::setup_dev(&root, plan.pts_gid5, spec.tty, spec.shm_size)?;
     mounts::mount_sys(&root, spec.sys_rw)?;
     for m in &spec.mounts {
         mounts::mount_user(&root, m)?;

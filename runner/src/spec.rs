@@ -71,6 +71,9 @@ pub struct Spec {
     pub sys_rw: bool,
     pub cgroup: Option<CgroupSpec>,
     pub network: Network,
+    /// Size of /dev/shm in bytes (Docker's default: 64 MiB).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
 }
 
 impl Spec {
@@ -99,6 +102,7 @@ impl Spec {
             sys_rw: false,
             cgroup: None,
             network: Network::Host,
+            shm_size: None,
         }
     }
 

@@ -335,7 +335,56 @@ fn published_port_serves_from_the_container() {
         let ps = s.ok(&["ps", "--format", "{{.Ports}}"]);
         assert_eq!(ps.trim(), format!("127.0.0.1:{port}->80/tcp"), "{who}");
         s.ok(&["rm", "-f", "web"]);
+
+        // -P: the exposed port on a free host port, shown by `port`.
+        s.ok(&[
+            "run", "-d", "--name", "web2", "-P", "--expose", "80", "-v", &vol, &e.bb, "httpd", "-f", "-p", "80", "-h",
+            "/www",
+        ]);
+        let mapped = s.ok(&["port", "web2"]);
+        let port: u16 = mapped.trim().rsplit(':').next().unwrap().parse().unwrap_or_else(|_| panic!("{who}: {mapped}"));
+        assert!(mapped.starts_with("80/tcp -> 0.0.0.0:"), "{who}: {mapped}");
+        wait_until(&format!("{who}: http on the -P port {port}"), READY, || {
+            try_http_get(port, "/index.html", &[], None, 4096).is_some_and(|r| r.status == 200)
+        });
+        s.ok(&["rm", "-f", "web2"]);
     });
+}
+
+#[test]
+fn cidfile_label_file_and_shm_size() {
+    let e = setup(false);
+    let s = &e.s;
+    let cid = s.base().join("cid");
+    let labels = s.base().join("labels");
+    std::fs::write(&labels, "team=storage\n# a comment\n\ntier=two\n").unwrap();
+    let out = s.ok(&[
+        "run",
+        "--name",
+        "sized",
+        "--cidfile",
+        cid.to_str().unwrap(),
+        "--label-file",
+        labels.to_str().unwrap(),
+        "--label",
+        "tier=three",
+        "--shm-size",
+        "8m",
+        &e.bb,
+        "sh",
+        "-c",
+        "df -k /dev/shm | tail -1",
+    ]);
+    assert!(out.split_whitespace().nth(1) == Some("8192"), "/dev/shm is 8 MiB: {out}");
+    let id = s.ok(&["inspect", "-f", "{{.Id}}", "sized"]);
+    assert_eq!(std::fs::read_to_string(&cid).unwrap(), id.trim(), "the cidfile holds the id");
+    let l = s.ok(&["inspect", "-f", "{{json .Config.Labels}}", "sized"]);
+    assert_eq!(l.trim(), r#"{"team":"storage","tier":"three"}"#, "--label wins over --label-file");
+    let (code, err) = s.fails(&["run", "--cidfile", cid.to_str().unwrap(), &e.bb, "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("Container ID file found"), "{err}");
+    let (_, err) = s.fails(&["run", "--shm-size", "lots", &e.bb, "true"]);
+    assert!(err.contains("lots"), "{err}");
 }
 
 #[test]

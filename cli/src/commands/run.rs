@@ -146,6 +146,22 @@ pub struct CreateArgs {
     #[arg(long = "no-healthcheck")]
     #[serde(default)]
     pub no_healthcheck: bool,
+    /// Write the container ID to the file
+    #[arg(long, value_name = "string")]
+    #[serde(default)]
+    pub cidfile: Option<PathBuf>,
+    /// Read in a line delimited file of labels
+    #[arg(long = "label-file", value_name = "list")]
+    #[serde(default)]
+    pub label_file: Vec<PathBuf>,
+    /// Publish all exposed ports to random ports
+    #[arg(short = 'P', long = "publish-all")]
+    #[serde(default)]
+    pub publish_all: bool,
+    /// Size of /dev/shm
+    #[arg(long = "shm-size", value_name = "bytes")]
+    #[serde(default)]
+    pub shm_size: Option<String>,
     /// Restart policy to apply when a container exits ("no", "always", "unless-stopped", "on-failure[:max-retries]")
     #[arg(long, value_name = "string")]
     #[serde(default)]
@@ -245,6 +261,15 @@ fn start_error(e: anyhow::Error) -> anyhow::Error {
 
 /// Resolves the request into a container record and writes it.
 pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container> {
+    if let Some(f) = args.cidfile.as_ref().filter(|f| f.exists()) {
+        return Err(daemon_error(
+            exit::STRATA_ERROR,
+            format!("Container ID file found, make sure the other container isn't running or delete {}", f.display()),
+        ));
+    }
+    if let Some(size) = &args.shm_size {
+        crate::containers::spec::parse_bytes(size).map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;
+    }
     let policy = crate::containers::restart::Policy::parse(args.restart.as_deref())
         .map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;
     if args.rm && policy != crate::containers::restart::Policy::No {
@@ -282,8 +307,15 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     }
 
     let env = resolve_env(&ic.env, &args)?;
-    let labels = parse_labels(&ic.labels, &args.label)?;
-    let ports = args.publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>>>()?;
+    let mut label_flags = Vec::new();
+    for f in &args.label_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("open {}", f.display()))?;
+        label_flags
+            .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+    }
+    label_flags.extend(args.label.iter().cloned());
+    let labels = parse_labels(&ic.labels, &label_flags)?;
+    let mut ports = args.publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>>>()?;
     let network = match args.network.as_deref() {
         None | Some("") | Some("default") | Some("bridge") => {
             if which("pasta") {
@@ -335,6 +367,18 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         }
     }
 
+    // -P: every exposed port not published yet, on a free host port.
+    if args.publish_all && network == "private" {
+        for e in &exposed {
+            let (port, proto) = e.split_once('/').unwrap_or((e.as_str(), "tcp"));
+            let Ok(container_port) = port.parse::<u16>() else { continue };
+            if ports.iter().any(|p| p.container_port == container_port && p.proto == proto) {
+                continue;
+            }
+            let host_port = free_host_port(proto)?;
+            ports.push(PortBinding { host_ip: String::new(), host_port, container_port, proto: proto.to_string() });
+        }
+    }
     let id = record::new_id();
     let mounts = volumes::resolve_mounts(ctx, &args, &ic.volumes)?;
     // Docker: the short id, or the host's name when sharing its network.
@@ -433,6 +477,14 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     record::write_json(&c.dir.join("config.json"), &c.config)?;
     drop(_lock);
     volumes::ensure_volumes(ctx, &c)?;
+    if let Some(f) = &c.config.request.cidfile {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(f)
+            .and_then(|mut file| std::io::Write::write_all(&mut file, c.config.id.as_bytes()))
+            .with_context(|| format!("writing the container ID to {}", f.display()))?;
+    }
     Ok(c)
 }
 
@@ -492,6 +544,17 @@ fn parse_labels(image: &BTreeMap<String, String>, flags: &[String]) -> Result<BT
         out.insert(k.to_string(), v.to_string());
     }
     Ok(out)
+}
+
+/// A host port nothing listens on now, from the kernel's ephemeral range
+/// (as Docker picks one for `-P`).
+fn free_host_port(proto: &str) -> Result<u16> {
+    let port = if proto == "udp" {
+        std::net::UdpSocket::bind(("0.0.0.0", 0))?.local_addr()?.port()
+    } else {
+        std::net::TcpListener::bind(("0.0.0.0", 0))?.local_addr()?.port()
+    };
+    Ok(port)
 }
 
 /// `-p [IP:][HOST:]CTR[/PROTO]`; a missing host port means "same as the

@@ -116,6 +116,7 @@ impl<'a> SpecBuilder<'a> {
             spec.rlimits.push(Rlimit { name: "nofile".to_string(), soft, hard });
         }
         spec.tty = req.tty;
+        spec.shm_size = req.shm_size.as_deref().map(parse_bytes).transpose()?;
         spec.init = req.init;
         let limits = CgroupLimits {
             memory: req.memory.as_deref().map(parse_bytes).transpose()?,
