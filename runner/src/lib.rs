@@ -41,4 +41,4 @@ pub use spec::{
     CgroupLimits, CgroupSpec, EtcFiles, ExecSpec, IdMapping, IdRange, Mount, MountKind, Namespaces, Network,
     PortForward, Protocol, Rlimit, Spec, User,
 };
-pub use user::{resolve_user, ResolvedUser};
+pub use user::{resolve_groups, resolve_user, ResolvedUser};

@@ -97,6 +97,21 @@ fn parse_group(s: &str) -> Vec<Group> {
         .collect()
 }
 
+/// Resolve Docker's `--group-add` values (numbers, or names in the image's
+/// /etc/group) against the image at `rootfs`.
+pub fn resolve_groups(rootfs: &Path, names: &[String]) -> Result<Vec<u32>, RunnerError> {
+    let groups = parse_group(&read_in_root(rootfs, "/etc/group")?);
+    names
+        .iter()
+        .map(|g| match g.parse::<u32>() {
+            Ok(n) => Ok(n),
+            Err(_) => groups.iter().find(|gr| gr.name == *g).map(|gr| gr.gid).ok_or_else(|| {
+                RunnerError::User(format!("Unable to find group {g}: no matching entries in group file"))
+            }),
+        })
+        .collect()
+}
+
 /// Resolve Docker's `--user` value against the image at `rootfs`.
 pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<ResolvedUser, RunnerError> {
     let passwd = parse_passwd(&read_in_root(rootfs, "/etc/passwd")?);

@@ -1203,3 +1203,43 @@ fn update_changes_a_running_containers_limits_and_restart_policy() {
         s.ok(&["rm", "-f", "limited"]);
     });
 }
+
+#[test]
+fn host_namespaces_and_added_groups() {
+    both(|e, who| {
+        let s = &e.s;
+        let ns = |kind: &str| std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap().display().to_string();
+        let script = "for n in ipc uts; do readlink /proc/self/ns/$n; done; hostname; id -G";
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "--ipc",
+            "host",
+            "--uts",
+            "host",
+            "--group-add",
+            "10",
+            "--group-add",
+            "4242",
+            &e.bb,
+            "sh",
+            "-c",
+            script,
+        ]);
+        let host = nix::unistd::gethostname().unwrap().to_string_lossy().into_owned();
+        assert_eq!(out, format!("{}\n{}\n{host}\n0 10 4242\n", ns("ipc"), ns("uts")), "{who}");
+        let own = s.ok(&["run", "--rm", &e.bb, "sh", "-c", "readlink /proc/self/ns/ipc"]);
+        assert_ne!(own.trim(), ns("ipc"), "{who}: by default a namespace of its own");
+        if s.is_unprivileged() {
+            let (_, err) = s.fails(&["run", "--rm", "--pid", "host", &e.bb, "true"]);
+            assert!(err.contains("--pid host is not supported"), "{who}: {err}");
+        } else {
+            let out = s.ok(&["run", "--rm", "--pid", "host", &e.bb, "cat", "/proc/1/comm"]);
+            assert_eq!(out, std::fs::read_to_string("/proc/1/comm").unwrap(), "{who}: the host's pid 1");
+        }
+        let (_, err) = s.fails(&["run", "--rm", "--ipc", "container:other", &e.bb, "true"]);
+        assert!(err.contains("invalid --ipc"), "{who}: {err}");
+        let (_, err) = s.fails(&["run", "--rm", "--group-add", "nosuch", &e.bb, "true"]);
+        assert!(err.contains("Unable to find group nosuch"), "{who}: {err}");
+    });
+}

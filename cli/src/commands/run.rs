@@ -158,6 +158,22 @@ pub struct CreateArgs {
     #[arg(short = 'P', long = "publish-all")]
     #[serde(default)]
     pub publish_all: bool,
+    /// Add additional groups to join
+    #[arg(long = "group-add", value_name = "list")]
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// PID namespace to use ("host" shares the host's)
+    #[arg(long, value_name = "string")]
+    #[serde(default)]
+    pub pid: Option<String>,
+    /// IPC mode to use ("host" shares the host's)
+    #[arg(long, value_name = "string")]
+    #[serde(default)]
+    pub ipc: Option<String>,
+    /// UTS namespace to use ("host" shares the host's)
+    #[arg(long, value_name = "string")]
+    #[serde(default)]
+    pub uts: Option<String>,
     /// Size of /dev/shm
     #[arg(long = "shm-size", value_name = "bytes")]
     #[serde(default)]
@@ -265,6 +281,25 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         return Err(daemon_error(
             exit::STRATA_ERROR,
             format!("Container ID file found, make sure the other container isn't running or delete {}", f.display()),
+        ));
+    }
+    for (flag, value) in [("pid", &args.pid), ("ipc", &args.ipc), ("uts", &args.uts)] {
+        match value.as_deref() {
+            None | Some("") | Some("private") | Some("host") => {}
+            Some(other) => {
+                return Err(daemon_error(
+                    exit::STRATA_ERROR,
+                    format!(
+                        "invalid --{flag} {other:?}: strata supports \"host\" (or the default, a namespace of its own)"
+                    ),
+                ))
+            }
+        }
+    }
+    if ctx.rootless && args.pid.as_deref() == Some("host") {
+        return Err(daemon_error(
+            exit::STRATA_ERROR,
+            "--pid host is not supported for an ordinary user's containers: /proc of the host's pid namespace cannot be mounted from a user namespace",
         ));
     }
     if let Some(size) = &args.shm_size {
@@ -384,7 +419,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     // Docker: the short id, or the host's name when sharing its network.
     let hostname = match &args.hostname {
         Some(h) => h.clone(),
-        None if network == "host" => nix::unistd::gethostname()
+        None if network == "host" || args.uts.as_deref() == Some("host") => nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| id[..12].to_string()),
         None => id[..12].to_string(),

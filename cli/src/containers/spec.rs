@@ -80,10 +80,22 @@ impl<'a> SpecBuilder<'a> {
         spec.cwd = cfg.working_dir.clone();
         let user = strata_runner::resolve_user(&rootfs, &cfg.user)?;
         spec.user = user.user;
+        for gid in strata_runner::resolve_groups(&rootfs, &cfg.request.group_add)? {
+            if !spec.user.additional_gids.contains(&gid) {
+                spec.user.additional_gids.push(gid);
+            }
+        }
         if !spec.env.iter().any(|e| e.starts_with("HOME=")) {
             spec.env.push(format!("HOME={}", user.home));
         }
         spec.hostname = cfg.hostname.clone();
+        let host = |v: &Option<String>| v.as_deref() == Some("host");
+        spec.namespaces.pid = !host(&req.pid);
+        spec.namespaces.ipc = !host(&req.ipc);
+        spec.namespaces.uts = !host(&req.uts);
+        if host(&req.uts) {
+            spec.hostname.clear();
+        }
         // Already inside the user namespace (rootless) or real root: the
         // runner creates no further user namespace.
         spec.id_mapping = IdMapping::None;
