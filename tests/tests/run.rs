@@ -1243,3 +1243,31 @@ fn host_namespaces_and_added_groups() {
         assert!(err.contains("Unable to find group nosuch"), "{who}: {err}");
     });
 }
+
+#[test]
+fn device_flag_binds_a_host_device() {
+    both(|e, who| {
+        let s = &e.s;
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "--device",
+            "/dev/null:/dev/extra-null",
+            &e.bb,
+            "sh",
+            "-c",
+            "stat -c '%t:%T' /dev/extra-null; echo x > /dev/extra-null && echo written",
+        ]);
+        assert_eq!(out, "1:3\nwritten\n", "{who}");
+        for (spec, want) in [
+            ("/etc/passwd", "is not a device node"),
+            ("/dev/null:/dev/n:r", "cannot be enforced without a device cgroup"),
+            ("relative", "invalid device specification"),
+            ("/dev/null:/dev/n:rwx", "invalid device permissions"),
+        ] {
+            let (code, err) = s.fails(&["run", "--rm", "--device", spec, &e.bb, "true"]);
+            assert_eq!(code, 125, "{who}: {spec}");
+            assert!(err.contains(want), "{who}: {spec}: {err}");
+        }
+    });
+}

@@ -158,6 +158,10 @@ pub struct CreateArgs {
     #[arg(short = 'P', long = "publish-all")]
     #[serde(default)]
     pub publish_all: bool,
+    /// Add a host device to the container (HOST[:CONTAINER[:PERMISSIONS]])
+    #[arg(long, value_name = "list")]
+    #[serde(default)]
+    pub device: Vec<String>,
     /// Add additional groups to join
     #[arg(long = "group-add", value_name = "list")]
     #[serde(default)]
@@ -301,6 +305,9 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             exit::STRATA_ERROR,
             "--pid host is not supported for an ordinary user's containers: /proc of the host's pid namespace cannot be mounted from a user namespace",
         ));
+    }
+    for d in &args.device {
+        crate::containers::spec::parse_device(d).map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;
     }
     if let Some(size) = &args.shm_size {
         crate::containers::spec::parse_bytes(size).map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;

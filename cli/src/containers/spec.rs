@@ -107,6 +107,13 @@ impl<'a> SpecBuilder<'a> {
             };
             spec.mounts.push(Mount { target: m.destination.clone(), kind });
         }
+        // A device node bound in keeps working (the runner leaves such a
+        // bind `dev`).
+        for d in &req.device {
+            let (source, target, _) = parse_device(d)?;
+            let kind = MountKind::Bind { source, readonly: false };
+            spec.mounts.push(Mount { target, kind });
+        }
         spec.readonly_rootfs = req.read_only;
         spec.etc_files = Some(etc_files(self.c));
         let (add, add_all) = parse_caps(&req.cap_add)?;
@@ -330,6 +337,35 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
         bail!("invalid size: '{s}'");
     }
     Ok((n * mult as f64) as u64)
+}
+
+/// `--device HOST[:CONTAINER[:PERMISSIONS]]`: the host device node, where
+/// it goes (the same path by default) and `rwm`-style permissions.
+pub fn parse_device(spec: &str) -> Result<(std::path::PathBuf, String, String)> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut parts = spec.split(':');
+    let host = parts.next().unwrap_or_default();
+    let (target, perms) = match (parts.next(), parts.next()) {
+        (Some(p), None) if !p.starts_with('/') => (host, p),
+        (Some(t), p) => (t, p.unwrap_or("rwm")),
+        (None, _) => (host, "rwm"),
+    };
+    if parts.next().is_some() || !host.starts_with('/') || !target.starts_with('/') {
+        bail!("invalid device specification {spec:?}: expected HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]");
+    }
+    if perms.is_empty() || !perms.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+        bail!("invalid device permissions {perms:?} in {spec:?}: use a combination of r, w and m");
+    }
+    // A read-only mount does not stop writes to a device node; only a
+    // device cgroup would, and strata sets none up.
+    if !perms.contains('r') || !perms.contains('w') {
+        bail!("device permissions {perms:?} in {spec:?} cannot be enforced without a device cgroup: give rw (or rwm)");
+    }
+    let meta = std::fs::metadata(host).with_context(|| format!("error gathering device information for {host}"))?;
+    if !(meta.file_type().is_char_device() || meta.file_type().is_block_device()) {
+        bail!("{host} is not a device node");
+    }
+    Ok((host.into(), target.to_string(), perms.to_string()))
 }
 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container.
