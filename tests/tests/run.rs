@@ -1271,3 +1271,27 @@ fn device_flag_binds_a_host_device() {
         }
     });
 }
+
+#[test]
+fn dns_servers_search_domains_options_and_extra_hosts() {
+    let e = setup(false);
+    let out = e.s.ok(&[
+        "run",
+        "--rm",
+        "--dns",
+        "10.0.0.1",
+        "--dns-search",
+        "example.test",
+        "--dns-search",
+        "corp.test",
+        "--dns-option",
+        "ndots:2",
+        "--add-host",
+        "db.test:10.0.0.9",
+        &e.bb,
+        "sh",
+        "-c",
+        "cat /etc/resolv.conf; grep db.test /etc/hosts",
+    ]);
+    assert_eq!(out, "nameserver 10.0.0.1\nsearch example.test corp.test\noptions ndots:2\n10.0.0.9\tdb.test\n");
+}

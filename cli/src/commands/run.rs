@@ -83,6 +83,14 @@ pub struct CreateArgs {
     /// Set custom DNS servers
     #[arg(long = "dns", value_name = "list")]
     pub dns: Vec<String>,
+    /// Set custom DNS search domains
+    #[arg(long = "dns-search", value_name = "list")]
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    /// Set DNS options
+    #[arg(long = "dns-option", value_name = "list")]
+    #[serde(default)]
+    pub dns_option: Vec<String>,
     /// Connect a container to a network (private, host or none)
     #[arg(long = "network", alias = "net", value_name = "network")]
     pub network: Option<String>,

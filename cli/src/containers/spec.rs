@@ -399,6 +399,17 @@ pub fn etc_files(c: &Container) -> EtcFiles {
         }
         out
     };
+    // --dns-search and --dns-option replace the host's lines of their kind.
+    let mut resolv = resolv;
+    let req = &cfg.request;
+    if !req.dns_search.is_empty() {
+        resolv = resolv.lines().filter(|l| !l.starts_with("search ")).map(|l| format!("{l}\n")).collect();
+        resolv.push_str(&format!("search {}\n", req.dns_search.join(" ")));
+    }
+    if !req.dns_option.is_empty() {
+        resolv = resolv.lines().filter(|l| !l.starts_with("options ")).map(|l| format!("{l}\n")).collect();
+        resolv.push_str(&format!("options {}\n", req.dns_option.join(" ")));
+    }
     EtcFiles {
         dir: c.dir.clone(),
         hosts: Some(hosts),
