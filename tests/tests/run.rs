@@ -1295,3 +1295,23 @@ fn dns_servers_search_domains_options_and_extra_hosts() {
     ]);
     assert_eq!(out, "nameserver 10.0.0.1\nsearch example.test corp.test\noptions ndots:2\n10.0.0.9\tdb.test\n");
 }
+
+#[test]
+fn network_ls_and_inspect_show_the_builtin_networks() {
+    let e = setup(false);
+    let s = &e.s;
+    let rows = parse_table(&s.ok(&["network", "ls"]));
+    assert_eq!(rows[0], ["NETWORK ID", "NAME", "DRIVER", "SCOPE"]);
+    let names: Vec<&str> = rows[1..].iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(names, ["bridge", "host", "none"]);
+    s.ok(&["run", "-d", "--name", "member", &e.bb, "sleep", "600"]);
+    let id = s.ok(&["inspect", "-f", "{{.Id}}", "member"]);
+    let inspected = s.ok(&["network", "inspect", "bridge"]);
+    assert!(inspected.contains(id.trim()), "the running container is on the bridge network: {inspected}");
+    let (_, err) = s.fails(&["network", "create", "mine"]);
+    assert!(err.contains("user-defined networks are not supported"), "{err}");
+    let (code, err) = s.fails(&["network", "inspect", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("network nosuch not found"), "{err}");
+    s.ok(&["rm", "-f", "member"]);
+}

@@ -74,6 +74,9 @@ pub enum ContainerCommand {
     /// Manage volumes
     #[command(subcommand)]
     Volume(crate::commands::volume::VolumeCommand),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(crate::commands::network::NetworkCommand),
     /// Internal: supervise a container (started by run/start)
     #[command(hide = true)]
     InternalSupervise {
@@ -374,6 +377,7 @@ pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Attach(a) => attach_cmd(ctx, a),
         ContainerCommand::Container(sub) => run_sub(ctx, sub),
         ContainerCommand::Volume(v) => crate::commands::volume::run(ctx, v),
+        ContainerCommand::Network(n) => crate::commands::network::run(ctx, n),
         ContainerCommand::InternalSupervise { id, attach } => supervisor::supervise_main(ctx, &id, attach),
     }
 }

@@ -12,6 +12,7 @@ pub mod images;
 pub mod inspect;
 pub mod login;
 pub mod mount;
+pub mod network;
 pub mod pull;
 pub mod push;
 pub mod run;
