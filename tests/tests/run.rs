@@ -1315,3 +1315,25 @@ fn network_ls_and_inspect_show_the_builtin_networks() {
     assert!(err.contains("network nosuch not found"), "{err}");
     s.ok(&["rm", "-f", "member"]);
 }
+
+#[test]
+fn exec_reads_env_files_and_flags() {
+    let e = setup(false);
+    let s = &e.s;
+    s.ok(&["run", "-d", "--name", "envy", "-e", "FROM_RUN=1", &e.bb, "sleep", "600"]);
+    let file = s.base().join("exec.env");
+    std::fs::write(&file, "# comment\nA=from-file\nB=from-file\n").unwrap();
+    let out = s.ok(&[
+        "exec",
+        "--env-file",
+        file.to_str().unwrap(),
+        "-e",
+        "B=from-flag",
+        "envy",
+        "sh",
+        "-c",
+        "echo $A $B $FROM_RUN",
+    ]);
+    assert_eq!(out, "from-file from-flag 1\n");
+    s.ok(&["rm", "-f", "envy"]);
+}

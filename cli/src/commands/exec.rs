@@ -25,6 +25,9 @@ pub struct ExecArgs {
     /// Set environment variables
     #[arg(short = 'e', long = "env")]
     env: Vec<String>,
+    /// Read in a file of environment variables
+    #[arg(long = "env-file", value_name = "list")]
+    env_file: Vec<std::path::PathBuf>,
     /// Username or UID (format: "<name|uid>[:<group|gid>]")
     #[arg(short = 'u', long)]
     user: Option<String>,
