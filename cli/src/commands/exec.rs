@@ -71,8 +71,18 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER)
             .context("joining the container's user namespace")?;
     }
+    // --env-file lines first: -e wins over them.
+    let mut env_args = Vec::new();
+    for f in &a.env_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("open {}", f.display()))?;
+        env_args.extend(
+            text.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
+        );
+    }
+    env_args.extend(a.env.iter().cloned());
     let spec =
-        match exec_spec(&c, init.pid, &a.command, a.user.as_deref(), &a.env, a.workdir.clone(), a.tty, a.privileged) {
+        match exec_spec(&c, init.pid, &a.command, a.user.as_deref(), &env_args, a.workdir.clone(), a.tty, a.privileged)
+        {
             Ok(spec) => spec,
             Err(e) if e.downcast_ref::<strata_runner::RunnerError>().is_some() => {
                 eprintln!("Error response from daemon: {e}");
