@@ -286,7 +286,7 @@ fn healthcheck(args: &str) -> Result<Healthcheck, ChangeError> {
 }
 
 /// Go's duration syntax as Docker takes it (`30s`, `1m30s`, `500ms`), in nanoseconds.
-fn parse_duration(s: &str) -> Option<i64> {
+pub fn parse_duration(s: &str) -> Option<i64> {
     if s == "0" {
         return Some(0);
     }

@@ -65,31 +65,10 @@ pub fn human_size(size: u64) -> String {
     human_size_precision(size as f64, 4)
 }
 
-/// Go's `time.ParseDuration` for the units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`.
+/// Go's `time.ParseDuration` (the builder's reading of HEALTHCHECK
+/// durations, for the same syntax in flags).
 pub fn go_duration(s: &str) -> Option<chrono::Duration> {
-    let mut rest = s;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let value: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += value * scale;
-        rest = &rest[unit..];
-    }
-    Some(chrono::Duration::nanoseconds(total as i64))
+    strata_builder::config_change::parse_duration(s).map(chrono::Duration::nanoseconds)
 }
 
 /// go-units `BytesSize` (binary units, 4 significant digits): `3.832GiB`.
