@@ -527,3 +527,16 @@ fn pull_of_a_missing_tag_fails_cleanly() {
     assert_eq!(code, 1, "{err}");
     assert_mentions(&err, &["not found", "manifest unknown"], "missing tag");
 }
+
+#[test]
+fn run_platform_pulls_the_platform_asked_for() {
+    let f = fixtures();
+    let reg = Registry::start();
+    let r = reg.push_index(&f.oci, "multi", "e2e/multi:1");
+    let s = Strata::new();
+    // (The fixture's arm64 image holds the host's busybox: it runs here.)
+    assert_eq!(s.ok(&["run", "--rm", "--platform", "linux/arm64", &r, "cat", "/etc/platform"]), "linux/arm64\n");
+    let (_, err) = s.fails(&["run", "--rm", "--pull", "never", "--platform", "linux/amd64", &r, "true"]);
+    assert_mentions(&err, &["does not match the specified platform: wanted linux/amd64, actual: linux/arm64"], "never");
+    assert_eq!(s.ok(&["run", "--rm", "--platform", "linux/amd64", &r, "cat", "/etc/platform"]), "linux/amd64\n");
+}

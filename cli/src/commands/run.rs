@@ -166,6 +166,10 @@ pub struct CreateArgs {
     #[arg(short = 'P', long = "publish-all")]
     #[serde(default)]
     pub publish_all: bool,
+    /// Set platform if server is multi-platform capable
+    #[arg(long, value_name = "string", env = "DOCKER_DEFAULT_PLATFORM")]
+    #[serde(default)]
+    pub platform: Option<String>,
     /// Add a host device to the container (HOST[:CONTAINER[:PERMISSIONS]])
     #[arg(long, value_name = "list")]
     #[serde(default)]
@@ -335,7 +339,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         Some(n) => Some(names::validate(n).map_err(|m| daemon_error(exit::STRATA_ERROR, m))?),
         None => None,
     };
-    let image = images::resolve(ctx, &args.image, &args.pull)?;
+    let image = images::resolve_for(ctx, &args.image, &args.pull, args.platform.as_deref())?;
     let ic = image.config.clone();
 
     // Command: --entrypoint replaces the image's Entrypoint and drops its Cmd.

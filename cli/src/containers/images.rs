@@ -36,19 +36,41 @@ pub struct ImageSettings {
 /// Finds `name` in the store, pulling it according to `pull`
 /// (`missing`, `always`, `never`).
 pub fn resolve(ctx: &Context, name: &str, pull: &str) -> Result<ResolvedImage> {
+    resolve_for(ctx, name, pull, None)
+}
+
+/// [`resolve`] for `platform` (`os/arch[/variant]`, `--platform`): a stored
+/// image of another platform is pulled again for this one (unless `pull`
+/// is `never`, which refuses it), as Docker does.
+pub fn resolve_for(ctx: &Context, name: &str, pull: &str, platform: Option<&str>) -> Result<ResolvedImage> {
     let store = Store::open(ctx.layout.clone()).context("opening the store")?;
+    let wanted = platform.filter(|p| !p.is_empty()).map(str::parse::<strata_layers::manifest::Platform>).transpose()?;
+    let platform = wanted.as_ref().map(|p| p.to_string());
     if pull == "always" {
-        pull_image(ctx, name)?;
+        pull_image(ctx, name, platform.as_deref())?;
     }
-    let record = match store.resolve_image(name) {
+    let mut record = match store.resolve_image(name) {
         Ok(r) => r,
         Err(strata_layers::store::Error::NoSuchImage(_)) if pull == "missing" => {
             eprintln!("Unable to find image '{name}' locally");
-            pull_image(ctx, name)?;
+            pull_image(ctx, name, platform.as_deref())?;
             store.resolve_image(name)?
         }
         Err(e) => return Err(e.into()),
     };
+    if let Some(w) = &wanted {
+        let got = strata_layers::manifest::Platform::new(&record.os, &record.architecture, record.variant.as_deref());
+        if !got.matches(w) {
+            if pull == "never" {
+                anyhow::bail!(
+                    "image with reference {name} was found but does not match the specified platform: \
+                     wanted {w}, actual: {got}"
+                );
+            }
+            pull_image(ctx, name, platform.as_deref())?;
+            record = store.resolve_image(name)?;
+        }
+    }
     let config = record.config(&store)?.container_config();
     let opt_vec = |v: Option<Vec<String>>| v.unwrap_or_default();
     let settings = ImageSettings {
@@ -73,11 +95,13 @@ pub fn resolve(ctx: &Context, name: &str, pull: &str) -> Result<ResolvedImage> {
 /// Pulls through the same code path as `strata pull NAME`. Docker's `run`
 /// shows pull progress on stderr, keeping stdout for the container (and
 /// `run -d`'s id), so stdout points at stderr meanwhile.
-fn pull_image(ctx: &Context, name: &str) -> Result<()> {
+fn pull_image(ctx: &Context, name: &str, platform: Option<&str>) -> Result<()> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     let args = crate::commands::image::PullArgs {
-        platform: std::env::var("DOCKER_DEFAULT_PLATFORM").ok().filter(|p| !p.is_empty()),
+        platform: platform
+            .map(String::from)
+            .or_else(|| std::env::var("DOCKER_DEFAULT_PLATFORM").ok().filter(|p| !p.is_empty())),
         quiet: false,
         all_tags: false,
         lazy: std::env::var("STRATA_LAZY_PULL").is_ok_and(|v| matches!(v.as_str(), "1" | "true")),
