@@ -536,6 +536,12 @@ fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Re
     }
     mounts::ctx(root.mkdir_all(&spec.cwd, 0o755), || format!("create working directory {}", spec.cwd))?;
     mounts::pivot(root)?;
+    // Before /proc/sys turns read-only: the container's own /proc, whose
+    // net.* and kernel IPC entries are those of its namespaces.
+    for (key, value) in &spec.sysctls {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| ChildError::setup(format!("sysctl {key}={value}: {e}")))?;
+    }
     mounts::mask_paths(&spec.masked_paths)?;
     mounts::readonly_paths(&spec.readonly_paths)?;
     if spec.readonly_rootfs {

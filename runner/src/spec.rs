@@ -74,6 +74,10 @@ pub struct Spec {
     /// Size of /dev/shm in bytes (Docker's default: 64 MiB).
     #[serde(default)]
     pub shm_size: Option<u64>,
+    /// Namespaced kernel parameters (`net.ipv4.ip_forward`, `1`) set in
+    /// the container's namespaces before its command runs.
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -103,6 +107,7 @@ impl Spec {
             cgroup: None,
             network: Network::Host,
             shm_size: None,
+            sysctls: Vec::new(),
         }
     }
 

@@ -1337,3 +1337,38 @@ fn exec_reads_env_files_and_flags() {
     assert_eq!(out, "from-file from-flag 1\n");
     s.ok(&["rm", "-f", "envy"]);
 }
+
+#[test]
+fn sysctls_set_the_containers_own_namespaces() {
+    both(|e, who| {
+        let s = &e.s;
+        let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "--sysctl",
+            "net.ipv4.ip_unprivileged_port_start=80",
+            "--sysctl",
+            "kernel.shmmax=1234567",
+            &e.bb,
+            "sh",
+            "-c",
+            "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmax",
+        ]);
+        assert_eq!(out, "80\n1234567\n", "{who}");
+        assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(), host, "{who}");
+        for (args, want) in [
+            (vec!["--sysctl", "kernel.hostname=x"], "is not namespaced"),
+            (vec!["--network", "host", "--sysctl", "net.ipv4.ip_forward=1"], "not allowed with --network host"),
+            (vec!["--ipc", "host", "--sysctl", "kernel.shmmax=1"], "not allowed with --ipc host"),
+            (vec!["--sysctl", "net.ipv4.ip_forward"], "KEY=VALUE"),
+        ] {
+            let mut all = vec!["run", "--rm"];
+            all.extend(args.iter().copied());
+            all.extend([e.bb.as_str(), "true"]);
+            let (code, err) = s.fails(&all);
+            assert_eq!(code, 125, "{who}: {args:?}");
+            assert!(err.contains(want), "{who}: {args:?}: {err}");
+        }
+    });
+}

@@ -174,6 +174,10 @@ pub struct CreateArgs {
     #[arg(long, value_name = "list")]
     #[serde(default)]
     pub device: Vec<String>,
+    /// Sysctl options (namespaced ones: net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)
+    #[arg(long, value_name = "map")]
+    #[serde(default)]
+    pub sysctl: Vec<String>,
     /// Add additional groups to join
     #[arg(long = "group-add", value_name = "list")]
     #[serde(default)]
@@ -317,6 +321,10 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             exit::STRATA_ERROR,
             "--pid host is not supported for an ordinary user's containers: /proc of the host's pid namespace cannot be mounted from a user namespace",
         ));
+    }
+    for sc in &args.sysctl {
+        crate::containers::spec::parse_sysctl(sc, &args)
+            .map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;
     }
     for d in &args.device {
         crate::containers::spec::parse_device(d).map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;

@@ -135,6 +135,7 @@ impl<'a> SpecBuilder<'a> {
             spec.rlimits.push(Rlimit { name: "nofile".to_string(), soft, hard });
         }
         spec.tty = req.tty;
+        spec.sysctls = req.sysctl.iter().map(|s| parse_sysctl(s, req)).collect::<Result<_>>()?;
         spec.shm_size = req.shm_size.as_deref().map(parse_bytes).transpose()?;
         spec.init = req.init;
         let limits = CgroupLimits {
@@ -337,6 +338,39 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
         bail!("invalid size: '{s}'");
     }
     Ok((n * mult as f64) as u64)
+}
+
+/// `--sysctl KEY=VALUE`: only parameters of the container's own
+/// namespaces (Docker's list), and none of a namespace it shares with the
+/// host.
+pub fn parse_sysctl(spec: &str, req: &crate::commands::run::CreateArgs) -> Result<(String, String)> {
+    let (key, value) = spec.split_once('=').with_context(|| format!("sysctl {spec:?} is not in KEY=VALUE form"))?;
+    let ipc = matches!(
+        key,
+        "kernel.msgmax"
+            | "kernel.msgmnb"
+            | "kernel.msgmni"
+            | "kernel.sem"
+            | "kernel.shmall"
+            | "kernel.shmmax"
+            | "kernel.shmmni"
+            | "kernel.shm_rmid_forced"
+    ) || key.starts_with("fs.mqueue.");
+    if key.starts_with("net.") {
+        if req.network.as_deref() == Some("host") {
+            bail!("sysctl {key:?} is not allowed with --network host: it would change the host's");
+        }
+    } else if ipc {
+        if req.ipc.as_deref() == Some("host") {
+            bail!("sysctl {key:?} is not allowed with --ipc host: it would change the host's");
+        }
+    } else {
+        bail!("sysctl {key:?} is not namespaced: only net.*, kernel IPC parameters and fs.mqueue.* can be set");
+    }
+    if key.split('.').any(|p| p.is_empty() || p == "..") || key.contains('/') {
+        bail!("invalid sysctl name {key:?}");
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// `--device HOST[:CONTAINER[:PERMISSIONS]]`: the host device node, where
