@@ -367,3 +367,34 @@ fn a_container_fetches_from_a_registry_that_needs_a_login() {
         assert!(!out.status.success(), "{who}: without the login the file cannot be fetched");
     }
 }
+
+#[test]
+fn export_of_a_lazy_container_fetches_the_image_whole_first() {
+    let f = fixtures();
+    let reg = Registry::start();
+    let image = reg.push_oci_layout(&f.chunked, "full", "e2e/chunked:1");
+    let listing = |s: &Strata| {
+        s.ok(&["create", "--name", "exported", &image, "true"]);
+        let out = s.run(&["export", "exported"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut child = std::process::Command::new("tar")
+            .args(["-tvf", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+        let listed = child.wait_with_output().unwrap();
+        (String::from_utf8_lossy(&listed.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let whole = Strata::new();
+    whole.pull(&image);
+    let lazy = Strata::new();
+    lazy.ok(&["pull", "--lazy", &image]);
+    let (expected, _) = listing(&whole);
+    let (got, said) = listing(&lazy);
+    assert_eq!(got, expected, "the same archive");
+    assert!(said.contains("Fetching the rest of lazily pulled image"), "{said}");
+    assert_eq!(store_files(&lazy.root().join("layers")), 5, "completed: five verified layers");
+}

@@ -58,6 +58,15 @@ pub fn export(ctx: &Context, a: ExportArgs) -> Result<i32> {
         bail!("cowardly refusing to save to a terminal. Use the -o flag or redirect");
     }
     let store = Store::open(ctx.layout.clone())?;
+    // Every file of the image is read: a lazily pulled one is fetched whole
+    // first (one stream per layer rather than a request per file). Its
+    // objects then serve the container's lazy layers too.
+    if c.config.layers.iter().any(|k| k.starts_with(strata_layers::image::LAZY_KEY_PREFIX)) {
+        let id: strata_layers::Digest = c.config.image_id.parse()?;
+        if let Some(image) = store.image(&id)? {
+            super::support::complete_lazy(&store, &image)?;
+        }
+    }
     let lowers = c.lowers(&store)?;
     let output = a.output.as_deref().map(super::support::OutputFile::create).transpose()?;
     let out = match &output {
