@@ -60,6 +60,16 @@ impl Cgroup {
     /// needed (ordinary user, no limits).
     pub(crate) fn create(spec: &CgroupSpec, rootless: bool) -> Result<Option<Cgroup>, RunnerError> {
         check_name(&spec.name)?;
+        match Self::create_placed(spec, rootless) {
+            // Without limits the cgroup is a convenience (pause, stats):
+            // where none can be made (a read-only /sys/fs/cgroup, as inside
+            // another container), the container runs without one.
+            Err(RunnerError::Cgroup(_)) if spec.limits.is_empty() => Ok(None),
+            r => r,
+        }
+    }
+
+    fn create_placed(spec: &CgroupSpec, rootless: bool) -> Result<Option<Cgroup>, RunnerError> {
         if is_cgroup2(CGROUP_ROOT) {
             return Self::create_v2(spec, rootless);
         }
