@@ -1372,3 +1372,28 @@ fn sysctls_set_the_containers_own_namespaces() {
         }
     });
 }
+
+/// Root inside an environment whose /sys/fs/cgroup is read-only (another
+/// container, say): containers without limits still run; limits say why
+/// they cannot.
+#[test]
+fn without_a_writable_cgroup_tree_only_limits_fail() {
+    let e = setup(false);
+    let bin = strata_e2e::paths::strata_bin();
+    let script = format!(
+        "for m in $(awk '$2 ~ \"^/sys/fs/cgroup\" {{print $2}}' /proc/mounts); do mount -o remount,bind,ro $m; done; \
+         {bin} run --rm {bb} echo ran; {bin} run --rm --memory 32m {bb} true 2>&1; echo status $?",
+        bin = bin.display(),
+        bb = e.bb
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env("STRATA_ROOT", e.s.root())
+        .env("HOME", e.s.home())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("ran\n"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Read-only file system") && text.contains("status 125\n"), "{text}");
+}
