@@ -31,9 +31,7 @@ impl RegistrySettings {
     /// As this process's environment gives them.
     pub fn from_env() -> RegistrySettings {
         let docker_config =
-            std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()).map(std::path::PathBuf::from).or_else(|| {
-                std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| std::path::Path::new(&h).join(".docker"))
-            });
+            strata_layers::registry::CredentialStore::from_env().ok().map(|store| store.dir().to_path_buf());
         RegistrySettings {
             registries_config: strata_layers::registry::RegistryConfig::default_path(),
             docker_config,

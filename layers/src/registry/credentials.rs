@@ -90,6 +90,11 @@ impl CredentialStore {
         CredentialStore { dir: dir.into(), helper_dir: None }
     }
 
+    /// The Docker config directory this store reads.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Runs credential helpers from `dir` instead of PATH.
     pub fn with_helper_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.helper_dir = Some(dir.into());
