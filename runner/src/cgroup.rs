@@ -89,8 +89,8 @@ impl Cgroup {
             let base = Path::new(CGROUP_ROOT).join(controller);
             if !base.join("cgroup.procs").exists() {
                 let asked = match controller {
-                    "memory" => l.memory.is_some(),
-                    "cpu" => l.cpus.is_some(),
+                    "memory" => l.memory.is_some() || l.memory_swap.is_some(),
+                    "cpu" => l.cpus.is_some() || l.cpu_shares.is_some(),
                     "pids" => l.pids.is_some(),
                     _ => false,
                 };
@@ -127,11 +127,15 @@ impl Cgroup {
             mkdir(&parent)?;
             (parent, spec.name.clone())
         };
-        let needed: Vec<&str> = [("memory", l.memory.is_some()), ("cpu", l.cpus.is_some()), ("pids", l.pids.is_some())]
-            .iter()
-            .filter(|(_, asked)| *asked)
-            .map(|(c, _)| *c)
-            .collect();
+        let needed: Vec<&str> = [
+            ("memory", l.memory.is_some() || l.memory_swap.is_some()),
+            ("cpu", l.cpus.is_some() || l.cpu_shares.is_some()),
+            ("pids", l.pids.is_some()),
+        ]
+        .iter()
+        .filter(|(_, asked)| *asked)
+        .map(|(c, _)| *c)
+        .collect();
         let delegated = access_w(&parent);
         if rootless && !delegated {
             if l.is_empty() {
@@ -264,9 +268,11 @@ impl Cgroup {
         if let Some(d) = self.dirs.iter().find(|d| d.join("cgroup.controllers").exists()) {
             return write_v2_limits(d, l);
         }
-        for (controller, asked) in
-            [("memory", l.memory.is_some()), ("cpu", l.cpus.is_some()), ("pids", l.pids.is_some())]
-        {
+        for (controller, asked) in [
+            ("memory", l.memory.is_some() || l.memory_swap.is_some()),
+            ("cpu", l.cpus.is_some() || l.cpu_shares.is_some()),
+            ("pids", l.pids.is_some()),
+        ] {
             let base = Path::new(CGROUP_ROOT).join(controller);
             match self.dirs.iter().find(|d| d.starts_with(&base)) {
                 Some(d) => write_v1_limit(controller, d, l)?,
@@ -360,11 +366,36 @@ impl Cgroup {
 /// Writes the limits `l` sets into the v1 cgroup `dir` of `controller`.
 fn write_v1_limit(controller: &str, dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
     match controller {
-        "memory" => l.memory.map_or(Ok(()), |m| write(&dir.join("memory.limit_in_bytes"), &m.to_string())),
-        "cpu" => l.cpus.map_or(Ok(()), |c| {
-            write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD.to_string())?;
-            write(&dir.join("cpu.cfs_quota_us"), &quota(c).to_string())
-        }),
+        "memory" => {
+            if let Some(m) = l.memory {
+                // memsw may not go below memory: it is written before the
+                // memory limit (may fail if that has to grow first) and after.
+                let swap = dir.join("memory.memsw.limit_in_bytes");
+                if l.memory_swap.is_some() && !swap.exists() {
+                    return Err(RunnerError::Cgroup(
+                        "--memory-swap needs swap accounting, which this kernel does not have".into(),
+                    ));
+                }
+                if let Some(total) = l.memory_swap {
+                    let _ = write(&swap, &total.to_string());
+                }
+                write(&dir.join("memory.limit_in_bytes"), &m.to_string())?;
+                if let Some(total) = l.memory_swap {
+                    write(&swap, &total.to_string())?;
+                }
+            }
+            Ok(())
+        }
+        "cpu" => {
+            if let Some(c) = l.cpus {
+                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &quota(c).to_string())?;
+            }
+            if let Some(shares) = l.cpu_shares {
+                write(&dir.join("cpu.shares"), &shares.to_string())?;
+            }
+            Ok(())
+        }
         "pids" => l.pids.map_or(Ok(()), |p| write(&dir.join("pids.max"), &pids(p))),
         _ => Ok(()),
     }
@@ -374,6 +405,17 @@ fn write_v1_limit(controller: &str, dir: &Path, l: &CgroupLimits) -> Result<(), 
 fn write_v2_limits(dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
     if let Some(m) = l.memory {
         write(&dir.join("memory.max"), &m.to_string())?;
+        // v2 limits swap alone: what --memory-swap gives beyond --memory.
+        match l.memory_swap {
+            Some(-1) => write(&dir.join("memory.swap.max"), "max")?,
+            Some(total) => write(&dir.join("memory.swap.max"), &(total as u64).saturating_sub(m).to_string())?,
+            None => {}
+        }
+    }
+    if let Some(shares) = l.cpu_shares {
+        // runc's mapping of shares (2..262144) onto weights (1..10000).
+        let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
+        write(&dir.join("cpu.weight"), &weight.to_string())?;
     }
     if let Some(c) = l.cpus {
         write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD}", quota(c)))?;
@@ -465,6 +507,24 @@ pub(crate) fn validate(l: &CgroupLimits) -> Result<(), RunnerError> {
     }
     if l.memory == Some(0) {
         return Err(RunnerError::Invalid("invalid --memory 0".into()));
+    }
+    if let Some(total) = l.memory_swap {
+        match l.memory {
+            None => {
+                return Err(RunnerError::Invalid(
+                    "you should always set the memory limit when using the memoryswap limit, see usage".into(),
+                ))
+            }
+            Some(m) if total != -1 && (total < 0 || (total as u64) < m) => {
+                return Err(RunnerError::Invalid(
+                    "minimum memoryswap limit should be larger than memory limit, see usage".into(),
+                ))
+            }
+            _ => {}
+        }
+    }
+    if l.cpu_shares == Some(0) {
+        return Err(RunnerError::Invalid("invalid --cpu-shares 0".into()));
     }
     Ok(())
 }

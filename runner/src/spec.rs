@@ -256,11 +256,21 @@ pub struct CgroupLimits {
     pub cpus: Option<f64>,
     /// Maximum number of tasks (`--pids-limit`).
     pub pids: Option<i64>,
+    /// Relative CPU weight (`--cpu-shares`, 1024 by default).
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
+    /// Memory plus swap in bytes (`--memory-swap`); -1 for unlimited swap.
+    #[serde(default)]
+    pub memory_swap: Option<i64>,
 }
 
 impl CgroupLimits {
     pub fn is_empty(&self) -> bool {
-        self.memory.is_none() && self.cpus.is_none() && self.pids.is_none()
+        self.memory.is_none()
+            && self.cpus.is_none()
+            && self.pids.is_none()
+            && self.cpu_shares.is_none()
+            && self.memory_swap.is_none()
     }
 }
 

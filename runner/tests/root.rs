@@ -322,7 +322,7 @@ fn cgroup_limits_v1_or_v2() {
     let name = format!("runner-test-{}", std::process::id());
     spec.cgroup = Some(CgroupSpec {
         name: name.clone(),
-        limits: CgroupLimits { memory: Some(64 << 20), cpus: Some(0.5), pids: Some(20) },
+        limits: CgroupLimits { memory: Some(64 << 20), cpus: Some(0.5), pids: Some(20), ..Default::default() },
     });
     let mut c = spawn(&spec, Stdio::default()).unwrap();
     let dirs = c.cgroup().expect("cgroup").dirs().to_vec();

@@ -237,6 +237,12 @@ pub struct UpdateArgs {
     /// Tune container pids limit (set -1 for unlimited)
     #[arg(long = "pids-limit", value_name = "int", allow_hyphen_values = true)]
     pids_limit: Option<i64>,
+    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
+    #[arg(long = "memory-swap", value_name = "bytes", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// CPU shares (relative weight)
+    #[arg(short = 'c', long = "cpu-shares", value_name = "int")]
+    cpu_shares: Option<u64>,
     /// Restart policy to apply when a container exits
     #[arg(long, value_name = "string")]
     restart: Option<String>,
@@ -795,14 +801,22 @@ fn thaw_if_paused(c: &Container) {
 /// `update`: new limits for a running container's cgroup at once, and for
 /// its later starts (its record), and a new restart policy.
 fn update(ctx: &Context, a: UpdateArgs) -> Result<i32> {
-    if a.memory.is_none() && a.cpus.is_none() && a.pids_limit.is_none() && a.restart.is_none() {
+    if a.memory.is_none()
+        && a.cpus.is_none()
+        && a.pids_limit.is_none()
+        && a.restart.is_none()
+        && a.memory_swap.is_none()
+        && a.cpu_shares.is_none()
+    {
         bail!("you must provide one or more flags when using this command");
     }
     let memory = a.memory.as_deref().map(crate::containers::spec::parse_bytes).transpose()?;
     if let Some(r) = a.restart.as_deref() {
         crate::containers::restart::Policy::parse(Some(r))?;
     }
-    let limits = strata_runner::CgroupLimits { memory, cpus: a.cpus, pids: a.pids_limit };
+    let memory_swap = a.memory_swap.as_deref().map(crate::containers::spec::parse_swap).transpose()?;
+    let limits =
+        strata_runner::CgroupLimits { memory, cpus: a.cpus, pids: a.pids_limit, cpu_shares: a.cpu_shares, memory_swap };
     Ok(each_container(ctx, &a.containers, |_, c| {
         if a.restart.as_deref().is_some_and(|r| r != "no") && c.config.request.rm {
             bail!("Cannot update restart policy for a container with --rm");
@@ -828,6 +842,12 @@ fn update(ctx: &Context, a: UpdateArgs) -> Result<i32> {
         }
         if a.pids_limit.is_some() {
             cfg.request.pids_limit = a.pids_limit;
+        }
+        if a.memory_swap.is_some() {
+            cfg.request.memory_swap = a.memory_swap.clone();
+        }
+        if a.cpu_shares.is_some() {
+            cfg.request.cpu_shares = a.cpu_shares;
         }
         if a.restart.is_some() {
             cfg.request.restart = a.restart.clone();
@@ -1357,6 +1377,8 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         "Memory": cfg.request.memory.as_deref().and_then(|m| crate::containers::spec::parse_bytes(m).ok()).unwrap_or(0),
         "NanoCpus": cfg.request.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
         "PidsLimit": cfg.request.pids_limit,
+        "CpuShares": cfg.request.cpu_shares.unwrap_or(0),
+        "MemorySwap": cfg.request.memory_swap.as_deref().and_then(|m| crate::containers::spec::parse_swap(m).ok()).unwrap_or(0),
         "RestartPolicy": {
             "Name": restart.0,
             "MaximumRetryCount": restart.1,

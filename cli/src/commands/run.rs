@@ -103,6 +103,14 @@ pub struct CreateArgs {
     /// Memory limit (e.g. 512m, 1g)
     #[arg(short = 'm', long, value_name = "bytes")]
     pub memory: Option<String>,
+    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
+    #[arg(long = "memory-swap", value_name = "bytes", allow_hyphen_values = true)]
+    #[serde(default)]
+    pub memory_swap: Option<String>,
+    /// CPU shares (relative weight)
+    #[arg(short = 'c', long = "cpu-shares", value_name = "int")]
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
     /// Number of CPUs
     #[arg(long, value_name = "decimal")]
     pub cpus: Option<f64>,

@@ -142,6 +142,8 @@ impl<'a> SpecBuilder<'a> {
             memory: req.memory.as_deref().map(parse_bytes).transpose()?,
             cpus: req.cpus,
             pids: req.pids_limit.filter(|p| *p > 0),
+            cpu_shares: req.cpu_shares,
+            memory_swap: req.memory_swap.as_deref().map(parse_swap).transpose()?,
         };
         // Root's containers always get a cgroup of their own (to `pause`
         // them, as with Docker); an ordinary user's only when a limit needs
@@ -340,6 +342,14 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
     Ok((n * mult as f64) as u64)
 }
 
+/// `--memory-swap`: bytes, or -1 for unlimited swap.
+pub fn parse_swap(s: &str) -> Result<i64> {
+    if s == "-1" {
+        return Ok(-1);
+    }
+    Ok(i64::try_from(parse_bytes(s)?)?)
+}
+
 /// `--sysctl KEY=VALUE`: only parameters of the container's own
 /// namespaces (Docker's list), and none of a namespace it shares with the
 /// host.
@@ -459,8 +469,18 @@ pub fn validate(req: &crate::commands::run::CreateArgs) -> Result<()> {
     for u in &req.ulimit {
         parse_ulimit(u)?;
     }
-    if let Some(m) = &req.memory {
-        parse_bytes(m)?;
+    let memory = req.memory.as_deref().map(parse_bytes).transpose()?;
+    if let Some(total) = req.memory_swap.as_deref().map(parse_swap).transpose()? {
+        match memory {
+            None => bail!("you should always set the memory limit when using the memoryswap limit, see usage"),
+            Some(m) if total != -1 && (total < 0 || (total as u64) < m) => {
+                bail!("minimum memoryswap limit should be larger than memory limit, see usage")
+            }
+            _ => {}
+        }
+    }
+    if req.cpu_shares == Some(0) {
+        bail!("invalid --cpu-shares 0");
     }
     Ok(())
 }
