@@ -677,9 +677,14 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
 /// Stops a running container: its stop signal, then SIGKILL after `timeout`
 /// seconds (negative: wait for ever). Returns once the supervisor recorded
 /// the exit.
-pub fn stop_container(c: &Container, signal: Option<&str>, timeout: Option<i64>) -> Result<()> {
+pub fn stop_container(
+    layout: &strata_layers::StoreLayout,
+    c: &Container,
+    signal: Option<&str>,
+    timeout: Option<i64>,
+) -> Result<()> {
     // Also between two runs under a restart policy: it is not started again.
-    mark_stop_requested(c);
+    mark_stop_requested(layout, c);
     let fresh;
     let mut c = c;
     if !c.running() {
@@ -708,25 +713,21 @@ pub fn stop_container(c: &Container, signal: Option<&str>, timeout: Option<i64>)
     thaw_if_paused(c);
     let wait = if secs < 0 { None } else { Some(Duration::from_secs(secs as u64)) };
     if !supervisor::wait_supervisor(c, wait) {
-        kill_container(c);
+        kill_container(layout, c);
     }
     Ok(())
 }
 
-/// Tells the supervisor that the coming exit is wanted: no restart. (The
-/// store root is two levels above the container's directory.)
-fn mark_stop_requested(c: &Container) {
-    if let Some(layout) = c.dir.parent().and_then(std::path::Path::parent) {
-        let layout = strata_layers::StoreLayout::new(layout);
-        let _ = record::update_state(&layout, &c.dir, |s| s.stop_requested = true);
-    }
+/// Tells the supervisor that the coming exit is wanted: no restart.
+fn mark_stop_requested(layout: &strata_layers::StoreLayout, c: &Container) {
+    let _ = record::update_state(layout, &c.dir, |s| s.stop_requested = true);
 }
 
 /// SIGKILLs the container and waits for its supervisor to record the exit;
 /// a supervisor that does not finish within 30 s (a hung filesystem) is
 /// killed too, and the next look at the record repairs it.
-pub fn kill_container(c: &Container) {
-    mark_stop_requested(c);
+pub fn kill_container(layout: &strata_layers::StoreLayout, c: &Container) {
+    mark_stop_requested(layout, c);
     let _ = supervisor::signal_container(c, nix::sys::signal::Signal::SIGKILL);
     thaw_if_paused(c);
     if !supervisor::wait_supervisor(c, Some(Duration::from_secs(30))) {
@@ -739,7 +740,7 @@ pub fn kill_container(c: &Container) {
 
 fn stop(ctx: &Context, a: StopArgs, restart: bool) -> Result<i32> {
     Ok(each_container(ctx, &a.containers, |_, c| {
-        stop_container(&c, a.signal.as_deref(), a.time)?;
+        stop_container(&ctx.layout, &c, a.signal.as_deref(), a.time)?;
         if restart {
             let c = record::find_fresh(&ctx.layout, &c.config.id)?;
             if c.running() {
@@ -877,7 +878,7 @@ fn kill(ctx: &Context, a: KillArgs) -> Result<i32> {
             bail!("cannot kill container: {key}: container {} is not running", c.config.id);
         }
         if sig == nix::sys::signal::Signal::SIGKILL {
-            mark_stop_requested(&c);
+            mark_stop_requested(&ctx.layout, &c);
         }
         supervisor::signal_container(&c, sig)?;
         if sig == nix::sys::signal::Signal::SIGKILL {
@@ -898,7 +899,7 @@ pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) ->
         if !force {
             bail!(running_error(&c));
         }
-        kill_container(&c);
+        kill_container(&ctx.layout, &c);
     } else if c.state.supervisor.is_some_and(|p| p.alive()) {
         // A supervisor that is starting or finishing up (e.g. a failed start).
         supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
