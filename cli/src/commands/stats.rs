@@ -192,15 +192,12 @@ fn net_bytes(pid: i32) -> Option<(u64, u64)> {
     Some(total)
 }
 
+/// The limit a container without one has: the host's memory.
 fn host_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(u64::MAX, |kb| kb * 1024)
+    match super::sysinfo::mem_total() {
+        0 => u64::MAX,
+        total => total,
+    }
 }
 
 fn row(named: &str, c: &Container, before: Option<&Sample>, now: &Sample, no_trunc: bool) -> Value {

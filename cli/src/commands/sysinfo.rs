@@ -119,7 +119,8 @@ fn os_pretty_name() -> String {
         .unwrap_or_else(|| "Linux".to_string())
 }
 
-fn mem_total() -> u64 {
+/// The host's memory in bytes (`MemTotal`), 0 when unknown.
+pub fn mem_total() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {
