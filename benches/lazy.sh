@@ -6,6 +6,12 @@
 # start and a shell need). Also printed: the bytes each strata store holds
 # afterwards, which is what a slower link would have to carry.
 #
+# Second part: a read of 4 KiB in the middle of a 100 MiB file, right after
+# the pull, through `strata mount`: with the file fetched in the parts that
+# are read (zstd:chunked chunks), against reading the whole file through
+# the lazy mount (at least what fetching a file whole on first open costs)
+# and against a full pull.
+#
 # Usage: RUNS=5 bash benches/lazy.sh
 source "$(dirname "$0")/lib.sh"
 require_root_and_tools lazy.sh hyperfine podman runc skopeo docker-registry
@@ -43,3 +49,31 @@ $STRATA --root "$work/full" pull -q "$ref" >/dev/null
 printf '  lazy: %s MiB, full: %s MiB (blob %s MiB)\n' \
     "$(du -sm "$work/lazy" | cut -f1)" "$(du -sm "$work/full" | cut -f1)" \
     "$(($(stat -c %s "$work"/chunked/blobs/sha256/* | sort -n | tail -1) >> 20))"
+
+# A 100 MiB file of random bytes (incompressible: ~1,600 chunks), alone in an image.
+mkdir -p "$work/big/data"
+head -c 100M /dev/urandom >"$work/big/data/big.bin"
+tar -C "$work/big" --numeric-owner -cf "$work/big.tar" data
+oci_from_rootfs_tar "$work/big.tar" "$work/biglayout" latest
+skopeo copy -q --dest-compress-format zstd:chunked "oci:$work/biglayout:latest" "oci:$work/bigchunked:latest"
+skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$work/bigchunked:latest" "docker://$REGISTRY/big:chunked"
+big=$REGISTRY/big:chunked
+mkdir -p "$work/m"
+middle="dd if=$work/m/data/big.bin bs=4096 skip=12800 count=1 status=none >/dev/null"
+whole="cat $work/m/data/big.bin >/dev/null"
+mounted() { # STORE PULL-FLAGS READ: pull, mount, read, unmount
+    echo "$STRATA --root $work/$1 pull -q $2 $big >/dev/null && $STRATA --root $work/$1 mount $big $work/m >/dev/null && $3; $STRATA --root $work/$1 umount $work/m >/dev/null"
+}
+WARMUP=1 hf --export-json "$OUT/lazy-parts.json" \
+    --prepare "rm -rf $work/lazy $work/full" \
+    -n strata "$(mounted lazy --lazy "$middle")" \
+    -n strata-whole-file-lazily "$(mounted lazy --lazy "$whole")" \
+    -n strata-4k-after-full-pull "$(mounted full "" "$middle")"
+echo "== pull, mount and read 4 KiB in the middle of a 100 MiB file (RUNS=$RUNS, medians)"
+report "$OUT/lazy-parts.json"
+rm -rf "$work/lazy"
+$STRATA --root "$work/lazy" pull -q --lazy "$big" >/dev/null
+$STRATA --root "$work/lazy" mount "$big" "$work/m" >/dev/null
+sh -c "$middle"
+$STRATA --root "$work/lazy" umount "$work/m" >/dev/null
+printf '  after the 4 KiB read the lazy store holds %s MiB\n' "$(du -sm "$work/lazy" | cut -f1)"

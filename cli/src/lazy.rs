@@ -4,9 +4,9 @@
 //! from the registry the first time the filesystem opens it.
 
 use anyhow::{Context as _, Result};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use strata_layers::chunked::{fetch_object, LazyLayer};
+use strata_layers::chunked::{fetch_object, LazyLayer, PartialFile};
 use strata_layers::pull::{complete_lazy_layers, NoProgress};
 use strata_layers::registry::RegistryClient;
 use strata_layers::store::Store;
@@ -83,13 +83,14 @@ pub fn lowers_with(
             let opened = store.open_layer(key).with_context(|| format!("reading the index of layer {key}"))?;
             let mut lower = strata_fs::Lower::new(Arc::new(adjust(opened.index)), layout.objects_dir());
             if let Some(layer) = opened.lazy {
-                lower.fetch = Some(Arc::new(RegistryFetch {
+                lower.fetch = Some(Arc::new(RegistryFetch(Arc::new(FetchShared {
                     layout: layout.clone(),
                     settings: settings.clone(),
                     client: client.clone(),
                     layer,
                     in_flight: Default::default(),
-                }));
+                    partials: Default::default(),
+                }))));
             }
             Ok(lower)
         })
@@ -131,10 +132,14 @@ pub fn complete_in_background(lowers: &[strata_fs::Lower]) {
 /// How long a container runs before its lazy layers are completed.
 pub const COMPLETION_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Fetches a lazy layer's files from its registry. The client is made on
-/// first use (it reads the registry configuration and credentials) and
-/// shared by the layers of one mount.
-struct RegistryFetch {
+/// Fetches a lazy layer's files from its registry: small ones whole on
+/// first open, large chunked ones in parts as they are read
+/// (`strata_layers::chunked::PartialFile`). The client is made on first use
+/// (it reads the registry configuration and credentials) and shared by the
+/// layers of one mount.
+struct RegistryFetch(Arc<FetchShared>);
+
+struct FetchShared {
     layout: StoreLayout,
     /// Where the registry settings are when the environment does not say
     /// (a container's supervisor); None: from the environment.
@@ -144,17 +149,49 @@ struct RegistryFetch {
     /// Contents being fetched now, so that two threads that want one file
     /// (a reader and the background) fetch it once.
     in_flight: (Mutex<HashSet<Digest>>, Condvar),
+    /// Files being fetched in parts, shared by their opens in this process
+    /// until they are whole.
+    partials: Mutex<HashMap<Digest, Arc<PartialFile>>>,
 }
 
 impl std::fmt::Debug for RegistryFetch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RegistryFetch({} from {})", self.layer.toc, self.layer.repository)
+        write!(f, "RegistryFetch({} from {})", self.0.layer.toc, self.0.layer.repository)
+    }
+}
+
+impl std::ops::Deref for RegistryFetch {
+    type Target = FetchShared;
+    fn deref(&self) -> &FetchShared {
+        &self.0
     }
 }
 
 impl strata_fs::FetchObject for RegistryFetch {
     fn covers(&self, digest: &Digest) -> bool {
         self.layer.covers(digest)
+    }
+
+    fn open_partial(&self, digest: &Digest) -> std::io::Result<Option<strata_fs::PartialContent>> {
+        let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        partials.retain(|_, p| !p.is_complete());
+        let partial = match partials.get(digest) {
+            Some(p) => p.clone(),
+            None => {
+                let made =
+                    Store::open(self.layout.clone()).and_then(|store| PartialFile::open(&store, &self.layer, digest));
+                match made {
+                    Ok(Some(p)) => partials.entry(*digest).or_insert(Arc::new(p)).clone(),
+                    Ok(None) => return Ok(None),
+                    Err(e) => {
+                        eprintln!("strata: staging {digest} of a lazily pulled layer: {e}");
+                        return Err(std::io::Error::from_raw_os_error(libc::EIO));
+                    }
+                }
+            }
+        };
+        let file = partial.reader()?;
+        Ok(Some(strata_fs::PartialContent { file, fill: Arc::new(PartialFill { shared: self.0.clone(), partial }) }))
     }
 
     fn complete(&self) -> std::io::Result<()> {
@@ -187,7 +224,36 @@ impl strata_fs::FetchObject for RegistryFetch {
     }
 }
 
-impl RegistryFetch {
+/// Fills ranges of one file being fetched in parts.
+struct PartialFill {
+    shared: Arc<FetchShared>,
+    partial: Arc<PartialFile>,
+}
+
+impl strata_fs::FillRange for PartialFill {
+    fn fill(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        if self.partial.has(offset, len) {
+            return Ok(());
+        }
+        let shared = &self.shared;
+        let eio = || std::io::Error::from_raw_os_error(libc::EIO);
+        let client = shared.client().ok_or_else(eio)?;
+        let result = Store::open(shared.layout.clone()).and_then(|store| {
+            // Shared with pulls: a gc waits for the fetch.
+            let _lock = store.lock_shared()?;
+            self.partial.fill(&store, client, &shared.layer, offset, len)
+        });
+        result.map_err(|e| {
+            eprintln!(
+                "strata: fetching part of {:?} of a lazily pulled layer from {}: {e}",
+                self.partial, shared.layer.repository
+            );
+            eio()
+        })
+    }
+}
+
+impl FetchShared {
     fn client(&self) -> Option<&RegistryClient> {
         self.client
             .get_or_init(|| {

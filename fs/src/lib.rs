@@ -192,7 +192,7 @@ pub use layer::{
     merged_entries, open_upper_file, upper_entries, upper_entries_hiding, write_layer_tar, UpperContent, UpperEntry,
     UpperKind,
 };
-pub use source::{FetchObject, LayerSource, Lower, ObjectRef};
+pub use source::{Content, FetchObject, FillRange, LayerSource, Lower, ObjectRef, PartialContent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {

@@ -38,6 +38,30 @@ pub trait FetchObject: Send + Sync + std::fmt::Debug {
     fn fetch(&self, digest: &Digest) -> io::Result<()>;
     /// Fetches all of the layer (a background task of a running container).
     fn complete(&self) -> io::Result<()>;
+    /// `digest` opened for reading before all of it is here, when the layer
+    /// can fetch it in parts (a large file); None: fetch it whole.
+    fn open_partial(&self, _digest: &Digest) -> io::Result<Option<PartialContent>> {
+        Ok(None)
+    }
+}
+
+/// A file being fetched in parts: reads of `file` are valid only in ranges
+/// that `fill` has returned Ok for.
+pub struct PartialContent {
+    pub file: File,
+    pub fill: Arc<dyn FillRange>,
+}
+
+/// Brings a byte range of a [`PartialContent`] file in.
+pub trait FillRange: Send + Sync {
+    fn fill(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// A lower file's content opened for reading: whole, or being fetched in
+/// parts ([`FetchObject::open_partial`]).
+pub enum Content {
+    Whole(File),
+    Partial(PartialContent),
 }
 
 impl Lower {
@@ -88,6 +112,11 @@ pub trait LayerSource: Send + Sync {
     fn open_content(&self, entry: &Entry) -> io::Result<File> {
         self.object(entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?.open()
     }
+    /// Opens the content of a regular-file entry for a reader, who may get
+    /// it before all of it is here.
+    fn open_for_reader(&self, entry: &Entry) -> io::Result<Content> {
+        self.open_content(entry).map(Content::Whole)
+    }
 
     /// A host path of the content, when the source has one (for messages).
     fn content_path(&self, entry: &Entry) -> Option<PathBuf>;
@@ -132,6 +161,23 @@ impl LayerSource for StoreLayer {
             }
             (r, _, _) => r,
         }
+    }
+
+    /// A large file of a lazy layer that the store does not have yet is
+    /// served in parts as they are fetched; others as `open_content`.
+    fn open_for_reader(&self, entry: &Entry) -> io::Result<Content> {
+        if let (Some(fetch), EntryKind::File { digest, .. }) = (&self.fetch, &entry.kind) {
+            let object = self.object(entry).ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            match object.open() {
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    if let Some(partial) = fetch.open_partial(digest)? {
+                        return Ok(Content::Partial(partial));
+                    }
+                }
+                r => return r.map(Content::Whole),
+            }
+        }
+        self.open_content(entry).map(Content::Whole)
     }
 
     fn content_path(&self, entry: &Entry) -> Option<PathBuf> {

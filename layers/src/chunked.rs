@@ -98,11 +98,30 @@ impl TocLocation {
 
 /// The frames of one file's content in the blob: `offset..end`, which
 /// decompress to `size` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Extent {
     pub offset: u64,
     pub end: u64,
     pub size: u64,
+    /// The file's chunks, when its writer cut it into several (each its own
+    /// frames with its own digest): what lets a large file be read before
+    /// all of it is here ([`PartialFile`]). Empty: one piece.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<Chunk>,
+}
+
+/// One chunk of a file: `size` bytes at `at` in the file, from the frames
+/// at `offset..end` in the blob, whose sha256 is `digest`. A `zeros` chunk
+/// is a run of zero bytes (its frames need not be fetched).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub at: u64,
+    pub size: u64,
+    pub offset: u64,
+    pub end: u64,
+    pub digest: Digest,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zeros: bool,
 }
 
 /// What a lazily pulled layer needs besides its index: where its blob is
@@ -167,6 +186,14 @@ struct TocEntry {
     offset: u64,
     #[serde(default)]
     end_offset: u64,
+    #[serde(default)]
+    chunk_size: u64,
+    #[serde(default)]
+    chunk_offset: u64,
+    #[serde(default)]
+    chunk_digest: Option<String>,
+    #[serde(default)]
+    chunk_type: String,
 }
 
 #[derive(Deserialize)]
@@ -217,9 +244,17 @@ pub fn parse_toc(
 fn toc_to_index(entries: Vec<TocEntry>, content_end: u64) -> Result<(LayerIndex, BTreeMap<Digest, Extent>)> {
     let mut rules = EntryRules::default();
     let mut extents = BTreeMap::new();
+    // The chunks of the latest file whose extent this TOC set first.
+    let mut chunking: Option<(Digest, Vec<Chunk>)> = None;
     for e in entries {
         if e.kind == "chunk" {
-            continue; // parts of the previous file, whose extent covers them
+            if let Some((_, chunks)) = &mut chunking {
+                chunks.push(Chunk::of(&e, e.chunk_offset));
+            }
+            continue;
+        }
+        if let Some((digest, chunks)) = chunking.take() {
+            attach_chunks(&mut extents, digest, chunks);
         }
         let raw = e.name.as_bytes();
         let bad = |what: String| Error::BadTar(format!("TOC entry {:?}: {what}", e.name));
@@ -241,11 +276,17 @@ fn toc_to_index(entries: Vec<TocEntry>, content_end: u64) -> Result<(LayerIndex,
                                     e.offset, e.end_offset
                                 )));
                             }
-                            extents.entry(digest).or_insert(Extent {
-                                offset: e.offset,
-                                end: e.end_offset,
-                                size: e.size,
-                            });
+                            if let std::collections::btree_map::Entry::Vacant(v) = extents.entry(digest) {
+                                v.insert(Extent {
+                                    offset: e.offset,
+                                    end: e.end_offset,
+                                    size: e.size,
+                                    chunks: Vec::new(),
+                                });
+                                if e.chunk_digest.is_some() {
+                                    chunking = Some((digest, vec![Chunk::of(&e, 0)]));
+                                }
+                            }
                         }
                         EntryKind::File { size: e.size, digest }
                     }
@@ -275,7 +316,58 @@ fn toc_to_index(entries: Vec<TocEntry>, content_end: u64) -> Result<(LayerIndex,
         let entry = Entry { path, kind, mode: e.mode & 0o7777, uid: e.uid, gid: e.gid, mtime, mtime_nsec, xattrs };
         rules.push(raw, entry)?;
     }
+    if let Some((digest, chunks)) = chunking.take() {
+        attach_chunks(&mut extents, digest, chunks);
+    }
     Ok((LayerIndex::new(rules.entries), extents))
+}
+
+impl Chunk {
+    /// A chunk as its TOC record has it; `end` is set by [`attach_chunks`].
+    fn of(e: &TocEntry, at: u64) -> Chunk {
+        Chunk {
+            at,
+            size: e.chunk_size,
+            offset: e.offset,
+            end: 0,
+            // Unparsable: a digest nothing matches, so the chunk never reads.
+            digest: e.chunk_digest.as_deref().and_then(|d| d.parse().ok()).unwrap_or(Digest::of(b"unparsable")),
+            zeros: e.chunk_type == "zeros",
+        }
+    }
+}
+
+/// Gives `digest`'s extent its chunks when they describe it exactly: in
+/// order, covering the file's bytes without gap or overlap, their frames
+/// inside the file's. A chunk table that does not (no writer makes one)
+/// is dropped: the file is then fetched whole and checked by its own
+/// digest, which the chunk digests never replace.
+fn attach_chunks(extents: &mut BTreeMap<Digest, Extent>, digest: Digest, mut chunks: Vec<Chunk>) {
+    let Some(extent) = extents.get_mut(&digest) else { return };
+    if chunks.len() < 2 {
+        return;
+    }
+    for i in 0..chunks.len() {
+        chunks[i].end = chunks.get(i + 1).map_or(extent.end, |next| next.offset);
+    }
+    let mut at = 0u64;
+    let mut offset = extent.offset;
+    for c in &chunks {
+        let fits = c.at == at
+            && c.size > 0
+            && c.offset >= offset
+            && c.offset <= c.end
+            && c.end <= extent.end
+            && (c.zeros || c.offset < c.end);
+        if !fits {
+            return;
+        }
+        at += c.size;
+        offset = c.offset;
+    }
+    if at == extent.size && chunks[0].offset == extent.offset {
+        extent.chunks = chunks;
+    }
 }
 
 /// RFC 3339 (Go's `time.Time` in JSON) to seconds and nanoseconds.
@@ -461,6 +553,9 @@ impl Read for RangeReader<'_> {
         Ok(n)
     }
 }
+
+mod partial;
+pub use partial::{PartialFile, PARTIAL_MIN_SIZE};
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,8 @@
 //! ROOT/blobs/sha256/HEX          manifests, configs, compressed layers as served
 //! ROOT/objects/HE/X...           regular-file contents, named by sha256 (read-only)
 //! ROOT/layers/HEX/index          layer index (see index.rs), named by diff_id
-//! ROOT/lazy/HEX/               lazily pulled layer: index + source.json, by TOC digest
+//! ROOT/lazy/HEX/                lazily pulled layer: index + source.json, by TOC digest
+//! ROOT/lazy/HEX/parts/HEX        its large files being fetched in parts (sparse), by content
 //! ROOT/images/HEX.json           image records, named by config digest (IMAGE ID)
 //! ROOT/tags.json                 repository:tag and repo@digest -> IMAGE ID
 //! ROOT/containers/ID/            per-container state, upper/ and logs
@@ -106,6 +107,10 @@ impl StoreLayout {
     }
     pub fn lazy_layer_dir(&self, toc: &Digest) -> PathBuf {
         self.lazy_dir().join(toc.hex())
+    }
+    /// Files of a lazy layer being fetched in parts, by content digest.
+    pub fn lazy_parts_dir(&self, toc: &Digest) -> PathBuf {
+        self.lazy_layer_dir(toc).join("parts")
     }
     /// `build`'s cache: one small file per RUN step, naming the layer it made.
     pub fn build_cache_dir(&self) -> PathBuf {

@@ -88,6 +88,17 @@ pub fn store_with_fixture(name: &str, unprivileged: bool) -> (Registry, Strata, 
 /// The unprivileged user the rootless tests run as (created by scripts/setup.sh).
 pub const TEST_USER: &str = "strata-test";
 
+/// `prog` to be run as the test user, with only PATH in its environment
+/// (for looking into a rootless mount, which only its owner can enter).
+pub fn as_test_user(prog: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups", "--", prog])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir("/");
+    cmd
+}
+
 /// Runs `cmd` with stdin closed and returns its output, panicking with a clear
 /// message when it cannot be started or exits non-zero. For setup steps
 /// (skopeo, umoci, htpasswd), not for strata itself.

@@ -95,20 +95,7 @@ fn mounts(s: &Strata) -> Vec<serde_json::Value> {
 /// Runs `cmd ARGS` as the test user (for looking into a rootless mount,
 /// which only its owner can enter); returns stdout, panics on failure.
 fn as_user(prog: &str, args: &[&str]) -> String {
-    run_tool(
-        Command::new("setpriv")
-            .arg("--reuid")
-            .arg(TEST_USER)
-            .arg("--regid")
-            .arg(TEST_USER)
-            .arg("--init-groups")
-            .arg("--")
-            .arg(prog)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .current_dir("/"),
-    )
+    run_tool(as_test_user(prog).args(args))
 }
 
 /// The reference listing reduced to what `find -printf` shows to an ordinary
@@ -140,11 +127,9 @@ fn reduce(listing: &str) -> String {
 /// The reduced listing of `dir`, walked by `find` as the test user (it
 /// reports the directories it may not enter and goes on).
 fn reduced_listing_as_user(dir: &Path) -> String {
-    let out = Command::new("setpriv")
-        .args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups", "--", "find"])
+    let out = as_test_user("find")
         .arg(dir)
         .args(["-mindepth", "1", "-printf", "%P\\0%y\\0%m\\0%U\\0%G\\0%s\\0"])
-        .current_dir("/")
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("cannot run find: {e}"));

@@ -327,8 +327,9 @@ impl FsInner {
             if !handles.is_empty() {
                 let f = Arc::new(up.open_file(pfd.as_fd(), &name, OFlags::RDONLY)?);
                 for h in handles {
-                    if let HandleKind::File { file, .. } = &h.kind {
+                    if let HandleKind::File { file, fill, .. } = &h.kind {
                         *file.write().unwrap_or_else(|p| p.into_inner()) = f.clone();
+                        *fill.write().unwrap_or_else(|p| p.into_inner()) = None;
                     }
                 }
             }

@@ -260,12 +260,16 @@ impl Filesystem for StrataFs {
         reply: ReplyData,
     ) {
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
+        let HandleKind::File { file, fill, .. } = &h.kind else { return reply.error(Errno::EISDIR) };
+        // `fill` first: a copy-up replaces the file before it clears `fill`,
+        // so a file in parts is never taken without its fill.
+        let fill = fill.read().unwrap_or_else(|p| p.into_inner()).clone();
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
         // Data in the host's page cache is answered right here; a read that
-        // would wait for the disk goes on on a worker.
+        // would wait for the disk goes on on a worker, as does one of a file
+        // being fetched in parts (its range may have to come first).
         let mut buf: Vec<u8> = Vec::new();
-        if size <= NOWAIT_READ_MAX {
+        if size <= NOWAIT_READ_MAX && fill.is_none() {
             buf = vec![0u8; size as usize];
             match rustix::io::preadv2(
                 &*f,
@@ -284,6 +288,9 @@ impl Filesystem for StrataFs {
         let caller = req.pid();
         self.offload(move |fs| {
             let _op = fs.op(Op::Read, caller);
+            if let Some(Err(e)) = fill.map(|f| f.fill(offset, size.into())) {
+                return reply.error(eno(e));
+            }
             // Read into spare capacity: zeroing a buffer of up to 1 MiB per
             // request first showed up as a tenth of the server's time.
             buf.reserve_exact((size as usize).saturating_sub(buf.len()));
@@ -668,6 +675,7 @@ impl Filesystem for StrataFs {
                                     file: RwLock::new(Arc::new(file)),
                                     writable: acc != libc::O_RDONLY,
                                     mode: IoMode::Passthrough,
+                                    fill: no_fill(),
                                 },
                             );
                             let id = st.backing.insert(id);
@@ -691,6 +699,7 @@ impl Filesystem for StrataFs {
                         file: RwLock::new(Arc::new(file)),
                         writable: acc != libc::O_RDONLY,
                         mode: IoMode::Cached,
+                        fill: no_fill(),
                     },
                 );
                 reply.created(
@@ -735,8 +744,19 @@ impl Filesystem for StrataFs {
     fn lseek(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: fuser::ReplyLseek) {
         let _op = self.op(Op::Lseek, req.pid());
         let Some(h) = self.handle(fh.0) else { return reply.error(Errno::EBADF) };
-        let HandleKind::File { file, .. } = &h.kind else { return reply.error(Errno::EBADF) };
+        let HandleKind::File { file, fill, .. } = &h.kind else { return reply.error(Errno::EBADF) };
+        let in_parts = fill.read().unwrap_or_else(|p| p.into_inner()).is_some(); // (first: see `read`)
         let f = file.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if in_parts && (whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE) {
+            // The holes of a file being fetched in parts are what is not
+            // here yet; to the reader it is data throughout.
+            let size = rustix::fs::fstat(&*f).map(|st| st.st_size).unwrap_or(0);
+            return match offset {
+                o if o < 0 || o >= size => reply.error(Errno::ENXIO),
+                o if whence == libc::SEEK_DATA => reply.offset(o),
+                _ => reply.offset(size),
+            };
+        }
         let pos = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
             libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),

@@ -63,7 +63,7 @@ mod stats;
 pub(crate) use stats::Op;
 use stats::{OpTimer, Stats};
 
-use crate::source::LayerSource;
+use crate::source::{Content, FillRange, LayerSource};
 use crate::tree::{Attr, Ino, Node, Tree, Ts, Up, ROOT};
 use crate::upper::{self, errno, Upper};
 
@@ -209,6 +209,10 @@ enum HandleKind {
         file: RwLock<Arc<File>>,
         writable: bool,
         mode: IoMode,
+        /// For a lower file being fetched in parts: what must run before a
+        /// range of `file` is read. Cleared when a copy-up gives the
+        /// handle the upper file.
+        fill: RwLock<Option<Arc<dyn FillRange>>>,
     },
     /// The directory's listing as taken by the latest READDIR at offset 0
     /// through this handle (see [`FsInner::listing`]).
@@ -276,6 +280,19 @@ struct InodeIo {
 struct Handle {
     ino: Ino,
     kind: HandleKind,
+}
+
+/// What [`FsInner::do_open`] opened.
+struct Opened {
+    file: File,
+    writable: bool,
+    lower: bool,
+    fill: Option<Arc<dyn FillRange>>,
+}
+
+/// The `fill` of a handle whose file is whole.
+fn no_fill() -> RwLock<Option<Arc<dyn FillRange>>> {
+    RwLock::new(None)
 }
 
 pub(crate) struct FsInner {
@@ -740,9 +757,11 @@ impl FsInner {
 }
 
 impl FsInner {
-    /// Opens the file behind `ino`; returns it, whether it is writable and
-    /// whether it is a lower object (never written: passthrough is safe).
-    fn do_open(&self, ino: Ino, flags: i32) -> io::Result<(File, bool, bool)> {
+    /// Opens the file behind `ino`; returns it, whether it is writable,
+    /// whether it is a lower object (never written: passthrough is safe)
+    /// and, for a lower file being fetched in parts, what fills a range in
+    /// before it is read.
+    fn do_open(&self, ino: Ino, flags: i32) -> io::Result<Opened> {
         let acc = flags & libc::O_ACCMODE;
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let trunc = flags & libc::O_TRUNC != 0;
@@ -782,7 +801,7 @@ impl FsInner {
                 self.upper()?.open_file(pfd.as_fd(), &name, oflags)
             })();
             self.drop_precopy(prepared);
-            (r?, false)
+            (r?, false, None)
         } else {
             let t = self.tree_read();
             let n = t.get(ino).ok_or_else(|| err(libc::ENOENT))?;
@@ -791,10 +810,13 @@ impl FsInner {
             }
             if n.up == Up::Full {
                 let (pfd, name) = self.parent_fd(&t, ino)?;
-                (self.upper()?.open_file(pfd.as_fd(), &name, OFlags::RDONLY)?, false)
+                (self.upper()?.open_file(pfd.as_fd(), &name, OFlags::RDONLY)?, false, None)
             } else {
                 let (src, e) = self.lower_entry(n).ok_or_else(|| err(libc::EIO))?;
-                let f = src.open_content(e)?;
+                let (f, fill) = match src.open_for_reader(e)? {
+                    Content::Whole(f) => (f, None),
+                    Content::Partial(p) => (p.file, Some(p.fill)),
+                };
                 // An object whose size is not the entry's (a store damaged
                 // after the pull, which verified it) is an I/O error: read as
                 // it is (passthrough reads the object itself), the file would
@@ -809,10 +831,10 @@ impl FsInner {
                     }
                     n.object_size_checked.store(true, Ordering::Relaxed);
                 }
-                (f, true)
+                (f, true, fill)
             }
         };
-        Ok((file.0, writable, file.1))
+        Ok(Opened { file: file.0, writable, lower: file.1, fill: file.2 })
     }
 
     /// An open file of `ino`, if any handle holds one.
@@ -851,17 +873,19 @@ impl FsInner {
                 if let (Some(id), Some(object)) = (&st.backing, &st.object) {
                     st.passthrough += 1;
                     let file = RwLock::new(object.clone());
-                    let fh =
-                        self.add_handle(ino, HandleKind::File { file, writable: false, mode: IoMode::Passthrough });
+                    let fh = self.add_handle(
+                        ino,
+                        HandleKind::File { file, writable: false, mode: IoMode::Passthrough, fill: no_fill() },
+                    );
                     return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
                 }
             }
         }
-        let (file, writable, lower) = match self.do_open(ino, flags) {
+        let Opened { file, writable, lower, fill } = match self.do_open(ino, flags) {
             Ok(x) => x,
             Err(e) => return reply.error(eno(e)),
         };
-        if lower && !writable {
+        if lower && !writable && fill.is_none() {
             self.prefetch_siblings(ino, &file);
         }
         if kill_set_id {
@@ -880,7 +904,8 @@ impl FsInner {
         // So: lower objects only on a read-only mount (a writer could come
         // later and must not get the object), upper files always (readers
         // and writers share the upper file), and never next to cached opens.
-        let eligible = if lower { self.upper.is_none() && !writable } else { !to_server };
+        // (A file fetched in parts is read here, after its range is in.)
+        let eligible = if lower { self.upper.is_none() && !writable && fill.is_none() } else { !to_server };
         if eligible && st.cached == 0 && self.passthrough.load(Ordering::Relaxed) {
             if st.backing.is_none() {
                 match reply.open_backing(&file) {
@@ -895,8 +920,10 @@ impl FsInner {
                 if self.upper.is_none() {
                     st.object = Some(file.clone());
                 }
-                let fh = self
-                    .add_handle(ino, HandleKind::File { file: RwLock::new(file), writable, mode: IoMode::Passthrough });
+                let fh = self.add_handle(
+                    ino,
+                    HandleKind::File { file: RwLock::new(file), writable, mode: IoMode::Passthrough, fill: no_fill() },
+                );
                 return reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, id);
             }
         }
@@ -908,7 +935,10 @@ impl FsInner {
                 // here (a writer to a set-id file next to a reader).
                 st.passthrough += 1;
                 let file = RwLock::new(Arc::new(file));
-                let fh = self.add_handle(ino, HandleKind::File { file, writable, mode: IoMode::Direct });
+                let fh = self.add_handle(
+                    ino,
+                    HandleKind::File { file, writable, mode: IoMode::Direct, fill: RwLock::new(fill) },
+                );
                 let fl = FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH;
                 return reply.opened_passthrough(FileHandle(fh), fl, id);
             }
@@ -916,7 +946,10 @@ impl FsInner {
         st.cached += 1;
         drop(io);
         let mode = IoMode::Cached;
-        let fh = self.add_handle(ino, HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode });
+        let fh = self.add_handle(
+            ino,
+            HandleKind::File { file: RwLock::new(Arc::new(file)), writable, mode, fill: RwLock::new(fill) },
+        );
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH);
     }
 

@@ -64,7 +64,8 @@ fn a_toc_becomes_the_index_a_tar_would_give() {
     assert_eq!((index.entries[0].mtime, index.entries[0].mtime_nsec), (1704164645, 123456789));
     assert_eq!((index.entries[1].uid, index.entries[1].gid, index.entries[1].mode), (7, 8, 0o755));
     assert_eq!(index.entries[2].xattrs, vec![(b"user.a".to_vec(), b"b".to_vec())]);
-    assert_eq!(extents.into_iter().collect::<Vec<_>>(), vec![(file, Extent { offset: 10, end: 40, size: 6 })]);
+    let chunks = vec![];
+    assert_eq!(extents.into_iter().collect::<Vec<_>>(), vec![(file, Extent { offset: 10, end: 40, size: 6, chunks })]);
 }
 
 #[test]
@@ -93,4 +94,56 @@ fn hostile_or_damaged_tocs_are_refused() {
     let (toc, mut loc) = toc_of(json!([]));
     loc.uncompressed_length += 1;
     assert!(parse_toc(&toc, &loc, 2000).unwrap_err().to_string().contains("uncompressed"));
+}
+
+/// A TOC of one 300-byte file cut into chunks of 100 bytes at blob offsets
+/// 10, 40 and 70 (ending at 100); `edit` changes its chunk records first.
+fn chunked_toc(edit: impl FnOnce(&mut Vec<serde_json::Value>)) -> Vec<Chunk> {
+    let file = Digest::of(&[7u8; 300]);
+    let chunk = Digest::of(&[7u8; 100]).to_string();
+    let mut entries = vec![
+        json!({ "type": "reg", "name": "big", "size": 300, "digest": file.to_string(), "offset": 10,
+                "endOffset": 100, "chunkSize": 100, "chunkDigest": chunk }),
+        json!({ "type": "chunk", "name": "big", "offset": 40, "chunkOffset": 100, "chunkSize": 100,
+                "chunkDigest": chunk }),
+        json!({ "type": "chunk", "name": "big", "offset": 70, "chunkOffset": 200, "chunkSize": 100,
+                "chunkDigest": chunk, "chunkType": "zeros" }),
+        // The same content again: its chunks are the first file's.
+        json!({ "type": "reg", "name": "again", "size": 300, "digest": file.to_string(), "offset": 500,
+                "endOffset": 600 }),
+    ];
+    edit(&mut entries);
+    let (toc, loc) = toc_of(serde_json::Value::Array(entries));
+    let (_, extents) = parse_toc(&toc, &loc, 2000).unwrap();
+    extents[&file].chunks.clone()
+}
+
+#[test]
+fn a_large_files_chunks_are_kept_when_they_describe_it_exactly() {
+    let chunks = chunked_toc(|_| {});
+    let d = Digest::of(&[7u8; 100]);
+    let chunk = |at, offset, end, zeros| Chunk { at, size: 100, offset, end, digest: d, zeros };
+    assert_eq!(chunks, vec![chunk(0, 10, 40, false), chunk(100, 40, 70, false), chunk(200, 70, 100, true)]);
+
+    // Tables that do not describe the file are dropped: it is fetched whole.
+    type Edit = fn(&mut Vec<serde_json::Value>);
+    let cases: [(&str, Edit); 6] = [
+        ("a gap", |e| e[1]["chunkOffset"] = 120.into()),
+        ("an overlap", |e| e[2]["chunkOffset"] = 150.into()),
+        ("short of the size", |e| e[2]["chunkSize"] = 50.into()),
+        ("frames out of order", |e| e[1]["offset"] = 80.into()),
+        ("frames outside the file's", |e| e[1]["offset"] = 5.into()),
+        ("an empty data chunk", |e| e[2]["offset"] = 40.into()),
+    ];
+    for (what, edit) in cases {
+        assert_eq!(chunked_toc(edit), vec![], "{what}");
+    }
+    // One chunk is no table.
+    assert_eq!(
+        chunked_toc(|e| {
+            e.drain(1..3);
+            e[0]["chunkSize"] = 300.into();
+        }),
+        vec![]
+    );
 }

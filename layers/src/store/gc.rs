@@ -4,7 +4,8 @@
 //! names it (config, manifest, index, layer blob), a layer if an image lists
 //! its diff_id (or the TOC of its lazy form), an object if the index of a
 //! live layer names it. Everything else under `blobs/`, `layers/`, `lazy/`
-//! and `objects/` goes, as does `tmp/`. It runs
+//! and `objects/` goes, as does `tmp/`, and the parts file of a live lazy
+//! layer's file that is whole in `objects/` by now. It runs
 //! under the exclusive content lock, so no pull is between "this object
 //! exists, reuse it" and writing the index that references it.
 
@@ -112,6 +113,14 @@ impl Store {
                 stats.bytes += tree_size(&path);
                 fs::remove_dir_all(&path).at(&path)?;
                 stats.layers += 1;
+            }
+        }
+        for toc in &live_lazy {
+            let parts = self.layout.lazy_parts_dir(toc);
+            for (path, digest) in hex_named(&parts, "")? {
+                if self.has_object(&digest) {
+                    stats.bytes += remove_file_counting(&path)?;
+                }
             }
         }
         let objects = self.layout.objects_dir();
