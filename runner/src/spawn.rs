@@ -197,6 +197,8 @@ struct Plan {
     last_cap: u32,
     caps_mask: u64,
     new_netns: bool,
+    /// A pidfd of the process whose network namespace the container joins.
+    join_netns: Option<OwnedFd>,
     etc_binds: Vec<(&'static str, std::path::PathBuf)>,
     fuse: Option<FuseRootfs>,
 }
@@ -260,12 +262,20 @@ fn spawn_inner(
         Network::Private { .. } => Some(network::find_pasta()?),
         _ => None,
     };
+    // Opened before the fork: a recycled pid fails here, not half-way through the setup.
+    let join_netns = match &spec.network {
+        Network::Join { pid } => Some(sys::pidfd_open(*pid).map_err(|e| {
+            RunnerError::Invalid(format!("the container whose network is to be joined (pid {pid}) is not running: {e}"))
+        })?),
+        _ => None,
+    };
     let plan = Plan {
         userns,
         pts_gid5: spec.id_mapping.maps_gid(5),
         last_cap: caps::last_cap(),
         caps_mask: Cap::mask(&spec.capabilities),
-        new_netns: spec.network != Network::Host,
+        new_netns: matches!(spec.network, Network::None | Network::Private { .. }),
+        join_netns,
         etc_binds: write_etc_files(spec)?,
         fuse,
     };
@@ -473,6 +483,11 @@ fn intermediate(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
                 sys::cvt(libc::setresuid(0, 0, 0))
                     .map_err(|e| ChildError::setup(format!("setuid 0 in userns: {e}")))?;
             }
+        }
+        if let Some(target) = &plan.join_netns {
+            // SAFETY: single-threaded child; the pidfd is valid.
+            sys::cvt(unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) })
+                .map_err(|e| ChildError::setup(format!("join the other container's network namespace: {e}")))?;
         }
         let mut flags = libc::CLONE_PARENT | libc::CLONE_NEWNS;
         if spec.namespaces.pid {

@@ -283,6 +283,10 @@ pub enum Network {
     None,
     /// A new network namespace connected to the host by `pasta`, with published ports.
     Private { ports: Vec<PortForward> },
+    /// The network namespace of the running process `pid`: another container's init
+    /// (`--network container:NAME`). The caller must be in (or, as root, may be outside) the
+    /// user namespace that owns it.
+    Join { pid: i32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1317,6 +1317,53 @@ fn network_ls_and_inspect_show_the_builtin_networks() {
 }
 
 #[test]
+fn network_container_shares_another_containers_network() {
+    both(|e, who| {
+        let s = &e.s;
+        s.ok(&["run", "-d", "--name", "donor", &e.bb, "sleep", "600"]);
+        let donor_id = s.ok(&["inspect", "-f", "{{.Id}}", "donor"]).trim().to_string();
+        let in_donor = |cmd: &str| s.ok(&["exec", "donor", "sh", "-c", cmd]);
+        let look = "readlink /proc/self/ns/net; hostname; cat /etc/hosts /etc/resolv.conf";
+        let joined = s.ok(&["run", "--rm", "--network", "container:donor", &e.bb, "sh", "-c", look]);
+        assert_eq!(joined, in_donor(look), "{who}: the network namespace, hostname and /etc files are the donor's");
+        let own = s.ok(&["run", "--rm", &e.bb, "readlink", "/proc/self/ns/net"]);
+        assert_ne!(own, in_donor("readlink /proc/self/ns/net"), "{who}: without the flag, a namespace of its own");
+
+        // The donor's loopback is reachable (only the same namespace has it).
+        s.ok(&["exec", "-d", "donor", "sh", "-c", "echo from-donor | nc -l -p 7000"]);
+        let client = "for i in $(seq 100); do nc 127.0.0.1 7000 </dev/null && exit; sleep 0.1; done; exit 1";
+        let got = s.ok(&["run", "--rm", "--net", &format!("container:{donor_id}"), &e.bb, "sh", "-c", client]);
+        assert_eq!(got, "from-donor\n", "{who}: a client in the joined container reaches the donor's server");
+        let mode = s.ok(&["create", "--name", "joined", "--network", "container:donor", &e.bb, "true"]);
+        assert!(!mode.is_empty());
+        let mode = s.ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}} {{.Config.Hostname}}", "joined"]);
+        assert_eq!(mode.trim(), format!("container:{donor_id} {}", &donor_id[..12]), "{who}");
+
+        // Docker's checks: what would configure the shared network is refused;
+        // the donor must exist, and run when the container starts.
+        for (flags, message) in [
+            (&["-p", "8080:80"][..], "conflicting options: port publishing and the container type network mode"),
+            (&["--hostname", "x"][..], "conflicting options: hostname and the network mode"),
+            (&["--dns", "10.0.0.1"][..], "conflicting options: dns and the network mode"),
+            (&["--add-host", "a:10.0.0.1"][..], "conflicting options: custom host-to-IP mapping and the network mode"),
+        ] {
+            let mut args = vec!["run", "--rm", "--network", "container:donor"];
+            args.extend_from_slice(flags);
+            args.extend([e.bb.as_str(), "true"]);
+            let (code, err) = s.fails(&args);
+            assert_eq!(code, 125, "{who}: {flags:?}");
+            assert_mentions(&err, &[message], who);
+        }
+        let (_, err) = s.fails(&["run", "--rm", "--network", "container:nosuch", &e.bb, "true"]);
+        assert_mentions(&err, &["No such container: nosuch"], who);
+        s.ok(&["stop", "-t", "1", "donor"]);
+        let (_, err) = s.fails(&["start", "joined"]);
+        assert_mentions(&err, &["cannot join network of a non running container"], who);
+        s.ok(&["rm", "-f", "donor", "joined"]);
+    });
+}
+
+#[test]
 fn exec_reads_env_files_and_flags() {
     let e = setup(false);
     let s = &e.s;

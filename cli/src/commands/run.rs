@@ -21,6 +21,8 @@
 //! Networking default: `private` (own network namespace connected by pasta)
 //! when `pasta` is installed, like rootless Podman; otherwise `host`, with a
 //! warning, since there would be no other way to reach the network.
+//! `container:NAME` shares another container's network namespace (and, for
+//! an ordinary user, its user namespace: see `containers::spec`).
 
 use crate::containers::record::{self, Container, ContainerConfig, ContainerState, PortBinding};
 use crate::containers::{attach, images, names, supervisor, volumes};
@@ -91,7 +93,7 @@ pub struct CreateArgs {
     #[arg(long = "dns-option", value_name = "list")]
     #[serde(default)]
     pub dns_option: Vec<String>,
-    /// Connect a container to a network (private, host or none)
+    /// Connect a container to a network (private, host, none, or container:NAME to share another container's)
     #[arg(long = "network", alias = "net", value_name = "network")]
     pub network: Option<String>,
     /// Publish a container's port(s) to the host ([IP:]HOST:CTR[/PROTO])
@@ -249,6 +251,33 @@ fn daemon_error(code: i32, msg: impl std::fmt::Display) -> anyhow::Error {
     exit::with_code(code, None)
 }
 
+/// The container whose network `--network container:NAME` joins, after
+/// Docker's checks: it exists, and nothing is asked that would configure
+/// the network it shares (ports, hostname, DNS, hosts entries are the
+/// other container's). Whether it runs is checked at each start.
+fn joined_network(ctx: &Context, args: &CreateArgs, name: &str) -> Result<record::Container> {
+    let conflict = |what: &str| daemon_error(exit::STRATA_ERROR, format!("conflicting options: {what}"));
+    if !args.publish.is_empty() || args.publish_all {
+        return Err(conflict("port publishing and the container type network mode"));
+    }
+    if !args.expose.is_empty() {
+        return Err(conflict("port exposing and the container type network mode"));
+    }
+    if args.hostname.is_some() {
+        return Err(conflict("hostname and the network mode"));
+    }
+    if !args.dns.is_empty() || !args.dns_search.is_empty() || !args.dns_option.is_empty() {
+        return Err(conflict("dns and the network mode"));
+    }
+    if !args.add_host.is_empty() {
+        return Err(conflict("custom host-to-IP mapping and the network mode"));
+    }
+    if name.is_empty() {
+        return Err(daemon_error(exit::STRATA_ERROR, "--network container: needs a container name or ID"));
+    }
+    record::find(&ctx.layout, name).map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))
+}
+
 /// `strata create`: prints the new container's id.
 pub fn create(ctx: &Context, args: CreateArgs) -> Result<i32> {
     let c = create_container(ctx, args)?;
@@ -396,10 +425,14 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             }
         }
         Some(n @ ("private" | "host" | "none")) => n.to_string(),
+        Some(other) if other.starts_with("container:") => {
+            let donor = joined_network(ctx, &args, other.trim_start_matches("container:"))?;
+            format!("container:{}", donor.config.id)
+        }
         Some(other) => {
             return Err(daemon_error(
                 exit::STRATA_ERROR,
-                format!("network {other} not found (use private, host or none)"),
+                format!("network {other} not found (use private, host, none or container:NAME)"),
             ))
         }
     };
@@ -451,9 +484,13 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     }
     let id = record::new_id();
     let mounts = volumes::resolve_mounts(ctx, &args, &ic.volumes)?;
-    // Docker: the short id, or the host's name when sharing its network.
+    // Docker: the short id, or the host's name when sharing its network,
+    // or the other container's when sharing that.
     let hostname = match &args.hostname {
         Some(h) => h.clone(),
+        None if network.starts_with("container:") => {
+            record::find(&ctx.layout, network.trim_start_matches("container:"))?.config.hostname
+        }
         None if network == "host" || args.uts.as_deref() == Some("host") => nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_else(|_| id[..12].to_string()),

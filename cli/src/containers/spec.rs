@@ -51,15 +51,57 @@ impl<'a> SpecBuilder<'a> {
     /// range when /etc/subuid grants one) and a mount namespace, and moves
     /// this process into them, so that the union mount made next belongs
     /// to that namespace. As root: nothing to do.
+    ///
+    /// A container that shares another's network namespace joins that
+    /// container's user namespace instead (the kernel lets only a process
+    /// with CAP_SYS_ADMIN in the namespace's owner join it; Docker and
+    /// Podman share the user namespace for this too).
     pub fn enter_user_namespace(&self) -> Result<()> {
         if !self.ctx.rootless {
             return Ok(());
+        }
+        if let Some(donor) = self.network_donor()? {
+            return join_user_namespace(donor.pid);
         }
         let (mapping, note) = strata_runner::rootless_mapping();
         if let Some(n) = note {
             eprintln!("WARNING: {n}");
         }
         enter_user_namespace(&mapping).context("entering the container's user namespace")
+    }
+
+    /// The running init of the container whose network this one shares
+    /// (`--network container:ID`), if it does, unless that network is the
+    /// host's (then this container is simply on the host's network too).
+    fn network_donor(&self) -> Result<Option<crate::containers::record::Proc>> {
+        let Some(id) = self.c.config.network.strip_prefix("container:") else { return Ok(None) };
+        let find = |id: &str| {
+            crate::containers::record::find_fresh(&self.ctx.layout, id)
+                .with_context(|| format!("the container whose network {} shares", self.c.config.name))
+        };
+        let donor = find(id)?;
+        let Some(init) = donor.state.init.filter(|p| donor.running() && p.alive()) else {
+            bail!("cannot join network of a non running container: {id}")
+        };
+        // (A chain of such containers ends at one with a network of its own.)
+        let mut network = donor.config.network.clone();
+        for _ in 0..16 {
+            match network.strip_prefix("container:") {
+                Some(next) => network = find(next)?.config.network,
+                None => break,
+            }
+        }
+        Ok((network != "host").then_some(init))
+    }
+
+    /// Whether this container is on the host's network, itself or through
+    /// the container whose network it shares.
+    fn on_host_network(&self) -> Result<bool> {
+        Ok(match self.c.config.network.as_str() {
+            "host" => true,
+            n if n.starts_with("container:") => self.network_donor()?.is_none(),
+            _ => false,
+        })
     }
 
     pub fn build(&self) -> Result<Spec> {
@@ -151,8 +193,12 @@ impl<'a> SpecBuilder<'a> {
         if !limits.is_empty() || !self.ctx.rootless {
             spec.cgroup = Some(CgroupSpec { name: cfg.id.clone(), limits });
         }
+        if let Some(donor) = self.network_donor()? {
+            spec.network = Network::Join { pid: donor.pid };
+            return Ok(spec);
+        }
         spec.network = match cfg.network.as_str() {
-            "host" => Network::Host,
+            _ if self.on_host_network()? => Network::Host,
             "none" => Network::None,
             _ => Network::Private {
                 ports: cfg
@@ -298,7 +344,27 @@ fn enter_user_namespace(mapping: &IdMapping) -> Result<()> {
             }
         }
     }
-    unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+    own_mount_namespace()
+}
+
+/// Moves this (single-threaded) process into the user namespace of `pid`
+/// and a mount namespace of its own, as [`enter_user_namespace`] does with
+/// a new one.
+fn join_user_namespace(pid: i32) -> Result<()> {
+    use nix::sched::{setns, CloneFlags};
+    let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let theirs = format!("/proc/{pid}/ns/user");
+    if ns(&theirs).context("the other container's user namespace")? != ns("/proc/self/ns/user")? {
+        let f = std::fs::File::open(&theirs).context("opening the other container's user namespace")?;
+        setns(f, CloneFlags::CLONE_NEWUSER).context("joining the other container's user namespace")?;
+    }
+    own_mount_namespace()
+}
+
+/// A mount namespace of this process's own, in which mounts made now reach
+/// no other namespace.
+fn own_mount_namespace() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
     rustix::mount::mount_change(
         "/",
         rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
@@ -370,6 +436,9 @@ pub fn parse_sysctl(spec: &str, req: &crate::commands::run::CreateArgs) -> Resul
         if req.network.as_deref() == Some("host") {
             bail!("sysctl {key:?} is not allowed with --network host: it would change the host's");
         }
+        if req.network.as_deref().is_some_and(|n| n.starts_with("container:")) {
+            bail!("sysctl {key:?} is not allowed with --network container: it would change the other container's");
+        }
     } else if ipc {
         if req.ipc.as_deref() == Some("host") {
             bail!("sysctl {key:?} is not allowed with --ipc host: it would change the host's");
@@ -415,6 +484,12 @@ pub fn parse_device(spec: &str) -> Result<(std::path::PathBuf, String, String)> 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container.
 pub fn etc_files(c: &Container) -> EtcFiles {
     let cfg = &c.config;
+    // Sharing another container's network: its files (as in Docker).
+    if let Some(id) = cfg.network.strip_prefix("container:") {
+        if let Some(donor) = c.dir.parent().and_then(|d| crate::containers::record::read_dir_record(&d.join(id))) {
+            return EtcFiles { dir: c.dir.clone(), ..etc_files(&donor) };
+        }
+    }
     let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for h in &cfg.request.add_host {
         if let Some((name, ip)) = h.split_once(':').or_else(|| h.split_once('=')) {
