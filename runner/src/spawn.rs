@@ -197,8 +197,9 @@ struct Plan {
     last_cap: u32,
     caps_mask: u64,
     new_netns: bool,
-    /// A pidfd of the process whose network namespace the container joins.
+    /// pidfds of the processes whose network and pid namespaces the container joins.
     join_netns: Option<OwnedFd>,
+    join_pidns: Option<OwnedFd>,
     etc_binds: Vec<(&'static str, std::path::PathBuf)>,
     fuse: Option<FuseRootfs>,
 }
@@ -263,12 +264,16 @@ fn spawn_inner(
         _ => None,
     };
     // Opened before the fork: a recycled pid fails here, not half-way through the setup.
+    let donor = |pid: i32, what: &str| {
+        sys::pidfd_open(pid).map_err(|e| {
+            RunnerError::Invalid(format!("the container whose {what} is to be joined (pid {pid}) is not running: {e}"))
+        })
+    };
     let join_netns = match &spec.network {
-        Network::Join { pid } => Some(sys::pidfd_open(*pid).map_err(|e| {
-            RunnerError::Invalid(format!("the container whose network is to be joined (pid {pid}) is not running: {e}"))
-        })?),
+        Network::Join { pid } => Some(donor(*pid, "network")?),
         _ => None,
     };
+    let join_pidns = spec.namespaces.pid_of.map(|pid| donor(pid, "pid namespace")).transpose()?;
     let plan = Plan {
         userns,
         pts_gid5: spec.id_mapping.maps_gid(5),
@@ -276,6 +281,7 @@ fn spawn_inner(
         caps_mask: Cap::mask(&spec.capabilities),
         new_netns: matches!(spec.network, Network::None | Network::Private { .. }),
         join_netns,
+        join_pidns,
         etc_binds: write_etc_files(spec)?,
         fuse,
     };
@@ -484,13 +490,19 @@ fn intermediate(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
                     .map_err(|e| ChildError::setup(format!("setuid 0 in userns: {e}")))?;
             }
         }
-        if let Some(target) = &plan.join_netns {
-            // SAFETY: single-threaded child; the pidfd is valid.
-            sys::cvt(unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) })
-                .map_err(|e| ChildError::setup(format!("join the other container's network namespace: {e}")))?;
+        for (target, flag, what) in [
+            (&plan.join_netns, libc::CLONE_NEWNET, "network namespace"),
+            // (Taken by the children made from here on: the container process.)
+            (&plan.join_pidns, libc::CLONE_NEWPID, "pid namespace"),
+        ] {
+            if let Some(target) = target {
+                // SAFETY: single-threaded child; the pidfd is valid.
+                sys::cvt(unsafe { libc::setns(target.as_raw_fd(), flag) })
+                    .map_err(|e| ChildError::setup(format!("join the other container's {what}: {e}")))?;
+            }
         }
         let mut flags = libc::CLONE_PARENT | libc::CLONE_NEWNS;
-        if spec.namespaces.pid {
+        if spec.namespaces.pid && plan.join_pidns.is_none() {
             flags |= libc::CLONE_NEWPID;
         }
         if spec.namespaces.uts {

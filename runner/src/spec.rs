@@ -150,11 +150,17 @@ pub struct Namespaces {
     pub uts: bool,
     pub ipc: bool,
     pub cgroup: bool,
+    /// Instead of a new pid namespace: that of the running process `pid_of`, another
+    /// container's init (`--pid container:NAME`), in which the container's process is then not
+    /// pid 1. The caller must be in (or, as root, may be outside) the user namespace that owns
+    /// it.
+    #[serde(default)]
+    pub pid_of: Option<i32>,
 }
 
 impl Default for Namespaces {
     fn default() -> Self {
-        Namespaces { pid: true, uts: true, ipc: true, cgroup: false }
+        Namespaces { pid: true, uts: true, ipc: true, cgroup: false, pid_of: None }
     }
 }
 

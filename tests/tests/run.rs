@@ -1364,6 +1364,40 @@ fn network_container_shares_another_containers_network() {
 }
 
 #[test]
+fn pid_container_shares_another_containers_processes() {
+    both(|e, who| {
+        let s = &e.s;
+        s.ok(&["run", "-d", "--name", "donor", &e.bb, "sleep", "600"]);
+        let ps = "echo self $$; ps -o pid,args | grep -v -e ' ps ' -e PID -e '{ps}'; true";
+        let seen = s.ok(&["run", "--rm", "--pid", "container:donor", &e.bb, "sh", "-c", ps]);
+        let lines: Vec<&str> = seen.lines().map(str::trim).collect();
+        assert!(lines.contains(&"1 sleep 600"), "{who}: the donor's init is pid 1 here: {seen}");
+        assert!(lines[0].starts_with("self ") && lines[0] != "self 1", "{who}: this container's is not pid 1: {seen}");
+        s.ok(&["create", "--name", "sharer", "--pid", "container:donor", &e.bb, "true"]);
+        let donor_id = s.ok(&["inspect", "-f", "{{.Id}}", "donor"]).trim().to_string();
+        let mode = s.ok(&["inspect", "-f", "{{.HostConfig.PidMode}}", "sharer"]);
+        assert_eq!(mode.trim(), format!("container:{donor_id}"), "{who}");
+        let own = s.ok(&["run", "--rm", &e.bb, "sh", "-c", ps]);
+        assert!(!own.contains("sleep 600"), "{who}: without the flag, a pid namespace of its own: {own}");
+        let (_, err) = s.fails(&["run", "--rm", "--pid", "container:nosuch", &e.bb, "true"]);
+        assert_mentions(&err, &["No such container: nosuch"], who);
+        s.ok(&["run", "-d", "--name", "other", &e.bb, "sleep", "600"]);
+        let both_flags = ["run", "--rm", "--pid", "container:donor", "--network", "container:other", &e.bb, "true"];
+        if who.contains("strata-test") {
+            // One user namespace can be joined, so one donor.
+            let (_, err) = s.fails(&both_flags);
+            assert_mentions(&err, &["give --network and --pid the same container"], who);
+        } else {
+            s.ok(&both_flags);
+        }
+        s.ok(&["stop", "-t", "1", "donor"]);
+        let (_, err) = s.fails(&["run", "--rm", "--pid", "container:donor", &e.bb, "true"]);
+        assert_mentions(&err, &["cannot join PID namespace of a non running container"], who);
+        s.ok(&["rm", "-f", "donor", "other", "sharer"]);
+    });
+}
+
+#[test]
 fn exec_reads_env_files_and_flags() {
     let e = setup(false);
     let s = &e.s;

@@ -1365,6 +1365,9 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
     let host_config = json!({
         "Binds": cfg.request.volumes,
         "NetworkMode": cfg.network,
+        "PidMode": cfg.request.pid.clone().unwrap_or_default(),
+        "IpcMode": cfg.request.ipc.clone().unwrap_or_else(|| "private".into()),
+        "UTSMode": cfg.request.uts.clone().unwrap_or_default(),
         "PortBindings": port_bindings,
         "AutoRemove": cfg.request.rm,
         "CapAdd": cfg.request.cap_add,

@@ -192,7 +192,7 @@ pub struct CreateArgs {
     #[arg(long = "group-add", value_name = "list")]
     #[serde(default)]
     pub group_add: Vec<String>,
-    /// PID namespace to use ("host" shares the host's)
+    /// PID namespace to use ("host" shares the host's, "container:NAME" another container's)
     #[arg(long, value_name = "string")]
     #[serde(default)]
     pub pid: Option<String>,
@@ -340,16 +340,22 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             format!("Container ID file found, make sure the other container isn't running or delete {}", f.display()),
         ));
     }
+    if let Some(name) = args.pid.as_deref().and_then(|p| p.strip_prefix("container:")) {
+        let donor = record::find(&ctx.layout, name).map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;
+        args.pid = Some(format!("container:{}", donor.config.id));
+    }
     for (flag, value) in [("pid", &args.pid), ("ipc", &args.ipc), ("uts", &args.uts)] {
         match value.as_deref() {
             None | Some("") | Some("private") | Some("host") => {}
+            Some(p) if flag == "pid" && p.starts_with("container:") => {}
             Some(other) => {
+                let also = if flag == "pid" { ", container:NAME" } else { "" };
                 return Err(daemon_error(
                     exit::STRATA_ERROR,
                     format!(
-                        "invalid --{flag} {other:?}: strata supports \"host\" (or the default, a namespace of its own)"
+                        "invalid --{flag} {other:?}: strata supports \"host\"{also} (or the default, a namespace of its own)"
                     ),
-                ))
+                ));
             }
         }
     }
@@ -436,6 +442,15 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             ))
         }
     };
+    if let (Some(net), Some(pid)) = (network.strip_prefix("container:"), args.pid.as_deref()) {
+        if ctx.rootless && pid.strip_prefix("container:").is_some_and(|p| p != net) {
+            return Err(daemon_error(
+                exit::STRATA_ERROR,
+                "an ordinary user's container shares namespaces with one other container only \
+                 (its user namespace): give --network and --pid the same container",
+            ));
+        }
+    }
     if network != "private" && !ports.is_empty() {
         eprintln!("WARNING: Published ports are discarded when using {network} network mode");
     }

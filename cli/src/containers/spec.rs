@@ -3,7 +3,7 @@
 //! runner's [`Spec`] (command, environment, user, mounts, capabilities,
 //! limits, network, /etc files).
 
-use crate::containers::record::Container;
+use crate::containers::record::{Container, Proc};
 use crate::context::Context;
 use anyhow::{bail, Context as _, Result};
 use std::os::fd::AsFd;
@@ -60,7 +60,7 @@ impl<'a> SpecBuilder<'a> {
         if !self.ctx.rootless {
             return Ok(());
         }
-        if let Some(donor) = self.network_donor()? {
+        if let Some(donor) = self.network_donor()?.or(self.pid_donor()?) {
             return join_user_namespace(donor.pid);
         }
         let (mapping, note) = strata_runner::rootless_mapping();
@@ -73,25 +73,40 @@ impl<'a> SpecBuilder<'a> {
     /// The running init of the container whose network this one shares
     /// (`--network container:ID`), if it does, unless that network is the
     /// host's (then this container is simply on the host's network too).
-    fn network_donor(&self) -> Result<Option<crate::containers::record::Proc>> {
+    fn network_donor(&self) -> Result<Option<Proc>> {
         let Some(id) = self.c.config.network.strip_prefix("container:") else { return Ok(None) };
-        let find = |id: &str| {
-            crate::containers::record::find_fresh(&self.ctx.layout, id)
-                .with_context(|| format!("the container whose network {} shares", self.c.config.name))
-        };
-        let donor = find(id)?;
-        let Some(init) = donor.state.init.filter(|p| donor.running() && p.alive()) else {
-            bail!("cannot join network of a non running container: {id}")
-        };
+        let (donor, init) = self.running_donor(id, "network")?;
         // (A chain of such containers ends at one with a network of its own.)
-        let mut network = donor.config.network.clone();
+        let mut network = donor.config.network;
         for _ in 0..16 {
             match network.strip_prefix("container:") {
-                Some(next) => network = find(next)?.config.network,
+                Some(next) => network = self.donor(next, "network")?.config.network,
                 None => break,
             }
         }
         Ok((network != "host").then_some(init))
+    }
+
+    /// The running init of the container whose pid namespace this one
+    /// shares (`--pid container:ID`), if it does.
+    fn pid_donor(&self) -> Result<Option<Proc>> {
+        let Some(id) = self.c.config.request.pid.as_deref().and_then(|p| p.strip_prefix("container:")) else {
+            return Ok(None);
+        };
+        Ok(Some(self.running_donor(id, "PID namespace")?.1))
+    }
+
+    fn donor(&self, id: &str, what: &str) -> Result<Container> {
+        crate::containers::record::find_fresh(&self.ctx.layout, id)
+            .with_context(|| format!("the container whose {what} {} shares", self.c.config.name))
+    }
+
+    fn running_donor(&self, id: &str, what: &str) -> Result<(Container, Proc)> {
+        let donor = self.donor(id, what)?;
+        match donor.state.init.filter(|p| donor.running() && p.alive()) {
+            Some(init) => Ok((donor, init)),
+            None => bail!("cannot join {what} of a non running container: {id}"),
+        }
     }
 
     /// Whether this container is on the host's network, itself or through
@@ -133,6 +148,7 @@ impl<'a> SpecBuilder<'a> {
         spec.hostname = cfg.hostname.clone();
         let host = |v: &Option<String>| v.as_deref() == Some("host");
         spec.namespaces.pid = !host(&req.pid);
+        spec.namespaces.pid_of = self.pid_donor()?.map(|p| p.pid);
         spec.namespaces.ipc = !host(&req.ipc);
         spec.namespaces.uts = !host(&req.uts);
         if host(&req.uts) {
