@@ -1398,6 +1398,60 @@ fn pid_container_shares_another_containers_processes() {
 }
 
 #[test]
+fn volumes_from_mounts_another_containers_volumes() {
+    both(|e, who| {
+        let s = &e.s;
+        let host = host_dir(s, "shared");
+        std::fs::write(host.join("h"), "on the host\n").unwrap();
+        chown_to_user(s, &host.join("h"));
+        let bind = format!("{}:/hostdata:ro", host.display());
+        s.ok(&["create", "--name", "keeper", "-v", "named:/data", "-v", "/anon", "-v", &bind, "--tmpfs", "/scratch"]
+            .into_iter()
+            .chain([e.bb.as_str(), "true"])
+            .collect::<Vec<_>>());
+        s.ok(&["run", "--rm", "--volumes-from", "keeper", &e.bb, "sh", "-c", "echo n > /data/f; echo a > /anon/f"]);
+        // Another container sees what the first wrote, and the bind in its mode.
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "--volumes-from",
+            "keeper",
+            &e.bb,
+            "sh",
+            "-c",
+            "cat /data/f /anon/f /hostdata/h; touch /hostdata/x 2>/dev/null || echo ro; ls -d /scratch 2>/dev/null || echo no tmpfs",
+        ]);
+        assert_eq!(out, "n\na\non the host\nro\nno tmpfs\n", "{who}");
+        // :ro makes all of them read-only; an explicit -v wins for its path.
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "--volumes-from",
+            "keeper:ro",
+            "-v",
+            "other:/data",
+            &e.bb,
+            "sh",
+            "-c",
+            "touch /anon/g 2>/dev/null || echo ro; ls /data",
+        ]);
+        assert_eq!(out, "ro\n", "{who}: read-only, and /data is the volume named other (empty)");
+        // rm -v of a container that got them removes none of them.
+        s.ok(&["create", "--name", "borrower", "--volumes-from", "keeper", &e.bb, "true"]);
+        let mounts = s.ok(&["inspect", "-f", "{{range .Mounts}}{{.Destination}} {{end}}", "borrower"]);
+        assert_eq!(mounts.trim(), "/data /anon /hostdata", "{who}");
+        s.ok(&["rm", "-v", "borrower"]);
+        assert_eq!(s.ok(&["run", "--rm", "--volumes-from", "keeper", &e.bb, "cat", "/anon/f"]), "a\n", "{who}");
+        let (_, err) = s.fails(&["run", "--rm", "--volumes-from", "nosuch", &e.bb, "true"]);
+        assert_mentions(&err, &["No such container: nosuch"], who);
+        let (_, err) = s.fails(&["run", "--rm", "--volumes-from", "keeper:rx", &e.bb, "true"]);
+        assert_mentions(&err, &["invalid mode: rx"], who);
+        s.ok(&["rm", "-v", "keeper"]);
+        s.ok(&["volume", "rm", "named"]);
+    });
+}
+
+#[test]
 fn exec_reads_env_files_and_flags() {
     let e = setup(false);
     let s = &e.s;

@@ -73,6 +73,10 @@ pub struct CreateArgs {
     /// Mount a tmpfs directory (PATH[:OPTIONS])
     #[arg(long = "tmpfs", value_name = "list")]
     pub tmpfs: Vec<String>,
+    /// Mount volumes from the specified container(s) (CONTAINER[:ro|:rw])
+    #[arg(long = "volumes-from", value_name = "list")]
+    #[serde(default)]
+    pub volumes_from: Vec<String>,
     /// Mount the container's root filesystem as read only
     #[arg(long = "read-only")]
     pub read_only: bool,

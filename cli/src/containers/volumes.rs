@@ -178,6 +178,23 @@ pub fn resolve_mounts(ctx: &Context, args: &CreateArgs, image_volumes: &[String]
         };
         push(m, &mut out)?;
     }
+    // --volumes-from: the other container's volumes and binds where nothing
+    // above mounts, in its mode unless `:ro`/`:rw` says. They stay its
+    // own: `rm -v` of this container removes none of them.
+    for spec in &args.volumes_from {
+        let (name, mode) = match spec.rsplit_once(':') {
+            Some((name, mode @ ("ro" | "rw"))) => (name, Some(mode == "rw")),
+            Some((_, mode)) => bail!("invalid mode: {mode} (in --volumes-from {spec}: use ro or rw)"),
+            None => (spec.as_str(), None),
+        };
+        let donor = crate::containers::record::find(&ctx.layout, name)?;
+        for m in donor.config.mounts.iter().filter(|m| m.kind != "tmpfs") {
+            if out.iter().any(|o| o.destination == m.destination) {
+                continue;
+            }
+            out.push(MountRecord { rw: mode.unwrap_or(m.rw), anonymous: false, ..m.clone() });
+        }
+    }
     for v in image_volumes {
         let dest = clean_target(v)?;
         if out.iter().any(|m| m.destination == dest) {
