@@ -123,6 +123,49 @@ fn cp_into_and_out_of_running_and_stopped_containers() {
 }
 
 #[test]
+fn cp_reaches_the_volumes_of_a_stopped_container() {
+    for unprivileged in [false, true] {
+        let who = if unprivileged { "as strata-test" } else { "as root" };
+        let (_reg, s, image) = store_with_fixture("busybox", unprivileged);
+        let host = host_tree(&s);
+        let src = host.join("src");
+        let ro = host.join("ro");
+        fs::create_dir_all(&ro).unwrap();
+        let ro_arg = format!("{}:/ro:ro", ro.display());
+        s.ok(&["create", "--name", "box", "-v", "keep:/data", "-v", &ro_arg, &image, "sleep", "600"]);
+
+        // Into the stopped container's volume: the volume has it, not its tree.
+        cp(&s, host_arg(&src.join("a.txt")), "box:/data/a.txt");
+        cp(&s, host_arg(&src.join("sub")), "box:/data");
+        let diff = s.ok(&["diff", "box"]);
+        assert!(!diff.contains("/data/"), "{who}: nothing lands under the volume's mount point: {diff}");
+        s.ok(&["start", "box"]);
+        let seen = s.ok(&["exec", "box", "sh", "-c", "cat /data/a.txt /data/sub/b"]);
+        assert_eq!(seen, "alpha\nbeta\n", "{who}: the running container sees the copies in its volume");
+        s.ok(&["stop", "-t", "1", "box"]);
+
+        // Out of it: the volume's root keeps its name; `/.` copies its contents.
+        let out = s.base().join("out");
+        fs::create_dir_all(&out).unwrap();
+        if unprivileged {
+            run_tool(std::process::Command::new("chown").arg(TEST_USER).arg(&out));
+        }
+        cp(&s, "box:/data", host_arg(&out));
+        assert_eq!(fs::read_to_string(out.join("data/sub/b")).unwrap(), "beta\n", "{who}");
+        cp(&s, "box:/data/.", host_arg(&out.join("contents")));
+        assert_eq!(fs::read_to_string(out.join("contents/a.txt")).unwrap(), "alpha\n", "{who}");
+
+        // A read-only mount is refused as Docker refuses it, and left as it was.
+        let bad = s.run(&[std::ffi::OsStr::new("cp"), src.join("a.txt").as_os_str(), "box:/ro/x".as_ref()]);
+        assert!(!bad.status.success(), "{who}");
+        assert_mentions(&String::from_utf8_lossy(&bad.stderr), &["mounted volume is marked read-only"], who);
+        assert!(!ro.join("x").exists(), "{who}");
+        s.ok(&["rm", "-f", "box"]);
+        s.ok(&["volume", "rm", "keep"]);
+    }
+}
+
+#[test]
 fn cp_refusals_read_like_dockers() {
     let (_reg, s, image) = store_with_fixture("busybox", false);
     let host = host_tree(&s);

@@ -5,9 +5,12 @@
 //! The container side is a directory fd of its root: `/proc/PID/root` of a
 //! running container's init (as an ordinary user after joining its user
 //! namespace, where its FUSE mount lives), or a `strata mount` of a stopped
-//! one made for the copy. Every path in the container is resolved against
-//! that fd with RESOLVE_IN_ROOT, so its symlinks (`/etc -> /`, `x -> ../..`)
-//! stay inside it; below the starting point, trees are walked and written
+//! one made for the copy, whose volumes and directory binds are reached
+//! through their own directories (as Docker mounts them for the copy; one
+//! mounted read-only is not written). Every path in the container is
+//! resolved against that fd with RESOLVE_IN_ROOT, so its symlinks (`/etc ->
+//! /`, `x -> ../..`) stay inside it; below the starting point, trees are
+//! walked and written
 //! one component at a time with O_NOFOLLOW: no symlink of either side is
 //! ever followed, except the source itself with `-L`.
 //!
@@ -89,28 +92,31 @@ fn copy_between(ctx: &Context, a: CpArgs) -> Result<i32> {
         (Side::Host(_), Side::Host(_)) => Err(fail("must specify at least one container source".into())),
         (Side::Container { key, path }, Side::Host(dest)) => {
             let root = ContainerRoot::open(ctx, &key)?;
-            let src = Place { root: Some(root.fd.as_fd()), path: container_path(&path), container: Some(&key) };
+            let src = root.place(&path, &key);
             let copied = if dest == "-" {
-                let top = base_name(&src.path);
+                let top = base_name(&src.typed);
                 let mut out = Counted { inner: io::stdout().lock(), bytes: 0 };
                 archive(&src, top.as_deref(), a.follow_link, &mut out)?;
                 out.bytes
             } else {
-                copy(&src, &Place { root: None, path: PathBuf::from(&dest), container: None }, &a, false)?
+                copy(&src, &Place::host(&dest), &a, false)?
             };
             done(&a, copied, &dest);
             Ok(0)
         }
         (Side::Host(src), Side::Container { key, path }) => {
             let root = ContainerRoot::open(ctx, &key)?;
-            let dest = Place { root: Some(root.fd.as_fd()), path: container_path(&path), container: Some(&key) };
+            let dest = root.place(&path, &key);
+            if dest.read_only {
+                return Err(fail("Error response from daemon: mounted volume is marked read-only".into()));
+            }
             let copied = if src == "-" {
                 let dir = dest.open_dir()?;
                 let mut input = Counted { inner: io::stdin().lock(), bytes: 0 };
                 extract(&mut input, dir.as_fd(), &owners(&a, !root.creates_as_root))?;
                 input.bytes
             } else {
-                let host = Place { root: None, path: PathBuf::from(&src), container: None };
+                let host = Place::host(&src);
                 copy(&host, &dest, &a, !root.creates_as_root)?
             };
             done(&a, copied, &format!("{key}:{path}"));
@@ -177,6 +183,10 @@ struct ContainerRoot<'c> {
     /// already: an ordinary user's mount of a stopped container shows the
     /// user as that root (and the user may not chown).
     creates_as_root: bool,
+    /// A stopped container's volumes and directory binds (a running one's
+    /// are in its root already): where they are mounted (relative to the
+    /// root), their directory and whether they are mounted read-only.
+    volumes: Vec<(PathBuf, OwnedFd, bool)>,
 }
 
 impl<'c> ContainerRoot<'c> {
@@ -197,7 +207,20 @@ impl<'c> ContainerRoot<'c> {
                     .context("joining the container's user namespace")?;
             }
             let fd = open_dir(Path::new(&format!("/proc/{}/root", init.pid)))?;
-            return Ok(ContainerRoot { fd, ctx, made: None, creates_as_root: false });
+            return Ok(ContainerRoot { fd, ctx, made: None, creates_as_root: false, volumes: Vec::new() });
+        }
+        // As Docker mounts them for the copy. (A file bind is not looked
+        // into: the path stays in the container's own tree.)
+        let mut volumes = Vec::new();
+        for m in c.config.mounts.iter().filter(|m| m.kind == "volume" || m.kind == "bind") {
+            let dir = rustix::fs::open(
+                &m.source,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            );
+            if let Ok(fd) = dir {
+                volumes.push((PathBuf::from(m.destination.trim_start_matches('/')), fd, !m.rw));
+            }
         }
         let args = MountArgs {
             rw: false,
@@ -210,9 +233,54 @@ impl<'c> ContainerRoot<'c> {
             dir: None,
         };
         let mounted = mount_target(ctx, &args).context("mounting the stopped container for the copy")?;
-        let root =
-            ContainerRoot { fd: open_dir(&mounted.dir)?, ctx, made: mounted.made, creates_as_root: ctx.rootless };
-        Ok(root)
+        let fd = open_dir(&mounted.dir)?;
+        Ok(ContainerRoot { fd, ctx, made: mounted.made, creates_as_root: ctx.rootless, volumes })
+    }
+
+    /// `typed` (a path in the container as the user gave it) as a place to
+    /// open: below the volume mounted deepest on its way, if any, else
+    /// below the root. The volume is found from the path as written, with
+    /// `.` and `..` taken lexically; a symlink of the container's own tree
+    /// that leads into a volume is not followed there.
+    fn place<'r>(&'r self, typed: &str, key: &'r str) -> Place<'r> {
+        let typed_rel = container_path(typed);
+        let mut parts: Vec<&OsStr> = Vec::new();
+        for c in Path::new(typed).components() {
+            match c {
+                std::path::Component::Normal(n) => parts.push(n),
+                std::path::Component::ParentDir => {
+                    parts.pop();
+                }
+                _ => {}
+            }
+        }
+        let normal: PathBuf = parts.iter().collect();
+        let volume = self
+            .volumes
+            .iter()
+            .filter(|(dest, _, _)| normal.starts_with(dest))
+            .max_by_key(|(d, _, _)| d.components().count());
+        let Some((dest, fd, read_only)) = volume else {
+            return Place {
+                root: Some(self.fd.as_fd()),
+                path: typed_rel.clone(),
+                typed: typed_rel,
+                container: Some(key),
+                read_only: false,
+            };
+        };
+        let mut rest = normal.strip_prefix(dest).unwrap_or(Path::new("")).as_os_str().as_bytes().to_vec();
+        if rest.is_empty() {
+            rest.push(b'.');
+        }
+        // Docker's rules read the trailing `/.` and `/` of the path as typed.
+        if typed.ends_with("/.") {
+            rest.extend_from_slice(b"/.");
+        } else if typed.ends_with('/') {
+            rest.push(b'/');
+        }
+        let path = PathBuf::from(OsStr::from_bytes(&rest));
+        Place { root: Some(fd.as_fd()), path, typed: typed_rel, container: Some(key), read_only: *read_only }
     }
 }
 
@@ -231,15 +299,26 @@ impl Drop for ContainerRoot<'_> {
     }
 }
 
-/// A path on one side: relative to a container's root fd, or on the host.
+/// A path on one side: relative to a container's root fd (or to a volume
+/// of a stopped container), or on the host.
 struct Place<'r> {
     root: Option<BorrowedFd<'r>>,
+    /// What is opened, below `root`.
     path: PathBuf,
+    /// The path as typed (relative to the container's root): what names
+    /// are taken from, and what messages show.
+    typed: PathBuf,
     /// The container as the user named it (for messages).
     container: Option<&'r str>,
+    /// In a volume or bind mounted read-only.
+    read_only: bool,
 }
 
 impl Place<'_> {
+    fn host(path: &str) -> Place<'static> {
+        Place { root: None, path: PathBuf::from(path), typed: PathBuf::from(path), container: None, read_only: false }
+    }
+
     /// Opens the path (O_PATH, or with `flags`), following a final symlink
     /// only when `follow`. In a container, symlinks resolve inside it.
     fn open(&self, flags: OFlags, follow: bool) -> io::Result<OwnedFd> {
@@ -265,13 +344,20 @@ impl Place<'_> {
 
     fn parent(&self) -> Place<'_> {
         let parent = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        Place { root: self.root, path: parent.to_path_buf(), container: self.container }
+        let typed = self.typed.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Place {
+            root: self.root,
+            path: parent.to_path_buf(),
+            typed: typed.to_path_buf(),
+            container: self.container,
+            read_only: self.read_only,
+        }
     }
 
     fn shown(&self) -> String {
         match self.root {
-            Some(_) => format!("/{}", self.path.display()).replace("/./", "/").replace("//", "/"),
-            None => self.path.display().to_string(),
+            Some(_) => format!("/{}", self.typed.display()).replace("/./", "/").replace("//", "/"),
+            None => self.typed.display().to_string(),
         }
     }
 }
@@ -304,15 +390,15 @@ fn copy(src: &Place, dest: &Place, a: &CpArgs, chown_to_root: bool) -> Result<u6
         }
     })?;
     let src_is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-    let trailing_slash = src.path.as_os_str().as_bytes().ends_with(b"/");
+    let trailing_slash = src.typed.as_os_str().as_bytes().ends_with(b"/");
     if trailing_slash && !src_is_dir {
         bail!("{} is not a directory", src.shown());
     }
-    let dest_slash = dest.path.as_os_str().as_bytes().ends_with(b"/");
+    let dest_slash = dest.typed.as_os_str().as_bytes().ends_with(b"/");
     let (dir, top) = match dest.stat(true) {
-        Ok(d) if FileType::from_raw_mode(d.st_mode) == FileType::Directory => (dest.open_dir()?, base_name(&src.path)),
+        Ok(d) if FileType::from_raw_mode(d.st_mode) == FileType::Directory => (dest.open_dir()?, base_name(&src.typed)),
         Ok(_) if src_is_dir => bail!("cannot copy a directory to a file: {}", dest.shown()),
-        Ok(_) => (dest.parent().open_dir()?, dest.path.file_name().map(PathBuf::from)),
+        Ok(_) => (dest.parent().open_dir()?, dest.typed.file_name().map(PathBuf::from)),
         Err(_) if dest_slash && !src_is_dir => {
             bail!("{}: no such directory", dest.shown())
         }
@@ -320,7 +406,7 @@ fn copy(src: &Place, dest: &Place, a: &CpArgs, chown_to_root: bool) -> Result<u6
             let parent = dest.parent();
             let dir =
                 parent.open_dir().map_err(|_| anyhow::anyhow!("{}: no such file or directory", parent.shown()))?;
-            (dir, dest.path.file_name().map(PathBuf::from))
+            (dir, dest.typed.file_name().map(PathBuf::from))
         }
     };
     // The archive is made by one thread and extracted by this one.
