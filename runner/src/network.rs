@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::error::RunnerError;
-use crate::spec::{PortForward, Protocol};
+use crate::spec::{BridgeAttachment, PortForward, Protocol};
 use crate::sys;
 
 /// Find `pasta` in PATH.
@@ -208,6 +208,55 @@ pub(crate) fn loopback_up() -> io::Result<()> {
         if res == -1 {
             return Err(err);
         }
+    }
+    Ok(())
+}
+
+/// Connects the network namespace of `pid` to a bridge (see [`BridgeAttachment`]): the veth is
+/// made in the bridge's namespace with its peer moved into the container's, then addressed and
+/// brought up there. `ip` (iproute2) does the netlink work, run in each namespace in turn.
+pub(crate) fn attach_bridge(pid: libc::pid_t, att: &BridgeAttachment) -> Result<(), RunnerError> {
+    let BridgeAttachment { holder_pid, bridge, host_veth, interface, address } = att;
+    ip_in(
+        *holder_pid,
+        &format!(
+            "link add {host_veth} type veth peer name {interface} netns {pid}\n\
+             link set {host_veth} master {bridge}\nlink set {host_veth} up\n"
+        ),
+    )?;
+    ip_in(pid, &format!("addr add {address} dev {interface}\nlink set {interface} up\n"))
+}
+
+/// Runs `ip -batch -` with `commands` in the network namespace of `pid`.
+fn ip_in(pid: libc::pid_t, commands: &str) -> Result<(), RunnerError> {
+    use std::io::Write;
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| RunnerError::Network(format!("open the network namespace of {pid}: {e}")))?;
+    let fd = ns.as_raw_fd();
+    let mut cmd = Command::new("ip");
+    cmd.args(["-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: setns and close_range between fork and exec (raw syscalls).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            crate::sys::cloexec_from(3)
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| RunnerError::Network(format!("run ip (install iproute2 for user-defined networks): {e}")))?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(commands.as_bytes()).map_err(|e| RunnerError::Network(format!("write to ip: {e}")))?;
+    }
+    let out = child.wait_with_output().map_err(|e| RunnerError::Network(format!("wait for ip: {e}")))?;
+    drop(ns);
+    if !out.status.success() {
+        return Err(RunnerError::Network(format!(
+            "connecting to the network's bridge: ip: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(())
 }

@@ -363,6 +363,9 @@ fn start(
         if let (Some(pasta), Network::Private { ports }) = (pasta, &spec.network) {
             started_pasta = Some(network::start_pasta(pasta, pid, process.pidfd(), plan.userns, ports)?);
         }
+        if let Some(att) = &spec.bridge {
+            network::attach_bridge(pid, att)?;
+        }
         send(sock, MSG_GO)?;
         loop {
             let (n, fd) = recv(sock, &mut buf)?;

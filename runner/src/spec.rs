@@ -71,6 +71,10 @@ pub struct Spec {
     pub sys_rw: bool,
     pub cgroup: Option<CgroupSpec>,
     pub network: Network,
+    /// A second interface on a bridge in another network namespace (a user-defined network),
+    /// set up after the network namespace exists (as pasta is) and before the command runs.
+    #[serde(default)]
+    pub bridge: Option<BridgeAttachment>,
     /// Size of /dev/shm in bytes (Docker's default: 64 MiB).
     #[serde(default)]
     pub shm_size: Option<u64>,
@@ -106,6 +110,7 @@ impl Spec {
             sys_rw: false,
             cgroup: None,
             network: Network::Host,
+            bridge: None,
             shm_size: None,
             sysctls: Vec::new(),
         }
@@ -293,6 +298,19 @@ pub enum Network {
     /// (`--network container:NAME`). The caller must be in (or, as root, may be outside) the
     /// user namespace that owns it.
     Join { pid: i32 },
+}
+
+/// A veth between the container's network namespace and a bridge in the network namespace of
+/// process `holder_pid`: `host_veth` on the bridge `bridge` there, `interface` with `address`
+/// (`A.B.C.D/N`) in the container. The caller must have CAP_SYS_ADMIN and CAP_NET_ADMIN over
+/// both namespaces (root, or root of the user namespace that owns them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeAttachment {
+    pub holder_pid: i32,
+    pub bridge: String,
+    pub host_veth: String,
+    pub interface: String,
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

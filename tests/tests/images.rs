@@ -227,12 +227,16 @@ fn system_prune_removes_stopped_containers_dangling_images_and_volumes() {
     assert!(err.contains("invalid filter 'until=1h'"), "{err}");
     let out = s.ok(&["system", "prune"]); // no answer on stdin: nothing is removed
     assert!(
-        out.starts_with("WARNING! This will remove:\n  - all stopped containers\n  - all dangling images\n"),
+        out.starts_with(
+            "WARNING! This will remove:\n  - all stopped containers\n  - all networks not used by at least one container\n  - all dangling images\n"
+        ),
         "{out}"
     );
     assert_eq!(s.ok(&["ps", "-aq"]).lines().count(), 2);
 
+    s.ok(&["network", "create", "unused"]);
     let out = s.ok(&["system", "prune", "-f"]);
+    assert!(out.contains("Deleted Networks:\nunused\n"), "an unused network goes too: {out}");
     let stopped = s.ok(&["images", "-q"]);
     assert!(out.starts_with("Deleted Containers:\n"), "{out}");
     assert!(out.contains(&format!("deleted: {}", t.bb_img.config_digest)), "the dangling image goes with it: {out}");

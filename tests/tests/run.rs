@@ -1308,8 +1308,8 @@ fn network_ls_and_inspect_show_the_builtin_networks() {
     let id = s.ok(&["inspect", "-f", "{{.Id}}", "member"]);
     let inspected = s.ok(&["network", "inspect", "bridge"]);
     assert!(inspected.contains(id.trim()), "the running container is on the bridge network: {inspected}");
-    let (_, err) = s.fails(&["network", "create", "mine"]);
-    assert!(err.contains("user-defined networks are not supported"), "{err}");
+    let (_, err) = s.fails(&["network", "connect", "mine", "member"]);
+    assert!(err.contains("not supported by strata yet"), "{err}");
     let (code, err) = s.fails(&["network", "inspect", "nosuch"]);
     assert_eq!(code, 1);
     assert!(err.contains("network nosuch not found"), "{err}");
@@ -1448,6 +1448,70 @@ fn volumes_from_mounts_another_containers_volumes() {
         assert_mentions(&err, &["invalid mode: rx"], who);
         s.ok(&["rm", "-v", "keeper"]);
         s.ok(&["volume", "rm", "named"]);
+    });
+}
+
+#[test]
+fn user_defined_networks_connect_their_containers_by_name() {
+    both(|e, who| {
+        let s = &e.s;
+        let id = s.ok(&["network", "create", "n1"]);
+        assert_eq!(id.trim().len(), 64, "{who}: create prints the id: {id}");
+        let (_, err) = s.fails(&["network", "create", "n1"]);
+        assert_mentions(&err, &["network with name n1 already exists"], who);
+        s.ok(&["network", "create", "--subnet", "10.123.0.0/24", "n2"]);
+        let names =
+            parse_table(&s.ok(&["network", "ls"])).into_iter().skip(1).map(|r| r[1].clone()).collect::<Vec<_>>();
+        assert_eq!(names, ["bridge", "host", "none", "n1", "n2"], "{who}");
+        let ipam = s.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "n2"]);
+        assert_eq!(ipam.trim(), r#"[{"Gateway":"10.123.0.1","Subnet":"10.123.0.0/24"}]"#, "{who}");
+
+        // A server on n1, reached by name from another container on n1.
+        s.ok(&[
+            "run",
+            "-d",
+            "--name",
+            "srv",
+            "--network",
+            "n1",
+            &e.bb,
+            "sh",
+            "-c",
+            "echo from-srv | nc -l -p 80; sleep 600",
+        ]);
+        let client = "for i in $(seq 100); do nc srv 80 </dev/null && exit; sleep 0.1; done; exit 1";
+        assert_eq!(s.ok(&["run", "--rm", "--network", "n1", &e.bb, "sh", "-c", client]), "from-srv\n", "{who}");
+        // Not from another network, nor from the default one.
+        for other in ["n2", "bridge"] {
+            let out = s.run(&["run", "--rm", "--network", other, &e.bb, "sh", "-c", "nc -w 1 srv 80 </dev/null"]);
+            assert!(!out.status.success(), "{who}: srv is not reachable from {other}");
+        }
+        let ip = s.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.n1.IPAddress}}", "srv"]);
+        assert!(ip.trim().starts_with("10.89.") && ip.trim().ends_with(".2"), "{who}: {ip}");
+        let members =
+            s.ok(&["network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{.IPv4Address}}{{end}}", "n1"]);
+        assert_eq!(members.trim(), format!("srv {}/24", ip.trim()), "{who}");
+
+        // A later member is named in the running members' /etc/hosts, until it stops.
+        s.ok(&["run", "-d", "--name", "late", "--network", "n1", &e.bb, "sleep", "600"]);
+        assert!(s.ok(&["exec", "srv", "cat", "/etc/hosts"]).contains("\tlate "), "{who}: srv knows late");
+        assert!(s.ok(&["exec", "late", "cat", "/etc/hosts"]).contains("\tsrv "), "{who}: late knows srv");
+        s.ok(&["rm", "-f", "late"]);
+        wait_until("late leaves srv's /etc/hosts", std::time::Duration::from_secs(10), || {
+            !s.ok(&["exec", "srv", "cat", "/etc/hosts"]).contains("\tlate ")
+        });
+
+        // In use, a network stays; unused, it goes.
+        let (code, err) = s.fails(&["network", "rm", "n1"]);
+        assert_eq!(code, 1, "{who}");
+        assert_mentions(&err, &["has active endpoints"], who);
+        let (_, err) = s.fails(&["run", "--rm", "--network", "nosuch", &e.bb, "true"]);
+        assert_mentions(&err, &["network nosuch not found"], who);
+        s.ok(&["rm", "-f", "srv"]);
+        assert_eq!(s.ok(&["network", "rm", "n1"]), "n1\n", "{who}");
+        let pruned = s.ok(&["network", "prune", "-f"]);
+        assert_eq!(pruned, "Deleted Networks:\nn2\n", "{who}");
+        assert_eq!(parse_table(&s.ok(&["network", "ls"])).len(), 4, "{who}: the built-in networks are left");
     });
 }
 

@@ -84,6 +84,9 @@ pub enum ContainerCommand {
         #[arg(long)]
         attach: bool,
     },
+    /// Internal: hold a user-defined network's namespaces (started with its first member)
+    #[command(hide = true)]
+    InternalNetworkHolder { name: String },
 }
 
 #[derive(Subcommand)]
@@ -385,6 +388,7 @@ pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Volume(v) => crate::commands::volume::run(ctx, v),
         ContainerCommand::Network(n) => crate::commands::network::run(ctx, n),
         ContainerCommand::InternalSupervise { id, attach } => supervisor::supervise_main(ctx, &id, attach),
+        ContainerCommand::InternalNetworkHolder { name } => crate::containers::networks::holder_main(ctx, &name),
     }
 }
 
@@ -472,7 +476,7 @@ pub fn status_text(c: &Container) -> String {
 
 /// Docker's PORTS column.
 pub fn ports_text(c: &Container) -> String {
-    if c.running() && c.config.network == "private" && !c.config.ports.is_empty() {
+    if c.running() && c.config.uses_pasta() && !c.config.ports.is_empty() {
         c.config
             .ports
             .iter()
@@ -1206,7 +1210,7 @@ fn rename(ctx: &Context, a: RenameArgs) -> Result<i32> {
 
 fn port(ctx: &Context, a: PortArgs) -> Result<i32> {
     let c = record::find_fresh(&ctx.layout, &a.container).map_err(fail)?;
-    let bindings: Vec<_> = if c.running() && c.config.network == "private" { c.config.ports.clone() } else { vec![] };
+    let bindings: Vec<_> = if c.running() && c.config.uses_pasta() { c.config.ports.clone() } else { vec![] };
     match a.port {
         Some(p) => {
             let (num, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
@@ -1443,6 +1447,7 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         "NetworkSettings": {
             "Ports": ports,
             "SandboxKey": if pid > 0 { format!("/proc/{pid}/ns/net") } else { String::new() },
+            "Networks": user_network_settings(ctx, c),
         },
     });
     if size {
@@ -1451,6 +1456,22 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         v["SizeRootFs"] = json!(rw + image_size(ctx, c));
     }
     v
+}
+
+/// `NetworkSettings.Networks` for a container on a user-defined network:
+/// its address there while it runs.
+fn user_network_settings(ctx: &Context, c: &Container) -> Value {
+    use crate::containers::networks;
+    let Some(Ok(Some(net))) = c.config.user_network().map(|n| networks::find(ctx, n)) else { return json!({}) };
+    let ip = networks::lease_of(ctx, &net, &c.config.id).filter(|_| c.running());
+    let (len, gateway) = (net.range().map(|(_, l)| l).unwrap_or(24), net.gateway().ok());
+    json!({ net.name.clone(): {
+        "NetworkID": net.id,
+        "IPAddress": ip.map(|i| i.to_string()).unwrap_or_default(),
+        "IPPrefixLen": if ip.is_some() { len } else { 0 },
+        "Gateway": gateway.map(|g| g.to_string()).unwrap_or_default(),
+        "DNSNames": [c.config.name, &c.config.id[..12]],
+    }})
 }
 
 /// For the generic `strata inspect NAME`: the container's inspect object,

@@ -1,15 +1,17 @@
-//! `network`: the three networks a container can have, under Docker's
-//! names: `bridge` (strata's `private`: a network namespace of its own,
-//! reached through pasta), `host` and `none`. They can be listed and
-//! inspected; user-defined networks (`network create`, `connect`) are not
-//! there yet, and those verbs say so.
+//! `network`: the three built-in networks under Docker's names: `bridge`
+//! (strata's `private`: a network namespace of its own, reached through
+//! pasta), `host` and `none`; and user-defined ones (`network create`, see
+//! `containers::networks`), on which containers reach each other by name.
+//! `connect` and `disconnect` of a container are not there yet, and say so.
 
+use crate::containers::networks::{self, Network};
 use crate::containers::record;
 use crate::context::Context;
 use crate::format::{self, Output};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 
 #[derive(Subcommand)]
 pub enum NetworkCommand {
@@ -18,17 +20,41 @@ pub enum NetworkCommand {
     Ls(LsArgs),
     /// Display detailed information on one or more networks
     Inspect(InspectArgs),
-    /// Create a network (not supported)
-    Create(UnsupportedArgs),
-    /// Remove one or more networks (not supported)
+    /// Create a network
+    Create(CreateArgs),
+    /// Remove one or more networks
     #[command(visible_alias = "remove")]
-    Rm(UnsupportedArgs),
+    Rm(RmArgs),
     /// Connect a container to a network (not supported)
     Connect(UnsupportedArgs),
     /// Disconnect a container from a network (not supported)
     Disconnect(UnsupportedArgs),
-    /// Remove all unused networks (there are none to remove)
+    /// Remove all unused networks
     Prune(PruneArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Driver to manage the Network (bridge only)
+    #[arg(short, long, default_value = "bridge")]
+    driver: String,
+    /// Subnet in CIDR format (default: a free 10.89.N.0/24)
+    #[arg(long)]
+    subnet: Option<String>,
+    /// Set metadata on a network
+    #[arg(long = "label")]
+    label: Vec<String>,
+    #[arg(value_name = "NETWORK")]
+    name: String,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Do not error if the network does not exist
+    #[arg(short, long)]
+    force: bool,
+    #[arg(required = true, value_name = "NETWORK")]
+    networks: Vec<String>,
 }
 
 #[derive(Args)]
@@ -80,31 +106,104 @@ fn network_id(name: &str) -> String {
 
 pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<i32> {
     match cmd {
-        NetworkCommand::Ls(a) => ls(a),
+        NetworkCommand::Ls(a) => ls(ctx, a),
         NetworkCommand::Inspect(a) => inspect(ctx, a),
-        NetworkCommand::Prune(_) => Ok(0),
-        NetworkCommand::Create(_)
-        | NetworkCommand::Rm(_)
-        | NetworkCommand::Connect(_)
-        | NetworkCommand::Disconnect(_) => {
+        NetworkCommand::Create(a) => create(ctx, a),
+        NetworkCommand::Rm(a) => rm(ctx, a),
+        NetworkCommand::Prune(a) => prune(ctx, a),
+        NetworkCommand::Connect(_) | NetworkCommand::Disconnect(_) => {
             bail!(
-                "user-defined networks are not supported by strata yet: a container has --network private \
-                 (Docker's bridge; the default), host or none"
+                "connecting and disconnecting containers is not supported by strata yet: give the network \
+                 when the container is created (--network NAME)"
             )
         }
     }
 }
 
-fn ls(a: LsArgs) -> Result<i32> {
+fn create(ctx: &Context, a: CreateArgs) -> Result<i32> {
+    if a.driver != "bridge" {
+        bail!("plugin \"{}\" not found: strata's networks use the bridge driver", a.driver);
+    }
+    let labels: BTreeMap<String, String> = a
+        .label
+        .iter()
+        .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let net = networks::create(ctx, &a.name, a.subnet.as_deref(), labels)?;
+    println!("{}", net.id);
+    Ok(0)
+}
+
+fn rm(ctx: &Context, a: RmArgs) -> Result<i32> {
+    let mut status = 0;
+    for key in &a.networks {
+        if NETWORKS.iter().any(|(n, _, _)| n == key) {
+            eprintln!("Error response from daemon: {key} is a pre-defined network and cannot be removed");
+            status = 1;
+            continue;
+        }
+        match networks::find(ctx, key)? {
+            Some(net) => match networks::remove(ctx, &net) {
+                Ok(()) => println!("{key}"),
+                Err(e) => {
+                    eprintln!("Error response from daemon: {e:#}");
+                    status = 1;
+                }
+            },
+            None if a.force => {}
+            None => {
+                eprintln!("Error response from daemon: network {key} not found");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn prune(ctx: &Context, a: PruneArgs) -> Result<i32> {
+    if !a.force
+        && !crate::commands::support::confirm(
+            "WARNING! This will remove all custom networks not used by at least one container.",
+        )?
+    {
+        return Ok(0);
+    }
+    let pruned = prune_networks(ctx)?;
+    if !pruned.items.is_empty() {
+        println!("{}:", pruned.heading);
+        for n in pruned.items {
+            println!("{n}");
+        }
+    }
+    Ok(0)
+}
+
+/// Removes the user-defined networks no container names.
+pub fn prune_networks(ctx: &Context) -> Result<crate::commands::support::Pruned> {
+    let mut items = Vec::new();
+    for net in networks::list(ctx)? {
+        if networks::users(ctx, &net)?.is_empty() && networks::remove(ctx, &net).is_ok() {
+            items.push(net.name);
+        }
+    }
+    Ok(crate::commands::support::Pruned { heading: "Deleted Networks", items, bytes: 0 })
+}
+
+fn ls(ctx: &Context, a: LsArgs) -> Result<i32> {
     let mut rows = Vec::new();
-    for (name, driver, _) in NETWORKS {
-        let id = network_id(name);
+    let user = networks::list(ctx)?;
+    let all = NETWORKS
+        .iter()
+        .map(|(name, driver, _)| (name.to_string(), driver.to_string(), network_id(name), true))
+        .chain(user.iter().map(|n| (n.name.clone(), "bridge".to_string(), n.id.clone(), false)));
+    for (name, driver, id, builtin) in all {
+        let (name, driver) = (name.as_str(), driver.as_str());
         let keep = a.filter.iter().all(|f| match f.split_once('=') {
             Some(("name", v)) => name.contains(v),
             Some(("driver", v)) => driver == v,
             Some(("id", v)) => id.starts_with(v),
             Some(("scope", v)) => v == "local",
-            Some(("type", v)) => v == "builtin",
+            Some(("type", v)) => (v == "builtin") == builtin && (v == "builtin" || v == "custom"),
             _ => false,
         });
         if keep {
@@ -145,8 +244,13 @@ fn inspect(ctx: &Context, a: InspectArgs) -> Result<i32> {
         let Some((name, driver, mode)) =
             NETWORKS.iter().find(|(n, _, _)| n == key || network_id(n).starts_with(key.as_str())).copied()
         else {
-            eprintln!("Error response from daemon: network {key} not found");
-            status = 1;
+            match networks::find(ctx, key)? {
+                Some(net) => found.push(user_network_json(ctx, &net)?),
+                None => {
+                    eprintln!("Error response from daemon: network {key} not found");
+                    status = 1;
+                }
+            }
             continue;
         };
         let mut members = serde_json::Map::new();
@@ -175,4 +279,28 @@ fn inspect(ctx: &Context, a: InspectArgs) -> Result<i32> {
         None => println!("{}", serde_json::to_string_pretty(&found)?),
     }
     Ok(status)
+}
+
+/// `network inspect` of a user-defined network: Docker's shape, members
+/// with their addresses.
+fn user_network_json(ctx: &Context, net: &Network) -> Result<Value> {
+    let (_, len) = net.range()?;
+    let mut members = serde_json::Map::new();
+    for (ip, c) in networks::members(ctx, net, "") {
+        members.insert(c.config.id.clone(), json!({ "Name": c.config.name, "IPv4Address": format!("{ip}/{len}") }));
+    }
+    Ok(json!({
+        "Name": net.name,
+        "Id": net.id,
+        "Created": net.created,
+        "Scope": "local",
+        "Driver": "bridge",
+        "EnableIPv6": false,
+        "IPAM": { "Driver": "default", "Config": [{ "Subnet": net.subnet, "Gateway": net.gateway()?.to_string() }] },
+        "Internal": false,
+        "Attachable": false,
+        "Containers": Value::Object(members),
+        "Options": {},
+        "Labels": net.labels,
+    }))
 }

@@ -439,12 +439,15 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             let donor = joined_network(ctx, &args, other.trim_start_matches("container:"))?;
             format!("container:{}", donor.config.id)
         }
-        Some(other) => {
-            return Err(daemon_error(
-                exit::STRATA_ERROR,
-                format!("network {other} not found (use private, host, none or container:NAME)"),
-            ))
-        }
+        Some(other) => match crate::containers::networks::find(ctx, other)? {
+            Some(net) => net.name,
+            None => {
+                return Err(daemon_error(
+                    exit::STRATA_ERROR,
+                    format!("network {other} not found (use private, host, none, container:NAME or a network made by `network create`)"),
+                ))
+            }
+        },
     };
     if let (Some(net), Some(pid)) = (network.strip_prefix("container:"), args.pid.as_deref()) {
         if ctx.rootless && pid.strip_prefix("container:").is_some_and(|p| p != net) {
@@ -455,7 +458,8 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             ));
         }
     }
-    if network != "private" && !ports.is_empty() {
+    let user_network = !matches!(network.as_str(), "private" | "host" | "none") && !network.starts_with("container:");
+    if network != "private" && !user_network && !ports.is_empty() {
         eprintln!("WARNING: Published ports are discarded when using {network} network mode");
     }
     let stop_signal = match &args.stop_signal {
@@ -490,7 +494,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     }
 
     // -P: every exposed port not published yet, on a free host port.
-    if args.publish_all && network == "private" {
+    if args.publish_all && (network == "private" || user_network) {
         for e in &exposed {
             let (port, proto) = e.split_once('/').unwrap_or((e.as_str(), "tcp"));
             let Ok(container_port) = port.parse::<u16>() else { continue };

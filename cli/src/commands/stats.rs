@@ -134,7 +134,7 @@ impl Sample {
         };
         // v1 says "no limit" with a huge number.
         s.memory_limit = s.memory_limit.min(host_memory);
-        if c.config.network == "private" {
+        if c.config.uses_pasta() {
             s.net = net_bytes(init.pid);
         }
         s

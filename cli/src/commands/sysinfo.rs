@@ -458,7 +458,9 @@ pub fn system_prune(ctx: &Context, a: SystemPruneArgs) -> anyhow::Result<i32> {
         }
     }
     if !a.force {
-        let mut warning = String::from("WARNING! This will remove:\n  - all stopped containers\n");
+        let mut warning = String::from(
+            "WARNING! This will remove:\n  - all stopped containers\n  - all networks not used by at least one container\n",
+        );
         if a.volumes {
             warning.push_str("  - all anonymous volumes not used by at least one container\n");
         }
@@ -476,6 +478,7 @@ pub fn system_prune(ctx: &Context, a: SystemPruneArgs) -> anyhow::Result<i32> {
     let containers = super::container::prune_containers(ctx, &labels)?;
     containers.print_items();
     total += containers.bytes;
+    super::network::prune_networks(ctx)?.print_items();
     if a.volumes {
         let volumes = super::volume::prune_volumes(ctx, false)?;
         volumes.print_items();

@@ -2,12 +2,13 @@
 //! the per-container supervisor, and the translation of a container record
 //! into the runner's spec. The commands that use them live in
 //! `commands/run.rs`, `commands/container.rs`, `commands/exec.rs` and
-//! `commands/volume.rs`.
+//! `commands/volume.rs` and `commands/network.rs`.
 
 pub mod attach;
 pub mod health;
 pub mod images;
 pub mod names;
+pub mod networks;
 pub mod record;
 pub mod restart;
 pub mod signals;

@@ -199,6 +199,19 @@ pub struct Container {
     pub dir: PathBuf,
 }
 
+impl ContainerConfig {
+    /// The user-defined network (`network create`) the container is on.
+    pub fn user_network(&self) -> Option<&str> {
+        let n = self.network.as_str();
+        (!matches!(n, "private" | "host" | "none") && !n.starts_with("container:")).then_some(n)
+    }
+    /// A network namespace of its own reached through pasta (the default
+    /// network, or a user-defined one), with its published ports.
+    pub fn uses_pasta(&self) -> bool {
+        self.network == "private" || self.user_network().is_some()
+    }
+}
+
 impl Container {
     pub fn short_id(&self) -> &str {
         &self.config.id[..12]

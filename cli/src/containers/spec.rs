@@ -3,12 +3,14 @@
 //! runner's [`Spec`] (command, environment, user, mounts, capabilities,
 //! limits, network, /etc files).
 
+use crate::containers::networks;
 use crate::containers::record::{Container, Proc};
 use crate::context::Context;
 use anyhow::{bail, Context as _, Result};
 use std::os::fd::AsFd;
 use strata_runner::spec::{
-    CgroupLimits, CgroupSpec, EtcFiles, IdMapping, Mount, MountKind, Network, PortForward, Protocol, Rlimit, Spec,
+    BridgeAttachment, CgroupLimits, CgroupSpec, EtcFiles, IdMapping, Mount, MountKind, Network, PortForward, Protocol,
+    Rlimit, Spec,
 };
 use strata_runner::Cap;
 
@@ -63,6 +65,9 @@ impl<'a> SpecBuilder<'a> {
         if let Some(donor) = self.network_donor()?.or(self.pid_donor()?) {
             return join_user_namespace(donor.pid);
         }
+        if let Some((_, holder)) = self.user_network()? {
+            return join_user_namespace(holder.pid);
+        }
         let (mapping, note) = strata_runner::rootless_mapping();
         if let Some(n) = note {
             eprintln!("WARNING: {n}");
@@ -85,6 +90,17 @@ impl<'a> SpecBuilder<'a> {
             }
         }
         Ok((network != "host").then_some(init))
+    }
+
+    /// The user-defined network the container is on, with its holder
+    /// (started if need be: see `networks`).
+    fn user_network(&self) -> Result<Option<(networks::Network, Proc)>> {
+        let Some(name) = self.c.config.user_network() else { return Ok(None) };
+        let net = networks::find(self.ctx, name)?.ok_or_else(|| {
+            anyhow::anyhow!("network {name} not found: it was removed; connect the container to another")
+        })?;
+        let holder = networks::ensure_holder(self.ctx, &net)?;
+        Ok(Some((net, holder)))
     }
 
     /// The running init of the container whose pid namespace this one
@@ -229,6 +245,24 @@ impl<'a> SpecBuilder<'a> {
                     .collect(),
             },
         };
+        if let Some((net, holder)) = self.user_network()? {
+            let id = &self.c.config.id;
+            let ip = networks::lease(self.ctx, &net, id)?;
+            spec.bridge = Some(BridgeAttachment {
+                holder_pid: holder.pid,
+                bridge: networks::BRIDGE.into(),
+                host_veth: format!("st{}", &id[..12]),
+                interface: networks::INTERFACE.into(),
+                address: format!("{ip}/{}", net.range()?.1),
+            });
+            // Its own name at its address, and the running members'.
+            if let Some(hosts) = spec.etc_files.as_mut().and_then(|f| f.hosts.as_mut()) {
+                hosts.push_str(&networks::hosts_line(ip, self.c));
+                for (ip, m) in networks::members(self.ctx, &net, id) {
+                    hosts.push_str(&networks::hosts_line(ip, &m));
+                }
+            }
+        }
         Ok(spec)
     }
 }
@@ -297,7 +331,7 @@ pub fn in_user_namespace<T: serde::Serialize + serde::de::DeserializeOwned>(
 /// propagate anywhere. A mapping with more than our own ids is written by
 /// newuidmap/newgidmap, which must run outside the new namespace: a child
 /// forked before the unshare does that once we signal it.
-fn enter_user_namespace(mapping: &IdMapping) -> Result<()> {
+pub(crate) fn enter_user_namespace(mapping: &IdMapping) -> Result<()> {
     use nix::sched::{unshare, CloneFlags};
     use nix::unistd::{fork, ForkResult};
     let IdMapping::Map { uids, gids } = mapping else { return Ok(()) };
@@ -525,7 +559,7 @@ pub fn etc_files(c: &Container) -> EtcFiles {
                 let mut w = l.split_whitespace();
                 let is_loopback_ns =
                     w.next() == Some("nameserver") && w.next().is_some_and(|a| a.starts_with("127.") || a == "::1");
-                !(cfg.network == "private" && is_loopback_ns)
+                !(cfg.uses_pasta() && is_loopback_ns)
             })
             .map(|l| format!("{l}\n"))
             .collect();

@@ -414,7 +414,9 @@ impl Supervisor<'_> {
             outputs.push(Output { fd: m.try_clone()?, stream: "stdout", kind: attach::STDOUT, open: false });
         }
         let init = Proc::of(child.pid()).unwrap_or(Proc { pid: child.pid(), start: 0 });
-        let netns = (c.config.network == "private")
+        let netns = c
+            .config
+            .uses_pasta()
             .then(|| std::fs::read_link(format!("/proc/{}/ns/net", child.pid())).ok())
             .flatten()
             .map(|l| l.to_string_lossy().into_owned());
@@ -429,6 +431,7 @@ impl Supervisor<'_> {
             s.finished_at = None;
         })?;
         crate::containers::health::start(self.ctx, &c, init);
+        self.network_membership(true);
         // Later clients (`attach`, `start -a`) connect here.
         self.listener = bind_socket(&c.dir).ok();
         let stdin = if tty.is_some() { tty.as_ref().map(|m| m.try_clone()).transpose()? } else { parent_stdin };
@@ -666,6 +669,21 @@ impl Supervisor<'_> {
         self.listener = None;
         let _ = std::fs::remove_file(self.c.socket_path());
         record::clear_stale_mount(&self.c.rootfs());
+        self.network_membership(false);
+    }
+
+    /// On a user-defined network: names the container in the other running
+    /// members' /etc/hosts once it runs (`joined`), and removes it and gives
+    /// its address back once it has stopped.
+    fn network_membership(&self, joined: bool) {
+        use crate::containers::networks;
+        let Some(Ok(Some(net))) = self.c.config.user_network().map(|n| networks::find(self.ctx, n)) else { return };
+        let id = &self.c.config.id;
+        let Some(ip) = networks::lease_of(self.ctx, &net, id) else { return };
+        networks::update_members_hosts(self.ctx, &net, id, &networks::hosts_line(ip, &self.c), joined);
+        if !joined {
+            networks::release(self.ctx, &net, id);
+        }
     }
 }
 

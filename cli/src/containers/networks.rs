@@ -1,0 +1,383 @@
+//! User-defined networks (`network create NAME`): containers on one reach
+//! each other by name and address over a bridge.
+//!
+//! A network is a bridge in a network namespace of its own, held by a
+//! process that does nothing else (`strata internal-network-holder NAME`,
+//! started when a member first needs it, stopped by `network rm`). A
+//! container on the network gets a second interface, `eth1`: a veth whose
+//! other end is on that bridge, with an address of the network's subnet
+//! leased for as long as it runs. Its /etc/hosts names the running
+//! members, and theirs gain it (written in place: they are bind-mounted).
+//! Outbound traffic and published ports go through the container's own
+//! pasta, as on the default network, so nothing on the host changes: no
+//! bridge, no NAT rule (Docker routes a user network out through NAT on
+//! the host; to the container the outcome is the same).
+//!
+//! For an ordinary user the holder's namespaces belong to a user namespace
+//! it makes (with the subordinate id mapping every container gets), and
+//! members join that user namespace instead of making their own: only
+//! root of the user namespace that owns both network namespaces may put
+//! one end of a veth in each.
+
+use crate::containers::record::{self, Container, Proc};
+use crate::context::Context;
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+
+/// The bridge in a network's namespace.
+pub const BRIDGE: &str = "br0";
+/// The container's interface on the network.
+pub const INTERFACE: &str = "eth1";
+/// Names `--network` takes for the built-in networks.
+pub const BUILTIN: [&str; 5] = ["bridge", "host", "none", "private", "default"];
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Network {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Id")]
+    pub id: String,
+    #[serde(rename = "Created")]
+    pub created: String,
+    /// `A.B.C.D/PREFIX`
+    #[serde(rename = "Subnet")]
+    pub subnet: String,
+    #[serde(rename = "Labels", default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Network {
+    /// The subnet's base address and prefix length.
+    pub fn range(&self) -> Result<(u32, u8)> {
+        parse_subnet(&self.subnet)
+    }
+    /// The bridge's address: the subnet's first.
+    pub fn gateway(&self) -> Result<Ipv4Addr> {
+        Ok(Ipv4Addr::from(self.range()?.0 + 1))
+    }
+    fn dir(&self, ctx: &Context) -> PathBuf {
+        dir_of(ctx, &self.name)
+    }
+}
+
+fn dir_of(ctx: &Context, name: &str) -> PathBuf {
+    ctx.layout.root().join("networks").join(name)
+}
+
+/// `A.B.C.D/N` with 8 <= N <= 29, the host bits zero.
+pub fn parse_subnet(s: &str) -> Result<(u32, u8)> {
+    let bad = || anyhow::anyhow!("invalid subnet {s:?}: give an IPv4 network such as 10.90.0.0/24");
+    let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if !(8..=29).contains(&len) {
+        bail!("invalid subnet {s:?}: the prefix length must be between 8 and 29");
+    }
+    let base = u32::from(addr);
+    if base & (u32::MAX >> len) != 0 {
+        bail!("invalid subnet {s:?}: the address has host bits set");
+    }
+    Ok((base, len))
+}
+
+/// Every user-defined network, by name.
+pub fn list(ctx: &Context) -> Result<Vec<Network>> {
+    let dir = ctx.layout.root().join("networks");
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for e in entries {
+        let path = e?.path().join("network.json");
+        if let Ok(bytes) = std::fs::read(&path) {
+            out.push(serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", path.display()))?);
+        }
+    }
+    out.sort_by(|a: &Network, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The network named `key`, or whose id starts with it.
+pub fn find(ctx: &Context, key: &str) -> Result<Option<Network>> {
+    let all = list(ctx)?;
+    if let Some(n) = all.iter().find(|n| n.name == key) {
+        return Ok(Some(n.clone()));
+    }
+    let by_id: Vec<&Network> = all.iter().filter(|n| !key.is_empty() && n.id.starts_with(key)).collect();
+    match by_id.as_slice() {
+        [n] => Ok(Some((*n).clone())),
+        [] => Ok(None),
+        _ => bail!("network {key} is ambiguous ({} matches)", by_id.len()),
+    }
+}
+
+/// `network create`: records a network (its holder starts with the first
+/// member). Without `subnet` the first free 10.89.N.0/24.
+pub fn create(ctx: &Context, name: &str, subnet: Option<&str>, labels: BTreeMap<String, String>) -> Result<Network> {
+    let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !valid {
+        bail!("invalid network name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
+    }
+    if BUILTIN.contains(&name) {
+        bail!("{name} is a pre-defined network and cannot be created");
+    }
+    let _lock = record::lock(&ctx.layout)?;
+    let existing = list(ctx)?;
+    if existing.iter().any(|n| n.name == name) {
+        bail!("network with name {name} already exists");
+    }
+    let taken: Vec<(u32, u8)> = existing.iter().filter_map(|n| n.range().ok()).collect();
+    let overlaps = |(b, l): (u32, u8)| {
+        taken.iter().any(|&(tb, tl)| {
+            let m = u32::MAX << (32 - l.min(tl));
+            b & m == tb & m
+        })
+    };
+    let subnet = match subnet {
+        Some(s) => {
+            let r = parse_subnet(s)?;
+            if overlaps(r) {
+                bail!("invalid pool request: Pool overlaps with other one on this address space");
+            }
+            s.to_string()
+        }
+        None => (1..=254u32)
+            .map(|n| (u32::from(Ipv4Addr::new(10, 89, 0, 0)) | (n << 8), 24u8))
+            .find(|r| !overlaps(*r))
+            .map(|(b, l)| format!("{}/{l}", Ipv4Addr::from(b)))
+            .ok_or_else(|| anyhow::anyhow!("no free subnet left in 10.89.0.0/16: give one with --subnet"))?,
+    };
+    let net = Network { name: name.to_string(), id: record::new_id(), created: record::now(), subnet, labels };
+    let dir = net.dir(ctx);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    record::write_json(&dir.join("network.json"), &net)?;
+    Ok(net)
+}
+
+/// The containers (any state) that name the network.
+pub fn users(ctx: &Context, net: &Network) -> Result<Vec<Container>> {
+    Ok(record::list_fresh(&ctx.layout)?.into_iter().filter(|c| c.config.network == net.name).collect())
+}
+
+/// `network rm`: refused while a member runs; stops the holder.
+pub fn remove(ctx: &Context, net: &Network) -> Result<()> {
+    let _lock = record::lock(&ctx.layout)?;
+    let running: Vec<String> = users(ctx, net)?.into_iter().filter(|c| c.running()).map(|c| c.config.name).collect();
+    if !running.is_empty() {
+        bail!(
+            "error while removing network: network {} id {} has active endpoints ({})",
+            net.name,
+            net.id,
+            running.join(", ")
+        );
+    }
+    if let Some(h) = holder(ctx, net).filter(Proc::alive) {
+        // SAFETY: plain kill of the holder we started (checked by start time).
+        unsafe { libc::kill(h.pid, libc::SIGKILL) };
+    }
+    let dir = net.dir(ctx);
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+fn holder(ctx: &Context, net: &Network) -> Option<Proc> {
+    let bytes = std::fs::read(net.dir(ctx).join("holder.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The running holder of `net`, started if it is not running.
+pub fn ensure_holder(ctx: &Context, net: &Network) -> Result<Proc> {
+    let _lock = crate::lockfile::lock_exclusive(&net.dir(ctx).join("holder.lock"))?;
+    if let Some(h) = holder(ctx, net).filter(Proc::alive) {
+        return Ok(h);
+    }
+    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "/proc/self/exe".into());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(net.dir(ctx).join("holder.log"))
+        .context("opening the network holder's log")?;
+    let (mut ours, theirs) = UnixStream::pair().context("creating a socket pair")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg0("strata")
+        .arg("--root")
+        .arg(ctx.layout.root())
+        .args(["internal-network-holder", &net.name])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // (Above the target first: dup2 onto itself would keep close-on-exec.)
+            let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+            if libc::setsid() < 0 || high < 0 || libc::dup2(high, HOLDER_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            crate::inherited_fds::cloexec_from(HOLDER_FD + 1);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting the network's holder")?;
+    drop(theirs);
+    let mut answer = String::new();
+    let _ = ours.read_to_string(&mut answer);
+    if answer != "ok" {
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("setting up network {}: {}", net.name, if answer.is_empty() { "the holder exited" } else { &answer });
+    }
+    let pid = child.id() as i32;
+    drop(child); // It lives on (reaped by init, or a subreaper).
+    let h = Proc::of(pid).ok_or_else(|| anyhow::anyhow!("the holder of network {} exited", net.name))?;
+    record::write_json(&net.dir(ctx).join("holder.json"), &h)?;
+    Ok(h)
+}
+
+/// Where the holder reports "ok" or what failed.
+const HOLDER_FD: i32 = 3;
+
+/// `strata internal-network-holder NAME`: makes the network's namespaces
+/// and bridge, reports, and waits to be killed.
+pub fn holder_main(ctx: &Context, name: &str) -> Result<i32> {
+    // SAFETY: fd 3 was placed by `ensure_holder`; taken once.
+    let mut report = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(HOLDER_FD) };
+    let result = (|| -> Result<()> {
+        let net = find(ctx, name)?.ok_or_else(|| anyhow::anyhow!("network {name} not found"))?;
+        if ctx.rootless {
+            let (mapping, _) = strata_runner::rootless_mapping();
+            crate::containers::spec::enter_user_namespace(&mapping)?;
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("creating a network namespace")?;
+        let (_, len) = net.range()?;
+        ip_batch(&format!(
+            "link set lo up\nlink add {BRIDGE} type bridge\naddr add {}/{len} dev {BRIDGE}\nlink set {BRIDGE} up\n",
+            net.gateway()?
+        ))
+    })();
+    match result {
+        Ok(()) => {
+            let _ = report.write_all(b"ok");
+            drop(report);
+            loop {
+                // SAFETY: pause just waits for a signal (SIGKILL/SIGTERM end us).
+                unsafe { libc::pause() };
+            }
+        }
+        Err(e) => {
+            let _ = report.write_all(format!("{e:#}").as_bytes());
+            Err(e)
+        }
+    }
+}
+
+/// Runs `ip -batch -` with `commands` in this process's network namespace.
+fn ip_batch(commands: &str) -> Result<()> {
+    let mut child = std::process::Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running ip (install iproute2 for user-defined networks)")?;
+    child.stdin.take().map(|mut i| i.write_all(commands.as_bytes())).transpose()?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("ip failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// The address container `id` has on `net` while it runs: kept if it has
+/// one, else the lowest free one (leases of members no longer running are
+/// dropped first).
+pub fn lease(ctx: &Context, net: &Network, id: &str) -> Result<Ipv4Addr> {
+    let _lock = crate::lockfile::lock_exclusive(&net.dir(ctx).join("leases.lock"))?;
+    let mut leases = read_leases(ctx, net);
+    leases.retain(|_, owner| owner == id || running(ctx, owner).is_some());
+    if let Some((ip, _)) = leases.iter().find(|(_, owner)| *owner == id) {
+        return Ok(*ip);
+    }
+    let (base, len) = net.range()?;
+    let last = base | (u32::MAX >> len);
+    let ip = (base + 2..last)
+        .map(Ipv4Addr::from)
+        .find(|ip| !leases.contains_key(ip))
+        .ok_or_else(|| anyhow::anyhow!("no free address left in network {} ({})", net.name, net.subnet))?;
+    leases.insert(ip, id.to_string());
+    record::write_json(&net.dir(ctx).join("leases.json"), &leases)?;
+    Ok(ip)
+}
+
+/// The address leased to container `id`, if any.
+pub fn lease_of(ctx: &Context, net: &Network, id: &str) -> Option<Ipv4Addr> {
+    read_leases(ctx, net).into_iter().find(|(_, owner)| owner == id).map(|(ip, _)| ip)
+}
+
+/// Gives back container `id`'s address.
+pub fn release(ctx: &Context, net: &Network, id: &str) {
+    if let Ok(_lock) = crate::lockfile::lock_exclusive(&net.dir(ctx).join("leases.lock")) {
+        let mut leases = read_leases(ctx, net);
+        leases.retain(|_, owner| owner != id);
+        let _ = record::write_json(&net.dir(ctx).join("leases.json"), &leases);
+    }
+}
+
+fn read_leases(ctx: &Context, net: &Network) -> BTreeMap<Ipv4Addr, String> {
+    std::fs::read(net.dir(ctx).join("leases.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn running(ctx: &Context, id: &str) -> Option<Container> {
+    record::find_fresh(&ctx.layout, id).ok().filter(|c| c.running() && c.state.init.is_some_and(|p| p.alive()))
+}
+
+/// The running members of `net` other than `except`, with their addresses.
+pub fn members(ctx: &Context, net: &Network, except: &str) -> Vec<(Ipv4Addr, Container)> {
+    read_leases(ctx, net)
+        .into_iter()
+        .filter(|(_, owner)| owner != except)
+        .filter_map(|(ip, owner)| running(ctx, &owner).map(|c| (ip, c)))
+        .collect()
+}
+
+/// The /etc/hosts line naming container `c` at `ip`.
+pub fn hosts_line(ip: Ipv4Addr, c: &Container) -> String {
+    format!("{ip}\t{} {}\n", c.config.name, &c.config.id[..12])
+}
+
+/// Adds `line` to, or (`add` false) removes it from, the /etc/hosts of
+/// every running member but `except`. Written in place: each member has
+/// its file bind-mounted, so a renamed new file would not reach it.
+pub fn update_members_hosts(ctx: &Context, net: &Network, except: &str, line: &str, add: bool) {
+    for (_, m) in members(ctx, net, except) {
+        let path = m.dir.join("hosts");
+        let Ok(old) = std::fs::read_to_string(&path) else { continue };
+        let mut new: String = old.lines().filter(|l| format!("{l}\n") != line).map(|l| format!("{l}\n")).collect();
+        if add {
+            new.push_str(line);
+        }
+        if new != old {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(new.as_bytes()));
+        }
+    }
+}
