@@ -1467,19 +1467,9 @@ fn user_defined_networks_connect_their_containers_by_name() {
         assert_eq!(ipam.trim(), r#"[{"Gateway":"10.123.0.1","Subnet":"10.123.0.0/24"}]"#, "{who}");
 
         // A server on n1, reached by name from another container on n1.
-        s.ok(&[
-            "run",
-            "-d",
-            "--name",
-            "srv",
-            "--network",
-            "n1",
-            &e.bb,
-            "sh",
-            "-c",
-            "echo from-srv | nc -l -p 80; sleep 600",
-        ]);
-        let client = "for i in $(seq 100); do nc srv 80 </dev/null && exit; sleep 0.1; done; exit 1";
+        let serve = "echo from-srv | nc -l -p 80; sleep 600";
+        s.ok(&["run", "-d", "--name", "srv", "--network", "n1", "--network-alias", "web", &e.bb, "sh", "-c", serve]);
+        let client = "for i in $(seq 100); do nc web 80 </dev/null && exit; sleep 0.1; done; exit 1";
         assert_eq!(s.ok(&["run", "--rm", "--network", "n1", &e.bb, "sh", "-c", client]), "from-srv\n", "{who}");
         // Not from another network, nor from the default one.
         for other in ["n2", "bridge"] {
@@ -1495,7 +1485,10 @@ fn user_defined_networks_connect_their_containers_by_name() {
         // A later member is named in the running members' /etc/hosts, until it stops.
         s.ok(&["run", "-d", "--name", "late", "--network", "n1", &e.bb, "sleep", "600"]);
         assert!(s.ok(&["exec", "srv", "cat", "/etc/hosts"]).contains("\tlate "), "{who}: srv knows late");
-        assert!(s.ok(&["exec", "late", "cat", "/etc/hosts"]).contains("\tsrv "), "{who}: late knows srv");
+        let hosts = s.ok(&["exec", "late", "cat", "/etc/hosts"]);
+        assert!(hosts.contains("\tsrv ") && hosts.contains(" web\n"), "{who}: late knows srv: {hosts}");
+        let (_, err) = s.fails(&["run", "--rm", "--network-alias", "x", &e.bb, "true"]);
+        assert_mentions(&err, &["network-scoped alias is supported only for containers in user defined networks"], who);
         s.ok(&["rm", "-f", "late"]);
         wait_until("late leaves srv's /etc/hosts", std::time::Duration::from_secs(10), || {
             !s.ok(&["exec", "srv", "cat", "/etc/hosts"]).contains("\tlate ")

@@ -1465,12 +1465,15 @@ fn user_network_settings(ctx: &Context, c: &Container) -> Value {
     let Some(Ok(Some(net))) = c.config.user_network().map(|n| networks::find(ctx, n)) else { return json!({}) };
     let ip = networks::lease_of(ctx, &net, &c.config.id).filter(|_| c.running());
     let (len, gateway) = (net.range().map(|(_, l)| l).unwrap_or(24), net.gateway().ok());
+    let mut dns_names = vec![c.config.name.clone(), c.config.id[..12].to_string()];
+    dns_names.extend(c.config.request.network_alias.iter().cloned());
     json!({ net.name.clone(): {
         "NetworkID": net.id,
         "IPAddress": ip.map(|i| i.to_string()).unwrap_or_default(),
         "IPPrefixLen": if ip.is_some() { len } else { 0 },
         "Gateway": gateway.map(|g| g.to_string()).unwrap_or_default(),
-        "DNSNames": [c.config.name, &c.config.id[..12]],
+        "Aliases": c.config.request.network_alias,
+        "DNSNames": dns_names,
     }})
 }
 

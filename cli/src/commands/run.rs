@@ -100,6 +100,10 @@ pub struct CreateArgs {
     /// Connect a container to a network (private, host, none, or container:NAME to share another container's)
     #[arg(long = "network", alias = "net", value_name = "network")]
     pub network: Option<String>,
+    /// Add network-scoped alias for the container (user-defined networks)
+    #[arg(long = "network-alias", value_name = "list")]
+    #[serde(default)]
+    pub network_alias: Vec<String>,
     /// Publish a container's port(s) to the host ([IP:]HOST:CTR[/PROTO])
     #[arg(short = 'p', long = "publish", value_name = "list")]
     pub publish: Vec<String>,
@@ -459,6 +463,12 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         }
     }
     let user_network = !matches!(network.as_str(), "private" | "host" | "none") && !network.starts_with("container:");
+    if !args.network_alias.is_empty() && !user_network {
+        return Err(daemon_error(
+            exit::STRATA_ERROR,
+            "network-scoped alias is supported only for containers in user defined networks",
+        ));
+    }
     if network != "private" && !user_network && !ports.is_empty() {
         eprintln!("WARNING: Published ports are discarded when using {network} network mode");
     }

@@ -356,9 +356,16 @@ pub fn members(ctx: &Context, net: &Network, except: &str) -> Vec<(Ipv4Addr, Con
         .collect()
 }
 
-/// The /etc/hosts line naming container `c` at `ip`.
+/// The /etc/hosts line naming container `c` at `ip`: its name, short id
+/// and `--network-alias`es.
 pub fn hosts_line(ip: Ipv4Addr, c: &Container) -> String {
-    format!("{ip}\t{} {}\n", c.config.name, &c.config.id[..12])
+    let mut line = format!("{ip}\t{} {}", c.config.name, &c.config.id[..12]);
+    for a in &c.config.request.network_alias {
+        line.push(' ');
+        line.push_str(a);
+    }
+    line.push('\n');
+    line
 }
 
 /// Adds `line` to, or (`add` false) removes it from, the /etc/hosts of
