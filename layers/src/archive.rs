@@ -397,14 +397,7 @@ fn oci_images(staged: &Staged) -> Result<Vec<Found>> {
 fn blob_bytes(staged: &Staged, d: &Descriptor) -> Result<Vec<u8>> {
     let data = staged.read_small(&blob_path(&d.digest))?;
     let actual = Digest::of(&data);
-    if actual != d.digest {
-        return Err(Error::DigestMismatch {
-            what: "archive blob",
-            expected: d.digest,
-            actual,
-            hint: "; the archive is corrupt",
-        });
-    }
+    Error::check_digest("archive blob", d.digest, actual, "; the archive is corrupt")?;
     Ok(data)
 }
 
@@ -422,14 +415,7 @@ fn check_layer<'s>(
     io::copy(&mut staged.open(path)?, &mut blob).ctx(|| format!("reading layer {path}"))?;
     let (digest, size) = blob.digest();
     if let Some(d) = declared {
-        if d.digest != digest {
-            return Err(Error::DigestMismatch {
-                what: "archive layer",
-                expected: d.digest,
-                actual: digest,
-                hint: "; the archive is corrupt",
-            });
-        }
+        Error::check_digest("archive layer", d.digest, digest, "; the archive is corrupt")?;
     }
     let mut head = [0u8; 4];
     let n = blob.reopen().and_then(|mut f| f.read(&mut head)).ctx(|| format!("reading layer {path}"))?;
@@ -442,14 +428,7 @@ fn check_layer<'s>(
         let mut h = HashingWriter::default();
         io::copy(&mut decompress(reopened, compression), &mut h).ctx(|| format!("reading layer {path}"))?;
         let actual = h.finish();
-        if actual != *diff_id {
-            return Err(Error::DigestMismatch {
-                what: "archive layer",
-                expected: *diff_id,
-                actual,
-                hint: "; the archive is corrupt",
-            });
-        }
+        Error::check_digest("archive layer", *diff_id, actual, "; the archive is corrupt")?;
         let size = store
             .layer_index(diff_id)?
             .entries

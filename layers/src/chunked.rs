@@ -210,14 +210,12 @@ pub fn parse_toc(
     blob_size: u64,
 ) -> Result<(LayerIndex, BTreeMap<Digest, Extent>)> {
     let actual = Digest::of(compressed);
-    if actual != loc.digest {
-        return Err(Error::DigestMismatch {
-            what: "table of contents",
-            expected: loc.digest,
-            actual,
-            hint: "; the layer's table of contents is not the one its manifest names",
-        });
-    }
+    Error::check_digest(
+        "table of contents",
+        loc.digest,
+        actual,
+        "; the layer's table of contents is not the one its manifest names",
+    )?;
     let mut json = Vec::new();
     zstd::stream::read::Decoder::new(compressed)
         .and_then(|d| d.take(loc.uncompressed_length + 1).read_to_end(&mut json))

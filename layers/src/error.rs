@@ -78,6 +78,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// Ok when `actual` is `expected`; else [`Error::DigestMismatch`].
+    pub fn check_digest(what: &'static str, expected: Digest, actual: Digest, hint: &'static str) -> Result<()> {
+        if actual == expected {
+            return Ok(());
+        }
+        Err(Error::DigestMismatch { what, expected, actual, hint })
+    }
+
     pub fn io(what: impl Into<String>, cause: io::Error) -> Self {
         Error::Io { what: what.into(), cause }
     }

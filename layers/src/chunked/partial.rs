@@ -242,14 +242,12 @@ impl PartialFile {
                 _ => unwrap_registry_error(e, what),
             })?;
             let actual = Digest::of(&data);
-            if actual != c.digest {
-                return Err(Error::DigestMismatch {
-                    what: "lazily fetched chunk",
-                    expected: c.digest,
-                    actual,
-                    hint: "; the layer's data does not match its table of contents",
-                });
-            }
+            Error::check_digest(
+                "lazily fetched chunk",
+                c.digest,
+                actual,
+                "; the layer's data does not match its table of contents",
+            )?;
             self.file.write_all_at(&data, c.at).ctx(what)?;
             self.mark_present(i, store);
         }
@@ -287,14 +285,12 @@ impl PartialFile {
             at += n as u64;
         }
         let actual = hasher.finish();
-        if actual != self.digest {
-            return Err(Error::DigestMismatch {
-                what: "file fetched in parts",
-                expected: self.digest,
-                actual,
-                hint: "; its chunks match the table of contents but the whole does not",
-            });
-        }
+        Error::check_digest(
+            "file fetched in parts",
+            self.digest,
+            actual,
+            "; its chunks match the table of contents but the whole does not",
+        )?;
         if let Some(copy) = copy {
             store.put_object_from_temp(copy, &self.digest)?;
         }

@@ -202,14 +202,12 @@ impl Store {
             _ => Error::io(path.display().to_string(), e),
         })?;
         let actual = Digest::of(&data);
-        if actual != *digest {
-            return Err(Error::DigestMismatch {
-                what: "stored blob",
-                expected: *digest,
-                actual,
-                hint: "; the store is corrupt: remove the image and pull it again",
-            });
-        }
+        Error::check_digest(
+            "stored blob",
+            *digest,
+            actual,
+            "; the store is corrupt: remove the image and pull it again",
+        )?;
         Ok(data)
     }
 
@@ -229,9 +227,7 @@ impl Store {
     /// Idempotent: an existing blob is left as it is.
     pub fn put_blob_from_temp(&self, blob: TempBlob, expected: &Digest) -> Result<()> {
         let (actual, _) = blob.digest();
-        if actual != *expected {
-            return Err(Error::DigestMismatch { what: "blob", expected: *expected, actual, hint: "" });
-        }
+        Error::check_digest("blob", *expected, actual, "")?;
         let dest = self.blob_path(expected);
         if dest.is_file() {
             return Ok(());
@@ -249,11 +245,7 @@ impl Store {
     /// Stores `data` as a blob after checking that it hashes to `expected`.
     pub fn put_blob_verified(&self, data: &[u8], expected: &Digest) -> Result<()> {
         if self.has_blob(expected) {
-            let actual = Digest::of(data);
-            if actual != *expected {
-                return Err(Error::DigestMismatch { what: "blob", expected: *expected, actual, hint: "" });
-            }
-            return Ok(());
+            return Error::check_digest("blob", *expected, Digest::of(data), "");
         }
         let mut blob = self.temp_blob()?;
         blob.write_all(data).ctx(|| format!("storing blob {expected}"))?;
