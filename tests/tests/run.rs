@@ -1482,6 +1482,18 @@ fn user_defined_networks_connect_their_containers_by_name() {
             s.ok(&["network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{.IPv4Address}}{{end}}", "n1"]);
         assert_eq!(members.trim(), format!("srv {}/24", ip.trim()), "{who}");
 
+        // --ip: that address, once.
+        s.ok(&["run", "-d", "--name", "fixed", "--network", "n2", "--ip", "10.123.0.50", &e.bb, "sleep", "600"]);
+        let fixed = s.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.n2.IPAddress}}", "fixed"]);
+        assert_eq!(fixed.trim(), "10.123.0.50", "{who}");
+        let (_, err) = s.fails(&["run", "--rm", "--network", "n2", "--ip", "10.123.0.50", &e.bb, "true"]);
+        assert_mentions(&err, &["Address already in use"], who);
+        let (_, err) = s.fails(&["run", "--rm", "--network", "n2", "--ip", "10.124.0.5", &e.bb, "true"]);
+        assert_mentions(&err, &["no configured subnet or ip-range contain the IP address 10.124.0.5"], who);
+        let (_, err) = s.fails(&["run", "--rm", "--ip", "10.123.0.9", &e.bb, "true"]);
+        assert_mentions(&err, &["user specified IP address is supported on user defined networks only"], who);
+        s.ok(&["rm", "-f", "fixed"]);
+
         // A later member is named in the running members' /etc/hosts, until it stops.
         s.ok(&["run", "-d", "--name", "late", "--network", "n1", &e.bb, "sleep", "600"]);
         assert!(s.ok(&["exec", "srv", "cat", "/etc/hosts"]).contains("\tlate "), "{who}: srv knows late");

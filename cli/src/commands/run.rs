@@ -100,6 +100,10 @@ pub struct CreateArgs {
     /// Connect a container to a network (private, host, none, or container:NAME to share another container's)
     #[arg(long = "network", alias = "net", value_name = "network")]
     pub network: Option<String>,
+    /// IPv4 address (e.g., 10.89.1.10) on a user-defined network
+    #[arg(long, value_name = "string")]
+    #[serde(default)]
+    pub ip: Option<String>,
     /// Add network-scoped alias for the container (user-defined networks)
     #[arg(long = "network-alias", value_name = "list")]
     #[serde(default)]
@@ -468,6 +472,12 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             exit::STRATA_ERROR,
             "network-scoped alias is supported only for containers in user defined networks",
         ));
+    }
+    if let Some(ip) = &args.ip {
+        let net = crate::containers::networks::find(ctx, &network)?.filter(|_| user_network).ok_or_else(|| {
+            daemon_error(exit::STRATA_ERROR, "user specified IP address is supported on user defined networks only")
+        })?;
+        crate::containers::networks::check_address(&net, ip).map_err(|e| daemon_error(exit::STRATA_ERROR, e))?;
     }
     if network != "private" && !user_network && !ports.is_empty() {
         eprintln!("WARNING: Published ports are discarded when using {network} network mode");

@@ -301,21 +301,43 @@ fn ip_batch(commands: &str) -> Result<()> {
     Ok(())
 }
 
-/// The address container `id` has on `net` while it runs: kept if it has
-/// one, else the lowest free one (leases of members no longer running are
-/// dropped first).
-pub fn lease(ctx: &Context, net: &Network, id: &str) -> Result<Ipv4Addr> {
+/// `--ip`: an address of the network's a member may have (not its own
+/// address, the bridge's, nor the broadcast address).
+pub fn check_address(net: &Network, ip: &str) -> std::result::Result<Ipv4Addr, String> {
+    let addr: Ipv4Addr = ip.parse().map_err(|_| format!("invalid IPv4 address: {ip}"))?;
+    let (base, len) = net.range().map_err(|e| format!("{e:#}"))?;
+    let a = u32::from(addr);
+    let last = base | (u32::MAX >> len);
+    if a & (u32::MAX << (32 - len)) != base || a < base + 2 || a == last {
+        return Err(format!(
+            "no configured subnet or ip-range contain the IP address {ip} (network {}: {})",
+            net.name, net.subnet
+        ));
+    }
+    Ok(addr)
+}
+
+/// The address container `id` has on `net` while it runs: the one it asked
+/// for (`--ip`), or the one it has, else the lowest free one (leases of
+/// members no longer running are dropped first).
+pub fn lease(ctx: &Context, net: &Network, id: &str, wanted: Option<&str>) -> Result<Ipv4Addr> {
     let _lock = crate::lockfile::lock_exclusive(&net.dir(ctx).join("leases.lock"))?;
     let mut leases = read_leases(ctx, net);
     leases.retain(|_, owner| owner == id || running(ctx, owner).is_some());
+    let wanted = wanted.map(|w| check_address(net, w).map_err(|e| anyhow::anyhow!(e))).transpose()?;
+    if let Some(w) = wanted {
+        match leases.get(&w) {
+            Some(owner) if owner != id => bail!("Address already in use ({w} on network {})", net.name),
+            _ => leases.retain(|ip, owner| owner != id || *ip == w),
+        }
+    }
     if let Some((ip, _)) = leases.iter().find(|(_, owner)| *owner == id) {
         return Ok(*ip);
     }
     let (base, len) = net.range()?;
     let last = base | (u32::MAX >> len);
-    let ip = (base + 2..last)
-        .map(Ipv4Addr::from)
-        .find(|ip| !leases.contains_key(ip))
+    let ip = wanted
+        .or_else(|| (base + 2..last).map(Ipv4Addr::from).find(|ip| !leases.contains_key(ip)))
         .ok_or_else(|| anyhow::anyhow!("no free address left in network {} ({})", net.name, net.subnet))?;
     leases.insert(ip, id.to_string());
     record::write_json(&net.dir(ctx).join("leases.json"), &leases)?;

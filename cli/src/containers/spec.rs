@@ -247,7 +247,7 @@ impl<'a> SpecBuilder<'a> {
         };
         if let Some((net, holder)) = self.user_network()? {
             let id = &self.c.config.id;
-            let ip = networks::lease(self.ctx, &net, id)?;
+            let ip = networks::lease(self.ctx, &net, id, self.c.config.request.ip.as_deref())?;
             spec.bridge = Some(BridgeAttachment {
                 holder_pid: holder.pid,
                 bridge: networks::BRIDGE.into(),
