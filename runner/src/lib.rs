@@ -35,7 +35,7 @@ pub use cgroup::{remove_leftover as remove_leftover_cgroup, Cgroup, Usage as Cgr
 pub use error::RunnerError;
 pub use exec::exec;
 pub use idmap::{in_initial_user_namespace, rootless_mapping, ROOTLESS_RANGE};
-pub use network::Pasta;
+pub use network::{attach_bridge, detach_bridge, Pasta};
 pub use spawn::{spawn, spawn_with_fuse_rootfs, Container, FuseRootfs, Process, Stdio};
 pub use spec::{
     CgroupLimits, CgroupSpec, EtcFiles, ExecSpec, IdMapping, IdRange, Mount, MountKind, Namespaces, Network,

@@ -215,7 +215,9 @@ pub(crate) fn loopback_up() -> io::Result<()> {
 /// Connects the network namespace of `pid` to a bridge (see [`BridgeAttachment`]): the veth is
 /// made in the bridge's namespace with its peer moved into the container's, then addressed and
 /// brought up there. `ip` (iproute2) does the netlink work, run in each namespace in turn.
-pub(crate) fn attach_bridge(pid: libc::pid_t, att: &BridgeAttachment) -> Result<(), RunnerError> {
+///
+/// Also for a running container (`network connect`), by a caller with the capabilities above.
+pub fn attach_bridge(pid: libc::pid_t, att: &BridgeAttachment) -> Result<(), RunnerError> {
     let BridgeAttachment { holder_pid, bridge, host_veth, interface, address } = att;
     ip_in(
         *holder_pid,
@@ -225,6 +227,12 @@ pub(crate) fn attach_bridge(pid: libc::pid_t, att: &BridgeAttachment) -> Result<
         ),
     )?;
     ip_in(pid, &format!("addr add {address} dev {interface}\nlink set {interface} up\n"))
+}
+
+/// Undoes [`attach_bridge`] for a running container: deleting the bridge's end of the veth
+/// deletes the other end too.
+pub fn detach_bridge(att: &BridgeAttachment) -> Result<(), RunnerError> {
+    ip_in(att.holder_pid, &format!("link del {}\n", att.host_veth))
 }
 
 /// Runs `ip -batch -` with `commands` in the network namespace of `pid`.

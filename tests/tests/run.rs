@@ -1309,7 +1309,7 @@ fn network_ls_and_inspect_show_the_builtin_networks() {
     let inspected = s.ok(&["network", "inspect", "bridge"]);
     assert!(inspected.contains(id.trim()), "the running container is on the bridge network: {inspected}");
     let (_, err) = s.fails(&["network", "connect", "mine", "member"]);
-    assert!(err.contains("not supported by strata yet"), "{err}");
+    assert!(err.contains("network mine not found"), "{err}");
     let (code, err) = s.fails(&["network", "inspect", "nosuch"]);
     assert_eq!(code, 1);
     assert!(err.contains("network nosuch not found"), "{err}");
@@ -1517,6 +1517,55 @@ fn user_defined_networks_connect_their_containers_by_name() {
         let pruned = s.ok(&["network", "prune", "-f"]);
         assert_eq!(pruned, "Deleted Networks:\nn2\n", "{who}");
         assert_eq!(parse_table(&s.ok(&["network", "ls"])).len(), 4, "{who}: the built-in networks are left");
+    });
+}
+
+#[test]
+fn network_connect_and_disconnect_move_a_container() {
+    both(|e, who| {
+        let s = &e.s;
+        s.ok(&["network", "create", "n1"]);
+        s.ok(&["run", "-d", "--name", "member", "--network", "n1", &e.bb, "sleep", "600"]);
+        s.ok(&["run", "-d", "--name", "guest", &e.bb, "sleep", "600"]);
+        let has_eth1 = |c: &str| s.run(&["exec", c, "ip", "link", "show", "eth1"]).status.success();
+        if who.contains("strata-test") {
+            // Its user namespace is its own: the move happens across a restart.
+            let (code, err) = s.fails(&["network", "connect", "n1", "guest"]);
+            assert_eq!(code, 1, "{who}");
+            assert_mentions(&err, &["stop it, connect it, start it"], who);
+            s.ok(&["stop", "-t", "1", "guest"]);
+            s.ok(&["network", "connect", "--alias", "visitor", "n1", "guest"]);
+            s.ok(&["start", "guest"]);
+        } else {
+            s.ok(&["network", "connect", "--alias", "visitor", "n1", "guest"]);
+        }
+        assert!(has_eth1("guest"), "{who}: guest is on n1");
+        let hosts = s.ok(&["exec", "member", "cat", "/etc/hosts"]);
+        assert!(hosts.contains("\tguest ") && hosts.contains(" visitor\n"), "{who}: member knows guest: {hosts}");
+        assert!(s.ok(&["exec", "guest", "cat", "/etc/hosts"]).contains("\tmember "), "{who}: guest knows member");
+        let mode = s.ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", "guest"]);
+        assert_eq!(mode.trim(), "n1", "{who}");
+        let (_, err) = s.fails(&["network", "connect", "n1", "guest"]);
+        assert_mentions(&err, &["endpoint with name guest already exists in network n1"], who);
+
+        if who.contains("strata-test") {
+            s.ok(&["stop", "-t", "1", "guest"]);
+            s.ok(&["network", "disconnect", "n1", "guest"]);
+            s.ok(&["start", "guest"]);
+        } else {
+            s.ok(&["network", "disconnect", "n1", "guest"]);
+        }
+        assert!(!has_eth1("guest"), "{who}: guest has left n1");
+        wait_until("guest leaves member's /etc/hosts", std::time::Duration::from_secs(10), || {
+            !s.ok(&["exec", "member", "cat", "/etc/hosts"]).contains("\tguest ")
+        });
+        let mode = s.ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", "guest"]);
+        assert_eq!(mode.trim(), "private", "{who}");
+        let (code, err) = s.fails(&["network", "disconnect", "n1", "guest"]);
+        assert_eq!(code, 1, "{who}");
+        assert_mentions(&err, &["container guest is not connected to network n1"], who);
+        s.ok(&["rm", "-f", "member", "guest"]);
+        s.ok(&["network", "rm", "n1"]);
     });
 }
 

@@ -2,7 +2,8 @@
 //! (strata's `private`: a network namespace of its own, reached through
 //! pasta), `host` and `none`; and user-defined ones (`network create`, see
 //! `containers::networks`), on which containers reach each other by name.
-//! `connect` and `disconnect` of a container are not there yet, and say so.
+//! `connect` and `disconnect` move a container between the default network
+//! and a user-defined one.
 
 use crate::containers::networks::{self, Network};
 use crate::containers::record;
@@ -25,10 +26,10 @@ pub enum NetworkCommand {
     /// Remove one or more networks
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
-    /// Connect a container to a network (not supported)
-    Connect(UnsupportedArgs),
-    /// Disconnect a container from a network (not supported)
-    Disconnect(UnsupportedArgs),
+    /// Connect a container to a network
+    Connect(ConnectArgs),
+    /// Disconnect a container from a network
+    Disconnect(DisconnectArgs),
     /// Remove all unused networks
     Prune(PruneArgs),
 }
@@ -83,9 +84,28 @@ pub struct InspectArgs {
 }
 
 #[derive(Args)]
-pub struct UnsupportedArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+pub struct ConnectArgs {
+    /// Add network-scoped alias for the container
+    #[arg(long = "alias")]
+    alias: Vec<String>,
+    /// IPv4 address (e.g., 10.89.1.10)
+    #[arg(long)]
+    ip: Option<String>,
+    #[arg(value_name = "NETWORK")]
+    network: String,
+    #[arg(value_name = "CONTAINER")]
+    container: String,
+}
+
+#[derive(Args)]
+pub struct DisconnectArgs {
+    /// Force the container to disconnect from a network
+    #[arg(short, long)]
+    force: bool,
+    #[arg(value_name = "NETWORK")]
+    network: String,
+    #[arg(value_name = "CONTAINER")]
+    container: String,
 }
 
 #[derive(Args)]
@@ -111,13 +131,30 @@ pub fn run(ctx: &Context, cmd: NetworkCommand) -> Result<i32> {
         NetworkCommand::Create(a) => create(ctx, a),
         NetworkCommand::Rm(a) => rm(ctx, a),
         NetworkCommand::Prune(a) => prune(ctx, a),
-        NetworkCommand::Connect(_) | NetworkCommand::Disconnect(_) => {
-            bail!(
-                "connecting and disconnecting containers is not supported by strata yet: give the network \
-                 when the container is created (--network NAME)"
-            )
-        }
+        NetworkCommand::Connect(a) => network_and_container(ctx, &a.network, &a.container)
+            .and_then(|(net, c)| networks::connect(ctx, &net, &c, &a.alias, a.ip.as_deref()))
+            .map(|()| 0)
+            .map_err(daemon_error),
+        NetworkCommand::Disconnect(a) => network_and_container(ctx, &a.network, &a.container)
+            .and_then(|(net, c)| networks::disconnect(ctx, &net, &c))
+            .map(|()| 0)
+            .map_err(daemon_error),
     }
+}
+
+/// Docker's way of reporting a refused request: exit status 1.
+fn daemon_error(e: anyhow::Error) -> anyhow::Error {
+    eprintln!("Error response from daemon: {e:#}");
+    crate::exit::with_code(1, None)
+}
+
+/// The user-defined network and the container `connect`/`disconnect` name.
+fn network_and_container(ctx: &Context, network: &str, container: &str) -> Result<(Network, record::Container)> {
+    if NETWORKS.iter().any(|(n, _, _)| *n == network) {
+        bail!("strata connects containers to user-defined networks only; {network} is given with `run --network`");
+    }
+    let net = networks::find(ctx, network)?.ok_or_else(|| anyhow::anyhow!("network {network} not found"))?;
+    Ok((net, record::find_fresh(&ctx.layout, container)?))
 }
 
 fn create(ctx: &Context, a: CreateArgs) -> Result<i32> {

@@ -402,11 +402,130 @@ pub fn update_members_hosts(ctx: &Context, net: &Network, except: &str, line: &s
             new.push_str(line);
         }
         if new != old {
-            let _ = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(new.as_bytes()));
+            write_in_place(&path, &new);
         }
     }
+}
+
+/// The veth of container `id` (address `ip`) on `net`, whose holder is `holder`.
+pub fn attachment(
+    net: &Network,
+    holder: &Proc,
+    id: &str,
+    ip: Ipv4Addr,
+) -> Result<strata_runner::spec::BridgeAttachment> {
+    Ok(strata_runner::spec::BridgeAttachment {
+        holder_pid: holder.pid,
+        bridge: BRIDGE.into(),
+        host_veth: format!("st{}", &id[..12]),
+        interface: INTERFACE.into(),
+        address: format!("{ip}/{}", net.range()?.1),
+    })
+}
+
+/// `network connect NET CONTAINER`: puts a container of the default
+/// network on `net` (strata keeps one user-defined network per container;
+/// its pasta link stays). A running one is attached now, which only root
+/// can do (an ordinary user's container has a user namespace of its own,
+/// the network's holder another: stop it first).
+pub fn connect(ctx: &Context, net: &Network, c: &Container, aliases: &[String], ip: Option<&str>) -> Result<()> {
+    let cfg = &c.config;
+    if cfg.network == net.name {
+        bail!("endpoint with name {} already exists in network {}", cfg.name, net.name);
+    }
+    match cfg.network.as_str() {
+        "private" => {}
+        "host" => bail!("container cannot be disconnected from host network or connected to host network"),
+        "none" => bail!("container cannot be connected to multiple networks with one of the networks in private (none) mode"),
+        n if n.starts_with("container:") => bail!("container sharing network namespace with another container cannot be connected to any other network"),
+        other => bail!("{} is on network {other} already; strata puts a container on one user-defined network: disconnect it first", cfg.name),
+    }
+    if let Some(ip) = ip {
+        check_address(net, ip).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let live = c.running().then(|| c.state.init.filter(|p| p.alive())).flatten();
+    if live.is_some() && ctx.rootless {
+        bail!("{} is running: an ordinary user's container joins a user-defined network when it starts; stop it, connect it, start it", cfg.name);
+    }
+    let mut new = cfg.clone();
+    new.network = net.name.clone();
+    new.request.network_alias = aliases.to_vec();
+    new.request.ip = ip.map(String::from);
+    {
+        let _lock = record::lock(&ctx.layout)?;
+        record::write_json(&c.dir.join("config.json"), &new)?;
+    }
+    if let Some(init) = live {
+        let c = Container { config: new, ..c.clone() };
+        let attached = (|| -> Result<()> {
+            let holder = ensure_holder(ctx, net)?;
+            let ip = lease(ctx, net, &c.config.id, ip)?;
+            strata_runner::attach_bridge(init.pid, &attachment(net, &holder, &c.config.id, ip)?)?;
+            let mut own = std::fs::read_to_string(c.dir.join("hosts")).unwrap_or_default();
+            own.push_str(&hosts_line(ip, &c));
+            for (ip, m) in members(ctx, net, &c.config.id) {
+                own.push_str(&hosts_line(ip, &m));
+            }
+            write_in_place(&c.dir.join("hosts"), &own);
+            update_members_hosts(ctx, net, &c.config.id, &hosts_line(ip, &c), true);
+            Ok(())
+        })();
+        if let Err(e) = attached {
+            let _lock = record::lock(&ctx.layout)?;
+            record::write_json(&c.dir.join("config.json"), cfg)?;
+            release(ctx, net, &cfg.id);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// `network disconnect NET CONTAINER`: back to the default network; a
+/// running container (root's: see [`connect`]) loses its interface now.
+pub fn disconnect(ctx: &Context, net: &Network, c: &Container) -> Result<()> {
+    let cfg = &c.config;
+    if cfg.network != net.name {
+        bail!("container {} is not connected to network {}", cfg.name, net.name);
+    }
+    let live = c.running().then(|| c.state.init.filter(|p| p.alive())).flatten();
+    if live.is_some() && ctx.rootless {
+        bail!(
+            "{} is running: an ordinary user's container leaves a user-defined network when it stops; stop it first",
+            cfg.name
+        );
+    }
+    if live.is_some() {
+        if let (Some(holder), Some(ip)) = (holder(ctx, net).filter(Proc::alive), lease_of(ctx, net, &cfg.id)) {
+            strata_runner::detach_bridge(&attachment(net, &holder, &cfg.id, ip)?)?;
+            update_members_hosts(ctx, net, &cfg.id, &hosts_line(ip, c), false);
+            // Its own lines lose every name on the network.
+            let (base, len) = net.range()?;
+            let on_network = |l: &str| {
+                let addr = l.split('\t').next().and_then(|a| a.parse::<Ipv4Addr>().ok());
+                addr.is_some_and(|a| u32::from(a) & (u32::MAX << (32 - len)) == base)
+            };
+            let own: String = std::fs::read_to_string(c.dir.join("hosts"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| !on_network(l))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write_in_place(&c.dir.join("hosts"), &own);
+        }
+        release(ctx, net, &cfg.id);
+    }
+    let mut new = cfg.clone();
+    new.network = "private".into();
+    new.request.network_alias.clear();
+    new.request.ip = None;
+    let _lock = record::lock(&ctx.layout)?;
+    record::write_json(&c.dir.join("config.json"), &new)
+}
+
+fn write_in_place(path: &std::path::Path, text: &str) {
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
 }

@@ -9,8 +9,7 @@ use crate::context::Context;
 use anyhow::{bail, Context as _, Result};
 use std::os::fd::AsFd;
 use strata_runner::spec::{
-    BridgeAttachment, CgroupLimits, CgroupSpec, EtcFiles, IdMapping, Mount, MountKind, Network, PortForward, Protocol,
-    Rlimit, Spec,
+    CgroupLimits, CgroupSpec, EtcFiles, IdMapping, Mount, MountKind, Network, PortForward, Protocol, Rlimit, Spec,
 };
 use strata_runner::Cap;
 
@@ -248,13 +247,7 @@ impl<'a> SpecBuilder<'a> {
         if let Some((net, holder)) = self.user_network()? {
             let id = &self.c.config.id;
             let ip = networks::lease(self.ctx, &net, id, self.c.config.request.ip.as_deref())?;
-            spec.bridge = Some(BridgeAttachment {
-                holder_pid: holder.pid,
-                bridge: networks::BRIDGE.into(),
-                host_veth: format!("st{}", &id[..12]),
-                interface: networks::INTERFACE.into(),
-                address: format!("{ip}/{}", net.range()?.1),
-            });
+            spec.bridge = Some(networks::attachment(&net, &holder, id, ip)?);
             // Its own name at its address, and the running members'.
             if let Some(hosts) = spec.etc_files.as_mut().and_then(|f| f.hosts.as_mut()) {
                 hosts.push_str(&networks::hosts_line(ip, self.c));
