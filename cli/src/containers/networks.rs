@@ -170,7 +170,9 @@ pub fn users(ctx: &Context, net: &Network) -> Result<Vec<Container>> {
 
 /// `network rm`: refused while a member runs; stops the holder.
 pub fn remove(ctx: &Context, net: &Network) -> Result<()> {
-    let _lock = record::lock(&ctx.layout)?;
+    // (The holder's lock: a member starting now waits, then finds no
+    // network. Not the records lock, which refreshing records may take.)
+    let _lock = crate::lockfile::lock_exclusive(&net.dir(ctx).join("holder.lock"))?;
     let running: Vec<String> = users(ctx, net)?.into_iter().filter(|c| c.running()).map(|c| c.config.name).collect();
     if !running.is_empty() {
         bail!(
@@ -196,6 +198,9 @@ fn holder(ctx: &Context, net: &Network) -> Option<Proc> {
 /// The running holder of `net`, started if it is not running.
 pub fn ensure_holder(ctx: &Context, net: &Network) -> Result<Proc> {
     let _lock = crate::lockfile::lock_exclusive(&net.dir(ctx).join("holder.lock"))?;
+    if !net.dir(ctx).join("network.json").exists() {
+        bail!("network {} was removed", net.name);
+    }
     if let Some(h) = holder(ctx, net).filter(Proc::alive) {
         return Ok(h);
     }
