@@ -534,3 +534,54 @@ fn write_in_place(path: &std::path::Path, text: &str) {
         .open(path)
         .and_then(|mut f| f.write_all(text.as_bytes()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(subnet: &str) -> Network {
+        Network {
+            name: "n".into(),
+            id: "0".repeat(64),
+            created: String::new(),
+            subnet: subnet.into(),
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn subnets_are_networks_of_8_to_29_bits() {
+        assert_eq!(parse_subnet("10.89.3.0/24").unwrap(), (u32::from(Ipv4Addr::new(10, 89, 3, 0)), 24));
+        assert_eq!(parse_subnet("172.20.0.0/16").unwrap().1, 16);
+        for (bad, why) in [
+            ("10.89.3.1/24", "host bits"),
+            ("10.89.3.0/30", "between 8 and 29"),
+            ("10.89.3.0", "IPv4 network"),
+            ("fd00::/64", "IPv4 network"),
+            ("10.89.3.0/x", "IPv4 network"),
+        ] {
+            let e = parse_subnet(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn members_get_addresses_inside_the_subnet_past_the_bridge() {
+        let n = net("10.89.3.0/24");
+        assert_eq!(n.gateway().unwrap(), Ipv4Addr::new(10, 89, 3, 1));
+        assert_eq!(check_address(&n, "10.89.3.2").unwrap(), Ipv4Addr::new(10, 89, 3, 2));
+        assert_eq!(check_address(&n, "10.89.3.254").unwrap(), Ipv4Addr::new(10, 89, 3, 254));
+        for bad in ["10.89.3.0", "10.89.3.1", "10.89.3.255", "10.89.4.2", "10.89.3", "x"] {
+            assert!(check_address(&n, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_hosts_line_names_the_container_its_short_id_and_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = record::test_record(&strata_layers::StoreLayout::new(dir.path().to_path_buf()), "web");
+        c.config.request.network_alias = vec!["api".into(), "www".into()];
+        let short = c.config.id[..12].to_string();
+        assert_eq!(hosts_line(Ipv4Addr::new(10, 89, 3, 7), &c), format!("10.89.3.7\tweb {short} api www\n"));
+    }
+}
