@@ -1521,6 +1521,33 @@ fn user_defined_networks_connect_their_containers_by_name() {
 }
 
 #[test]
+fn a_network_holder_leaves_when_idle_and_comes_back() {
+    for unprivileged in [false, true] {
+        let who = if unprivileged { "as strata-test" } else { "as root" };
+        let mut e = setup(unprivileged);
+        e.s.set_env("STRATA_NETWORK_IDLE", "2");
+        let s = &e.s;
+        s.ok(&["network", "create", "n1"]);
+        let record = s.root().join("networks/n1/holder.json");
+        assert!(!record.exists(), "{who}: no holder before a member");
+        s.ok(&["run", "-d", "--name", "member", "--network", "n1", &e.bb, "sleep", "600"]);
+        let holder: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        let pid = holder["pid"].as_i64().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        assert!(record.exists(), "{who}: the holder stays while a member runs");
+        s.ok(&["rm", "-f", "member"]);
+        wait_until("the idle holder to leave", std::time::Duration::from_secs(20), || {
+            !record.exists() && !std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+        });
+        // The next member starts a new one.
+        let out =
+            s.ok(&["run", "--rm", "--name", "again", "--network", "n1", &e.bb, "ip", "-4", "addr", "show", "eth1"]);
+        assert!(out.contains("inet 10.89."), "{who}: {out}");
+        s.ok(&["network", "rm", "n1"]);
+    }
+}
+
+#[test]
 fn network_connect_and_disconnect_move_a_container() {
     both(|e, who| {
         let s = &e.s;

@@ -13,6 +13,10 @@
 //! bridge, no NAT rule (Docker routes a user network out through NAT on
 //! the host; to the container the outcome is the same).
 //!
+//! The holder leaves once the network has had no running member for a
+//! while (`STRATA_NETWORK_IDLE` seconds, default 60): nothing of strata
+//! runs when no container does. The next member starts a new one.
+//!
 //! For an ordinary user the holder's namespaces belong to a user namespace
 //! it makes (with the subordinate id mapping every container gets), and
 //! members join that user namespace instead of making their own: only
@@ -202,6 +206,11 @@ pub fn ensure_holder(ctx: &Context, net: &Network) -> Result<Proc> {
         bail!("network {} was removed", net.name);
     }
     if let Some(h) = holder(ctx, net).filter(Proc::alive) {
+        // A member is on its way: the holder must not leave as idle now.
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(net.dir(ctx).join("holder.json"))
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
         return Ok(h);
     }
     let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| "/proc/self/exe".into());
@@ -218,6 +227,7 @@ pub fn ensure_holder(ctx: &Context, net: &Network) -> Result<Proc> {
         .args(["internal-network-holder", &net.name])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+        .envs(std::env::var_os(IDLE_ENV).map(|v| (IDLE_ENV, v)))
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -254,6 +264,8 @@ pub fn ensure_holder(ctx: &Context, net: &Network) -> Result<Proc> {
 
 /// Where the holder reports "ok" or what failed.
 const HOLDER_FD: i32 = 3;
+/// Seconds without a running member after which a holder leaves.
+pub const IDLE_ENV: &str = "STRATA_NETWORK_IDLE";
 
 /// `strata internal-network-holder NAME`: makes the network's namespaces
 /// and bridge, reports, and waits to be killed.
@@ -277,9 +289,16 @@ pub fn holder_main(ctx: &Context, name: &str) -> Result<i32> {
         Ok(()) => {
             let _ = report.write_all(b"ok");
             drop(report);
+            let idle = std::env::var(IDLE_ENV).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(60);
+            let idle = std::time::Duration::from_secs(idle.max(1));
             loop {
-                // SAFETY: pause just waits for a signal (SIGKILL/SIGTERM end us).
-                unsafe { libc::pause() };
+                std::thread::sleep(idle / 2);
+                if let Some(net) = find(ctx, name).ok().flatten() {
+                    if !leave_if_idle(ctx, &net, idle) {
+                        continue;
+                    }
+                }
+                return Ok(0);
             }
         }
         Err(e) => {
@@ -287,6 +306,20 @@ pub fn holder_main(ctx: &Context, name: &str) -> Result<i32> {
             Err(e)
         }
     }
+}
+
+/// In the holder: whether to leave now, because no member runs and none
+/// has asked for the holder within `idle` (then its record goes).
+fn leave_if_idle(ctx: &Context, net: &Network, idle: std::time::Duration) -> bool {
+    let Ok(_lock) = crate::lockfile::lock_exclusive(&net.dir(ctx).join("holder.lock")) else { return false };
+    let record = net.dir(ctx).join("holder.json");
+    let asked = std::fs::metadata(&record).and_then(|m| m.modified()).ok();
+    let quiet = asked.and_then(|t| t.elapsed().ok()).is_none_or(|e| e >= idle);
+    if !quiet || !members(ctx, net, "").is_empty() {
+        return false;
+    }
+    let _ = std::fs::remove_file(&record);
+    true
 }
 
 /// Runs `ip -batch -` with `commands` in this process's network namespace.

@@ -49,7 +49,8 @@ const ROOT_FD: RawFd = 4;
 /// What the supervisor keeps of the launching environment: the search path
 /// (newuidmap, pasta) and diagnostics. Everything else would only be visible
 /// in an `--init` container's /proc/1/environ.
-const SUPERVISOR_ENV: &[&str] = &["PATH", "TMPDIR", "STRATA_LOG", "RUST_LOG", "RUST_BACKTRACE"];
+const SUPERVISOR_ENV: &[&str] =
+    &["PATH", "TMPDIR", "STRATA_LOG", "RUST_LOG", "RUST_BACKTRACE", crate::containers::networks::IDLE_ENV];
 
 /// A start failure reported by the supervisor, with Docker's exit status.
 #[derive(Debug)]
