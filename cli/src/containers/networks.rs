@@ -270,8 +270,12 @@ pub const IDLE_ENV: &str = "STRATA_NETWORK_IDLE";
 /// `strata internal-network-holder NAME`: makes the network's namespaces
 /// and bridge, reports, and waits to be killed.
 pub fn holder_main(ctx: &Context, name: &str) -> Result<i32> {
-    // SAFETY: fd 3 was placed by `ensure_holder`; taken once.
-    let mut report = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(HOLDER_FD) };
+    // SAFETY: fd 3 was placed by `ensure_holder`; taken once. Close-on-exec
+    // again, so that no helper run here holds the report open.
+    let mut report = unsafe {
+        libc::fcntl(HOLDER_FD, libc::F_SETFD, libc::FD_CLOEXEC);
+        <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(HOLDER_FD)
+    };
     let result = (|| -> Result<()> {
         let net = find(ctx, name)?.ok_or_else(|| anyhow::anyhow!("network {name} not found"))?;
         if ctx.rootless {
