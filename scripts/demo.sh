@@ -2,8 +2,9 @@
 # A short tour of strata against a throwaway local registry:
 # build strata, make a small busybox image, push it to a registry on
 # 127.0.0.1, then pull it, run containers from it, commit one, build an
-# image from a Dockerfile, push both, mount the image, and pull it lazily
-# as zstd:chunked.
+# image from a Dockerfile, push both, connect two containers over a
+# user-defined network, mount the image, and pull it lazily as
+# zstd:chunked.
 #
 #   bash scripts/demo.sh        (as root, after scripts/setup.sh)
 #
@@ -37,6 +38,7 @@ cleanup() {
     for store in "$work/store" "$work/lazy-store"; do
         if [ -x "$strata" ] && [ -d "$store" ]; then
             "$strata" --root "$store" ps -aq 2>/dev/null | xargs -r "$strata" --root "$store" rm -f >/dev/null 2>&1 || true
+            "$strata" --root "$store" network prune -f >/dev/null 2>&1 || true
         fi
     done
     awk -v w="$work/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
@@ -129,6 +131,14 @@ built="$registry/demo/built:1"
 run build -t "$built" --build-arg WHO=the-demo "$work/context"
 run run --rm "$built"
 run push "$built"
+step "a user-defined network: containers on it reach each other by name"
+run network create demo-net
+run run -d --name web --network demo-net "$image" sh -c 'echo hello over demo-net | nc -l -p 80'
+run run --rm --network demo-net "$image" \
+    sh -c 'for i in $(seq 50); do nc web 80 </dev/null && exit; sleep 0.1; done; exit 1'
+run rm -f web
+run network rm demo-net
+
 run stop -t 1 demo
 run ps -a
 run rm demo
