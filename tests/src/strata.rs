@@ -110,6 +110,10 @@ impl Strata {
         &self.bin
     }
     /// True for instances made by [`Strata::new_unprivileged`].
+    /// The uid strata runs as.
+    pub fn uid(&self) -> u32 {
+        self.user.as_ref().map_or(0, |u| u.uid)
+    }
     pub fn is_unprivileged(&self) -> bool {
         self.user.is_some()
     }

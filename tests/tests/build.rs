@@ -500,3 +500,47 @@ fn run_mounts_files_of_another_stage_or_image() {
         assert!(err.contains("type=cache,from= is not supported"), "{who}: {err}");
     }
 }
+
+#[test]
+fn output_writes_the_built_files_to_a_directory_or_a_tar() {
+    for unprivileged in [false, true] {
+        let who = if unprivileged { "as strata-test" } else { "as root" };
+        let e = setup(unprivileged);
+        let s = &e.s;
+        // The usual artifact pattern: build in one stage, export only the result.
+        let dockerfile = format!(
+            "FROM {} AS build\nRUN mkdir -p /out/sub && echo artifact > /out/result.txt && ln -s result.txt /out/link \\\n \
+             && echo deep > /out/sub/deep\nFROM scratch\nCOPY --from=build /out/ /\n",
+            e.bb
+        );
+        let ctx = s.base().join("artifact");
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+        run_tool(std::process::Command::new("chmod").args(["-R", "a+rwX"]).arg(s.base()));
+        let (out_dir, out_tar) = (s.base().join("out"), s.base().join("out.tar"));
+        let ctx = ctx.to_str().unwrap();
+
+        s.ok(&["build", "-q", "-t", "art:1", "-o", out_dir.to_str().unwrap(), ctx]);
+        assert_eq!(std::fs::read_to_string(out_dir.join("result.txt")).unwrap(), "artifact\n", "{who}");
+        assert_eq!(std::fs::read_to_string(out_dir.join("sub/deep")).unwrap(), "deep\n", "{who}");
+        assert_eq!(std::fs::read_link(out_dir.join("link")).unwrap(), PathBuf::from("result.txt"), "{who}");
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(out_dir.join("result.txt")).unwrap());
+        assert_eq!(owner, if unprivileged { s.uid() } else { 0 }, "{who}: the files belong to the caller");
+        assert!(s.ok(&["images", "-q", "art:1"]).trim().len() == 12, "{who}: the image is made too");
+
+        let tar_arg = format!("type=tar,dest={}", out_tar.display());
+        s.ok(&["build", "-q", "-o", &tar_arg, ctx]);
+        let listed = run_tool(std::process::Command::new("tar").arg("-tf").arg(&out_tar));
+        let mut names: Vec<&str> = listed.lines().collect();
+        names.sort();
+        assert_eq!(names, ["link", "result.txt", "sub", "sub/deep"], "{who}");
+
+        let streamed = s.run(&["build", "-q", "-o", "-", ctx]);
+        assert!(streamed.status.success(), "{who}");
+        assert_eq!(&streamed.stdout[257..262], b"ustar", "{who}: a tar on stdout and nothing else");
+        let (_, err) = s.fails(&["build", "-o", "-", ctx]);
+        assert_mentions(&err, &["add --quiet"], who);
+        let (_, err) = s.fails(&["build", "-q", "-o", "type=registry", ctx]);
+        assert_mentions(&err, &["strata writes type=local or type=tar, not registry"], who);
+    }
+}

@@ -62,6 +62,10 @@ pub struct BuildArgs {
     /// Set the networking mode for the RUN instructions during build
     #[arg(long, value_name = "string")]
     network: Option<String>,
+    /// Also write the image's files out: type=local,dest=DIR (or DIR alone)
+    /// or type=tar,dest=FILE (`-` alone: a tar on stdout, with --quiet)
+    #[arg(short = 'o', long = "output", value_name = "stringArray")]
+    output: Option<String>,
     /// Build context: a directory
     #[arg(value_name = "PATH")]
     context: String,
@@ -310,6 +314,10 @@ pub fn run(ctx: &Context, a: BuildArgs) -> Result<i32> {
         }
         secrets.insert(id, std::fs::canonicalize(&src)?);
     }
+    let output = a.output.as_deref().map(Output::parse).transpose()?;
+    if matches!(&output, Some(Output::Tar(None))) && !a.quiet {
+        bail!("--output - writes the tar to stdout, where the build's own output goes: add --quiet");
+    }
     let store = Store::open(ctx.layout.clone())?;
     let options = BuildOptions {
         dockerfile,
@@ -327,6 +335,12 @@ pub fn run(ctx: &Context, a: BuildArgs) -> Result<i32> {
     if let Some(f) = &a.iidfile {
         std::fs::write(f, image.id.to_string()).with_context(|| format!("writing {}", f.display()))?;
     }
+    if let Some(out) = &output {
+        write_output(ctx, &store, &image, out)?;
+        if matches!(out, Output::Tar(None)) {
+            return Ok(0);
+        }
+    }
     if !a.quiet {
         if let Some(first) = tags.first() {
             println!("COMMIT {}", first.familiar_string());
@@ -338,4 +352,88 @@ pub fn run(ctx: &Context, a: BuildArgs) -> Result<i32> {
     }
     println!("{hex}");
     Ok(0)
+}
+
+/// Where `build --output` writes the image's files.
+enum Output {
+    /// Into a directory (made if missing), as files owned by the caller.
+    Local(PathBuf),
+    /// As a tar archive: to a file, or stdout.
+    Tar(Option<PathBuf>),
+}
+
+impl Output {
+    /// BuildKit's and Podman's forms: `type=local,dest=DIR`, `type=tar,dest=FILE`
+    /// (`dest=-`: stdout), a directory alone, or `-` alone.
+    fn parse(spec: &str) -> Result<Output> {
+        if spec == "-" {
+            return Ok(Output::Tar(None));
+        }
+        if !spec.contains('=') {
+            return Ok(Output::Local(PathBuf::from(spec)));
+        }
+        let (mut kind, mut dest) = (None, None);
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("type", v)) => kind = Some(v),
+                Some(("dest", v)) => dest = Some(v),
+                _ => bail!("invalid --output {spec:?}: expected type=local|tar,dest=PATH"),
+            }
+        }
+        match (kind, dest) {
+            (Some("local"), Some(d)) => Ok(Output::Local(PathBuf::from(d))),
+            (Some("tar"), Some("-")) => Ok(Output::Tar(None)),
+            (Some("tar"), Some(d)) => Ok(Output::Tar(Some(PathBuf::from(d)))),
+            (Some(k @ ("local" | "tar")), None) => bail!("invalid --output {spec:?}: type={k} needs dest=PATH"),
+            (Some(k), _) => bail!("invalid --output {spec:?}: strata writes type=local or type=tar, not {k}"),
+            (None, _) => bail!("invalid --output {spec:?}: give type=local or type=tar"),
+        }
+    }
+}
+
+/// The built image's merged files as a tar stream into `out`, or extracted
+/// into its directory (by the same extractor as `cp`: no symlink followed,
+/// nothing written outside it).
+fn write_output(ctx: &Context, store: &Store, image: &strata_layers::image::ImageRecord, out: &Output) -> Result<()> {
+    use std::io::Write as _;
+    let keys: Vec<String> = image.layers.iter().map(|l| l.mount_key(store)).collect();
+    let lowers = crate::lazy::lowers(&ctx.layout, &keys)?;
+    let empty = store.temp_dir("output-upper-")?;
+    let entries = strata_fs::merged_entries(&lowers, empty.path())?;
+    let tar_to = |w: &mut dyn std::io::Write| -> Result<()> {
+        let mut w = std::io::BufWriter::new(w);
+        strata_fs::write_layer_tar(empty.path(), &entries, &mut w)?;
+        w.flush().context("writing the image's files")
+    };
+    match out {
+        Output::Tar(None) => tar_to(&mut std::io::stdout().lock()),
+        Output::Tar(Some(path)) => {
+            let file = super::support::OutputFile::create(path)?;
+            tar_to(&mut file.file())?;
+            file.finish()
+        }
+        Output::Local(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let fd = rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .with_context(|| format!("opening {}", dir.display()))?;
+            let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+            std::thread::scope(|scope| {
+                let producer =
+                    scope.spawn(|| super::support::with_sigpipe_blocked(|| tar_to(&mut std::fs::File::from(writer))));
+                let extracted = super::cp::extract(
+                    std::fs::File::from(reader),
+                    std::os::fd::AsFd::as_fd(&fd),
+                    &super::cp::Owners::Caller,
+                );
+                let produced =
+                    producer.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the archiving thread panicked")));
+                extracted.and(produced)
+            })
+            .with_context(|| format!("writing the image's files into {}", dir.display()))
+        }
+    }
 }

@@ -364,7 +364,7 @@ impl Place<'_> {
 
 /// Who owns what is extracted: the archive's owners (`-a`), the
 /// container's root (into a container), or whoever runs strata.
-enum Owners {
+pub(crate) enum Owners {
     FromArchive,
     Root,
     Caller,
@@ -413,7 +413,9 @@ fn copy(src: &Place, dest: &Place, a: &CpArgs, chown_to_root: bool) -> Result<u6
     let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     let owners = owners(a, chown_to_root);
     std::thread::scope(|scope| {
-        let producer = scope.spawn(|| archive(src, top.as_deref(), a.follow_link, File::from(writer)));
+        let producer = scope.spawn(|| {
+            super::support::with_sigpipe_blocked(|| archive(src, top.as_deref(), a.follow_link, File::from(writer)))
+        });
         let mut input = Counted { inner: File::from(reader), bytes: 0 };
         let extracted = extract(&mut input, dir.as_fd(), &owners);
         drop(input.inner);
@@ -524,7 +526,7 @@ fn reopen(fd: &OwnedFd) -> io::Result<OwnedFd> {
 /// Extracts the tar `input` below the directory `dest` without following
 /// any symlink (each component is opened with O_NOFOLLOW), refusing names
 /// that leave it.
-fn extract(input: impl Read, dest: BorrowedFd, owners: &Owners) -> Result<()> {
+pub(crate) fn extract(input: impl Read, dest: BorrowedFd, owners: &Owners) -> Result<()> {
     let mut tar = tar::Archive::new(input);
     // Directory times are set last: writing into a directory changes them.
     let mut dir_times: Vec<(Vec<u8>, u64)> = Vec::new();

@@ -158,3 +158,15 @@ impl Pruned {
 pub fn print_reclaimed(bytes: u64) {
     println!("Total reclaimed space: {}", crate::format::human_size(bytes));
 }
+
+/// Runs `f` (on a thread of its own) with SIGPIPE blocked in this thread:
+/// a writer into a pipe whose reader gave up gets EPIPE, which it reports,
+/// instead of the signal, which would end the whole process (the CLI has
+/// SIGPIPE's default action, for `| head`).
+pub fn with_sigpipe_blocked<T>(f: impl FnOnce() -> T) -> T {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGPIPE);
+    // A thread-directed SIGPIPE left pending is dropped when the thread ends.
+    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_BLOCK, Some(&set), None);
+    f()
+}
