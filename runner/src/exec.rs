@@ -59,6 +59,7 @@ pub fn exec(
     let flags = differing_namespaces(container_pid);
     let last_cap = caps::last_cap();
     let caps_mask = Cap::mask(&spec.capabilities);
+    let seccomp = spec.seccomp.as_ref().map(crate::seccomp::compile).transpose()?;
     let (parent_sock, child_sock) = sys::seqpacket_pair().map_err(|e| RunnerError::io("socketpair", e))?;
     // SAFETY: fork; the child never returns.
     let inter = unsafe { libc::fork() };
@@ -83,7 +84,9 @@ pub fn exec(
             if pid == 0 {
                 let sock = child::move_above_stdio(sock.try_clone().unwrap_or_else(|_| unsafe { libc::_exit(125) }))
                     .unwrap_or_else(|_| unsafe { libc::_exit(125) });
-                child::run_child(sock.as_fd(), || exec_child(spec, &sock, &stdio, caps_mask, last_cap));
+                child::run_child(sock.as_fd(), || {
+                    exec_child(spec, &sock, &stdio, caps_mask, last_cap, seccomp.as_ref())
+                });
             }
             let mut msg = vec![MSG_PID];
             msg.extend_from_slice(&pid.to_le_bytes());
@@ -138,6 +141,7 @@ fn exec_child(
     stdio: &Stdio,
     caps_mask: u64,
     last_cap: u32,
+    seccomp: Option<&crate::seccomp::Compiled>,
 ) -> Result<Infallible, ChildError> {
     child::wait_for(sock.as_fd(), MSG_GO)?;
     child::place_stdio(stdio.raw()).map_err(|e| ChildError::setup(format!("set up stdio: {e}")))?;
@@ -152,6 +156,7 @@ fn exec_child(
     // While still root of the container: raising a hard limit back up may need CAP_SYS_RESOURCE.
     child::set_rlimits(&spec.rlimits)?;
     child::new_session_keyring()?;
+    crate::spawn::install_seccomp(seccomp)?;
     child::switch_user(&spec.user, caps_mask, last_cap, spec.no_new_privileges)?;
     child::chdir(&spec.cwd)?;
     child::reset_signals();

@@ -25,6 +25,7 @@ mod exec;
 mod idmap;
 mod mounts;
 mod network;
+pub mod seccomp;
 mod spawn;
 pub mod spec;
 mod sys;

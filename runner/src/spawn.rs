@@ -200,6 +200,8 @@ struct Plan {
     /// pidfds of the processes whose network and pid namespaces the container joins.
     join_netns: Option<OwnedFd>,
     join_pidns: Option<OwnedFd>,
+    /// The syscall filter, compiled before the fork.
+    seccomp: Option<crate::seccomp::Compiled>,
     etc_binds: Vec<(&'static str, std::path::PathBuf)>,
     fuse: Option<FuseRootfs>,
 }
@@ -282,6 +284,7 @@ fn spawn_inner(
         new_netns: matches!(spec.network, Network::None | Network::Private { .. }),
         join_netns,
         join_pidns,
+        seccomp: spec.seccomp.as_ref().map(crate::seccomp::compile).transpose()?,
         etc_binds: write_etc_files(spec)?,
         fuse,
     };
@@ -593,6 +596,7 @@ fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Re
     child::set_rlimits(&spec.rlimits)?;
     child::new_session_keyring()?;
     child::give_stdio_to(&spec.user);
+    install_seccomp(plan.seccomp.as_ref())?;
     child::switch_user(&spec.user, plan.caps_mask, plan.last_cap, spec.no_new_privileges)?;
     child::chdir(&spec.cwd)?;
     child::reset_signals();
@@ -620,4 +624,15 @@ fn mount_fuse_rootfs(spec: &Spec, fuse: &FuseRootfs, sock: &OwnedFd) -> Result<(
     sys::send_msg(sock.as_fd(), &[MSG_FUSE], Some(dev.as_fd())).map_err(|e| err("send the /dev/fuse fd", e))?;
     drop(dev);
     child::wait_for(sock.as_fd(), MSG_SERVED)
+}
+
+/// Installs the syscall filter, the last step while the process still holds
+/// every capability (see [`crate::seccomp`]).
+pub(crate) fn install_seccomp(compiled: Option<&crate::seccomp::Compiled>) -> Result<(), ChildError> {
+    match compiled {
+        Some(c) => {
+            crate::seccomp::install(c).map_err(|e| ChildError::setup(format!("install the seccomp filter: {e}")))
+        }
+        None => Ok(()),
+    }
 }

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::seccomp::SeccompProfile;
+
 use crate::caps::{Cap, DEFAULT_CAPS};
 
 /// The default `PATH` when the image does not set one (Docker's).
@@ -71,6 +73,9 @@ pub struct Spec {
     pub sys_rw: bool,
     pub cgroup: Option<CgroupSpec>,
     pub network: Network,
+    /// The syscall filter (see [`crate::seccomp`]); None: none.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProfile>,
     /// A second interface on a bridge in another network namespace (a user-defined network),
     /// set up after the network namespace exists (as pasta is) and before the command runs.
     #[serde(default)]
@@ -111,6 +116,7 @@ impl Spec {
             cgroup: None,
             network: Network::Host,
             bridge: None,
+            seccomp: None,
             shm_size: None,
             sysctls: Vec::new(),
         }
@@ -342,6 +348,9 @@ pub struct ExecSpec {
     /// those of whoever runs the exec.
     #[serde(default)]
     pub rlimits: Vec<Rlimit>,
+    /// The container's syscall filter, which an exec'd process runs under too.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProfile>,
 }
 
 impl ExecSpec {
@@ -355,6 +364,7 @@ impl ExecSpec {
             capabilities: DEFAULT_CAPS.to_vec(),
             no_new_privileges: false,
             rlimits: Vec::new(),
+            seccomp: None,
         }
     }
 }

@@ -1597,6 +1597,70 @@ fn network_connect_and_disconnect_move_a_container() {
 }
 
 #[test]
+fn seccomp_filters_syscalls_by_default_and_as_profiles_say() {
+    both(|e, who| {
+        let s = &e.s;
+        let probe = "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -s '\t' ' '; \
+                     unshare -U true 2>/dev/null && echo unshare allowed || echo unshare refused";
+        let run = |flags: &[&str]| {
+            let mut args = vec!["run", "--rm"];
+            args.extend_from_slice(flags);
+            args.extend([e.bb.as_str(), "sh", "-c", probe]);
+            s.ok(&args)
+        };
+        // Docker's default: a filter, no no_new_privs (set-id programs work),
+        // and no new user namespace without CAP_SYS_ADMIN.
+        assert_eq!(run(&[]), "NoNewPrivs: 0\nSeccomp: 2\nunshare refused\n", "{who}: the default profile");
+        assert_eq!(run(&["--cap-add", "SYS_ADMIN"]), "NoNewPrivs: 0\nSeccomp: 2\nunshare allowed\n", "{who}");
+        assert_eq!(
+            run(&["--security-opt", "seccomp=unconfined"]),
+            "NoNewPrivs: 0\nSeccomp: 0\nunshare allowed\n",
+            "{who}"
+        );
+        assert_eq!(run(&["--privileged"]), "NoNewPrivs: 0\nSeccomp: 0\nunshare allowed\n", "{who}");
+        let nnp = run(&["--security-opt", "no-new-privileges"]);
+        assert_eq!(nnp, "NoNewPrivs: 1\nSeccomp: 2\nunshare refused\n", "{who}");
+        // exec'd processes run under the container's filter.
+        s.ok(&["run", "-d", "--name", "filtered", &e.bb, "sleep", "600"]);
+        assert!(s.ok(&["exec", "filtered", "sh", "-c", probe]).ends_with("unshare refused\n"), "{who}: exec");
+        s.ok(&["rm", "-f", "filtered"]);
+
+        // A profile in Docker's format, read at create: kept if the file goes.
+        let profile = s.base().join("profile.json");
+        std::fs::write(
+            &profile,
+            r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+        )
+        .unwrap();
+        chown_to_user(s, &profile);
+        let opt = format!("seccomp={}", profile.display());
+        s.ok(&[
+            "create",
+            "--name",
+            "custom",
+            "--security-opt",
+            &opt,
+            &e.bb,
+            "sh",
+            "-c",
+            "mkdir /x || echo refused; unshare -U true && echo unshare allowed",
+        ]);
+        std::fs::remove_file(&profile).unwrap();
+        s.ok(&["start", "custom"]);
+        assert_eq!(s.ok(&["wait", "custom"]).trim(), "0", "{who}");
+        assert_eq!(s.ok(&["logs", "custom"]), "refused\nunshare allowed\n", "{who}: only what the profile refuses");
+        s.ok(&["rm", "custom"]);
+        let (_, err) = s.fails(&["run", "--rm", "--security-opt", &opt, &e.bb, "true"]);
+        assert_mentions(&err, &["opening seccomp profile"], who);
+        std::fs::write(&profile, "{\"defaultAction\": \"SCMP_ACT_NOTIFY\"}").unwrap();
+        chown_to_user(s, &profile);
+        let (_, err) = s.fails(&["run", "--rm", "--security-opt", &opt, &e.bb, "true"]);
+        assert_mentions(&err, &["loading seccomp profile", "not supported"], who);
+    });
+}
+
+#[test]
 fn exec_reads_env_files_and_flags() {
     let e = setup(false);
     let s = &e.s;

@@ -488,16 +488,28 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     };
     crate::containers::signals::parse(&stop_signal)?;
     crate::containers::spec::validate(&args)?;
+    let mut seccomp_profile = None;
     for o in &args.security_opt {
-        if !matches!(
-            o.as_str(),
+        match o.as_str() {
             "no-new-privileges"
-                | "no-new-privileges:true"
-                | "no-new-privileges=true"
-                | "no-new-privileges:false"
-                | "no-new-privileges=false"
-        ) {
-            bail!("invalid --security-opt: {o:?} (supported: no-new-privileges)");
+            | "no-new-privileges:true"
+            | "no-new-privileges=true"
+            | "no-new-privileges:false"
+            | "no-new-privileges=false" => {}
+            // Less confinement than strata applies anyway (it loads no LSM profile).
+            "label=disable" | "label:disable" | "apparmor=unconfined" | "apparmor:unconfined" => {}
+            "seccomp=unconfined" | "seccomp:unconfined" => {}
+            _ if o.starts_with("seccomp=") || o.starts_with("seccomp:") => {
+                let path = &o["seccomp=".len()..];
+                let json = std::fs::read(path).with_context(|| format!("opening seccomp profile ({path}) failed"))?;
+                strata_runner::seccomp::SeccompProfile::from_docker_json(&json, strata_runner::DEFAULT_CAPS)
+                    .map_err(|e| anyhow::anyhow!("loading seccomp profile ({path}) failed: {e}"))?;
+                seccomp_profile = Some(String::from_utf8(json).context("the seccomp profile is not UTF-8")?);
+            }
+            _ => bail!(
+                "invalid --security-opt: {o:?} (supported: no-new-privileges, seccomp=unconfined|FILE, \
+                 label=disable, apparmor=unconfined)"
+            ),
         }
     }
     let mut exposed: Vec<String> = ic.exposed_ports.clone();
@@ -574,6 +586,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         ports,
         network,
         exposed_ports: exposed,
+        seccomp_profile,
         request: args,
     };
 

@@ -73,6 +73,11 @@ pub struct ContainerConfig {
     /// Exposed ports of the image and `--expose`-like sources (`80/tcp`).
     #[serde(default)]
     pub exposed_ports: Vec<String>,
+    /// The seccomp profile given with `--security-opt seccomp=FILE` (Docker's
+    /// JSON, read at create as Docker does); None: the default, unless
+    /// `seccomp=unconfined` or `--privileged`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp_profile: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -523,6 +528,7 @@ pub(crate) fn test_record(layout: &StoreLayout, name: &str) -> Container {
         ports: vec![],
         network: "none".into(),
         exposed_ports: vec![],
+        seccomp_profile: None,
     };
     write_json(&dir.join("config.json"), &config).unwrap();
     let c = Container { config, state: ContainerState::default(), dir };

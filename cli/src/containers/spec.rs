@@ -197,6 +197,7 @@ impl<'a> SpecBuilder<'a> {
         } else {
             spec.adjust_capabilities(&add, &drop, add_all, drop_all);
         }
+        spec.seccomp = seccomp_profile(cfg)?;
         spec.no_new_privileges = req
             .security_opt
             .iter()
@@ -258,6 +259,27 @@ impl<'a> SpecBuilder<'a> {
         }
         Ok(spec)
     }
+}
+
+/// The syscall filter of a container's processes (its exec'd ones too):
+/// none when privileged or `seccomp=unconfined`, else its own profile
+/// (`seccomp=FILE`) or the default, for its capabilities.
+pub fn seccomp_profile(
+    cfg: &crate::containers::record::ContainerConfig,
+) -> Result<Option<strata_runner::seccomp::SeccompProfile>> {
+    let req = &cfg.request;
+    let unconfined = req.security_opt.iter().any(|o| o == "seccomp=unconfined" || o == "seccomp:unconfined");
+    if req.privileged || unconfined {
+        return Ok(None);
+    }
+    let (add, add_all) = parse_caps(&req.cap_add)?;
+    let (drop, drop_all) = parse_caps(&req.cap_drop)?;
+    let caps = Cap::adjusted(strata_runner::DEFAULT_CAPS, &add, &drop, add_all, drop_all);
+    Ok(Some(match &cfg.seccomp_profile {
+        Some(json) => strata_runner::seccomp::SeccompProfile::from_docker_json(json.as_bytes(), &caps)
+            .map_err(|e| anyhow::anyhow!("the container's seccomp profile: {e}"))?,
+        None => strata_runner::seccomp::default_profile(&caps),
+    }))
 }
 
 /// `--cap-add`/`--cap-drop` values: the capabilities named, and whether `ALL` was among them.
