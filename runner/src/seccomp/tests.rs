@@ -54,12 +54,19 @@ fn the_default_profile_refuses_new_namespaces_and_keyrings() {
         let unshare = unsafe { libc::unshare(libc::CLONE_NEWUSER) } == -1 && errno() == libc::EPERM;
         let keyctl = unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) } == -1 && errno() == libc::EPERM;
         let clone3 = unsafe { libc::syscall(libc::SYS_clone3, 0, 0) } == -1 && errno() == libc::ENOSYS;
+        let vsock = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) } == -1 && errno() == libc::EPERM;
+        // Querying the personality is allowed; ADDR_NO_RANDOMIZE is not.
+        let query = unsafe { libc::personality(0xffff_ffff) } != -1;
+        let norandom = unsafe { libc::personality(0x0040000) } == -1 && errno() == libc::EPERM;
         // A plain fork (clone without namespace flags) still works.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             unsafe { libc::_exit(0) };
         }
         let forked = pid > 0;
+        if !(vsock && query && norandom) {
+            return 5;
+        }
         match (unshare, keyctl, clone3, forked) {
             (true, true, true, true) => 0,
             (false, _, _, _) => 1,
