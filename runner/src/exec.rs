@@ -156,6 +156,7 @@ fn exec_child(
     // While still root of the container: raising a hard limit back up may need CAP_SYS_RESOURCE.
     child::set_rlimits(&spec.rlimits)?;
     child::new_session_keyring()?;
+    crate::spawn::set_oom_score_adj(spec.oom_score_adj)?;
     crate::spawn::install_seccomp(seccomp)?;
     child::switch_user(&spec.user, caps_mask, last_cap, spec.no_new_privileges)?;
     child::chdir(&spec.cwd)?;

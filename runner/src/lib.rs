@@ -2,8 +2,10 @@
 //! like runc/crun, as root or as an ordinary user.
 //!
 //! - [`spawn`] starts a container from a [`Spec`] (namespaces, id maps, mounts, pivot_root,
-//!   masked paths, capabilities, rlimits, cgroups, network, pty) and returns a [`Container`]
-//!   whose init is a child of the caller.
+//!   masked paths, capabilities, seccomp, rlimits, cgroups, network, pty) and returns a
+//!   [`Container`] whose init is a child of the caller. Namespaces may be another container's
+//!   (network, pid), and a second interface may join a bridge ([`attach_bridge`]).
+//! - [`seccomp`]: syscall filter profiles, Docker's default and Docker's JSON format.
 //! - [`spawn_with_fuse_rootfs`] does the same with the rootfs a FUSE filesystem that the
 //!   container process mounts inside its own (user) namespace and the caller serves.
 //! - [`exec`] runs another process inside a running container (setns through its pidfd).

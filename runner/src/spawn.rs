@@ -540,6 +540,8 @@ fn container_main(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
 
 fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Result<Infallible, ChildError> {
     child::wait_for(sock.as_fd(), MSG_GO)?;
+    // Through the host's /proc, before this process has a /proc of its own.
+    set_oom_score_adj(spec.oom_score_adj)?;
     if spec.namespaces.cgroup {
         // After the caller moved us into our cgroup, so that it becomes the namespace's root.
         // SAFETY: plain syscall.
@@ -585,6 +587,12 @@ fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Re
         // SAFETY: valid buffer.
         sys::cvt(unsafe { libc::sethostname(h.as_ptr() as *const libc::c_char, h.len()) })
             .map_err(|e| ChildError::setup(format!("sethostname: {e}")))?;
+    }
+    if spec.namespaces.uts && !spec.domainname.is_empty() {
+        let d = spec.domainname.as_bytes();
+        // SAFETY: valid buffer.
+        sys::cvt(unsafe { libc::setdomainname(d.as_ptr() as *const libc::c_char, d.len()) })
+            .map_err(|e| ChildError::setup(format!("setdomainname: {e}")))?;
     }
 
     child::new_session();
@@ -633,6 +641,17 @@ pub(crate) fn install_seccomp(compiled: Option<&crate::seccomp::Compiled>) -> Re
         Some(c) => {
             crate::seccomp::install(c).map_err(|e| ChildError::setup(format!("install the seccomp filter: {e}")))
         }
+        None => Ok(()),
+    }
+}
+
+/// Writes `/proc/self/oom_score_adj` (children inherit it). Lowering it
+/// below what the caller had takes CAP_SYS_RESOURCE, which an ordinary
+/// user's container lacks: that is an error, not silently ignored.
+pub(crate) fn set_oom_score_adj(value: Option<i32>) -> Result<(), ChildError> {
+    match value {
+        Some(v) => std::fs::write("/proc/self/oom_score_adj", v.to_string())
+            .map_err(|e| ChildError::setup(format!("set oom_score_adj to {v}: {e}"))),
         None => Ok(()),
     }
 }

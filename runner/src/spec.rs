@@ -49,6 +49,13 @@ pub struct Spec {
     pub user: User,
     /// Set in a new UTS namespace; empty leaves the namespace's inherited name.
     pub hostname: String,
+    /// The NIS domain name, set with the host name (`--domainname`); empty: none.
+    #[serde(default)]
+    pub domainname: String,
+    /// The OOM killer's preference for this container's processes
+    /// (`--oom-score-adj`, -1000 to 1000); None: inherited.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
     pub namespaces: Namespaces,
     /// `None` runs without a user namespace (needs real root). Anything else creates one.
     pub id_mapping: IdMapping,
@@ -100,6 +107,8 @@ impl Spec {
             cwd: "/".to_string(),
             user: User::default(),
             hostname: String::new(),
+            domainname: String::new(),
+            oom_score_adj: None,
             namespaces: Namespaces::default(),
             id_mapping: IdMapping::None,
             mounts: Vec::new(),
@@ -351,6 +360,9 @@ pub struct ExecSpec {
     /// The container's syscall filter, which an exec'd process runs under too.
     #[serde(default)]
     pub seccomp: Option<SeccompProfile>,
+    /// The container's `--oom-score-adj`, which an exec'd process gets too.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 impl ExecSpec {
@@ -365,6 +377,7 @@ impl ExecSpec {
             no_new_privileges: false,
             rlimits: Vec::new(),
             seccomp: None,
+            oom_score_adj: None,
         }
     }
 }

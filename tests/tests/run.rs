@@ -1661,6 +1661,33 @@ fn seccomp_filters_syscalls_by_default_and_as_profiles_say() {
 }
 
 #[test]
+fn oom_score_adj_and_domainname() {
+    both(|e, who| {
+        let s = &e.s;
+        // (Raising the score needs no privilege; lowering it needs CAP_SYS_RESOURCE.)
+        let flags = ["--oom-score-adj", "500", "--domainname", "example.test"];
+        let mut args = vec!["run", "-d", "--name", "tuned"];
+        args.extend(flags);
+        args.extend([e.bb.as_str(), "sleep", "600"]);
+        s.ok(&args);
+        let seen = s.ok(&[
+            "exec",
+            "tuned",
+            "sh",
+            "-c",
+            "cat /proc/1/oom_score_adj /proc/self/oom_score_adj /proc/sys/kernel/domainname",
+        ]);
+        assert_eq!(seen, "500\n500\nexample.test\n", "{who}: the container and its exec'd processes");
+        let inspected = s.ok(&["inspect", "-f", "{{.HostConfig.OomScoreAdj}} {{.Config.Domainname}}", "tuned"]);
+        assert_eq!(inspected.trim(), "500 example.test", "{who}");
+        s.ok(&["rm", "-f", "tuned"]);
+        let (code, err) = s.fails(&["run", "--rm", "--oom-score-adj", "1001", &e.bb, "true"]);
+        assert_eq!(code, 125, "{who}");
+        assert_mentions(&err, &["Invalid value 1001, range for oom score adj is [-1000, 1000]"], who);
+    });
+}
+
+#[test]
 fn exec_reads_env_files_and_flags() {
     let e = setup(false);
     let s = &e.s;

@@ -1382,6 +1382,7 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         "ReadonlyRootfs": cfg.request.read_only,
         "SecurityOpt": cfg.request.security_opt,
         "Init": cfg.request.init,
+        "OomScoreAdj": cfg.request.oom_score_adj.unwrap_or(0),
         "Memory": cfg.request.memory.as_deref().and_then(|m| crate::containers::spec::parse_bytes(m).ok()).unwrap_or(0),
         "NanoCpus": cfg.request.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
         "PidsLimit": cfg.request.pids_limit,
@@ -1395,7 +1396,7 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
     });
     let config = json!({
         "Hostname": cfg.hostname,
-        "Domainname": "",
+        "Domainname": cfg.request.domainname.clone().unwrap_or_default(),
         "User": cfg.user,
         "AttachStdin": cfg.request.interactive,
         "AttachStdout": true,

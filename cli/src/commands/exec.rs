@@ -182,6 +182,7 @@ pub fn exec_spec(
     spec.no_new_privileges =
         cfg.request.security_opt.iter().any(|o| o.starts_with("no-new-privileges") && !o.ends_with("false"));
     spec.seccomp = crate::containers::spec::seccomp_profile(cfg)?;
+    spec.oom_score_adj = cfg.request.oom_score_adj;
     // The container's `--ulimit`s hold for every process in it, as with runc.
     spec.rlimits =
         cfg.request.ulimit.iter().map(|u| crate::containers::spec::parse_ulimit(u)).collect::<Result<_>>()?;

@@ -83,6 +83,14 @@ pub struct CreateArgs {
     /// Container host name
     #[arg(short = 'h', long, value_name = "string")]
     pub hostname: Option<String>,
+    /// Container NIS domain name
+    #[arg(long, value_name = "string")]
+    #[serde(default)]
+    pub domainname: Option<String>,
+    /// Tune host's OOM preferences (-1000 to 1000)
+    #[arg(long = "oom-score-adj", value_name = "int", allow_hyphen_values = true)]
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
     /// Add a custom host-to-IP mapping (host:ip)
     #[arg(long = "add-host", value_name = "list")]
     pub add_host: Vec<String>,
@@ -370,6 +378,12 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
                 ));
             }
         }
+    }
+    if let Some(v) = args.oom_score_adj.filter(|v| !(-1000..=1000).contains(v)) {
+        return Err(daemon_error(
+            exit::STRATA_ERROR,
+            format!("Invalid value {v}, range for oom score adj is [-1000, 1000]"),
+        ));
     }
     if ctx.rootless && args.pid.as_deref() == Some("host") {
         return Err(daemon_error(

@@ -161,6 +161,8 @@ impl<'a> SpecBuilder<'a> {
             spec.env.push(format!("HOME={}", user.home));
         }
         spec.hostname = cfg.hostname.clone();
+        spec.domainname = req.domainname.clone().unwrap_or_default();
+        spec.oom_score_adj = req.oom_score_adj;
         let host = |v: &Option<String>| v.as_deref() == Some("host");
         spec.namespaces.pid = !host(&req.pid);
         spec.namespaces.pid_of = self.pid_donor()?.map(|p| p.pid);
