@@ -1688,6 +1688,74 @@ fn oom_score_adj_and_domainname() {
 }
 
 #[test]
+fn log_rotation_and_the_none_driver() {
+    both(|e, who| {
+        let s = &e.s;
+        let numbered =
+            |n: u32, pause: &str| format!("i=0; while [ $i -lt {n} ]; do echo line $i; i=$((i+1)); {pause} done");
+        // Rotated at 1 KiB into 2 files: the newest lines survive, in order.
+        s.ok(&[
+            "run",
+            "--name",
+            "small",
+            "--log-opt",
+            "max-size=1k",
+            "--log-opt",
+            "max-file=2",
+            &e.bb,
+            "sh",
+            "-c",
+            &numbered(100, ""),
+        ]);
+        let kept: Vec<u32> =
+            s.ok(&["logs", "small"]).lines().map(|l| l.trim_start_matches("line ").parse().unwrap()).collect();
+        assert!(kept.len() < 100 && kept.len() > 10, "{who}: {} lines kept", kept.len());
+        assert!(kept.windows(2).all(|w| w[1] == w[0] + 1) && kept.last() == Some(&99), "{who}: {kept:?}");
+        let dir = s.root().join("containers").join(s.ok(&["inspect", "-f", "{{.Id}}", "small"]).trim());
+        assert!(dir.join("ctr.log.1").exists() && !dir.join("ctr.log.2").exists(), "{who}: two files in all");
+        assert_eq!(s.ok(&["logs", "--tail", "2", "small"]), "line 98\nline 99\n", "{who}");
+        s.ok(&["rm", "small"]);
+
+        // A follower goes on across rotations, missing and repeating nothing.
+        s.ok(&[
+            "run",
+            "-d",
+            "--name",
+            "busy",
+            "--log-opt",
+            "max-size=1k",
+            "--log-opt",
+            "max-file=50",
+            &e.bb,
+            "sh",
+            "-c",
+            &numbered(300, "usleep 5000;"),
+        ]);
+        let followed: Vec<u32> =
+            s.ok(&["logs", "-f", "busy"]).lines().map(|l| l.trim_start_matches("line ").parse().unwrap()).collect();
+        assert_eq!(followed, (0..300).collect::<Vec<_>>(), "{who}: every line once, in order");
+        s.ok(&["rm", "busy"]);
+
+        s.ok(&["run", "--name", "quiet", "--log-driver", "none", &e.bb, "echo", "not kept"]);
+        let (code, err) = s.fails(&["logs", "quiet"]);
+        assert_eq!(code, 1, "{who}");
+        assert_mentions(&err, &["configured logging driver does not support reading"], who);
+        s.ok(&["rm", "quiet"]);
+        for (flags, message) in [
+            (&["--log-opt", "max-file=3"][..], "max-file cannot be set without max-size"),
+            (&["--log-driver", "syslog"][..], "logging driver \"syslog\" is not supported"),
+            (&["--log-opt", "max-size=0"][..], "must be more than 0"),
+        ] {
+            let mut args = vec!["run", "--rm"];
+            args.extend_from_slice(flags);
+            args.extend([e.bb.as_str(), "true"]);
+            let (_, err) = s.fails(&args);
+            assert_mentions(&err, &[message], who);
+        }
+    });
+}
+
+#[test]
 fn exec_reads_env_files_and_flags() {
     let e = setup(false);
     let s = &e.s;

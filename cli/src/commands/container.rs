@@ -1043,8 +1043,20 @@ fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
         let Some(t) = parse_time(&Some(r.time)) else { return false };
         since.is_none_or(|s| t >= s) && until.is_none_or(|u| t < u)
     };
+    if !crate::containers::logs::LogPolicy::of(&c.config.request).is_ok_and(|p| p.keep) {
+        eprintln!("Error response from daemon: configured logging driver does not support reading");
+        return Err(exit::with_code(1, None));
+    }
     let path = c.log_path();
-    let mut file = match std::fs::File::open(&path) {
+    // Rotated files first, oldest first (`--log-opt max-size`); then the
+    // current one, which is followed.
+    let mut earlier = String::new();
+    for f in crate::containers::logs::files_oldest_first(&path).iter().filter(|f| **f != path) {
+        if let Ok(text) = std::fs::read_to_string(f) {
+            earlier.push_str(&text);
+        }
+    }
+    let file = match std::fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if !a.follow {
@@ -1080,8 +1092,8 @@ fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
         };
     };
     // What is there now (honouring --tail), then follow.
-    let mut reader = std::io::BufReader::new(&mut file);
-    let mut lines: Vec<String> = Vec::new();
+    let mut lines: Vec<String> = earlier.lines().filter(|l| within(l)).map(|l| format!("{l}\n")).collect();
+    let mut reader = std::io::BufReader::new(file);
     let mut pending = String::new();
     loop {
         let mut l = String::new();
@@ -1114,6 +1126,25 @@ fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
             }
             continue;
         }
+        // Rotated away under us: once the rest of it is read, go on with the
+        // file that came after it (the current one, or, when the log turned
+        // over more than once meanwhile, a rotated one).
+        if let Some(next) = next_log_file(&path, reader.get_ref()) {
+            // (Written to just before it moved aside: the rest of it first.)
+            let mut l = String::new();
+            while reader.read_line(&mut l)? > 0 {
+                pending.push_str(&l);
+                l.clear();
+                if pending.ends_with('\n') {
+                    if within(pending.trim_end_matches('\n')) {
+                        emit(pending.trim_end_matches('\n'), &mut stdout, &mut stderr);
+                    }
+                    pending.clear();
+                }
+            }
+            reader = std::io::BufReader::new(next);
+            continue;
+        }
         let still = record::read_dir_record(&c.dir)
             .and_then(|c| record::refresh(&ctx.layout, c).ok())
             .is_some_and(|c| c.running() || c.state.supervisor.is_some_and(|p| p.alive()));
@@ -1131,6 +1162,26 @@ fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The log file written after `current` (by inode, among the rotated files
+/// oldest first and the current one), once `current` is no longer the one
+/// being written; the oldest left when `current` has gone altogether.
+fn next_log_file(path: &std::path::Path, current: &std::fs::File) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt as _;
+    let ours = current.metadata().ok()?.ino();
+    let files: Vec<(std::path::PathBuf, u64)> = crate::containers::logs::files_oldest_first(path)
+        .into_iter()
+        .filter_map(|p| std::fs::metadata(&p).ok().map(|m| (p, m.ino())))
+        .collect();
+    if files.last().is_some_and(|(_, ino)| *ino == ours) {
+        return None; // still the one being written
+    }
+    let next = match files.iter().position(|(_, ino)| *ino == ours) {
+        Some(i) => files.get(i + 1)?,
+        None => files.first()?,
+    };
+    std::fs::File::open(&next.0).ok()
 }
 
 // ---------------------------------------------------------------------------

@@ -83,6 +83,14 @@ pub struct CreateArgs {
     /// Container host name
     #[arg(short = 'h', long, value_name = "string")]
     pub hostname: Option<String>,
+    /// Logging driver for the container (json-file, local, k8s-file: strata's log; none)
+    #[arg(long = "log-driver", value_name = "string")]
+    #[serde(default)]
+    pub log_driver: Option<String>,
+    /// Log driver options (max-size=SIZE, max-file=N)
+    #[arg(long = "log-opt", value_name = "list")]
+    #[serde(default)]
+    pub log_opt: Vec<String>,
     /// Container NIS domain name
     #[arg(long, value_name = "string")]
     #[serde(default)]
@@ -379,6 +387,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             }
         }
     }
+    crate::containers::logs::LogPolicy::of(&args).map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;
     if let Some(v) = args.oom_score_adj.filter(|v| !(-1000..=1000).contains(v)) {
         return Err(daemon_error(
             exit::STRATA_ERROR,

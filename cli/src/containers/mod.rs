@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod health;
 pub mod images;
+pub mod logs;
 pub mod names;
 pub mod networks;
 pub mod record;

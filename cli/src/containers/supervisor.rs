@@ -227,7 +227,8 @@ pub fn supervise_main(ctx: &Context, id: &str, attach_first: bool) -> Result<i32
             return Ok(125);
         }
     };
-    let mut sup = Supervisor { ctx, c, clients: Vec::new(), log: None, listener: None };
+    let mut sup =
+        Supervisor { ctx, c, clients: Vec::new(), log: None, log_size: 0, log_rotation: None, listener: None };
     match sup.start() {
         Ok(running) => {
             if let Some(mut s) = first.take() {
@@ -353,6 +354,10 @@ struct Supervisor<'a> {
     c: Container,
     clients: Vec<Client>,
     log: Option<std::fs::File>,
+    /// Bytes in the current log file, and past how many it rotates into how
+    /// many files in all (`--log-opt max-size`, `max-file`).
+    log_size: u64,
+    log_rotation: Option<(u64, usize)>,
     listener: Option<UnixListener>,
 }
 
@@ -386,9 +391,15 @@ impl Supervisor<'_> {
         volumes::seed_volumes(self.ctx, &c, &rootfs)?;
         let spec = spec_builder.build()?;
 
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(c.log_path()).context("opening the log")?;
-        self.log = Some(log);
+        // (`--log-driver none`: no log at all.)
+        let policy = crate::containers::logs::LogPolicy::of(&c.config.request)?;
+        self.log_rotation = policy.max_size.map(|size| (size, policy.max_file));
+        if policy.keep {
+            let log =
+                std::fs::OpenOptions::new().create(true).append(true).open(c.log_path()).context("opening the log")?;
+            self.log_size = log.metadata().map(|m| m.len()).unwrap_or(0);
+            self.log = Some(log);
+        }
 
         let (mut stdio, parent_stdin, outputs) = if spec.tty {
             (strata_runner::Stdio::default(), None, Vec::new())
@@ -605,6 +616,21 @@ impl Supervisor<'_> {
         let mut text = line.to_string();
         text.push('\n');
         let _ = log.write_all(text.as_bytes());
+        self.log_size += text.len() as u64;
+        self.rotate_log_if_full();
+    }
+
+    /// `--log-opt max-size`: past it, the log moves aside (see `logs`) and
+    /// a new one starts.
+    fn rotate_log_if_full(&mut self) {
+        let Some((_, max_file)) = self.log_rotation.filter(|(size, _)| self.log_size >= *size) else { return };
+        let path = self.c.log_path();
+        self.log = None;
+        if let Err(e) = crate::containers::logs::rotate(&path, max_file) {
+            eprintln!("rotating the log: {e}");
+        }
+        self.log = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
+        self.log_size = 0;
     }
 
     fn client_frame(&mut self, run: &mut Running, kind: u8, payload: &[u8]) {
