@@ -1714,6 +1714,8 @@ fn log_rotation_and_the_none_driver() {
         let dir = s.root().join("containers").join(s.ok(&["inspect", "-f", "{{.Id}}", "small"]).trim());
         assert!(dir.join("ctr.log.1").exists() && !dir.join("ctr.log.2").exists(), "{who}: two files in all");
         assert_eq!(s.ok(&["logs", "--tail", "2", "small"]), "line 98\nline 99\n", "{who}");
+        let config = s.ok(&["inspect", "-f", "{{json .HostConfig.LogConfig}}", "small"]);
+        assert_eq!(config.trim(), r#"{"Config":{"max-file":"2","max-size":"1k"},"Type":"json-file"}"#, "{who}");
         s.ok(&["rm", "small"]);
 
         // A follower goes on across rotations, missing and repeating nothing.

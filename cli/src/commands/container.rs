@@ -1434,6 +1434,10 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         "SecurityOpt": cfg.request.security_opt,
         "Init": cfg.request.init,
         "OomScoreAdj": cfg.request.oom_score_adj.unwrap_or(0),
+        "LogConfig": {
+            "Type": cfg.request.log_driver.clone().unwrap_or_else(|| "json-file".into()),
+            "Config": cfg.request.log_opt.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<String, Value>>(),
+        },
         "Memory": cfg.request.memory.as_deref().and_then(|m| crate::containers::spec::parse_bytes(m).ok()).unwrap_or(0),
         "NanoCpus": cfg.request.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
         "PidsLimit": cfg.request.pids_limit,
