@@ -490,6 +490,13 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         }
     }
     let user_network = !matches!(network.as_str(), "private" | "host" | "none") && !network.starts_with("container:");
+    if ctx.rootless && user_network && args.pid.as_deref().is_some_and(|p| p.starts_with("container:")) {
+        return Err(daemon_error(
+            exit::STRATA_ERROR,
+            "an ordinary user's container on a user-defined network joins the network's user namespace, \
+             so it cannot share another container's pid namespace: use --network container: with the same container",
+        ));
+    }
     if !args.network_alias.is_empty() && !user_network {
         return Err(daemon_error(
             exit::STRATA_ERROR,
