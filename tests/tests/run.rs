@@ -1387,6 +1387,10 @@ fn pid_container_shares_another_containers_processes() {
             // One user namespace can be joined, so one donor.
             let (_, err) = s.fails(&both_flags);
             assert_mentions(&err, &["give --network and --pid the same container"], who);
+            s.ok(&["network", "create", "n1"]);
+            let (_, err) = s.fails(&["run", "--rm", "--network", "n1", "--pid", "container:donor", &e.bb, "true"]);
+            assert_mentions(&err, &["cannot share another container's pid namespace"], who);
+            s.ok(&["network", "rm", "n1"]);
         } else {
             s.ok(&both_flags);
         }
