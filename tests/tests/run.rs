@@ -1480,6 +1480,8 @@ fn user_defined_networks_connect_their_containers_by_name() {
             let out = s.run(&["run", "--rm", "--network", other, &e.bb, "sh", "-c", "nc -w 1 srv 80 </dev/null"]);
             assert!(!out.status.success(), "{who}: srv is not reachable from {other}");
         }
+        let listed = s.ok(&["ps", "--filter", "network=n1", "--format", "{{.Names}} {{.Networks}}"]);
+        assert_eq!(listed, "srv n1\n", "{who}: ps filters and shows by network");
         let ip = s.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.n1.IPAddress}}", "srv"]);
         assert!(ip.trim().starts_with("10.89.") && ip.trim().ends_with(".2"), "{who}: {ip}");
         let members =

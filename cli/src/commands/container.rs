@@ -560,9 +560,18 @@ fn matches_filter(ctx: &Context, c: &Container, key: &str, value: &str) -> Resul
             by_name || by_id || resolved
         }
         "volume" => c.config.mounts.iter().any(|m| m.name == value || m.destination == value),
-        "network" => c.config.network == value,
+        "network" => docker_network_name(&c.config.network) == value || c.config.network == value,
         _ => bail!("invalid filter '{key}'"),
     })
+}
+
+/// A container's network as Docker names it: the default one is `bridge`.
+fn docker_network_name(network: &str) -> &str {
+    if network == "private" {
+        "bridge"
+    } else {
+        network
+    }
 }
 
 fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
@@ -649,7 +658,7 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
                 ("Names", c.config.name.clone()),
                 ("Labels", labels),
                 ("Mounts", mounts),
-                ("Networks", c.config.network.clone()),
+                ("Networks", docker_network_name(&c.config.network).to_string()),
                 ("LocalVolumes", c.config.mounts.iter().filter(|m| m.kind == "volume").count().to_string()),
             ])
         })
