@@ -540,3 +540,36 @@ fn run_platform_pulls_the_platform_asked_for() {
     assert_mentions(&err, &["does not match the specified platform: wanted linux/amd64, actual: linux/arm64"], "never");
     assert_eq!(s.ok(&["run", "--rm", "--platform", "linux/amd64", &r, "cat", "/etc/platform"]), "linux/amd64\n");
 }
+
+#[test]
+fn manifest_inspect_shows_what_the_registry_serves() {
+    let f = fixtures();
+    let reg = Registry::start();
+    let single = reg.push_oci_layout(&f.oci, "busybox", "e2e/bb:1");
+    let multi = reg.push_index(&f.oci, "multi", "e2e/multi:1");
+    for s in [Strata::new(), Strata::new_unprivileged()] {
+        let who = if s.is_unprivileged() { "as strata-test" } else { "as root" };
+        // The document itself, in its own key order, three spaces deep.
+        let served = reg.manifest("e2e/bb", "1");
+        let doc: serde_json::Value = serde_json::from_slice(&served.body).unwrap();
+        let shown = s.ok(&["manifest", "inspect", &single]);
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&shown).unwrap(), doc, "{who}");
+        assert!(shown.starts_with("{\n   \""), "{who}: {shown}");
+        let index = s.ok(&["manifest", "inspect", &multi]);
+        let index: serde_json::Value = serde_json::from_str(&index).unwrap();
+        assert!(index["manifests"].as_array().is_some_and(|m| m.len() >= 2), "{who}: {index}");
+        // --verbose: Docker's wrapper, per platform for a list.
+        let verbose: serde_json::Value = serde_json::from_str(&s.ok(&["manifest", "inspect", "-v", &multi])).unwrap();
+        let entries = verbose.as_array().expect("one entry per platform");
+        assert_eq!(entries.len(), index["manifests"].as_array().unwrap().len(), "{who}");
+        for (e, m) in entries.iter().zip(index["manifests"].as_array().unwrap()) {
+            assert_eq!(e["Descriptor"]["digest"], m["digest"], "{who}");
+            assert_eq!(e["Descriptor"]["platform"], m["platform"], "{who}");
+            assert!(e["OCIManifest"]["layers"].is_array() || e["SchemaV2Manifest"]["layers"].is_array(), "{who}: {e}");
+        }
+        let (code, err) = s.fails(&["manifest", "inspect", &reg.reference("e2e/nosuch:1")]);
+        assert_eq!(code, 1, "{who}");
+        assert_mentions(&err, &["no such manifest"], who);
+        assert_eq!(s.ok(&["images", "-q"]), "", "{who}: nothing is pulled");
+    }
+}

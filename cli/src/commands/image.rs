@@ -29,7 +29,7 @@ pub enum ImageCommand {
     Tag(TagArgs),
     /// Remove one or more images
     Rmi(RmiArgs),
-    /// Return low-level information on images (and, later, containers)
+    /// Return low-level information on images and containers
     Inspect(InspectArgs),
     /// Show the history of an image
     History(HistoryArgs),
@@ -44,6 +44,9 @@ pub enum ImageCommand {
     /// Manage images
     #[command(subcommand)]
     Image(ImageGroup),
+    /// Inspect image manifests in a registry
+    #[command(subcommand)]
+    Manifest(ManifestGroup),
     /// Manage strata
     #[command(subcommand)]
     System(SystemGroup),
@@ -93,6 +96,13 @@ pub enum ImageGroup {
     Inspect(ImageInspectArgs),
     /// Show the history of an image
     History(HistoryArgs),
+}
+
+/// `strata manifest ...`: a registry's manifests, without pulling.
+#[derive(Subcommand)]
+pub enum ManifestGroup {
+    /// Display an image manifest, or manifest list
+    Inspect(super::manifest::ManifestInspectArgs),
 }
 
 /// `strata system ...`.
@@ -324,6 +334,7 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::Version(a) => sysinfo::version(ctx, a),
         ImageCommand::System(SystemGroup::Df(a)) => sysinfo::df(ctx, a),
         ImageCommand::System(SystemGroup::Prune(a)) => sysinfo::system_prune(ctx, a),
+        ImageCommand::Manifest(ManifestGroup::Inspect(a)) => super::manifest::inspect(a),
         ImageCommand::Login(a) => login::login(ctx, a),
         ImageCommand::Logout(a) => login::logout(ctx, a),
         ImageCommand::Builder(BuilderGroup::Build(a)) => super::build::run(ctx, *a),

@@ -11,6 +11,7 @@ pub mod image;
 pub mod images;
 pub mod inspect;
 pub mod login;
+pub mod manifest;
 pub mod mount;
 pub mod network;
 pub mod pull;
