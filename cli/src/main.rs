@@ -7,6 +7,7 @@
 mod commands;
 mod containers;
 mod context;
+mod events;
 mod exit;
 mod format;
 mod inherited_fds;

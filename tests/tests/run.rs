@@ -1764,6 +1764,85 @@ fn log_rotation_and_the_none_driver() {
 }
 
 #[test]
+fn events_record_what_happened_and_stream_what_happens() {
+    both(|e, who| {
+        let s = &e.s;
+        // (--since is in whole seconds: the setup's pull stays before it.)
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let start = chrono_now_secs();
+        let out = s.run(&["run", "--name", "evented", "-v", "evvol:/data", &e.bb, "sh", "-c", "exit 3"]);
+        assert_eq!(out.status.code(), Some(3), "{who}");
+        s.ok(&["tag", &e.bb, "evtag:1"]);
+        s.ok(&["rm", "-v", "evented"]);
+        s.ok(&["volume", "rm", "evvol"]);
+        s.ok(&["rmi", "evtag:1"]);
+        std::thread::sleep(std::time::Duration::from_millis(1100)); // --until is in whole seconds
+        let until = chrono_now_secs().to_string();
+        let since = start.to_string();
+        let format = "{{.Type}} {{.Action}} {{.Actor.ID}}";
+        let all = s.ok(&["events", "--since", &since, "--until", &until, "--format", format]);
+        let all: Vec<String> = all.lines().map(|l| l.split(' ').take(2).collect::<Vec<_>>().join(" ")).collect();
+        assert_eq!(
+            all,
+            [
+                "volume create",
+                "container create",
+                "container start",
+                "container die",
+                "image tag",
+                "container destroy",
+                "volume destroy",
+                "image untag"
+            ],
+            "{who}"
+        );
+        let names = s.ok(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "type=container",
+            "--format",
+            "{{.Actor.Attributes.name}}",
+        ]);
+        assert!(names.lines().all(|n| n == "evented"), "{who}: {names}");
+        let died = s.ok(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "event=die",
+            "--filter",
+            "container=evented",
+            "--format",
+            "{{.Actor.Attributes.exitCode}}",
+        ]);
+        assert_eq!(died, "3\n", "{who}");
+        let plain = s.ok(&["events", "--since", &since, "--until", &until, "--filter", "type=volume"]);
+        assert!(plain.lines().all(|l| l.contains(" volume ") && l.ends_with("(driver=local)")), "{who}: {plain}");
+
+        // Streaming: only what happens from now on.
+        let mut child = s.spawn(&["events", "--filter", "event=start", "--format", "{{.Actor.Attributes.name}}"]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        s.ok(&["run", "--rm", "--name", "later", &e.bb, "true"]);
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(line, "later\n", "{who}: the stream starts now");
+    });
+}
+
+fn chrono_now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
 fn exec_reads_env_files_and_flags() {
     let e = setup(false);
     let s = &e.s;

@@ -754,6 +754,7 @@ pub fn kill_container(layout: &strata_layers::StoreLayout, c: &Container) {
 fn stop(ctx: &Context, a: StopArgs, restart: bool) -> Result<i32> {
     Ok(each_container(ctx, &a.containers, |_, c| {
         stop_container(&ctx.layout, &c, a.signal.as_deref(), a.time)?;
+        supervisor::container_event(ctx, &c, "stop", &[]);
         if restart {
             let c = record::find_fresh(&ctx.layout, &c.config.id)?;
             if c.running() {
@@ -879,7 +880,11 @@ fn pause(ctx: &Context, a: PauseArgs, freeze: bool) -> Result<i32> {
         match (freeze, cg.is_frozen()) {
             (true, true) => bail!("Container {} is already paused", c.config.id),
             (false, false) => bail!("Container {} is not paused", c.config.id),
-            _ => Ok(cg.set_frozen(freeze)?),
+            _ => {
+                cg.set_frozen(freeze)?;
+                supervisor::container_event(ctx, &c, if freeze { "pause" } else { "unpause" }, &[]);
+                Ok(())
+            }
         }
     }))
 }
@@ -894,6 +899,7 @@ fn kill(ctx: &Context, a: KillArgs) -> Result<i32> {
             mark_stop_requested(&ctx.layout, &c);
         }
         supervisor::signal_container(&c, sig)?;
+        supervisor::container_event(ctx, &c, "kill", &[("signal", &(sig as i32).to_string())]);
         if sig == nix::sys::signal::Signal::SIGKILL {
             thaw_if_paused(&c);
             supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
@@ -1018,7 +1024,7 @@ struct LogRecord {
 /// A `--since`/`--until` value as Docker reads it: an RFC 3339 time, Unix
 /// seconds (fractions allowed), or a Go duration back from now (`42m`,
 /// `1h30m`, `10s`).
-fn log_time_bound(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+pub(crate) fn log_time_bound(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
     if let Some(t) = parse_time(&Some(s.to_string())) {
         return Ok(t);
     }
@@ -1265,6 +1271,8 @@ fn rename(ctx: &Context, a: RenameArgs) -> Result<i32> {
     let mut cfg = c.config.clone();
     cfg.name = new;
     record::write_json(&c.dir.join("config.json"), &cfg)?;
+    let renamed = Container { config: cfg, ..c.clone() };
+    supervisor::container_event(ctx, &renamed, "rename", &[("oldName", &format!("/{}", c.config.name))]);
     Ok(0)
 }
 

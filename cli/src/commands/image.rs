@@ -47,6 +47,8 @@ pub enum ImageCommand {
     /// Inspect image manifests in a registry
     #[command(subcommand)]
     Manifest(ManifestGroup),
+    /// Get real time events from strata
+    Events(super::events::EventsArgs),
     /// Manage strata
     #[command(subcommand)]
     System(SystemGroup),
@@ -114,6 +116,8 @@ pub enum SystemGroup {
     Info(InfoArgs),
     /// Remove unused data
     Prune(SystemPruneArgs),
+    /// Get real time events from strata
+    Events(super::events::EventsArgs),
 }
 
 #[derive(Args)]
@@ -335,6 +339,7 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::System(SystemGroup::Df(a)) => sysinfo::df(ctx, a),
         ImageCommand::System(SystemGroup::Prune(a)) => sysinfo::system_prune(ctx, a),
         ImageCommand::Manifest(ManifestGroup::Inspect(a)) => super::manifest::inspect(a),
+        ImageCommand::Events(a) | ImageCommand::System(SystemGroup::Events(a)) => super::events::run(ctx, a),
         ImageCommand::Login(a) => login::login(ctx, a),
         ImageCommand::Logout(a) => login::logout(ctx, a),
         ImageCommand::Builder(BuilderGroup::Build(a)) => super::build::run(ctx, *a),

@@ -343,6 +343,7 @@ pub fn tag(ctx: &Context, a: TagArgs) -> anyhow::Result<i32> {
     };
     let img = store.resolve_image(&a.source).map_err(exit_code_for)?;
     store.tag(&img.id, &target).map_err(exit_code_for)?;
+    crate::events::emit(&ctx.layout, "image", "tag", &img.id.to_string(), &[("name", &target.familiar_string())]);
     Ok(0)
 }
 
@@ -360,6 +361,14 @@ pub fn remove(ctx: &Context, a: RmiArgs) -> anyhow::Result<i32> {
             Ok(lines) => {
                 for l in lines {
                     writeln!(out, "{l}")?;
+                    match &l {
+                        Removed::Untagged(n) => {
+                            crate::events::emit(&ctx.layout, "image", "untag", name, &[("name", n)])
+                        }
+                        Removed::Deleted(id) => {
+                            crate::events::emit(&ctx.layout, "image", "delete", &id.to_string(), &[("name", name)])
+                        }
+                    }
                 }
             }
             Err(e) => {

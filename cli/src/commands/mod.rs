@@ -5,6 +5,7 @@ pub mod commit;
 pub mod container;
 pub mod cp;
 pub mod debug;
+pub mod events;
 pub mod exec;
 pub mod export;
 pub mod image;

@@ -33,6 +33,8 @@ pub fn run(ctx: &Context, a: PullArgs) -> anyhow::Result<i32> {
     match strata_layers::pull::pull_with(&store, &client, &reference, platform, &display, mode) {
         Ok(outcome) => {
             display.finish(&outcome);
+            let shown = reference.familiar_string();
+            crate::events::emit(&ctx.layout, "image", "pull", &shown, &[("name", &reference.repository)]);
             Ok(0)
         }
         Err(e) => {

@@ -96,6 +96,8 @@ pub fn run(ctx: &Context, a: PushArgs) -> anyhow::Result<i32> {
             store.image(&id)?.ok_or_else(|| anyhow::anyhow!("image {id} of {target} is missing from the store"))?;
         super::support::complete_lazy(&store, &image)?;
         let pushed = strata_layers::push::push(&store, &client, &image, &target, &lines)?;
+        let shown = target.familiar_string();
+        crate::events::emit(&ctx.layout, "image", "push", &shown, &[("name", &target.repository)]);
         if a.quiet {
             println!("{}", target.familiar_string());
         } else {

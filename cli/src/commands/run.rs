@@ -678,6 +678,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             .and_then(|mut file| std::io::Write::write_all(&mut file, c.config.id.as_bytes()))
             .with_context(|| format!("writing the container ID to {}", f.display()))?;
     }
+    supervisor::container_event(ctx, &c, "create", &[]);
     Ok(c)
 }
 
@@ -849,6 +850,7 @@ pub fn remove_container_files(ctx: &Context, c: &Container, volumes_too: bool) -
     // Rootless: the upper layer holds files of the container's other users.
     let dir = c.dir.clone();
     crate::containers::spec::in_user_namespace(ctx, move || remove_tree(&dir))?;
+    supervisor::container_event(ctx, c, "destroy", &[]);
     if volumes_too {
         for m in c.config.mounts.iter().filter(|m| m.kind == "volume" && m.anonymous) {
             let _ = volumes::remove(ctx, &m.name, false);

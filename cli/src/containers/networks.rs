@@ -164,6 +164,7 @@ pub fn create(ctx: &Context, name: &str, subnet: Option<&str>, labels: BTreeMap<
     let dir = net.dir(ctx);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     record::write_json(&dir.join("network.json"), &net)?;
+    crate::events::emit(&ctx.layout, "network", "create", &net.id, &[("name", &net.name), ("type", "bridge")]);
     Ok(net)
 }
 
@@ -191,7 +192,9 @@ pub fn remove(ctx: &Context, net: &Network) -> Result<()> {
         unsafe { libc::kill(h.pid, libc::SIGKILL) };
     }
     let dir = net.dir(ctx);
-    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))
+    std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    crate::events::emit(&ctx.layout, "network", "destroy", &net.id, &[("name", &net.name), ("type", "bridge")]);
+    Ok(())
 }
 
 fn holder(ctx: &Context, net: &Network) -> Option<Proc> {
@@ -519,6 +522,8 @@ pub fn connect(ctx: &Context, net: &Network, c: &Container, aliases: &[String], 
             return Err(e);
         }
     }
+    let attrs = [("container", cfg.id.as_str()), ("name", net.name.as_str()), ("type", "bridge")];
+    crate::events::emit(&ctx.layout, "network", "connect", &net.id, &attrs);
     Ok(())
 }
 
@@ -561,7 +566,10 @@ pub fn disconnect(ctx: &Context, net: &Network, c: &Container) -> Result<()> {
     new.request.network_alias.clear();
     new.request.ip = None;
     let _lock = record::lock(&ctx.layout)?;
-    record::write_json(&c.dir.join("config.json"), &new)
+    record::write_json(&c.dir.join("config.json"), &new)?;
+    let attrs = [("container", cfg.id.as_str()), ("name", net.name.as_str()), ("type", "bridge")];
+    crate::events::emit(&ctx.layout, "network", "disconnect", &net.id, &attrs);
+    Ok(())
 }
 
 fn write_in_place(path: &std::path::Path, text: &str) {

@@ -444,6 +444,7 @@ impl Supervisor<'_> {
         })?;
         crate::containers::health::start(self.ctx, &c, init);
         self.network_membership(true);
+        container_event(self.ctx, &c, "start", &[]);
         // Later clients (`attach`, `start -a`) connect here.
         self.listener = bind_socket(&c.dir).ok();
         let stdin = if tty.is_some() { tty.as_ref().map(|m| m.try_clone()).transpose()? } else { parent_stdin };
@@ -661,6 +662,7 @@ impl Supervisor<'_> {
 
     /// Records the exit, unmounts, removes for `--rm`, tells the clients.
     fn finish(&mut self, code: i32, run: Running) -> i32 {
+        container_event(self.ctx, &self.c, "die", &[("exitCode", &code.to_string())]);
         let _ = record::update_state(&self.ctx.layout, &self.c.dir, |s| {
             s.status = Status::Exited;
             s.exit_code = code;
@@ -810,6 +812,13 @@ pub fn wait_supervisor(c: &Container, timeout: Option<std::time::Duration>) -> b
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     true
+}
+
+/// Records `action` of container `c` for `events`, with Docker's attributes.
+pub fn container_event(ctx: &Context, c: &Container, action: &str, extra: &[(&str, &str)]) {
+    let mut attrs: Vec<(&str, &str)> = vec![("image", c.config.image.as_str()), ("name", c.config.name.as_str())];
+    attrs.extend_from_slice(extra);
+    crate::events::emit(&ctx.layout, "container", action, &c.config.id, &attrs);
 }
 
 #[cfg(test)]

@@ -79,6 +79,7 @@ pub fn create(ctx: &Context, name: &str, labels: BTreeMap<String, String>, anony
         anonymous,
     };
     record::write_json(&dir.join("volume.json"), &v)?;
+    crate::events::emit(&ctx.layout, "volume", "create", name, &[("driver", "local")]);
     Ok(v)
 }
 
@@ -114,7 +115,9 @@ pub fn remove(ctx: &Context, name: &str, _force: bool) -> Result<()> {
         bail!("remove {name}: volume is in use - [{}]", users.join(", "));
     }
     let dir = volume_dir(ctx, name);
-    crate::containers::spec::in_user_namespace(ctx, move || crate::commands::run::remove_tree(&dir))
+    crate::containers::spec::in_user_namespace(ctx, move || crate::commands::run::remove_tree(&dir))?;
+    crate::events::emit(&ctx.layout, "volume", "destroy", name, &[("driver", "local")]);
+    Ok(())
 }
 
 /// Makes sure every volume the container mounts exists.
