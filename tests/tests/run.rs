@@ -1825,6 +1825,31 @@ fn events_record_what_happened_and_stream_what_happens() {
         let plain = s.ok(&["events", "--since", &since, "--until", &until, "--filter", "type=volume"]);
         assert!(plain.lines().all(|l| l.contains(" volume ") && l.ends_with("(driver=local)")), "{who}: {plain}");
 
+        // exec, and commit.
+        s.ok(&["run", "-d", "--name", "execed", &e.bb, "sleep", "600"]);
+        s.ok(&["exec", "execed", "true"]);
+        s.ok(&["commit", "execed", "evcommit:1"]);
+        s.ok(&["rm", "-f", "execed"]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let until = chrono_now_secs().to_string();
+        let actions = s.ok(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "container=execed",
+            "--format",
+            "{{.Action}}",
+        ]);
+        let actions: Vec<&str> = actions.lines().collect();
+        assert_eq!(
+            actions,
+            ["create", "start", "exec_start: true", "exec_die", "commit", "kill", "die", "destroy"],
+            "{who}"
+        );
+
         // Streaming: only what happens from now on.
         let mut child = s.spawn(&["events", "--filter", "event=start", "--format", "{{.Actor.Attributes.name}}"]);
         std::thread::sleep(std::time::Duration::from_millis(500));

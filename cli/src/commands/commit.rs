@@ -66,6 +66,7 @@ pub fn commit(ctx: &Context, a: CommitArgs) -> Result<i32> {
 
     let tar = layer_tar(ctx, &store, &c, a.pause)?;
     let record = strata_layers::commit::commit_layer(&store, &base, BufReader::new(tar), config, tag.as_ref())?;
+    crate::containers::supervisor::container_event(ctx, &c, "commit", &[]);
     println!("{}", record.id);
     Ok(0)
 }

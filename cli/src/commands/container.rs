@@ -918,6 +918,7 @@ pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) ->
         if !force {
             bail!(running_error(&c));
         }
+        supervisor::container_event(ctx, &c, "kill", &[("signal", "9")]);
         kill_container(&ctx.layout, &c);
     } else if c.state.supervisor.is_some_and(|p| p.alive()) {
         // A supervisor that is starting or finishing up (e.g. a failed start).

@@ -114,13 +114,17 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
             return Err(exit::with_code(if code == exit::STRATA_ERROR { exit::CANNOT_EXECUTE } else { code }, None));
         }
     };
+    let command = a.command.join(" ");
+    crate::containers::supervisor::container_event(ctx, &c, &format!("exec_start: {command}"), &[]);
     if a.detach {
         return Ok(0);
     }
-    if let Some(master) = process.take_pty_master() {
-        return relay_pty(master, &mut process, a.interactive);
-    }
-    process.wait().context("waiting for the exec'd process")
+    let code = match process.take_pty_master() {
+        Some(master) => relay_pty(master, &mut process, a.interactive),
+        None => process.wait().context("waiting for the exec'd process"),
+    }?;
+    crate::containers::supervisor::container_event(ctx, &c, "exec_die", &[("exitCode", &code.to_string())]);
+    Ok(code)
 }
 
 /// What a process started in container `c` (whose init is `pid`) runs as,

@@ -156,6 +156,7 @@ pub fn import(ctx: &Context, a: ImportArgs) -> Result<i32> {
             .with_context(|| format!("importing {}", a.source))?;
         strata_layers::commit::store_image(&store, vec![layer], config, tag.as_ref())?
     };
+    crate::events::emit(&ctx.layout, "image", "import", &image.id.to_string(), &[]);
     println!("{}", image.id);
     Ok(0)
 }

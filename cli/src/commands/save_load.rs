@@ -89,6 +89,10 @@ pub fn load(ctx: &Context, a: LoadArgs) -> Result<i32> {
     };
     let store = open_store(ctx)?;
     let loaded = strata_layers::archive::load(&store, input).context("loading the archive")?;
+    for l in &loaded {
+        let name = l.names.first().map(|n| n.familiar_string()).unwrap_or_default();
+        crate::events::emit(&ctx.layout, "image", "load", &l.record.id.to_string(), &[("name", &name)]);
+    }
     if !a.quiet {
         for l in loaded {
             if l.names.is_empty() {
