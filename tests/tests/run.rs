@@ -1512,6 +1512,29 @@ fn user_defined_networks_connect_their_containers_by_name() {
             !s.ok(&["exec", "srv", "cat", "/etc/hosts"]).contains("\tlate ")
         });
 
+        // --internal: members reach each other and nothing else (no default route, no eth0).
+        s.ok(&["network", "create", "--internal", "inside"]);
+        s.ok(&[
+            "run",
+            "-d",
+            "--name",
+            "isrv",
+            "--network",
+            "inside",
+            &e.bb,
+            "sh",
+            "-c",
+            "echo from-inside | nc -l -p 80; sleep 600",
+        ]);
+        let probe = "ip route; ip -o link | cut -d: -f2 | tr -d ' '; \
+                     for i in $(seq 100); do nc isrv 80 </dev/null && exit; sleep 0.1; done; exit 1";
+        let inside = s.ok(&["run", "--rm", "--network", "inside", &e.bb, "sh", "-c", probe]);
+        assert!(!inside.contains("default") && !inside.contains("eth0"), "{who}: no way out: {inside}");
+        assert!(inside.ends_with("from-inside\n"), "{who}: {inside}");
+        assert_eq!(s.ok(&["network", "inspect", "-f", "{{.Internal}}", "inside"]).trim(), "true", "{who}");
+        s.ok(&["rm", "-f", "isrv"]);
+        s.ok(&["network", "rm", "inside"]);
+
         // In use, a network stays; unused, it goes.
         let (code, err) = s.fails(&["network", "rm", "n1"]);
         assert_eq!(code, 1, "{who}");

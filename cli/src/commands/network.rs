@@ -45,6 +45,9 @@ pub struct CreateArgs {
     /// Set metadata on a network
     #[arg(long = "label")]
     label: Vec<String>,
+    /// Restrict external access to the network
+    #[arg(long)]
+    internal: bool,
     #[arg(value_name = "NETWORK")]
     name: String,
 }
@@ -166,7 +169,7 @@ fn create(ctx: &Context, a: CreateArgs) -> Result<i32> {
         .iter()
         .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string())))
         .collect();
-    let net = networks::create(ctx, &a.name, a.subnet.as_deref(), labels)?;
+    let net = networks::create(ctx, &a.name, a.subnet.as_deref(), labels, a.internal)?;
     println!("{}", net.id);
     Ok(0)
 }
@@ -334,7 +337,7 @@ fn user_network_json(ctx: &Context, net: &Network) -> Result<Value> {
         "Driver": "bridge",
         "EnableIPv6": false,
         "IPAM": { "Driver": "default", "Config": [{ "Subnet": net.subnet, "Gateway": net.gateway()?.to_string() }] },
-        "Internal": false,
+        "Internal": net.internal,
         "Attachable": false,
         "Containers": Value::Object(members),
         "Options": {},

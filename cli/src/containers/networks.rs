@@ -54,6 +54,9 @@ pub struct Network {
     pub subnet: String,
     #[serde(rename = "Labels", default)]
     pub labels: BTreeMap<String, String>,
+    /// `--internal`: members get no link outside (no pasta, no ports).
+    #[serde(rename = "Internal", default)]
+    pub internal: bool,
 }
 
 impl Network {
@@ -125,7 +128,13 @@ pub fn find(ctx: &Context, key: &str) -> Result<Option<Network>> {
 
 /// `network create`: records a network (its holder starts with the first
 /// member). Without `subnet` the first free 10.89.N.0/24.
-pub fn create(ctx: &Context, name: &str, subnet: Option<&str>, labels: BTreeMap<String, String>) -> Result<Network> {
+pub fn create(
+    ctx: &Context,
+    name: &str,
+    subnet: Option<&str>,
+    labels: BTreeMap<String, String>,
+    internal: bool,
+) -> Result<Network> {
     let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !valid {
@@ -160,7 +169,8 @@ pub fn create(ctx: &Context, name: &str, subnet: Option<&str>, labels: BTreeMap<
             .map(|(b, l)| format!("{}/{l}", Ipv4Addr::from(b)))
             .ok_or_else(|| anyhow::anyhow!("no free subnet left in 10.89.0.0/16: give one with --subnet"))?,
     };
-    let net = Network { name: name.to_string(), id: record::new_id(), created: record::now(), subnet, labels };
+    let net =
+        Network { name: name.to_string(), id: record::new_id(), created: record::now(), subnet, labels, internal };
     let dir = net.dir(ctx);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     record::write_json(&dir.join("network.json"), &net)?;
@@ -591,6 +601,7 @@ mod tests {
             created: String::new(),
             subnet: subnet.into(),
             labels: Default::default(),
+            internal: false,
         }
     }
 

@@ -248,6 +248,10 @@ impl<'a> SpecBuilder<'a> {
             },
         };
         if let Some((net, holder)) = self.user_network()? {
+            // An internal network's members reach each other only.
+            if net.internal {
+                spec.network = Network::None;
+            }
             let id = &self.c.config.id;
             let ip = networks::lease(self.ctx, &net, id, self.c.config.request.ip.as_deref())?;
             spec.bridge = Some(networks::attachment(&net, &holder, id, ip)?);
