@@ -213,6 +213,36 @@ fn prune_removes_dangling_then_everything() {
 }
 
 #[test]
+fn image_prune_filters_by_age_and_label() {
+    let t = setup();
+    let s = &t.s;
+    for (tag, label) in [("kept:1", "keep=yes"), ("other:1", "other=1")] {
+        let ctx = s.base().join(tag.replace(':', "-"));
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(ctx.join("Dockerfile"), format!("FROM {}\nLABEL {label}\n", t.bb)).unwrap();
+        s.ok(&["build", "-q", "-t", tag, ctx.to_str().unwrap()]);
+    }
+    let count = || s.ok(&["images", "-q"]).lines().count();
+    assert_eq!(count(), 4);
+    // Nothing is older than 2000.
+    let out = s.ok(&["image", "prune", "-a", "-f", "--filter", "until=2000-01-01T00:00:00Z"]);
+    assert!(out.contains("Total reclaimed space: 0B") && count() == 4, "{out}");
+    // Only the image with the label...
+    s.ok(&["image", "prune", "-a", "-f", "--filter", "label=other=1"]);
+    assert!(s.ok(&["images", "-q", "other:1"]).is_empty() && count() == 3);
+    // ...or all but those with it.
+    s.ok(&["image", "prune", "-a", "-f", "--filter", "label!=keep=yes"]);
+    let left = s.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert_eq!(left, "kept:1\n");
+    // Everything is older than a moment ago (times are in whole seconds).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    s.ok(&["image", "prune", "-a", "-f", "--filter", "until=1s"]);
+    assert_eq!(count(), 0);
+    let (_, err) = s.fails(&["image", "prune", "-f", "--filter", "dangling=true"]);
+    assert!(err.contains("image prune takes until=, label= and label!="), "{err}");
+}
+
+#[test]
 fn system_prune_removes_stopped_containers_dangling_images_and_volumes() {
     let f = fixtures();
     let t = setup();

@@ -223,7 +223,7 @@ pub struct PruneArgs {
     /// Do not prompt for confirmation
     #[arg(short, long)]
     pub force: bool,
-    /// Provide filter values (label=, until= are not supported yet)
+    /// Provide filter values (until=, label=, label!=)
     #[arg(long = "filter", value_name = "FILTER")]
     pub filter: Vec<String>,
 }

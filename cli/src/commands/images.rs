@@ -384,9 +384,7 @@ pub fn remove(ctx: &Context, a: RmiArgs) -> anyhow::Result<i32> {
 }
 
 pub fn prune(ctx: &Context, a: PruneArgs) -> anyhow::Result<i32> {
-    if let Some(f) = a.filter.first() {
-        bail!("invalid filter '{}': strata's image prune supports no filters yet", f);
-    }
+    let only = PruneFilter::parse(&a.filter)?;
     if !a.force {
         let warning = if a.all {
             "WARNING! This will remove all images without at least one container associated to them."
@@ -398,13 +396,70 @@ pub fn prune(ctx: &Context, a: PruneArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
     }
-    prune_images(ctx, a.all)?.print();
+    prune_images_where(ctx, a.all, &only)?.print();
     Ok(0)
+}
+
+/// `image prune --filter`: `until=` (images created before a time or that
+/// long ago), `label=K[=V]` and `label!=K[=V]`, as Docker takes them.
+#[derive(Default)]
+pub struct PruneFilter {
+    until: Option<i64>,
+    labels: Vec<(String, Option<String>, bool)>,
+}
+
+impl PruneFilter {
+    fn parse(specs: &[String]) -> anyhow::Result<PruneFilter> {
+        let mut f = PruneFilter::default();
+        for spec in specs {
+            let (key, value) =
+                spec.split_once('=').ok_or_else(|| anyhow::anyhow!("bad format of filter (expected name=value)"))?;
+            let (key, negate) = match key.strip_suffix('!') {
+                Some(k) => (k, true),
+                None => (key, false),
+            };
+            match (key, negate) {
+                ("until", false) => f.until = Some(super::container::log_time_bound(value)?.timestamp()),
+                ("label", _) => f.labels.push(match value.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string()), negate),
+                    None => (value.to_string(), None, negate),
+                }),
+                _ => bail!("invalid filter '{key}': image prune takes until=, label= and label!="),
+            }
+        }
+        Ok(f)
+    }
+
+    fn keeps(&self, store: &Store, img: &Listed) -> anyhow::Result<bool> {
+        if self.until.is_some_and(|u| img.created >= u) {
+            return Ok(true);
+        }
+        if self.labels.is_empty() {
+            return Ok(false);
+        }
+        let labels = store
+            .image(&img.record.id)?
+            .map(|r| r.config(store))
+            .transpose()?
+            .and_then(|c| c.config.and_then(|c| c.labels))
+            .unwrap_or_default();
+        let matched = |(k, v): (&String, &Option<String>)| match (labels.get(k), v) {
+            (Some(_), None) => true,
+            (Some(have), Some(want)) => have == want,
+            (None, _) => false,
+        };
+        Ok(!self.labels.iter().all(|(k, v, negate)| matched((k, v)) != *negate))
+    }
 }
 
 /// Removes the dangling images (every unused one with `all`) that no
 /// container or mount uses, and frees their content.
 pub fn prune_images(ctx: &Context, all: bool) -> anyhow::Result<super::support::Pruned> {
+    prune_images_where(ctx, all, &PruneFilter::default())
+}
+
+/// [`prune_images`] of the images `only` does not keep.
+pub fn prune_images_where(ctx: &Context, all: bool, only: &PruneFilter) -> anyhow::Result<super::support::Pruned> {
     let store = open_store(ctx)?;
     let lock = store.lock_exclusive()?;
     let mut items = Vec::new();
@@ -412,6 +467,9 @@ pub fn prune_images(ctx: &Context, all: bool) -> anyhow::Result<super::support::
         let dangling = img.tags.is_empty();
         let mounted = || !mounts::image_mounts(&ctx.layout, &img.record.id.to_string()).is_empty();
         if !(dangling || all) || is_image_in_use(&store, &img.record.id).is_some() || mounted() {
+            continue;
+        }
+        if only.keeps(&store, &img)? {
             continue;
         }
         match store.remove_image(&lock, &img.record.id.to_string(), true) {
