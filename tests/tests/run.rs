@@ -598,7 +598,10 @@ fn create_start_rename_diff_prune_and_listing() {
     let (code, err) = s.fails(&["rm", "busy"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("Error response from daemon: cannot remove container \"/busy\": container is running: stop the container before removing or force remove"), "{err}");
-    let out = s.ok(&["container", "prune", "-f"]);
+    // (Nothing was created before 2000; the stopped one was, a moment ago.)
+    let out = s.ok(&["container", "prune", "-f", "--filter", "until=2000-01-01T00:00:00Z"]);
+    assert_eq!(out, "Total reclaimed space: 0B\n");
+    let out = s.ok(&["container", "prune", "-f", "--filter", "until=0s"]);
     assert!(out.starts_with(&format!("Deleted Containers:\n{id}\n")), "{out}");
     assert_eq!(s.ok(&["ps", "-a", "--format", "{{.Names}}"]).trim(), "busy");
     s.ok(&["rm", "-f", "busy"]);

@@ -1598,22 +1598,37 @@ fn prune(ctx: &Context, a: PruneArgs) -> Result<i32> {
         return Ok(0);
     }
     let mut labels = Vec::new();
+    let mut until = None;
     for f in &a.filter {
         let (k, v) = f.split_once('=').with_context(|| format!("bad format of filter (expected name=value): {f}"))?;
-        if k != "label" {
-            bail!("invalid filter '{k}'");
+        match k {
+            "label" => labels.push(v.to_string()),
+            "until" => until = Some(log_time_bound(v)?),
+            _ => bail!("invalid filter '{k}'"),
         }
-        labels.push(v.to_string());
     }
-    prune_containers(ctx, &labels)?.print();
+    prune_containers_until(ctx, &labels, until)?.print();
     Ok(0)
 }
 
 /// Removes every stopped container that has all of `labels`.
 pub fn prune_containers(ctx: &Context, labels: &[String]) -> Result<crate::commands::support::Pruned> {
+    prune_containers_until(ctx, labels, None)
+}
+
+/// [`prune_containers`] of those created before `until` (`--filter until=`).
+fn prune_containers_until(
+    ctx: &Context,
+    labels: &[String],
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<crate::commands::support::Pruned> {
     let mut pruned = crate::commands::support::Pruned { heading: "Deleted Containers", items: Vec::new(), bytes: 0 };
     for c in record::list_fresh(&ctx.layout)? {
         if c.running() || c.state.supervisor.is_some_and(|p| p.alive()) {
+            continue;
+        }
+        let created = parse_time(&Some(c.config.created.clone()));
+        if until.is_some_and(|u| created.is_none_or(|t| t >= u)) {
             continue;
         }
         if !labels.iter().all(|f| matches_filter(ctx, &c, "label", f).unwrap_or(false)) {
