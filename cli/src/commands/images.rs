@@ -237,18 +237,8 @@ pub fn list(ctx: &Context, a: ImagesArgs) -> anyhow::Result<i32> {
             continue;
         }
         if !filters.labels.is_empty() {
-            let labels = store
-                .image(&img.record.id)?
-                .map(|r| r.config(&store))
-                .transpose()?
-                .and_then(|c| c.config.and_then(|c| c.labels))
-                .unwrap_or_default();
-            let ok = filters.labels.iter().all(|(k, v)| match (labels.get(k), v) {
-                (Some(_), None) => true,
-                (Some(have), Some(want)) => have == want,
-                (None, _) => false,
-            });
-            if !ok {
+            let labels = image_labels(&store, &img)?;
+            if !filters.labels.iter().all(|(k, v)| has_label(&labels, k, v.as_deref())) {
                 continue;
             }
         }
@@ -437,19 +427,26 @@ impl PruneFilter {
         if self.labels.is_empty() {
             return Ok(false);
         }
-        let labels = store
-            .image(&img.record.id)?
-            .map(|r| r.config(store))
-            .transpose()?
-            .and_then(|c| c.config.and_then(|c| c.labels))
-            .unwrap_or_default();
-        let matched = |(k, v): (&String, &Option<String>)| match (labels.get(k), v) {
-            (Some(_), None) => true,
-            (Some(have), Some(want)) => have == want,
-            (None, _) => false,
-        };
-        Ok(!self.labels.iter().all(|(k, v, negate)| matched((k, v)) != *negate))
+        let labels = image_labels(store, img)?;
+        Ok(!self.labels.iter().all(|(k, v, negate)| has_label(&labels, k, v.as_deref()) != *negate))
     }
+}
+
+/// The labels of an image's configuration.
+fn image_labels(store: &Store, img: &Listed) -> anyhow::Result<BTreeMap<String, String>> {
+    Ok(store
+        .image(&img.record.id)?
+        .map(|r| r.config(store))
+        .transpose()?
+        .and_then(|c| c.config.and_then(|c| c.labels))
+        .unwrap_or_default()
+        .into_iter()
+        .collect())
+}
+
+/// Docker's label filter: `key` is there (with `value`, when one is given).
+fn has_label(labels: &BTreeMap<String, String>, key: &str, value: Option<&str>) -> bool {
+    labels.get(key).is_some_and(|have| value.is_none_or(|want| have == want))
 }
 
 /// Removes the dangling images (every unused one with `all`) that no

@@ -34,11 +34,13 @@ pub struct SpecBuilder<'a> {
     c: &'a Container,
     /// RLIMIT_NOFILE for the container when --ulimit does not set it.
     fd_limit: Option<rustix::process::Rlimit>,
+    /// [`Self::user_network`], looked up (and its holder started) once.
+    user_network: std::cell::OnceCell<Option<(networks::Network, Proc)>>,
 }
 
 impl<'a> SpecBuilder<'a> {
     pub fn new(ctx: &'a Context, c: &'a Container) -> Result<Self> {
-        Ok(SpecBuilder { ctx, c, fd_limit: None })
+        Ok(SpecBuilder { ctx, c, fd_limit: None, user_network: std::cell::OnceCell::new() })
     }
 
     /// The container's RLIMIT_NOFILE unless --ulimit nofile sets one: the
@@ -94,12 +96,20 @@ impl<'a> SpecBuilder<'a> {
     /// The user-defined network the container is on, with its holder
     /// (started if need be: see `networks`).
     fn user_network(&self) -> Result<Option<(networks::Network, Proc)>> {
-        let Some(name) = self.c.config.user_network() else { return Ok(None) };
-        let net = networks::find(self.ctx, name)?.ok_or_else(|| {
-            anyhow::anyhow!("network {name} not found: it was removed; connect the container to another")
-        })?;
-        let holder = networks::ensure_holder(self.ctx, &net)?;
-        Ok(Some((net, holder)))
+        if let Some(found) = self.user_network.get() {
+            return Ok(found.clone());
+        }
+        let found = match self.c.config.user_network() {
+            None => None,
+            Some(name) => {
+                let net = networks::find(self.ctx, name)?.ok_or_else(|| {
+                    anyhow::anyhow!("network {name} not found: it was removed; connect the container to another")
+                })?;
+                let holder = networks::ensure_holder(self.ctx, &net)?;
+                Some((net, holder))
+            }
+        };
+        Ok(self.user_network.get_or_init(|| found).clone())
     }
 
     /// The running init of the container whose pid namespace this one
@@ -122,16 +132,6 @@ impl<'a> SpecBuilder<'a> {
             Some(init) => Ok((donor, init)),
             None => bail!("cannot join {what} of a non running container: {id}"),
         }
-    }
-
-    /// Whether this container is on the host's network, itself or through
-    /// the container whose network it shares.
-    fn on_host_network(&self) -> Result<bool> {
-        Ok(match self.c.config.network.as_str() {
-            "host" => true,
-            n if n.starts_with("container:") => self.network_donor()?.is_none(),
-            _ => false,
-        })
     }
 
     pub fn build(&self) -> Result<Spec> {
@@ -232,7 +232,8 @@ impl<'a> SpecBuilder<'a> {
             return Ok(spec);
         }
         spec.network = match cfg.network.as_str() {
-            _ if self.on_host_network()? => Network::Host,
+            // (Sharing a container's network that is the host's.)
+            n if n == "host" || n.starts_with("container:") => Network::Host,
             "none" => Network::None,
             _ => Network::Private {
                 ports: cfg
