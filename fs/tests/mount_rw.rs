@@ -1148,7 +1148,11 @@ fn a_written_setuid_binary_no_longer_runs_as_root() {
     let g = MountGuard::new(base(&objects), &mnt, MountOptions { suid: true, allow_other: true, ..opts(&upper) });
     std::fs::set_permissions(&mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
     let id = mnt.join("id");
-    std::fs::copy("/usr/bin/id", &id).unwrap();
+    // Copied by a child process: a file this (multi-threaded) test process
+    // held open for writing could leak into another test's fork and make
+    // the exec below fail with ETXTBSY.
+    let copied = std::process::Command::new("cp").arg("/usr/bin/id").arg(&id).status().unwrap();
+    assert!(copied.success());
     std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4777)).unwrap();
     let as_user = |args: &[&std::ffi::OsStr]| {
         let out = std::process::Command::new("setpriv")

@@ -119,6 +119,22 @@ pub fn run_tool(cmd: &mut std::process::Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes an executable script at `path` (mode 0755) from a child process.
+/// A file this multi-threaded test process held open for writing could be
+/// inherited by another test's fork for a moment, and running it then would
+/// fail with ETXTBSY.
+pub fn write_script(path: &std::path::Path, text: &str) {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 0755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sh to write a script");
+    child.stdin.take().expect("piped stdin").write_all(text.as_bytes()).expect("write the script");
+    assert!(child.wait().expect("wait for sh").success(), "writing {}", path.display());
+}
+
 /// sha256 of `data` in lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;

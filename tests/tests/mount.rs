@@ -876,12 +876,10 @@ fn rootless_umount_finds_fusermount3_and_reports_its_failures() {
     // A fusermount3 that fails to unmount: umount says why, and the mount
     // stays, served and listed as it was (not as detached).
     let wrapper = s.base().join("fusermount3-that-cannot-unmount");
-    fs::write(
+    strata_e2e::write_script(
         &wrapper,
         "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -u ] && { echo 'no unmounting here' >&2; exit 1; }; done\nexec fusermount3 \"$@\"\n",
-    )
-    .unwrap();
-    fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let out = run(&[Path::new("mount"), Path::new(&t.image), &dir], ("FUSERMOUNT_PATH", &wrapper));
     assert!(out.status.success(), "mount: {}", strata_e2e::strata::show_output(&out));
     let (code, err) = s.fails(&[Path::new("umount"), &dir]);
