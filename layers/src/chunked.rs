@@ -554,6 +554,8 @@ impl Read for RangeReader<'_> {
 
 mod partial;
 pub use partial::{PartialFile, PARTIAL_MIN_SIZE};
+mod write;
+pub use write::{write_chunked, WrittenLayer};
 
 #[cfg(test)]
 mod tests;

@@ -383,11 +383,11 @@ impl<'a> LayerState<'a> {
 
 /// Attributes gathered from the PAX extended header of one entry.
 #[derive(Default)]
-struct Pax {
-    mtime: Option<(i64, u32)>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    devmajor: Option<u32>,
-    devminor: Option<u32>,
+pub(crate) struct Pax {
+    pub(crate) mtime: Option<(i64, u32)>,
+    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) devmajor: Option<u32>,
+    pub(crate) devminor: Option<u32>,
 }
 
 impl<'a> LayerState<'a> {
@@ -541,7 +541,7 @@ impl<'a> LayerState<'a> {
 /// Reads the entry's PAX records that the tar crate does not apply itself:
 /// sub-second mtime, `SCHILY.xattr.*`, `SCHILY.devmajor/devminor`.
 /// (`path`, `linkpath`, `size`, `uid`, `gid` are applied by the crate.)
-fn read_pax<R: Read>(entry: &mut tar::Entry<'_, R>, raw_path: &[u8]) -> Result<Pax> {
+pub(crate) fn read_pax<R: Read>(entry: &mut tar::Entry<'_, R>, raw_path: &[u8]) -> Result<Pax> {
     let mut pax = Pax::default();
     let Some(exts) = entry.pax_extensions().map_err(read_err)? else { return Ok(pax) };
     let bad = |what: &str| Error::BadTar(format!("entry {:?}: malformed PAX record {what}", lossy(raw_path)));

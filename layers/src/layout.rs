@@ -116,6 +116,10 @@ impl StoreLayout {
     pub fn build_cache_dir(&self) -> PathBuf {
         self.root.join("buildcache")
     }
+    /// Layers a push recompressed, by format and source blob (see `push`).
+    pub fn conversions_dir(&self) -> PathBuf {
+        self.root.join("conversions")
+    }
 }
 
 /// `OBJECTS/HE/X...`: the object file for content digest `d`.

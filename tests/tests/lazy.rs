@@ -20,6 +20,10 @@
 //! - A full pull completes a lazy image (verified against the diff_ids);
 //!   containers made before keep working; `rmi` removes the lazy forms.
 //!   `push` of a lazy image fetches the rest first.
+//! - An image strata pushes with `--compression-format zstd:chunked` (from
+//!   gzip layers) pulls lazily, its large file in parts, with every file's
+//!   content the original's; pulled whole it is the same image; a second
+//!   push sends nothing; `--compression-format gzip` turns it back.
 //!
 //! All as root and as the unprivileged test user.
 
@@ -509,4 +513,110 @@ fn mkdir_as(unprivileged: bool) -> std::process::Command {
     let mut cmd = if unprivileged { as_test_user("mkdir") } else { std::process::Command::new("mkdir") };
     cmd.arg("-p");
     cmd
+}
+
+/// The layers of `reference`'s manifest in `reg`: (media type, digest, annotations).
+fn registry_layers(reg: &Registry, repo: &str, tag: &str) -> Vec<(String, String, Value)> {
+    let manifest: Value = serde_json::from_slice(&reg.manifest(repo, tag).body).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["mediaType"].as_str().unwrap().to_string(),
+                l["digest"].as_str().unwrap().to_string(),
+                l["annotations"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_image_strata_pushes_as_zstd_chunked_pulls_lazily() {
+    let f = fixtures();
+    let reg = Registry::start();
+    // The gzip fixture, which has data/big.bin (50 MiB) for chunks.
+    let full = reg.push_oci_layout(&f.oci, "full", "e2e/full:1");
+    for unprivileged in [false, true] {
+        let who = who(unprivileged);
+        let s = instance(unprivileged);
+        s.pull(&full);
+        let id = s.ok(&["image", "inspect", "-f", "{{.Id}}", &full]);
+        let repo = format!("e2e/chunky-{unprivileged}");
+        let target = reg.reference(&format!("{repo}:1"));
+        s.ok(&["tag", &full, &target]);
+
+        let out = s.ok(&["push", "--compression-format", "zstd:chunked", &target]);
+        assert_eq!(out.matches(": Pushed\n").count(), 5, "{who}: every layer is recompressed and sent: {out}");
+        let layers = registry_layers(&reg, &repo, "1");
+        for (media_type, _, annotations) in &layers {
+            assert_eq!(media_type, "application/vnd.oci.image.layer.v1.tar+zstd", "{who}");
+            assert!(annotations.get(CHECKSUM).is_some() && annotations.get(POSITION).is_some(), "{who}: {annotations}");
+        }
+        // The same image: the config is untouched.
+        let config: Value = serde_json::from_slice(&reg.manifest(&repo, "1").body).unwrap();
+        assert_eq!(config["config"]["digest"].as_str().unwrap(), id.trim(), "{who}");
+
+        // Again: nothing is compressed or sent, the same manifest.
+        let digest = reg.manifest_digest(&repo, "1");
+        let again = s.ok(&["push", "--compression-format", "zstd:chunked", &target]);
+        assert_eq!(again.matches(": Layer already exists\n").count(), 5, "{who}: {again}");
+        assert!(again.contains(&format!("digest: {digest}")), "{who}: {again}");
+        let digests = s.ok(&["image", "inspect", "-f", "{{json .RepoDigests}}", &target]);
+        assert!(digests.contains(&format!("{}@{digest}", reg.reference(&repo))), "{who}: {digests}");
+
+        // Another store pulls it lazily: no file comes with the pull, and the
+        // tree and every file's content are the original's.
+        let lazy = instance(unprivileged);
+        let pulled = lazy.ok(&["pull", "--lazy", &target]);
+        assert_eq!(pulled.matches(": Lazy (files fetched on first use)\n").count(), 5, "{who}: {pulled}");
+        assert_eq!(store_files(&lazy.root().join("objects")), 0, "{who}: no file is fetched by the pull");
+        assert_same_listing(&s.tree(&full), &lazy.tree(&target), &format!("{who}: the lazy image's tree"));
+
+        // The 50 MiB file is in chunks: 4 KiB of it fetches only a few.
+        let dir = lazy.base().join("peek");
+        assert!(mkdir_as(unprivileged).arg(&dir).status().unwrap().success());
+        lazy.ok(&[Path::new("mount"), Path::new(&target), &dir]);
+        let block = dd(&dir.join("data/big.bin"), 7680, 1, unprivileged).expect("4 KiB at 30 MiB");
+        lazy.ok(&[Path::new("umount"), &dir]);
+        let parts = parts_files(&lazy.root());
+        assert_eq!(parts.len(), 1, "{who}: big.bin is fetched in parts: {parts:?}");
+        assert!(parts[0].1 < 2 << 20, "{who}: only a few chunks are fetched: {parts:?}");
+        let cut = "dd if=/data/big.bin bs=4096 skip=7680 count=1 2>/dev/null | sha256sum";
+        let truth = s.ok(&["run", "--rm", &full, "sh", "-c", cut]);
+        assert!(truth.starts_with(&sha256_hex(&block)), "{who}: the 4 KiB at 30 MiB differ");
+
+        let sums = |s: &Strata, image: &str| s.ok(&["run", "--rm", image, "sh", "-c", SUM_ALL]);
+        let summed = sums(&lazy, &target);
+        assert!(summed.lines().count() > 20, "{who}: {summed}");
+        assert_eq!(summed, sums(&s, &full), "{who}: the content of every file");
+
+        // A full pull reads the blobs whole and checks them against the
+        // original diff_ids: the same image id.
+        let whole = instance(unprivileged);
+        whole.pull(&target);
+        assert_eq!(whole.ok(&["image", "inspect", "-f", "{{.Id}}", &target]), id, "{who}: pulled whole");
+
+        // And back to gzip, from the image pulled whole.
+        let gz = reg.reference(&format!("{repo}-gz:1"));
+        whole.ok(&["tag", &target, &gz]);
+        whole.ok(&["push", "--compression-format", "gzip", "--compression-level", "1", &gz]);
+        for (media_type, _, annotations) in registry_layers(&reg, &format!("{repo}-gz"), "1") {
+            assert_eq!(media_type, "application/vnd.oci.image.layer.v1.tar+gzip", "{who}");
+            assert!(annotations.get(CHECKSUM).is_none(), "{who}: no TOC annotation on a gzip layer");
+        }
+        let back = instance(unprivileged);
+        back.pull(&gz);
+        assert_eq!(back.ok(&["image", "inspect", "-f", "{{.Id}}", &gz]), id, "{who}: pulled back from gzip");
+    }
+
+    let s = Strata::new();
+    s.pull(&full);
+    let (code, err) = s.fails(&["push", "--compression-format", "lz4", &full]);
+    assert_eq!(code, 125, "{err}");
+    assert_mentions(&err, &["lz4", "gzip, zstd or zstd:chunked"], "an unknown format");
+    let (code, err) = s.fails(&["push", "--compression-format", "zstd", "--compression-level", "30", &full]);
+    assert_eq!(code, 125, "{err}");
+    assert_mentions(&err, &["level 30", "1..=22"], "a level out of range");
 }

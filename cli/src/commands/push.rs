@@ -5,13 +5,17 @@
 //! repository that the store holds. Each layer gets one line when it is
 //! done (`Pushed`, `Layer already exists`, `Mounted from REPO`), then the
 //! tag's line with the manifest's digest and size.
+//!
+//! `--compression-format gzip|zstd|zstd:chunked` (Podman's flag) sends
+//! layers in that format, recompressing those in another; zstd:chunked is
+//! what `pull --lazy` reads before the layers are all there.
 
 use std::io::Write;
 use std::sync::Mutex;
 
 use anyhow::bail;
 use clap::Args;
-use strata_layers::push::{BlobOutcome, PushProgress};
+use strata_layers::push::{BlobOutcome, Compression, PushOptions, PushProgress};
 use strata_layers::reference::{Reference, DEFAULT_TAG};
 use strata_layers::registry::RegistryClient;
 use strata_layers::Digest;
@@ -28,6 +32,13 @@ pub struct PushArgs {
     /// Suppress verbose output
     #[arg(short, long)]
     pub quiet: bool,
+    /// Compression format of the layers pushed: gzip, zstd or zstd:chunked
+    /// (lazily pullable); layers in another format are recompressed
+    #[arg(long = "compression-format", value_name = "FORMAT", value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<Compression>()))]
+    pub compression_format: Option<Compression>,
+    /// Compression level of recompressed layers (gzip 0-9, default 6; zstd 1-22, default 3)
+    #[arg(long = "compression-level", value_name = "LEVEL", requires = "compression_format")]
+    pub compression_level: Option<i32>,
     /// Skip image signing (accepted for compatibility; strata does not sign)
     #[arg(long = "disable-content-trust", default_value_t = true, num_args = 0..=1, default_missing_value = "true",
           action = clap::ArgAction::Set, hide = true)]
@@ -63,6 +74,10 @@ pub fn run(ctx: &Context, a: PushArgs) -> anyhow::Result<i32> {
     if reference.digest.is_some() {
         bail!("cannot push a digest reference");
     }
+    if let (Some(format), Some(level)) = (a.compression_format, a.compression_level) {
+        format.check_level(level).map_err(|e| exit::with_code(125, Some(e)))?;
+    }
+    let options = PushOptions { compression: a.compression_format, level: a.compression_level };
     let store = open_store(ctx)?;
     let targets: Vec<(Reference, Digest)> = if a.all_tags {
         if reference.tag.is_some() {
@@ -95,7 +110,7 @@ pub fn run(ctx: &Context, a: PushArgs) -> anyhow::Result<i32> {
         let image =
             store.image(&id)?.ok_or_else(|| anyhow::anyhow!("image {id} of {target} is missing from the store"))?;
         super::support::complete_lazy(&store, &image)?;
-        let pushed = strata_layers::push::push(&store, &client, &image, &target, &lines)?;
+        let pushed = strata_layers::push::push(&store, &client, &image, &target, &lines, options)?;
         let shown = target.familiar_string();
         crate::events::emit(&ctx.layout, "image", "push", &shown, &[("name", &target.repository)]);
         if a.quiet {

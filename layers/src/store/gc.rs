@@ -136,6 +136,12 @@ impl Store {
                 }
             }
         }
+        // Layers a push recompressed are no image's blobs: swept above,
+        // and their records with them.
+        let conversions = self.layout.conversions_dir();
+        if conversions.exists() {
+            fs::remove_dir_all(&conversions).at(&conversions)?;
+        }
         self.clean_tmp(lock)?;
         Ok(stats)
     }
