@@ -573,3 +573,43 @@ fn manifest_inspect_shows_what_the_registry_serves() {
         assert_eq!(s.ok(&["images", "-q"]), "", "{who}: nothing is pulled");
     }
 }
+
+#[test]
+fn all_tags_of_a_repository() {
+    let f = fixtures();
+    let reg = Registry::start();
+    for (layout_tag, tag) in [("busybox", "a"), ("full", "b"), ("busybox", "c"), ("busybox", "latest")] {
+        reg.push_oci_layout(&f.oci, layout_tag, &format!("e2e/many:{tag}"));
+    }
+    let name = reg.reference("e2e/many");
+    for s in [Strata::new(), Strata::new_unprivileged()] {
+        let who = if s.is_unprivileged() { "as strata-test" } else { "as root" };
+        // A name alone is NAME:latest, and says so as Docker does.
+        let out = s.ok(&["pull", &name]);
+        assert!(out.starts_with("Using default tag: latest\n"), "{who}: {out}");
+        assert_pulled(&out, &format!("{name}:latest"), &reg.manifest_digest("e2e/many", "latest"), DOWNLOADED);
+
+        let out = s.ok(&["pull", "--all-tags", &name]);
+        for tag in ["a", "b", "c", "latest"] {
+            assert!(out.contains(&format!("{tag}: Pulling from e2e/many\n")), "{who}: {tag} in {out}");
+            assert!(out.contains(&format!("\n{name}:{tag}\n")), "{who}: {tag} in {out}");
+        }
+        let mut listed: Vec<String> =
+            s.ok(&["images", "--format", "{{.Tag}}", &name]).lines().map(String::from).collect();
+        listed.sort();
+        assert_eq!(listed, ["a", "b", "c", "latest"], "{who}");
+        let full = s.ok(&["image", "inspect", "-f", "{{.Id}}", &format!("{name}:b")]);
+        assert_ne!(
+            full,
+            s.ok(&["image", "inspect", "-f", "{{.Id}}", &format!("{name}:a")]),
+            "{who}: b is the other image"
+        );
+
+        let (code, err) = s.fails(&["pull", "-a", &format!("{name}:a")]);
+        assert_eq!(code, 1, "{who}: {err}");
+        assert!(err.contains("tag can't be used with --all-tags/-a"), "{who}: {err}");
+        let (code, err) = s.fails(&["pull", "-a", &reg.reference("e2e/none")]);
+        assert_eq!(code, 1, "{who}: {err}");
+        assert_mentions(&err, &["e2e/none", "not found"], "all tags of a repository that does not exist");
+    }
+}

@@ -46,6 +46,8 @@ use ureq::Body;
 
 /// Largest manifest or index accepted (the same limit as containerd's).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// Pages of a tag list followed at most (a registry pages by 100 or more).
+const MAX_TAG_PAGES: usize = 10_000;
 /// Largest error or token response read.
 const MAX_SMALL_BODY: u64 = 1 << 20;
 
@@ -224,6 +226,55 @@ impl RegistryClient {
     /// Fetches the manifest (or index) `r` names, by digest when it has one.
     pub fn get_manifest(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
         self.with_pull_endpoints(r, |ep| self.get_manifest_from(ep, r))
+    }
+
+    /// The tags of `r`'s repository (`GET /v2/NAME/tags/list`), following
+    /// the registry's `Link: <...>; rel="next"` pages; in the registry's order.
+    pub fn list_tags(&self, r: &Reference) -> Result<Vec<String>, RegistryError> {
+        self.with_pull_endpoints(r, |ep| self.list_tags_from(ep, r))
+    }
+
+    fn list_tags_from(&self, ep: &Endpoint, r: &Reference) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let scope = pull_scope(r);
+        let mut url = format!("{}/v2/{}/tags/list", ep.base, r.repository);
+        let mut tags = Vec::new();
+        // A registry that links a page to itself must not loop forever.
+        for _ in 0..MAX_TAG_PAGES {
+            let resp = self.execute(ep, Some(&scope), Method::GET, &url, &[], Payload::Empty)?;
+            match resp.status().as_u16() {
+                200 => {}
+                404 => {
+                    return Err(RegistryError::NotFound {
+                        code: "repository unknown",
+                        subject: r.familiar_name(),
+                        registry: r.registry.clone(),
+                    })
+                }
+                _ => return Err(self.http_error("GET", &url, resp)),
+            }
+            let next = header(&resp, "link").and_then(|l| next_page(&l)).map(|next| resolve_location(&ep.base, &next));
+            let bytes = resp
+                .into_body()
+                .into_with_config()
+                .limit(MAX_MANIFEST_SIZE)
+                .read_to_vec()
+                .map_err(|e| self.map_err(e, &url, "tag list"))?;
+            let page: Page = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
+                url: url.clone(),
+                message: format!("the tag list is not valid JSON: {e}"),
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) => url = n,
+                None => return Ok(tags),
+            }
+        }
+        Err(RegistryError::Protocol { url, message: format!("the tag list has over {MAX_TAG_PAGES} pages") })
     }
 
     fn get_manifest_from(&self, ep: &Endpoint, r: &Reference) -> Result<FetchedManifest, RegistryError> {
@@ -840,6 +891,19 @@ fn blob_not_found(r: &Reference, d: &Digest) -> RegistryError {
         subject: format!("blob {d} of {}", r.familiar_name()),
         registry: r.registry.clone(),
     }
+}
+
+/// The target of a `Link` header's `rel="next"` entry (RFC 8288), as
+/// registries page tag lists: `</v2/NAME/tags/list?last=x&n=100>; rel="next"`.
+fn next_page(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        params
+            .split(';')
+            .any(|p| matches!(p.trim().split_once('='), Some((k, v)) if k.trim() == "rel" && v.trim().trim_matches('"') == "next"))
+            .then(|| target.to_string())
+    })
 }
 
 /// The `host[:port]` of `scheme://host[:port][/path]`.

@@ -748,3 +748,19 @@ fn real_registry_with_htpasswd() {
     c.get_blob(&r, &Digest::of(data)).ok().unwrap().read_to_end(&mut back).unwrap();
     assert_eq!(back, data);
 }
+
+#[test]
+fn next_page_of_a_link_header() {
+    use super::next_page;
+    assert_eq!(
+        next_page(r#"</v2/a/b/tags/list?last=x&n=2>; rel="next""#).as_deref(),
+        Some("/v2/a/b/tags/list?last=x&n=2")
+    );
+    assert_eq!(
+        next_page(r#"<https://r.example/first>; rel="prev", <https://r.example/v2/x/tags/list?last=9>;rel=next"#)
+            .as_deref(),
+        Some("https://r.example/v2/x/tags/list?last=9")
+    );
+    assert_eq!(next_page(r#"</v2/a/tags/list?last=x>; rel="prev""#), None);
+    assert_eq!(next_page("garbage"), None);
+}
