@@ -12,6 +12,12 @@
 # the lazy mount (at least what fetching a file whole on first open costs)
 # and against a full pull.
 #
+# Third part: strata's own zstd:chunked writer. `push --compression-format
+# zstd:chunked` of the gzip Debian image (read the stored blob, recompress,
+# upload to a new repository) against skopeo copying the same image from
+# its OCI layout with `--dest-compress-format zstd:chunked`; then the lazy
+# pull and first command of the image strata wrote.
+#
 # Usage: RUNS=5 bash benches/lazy.sh
 source "$(dirname "$0")/lib.sh"
 require_root_and_tools lazy.sh hyperfine podman runc skopeo docker-registry
@@ -77,3 +83,24 @@ $STRATA --root "$work/lazy" mount "$big" "$work/m" >/dev/null
 sh -c "$middle"
 $STRATA --root "$work/lazy" umount "$work/m" >/dev/null
 printf '  after the 4 KiB read the lazy store holds %s MiB\n' "$(du -sm "$work/lazy" | cut -f1)"
+
+# Third part: strata's writer against skopeo's, from gzip layers.
+skopeo copy -q --dest-tls-verify=false "oci:$work/layout:latest" "docker://$REGISTRY/debian:gzip"
+$STRATA --root "$work/src" pull -q "$REGISTRY/debian:gzip" >/dev/null
+# A new repository per run (nothing to skip or mount), and no conversion
+# or blob-info cache from the run before, for either tool.
+WARMUP=1 hf --export-json "$OUT/lazy-write.json" \
+    --prepare "rm -rf $work/src/conversions /var/lib/containers/cache/blob-info-cache-v1*" \
+    -n strata-push "r=$REGISTRY/s\$(date +%s%N):1 && $STRATA --root $work/src tag $REGISTRY/debian:gzip \$r && $STRATA --root $work/src push -q --compression-format zstd:chunked \$r >/dev/null && $STRATA --root $work/src rmi \$r >/dev/null" \
+    -n skopeo-copy "skopeo copy -q --dest-tls-verify=false --dest-compress-format zstd:chunked oci:$work/layout:latest docker://$REGISTRY/k\$(date +%s%N):1"
+echo "== recompress Debian's layer as zstd:chunked and push it (RUNS=$RUNS, medians)"
+report "$OUT/lazy-write.json"
+$STRATA --root "$work/src" tag "$REGISTRY/debian:gzip" "$REGISTRY/debian:strata-chunked"
+$STRATA --root "$work/src" push -q --compression-format zstd:chunked "$REGISTRY/debian:strata-chunked" >/dev/null
+own=$REGISTRY/debian:strata-chunked
+WARMUP=1 hf --export-json "$OUT/lazy-own.json" \
+    --prepare "rm -rf $work/lazy $work/lazy2" \
+    -n strata-written "$STRATA --root $work/lazy pull -q --lazy $own >/dev/null && $STRATA --root $work/lazy run --rm --network none $own sh -c '$first'" \
+    -n skopeo-written "$STRATA --root $work/lazy2 pull -q --lazy $ref >/dev/null && $STRATA --root $work/lazy2 run --rm --network none $ref sh -c '$first'"
+echo "== lazy pull and first command of the image each tool wrote (RUNS=$RUNS, medians)"
+report "$OUT/lazy-own.json"
