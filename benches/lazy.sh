@@ -91,7 +91,7 @@ $STRATA --root "$work/src" pull -q "$REGISTRY/debian:gzip" >/dev/null
 # or blob-info cache from the run before, for either tool.
 WARMUP=1 hf --export-json "$OUT/lazy-write.json" \
     --prepare "rm -rf $work/src/conversions /var/lib/containers/cache/blob-info-cache-v1*" \
-    -n strata-push "r=$REGISTRY/s\$(date +%s%N):1 && $STRATA --root $work/src tag $REGISTRY/debian:gzip \$r && $STRATA --root $work/src push -q --compression-format zstd:chunked \$r >/dev/null && $STRATA --root $work/src rmi \$r >/dev/null" \
+    -n strata "r=$REGISTRY/s\$(date +%s%N):1 && $STRATA --root $work/src tag $REGISTRY/debian:gzip \$r && $STRATA --root $work/src push -q --compression-format zstd:chunked \$r >/dev/null && $STRATA --root $work/src rmi \$r >/dev/null" \
     -n skopeo-copy "skopeo copy -q --dest-tls-verify=false --dest-compress-format zstd:chunked oci:$work/layout:latest docker://$REGISTRY/k\$(date +%s%N):1"
 echo "== recompress Debian's layer as zstd:chunked and push it (RUNS=$RUNS, medians)"
 report "$OUT/lazy-write.json"
@@ -100,7 +100,7 @@ $STRATA --root "$work/src" push -q --compression-format zstd:chunked "$REGISTRY/
 own=$REGISTRY/debian:strata-chunked
 WARMUP=1 hf --export-json "$OUT/lazy-own.json" \
     --prepare "rm -rf $work/lazy $work/lazy2" \
-    -n strata-written "$STRATA --root $work/lazy pull -q --lazy $own >/dev/null && $STRATA --root $work/lazy run --rm --network none $own sh -c '$first'" \
+    -n strata "$STRATA --root $work/lazy pull -q --lazy $own >/dev/null && $STRATA --root $work/lazy run --rm --network none $own sh -c '$first'" \
     -n skopeo-written "$STRATA --root $work/lazy2 pull -q --lazy $ref >/dev/null && $STRATA --root $work/lazy2 run --rm --network none $ref sh -c '$first'"
-echo "== lazy pull and first command of the image each tool wrote (RUNS=$RUNS, medians)"
+echo "== lazy pull and first command of the image each tool wrote (strata: its own; RUNS=$RUNS, medians)"
 report "$OUT/lazy-own.json"

@@ -264,7 +264,13 @@ pub(crate) struct Pty {
 /// mount's permission to open devices). A container root with CAP_MKNOD can still create a
 /// node, here or anywhere else it can write (the root filesystem, volumes and --tmpfs are
 /// nodev too), but not open it: `mknod /dev/sda b 8 0; cat /dev/sda` fails with EACCES.
-pub(crate) fn setup_dev(root: &Root, pts_gid5: bool, tty: bool, shm_size: Option<u64>) -> Result<Option<Pty>, String> {
+pub(crate) fn setup_dev(
+    root: &Root,
+    pts_gid5: bool,
+    tty: bool,
+    shm_size: Option<u64>,
+    shared_shm: Option<&OwnedFd>,
+) -> Result<Option<Pty>, String> {
     root.mount(
         "/dev",
         false,
@@ -310,17 +316,23 @@ pub(crate) fn setup_dev(root: &Root, pts_gid5: bool, tty: bool, shm_size: Option
             Some(c"newinstance,ptmxmode=0666,mode=0620"),
         )?;
     }
-    let shm_options =
-        std::ffi::CString::new(format!("mode=1777,size={}k", shm_size.unwrap_or(64 << 20).div_ceil(1024)))
-            .map_err(|e| e.to_string())?;
-    root.mount(
-        "/dev/shm",
-        false,
-        Some(c"shm"),
-        Some(c"tmpfs"),
-        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-        Some(&shm_options),
-    )?;
+    if let Some(tree) = shared_shm {
+        // Another container's /dev/shm (see `spawn::donor_shm`).
+        let target = ctx(root.mkdir_all("/dev/shm", 0o1777), || "create mount point /dev/shm".into())?;
+        ctx(sys::move_mount(tree.as_fd(), target.as_fd()), || "mount the shared /dev/shm".into())?;
+    } else {
+        let shm_options =
+            std::ffi::CString::new(format!("mode=1777,size={}k", shm_size.unwrap_or(64 << 20).div_ceil(1024)))
+                .map_err(|e| e.to_string())?;
+        root.mount(
+            "/dev/shm",
+            false,
+            Some(c"shm"),
+            Some(c"tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some(&shm_options),
+        )?;
+    }
     // mqueue needs an IPC namespace owned by our user namespace; without one, go without it.
     let _ = root.mount(
         "/dev/mqueue",

@@ -200,6 +200,7 @@ struct Plan {
     /// pidfds of the processes whose network and pid namespaces the container joins.
     join_netns: Option<OwnedFd>,
     join_pidns: Option<OwnedFd>,
+    join_ipcns: Option<OwnedFd>,
     /// The syscall filter, compiled before the fork.
     seccomp: Option<crate::seccomp::Compiled>,
     etc_binds: Vec<(&'static str, std::path::PathBuf)>,
@@ -276,6 +277,7 @@ fn spawn_inner(
         _ => None,
     };
     let join_pidns = spec.namespaces.pid_of.map(|pid| donor(pid, "pid namespace")).transpose()?;
+    let join_ipcns = spec.namespaces.ipc_of.map(|pid| donor(pid, "IPC namespace")).transpose()?;
     let plan = Plan {
         userns,
         pts_gid5: spec.id_mapping.maps_gid(5),
@@ -284,6 +286,7 @@ fn spawn_inner(
         new_netns: matches!(spec.network, Network::None | Network::Private { .. }),
         join_netns,
         join_pidns,
+        join_ipcns,
         seccomp: spec.seccomp.as_ref().map(crate::seccomp::compile).transpose()?,
         etc_binds: write_etc_files(spec)?,
         fuse,
@@ -500,6 +503,7 @@ fn intermediate(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
             (&plan.join_netns, libc::CLONE_NEWNET, "network namespace"),
             // (Taken by the children made from here on: the container process.)
             (&plan.join_pidns, libc::CLONE_NEWPID, "pid namespace"),
+            (&plan.join_ipcns, libc::CLONE_NEWIPC, "IPC namespace"),
         ] {
             if let Some(target) = target {
                 // SAFETY: single-threaded child; the pidfd is valid.
@@ -514,15 +518,17 @@ fn intermediate(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
         if spec.namespaces.uts {
             flags |= libc::CLONE_NEWUTS;
         }
-        if spec.namespaces.ipc {
+        if spec.namespaces.ipc && plan.join_ipcns.is_none() {
             flags |= libc::CLONE_NEWIPC;
         }
+        let donor_shm = plan.join_ipcns.as_ref().map(donor_shm).transpose()?;
         if plan.new_netns {
             flags |= libc::CLONE_NEWNET;
         }
         let pid = sys::clone3(flags as u64).map_err(|e| ChildError::setup(format!("clone: {e}")))?;
         if pid == 0 {
-            container_main(spec, plan, sock.try_clone().unwrap_or_else(|_| unsafe { libc::_exit(125) }), stdio);
+            let sock = sock.try_clone().unwrap_or_else(|_| unsafe { libc::_exit(125) });
+            container_main(spec, plan, sock, stdio, donor_shm.as_ref());
         }
         let mut msg = vec![MSG_PID];
         msg.extend_from_slice(&pid.to_le_bytes());
@@ -533,12 +539,36 @@ fn intermediate(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
 }
 
 /// The container process: everything from the new namespaces to execve.
-fn container_main(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio) -> ! {
+fn container_main(spec: &Spec, plan: &Plan, sock: OwnedFd, stdio: &Stdio, shm: Option<&OwnedFd>) -> ! {
     let sock = child::move_above_stdio(sock).unwrap_or_else(|_| unsafe { libc::_exit(125) });
-    child::run_child(sock.as_fd(), || setup_and_exec(spec, plan, &sock, stdio))
+    child::run_child(sock.as_fd(), || setup_and_exec(spec, plan, &sock, stdio, shm))
 }
 
-fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Result<Infallible, ChildError> {
+/// The /dev/shm of the container whose init `pidfd` is, as a detached mount. A bind mount
+/// across mount namespaces is refused, so it is cloned from inside the other namespace, and
+/// the copy (in a namespace of its own) is then moved into ours. The two are one tmpfs: what
+/// one container puts in /dev/shm the other sees, as with Docker's shareable IPC.
+fn donor_shm(pidfd: &OwnedFd) -> Result<OwnedFd, ChildError> {
+    let fail =
+        |what: &str, e: std::io::Error| ChildError::setup(format!("share the other container's /dev/shm: {what}: {e}"));
+    let own = sys::open(c"/proc/self/ns/mnt", libc::O_RDONLY).map_err(|e| fail("open our mount namespace", e))?;
+    // SAFETY: single-threaded child (CLONE_NEWNS needs an unshared fs_struct); valid fds.
+    sys::cvt(unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNS) })
+        .map_err(|e| fail("enter its mount namespace", e))?;
+    let tree = sys::open_tree_clone(c"/dev/shm");
+    // SAFETY: as above.
+    sys::cvt(unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWNS) })
+        .map_err(|e| fail("return to our mount namespace", e))?;
+    tree.map_err(|e| fail("copy its mount", e))
+}
+
+fn setup_and_exec(
+    spec: &Spec,
+    plan: &Plan,
+    sock: &OwnedFd,
+    stdio: &Stdio,
+    shm: Option<&OwnedFd>,
+) -> Result<Infallible, ChildError> {
     child::wait_for(sock.as_fd(), MSG_GO)?;
     // Through the host's /proc, before this process has a /proc of its own.
     set_oom_score_adj(spec.oom_score_adj)?;
@@ -560,7 +590,7 @@ fn setup_and_exec(spec: &Spec, plan: &Plan, sock: &OwnedFd, stdio: &Stdio) -> Re
     }
     let root = Root::prepare(&spec.rootfs)?;
     mounts::mount_proc(&root)?;
-    let pty = mounts::setup_dev(&root, plan.pts_gid5, spec.tty, spec.shm_size)?;
+    let pty = mounts::setup_dev(&root, plan.pts_gid5, spec.tty, spec.shm_size, shm)?;
     mounts::mount_sys(&root, spec.sys_rw)?;
     for m in &spec.mounts {
         mounts::mount_user(&root, m)?;

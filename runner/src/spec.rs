@@ -176,11 +176,16 @@ pub struct Namespaces {
     /// it.
     #[serde(default)]
     pub pid_of: Option<i32>,
+    /// Instead of a new IPC namespace: that of the running process `ipc_of`, another
+    /// container's init (`--ipc container:NAME`), with the same /dev/shm. The same rule for the
+    /// user namespace as for `pid_of`.
+    #[serde(default)]
+    pub ipc_of: Option<i32>,
 }
 
 impl Default for Namespaces {
     fn default() -> Self {
-        Namespaces { pid: true, uts: true, ipc: true, cgroup: false, pid_of: None }
+        Namespaces { pid: true, uts: true, ipc: true, cgroup: false, pid_of: None, ipc_of: None }
     }
 }
 

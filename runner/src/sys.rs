@@ -157,6 +157,34 @@ pub(crate) fn mount(
     Ok(())
 }
 
+/// open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount at `path`.
+pub(crate) fn open_tree_clone(path: &CStr) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    // SAFETY: valid C string; new fd on success.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// move_mount(2) of the detached mount `tree` onto the directory `target` (an fd: move_mount
+/// refuses a `/proc/self/fd/N` path with EINVAL).
+pub(crate) fn move_mount(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    // SAFETY: valid fds and C strings.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
 /// The magic-link path of an fd of this process, used as a mount target or source so that paths
 /// resolved safely inside the rootfs are never re-resolved on the host.
 pub(crate) fn fd_path(fd: BorrowedFd<'_>) -> CString {

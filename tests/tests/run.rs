@@ -1389,10 +1389,10 @@ fn pid_container_shares_another_containers_processes() {
         if who.contains("strata-test") {
             // One user namespace can be joined, so one donor.
             let (_, err) = s.fails(&both_flags);
-            assert_mentions(&err, &["give --network and --pid the same container"], who);
+            assert_mentions(&err, &["give --network, --pid and --ipc the same container"], who);
             s.ok(&["network", "create", "n1"]);
             let (_, err) = s.fails(&["run", "--rm", "--network", "n1", "--pid", "container:donor", &e.bb, "true"]);
-            assert_mentions(&err, &["cannot share another container's pid namespace"], who);
+            assert_mentions(&err, &["cannot share another container's pid or IPC namespace"], who);
             s.ok(&["network", "rm", "n1"]);
         } else {
             s.ok(&both_flags);
@@ -1401,6 +1401,48 @@ fn pid_container_shares_another_containers_processes() {
         let (_, err) = s.fails(&["run", "--rm", "--pid", "container:donor", &e.bb, "true"]);
         assert_mentions(&err, &["cannot join PID namespace of a non running container"], who);
         s.ok(&["rm", "-f", "donor", "other", "sharer"]);
+    });
+}
+
+#[test]
+fn ipc_container_shares_another_containers_ipc_namespace_and_shm() {
+    both(|e, who| {
+        let s = &e.s;
+        s.ok(&["run", "-d", "--name", "donor", &e.bb, "sleep", "600"]);
+        let donor_ns = s.ok(&["exec", "donor", "readlink", "/proc/self/ns/ipc"]);
+        // The same IPC namespace, and the same /dev/shm both ways.
+        let script = "readlink /proc/self/ns/ipc; cat /dev/shm/from-donor; echo joiner > /dev/shm/from-joiner";
+        s.ok(&["exec", "donor", "sh", "-c", "echo donor > /dev/shm/from-donor"]);
+        let seen = s.ok(&["run", "--rm", "--ipc", "container:donor", &e.bb, "sh", "-c", script]);
+        assert_eq!(seen, format!("{donor_ns}donor\n"), "{who}");
+        assert_eq!(s.ok(&["exec", "donor", "cat", "/dev/shm/from-joiner"]), "joiner\n", "{who}");
+        // Without the flag: a namespace and /dev/shm of its own.
+        let own = s.ok(&["run", "--rm", &e.bb, "sh", "-c", "readlink /proc/self/ns/ipc; ls /dev/shm"]);
+        assert_eq!(own.lines().count(), 1, "{who}: an empty /dev/shm: {own}");
+        assert_ne!(own, donor_ns, "{who}");
+        // (Docker's "shareable" is what every container is here.)
+        s.ok(&["run", "--rm", "--ipc", "shareable", &e.bb, "true"]);
+        s.ok(&["create", "--name", "sharer", "--ipc", "container:donor", &e.bb, "true"]);
+        let donor_id = s.ok(&["inspect", "-f", "{{.Id}}", "donor"]).trim().to_string();
+        let mode = s.ok(&["inspect", "-f", "{{.HostConfig.IpcMode}}", "sharer"]);
+        assert_eq!(mode.trim(), format!("container:{donor_id}"), "{who}");
+        // With --pid of the same container (one donor, as an ordinary user must have).
+        let ps =
+            s.ok(&["run", "--rm", "--ipc", "container:donor", "--pid", "container:donor", &e.bb, "ps", "-o", "args"]);
+        assert!(ps.contains("sleep 600"), "{who}: {ps}");
+        if who.contains("strata-test") {
+            s.ok(&["run", "-d", "--name", "other", &e.bb, "sleep", "600"]);
+            let (_, err) =
+                s.fails(&["run", "--rm", "--ipc", "container:donor", "--pid", "container:other", &e.bb, "true"]);
+            assert_mentions(&err, &["give --network, --pid and --ipc the same container"], who);
+            s.ok(&["rm", "-f", "other"]);
+        }
+        let (_, err) = s.fails(&["run", "--rm", "--ipc", "container:nosuch", &e.bb, "true"]);
+        assert_mentions(&err, &["No such container: nosuch"], who);
+        s.ok(&["stop", "-t", "1", "donor"]);
+        let (_, err) = s.fails(&["start", "sharer"]);
+        assert_mentions(&err, &["cannot join IPC namespace of a non running container"], who);
+        s.ok(&["rm", "-f", "donor", "sharer"]);
     });
 }
 

@@ -224,7 +224,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "string")]
     #[serde(default)]
     pub pid: Option<String>,
-    /// IPC mode to use ("host" shares the host's)
+    /// IPC mode to use ("host" shares the host's, "container:NAME" another container's, with its /dev/shm)
     #[arg(long, value_name = "string")]
     #[serde(default)]
     pub ipc: Option<String>,
@@ -368,16 +368,23 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             format!("Container ID file found, make sure the other container isn't running or delete {}", f.display()),
         ));
     }
-    if let Some(name) = args.pid.as_deref().and_then(|p| p.strip_prefix("container:")) {
-        let donor = record::find(&ctx.layout, name).map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;
-        args.pid = Some(format!("container:{}", donor.config.id));
+    for mode in [&mut args.pid, &mut args.ipc] {
+        if let Some(name) = mode.as_deref().and_then(|p| p.strip_prefix("container:")) {
+            let donor =
+                record::find(&ctx.layout, name).map_err(|e| daemon_error(exit::STRATA_ERROR, format!("{e:#}")))?;
+            *mode = Some(format!("container:{}", donor.config.id));
+        }
+    }
+    // Every container's IPC namespace can be joined: Docker's "shareable" is the default here.
+    if args.ipc.as_deref() == Some("shareable") {
+        args.ipc = Some("private".into());
     }
     for (flag, value) in [("pid", &args.pid), ("ipc", &args.ipc), ("uts", &args.uts)] {
         match value.as_deref() {
             None | Some("") | Some("private") | Some("host") => {}
-            Some(p) if flag == "pid" && p.starts_with("container:") => {}
+            Some(p) if flag != "uts" && p.starts_with("container:") => {}
             Some(other) => {
-                let also = if flag == "pid" { ", container:NAME" } else { "" };
+                let also = if flag != "uts" { ", container:NAME" } else { "" };
                 return Err(daemon_error(
                     exit::STRATA_ERROR,
                     format!(
@@ -480,21 +487,26 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             }
         },
     };
-    if let (Some(net), Some(pid)) = (network.strip_prefix("container:"), args.pid.as_deref()) {
-        if ctx.rootless && pid.strip_prefix("container:").is_some_and(|p| p != net) {
+    // The containers whose pid or IPC namespace this one joins.
+    let shared: Vec<&str> =
+        [&args.pid, &args.ipc].into_iter().filter_map(|m| m.as_deref()?.strip_prefix("container:")).collect();
+    if ctx.rootless {
+        let mut donors: Vec<&str> = shared.iter().copied().chain(network.strip_prefix("container:")).collect();
+        donors.dedup();
+        if donors.len() > 1 {
             return Err(daemon_error(
                 exit::STRATA_ERROR,
                 "an ordinary user's container shares namespaces with one other container only \
-                 (its user namespace): give --network and --pid the same container",
+                 (its user namespace): give --network, --pid and --ipc the same container",
             ));
         }
     }
     let user_network = !matches!(network.as_str(), "private" | "host" | "none") && !network.starts_with("container:");
-    if ctx.rootless && user_network && args.pid.as_deref().is_some_and(|p| p.starts_with("container:")) {
+    if ctx.rootless && user_network && !shared.is_empty() {
         return Err(daemon_error(
             exit::STRATA_ERROR,
             "an ordinary user's container on a user-defined network joins the network's user namespace, \
-             so it cannot share another container's pid namespace: use --network container: with the same container",
+             so it cannot share another container's pid or IPC namespace: use --network container: with the same container",
         ));
     }
     if !args.network_alias.is_empty() && !user_network {

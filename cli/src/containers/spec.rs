@@ -63,7 +63,7 @@ impl<'a> SpecBuilder<'a> {
         if !self.ctx.rootless {
             return Ok(());
         }
-        if let Some(donor) = self.network_donor()?.or(self.pid_donor()?) {
+        if let Some(donor) = self.network_donor()?.or(self.pid_donor()?).or(self.ipc_donor()?) {
             return join_user_namespace(donor.pid);
         }
         if let Some((_, holder)) = self.user_network()? {
@@ -121,6 +121,15 @@ impl<'a> SpecBuilder<'a> {
         Ok(Some(self.running_donor(id, "PID namespace")?.1))
     }
 
+    /// The running init of the container whose IPC namespace (and
+    /// /dev/shm) this one shares (`--ipc container:ID`), if it does.
+    fn ipc_donor(&self) -> Result<Option<Proc>> {
+        let Some(id) = self.c.config.request.ipc.as_deref().and_then(|p| p.strip_prefix("container:")) else {
+            return Ok(None);
+        };
+        Ok(Some(self.running_donor(id, "IPC namespace")?.1))
+    }
+
     fn donor(&self, id: &str, what: &str) -> Result<Container> {
         crate::containers::record::find_fresh(&self.ctx.layout, id)
             .with_context(|| format!("the container whose {what} {} shares", self.c.config.name))
@@ -167,6 +176,7 @@ impl<'a> SpecBuilder<'a> {
         spec.namespaces.pid = !host(&req.pid);
         spec.namespaces.pid_of = self.pid_donor()?.map(|p| p.pid);
         spec.namespaces.ipc = !host(&req.ipc);
+        spec.namespaces.ipc_of = self.ipc_donor()?.map(|p| p.pid);
         spec.namespaces.uts = !host(&req.uts);
         if host(&req.uts) {
             spec.hostname.clear();
