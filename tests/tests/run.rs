@@ -1240,8 +1240,8 @@ fn host_namespaces_and_added_groups() {
             let out = s.ok(&["run", "--rm", "--pid", "host", &e.bb, "cat", "/proc/1/comm"]);
             assert_eq!(out, std::fs::read_to_string("/proc/1/comm").unwrap(), "{who}: the host's pid 1");
         }
-        let (_, err) = s.fails(&["run", "--rm", "--ipc", "container:other", &e.bb, "true"]);
-        assert!(err.contains("invalid --ipc"), "{who}: {err}");
+        let (_, err) = s.fails(&["run", "--rm", "--uts", "container:other", &e.bb, "true"]);
+        assert!(err.contains("invalid --uts"), "{who}: {err}");
         let (_, err) = s.fails(&["run", "--rm", "--group-add", "nosuch", &e.bb, "true"]);
         assert!(err.contains("Unable to find group nosuch"), "{who}: {err}");
     });
