@@ -12,7 +12,7 @@
 //! pushed, as Docker does not push them.
 //!
 //! With [`PushOptions::compression`], layers not already in that format are
-//! recompressed first ([`recompress`]): the tar stream stays the same, so
+//! recompressed first (`recompress`): the tar stream stays the same, so
 //! the config and image id do too; the manifest pushed names the new blobs
 //! (and becomes an OCI one when a Docker manifest gets zstd layers, which
 //! Docker's format has no type for). Recompressed blobs are kept in the
@@ -241,20 +241,18 @@ fn layer_to_send(store: &Store, image: &ImageRecord, desc: &Descriptor, options:
         image.layers.iter().find(|l| l.blob_digest == desc.digest).map(|l| l.diff_id).ok_or_else(|| {
             Error::InvalidImage(format!("layer {} of image {} has no diff_id", desc.digest, image.id))
         })?;
-    let docker = desc.media_type.starts_with("application/vnd.docker.");
-    recompress(store, desc, diff_id, format, options.level.unwrap_or(format.default_level()), docker)
+    recompress(store, desc, diff_id, format, options.level.unwrap_or(format.default_level()))
 }
 
 /// The stored layer blob `desc`, whose tar stream has sha256 `diff_id`,
 /// as a blob in `format`: from an earlier conversion, or made now and
-/// stored. `docker` keeps a gzip layer's media type Docker's.
-pub fn recompress(
+/// stored. A gzip layer of a Docker manifest keeps Docker's media type.
+fn recompress(
     store: &Store,
     desc: &Descriptor,
     diff_id: Digest,
     format: Compression,
     level: i32,
-    docker: bool,
 ) -> Result<Descriptor> {
     let record_dir = store.layout().conversions_dir().join(format!("{}-{level}", format.name().replace(':', "-")));
     let record_path = record_dir.join(format!("{}.json", desc.digest.hex()));
@@ -298,6 +296,7 @@ pub fn recompress(
     Error::check_digest("layer", diff_id, read, "; the store is corrupt: remove the image and pull it again")?;
     let (digest, size) = blob.digest();
     store.put_blob_from_temp(blob, &digest)?;
+    let docker = desc.media_type.starts_with("application/vnd.docker.");
     let media_type = match (format, docker) {
         (Compression::Gzip, true) => manifest::DOCKER_LAYER_GZIP,
         (Compression::Gzip, false) => manifest::OCI_LAYER_GZIP,

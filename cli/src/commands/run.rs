@@ -492,6 +492,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         [&args.pid, &args.ipc].into_iter().filter_map(|m| m.as_deref()?.strip_prefix("container:")).collect();
     if ctx.rootless {
         let mut donors: Vec<&str> = shared.iter().copied().chain(network.strip_prefix("container:")).collect();
+        donors.sort_unstable();
         donors.dedup();
         if donors.len() > 1 {
             return Err(daemon_error(
