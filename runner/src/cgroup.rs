@@ -20,9 +20,10 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
 const CPU_PERIOD: u64 = 100_000;
 /// The v1 hierarchies a container gets a cgroup in: the three that limit,
-/// the freezer for `pause`, and the two that count for `stats` (cpuacct,
-/// blkio; skipped where they are not mounted).
-const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "pids", "freezer", "cpuacct", "blkio"];
+/// the freezer for `pause`, the two that count for `stats` (cpuacct,
+/// blkio) and cpuset, so that `update --cpuset-cpus` has one to write
+/// (skipped where they are not mounted).
+const V1_CONTROLLERS: [&str; 7] = ["memory", "cpu", "pids", "freezer", "cpuacct", "blkio", "cpuset"];
 /// How long freezing may take before `set_frozen` gives up.
 const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -78,22 +79,18 @@ impl Cgroup {
                 return Ok(None);
             }
             return Err(RunnerError::Cgroup(
-                "resource limits (--memory, --cpus, --pids-limit) as an ordinary user need cgroup v2 with a \
+                "resource limits (--memory, --cpus, --pids-limit, --cpuset-cpus) as an ordinary user need cgroup v2 with a \
                  delegated subtree; this host uses cgroup v1 (or hybrid mode): run as root or drop the limits"
                     .into(),
             ));
         }
         let mut cg = Cgroup { dirs: Vec::new() };
         let l = &spec.limits;
+        let controllers = l.controllers();
         for controller in V1_CONTROLLERS {
             let base = Path::new(CGROUP_ROOT).join(controller);
+            let asked = controllers.iter().any(|(c, asked)| *c == controller && *asked);
             if !base.join("cgroup.procs").exists() {
-                let asked = match controller {
-                    "memory" => l.memory.is_some() || l.memory_swap.is_some(),
-                    "cpu" => l.cpus.is_some() || l.cpu_shares.is_some(),
-                    "pids" => l.pids.is_some(),
-                    _ => false,
-                };
                 if asked {
                     cg.remove();
                     return Err(RunnerError::Cgroup(format!(
@@ -105,6 +102,17 @@ impl Cgroup {
             }
             let dir = base.join("strata").join(&spec.name);
             mkdir(&dir)?;
+            if controller == "cpuset" {
+                if let Err(e) = init_v1_cpuset(&dir) {
+                    let _ = remove_dir_retry(&dir);
+                    if asked {
+                        cg.remove();
+                        return Err(e);
+                    }
+                    // Only there for a later `update`: go without it.
+                    continue;
+                }
+            }
             cg.dirs.push(dir.clone());
             if let Err(e) = write_v1_limit(controller, &dir, l) {
                 cg.remove();
@@ -127,15 +135,7 @@ impl Cgroup {
             mkdir(&parent)?;
             (parent, spec.name.clone())
         };
-        let needed: Vec<&str> = [
-            ("memory", l.memory.is_some() || l.memory_swap.is_some()),
-            ("cpu", l.cpus.is_some() || l.cpu_shares.is_some()),
-            ("pids", l.pids.is_some()),
-        ]
-        .iter()
-        .filter(|(_, asked)| *asked)
-        .map(|(c, _)| *c)
-        .collect();
+        let needed: Vec<&str> = l.controllers().iter().filter(|(_, asked)| *asked).map(|(c, _)| *c).collect();
         let delegated = access_w(&parent);
         if rootless && !delegated {
             if l.is_empty() {
@@ -154,18 +154,7 @@ impl Cgroup {
                 let _ = fs::write(&root_ctl, format!("+{c}"));
             }
         }
-        let ctl = parent.join("cgroup.subtree_control");
-        for c in &needed {
-            let enabled = fs::read_to_string(&ctl).unwrap_or_default();
-            if !enabled.split_whitespace().any(|e| e == *c) {
-                fs::write(&ctl, format!("+{c}")).map_err(|e| {
-                    RunnerError::Cgroup(format!(
-                        "cannot enable the {c} controller in {} ({e}); it must be delegated to this cgroup",
-                        ctl.display()
-                    ))
-                })?;
-            }
-        }
+        enable_v2_controllers(&parent, &needed)?;
         let dir = parent.join(leaf);
         mkdir(&dir)?;
         let cg = Cgroup { dirs: vec![dir.clone()] };
@@ -266,13 +255,14 @@ impl Cgroup {
     pub fn set_limits(&self, l: &CgroupLimits) -> Result<(), RunnerError> {
         validate(l)?;
         if let Some(d) = self.dirs.iter().find(|d| d.join("cgroup.controllers").exists()) {
+            // A controller the container was created without (cpuset) is enabled now.
+            if let Some(parent) = d.parent() {
+                let needed: Vec<&str> = l.controllers().iter().filter(|(_, a)| *a).map(|(c, _)| *c).collect();
+                enable_v2_controllers(parent, &needed)?;
+            }
             return write_v2_limits(d, l);
         }
-        for (controller, asked) in [
-            ("memory", l.memory.is_some() || l.memory_swap.is_some()),
-            ("cpu", l.cpus.is_some() || l.cpu_shares.is_some()),
-            ("pids", l.pids.is_some()),
-        ] {
+        for (controller, asked) in l.controllers() {
             let base = Path::new(CGROUP_ROOT).join(controller);
             match self.dirs.iter().find(|d| d.starts_with(&base)) {
                 Some(d) => write_v1_limit(controller, d, l)?,
@@ -397,8 +387,58 @@ fn write_v1_limit(controller: &str, dir: &Path, l: &CgroupLimits) -> Result<(), 
             Ok(())
         }
         "pids" => l.pids.map_or(Ok(()), |p| write(&dir.join("pids.max"), &pids(p))),
+        "cpuset" => write_cpuset(dir, l),
         _ => Ok(()),
     }
+}
+
+/// Gives a new v1 cpuset cgroup (and strata's parent, the first time) the
+/// CPUs and memory nodes of its parent: v1 starts one with none, and then
+/// refuses it any task.
+fn init_v1_cpuset(dir: &Path) -> Result<(), RunnerError> {
+    let read = |d: &Path, f: &str| {
+        fs::read_to_string(d.join(f))
+            .map(|t| t.trim().to_string())
+            .map_err(|e| RunnerError::Cgroup(format!("read {}: {e}", d.join(f).display())))
+    };
+    let parent = dir.parent().ok_or_else(|| RunnerError::Cgroup(format!("{} has no parent", dir.display())))?;
+    for d in [parent, dir] {
+        let Some(above) = d.parent() else { continue };
+        for f in ["cpuset.mems", "cpuset.cpus"] {
+            if read(d, f)?.is_empty() {
+                write(&d.join(f), &read(above, f)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the cpuset the limits ask for (the same files on v1 and v2).
+fn write_cpuset(dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
+    if let Some(mems) = &l.cpuset_mems {
+        write(&dir.join("cpuset.mems"), mems)?;
+    }
+    if let Some(cpus) = &l.cpuset_cpus {
+        write(&dir.join("cpuset.cpus"), cpus)?;
+    }
+    Ok(())
+}
+
+/// Enables the v2 `controllers` for the children of `parent`.
+fn enable_v2_controllers(parent: &Path, controllers: &[&str]) -> Result<(), RunnerError> {
+    let ctl = parent.join("cgroup.subtree_control");
+    for c in controllers {
+        let enabled = fs::read_to_string(&ctl).unwrap_or_default();
+        if !enabled.split_whitespace().any(|e| e == *c) {
+            fs::write(&ctl, format!("+{c}")).map_err(|e| {
+                RunnerError::Cgroup(format!(
+                    "cannot enable the {c} controller in {} ({e}); it must be delegated to this cgroup",
+                    ctl.display()
+                ))
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes the limits `l` sets into the v2 cgroup `dir`.
@@ -423,7 +463,7 @@ fn write_v2_limits(dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
     if let Some(p) = l.pids {
         write(&dir.join("pids.max"), &pids(p))?;
     }
-    Ok(())
+    write_cpuset(dir, l)
 }
 
 /// A cgroup's counters, as [`Cgroup::usage`] reads them.
@@ -526,5 +566,47 @@ pub(crate) fn validate(l: &CgroupLimits) -> Result<(), RunnerError> {
     if l.cpu_shares == Some(0) {
         return Err(RunnerError::Invalid("invalid --cpu-shares 0".into()));
     }
+    for (list, what) in [(&l.cpuset_cpus, "cpus"), (&l.cpuset_mems, "mems")] {
+        if let Some(list) = list {
+            parse_id_list(list).map_err(|_| RunnerError::Invalid(format!("Invalid value {list} for cpuset {what}")))?;
+        }
+    }
     Ok(())
+}
+
+/// The ids a kernel list such as `0-2,4` names (cpuset syntax), sorted.
+pub fn parse_id_list(list: &str) -> Result<Vec<u32>, String> {
+    let mut ids = Vec::new();
+    for part in list.trim().split(',') {
+        let bad = || format!("{part:?} is not N or N-M");
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().map_err(|_| bad())?, b.parse::<u32>().map_err(|_| bad())?),
+            None => {
+                let n = part.parse::<u32>().map_err(|_| bad())?;
+                (n, n)
+            }
+        };
+        if first > last || last - first > 1 << 16 {
+            return Err(bad());
+        }
+        ids.extend(first..=last);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id_list;
+
+    #[test]
+    fn id_lists_as_the_kernel_writes_them() {
+        assert_eq!(parse_id_list("0").unwrap(), vec![0]);
+        assert_eq!(parse_id_list("0-2,4").unwrap(), vec![0, 1, 2, 4]);
+        assert_eq!(parse_id_list("3,1-2,2\n").unwrap(), vec![1, 2, 3]);
+        for bad in ["", "1-x", "2-1", "-1", "1,,2", "0-99999999"] {
+            assert!(parse_id_list(bad).is_err(), "{bad:?}");
+        }
+    }
 }

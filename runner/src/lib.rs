@@ -34,7 +34,7 @@ mod sys;
 mod user;
 
 pub use caps::{Cap, DEFAULT_CAPS};
-pub use cgroup::{remove_leftover as remove_leftover_cgroup, Cgroup, Usage as CgroupUsage};
+pub use cgroup::{parse_id_list, remove_leftover as remove_leftover_cgroup, Cgroup, Usage as CgroupUsage};
 pub use error::RunnerError;
 pub use exec::exec;
 pub use idmap::{in_initial_user_namespace, rootless_mapping, ROOTLESS_RANGE};

@@ -293,6 +293,12 @@ pub struct CgroupLimits {
     /// Memory plus swap in bytes (`--memory-swap`); -1 for unlimited swap.
     #[serde(default)]
     pub memory_swap: Option<i64>,
+    /// CPUs the container may run on (`--cpuset-cpus`, a list such as `0-2,4`).
+    #[serde(default)]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes it may allocate on (`--cpuset-mems`).
+    #[serde(default)]
+    pub cpuset_mems: Option<String>,
 }
 
 impl CgroupLimits {
@@ -302,6 +308,22 @@ impl CgroupLimits {
             && self.pids.is_none()
             && self.cpu_shares.is_none()
             && self.memory_swap.is_none()
+            && self.cpuset_cpus.is_none()
+            && self.cpuset_mems.is_none()
+    }
+
+    fn asks_cpuset(&self) -> bool {
+        self.cpuset_cpus.is_some() || self.cpuset_mems.is_some()
+    }
+
+    /// The v1 controller or v2 one a limit of each kind needs, with whether one is asked.
+    pub(crate) fn controllers(&self) -> [(&'static str, bool); 4] {
+        [
+            ("memory", self.memory.is_some() || self.memory_swap.is_some()),
+            ("cpu", self.cpus.is_some() || self.cpu_shares.is_some()),
+            ("pids", self.pids.is_some()),
+            ("cpuset", self.asks_cpuset()),
+        ]
     }
 }
 

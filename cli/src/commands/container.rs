@@ -246,6 +246,12 @@ pub struct UpdateArgs {
     /// CPU shares (relative weight)
     #[arg(short = 'c', long = "cpu-shares", value_name = "int")]
     cpu_shares: Option<u64>,
+    /// CPUs in which to allow execution (0-3, 0,1)
+    #[arg(long = "cpuset-cpus", value_name = "string")]
+    cpuset_cpus: Option<String>,
+    /// Memory nodes in which to allow execution (0-3, 0,1)
+    #[arg(long = "cpuset-mems", value_name = "string")]
+    cpuset_mems: Option<String>,
     /// Restart policy to apply when a container exits
     #[arg(long, value_name = "string")]
     restart: Option<String>,
@@ -822,6 +828,8 @@ fn update(ctx: &Context, a: UpdateArgs) -> Result<i32> {
         && a.restart.is_none()
         && a.memory_swap.is_none()
         && a.cpu_shares.is_none()
+        && a.cpuset_cpus.is_none()
+        && a.cpuset_mems.is_none()
     {
         bail!("you must provide one or more flags when using this command");
     }
@@ -830,8 +838,16 @@ fn update(ctx: &Context, a: UpdateArgs) -> Result<i32> {
         crate::containers::restart::Policy::parse(Some(r))?;
     }
     let memory_swap = a.memory_swap.as_deref().map(crate::containers::spec::parse_swap).transpose()?;
-    let limits =
-        strata_runner::CgroupLimits { memory, cpus: a.cpus, pids: a.pids_limit, cpu_shares: a.cpu_shares, memory_swap };
+    crate::containers::spec::check_cpuset(a.cpuset_cpus.as_deref(), a.cpuset_mems.as_deref())?;
+    let limits = strata_runner::CgroupLimits {
+        memory,
+        cpus: a.cpus,
+        pids: a.pids_limit,
+        cpu_shares: a.cpu_shares,
+        memory_swap,
+        cpuset_cpus: a.cpuset_cpus.clone(),
+        cpuset_mems: a.cpuset_mems.clone(),
+    };
     Ok(each_container(ctx, &a.containers, |_, c| {
         if a.restart.as_deref().is_some_and(|r| r != "no") && c.config.request.rm {
             bail!("Cannot update restart policy for a container with --rm");
@@ -863,6 +879,12 @@ fn update(ctx: &Context, a: UpdateArgs) -> Result<i32> {
         }
         if a.cpu_shares.is_some() {
             cfg.request.cpu_shares = a.cpu_shares;
+        }
+        if a.cpuset_cpus.is_some() {
+            cfg.request.cpuset_cpus = a.cpuset_cpus.clone();
+        }
+        if a.cpuset_mems.is_some() {
+            cfg.request.cpuset_mems = a.cpuset_mems.clone();
         }
         if a.restart.is_some() {
             cfg.request.restart = a.restart.clone();
@@ -1460,6 +1482,8 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         "NanoCpus": cfg.request.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
         "PidsLimit": cfg.request.pids_limit,
         "CpuShares": cfg.request.cpu_shares.unwrap_or(0),
+        "CpusetCpus": cfg.request.cpuset_cpus.clone().unwrap_or_default(),
+        "CpusetMems": cfg.request.cpuset_mems.clone().unwrap_or_default(),
         "MemorySwap": cfg.request.memory_swap.as_deref().and_then(|m| crate::containers::spec::parse_swap(m).ok()).unwrap_or(0),
         "RestartPolicy": {
             "Name": restart.0,

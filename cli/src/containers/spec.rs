@@ -230,6 +230,8 @@ impl<'a> SpecBuilder<'a> {
             pids: req.pids_limit.filter(|p| *p > 0),
             cpu_shares: req.cpu_shares,
             memory_swap: req.memory_swap.as_deref().map(parse_swap).transpose()?,
+            cpuset_cpus: req.cpuset_cpus.clone(),
+            cpuset_mems: req.cpuset_mems.clone(),
         };
         // Root's containers always get a cgroup of their own (to `pause`
         // them, as with Docker); an ordinary user's only when a limit needs
@@ -638,6 +640,26 @@ pub fn validate(req: &crate::commands::run::CreateArgs) -> Result<()> {
     }
     if req.cpu_shares == Some(0) {
         bail!("invalid --cpu-shares 0");
+    }
+    check_cpuset(req.cpuset_cpus.as_deref(), req.cpuset_mems.as_deref())
+}
+
+/// Docker's checks of `--cpuset-cpus` and `--cpuset-mems`: the list's
+/// syntax, and that what it names is there (online CPUs, memory nodes).
+pub fn check_cpuset(cpus: Option<&str>, mems: Option<&str>) -> Result<()> {
+    for (list, what, online, label) in [
+        (cpus, "cpus", "/sys/devices/system/cpu/online", "CPUs"),
+        (mems, "mems", "/sys/devices/system/node/online", "memory nodes"),
+    ] {
+        let Some(list) = list else { continue };
+        let asked = strata_runner::parse_id_list(list)
+            .map_err(|_| anyhow::anyhow!("Invalid value {list} for cpuset {what}"))?;
+        // (A kernel without NUMA has node 0 alone.)
+        let available = std::fs::read_to_string(online).unwrap_or_else(|_| "0".into());
+        let there = strata_runner::parse_id_list(&available).unwrap_or_default();
+        if asked.iter().any(|id| !there.contains(id)) {
+            bail!("Requested {label} are not available - requested {list}, available: {}", available.trim());
+        }
     }
     Ok(())
 }
