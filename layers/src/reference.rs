@@ -258,7 +258,7 @@ impl Reference {
 
 /// Docker's splitDockerDomain: the first component is a registry when it
 /// contains '.' or ':', is "localhost", or is not all lowercase.
-fn split_registry(name: &str) -> (Option<&str>, &str) {
+pub fn split_registry(name: &str) -> (Option<&str>, &str) {
     match name.split_once('/') {
         Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first => {
             (Some(first), rest)

@@ -22,16 +22,22 @@ pub struct Registry {
 impl Registry {
     /// A registry without authentication.
     pub fn start() -> Registry {
-        Self::start_inner(None)
+        Self::start_inner(None, "")
     }
 
     /// A registry that requires HTTP basic auth as `user`/`password`
     /// (htpasswd file made with `htpasswd -Bbn`).
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        Self::start_inner(Some((user.to_string(), password.to_string())))
+        Self::start_inner(Some((user.to_string(), password.to_string())), "")
     }
 
-    fn start_inner(creds: Option<(String, String)>) -> Registry {
+    /// A registry that serves its catalog (`/v2/_catalog`) in pages of
+    /// `entries` repositories (distribution's `catalog.maxentries`).
+    pub fn start_with_catalog_pages(entries: usize) -> Registry {
+        Self::start_inner(None, &format!("catalog:\n  maxentries: {entries}\n"))
+    }
+
+    fn start_inner(creds: Option<(String, String)>, extra_config: &str) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("strata-e2e-registry-")
             .tempdir()
@@ -53,7 +59,7 @@ impl Registry {
             let yml = format!(
                 "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n{auth}",
+                 http:\n  addr: 127.0.0.1:{port}\n{auth}{extra_config}",
                 dir.path().join("data").display()
             );
             std::fs::write(&config, yml).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));

@@ -613,3 +613,82 @@ fn all_tags_of_a_repository() {
         assert_mentions(&err, &["e2e/none", "not found"], "all tags of a repository that does not exist");
     }
 }
+
+#[test]
+fn search_lists_a_registrys_catalog_and_a_repositorys_tags() {
+    let f = fixtures();
+    // Pages of two: seven repositories take four pages.
+    let reg = Registry::start_with_catalog_pages(2);
+    for repo in ["e2e/alpha:1", "e2e/alpha:2", "e2e/alphabet:1", "abc/e2e/beta:1", "e2e/beta:1", "e2e/gamma:1"] {
+        reg.push_oci_layout(&f.oci, "busybox", repo);
+    }
+    reg.push_oci_layout(&f.oci, "busybox", "other/alpha:1");
+    let host = reg.host();
+    let names = |out: &str| parse_table(out).into_iter().skip(1).map(|r| r[0].clone()).collect::<Vec<_>>();
+    let full = |repos: &[&str]| repos.iter().map(|r| format!("{host}/{r}")).collect::<Vec<_>>();
+    for s in [Strata::new(), Strata::new_unprivileged()] {
+        let who = if s.is_unprivileged() { "as strata-test" } else { "as root" };
+        // Podman's columns for a registry's catalog; names contain the term.
+        let out = s.ok(&["search", &format!("{host}/alpha")]);
+        assert!(
+            out.starts_with("NAME ") && out.lines().next().is_some_and(|l| l.trim_end().ends_with("DESCRIPTION")),
+            "{who}: {out}"
+        );
+        assert_eq!(names(&out), full(&["e2e/alpha", "e2e/alphabet", "other/alpha"]), "{who}: {out}");
+        // An exact match comes first.
+        let out = s.ok(&["search", &format!("{host}/e2e/beta")]);
+        assert_eq!(names(&out), full(&["e2e/beta", "abc/e2e/beta"]), "{who}: {out}");
+        // REGISTRY/ is the whole catalog, every page of it, up to --limit.
+        let out = s.ok(&["search", &format!("{host}/"), "--limit", "100"]);
+        assert_eq!(
+            names(&out),
+            full(&["abc/e2e/beta", "e2e/alpha", "e2e/alphabet", "e2e/beta", "e2e/gamma", "other/alpha"]),
+            "{who}: {out}"
+        );
+        let out = s.ok(&["search", &format!("{host}/"), "--limit", "3"]);
+        assert_eq!(names(&out), full(&["abc/e2e/beta", "e2e/alpha", "e2e/alphabet"]), "{who}: {out}");
+        let out = s.ok(&["search", "--format", "{{.Index}}|{{.Name}}|{{.StarCount}}", &format!("{host}/gamma")]);
+        assert_eq!(out, format!("{host}|{host}/e2e/gamma|0\n"), "{who}");
+        let out = s.ok(&["search", "--filter", "is-official=true", &format!("{host}/alpha")]);
+        assert_eq!(names(&out), Vec::<String>::new(), "{who}: a catalog has no official images: {out}");
+        let out = s.ok(&["search", &format!("{host}/nothing-like-it")]);
+        assert_eq!(names(&out), Vec::<String>::new(), "{who}: {out}");
+
+        // Podman's --list-tags.
+        let out = s.ok(&["search", "--list-tags", &format!("{host}/e2e/alpha")]);
+        let mut rows = parse_table(&out);
+        assert_eq!(rows.remove(0), ["NAME", "TAG"], "{who}: {out}");
+        rows.sort();
+        assert_eq!(
+            rows,
+            [[format!("{host}/e2e/alpha"), "1".into()], [format!("{host}/e2e/alpha"), "2".into()]],
+            "{who}"
+        );
+
+        let (code, err) = s.fails(&["search", "--list-tags", &format!("{host}/e2e/alpha:1")]);
+        assert_eq!(code, 1, "{who}: {err}");
+        assert_mentions(&err, &["--list-tags", "tag or digest"], "--list-tags of a tagged name");
+        let (code, err) = s.fails(&["search", "--filter", "color=red", &format!("{host}/alpha")]);
+        assert_eq!(code, 1, "{who}: {err}");
+        assert!(err.contains("invalid filter 'color'"), "{who}: {err}");
+        let (code, err) = s.fails(&["search", "127.0.0.1:1/alpha"]);
+        assert_eq!(code, 1, "{who}: {err}");
+        assert_mentions(
+            &err,
+            &["couldn't search registry \"127.0.0.1:1\"", "connect"],
+            "search of a registry not there",
+        );
+    }
+
+    // A registry behind authentication shows its catalog only after a login.
+    let private = Registry::start_with_auth("alice", "s3cret");
+    private.push_oci_layout(&f.oci, "busybox", "private/bb:1");
+    let s = Strata::new_unprivileged();
+    let term = format!("{}/bb", private.host());
+    let (code, err) = s.fails(&["search", &term]);
+    assert_eq!(code, 1, "{err}");
+    assert_mentions(&err, &["couldn't search registry", "strata login"], "search before login");
+    s.ok(&["login", &private.host(), "-u", "alice", "-p", "s3cret"]);
+    let out = s.ok(&["search", &term]);
+    assert_eq!(names(&out), [format!("{}/private/bb", private.host())], "{out}");
+}

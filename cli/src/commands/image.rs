@@ -1,5 +1,5 @@
 //! Image commands: the verbs (`pull`, `images`, `tag`, `rmi`, `inspect`,
-//! `history`, `info`, `login`, `logout`), the `image` and `system` groups
+//! `history`, `info`, `search`, `login`, `logout`), the `image` and `system` groups
 //! that repeat them under Docker's management-command names, and
 //! `debug tree`. This module holds the clap definitions and dispatch; each
 //! command's work lives in its own module next to this one.
@@ -37,6 +37,8 @@ pub enum ImageCommand {
     Info(InfoArgs),
     /// Show the strata version information
     Version(InfoArgs),
+    /// Search a registry for images
+    Search(super::search::SearchArgs),
     /// Log in to a registry
     Login(LoginArgs),
     /// Log out from a registry
@@ -340,6 +342,7 @@ fn dispatch(ctx: &Context, cmd: ImageCommand) -> anyhow::Result<i32> {
         ImageCommand::System(SystemGroup::Prune(a)) => sysinfo::system_prune(ctx, a),
         ImageCommand::Manifest(ManifestGroup::Inspect(a)) => super::manifest::inspect(a),
         ImageCommand::Events(a) | ImageCommand::System(SystemGroup::Events(a)) => super::events::run(ctx, a),
+        ImageCommand::Search(a) => super::search::run(a),
         ImageCommand::Login(a) => login::login(ctx, a),
         ImageCommand::Logout(a) => login::logout(ctx, a),
         ImageCommand::Builder(BuilderGroup::Build(a)) => super::build::run(ctx, *a),

@@ -19,6 +19,7 @@ pub mod pull;
 pub mod push;
 pub mod run;
 pub mod save_load;
+pub mod search;
 pub mod stats;
 pub mod support;
 pub mod sysinfo;

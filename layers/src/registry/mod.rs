@@ -46,8 +46,10 @@ use ureq::Body;
 
 /// Largest manifest or index accepted (the same limit as containerd's).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
-/// Pages of a tag list followed at most (a registry pages by 100 or more).
-const MAX_TAG_PAGES: usize = 10_000;
+/// Pages of a tag list or catalog followed at most (a registry pages by 100 or more).
+const MAX_PAGES: usize = 10_000;
+/// Where Docker Hub answers searches (its v1 index).
+const DOCKER_HUB_SEARCH_HOST: &str = "index.docker.io";
 /// Largest error or token response read.
 const MAX_SMALL_BODY: u64 = 1 << 20;
 
@@ -131,10 +133,14 @@ enum Payload<'a> {
     Stream(Option<&'a mut dyn Read>, u64),
 }
 
-/// What a request is authorised for.
+/// What a request is authorised for (a token scope of the distribution
+/// spec: `repository:NAME:pull,push`, `registry:catalog:*`).
 struct Scope<'a> {
-    repository: &'a str,
-    /// `pull` or `pull,push`.
+    /// `repository` or `registry`.
+    kind: &'static str,
+    /// The repository, or `catalog`.
+    name: &'a str,
+    /// `pull`, `pull,push` or `*`.
     actions: &'static str,
     /// Familiar repository name and registry, for error messages.
     display: String,
@@ -143,15 +149,39 @@ struct Scope<'a> {
 
 impl Scope<'_> {
     fn value(&self) -> String {
-        format!("repository:{}:{}", self.repository, self.actions)
+        format!("{}:{}:{}", self.kind, self.name, self.actions)
     }
     fn action(&self) -> &'static str {
-        if self.actions.contains("push") {
-            "push"
-        } else {
-            "pull"
+        match self.actions {
+            "*" => "search",
+            a if a.contains("push") => "push",
+            _ => "pull",
         }
     }
+}
+
+/// One hit of [`RegistryClient::search`]. A registry's catalog gives names
+/// only; Docker Hub's search adds the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct SearchResult {
+    /// As the registry names it (`busybox`, `edge/busybox`), without the registry.
+    pub name: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub description: String,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub star_count: u64,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub is_official: bool,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub is_automated: bool,
+}
+
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
 }
 
 /// The registry client. Cheap to share between threads (`&self` everywhere).
@@ -240,21 +270,38 @@ impl RegistryClient {
             #[serde(default)]
             tags: Option<Vec<String>>,
         }
-        let scope = pull_scope(r);
-        let mut url = format!("{}/v2/{}/tags/list", ep.base, r.repository);
+        let not_found = || RegistryError::NotFound {
+            code: "repository unknown",
+            subject: r.familiar_name(),
+            registry: r.registry.clone(),
+        };
+        let url = format!("{}/v2/{}/tags/list", ep.base, r.repository);
         let mut tags = Vec::new();
+        self.walk_pages(ep, &pull_scope(r), url, "tag list", not_found, |page: Page| {
+            tags.extend(page.tags.unwrap_or_default());
+            true
+        })?;
+        Ok(tags)
+    }
+
+    /// GETs `url`, then each page its `Link: <...>; rel="next"` header
+    /// names, handing every page's JSON to `take` until it returns false or
+    /// no page follows. A 404 is `not_found()`.
+    fn walk_pages<P: serde::de::DeserializeOwned>(
+        &self,
+        ep: &Endpoint,
+        scope: &Scope,
+        mut url: String,
+        what: &'static str,
+        not_found: impl Fn() -> RegistryError,
+        mut take: impl FnMut(P) -> bool,
+    ) -> Result<(), RegistryError> {
         // A registry that links a page to itself must not loop forever.
-        for _ in 0..MAX_TAG_PAGES {
-            let resp = self.execute(ep, Some(&scope), Method::GET, &url, &[], Payload::Empty)?;
+        for _ in 0..MAX_PAGES {
+            let resp = self.execute(ep, Some(scope), Method::GET, &url, &[], Payload::Empty)?;
             match resp.status().as_u16() {
                 200 => {}
-                404 => {
-                    return Err(RegistryError::NotFound {
-                        code: "repository unknown",
-                        subject: r.familiar_name(),
-                        registry: r.registry.clone(),
-                    })
-                }
+                404 => return Err(not_found()),
                 _ => return Err(self.http_error("GET", &url, resp)),
             }
             let next = header(&resp, "link").and_then(|l| next_page(&l)).map(|next| resolve_location(&ep.base, &next));
@@ -263,18 +310,96 @@ impl RegistryClient {
                 .into_with_config()
                 .limit(MAX_MANIFEST_SIZE)
                 .read_to_vec()
-                .map_err(|e| self.map_err(e, &url, "tag list"))?;
-            let page: Page = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
+                .map_err(|e| self.map_err(e, &url, what))?;
+            let page: P = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
                 url: url.clone(),
-                message: format!("the tag list is not valid JSON: {e}"),
+                message: format!("the {what} is not valid JSON: {e}"),
             })?;
-            tags.extend(page.tags.unwrap_or_default());
+            let more = take(page);
             match next {
-                Some(n) => url = n,
-                None => return Ok(tags),
+                Some(n) if more => url = n,
+                _ => return Ok(()),
             }
         }
-        Err(RegistryError::Protocol { url, message: format!("the tag list has over {MAX_TAG_PAGES} pages") })
+        Err(RegistryError::Protocol { url, message: format!("the {what} has over {MAX_PAGES} pages") })
+    }
+
+    // ----- search ------------------------------------------------------------------------------
+
+    /// Up to `limit` repositories of `registry` whose names contain `term`,
+    /// an exact match first. Docker Hub has no catalog: it is asked through
+    /// its search API (`GET /v1/search`, what `docker search` uses). Other
+    /// registries are asked for their catalog (`GET /v2/_catalog`, in the
+    /// registry's pages, scope `registry:catalog:*`), filtered here, as Podman does; a
+    /// registry that keeps its catalog closed answers 401, 403 or 404.
+    /// Mirrors are not asked: they mirror content, not listings.
+    pub fn search(&self, registry: &str, term: &str, limit: usize) -> Result<Vec<SearchResult>, RegistryError> {
+        let registry = normalize_registry(registry);
+        if registry == crate::reference::DOCKER_HUB {
+            return self.search_docker_hub(term, limit);
+        }
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        let ep = self.registry_endpoint(&registry);
+        let scope = Scope {
+            kind: "registry",
+            name: "catalog",
+            actions: "*",
+            display: format!("the catalog of {registry}"),
+            registry: &registry,
+        };
+        let not_found = || RegistryError::NotFound {
+            code: "catalog unknown",
+            subject: "a catalog".to_string(),
+            registry: registry.clone(),
+        };
+        let mut hits = Vec::new();
+        // No `n`: distribution refuses one over its configured page size,
+        // and without one it pages at that size.
+        let url = format!("{}/v2/_catalog", ep.base);
+        self.walk_pages(&ep, &scope, url, "catalog", not_found, |page: Page| {
+            for name in page.repositories.unwrap_or_default() {
+                if hits.len() < limit && name.contains(term) {
+                    hits.push(SearchResult { name, ..SearchResult::default() });
+                }
+            }
+            hits.len() < limit
+        })?;
+        if let Some(i) = hits.iter().position(|h| h.name == term) {
+            let exact = hits.remove(i);
+            hits.insert(0, exact);
+        }
+        Ok(hits)
+    }
+
+    fn search_docker_hub(&self, term: &str, limit: usize) -> Result<Vec<SearchResult>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            #[serde(default)]
+            results: Option<Vec<SearchResult>>,
+        }
+        let base = self.config.base_url(DOCKER_HUB_SEARCH_HOST);
+        let url = format!("{base}/v1/search?q={}&n={limit}", encode_query(term));
+        let resp = self.send(Method::GET, &url, &[], &mut Payload::Empty)?;
+        if resp.status().as_u16() != 200 {
+            return Err(self.http_error("GET", &url, resp));
+        }
+        let bytes = resp
+            .into_body()
+            .into_with_config()
+            .limit(MAX_MANIFEST_SIZE)
+            .read_to_vec()
+            .map_err(|e| self.map_err(e, &url, "search results"))?;
+        let reply: Reply = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
+            url: url.clone(),
+            message: format!("the search results are not valid JSON: {e}"),
+        })?;
+        let mut results = reply.results.unwrap_or_default();
+        results.truncate(limit);
+        Ok(results)
     }
 
     fn get_manifest_from(&self, ep: &Endpoint, r: &Reference) -> Result<FetchedManifest, RegistryError> {
@@ -874,11 +999,23 @@ fn content_length(resp: &Response<Body>) -> Option<u64> {
 }
 
 fn pull_scope(r: &Reference) -> Scope<'_> {
-    Scope { repository: &r.repository, actions: "pull", display: r.familiar_name(), registry: &r.registry }
+    Scope {
+        kind: "repository",
+        name: &r.repository,
+        actions: "pull",
+        display: r.familiar_name(),
+        registry: &r.registry,
+    }
 }
 
 fn push_scope(r: &Reference) -> Scope<'_> {
-    Scope { repository: &r.repository, actions: "pull,push", display: r.familiar_name(), registry: &r.registry }
+    Scope {
+        kind: "repository",
+        name: &r.repository,
+        actions: "pull,push",
+        display: r.familiar_name(),
+        registry: &r.registry,
+    }
 }
 
 fn blob_url(ep: &Endpoint, r: &Reference, d: &Digest) -> String {

@@ -764,3 +764,29 @@ fn next_page_of_a_link_header() {
     assert_eq!(next_page(r#"</v2/a/tags/list?last=x>; rel="prev""#), None);
     assert_eq!(next_page("garbage"), None);
 }
+
+#[test]
+fn docker_hub_search_results_parse_with_nulls_and_unknown_fields() {
+    let reply = r#"{"num_results":2,"query":"busybox","results":[
+        {"name":"busybox","description":"Busybox base image.","star_count":3193,"is_official":true,
+         "is_automated":false,"repo_owner":""},
+        {"name":"someone/busybox","description":null,"star_count":null,"is_official":false}]}"#;
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        results: Vec<SearchResult>,
+    }
+    let r: Reply = serde_json::from_str(reply).unwrap();
+    assert_eq!(
+        r.results,
+        [
+            SearchResult {
+                name: "busybox".into(),
+                description: "Busybox base image.".into(),
+                star_count: 3193,
+                is_official: true,
+                is_automated: false
+            },
+            SearchResult { name: "someone/busybox".into(), ..SearchResult::default() },
+        ]
+    );
+}
