@@ -1,4 +1,4 @@
-//! Cgroup placement, limits (memory, cpus, pids) and freezing (`pause`).
+//! Cgroup placement, limits (memory, cpu, pids, cpuset, block I/O) and freezing (`pause`).
 //!
 //! - Unified cgroup v2 (`/sys/fs/cgroup` is cgroup2): a `strata/<name>` cgroup under the root as
 //!   root, or `<own cgroup>/strata-<name>` as an ordinary user when systemd (or an admin) has
@@ -79,7 +79,7 @@ impl Cgroup {
                 return Ok(None);
             }
             return Err(RunnerError::Cgroup(
-                "resource limits (--memory, --cpus, --pids-limit, --cpuset-cpus) as an ordinary user need cgroup v2 with a \
+                "resource limits (--memory, --cpus, --pids-limit, --cpuset-cpus, --blkio-weight, ...) as an ordinary user need cgroup v2 with a \
                  delegated subtree; this host uses cgroup v1 (or hybrid mode): run as root or drop the limits"
                     .into(),
             ));
@@ -135,7 +135,7 @@ impl Cgroup {
             mkdir(&parent)?;
             (parent, spec.name.clone())
         };
-        let needed: Vec<&str> = l.controllers().iter().filter(|(_, asked)| *asked).map(|(c, _)| *c).collect();
+        let needed = v2_controllers(l);
         let delegated = access_w(&parent);
         if rootless && !delegated {
             if l.is_empty() {
@@ -257,8 +257,7 @@ impl Cgroup {
         if let Some(d) = self.dirs.iter().find(|d| d.join("cgroup.controllers").exists()) {
             // A controller the container was created without (cpuset) is enabled now.
             if let Some(parent) = d.parent() {
-                let needed: Vec<&str> = l.controllers().iter().filter(|(_, a)| *a).map(|(c, _)| *c).collect();
-                enable_v2_controllers(parent, &needed)?;
+                enable_v2_controllers(parent, &v2_controllers(l))?;
             }
             return write_v2_limits(d, l);
         }
@@ -353,6 +352,11 @@ impl Cgroup {
     }
 }
 
+/// The v2 controllers the limits `l` ask for.
+fn v2_controllers(l: &CgroupLimits) -> Vec<&'static str> {
+    l.controllers().iter().filter(|(_, asked)| *asked).map(|(c, _)| if *c == "blkio" { "io" } else { *c }).collect()
+}
+
 /// Writes the limits `l` sets into the v1 cgroup `dir` of `controller`.
 fn write_v1_limit(controller: &str, dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
     match controller {
@@ -374,12 +378,21 @@ fn write_v1_limit(controller: &str, dir: &Path, l: &CgroupLimits) -> Result<(), 
                     write(&swap, &total.to_string())?;
                 }
             }
+            if let Some(r) = l.memory_reservation {
+                write(&dir.join("memory.soft_limit_in_bytes"), &r.to_string())?;
+            }
             Ok(())
         }
         "cpu" => {
             if let Some(c) = l.cpus {
                 write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD.to_string())?;
                 write(&dir.join("cpu.cfs_quota_us"), &quota(c).to_string())?;
+            }
+            if let Some(p) = l.cpu_period {
+                write(&dir.join("cpu.cfs_period_us"), &p.to_string())?;
+            }
+            if let Some(q) = l.cpu_quota {
+                write(&dir.join("cpu.cfs_quota_us"), &q.to_string())?;
             }
             if let Some(shares) = l.cpu_shares {
                 write(&dir.join("cpu.shares"), &shares.to_string())?;
@@ -388,8 +401,73 @@ fn write_v1_limit(controller: &str, dir: &Path, l: &CgroupLimits) -> Result<(), 
         }
         "pids" => l.pids.map_or(Ok(()), |p| write(&dir.join("pids.max"), &pids(p))),
         "cpuset" => write_cpuset(dir, l),
+        "blkio" => {
+            if let Some(w) = l.blkio_weight {
+                let file = ["blkio.weight", "blkio.bfq.weight"]
+                    .iter()
+                    .map(|f| dir.join(f))
+                    .find(|f| f.exists())
+                    .ok_or_else(|| no_io_weight(dir))?;
+                write(&file, &w.to_string())?;
+            }
+            for t in &l.io_throttles {
+                write(&dir.join(t.kind.v1_file()), &format!("{}:{} {}", t.major, t.minor, t.rate))?;
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
+}
+
+fn no_io_weight(dir: &Path) -> RunnerError {
+    RunnerError::Cgroup(format!(
+        "--blkio-weight: {} has no I/O weight file: the kernel has neither BFQ nor blk-iocost weights",
+        dir.display()
+    ))
+}
+
+/// True when a cgroup here could be given a block I/O weight
+/// (`--blkio-weight`): v1's blkio.weight or blkio.bfq.weight, v2's
+/// io.bfq.weight or io.weight (which appear in the root's children only, so
+/// an existing child is asked, else the kernel's configuration is guessed
+/// from the root's io.cost files).
+pub fn supports_io_weight() -> bool {
+    let root = Path::new(CGROUP_ROOT);
+    if !is_cgroup2(CGROUP_ROOT) {
+        return ["blkio.weight", "blkio.bfq.weight"].iter().any(|f| root.join("blkio").join(f).exists());
+    }
+    let child_has = fs::read_dir(root).into_iter().flatten().flatten().any(|e| {
+        let d = e.path();
+        d.join("io.bfq.weight").exists() || d.join("io.weight").exists()
+    });
+    child_has || root.join("io.cost.qos").exists()
+}
+
+/// Writes the limits `l` gives the v2 cpu controller into `cpu.max`
+/// (`QUOTA PERIOD`, `max` for no quota). Writing one number changes the
+/// quota alone, so a period alone is written with the quota already there.
+fn write_v2_cpu_max(dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
+    let file = dir.join("cpu.max");
+    let quota = match (l.cpus, l.cpu_quota) {
+        (Some(c), _) => Some(quota(c).to_string()),
+        (None, Some(q)) if q > 0 => Some(q.to_string()),
+        (None, Some(_)) => Some("max".to_string()),
+        (None, None) => None,
+    };
+    let period = match l.cpus {
+        Some(_) => Some(CPU_PERIOD),
+        None => l.cpu_period,
+    };
+    let value = match (quota, period) {
+        (Some(q), Some(p)) => format!("{q} {p}"),
+        (Some(q), None) => q,
+        (None, Some(p)) => {
+            let now = fs::read_to_string(&file).unwrap_or_default();
+            format!("{} {p}", now.split_whitespace().next().unwrap_or("max"))
+        }
+        (None, None) => return Ok(()),
+    };
+    write(&file, &value)
 }
 
 /// Gives a new v1 cpuset cgroup (and strata's parent, the first time) the
@@ -457,11 +535,33 @@ fn write_v2_limits(dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
         let weight = 1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142;
         write(&dir.join("cpu.weight"), &weight.to_string())?;
     }
-    if let Some(c) = l.cpus {
-        write(&dir.join("cpu.max"), &format!("{} {CPU_PERIOD}", quota(c)))?;
+    if let Some(r) = l.memory_reservation {
+        write(&dir.join("memory.low"), &r.to_string())?;
     }
+    write_v2_cpu_max(dir, l)?;
     if let Some(p) = l.pids {
         write(&dir.join("pids.max"), &pids(p))?;
+    }
+    if let Some(w) = l.blkio_weight {
+        if dir.join("io.bfq.weight").exists() {
+            write(&dir.join("io.bfq.weight"), &w.to_string())?;
+        } else if dir.join("io.weight").exists() {
+            // runc's mapping of blkio weights (10..1000) onto io weights (1..10000).
+            let weight = 1 + (u64::from(w).clamp(10, 1000) - 10) * 9999 / 990;
+            write(&dir.join("io.weight"), &format!("default {weight}"))?;
+        } else {
+            return Err(no_io_weight(dir));
+        }
+    }
+    // One io.max line per device, with every limit it has.
+    let mut devices: Vec<(u32, u32)> = l.io_throttles.iter().map(|t| (t.major, t.minor)).collect();
+    devices.dedup();
+    for (major, minor) in devices {
+        let mut line = format!("{major}:{minor}");
+        for t in l.io_throttles.iter().filter(|t| (t.major, t.minor) == (major, minor)) {
+            line.push_str(&format!(" {}={}", t.kind.v2_key(), t.rate));
+        }
+        write(&dir.join("io.max"), &line)?;
     }
     write_cpuset(dir, l)
 }
@@ -538,12 +638,39 @@ fn pids(p: i64) -> String {
     }
 }
 
-/// Validate limits before anything is created.
-pub(crate) fn validate(l: &CgroupLimits) -> Result<(), RunnerError> {
+/// The smallest memory limit or reservation Docker allows.
+const MIN_MEMORY: u64 = 6 << 20;
+
+/// Checks limits before anything is created, with Docker's messages.
+pub fn validate(l: &CgroupLimits) -> Result<(), RunnerError> {
+    let invalid = |m: &str| Err(RunnerError::Invalid(m.to_string()));
     if let Some(c) = l.cpus {
         if !(c > 0.0 && c.is_finite()) {
             return Err(RunnerError::Invalid(format!("invalid --cpus {c}: must be a positive number")));
         }
+        if l.cpu_period.is_some() {
+            return invalid("Conflicting options: Nano CPUs and CPU Period cannot both be set");
+        }
+        if l.cpu_quota.is_some() {
+            return invalid("Conflicting options: Nano CPUs and CPU Quota cannot both be set");
+        }
+    }
+    if l.cpu_period.is_some_and(|p| !(1000..=1_000_000).contains(&p)) {
+        return invalid("CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s (i.e. 1000000)");
+    }
+    if l.cpu_quota.is_some_and(|q| q != -1 && q < 1000) {
+        return invalid("CPU cfs quota can not be less than 1ms (i.e. 1000)");
+    }
+    if let Some(r) = l.memory_reservation {
+        if l.memory.is_some_and(|m| m < r) {
+            return invalid("Minimum memory limit can not be less than memory reservation limit, see usage");
+        }
+        if r < MIN_MEMORY {
+            return invalid("Minimum memory reservation allowed is 6MB");
+        }
+    }
+    if l.blkio_weight.is_some_and(|w| !(10..=1000).contains(&w)) {
+        return invalid("Range of blkio weight is from 10 to 1000");
     }
     if l.memory == Some(0) {
         return Err(RunnerError::Invalid("invalid --memory 0".into()));

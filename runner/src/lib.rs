@@ -34,14 +34,17 @@ mod sys;
 mod user;
 
 pub use caps::{Cap, DEFAULT_CAPS};
-pub use cgroup::{parse_id_list, remove_leftover as remove_leftover_cgroup, Cgroup, Usage as CgroupUsage};
+pub use cgroup::{
+    parse_id_list, remove_leftover as remove_leftover_cgroup, supports_io_weight, validate as validate_limits, Cgroup,
+    Usage as CgroupUsage,
+};
 pub use error::RunnerError;
 pub use exec::exec;
 pub use idmap::{in_initial_user_namespace, rootless_mapping, ROOTLESS_RANGE};
 pub use network::{attach_bridge, detach_bridge, Pasta};
 pub use spawn::{spawn, spawn_with_fuse_rootfs, Container, FuseRootfs, Process, Stdio};
 pub use spec::{
-    CgroupLimits, CgroupSpec, EtcFiles, ExecSpec, IdMapping, IdRange, Mount, MountKind, Namespaces, Network,
-    PortForward, Protocol, Rlimit, Spec, User,
+    CgroupLimits, CgroupSpec, EtcFiles, ExecSpec, IdMapping, IdRange, IoThrottle, IoThrottleKind, Mount, MountKind,
+    Namespaces, Network, PortForward, Protocol, Rlimit, Spec, User,
 };
 pub use user::{resolve_groups, resolve_user, ResolvedUser};

@@ -299,6 +299,66 @@ pub struct CgroupLimits {
     /// Memory nodes it may allocate on (`--cpuset-mems`).
     #[serde(default)]
     pub cpuset_mems: Option<String>,
+    /// CFS scheduler period in µs (`--cpu-period`), alone or with `cpu_quota`.
+    #[serde(default)]
+    pub cpu_period: Option<u64>,
+    /// CPU time per period in µs (`--cpu-quota`); -1 for no limit.
+    #[serde(default)]
+    pub cpu_quota: Option<i64>,
+    /// Soft memory limit in bytes (`--memory-reservation`): what the kernel
+    /// reclaims the container down to first when memory runs short.
+    #[serde(default)]
+    pub memory_reservation: Option<u64>,
+    /// Relative block I/O weight, 10-1000 (`--blkio-weight`).
+    #[serde(default)]
+    pub blkio_weight: Option<u16>,
+    /// Per-device rate limits (`--device-read-bps` and the like).
+    #[serde(default)]
+    pub io_throttles: Vec<IoThrottle>,
+}
+
+/// One `--device-{read,write}-{bps,iops}` limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoThrottle {
+    /// The block device's numbers.
+    pub major: u32,
+    pub minor: u32,
+    pub kind: IoThrottleKind,
+    /// Bytes or operations per second.
+    pub rate: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoThrottleKind {
+    ReadBps,
+    WriteBps,
+    ReadIops,
+    WriteIops,
+}
+
+impl IoThrottleKind {
+    pub const ALL: [IoThrottleKind; 4] =
+        [IoThrottleKind::ReadBps, IoThrottleKind::WriteBps, IoThrottleKind::ReadIops, IoThrottleKind::WriteIops];
+
+    /// The v1 blkio file that holds limits of this kind.
+    pub fn v1_file(self) -> &'static str {
+        match self {
+            IoThrottleKind::ReadBps => "blkio.throttle.read_bps_device",
+            IoThrottleKind::WriteBps => "blkio.throttle.write_bps_device",
+            IoThrottleKind::ReadIops => "blkio.throttle.read_iops_device",
+            IoThrottleKind::WriteIops => "blkio.throttle.write_iops_device",
+        }
+    }
+
+    /// Its key in a v2 `io.max` line.
+    pub fn v2_key(self) -> &'static str {
+        match self {
+            IoThrottleKind::ReadBps => "rbps",
+            IoThrottleKind::WriteBps => "wbps",
+            IoThrottleKind::ReadIops => "riops",
+            IoThrottleKind::WriteIops => "wiops",
+        }
+    }
 }
 
 impl CgroupLimits {
@@ -310,19 +370,32 @@ impl CgroupLimits {
             && self.memory_swap.is_none()
             && self.cpuset_cpus.is_none()
             && self.cpuset_mems.is_none()
+            && self.cpu_period.is_none()
+            && self.cpu_quota.is_none()
+            && self.memory_reservation.is_none()
+            && self.blkio_weight.is_none()
+            && self.io_throttles.is_empty()
     }
 
     fn asks_cpuset(&self) -> bool {
         self.cpuset_cpus.is_some() || self.cpuset_mems.is_some()
     }
 
-    /// The v1 controller or v2 one a limit of each kind needs, with whether one is asked.
-    pub(crate) fn controllers(&self) -> [(&'static str, bool); 4] {
+    /// The v1 controller a limit of each kind needs, with whether one is
+    /// asked. v2 has the same names, except that blkio is `io` there.
+    pub(crate) fn controllers(&self) -> [(&'static str, bool); 5] {
         [
-            ("memory", self.memory.is_some() || self.memory_swap.is_some()),
-            ("cpu", self.cpus.is_some() || self.cpu_shares.is_some()),
+            ("memory", self.memory.is_some() || self.memory_swap.is_some() || self.memory_reservation.is_some()),
+            (
+                "cpu",
+                self.cpus.is_some()
+                    || self.cpu_shares.is_some()
+                    || self.cpu_period.is_some()
+                    || self.cpu_quota.is_some(),
+            ),
             ("pids", self.pids.is_some()),
             ("cpuset", self.asks_cpuset()),
+            ("blkio", self.blkio_weight.is_some() || !self.io_throttles.is_empty()),
         ]
     }
 }

@@ -2095,3 +2095,175 @@ fn cpu_shares_and_memory_swap_reach_the_cgroup() {
     assert!(err.contains("should be larger than memory limit"), "{err}");
     s.ok(&["rm", "-f", "weighted"]);
 }
+
+/// The value of a limit file of root's container `id`: the v1 hierarchy of
+/// `controller`, or the unified one (`v2_file`).
+fn cgroup_value(id: &str, controller: &str, v1_file: &str, v2_file: &str) -> String {
+    let v1 = format!("/sys/fs/cgroup/{controller}/strata/{id}/{v1_file}");
+    let v2 = format!("/sys/fs/cgroup/strata/{id}/{v2_file}");
+    std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .unwrap_or_else(|e| panic!("neither {v1} nor {v2}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// A loop device over an 8 MiB file (kept while the device is there),
+/// detached when dropped.
+struct LoopDevice(String, #[allow(dead_code)] tempfile::NamedTempFile);
+
+impl LoopDevice {
+    fn new() -> LoopDevice {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        file.as_file().set_len(8 << 20).expect("size the backing file");
+        let dev = run_tool(std::process::Command::new("losetup").args(["-f", "--show"]).arg(file.path()));
+        LoopDevice(dev.trim().to_string(), file)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn cpu_quota_memory_reservation_and_block_io_limits_reach_the_cgroup() {
+    let e = setup(false);
+    let s = &e.s;
+    let dev = LoopDevice::new();
+    let d = dev.0.as_str();
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "limited",
+        "--cpu-period",
+        "50000",
+        "--cpu-quota",
+        "25000",
+        "--memory",
+        "64m",
+        "--memory-reservation",
+        "32m",
+        "--device",
+        d,
+        "--device-read-bps",
+        &format!("{d}:1mb"),
+        "--device-write-iops",
+        &format!("{d}:20"),
+        &e.bb,
+        "sleep",
+        "600",
+    ]);
+    let id = s.ok(&["inspect", "-f", "{{.Id}}", "limited"]).trim().to_string();
+    let v2 = std::path::Path::new(&format!("/sys/fs/cgroup/strata/{id}/cgroup.controllers")).exists();
+    let cpu = || {
+        if v2 {
+            cgroup_value(&id, "cpu", "", "cpu.max")
+        } else {
+            format!(
+                "{} {}",
+                cgroup_value(&id, "cpu", "cpu.cfs_quota_us", ""),
+                cgroup_value(&id, "cpu", "cpu.cfs_period_us", "")
+            )
+        }
+    };
+    assert_eq!(cpu(), "25000 50000");
+    assert_eq!(cgroup_value(&id, "memory", "memory.soft_limit_in_bytes", "memory.low"), (32u64 << 20).to_string());
+    let rdev = std::fs::metadata(d).map(|m| std::os::unix::fs::MetadataExt::rdev(&m)).unwrap();
+    let numbers = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+    if v2 {
+        let io_max = cgroup_value(&id, "blkio", "", "io.max");
+        assert!(io_max.contains(&format!("{numbers} rbps=1048576")) && io_max.contains("wiops=20"), "{io_max}");
+    } else {
+        let read = cgroup_value(&id, "blkio", "blkio.throttle.read_bps_device", "");
+        assert_eq!(read, format!("{numbers} 1048576"));
+        assert_eq!(cgroup_value(&id, "blkio", "blkio.throttle.write_iops_device", ""), format!("{numbers} 20"));
+    }
+    // The kernel holds the container to them: 2 MiB read at 1 MiB/s, 40
+    // writes at 20 a second (each takes at least a second beyond the first burst).
+    let timed = |cmd: &str| {
+        let start = std::time::Instant::now();
+        s.ok(&["exec", "limited", "sh", "-c", cmd]);
+        start.elapsed()
+    };
+    let read = timed(&format!("dd if={d} of=/dev/null bs=64k count=32 iflag=direct"));
+    assert!(read >= Duration::from_millis(900), "2 MiB at 1 MiB/s took {read:?}");
+    let write = timed(&format!("dd if=/dev/zero of={d} bs=4k count=40 oflag=direct"));
+    assert!(write >= Duration::from_millis(900), "40 writes at 20/s took {write:?}");
+
+    let host = s.ok(&[
+        "inspect", "-f",
+        "{{.HostConfig.CpuPeriod}} {{.HostConfig.CpuQuota}} {{.HostConfig.MemoryReservation}} {{json .HostConfig.BlkioDeviceReadBps}}",
+        "limited",
+    ]);
+    assert_eq!(host.trim(), format!("50000 25000 33554432 [{{\"Path\":\"{d}\",\"Rate\":1048576}}]"));
+
+    // update: a quota alone keeps the period, a period alone the quota.
+    s.ok(&["update", "--cpu-quota", "-1", "limited"]);
+    assert_eq!(cpu(), if v2 { "max 50000" } else { "-1 50000" });
+    s.ok(&["update", "--cpu-quota", "30000", "limited"]);
+    s.ok(&["update", "--cpu-period", "60000", "limited"]);
+    assert_eq!(cpu(), "30000 60000");
+    s.ok(&["update", "--memory-reservation", "48m", "limited"]);
+    assert_eq!(cgroup_value(&id, "memory", "memory.soft_limit_in_bytes", "memory.low"), (48u64 << 20).to_string());
+    let host = s.ok(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.CpuPeriod}} {{.HostConfig.CpuQuota}} {{.HostConfig.Memory}}",
+        "limited",
+    ]);
+    assert_eq!(host.trim(), "60000 30000 67108864", "update keeps what it was not given");
+    // Checked against what the container has.
+    let (_, err) = s.fails(&["update", "--memory-reservation", "128m", "limited"]);
+    assert!(err.contains("Minimum memory limit can not be less than memory reservation limit"), "{err}");
+    let (_, err) = s.fails(&["update", "--cpus", "1", "limited"]);
+    assert!(err.contains("Conflicting options: Nano CPUs and CPU Period cannot both be set"), "{err}");
+    s.ok(&["restart", "-t", "1", "limited"]);
+    assert_eq!(cpu(), "30000 60000", "kept across a restart");
+    s.ok(&["rm", "-f", "limited"]);
+
+    // --blkio-weight: written where the kernel weighs block I/O, otherwise
+    // dropped with Docker's warning.
+    let out = s.run(&["run", "-d", "--name", "weighed", "--blkio-weight", "300", &e.bb, "sleep", "600"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let weight = s.ok(&["inspect", "-f", "{{.HostConfig.BlkioWeight}}", "weighed"]);
+    if err.contains("Your kernel does not support Block I/O weight") {
+        assert_eq!(weight.trim(), "0");
+    } else {
+        assert_eq!(weight.trim(), "300", "{err}");
+        let id = s.ok(&["inspect", "-f", "{{.Id}}", "weighed"]).trim().to_string();
+        let v1 = ["blkio.weight", "blkio.bfq.weight"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(format!("/sys/fs/cgroup/blkio/strata/{id}/{f}")).ok());
+        let v2 = ["io.bfq.weight", "io.weight"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(format!("/sys/fs/cgroup/strata/{id}/{f}")).ok());
+        let written = v1.or(v2).expect("a weight file");
+        assert!(written.contains("300") || written.contains("2929"), "{written}");
+    }
+    s.ok(&["rm", "-f", "weighed"]);
+
+    for (args, message) in [
+        (
+            vec!["--cpus", "1", "--cpu-period", "50000"],
+            "Conflicting options: Nano CPUs and CPU Period cannot both be set",
+        ),
+        (vec!["--cpu-quota", "500"], "CPU cfs quota can not be less than 1ms"),
+        (vec!["--cpu-period", "2000000"], "CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s"),
+        (vec!["--memory-reservation", "1m"], "Minimum memory reservation allowed is 6MB"),
+        (vec!["--blkio-weight", "5"], "Range of blkio weight is from 10 to 1000"),
+        (vec!["--device-read-bps", "/dev/null:1mb"], "/dev/null is not a block device"),
+        (vec!["--device-write-bps", "sda:1mb"], "is not an absolute path"),
+        (vec!["--device-read-iops", &format!("{d}:lots")], "invalid rate for device"),
+    ] {
+        let mut cmd = vec!["run", "--rm"];
+        cmd.extend(args.iter().copied());
+        cmd.extend([e.bb.as_str(), "true"]);
+        let (code, err) = s.fails(&cmd);
+        assert_eq!(code, 125, "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+}

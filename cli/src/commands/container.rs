@@ -231,27 +231,8 @@ pub struct KillArgs {
 
 #[derive(Args)]
 pub struct UpdateArgs {
-    /// Memory limit
-    #[arg(short = 'm', long, value_name = "bytes")]
-    memory: Option<String>,
-    /// Number of CPUs
-    #[arg(long, value_name = "decimal")]
-    cpus: Option<f64>,
-    /// Tune container pids limit (set -1 for unlimited)
-    #[arg(long = "pids-limit", value_name = "int", allow_hyphen_values = true)]
-    pids_limit: Option<i64>,
-    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
-    #[arg(long = "memory-swap", value_name = "bytes", allow_hyphen_values = true)]
-    memory_swap: Option<String>,
-    /// CPU shares (relative weight)
-    #[arg(short = 'c', long = "cpu-shares", value_name = "int")]
-    cpu_shares: Option<u64>,
-    /// CPUs in which to allow execution (0-3, 0,1)
-    #[arg(long = "cpuset-cpus", value_name = "string")]
-    cpuset_cpus: Option<String>,
-    /// Memory nodes in which to allow execution (0-3, 0,1)
-    #[arg(long = "cpuset-mems", value_name = "string")]
-    cpuset_mems: Option<String>,
+    #[command(flatten)]
+    resources: crate::containers::resources::ResourceArgs,
     /// Restart policy to apply when a container exits
     #[arg(long, value_name = "string")]
     restart: Option<String>,
@@ -821,37 +802,26 @@ fn thaw_if_paused(c: &Container) {
 
 /// `update`: new limits for a running container's cgroup at once, and for
 /// its later starts (its record), and a new restart policy.
-fn update(ctx: &Context, a: UpdateArgs) -> Result<i32> {
-    if a.memory.is_none()
-        && a.cpus.is_none()
-        && a.pids_limit.is_none()
-        && a.restart.is_none()
-        && a.memory_swap.is_none()
-        && a.cpu_shares.is_none()
-        && a.cpuset_cpus.is_none()
-        && a.cpuset_mems.is_none()
-    {
+fn update(ctx: &Context, mut a: UpdateArgs) -> Result<i32> {
+    if a.resources.is_empty() && a.restart.is_none() {
         bail!("you must provide one or more flags when using this command");
     }
-    let memory = a.memory.as_deref().map(crate::containers::spec::parse_bytes).transpose()?;
     if let Some(r) = a.restart.as_deref() {
         crate::containers::restart::Policy::parse(Some(r))?;
     }
-    let memory_swap = a.memory_swap.as_deref().map(crate::containers::spec::parse_swap).transpose()?;
-    crate::containers::spec::check_cpuset(a.cpuset_cpus.as_deref(), a.cpuset_mems.as_deref())?;
-    let limits = strata_runner::CgroupLimits {
-        memory,
-        cpus: a.cpus,
-        pids: a.pids_limit,
-        cpu_shares: a.cpu_shares,
-        memory_swap,
-        cpuset_cpus: a.cpuset_cpus.clone(),
-        cpuset_mems: a.cpuset_mems.clone(),
-    };
+    a.resources.limits()?;
+    a.resources.drop_unsupported();
+    // What changes now; the record gets the same flags.
+    let limits = a.resources.limits()?;
     Ok(each_container(ctx, &a.containers, |_, c| {
         if a.restart.as_deref().is_some_and(|r| r != "no") && c.config.request.rm {
             bail!("Cannot update restart policy for a container with --rm");
         }
+        // Checked together with what the container already has (--cpus
+        // against an earlier --cpu-quota, a reservation against the limit).
+        let mut merged = c.config.request.resources.clone();
+        merged.merge(&a.resources);
+        merged.limits()?;
         if c.running() && !limits.is_empty() {
             let init = c.state.init.ok_or_else(|| anyhow::anyhow!("container {} is not running", c.config.id))?;
             let cgroup = strata_runner::Cgroup::of_container(init.pid, &c.config.id)?.ok_or_else(|| {
@@ -865,27 +835,7 @@ fn update(ctx: &Context, a: UpdateArgs) -> Result<i32> {
         }
         let _names = record::lock(&ctx.layout)?;
         let mut cfg = record::read_dir_record(&c.dir).map(|c| c.config).unwrap_or(c.config);
-        if a.memory.is_some() {
-            cfg.request.memory = a.memory.clone();
-        }
-        if a.cpus.is_some() {
-            cfg.request.cpus = a.cpus;
-        }
-        if a.pids_limit.is_some() {
-            cfg.request.pids_limit = a.pids_limit;
-        }
-        if a.memory_swap.is_some() {
-            cfg.request.memory_swap = a.memory_swap.clone();
-        }
-        if a.cpu_shares.is_some() {
-            cfg.request.cpu_shares = a.cpu_shares;
-        }
-        if a.cpuset_cpus.is_some() {
-            cfg.request.cpuset_cpus = a.cpuset_cpus.clone();
-        }
-        if a.cpuset_mems.is_some() {
-            cfg.request.cpuset_mems = a.cpuset_mems.clone();
-        }
+        cfg.request.resources.merge(&a.resources);
         if a.restart.is_some() {
             cfg.request.restart = a.restart.clone();
         }
@@ -1478,19 +1428,16 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
             "Type": cfg.request.log_driver.clone().unwrap_or_else(|| "json-file".into()),
             "Config": cfg.request.log_opt.iter().filter_map(|o| o.split_once('=')).map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<String, Value>>(),
         },
-        "Memory": cfg.request.memory.as_deref().and_then(|m| crate::containers::spec::parse_bytes(m).ok()).unwrap_or(0),
-        "NanoCpus": cfg.request.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
-        "PidsLimit": cfg.request.pids_limit,
-        "CpuShares": cfg.request.cpu_shares.unwrap_or(0),
-        "CpusetCpus": cfg.request.cpuset_cpus.clone().unwrap_or_default(),
-        "CpusetMems": cfg.request.cpuset_mems.clone().unwrap_or_default(),
-        "MemorySwap": cfg.request.memory_swap.as_deref().and_then(|m| crate::containers::spec::parse_swap(m).ok()).unwrap_or(0),
         "RestartPolicy": {
             "Name": restart.0,
             "MaximumRetryCount": restart.1,
         },
         "Tmpfs": cfg.request.tmpfs,
     });
+    let mut host_config = host_config;
+    if let Value::Object(m) = &mut host_config {
+        m.extend(cfg.request.resources.host_config(&cfg.request.device_io));
+    }
     let config = json!({
         "Hostname": cfg.hostname,
         "Domainname": cfg.request.domainname.clone().unwrap_or_default(),

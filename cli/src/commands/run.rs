@@ -130,31 +130,12 @@ pub struct CreateArgs {
     /// Run an init inside the container that forwards signals and reaps processes
     #[arg(long)]
     pub init: bool,
-    /// Memory limit (e.g. 512m, 1g)
-    #[arg(short = 'm', long, value_name = "bytes")]
-    pub memory: Option<String>,
-    /// Swap limit equal to memory plus swap: -1 to enable unlimited swap
-    #[arg(long = "memory-swap", value_name = "bytes", allow_hyphen_values = true)]
-    #[serde(default)]
-    pub memory_swap: Option<String>,
-    /// CPU shares (relative weight)
-    #[arg(short = 'c', long = "cpu-shares", value_name = "int")]
-    #[serde(default)]
-    pub cpu_shares: Option<u64>,
-    /// Number of CPUs
-    #[arg(long, value_name = "decimal")]
-    pub cpus: Option<f64>,
-    /// Tune container pids limit (set -1 for unlimited)
-    #[arg(long = "pids-limit", value_name = "int", allow_hyphen_values = true)]
-    pub pids_limit: Option<i64>,
-    /// CPUs in which to allow execution (0-3, 0,1)
-    #[arg(long = "cpuset-cpus", value_name = "string")]
-    #[serde(default)]
-    pub cpuset_cpus: Option<String>,
-    /// Memory nodes in which to allow execution (0-3, 0,1)
-    #[arg(long = "cpuset-mems", value_name = "string")]
-    #[serde(default)]
-    pub cpuset_mems: Option<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub resources: crate::containers::resources::ResourceArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub device_io: crate::containers::resources::DeviceIoArgs,
     /// Add Linux capabilities
     #[arg(long = "cap-add", value_name = "list")]
     pub cap_add: Vec<String>,
@@ -539,6 +520,8 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     };
     crate::containers::signals::parse(&stop_signal)?;
     crate::containers::spec::validate(&args)?;
+    // (Kept out of the record when the kernel cannot apply it, as Docker does.)
+    args.resources.drop_unsupported();
     let mut seccomp_profile = None;
     for o in &args.security_opt {
         match o.as_str() {

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod names;
 pub mod networks;
 pub mod record;
+pub mod resources;
 pub mod restart;
 pub mod signals;
 pub mod spec;

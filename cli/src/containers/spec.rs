@@ -225,13 +225,10 @@ impl<'a> SpecBuilder<'a> {
         spec.shm_size = req.shm_size.as_deref().map(parse_bytes).transpose()?;
         spec.init = req.init;
         let limits = CgroupLimits {
-            memory: req.memory.as_deref().map(parse_bytes).transpose()?,
-            cpus: req.cpus,
-            pids: req.pids_limit.filter(|p| *p > 0),
-            cpu_shares: req.cpu_shares,
-            memory_swap: req.memory_swap.as_deref().map(parse_swap).transpose()?,
-            cpuset_cpus: req.cpuset_cpus.clone(),
-            cpuset_mems: req.cpuset_mems.clone(),
+            // (-1, "unlimited", is what a new cgroup has anyway.)
+            pids: req.resources.pids_limit.filter(|p| *p > 0),
+            io_throttles: req.device_io.throttles()?,
+            ..req.resources.limits()?
         };
         // Root's containers always get a cgroup of their own (to `pause`
         // them, as with Docker); an ordinary user's only when a limit needs
@@ -628,20 +625,9 @@ pub fn validate(req: &crate::commands::run::CreateArgs) -> Result<()> {
     for u in &req.ulimit {
         parse_ulimit(u)?;
     }
-    let memory = req.memory.as_deref().map(parse_bytes).transpose()?;
-    if let Some(total) = req.memory_swap.as_deref().map(parse_swap).transpose()? {
-        match memory {
-            None => bail!("you should always set the memory limit when using the memoryswap limit, see usage"),
-            Some(m) if total != -1 && (total < 0 || (total as u64) < m) => {
-                bail!("minimum memoryswap limit should be larger than memory limit, see usage")
-            }
-            _ => {}
-        }
-    }
-    if req.cpu_shares == Some(0) {
-        bail!("invalid --cpu-shares 0");
-    }
-    check_cpuset(req.cpuset_cpus.as_deref(), req.cpuset_mems.as_deref())
+    req.resources.limits()?;
+    req.device_io.throttles()?;
+    Ok(())
 }
 
 /// Docker's checks of `--cpuset-cpus` and `--cpuset-mems`: the list's
