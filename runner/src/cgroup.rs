@@ -33,6 +33,12 @@ pub struct Cgroup {
     dirs: Vec<PathBuf>,
 }
 
+/// True on a host with the unified hierarchy alone (cgroup v2), where
+/// Docker gives containers a cgroup namespace by default.
+pub fn unified_hierarchy() -> bool {
+    is_cgroup2(CGROUP_ROOT)
+}
+
 fn is_cgroup2(path: &str) -> bool {
     nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC).unwrap_or(false)
 }

@@ -21,6 +21,7 @@
 
 mod caps;
 mod cgroup;
+mod cgroup_view;
 mod child;
 mod error;
 mod exec;
@@ -35,8 +36,8 @@ mod user;
 
 pub use caps::{Cap, DEFAULT_CAPS};
 pub use cgroup::{
-    parse_id_list, remove_leftover as remove_leftover_cgroup, supports_io_weight, validate as validate_limits, Cgroup,
-    Usage as CgroupUsage,
+    parse_id_list, remove_leftover as remove_leftover_cgroup, supports_io_weight, unified_hierarchy,
+    validate as validate_limits, Cgroup, Usage as CgroupUsage,
 };
 pub use error::RunnerError;
 pub use exec::exec;

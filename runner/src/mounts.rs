@@ -223,17 +223,18 @@ pub(crate) fn mount_proc(root: &Root) -> Result<(), String> {
 
 /// /sys read-only (or rw when privileged). Without a network namespace of our own (rootless with
 /// host network) the kernel refuses a sysfs mount; bind the host's /sys recursively instead.
-pub(crate) fn mount_sys(root: &Root, rw: bool) -> Result<(), String> {
+/// True for a sysfs of its own (whose /sys/fs/cgroup is empty), false for the host's.
+pub(crate) fn mount_sys(root: &Root, rw: bool) -> Result<bool, String> {
     let ro = if rw { 0 } else { libc::MS_RDONLY };
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | ro;
     match root.mount("/sys", false, Some(c"sysfs"), Some(c"sysfs"), flags, None) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(_) => {
             root.mount("/sys", false, Some(c"/sys"), None, libc::MS_BIND | libc::MS_REC, None)?;
             if !rw {
                 root.make_readonly("/sys")?;
             }
-            Ok(())
+            Ok(false)
         }
     }
 }

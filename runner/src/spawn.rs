@@ -31,6 +31,7 @@ use std::path::Path;
 
 use crate::caps::{self, Cap};
 use crate::cgroup::{self, Cgroup};
+use crate::cgroup_view::CgroupView;
 use crate::child::{
     self, ChildError, MSG_ERROR, MSG_FUSE, MSG_GO, MSG_MAPPED, MSG_PID, MSG_PTY, MSG_SERVED, MSG_USERNS,
 };
@@ -572,6 +573,8 @@ fn setup_and_exec(
     child::wait_for(sock.as_fd(), MSG_GO)?;
     // Through the host's /proc, before this process has a /proc of its own.
     set_oom_score_adj(spec.oom_score_adj)?;
+    // (Read while /proc/self/cgroup still shows host paths.)
+    let cgroup_view = CgroupView::of_self();
     if spec.namespaces.cgroup {
         // After the caller moved us into our cgroup, so that it becomes the namespace's root.
         // SAFETY: plain syscall.
@@ -591,7 +594,9 @@ fn setup_and_exec(
     let root = Root::prepare(&spec.rootfs)?;
     mounts::mount_proc(&root)?;
     let pty = mounts::setup_dev(&root, plan.pts_gid5, spec.tty, spec.shm_size, shm)?;
-    mounts::mount_sys(&root, spec.sys_rw)?;
+    if mounts::mount_sys(&root, spec.sys_rw)? {
+        cgroup_view.mount(&root, spec.namespaces.cgroup, spec.sys_rw)?;
+    }
     for m in &spec.mounts {
         mounts::mount_user(&root, m)?;
     }

@@ -2267,3 +2267,59 @@ fn cpu_quota_memory_reservation_and_block_io_limits_reach_the_cgroup() {
         assert!(err.contains(message), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn containers_see_their_own_cgroups_read_only_and_cgroupns_private_gives_them_a_namespace() {
+    both(|e, who| {
+        let s = &e.s;
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        // Every cgroup mount in the container is read-only, and there is one.
+        let mounts = s.ok(&["run", "--rm", &e.bb, "grep", " /sys/fs/cgroup", "/proc/mounts"]);
+        assert!(!mounts.is_empty(), "{who}");
+        for line in mounts.lines() {
+            assert!(line.split(' ').nth(3).is_some_and(|o| o.starts_with("ro")), "{who}: {line}");
+        }
+        let out = s.run(&[
+            "run",
+            "--rm",
+            &e.bb,
+            "sh",
+            "-c",
+            "echo 1 > /sys/fs/cgroup/pids/pids.max || echo 1 > /sys/fs/cgroup/pids.max",
+        ]);
+        assert!(!out.status.success(), "{who}: the cgroup files can be written");
+        if !s.is_unprivileged() {
+            // The limits are the container's own (what the JVM and Go's
+            // runtime read to size themselves).
+            let read = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max; \
+                        cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max";
+            let out = s.ok(&["run", "--rm", "-m", "64m", "--cpus", "0.5", &e.bb, "sh", "-c", read]);
+            assert_eq!(out, "67108864\n50000\n", "{who}");
+        }
+
+        // --cgroupns: Docker's default is private on cgroup v2, host on v1.
+        let host_ns = std::fs::read_link("/proc/self/ns/cgroup").unwrap().to_string_lossy().into_owned();
+        let ns = |mode: &str| s.ok(&["run", "--rm", "--cgroupns", mode, &e.bb, "readlink", "/proc/self/ns/cgroup"]);
+        assert_eq!(ns("host").trim(), host_ns, "{who}");
+        assert_ne!(ns("private").trim(), host_ns, "{who}");
+        s.ok(&["run", "-d", "--name", "cgns", "--cgroupns", "private", &e.bb, "sleep", "600"]);
+        let inside = s.ok(&["exec", "cgns", "cat", "/proc/self/cgroup"]);
+        assert!(inside.lines().all(|l| l.ends_with(":/")), "{who}: paths from the namespace's root: {inside}");
+        assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.CgroupnsMode}}", "cgns"]).trim(), "private", "{who}");
+        s.ok(&["rm", "-f", "cgns"]);
+        s.ok(&["create", "--name", "default-ns", &e.bb]);
+        let mode = s.ok(&["inspect", "-f", "{{.HostConfig.CgroupnsMode}}", "default-ns"]);
+        assert_eq!(mode.trim(), if v2 { "private" } else { "host" }, "{who}");
+        s.ok(&["rm", "default-ns"]);
+        let (code, err) = s.fails(&["run", "--rm", "--cgroupns", "shared", &e.bb, "true"]);
+        assert_eq!(code, 125, "{who}");
+        assert_mentions(&err, &["--cgroupns", "shared"], who);
+
+        // -q: the pull of a missing image says nothing.
+        let out = s.run(&["run", "-q", "--rm", &e.full, "echo", "hi"]);
+        assert!(out.status.success(), "{who}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout_of(&out), "hi\n", "{who}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("Unable to find image") && !err.contains("Pull"), "{who}: {err}");
+    });
+}

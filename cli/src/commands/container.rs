@@ -1413,6 +1413,7 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         "PidMode": cfg.request.pid.clone().unwrap_or_default(),
         "IpcMode": cfg.request.ipc.clone().unwrap_or_else(|| "private".into()),
         "UTSMode": cfg.request.uts.clone().unwrap_or_default(),
+        "CgroupnsMode": cfg.request.cgroupns.clone().unwrap_or_else(|| "host".into()),
         "PortBindings": port_bindings,
         "AutoRemove": cfg.request.rm,
         "CapAdd": cfg.request.cap_add,

@@ -221,6 +221,14 @@ pub struct CreateArgs {
     #[arg(long, value_name = "string")]
     #[serde(default)]
     pub uts: Option<String>,
+    /// Cgroup namespace to use ("host", or "private": the default on cgroup v2, as with Docker)
+    #[arg(long, value_name = "string")]
+    #[serde(default)]
+    pub cgroupns: Option<String>,
+    /// Suppress the pull output
+    #[arg(short = 'q', long)]
+    #[serde(skip)]
+    pub quiet: bool,
     /// Size of /dev/shm
     #[arg(long = "shm-size", value_name = "bytes")]
     #[serde(default)]
@@ -364,6 +372,19 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
             *mode = Some(format!("container:{}", donor.config.id));
         }
     }
+    match args.cgroupns.as_deref() {
+        None | Some("") => {
+            let private = strata_runner::unified_hierarchy();
+            args.cgroupns = Some(if private { "private" } else { "host" }.into());
+        }
+        Some("host" | "private") => {}
+        Some(other) => {
+            return Err(daemon_error(
+                exit::STRATA_ERROR,
+                format!("invalid --cgroupns {other:?}: it is \"host\" or \"private\""),
+            ))
+        }
+    }
     // Every container's IPC namespace can be joined: Docker's "shareable" is the default here.
     if args.ipc.as_deref() == Some("shareable") {
         args.ipc = Some("private".into());
@@ -421,7 +442,7 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
         Some(n) => Some(names::validate(n).map_err(|m| daemon_error(exit::STRATA_ERROR, m))?),
         None => None,
     };
-    let image = images::resolve_for(ctx, &args.image, &args.pull, args.platform.as_deref())?;
+    let image = images::resolve_for(ctx, &args.image, &args.pull, args.platform.as_deref(), args.quiet)?;
     let ic = image.config.clone();
 
     // Command: --entrypoint replaces the image's Entrypoint and drops its Cmd.

@@ -36,24 +36,33 @@ pub struct ImageSettings {
 /// Finds `name` in the store, pulling it according to `pull`
 /// (`missing`, `always`, `never`).
 pub fn resolve(ctx: &Context, name: &str, pull: &str) -> Result<ResolvedImage> {
-    resolve_for(ctx, name, pull, None)
+    resolve_for(ctx, name, pull, None, false)
 }
 
 /// [`resolve`] for `platform` (`os/arch[/variant]`, `--platform`): a stored
 /// image of another platform is pulled again for this one (unless `pull`
-/// is `never`, which refuses it), as Docker does.
-pub fn resolve_for(ctx: &Context, name: &str, pull: &str, platform: Option<&str>) -> Result<ResolvedImage> {
+/// is `never`, which refuses it), as Docker does. `quiet`: a pull prints
+/// nothing (`run -q`).
+pub fn resolve_for(
+    ctx: &Context,
+    name: &str,
+    pull: &str,
+    platform: Option<&str>,
+    quiet: bool,
+) -> Result<ResolvedImage> {
     let store = Store::open(ctx.layout.clone()).context("opening the store")?;
     let wanted = platform.filter(|p| !p.is_empty()).map(str::parse::<strata_layers::manifest::Platform>).transpose()?;
     let platform = wanted.as_ref().map(|p| p.to_string());
     if pull == "always" {
-        pull_image(ctx, name, platform.as_deref())?;
+        pull_image(ctx, name, platform.as_deref(), quiet)?;
     }
     let mut record = match store.resolve_image(name) {
         Ok(r) => r,
         Err(strata_layers::store::Error::NoSuchImage(_)) if pull == "missing" => {
-            eprintln!("Unable to find image '{name}' locally");
-            pull_image(ctx, name, platform.as_deref())?;
+            if !quiet {
+                eprintln!("Unable to find image '{name}' locally");
+            }
+            pull_image(ctx, name, platform.as_deref(), quiet)?;
             store.resolve_image(name)?
         }
         Err(e) => return Err(e.into()),
@@ -67,7 +76,7 @@ pub fn resolve_for(ctx: &Context, name: &str, pull: &str, platform: Option<&str>
                      wanted {w}, actual: {got}"
                 );
             }
-            pull_image(ctx, name, platform.as_deref())?;
+            pull_image(ctx, name, platform.as_deref(), quiet)?;
             record = store.resolve_image(name)?;
         }
     }
@@ -95,14 +104,14 @@ pub fn resolve_for(ctx: &Context, name: &str, pull: &str, platform: Option<&str>
 /// Pulls through the same code path as `strata pull NAME`. Docker's `run`
 /// shows pull progress on stderr, keeping stdout for the container (and
 /// `run -d`'s id), so stdout points at stderr meanwhile.
-fn pull_image(ctx: &Context, name: &str, platform: Option<&str>) -> Result<()> {
+fn pull_image(ctx: &Context, name: &str, platform: Option<&str>, quiet: bool) -> Result<()> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     let args = crate::commands::image::PullArgs {
         platform: platform
             .map(String::from)
             .or_else(|| std::env::var("DOCKER_DEFAULT_PLATFORM").ok().filter(|p| !p.is_empty())),
-        quiet: false,
+        quiet,
         all_tags: false,
         lazy: std::env::var("STRATA_LAZY_PULL").is_ok_and(|v| matches!(v.as_str(), "1" | "true")),
         disable_content_trust: true,
@@ -113,9 +122,12 @@ fn pull_image(ctx: &Context, name: &str, platform: Option<&str>) -> Result<()> {
     // the real stdout (one that lingers keeps a pipe reading it open). A
     // closed stdout has nothing to keep clean: the pull just runs.
     let saved = dup_cloexec(1).ok();
+    // Quiet, the pull's one line (the reference) goes nowhere, as with `docker run -q`.
+    let sink = if quiet { std::fs::OpenOptions::new().write(true).open("/dev/null").ok() } else { None };
     if saved.is_some() {
-        // SAFETY: plain fd juggling on fds 1 and 2; stdout is restored below.
-        if unsafe { libc::dup2(2, 1) } < 0 {
+        let target = sink.as_ref().map_or(2, |f| f.as_raw_fd());
+        // SAFETY: plain fd juggling on fds 1 and 2 (or /dev/null); stdout is restored below.
+        if unsafe { libc::dup2(target, 1) } < 0 {
             return Err(std::io::Error::last_os_error()).context("pointing stdout at stderr");
         }
     }

@@ -178,6 +178,7 @@ impl<'a> SpecBuilder<'a> {
         spec.namespaces.ipc = !host(&req.ipc);
         spec.namespaces.ipc_of = self.ipc_donor()?.map(|p| p.pid);
         spec.namespaces.uts = !host(&req.uts);
+        spec.namespaces.cgroup = req.cgroupns.as_deref() == Some("private");
         if host(&req.uts) {
             spec.hostname.clear();
         }
