@@ -387,6 +387,12 @@ fn write_v1_limit(controller: &str, dir: &Path, l: &CgroupLimits) -> Result<(), 
             if let Some(r) = l.memory_reservation {
                 write(&dir.join("memory.soft_limit_in_bytes"), &r.to_string())?;
             }
+            if let Some(s) = l.memory_swappiness {
+                write(&dir.join("memory.swappiness"), &s.to_string())?;
+            }
+            if l.oom_kill_disable {
+                write(&dir.join("memory.oom_control"), "1")?;
+            }
             Ok(())
         }
         "cpu" => {
@@ -544,6 +550,11 @@ fn write_v2_limits(dir: &Path, l: &CgroupLimits) -> Result<(), RunnerError> {
     if let Some(r) = l.memory_reservation {
         write(&dir.join("memory.low"), &r.to_string())?;
     }
+    if l.oom_kill_disable || l.memory_swappiness.is_some() {
+        return Err(RunnerError::Cgroup(
+            "--oom-kill-disable and --memory-swappiness need cgroup v1: v2 has neither".into(),
+        ));
+    }
     write_v2_cpu_max(dir, l)?;
     if let Some(p) = l.pids {
         write(&dir.join("pids.max"), &pids(p))?;
@@ -674,6 +685,9 @@ pub fn validate(l: &CgroupLimits) -> Result<(), RunnerError> {
         if r < MIN_MEMORY {
             return invalid("Minimum memory reservation allowed is 6MB");
         }
+    }
+    if let Some(s) = l.memory_swappiness.filter(|s| *s > 100) {
+        return Err(RunnerError::Invalid(format!("Invalid value: {s}, valid memory swappiness range is 0-100")));
     }
     if l.blkio_weight.is_some_and(|w| !(10..=1000).contains(&w)) {
         return invalid("Range of blkio weight is from 10 to 1000");

@@ -315,6 +315,13 @@ pub struct CgroupLimits {
     /// Per-device rate limits (`--device-read-bps` and the like).
     #[serde(default)]
     pub io_throttles: Vec<IoThrottle>,
+    /// The OOM killer leaves the container alone; it waits for memory
+    /// instead (`--oom-kill-disable`, cgroup v1 only).
+    #[serde(default)]
+    pub oom_kill_disable: bool,
+    /// How readily its anonymous memory is swapped, 0-100 (`--memory-swappiness`, cgroup v1 only).
+    #[serde(default)]
+    pub memory_swappiness: Option<u64>,
 }
 
 /// One `--device-{read,write}-{bps,iops}` limit.
@@ -375,6 +382,8 @@ impl CgroupLimits {
             && self.memory_reservation.is_none()
             && self.blkio_weight.is_none()
             && self.io_throttles.is_empty()
+            && !self.oom_kill_disable
+            && self.memory_swappiness.is_none()
     }
 
     fn asks_cpuset(&self) -> bool {
@@ -385,7 +394,14 @@ impl CgroupLimits {
     /// asked. v2 has the same names, except that blkio is `io` there.
     pub(crate) fn controllers(&self) -> [(&'static str, bool); 5] {
         [
-            ("memory", self.memory.is_some() || self.memory_swap.is_some() || self.memory_reservation.is_some()),
+            (
+                "memory",
+                self.memory.is_some()
+                    || self.memory_swap.is_some()
+                    || self.memory_reservation.is_some()
+                    || self.oom_kill_disable
+                    || self.memory_swappiness.is_some(),
+            ),
             (
                 "cpu",
                 self.cpus.is_some()

@@ -2323,3 +2323,35 @@ fn containers_see_their_own_cgroups_read_only_and_cgroupns_private_gives_them_a_
         assert!(!err.contains("Unable to find image") && !err.contains("Pull"), "{who}: {err}");
     });
 }
+
+#[test]
+fn oom_kill_disable_and_memory_swappiness_on_cgroup_v1() {
+    let e = setup(false);
+    let s = &e.s;
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory/memory.swappiness").exists();
+    let read =
+        "grep oom_kill_disable /sys/fs/cgroup/memory/memory.oom_control; cat /sys/fs/cgroup/memory/memory.swappiness";
+    let out =
+        s.run(&["run", "--rm", "-m", "32m", "--oom-kill-disable", "--memory-swappiness", "7", &e.bb, "sh", "-c", read]);
+    let (stdout, stderr) = (stdout_of(&out), String::from_utf8_lossy(&out.stderr).into_owned());
+    if v1 {
+        // Read through the container's own view of its cgroup.
+        assert_eq!(stdout, "oom_kill_disable 1\n7\n", "{stderr}");
+        assert!(!stderr.contains("WARNING"), "{stderr}");
+    } else {
+        assert!(
+            stderr.contains("Memory swappiness discarded") && stderr.contains("OomKillDisable discarded"),
+            "{stderr}"
+        );
+    }
+    s.ok(&["create", "--name", "plain", &e.bb]);
+    assert_eq!(
+        s.ok(&["inspect", "-f", "{{.HostConfig.OomKillDisable}} {{.HostConfig.MemorySwappiness}}", "plain"]).trim(),
+        "false <nil>"
+    );
+    let out = s.run(&["create", "--name", "unlimited", "--oom-kill-disable", &e.bb]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no memory limit is set"), "Docker's warning");
+    let (code, err) = s.fails(&["run", "--rm", "--memory-swappiness", "101", &e.bb, "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("Invalid value: 101, valid memory swappiness range is 0-100"), "{err}");
+}

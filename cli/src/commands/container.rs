@@ -1437,7 +1437,7 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
     });
     let mut host_config = host_config;
     if let Value::Object(m) = &mut host_config {
-        m.extend(cfg.request.resources.host_config(&cfg.request.device_io));
+        m.extend(cfg.request.resources.host_config(&cfg.request.create_limits));
     }
     let config = json!({
         "Hostname": cfg.hostname,

@@ -135,7 +135,7 @@ pub struct CreateArgs {
     pub resources: crate::containers::resources::ResourceArgs,
     #[command(flatten)]
     #[serde(flatten)]
-    pub device_io: crate::containers::resources::DeviceIoArgs,
+    pub create_limits: crate::containers::resources::CreateLimitArgs,
     /// Add Linux capabilities
     #[arg(long = "cap-add", value_name = "list")]
     pub cap_add: Vec<String>,
@@ -541,8 +541,10 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     };
     crate::containers::signals::parse(&stop_signal)?;
     crate::containers::spec::validate(&args)?;
-    // (Kept out of the record when the kernel cannot apply it, as Docker does.)
+    // (Kept out of the record when the kernel cannot apply them, as Docker does.)
     args.resources.drop_unsupported();
+    let memory_limited = args.resources.memory.is_some();
+    args.create_limits.check(memory_limited)?;
     let mut seccomp_profile = None;
     for o in &args.security_opt {
         match o.as_str() {

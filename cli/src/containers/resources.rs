@@ -51,10 +51,17 @@ pub struct ResourceArgs {
     pub blkio_weight: Option<u16>,
 }
 
-/// `run`/`create`'s per-device block I/O limits (`DEVICE:RATE`).
+/// The limits only `run`/`create` take: per-device block I/O limits
+/// (`DEVICE:RATE`), and the OOM killer and swappiness of cgroup v1.
 #[derive(Args, Serialize, Deserialize, Clone, Debug, Default)]
 #[serde(default)]
-pub struct DeviceIoArgs {
+pub struct CreateLimitArgs {
+    /// Disable OOM Killer
+    #[arg(long = "oom-kill-disable")]
+    pub oom_kill_disable: bool,
+    /// Tune container memory swappiness (0 to 100) (default -1)
+    #[arg(long = "memory-swappiness", value_name = "int", allow_hyphen_values = true)]
+    pub memory_swappiness: Option<i64>,
     /// Limit read rate (bytes per second) from a device
     #[arg(long = "device-read-bps", value_name = "list")]
     pub device_read_bps: Vec<String>,
@@ -128,7 +135,7 @@ impl ResourceArgs {
             cpu_quota: self.cpu_quota.filter(|q| *q != 0),
             memory_reservation: self.memory_reservation.as_deref().map(parse_bytes).transpose()?.filter(|r| *r != 0),
             blkio_weight: self.blkio_weight.filter(|w| *w != 0),
-            io_throttles: Vec::new(),
+            ..CgroupLimits::default()
         };
         if limits.cpu_shares == Some(0) {
             bail!("invalid --cpu-shares 0");
@@ -139,7 +146,7 @@ impl ResourceArgs {
     }
 
     /// Their part of `inspect`'s HostConfig, in Docker's names.
-    pub fn host_config(&self, devices: &DeviceIoArgs) -> serde_json::Map<String, Value> {
+    pub fn host_config(&self, devices: &CreateLimitArgs) -> serde_json::Map<String, Value> {
         let bytes = |v: &Option<String>| v.as_deref().and_then(|m| parse_bytes(m).ok()).unwrap_or(0);
         let rates = |list: &[String]| {
             let shown: Vec<Value> = list
@@ -169,6 +176,8 @@ impl ResourceArgs {
             "BlkioDeviceWriteBps": rates(&devices.device_write_bps),
             "BlkioDeviceReadIOps": rates(&devices.device_read_iops),
             "BlkioDeviceWriteIOps": rates(&devices.device_write_iops),
+            "OomKillDisable": devices.oom_kill_disable,
+            "MemorySwappiness": devices.memory_swappiness,
         });
         match v {
             Value::Object(m) => m,
@@ -177,7 +186,47 @@ impl ResourceArgs {
     }
 }
 
-impl DeviceIoArgs {
+impl CreateLimitArgs {
+    /// Docker's checks and warnings: a swappiness outside -1..=100 is
+    /// refused; where the kernel has no v1 memory controller, both flags
+    /// are dropped with Docker's warnings (to stderr), as is the advice
+    /// against disabling the OOM killer without a memory limit.
+    pub fn check(&mut self, memory_limited: bool) -> Result<()> {
+        if let Some(s) = self.memory_swappiness.filter(|s| !(-1..=100).contains(s)) {
+            bail!("Invalid value: {s}, valid memory swappiness range is 0-100");
+        }
+        if self.memory_swappiness == Some(-1) {
+            self.memory_swappiness = None;
+        }
+        let v1_memory = std::path::Path::new("/sys/fs/cgroup/memory/memory.swappiness").exists();
+        if self.memory_swappiness.is_some() && !v1_memory {
+            eprintln!(
+                "WARNING: Your kernel does not support memory swappiness capabilities or the cgroup is not mounted. \
+                 Memory swappiness discarded."
+            );
+            self.memory_swappiness = None;
+        }
+        if self.oom_kill_disable && !v1_memory {
+            eprintln!("WARNING: Your kernel does not support OomKillDisable. OomKillDisable discarded.");
+            self.oom_kill_disable = false;
+        }
+        if self.oom_kill_disable && !memory_limited {
+            eprintln!(
+                "WARNING: OOM killer is disabled for the container, but no memory limit is set, this can result in \
+                 the system running out of resources."
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes these limits into `limits`.
+    pub fn apply(&self, limits: &mut CgroupLimits) -> Result<()> {
+        limits.io_throttles = self.throttles()?;
+        limits.oom_kill_disable = self.oom_kill_disable;
+        limits.memory_swappiness = self.memory_swappiness.and_then(|s| u64::try_from(s).ok());
+        Ok(())
+    }
+
     /// The limits as the runner takes them: each device's numbers come from
     /// the host's device node, which must be a block device.
     pub fn throttles(&self) -> Result<Vec<IoThrottle>> {

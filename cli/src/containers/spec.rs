@@ -225,12 +225,12 @@ impl<'a> SpecBuilder<'a> {
         spec.sysctls = req.sysctl.iter().map(|s| parse_sysctl(s, req)).collect::<Result<_>>()?;
         spec.shm_size = req.shm_size.as_deref().map(parse_bytes).transpose()?;
         spec.init = req.init;
-        let limits = CgroupLimits {
+        let mut limits = CgroupLimits {
             // (-1, "unlimited", is what a new cgroup has anyway.)
             pids: req.resources.pids_limit.filter(|p| *p > 0),
-            io_throttles: req.device_io.throttles()?,
             ..req.resources.limits()?
         };
+        req.create_limits.apply(&mut limits)?;
         // Root's containers always get a cgroup of their own (to `pause`
         // them, as with Docker); an ordinary user's only when a limit needs
         // one, since it may have no delegated subtree.
@@ -627,7 +627,7 @@ pub fn validate(req: &crate::commands::run::CreateArgs) -> Result<()> {
         parse_ulimit(u)?;
     }
     req.resources.limits()?;
-    req.device_io.throttles()?;
+    req.create_limits.throttles()?;
     Ok(())
 }
 
