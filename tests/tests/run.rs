@@ -2355,3 +2355,72 @@ fn oom_kill_disable_and_memory_swappiness_on_cgroup_v1() {
     assert_eq!(code, 125);
     assert!(err.contains("Invalid value: 101, valid memory swappiness range is 0-100"), "{err}");
 }
+
+#[test]
+fn a_volume_created_with_bind_options_keeps_its_content_in_a_host_directory() {
+    both(|e, who| {
+        let s = &e.s;
+        let d = host_dir(s, "bound-volume");
+        std::fs::write(d.join("from-host"), "hello\n").unwrap();
+        chown_to_user(s, &d.join("from-host"));
+        let device = format!("device={}", d.display());
+        s.ok(&["volume", "create", "-o", "type=none", "-o", "o=bind", "-o", &device, "hostvol"]);
+        let options = s.ok(&["volume", "inspect", "-f", "{{json .Options}}", "hostvol"]);
+        assert_eq!(
+            options.trim(),
+            format!("{{\"device\":\"{}\",\"o\":\"bind\",\"type\":\"none\"}}", d.display()),
+            "{who}"
+        );
+        let out = s.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "hostvol:/data",
+            &e.bb,
+            "sh",
+            "-c",
+            "cat /data/from-host; echo made >/data/made",
+        ]);
+        assert_eq!(out, "hello\n", "{who}");
+        assert_eq!(std::fs::read_to_string(d.join("made")).unwrap(), "made\n", "{who}: written to the host directory");
+        let out = s.ok(&["run", "--rm", "--mount", "type=volume,source=hostvol,target=/m", &e.bb, "cat", "/m/made"]);
+        assert_eq!(out, "made\n", "{who}");
+        // Removing the volume leaves the host directory and its content.
+        s.ok(&["volume", "rm", "hostvol"]);
+        assert!(d.join("from-host").exists() && d.join("made").exists(), "{who}");
+
+        // An empty host directory is seeded from the image, as a volume is.
+        let empty = host_dir(s, "empty-volume");
+        let device = format!("device={}", empty.display());
+        s.ok(&["volume", "create", "--opt", "type=none", "--opt", "o=bind", "--opt", &device, "seedme"]);
+        s.ok(&["run", "--rm", "-v", "seedme:/etc", &e.bb, "true"]);
+        assert!(empty.join("passwd").exists(), "{who}: seeded with the image's /etc");
+        s.ok(&["volume", "rm", "seedme"]);
+        // o=ro: containers cannot write it.
+        s.ok(&["volume", "create", "--opt", "type=none", "--opt", "o=bind,ro", "--opt", &device, "readonly"]);
+        let out = s.run(&["run", "--rm", "-v", "readonly:/data", &e.bb, "touch", "/data/x"]);
+        assert!(!out.status.success(), "{who}: o=ro is read-only");
+        assert!(!empty.join("x").exists(), "{who}");
+        s.ok(&["volume", "rm", "readonly"]);
+
+        let missing = format!("device={}", s.base().join("not-there").display());
+        s.ok(&["volume", "create", "-o", "type=none", "-o", "o=bind", "-o", &missing, "dangling"]);
+        let (code, err) = s.fails(&["run", "--rm", "-v", "dangling:/d", &e.bb, "true"]);
+        assert_eq!(code, 125, "{who}");
+        assert_mentions(&err, &["failed to mount local volume", "no such file or directory"], who);
+        s.ok(&["volume", "rm", "dangling"]);
+        for (opts, message) in [
+            (vec!["-o", "type=tmpfs", "-o", "device=tmpfs"], "type=none, o=bind and device=/host/path"),
+            (vec!["-o", "colour=red"], "invalid option key"),
+            (vec!["-o", "type=none", "-o", "o=bind", "-o", "device=relative"], "absolute host path"),
+        ] {
+            let mut cmd = vec!["volume", "create"];
+            cmd.extend(opts);
+            cmd.push("refused");
+            let (code, err) = s.fails(&cmd);
+            assert_eq!(code, 1, "{who}: {err}");
+            assert!(err.contains(message), "{who}: {err}");
+        }
+        assert!(!s.ok(&["volume", "ls", "-q"]).lines().any(|l| l == "refused"), "{who}");
+    });
+}

@@ -34,6 +34,9 @@ pub struct CreateArgs {
     /// Specify volume driver name
     #[arg(short = 'd', long, default_value = "local")]
     driver: String,
+    /// Set driver specific options (type=none, o=bind, device=/host/path)
+    #[arg(short = 'o', long = "opt", value_name = "map")]
+    opt: Vec<String>,
     name: Option<String>,
 }
 
@@ -95,7 +98,12 @@ pub fn run(ctx: &Context, cmd: VolumeCommand) -> Result<i32> {
                 Some(n) => (n, false),
                 None => (crate::containers::record::new_id(), true),
             };
-            let v = volumes::create(ctx, &name, labels, anonymous).map_err(|e| {
+            let mut options = BTreeMap::new();
+            for o in &a.opt {
+                let (k, v) = o.split_once('=').unwrap_or((o.as_str(), ""));
+                options.insert(k.to_string(), v.to_string());
+            }
+            let v = volumes::create(ctx, &name, labels, options, anonymous).map_err(|e| {
                 eprintln!("Error response from daemon: {e:#}");
                 exit::with_code(1, None)
             })?;

@@ -57,8 +57,68 @@ pub fn read(ctx: &Context, name: &str) -> Option<Volume> {
     serde_json::from_slice(&data).ok()
 }
 
+/// Checks `volume create -o` options. strata's local driver takes what
+/// Docker's takes for a volume backed by a host directory (`type=none`,
+/// `o=bind`, `device=/abs/path`, Compose's usual form); a volume without
+/// options keeps its content in the store.
+pub fn check_options(options: &BTreeMap<String, String>) -> Result<()> {
+    for key in options.keys() {
+        if !matches!(key.as_str(), "type" | "device" | "o") {
+            bail!("invalid option key: {key:?}");
+        }
+    }
+    if options.is_empty() {
+        return Ok(());
+    }
+    let kind = options.get("type").map(String::as_str).unwrap_or("");
+    let flags: Vec<&str> = options.get("o").map(|o| o.split(',').collect()).unwrap_or_default();
+    let device = options.get("device").map(String::as_str).unwrap_or("");
+    if kind != "none" || !flags.iter().any(|f| matches!(*f, "bind" | "rbind")) {
+        bail!(
+            "strata's local volumes take one kind of options: type=none, o=bind and device=/host/path (a volume \
+             kept in a host directory); for a tmpfs use --tmpfs or --mount type=tmpfs"
+        );
+    }
+    if let Some(bad) = flags.iter().find(|f| !matches!(**f, "bind" | "rbind" | "ro" | "rw")) {
+        bail!("unsupported option {bad:?} in o={}: bind, rbind, ro and rw are", flags.join(","));
+    }
+    if !device.starts_with('/') {
+        bail!("device={device:?}: a bind volume's device is an absolute host path");
+    }
+    Ok(())
+}
+
+/// The host directory a container binds for volume `name`: the `device`
+/// of a bind volume (which must exist by then, as Docker's mount needs it),
+/// else the volume's data directory in the store. `read_only`: the volume
+/// was created with `o=ro`.
+pub fn source_of(ctx: &Context, name: &str) -> Result<(PathBuf, bool)> {
+    let data = data_dir(ctx, name);
+    let Some(device) = read(ctx, name).and_then(|v| v.options.get("device").cloned()) else {
+        return Ok((data, false));
+    };
+    let read_only =
+        read(ctx, name).and_then(|v| v.options.get("o").map(|o| o.split(',').any(|f| f == "ro"))).unwrap_or(false);
+    let path = std::fs::canonicalize(&device).map_err(|e| {
+        anyhow::anyhow!(
+            "error while mounting volume '{}': failed to mount local volume: mount {device}:{}, flags: 0x1000: {}",
+            data.display(),
+            data.display(),
+            nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)).desc().to_lowercase()
+        )
+    })?;
+    Ok((path, read_only))
+}
+
 /// Creates a volume if it does not exist; returns it either way.
-pub fn create(ctx: &Context, name: &str, labels: BTreeMap<String, String>, anonymous: bool) -> Result<Volume> {
+pub fn create(
+    ctx: &Context,
+    name: &str,
+    labels: BTreeMap<String, String>,
+    options: BTreeMap<String, String>,
+    anonymous: bool,
+) -> Result<Volume> {
+    check_options(&options)?;
     if !valid_name(name) {
         bail!("create {name}: \"{name}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path");
     }
@@ -74,7 +134,7 @@ pub fn create(ctx: &Context, name: &str, labels: BTreeMap<String, String>, anony
         labels,
         mountpoint: dir.join("_data").to_string_lossy().into_owned(),
         name: name.to_string(),
-        options: BTreeMap::new(),
+        options,
         scope: "local".into(),
         anonymous,
     };
@@ -123,7 +183,7 @@ pub fn remove(ctx: &Context, name: &str, _force: bool) -> Result<()> {
 /// Makes sure every volume the container mounts exists.
 pub fn ensure_volumes(ctx: &Context, c: &Container) -> Result<()> {
     for m in c.config.mounts.iter().filter(|m| m.kind == "volume") {
-        create(ctx, &m.name, BTreeMap::new(), m.anonymous)?;
+        create(ctx, &m.name, BTreeMap::new(), BTreeMap::new(), m.anonymous)?;
     }
     Ok(())
 }
@@ -267,12 +327,13 @@ fn parse_volume_flag(ctx: &Context, spec: &str) -> Result<MountRecord> {
     if !valid_name(source) {
         bail!("create {source}: \"{source}\" includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path");
     }
+    let (host_dir, read_only) = source_of(ctx, source)?;
     Ok(MountRecord {
         kind: "volume".into(),
         name: source.to_string(),
-        source: data_dir(ctx, source).to_string_lossy().into_owned(),
+        source: host_dir.to_string_lossy().into_owned(),
         destination,
-        rw,
+        rw: rw && !read_only,
         options: String::new(),
         anonymous: false,
     })
@@ -331,12 +392,13 @@ fn parse_mount_flag(ctx: &Context, spec: &str) -> Result<MountRecord> {
             if !valid_name(&name) {
                 bail!("invalid volume name {name:?}");
             }
+            let (host_dir, read_only) = source_of(ctx, &name)?;
             Ok(MountRecord {
                 kind,
-                source: data_dir(ctx, &name).to_string_lossy().into_owned(),
+                source: host_dir.to_string_lossy().into_owned(),
                 name,
                 destination,
-                rw,
+                rw: rw && !read_only,
                 options: String::new(),
                 anonymous,
             })
@@ -359,7 +421,8 @@ fn parse_mount_flag(ctx: &Context, spec: &str) -> Result<MountRecord> {
 /// resolved inside it (symlinks in the image cannot point the copy outside).
 pub fn seed_volumes(ctx: &Context, c: &Container, rootfs: &Path) -> Result<()> {
     for m in c.config.mounts.iter().filter(|m| m.kind == "volume") {
-        let data = data_dir(ctx, &m.name);
+        // (A bind volume's directory on the host, else the store's.)
+        let data = PathBuf::from(&m.source);
         // Containers that share the volume and start at once seed it once:
         // the check and the copy happen under the volume's lock.
         let _seeding = crate::lockfile::lock_exclusive(&volume_dir(ctx, &m.name).join("seed.lock"))?;
