@@ -99,6 +99,7 @@ pub(crate) fn start_pasta(
     // SAFETY: only fcntl/close_range between fork and exec (async-signal-safe).
     unsafe {
         cmd.pre_exec(move || {
+            crate::sys::unblock_all_signals()?;
             crate::sys::cloexec_from(3)?;
             if keep >= 0 && libc::fcntl(keep, libc::F_SETFD, 0) == -1 {
                 return Err(io::Error::last_os_error());

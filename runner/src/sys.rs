@@ -224,6 +224,19 @@ pub(crate) fn mount_setattr(fd: BorrowedFd<'_>, recursive: bool, attr_set: u64) 
 
 /// Mark every fd >= `first` close-on-exec (close_range with CLOSE_RANGE_CLOEXEC), so that the
 /// exec-error channel stays open until the execve succeeds.
+/// Empties the calling thread's signal mask. For `pre_exec` of long-lived
+/// helpers (pasta): a mask inherited from a caller that blocked signals for
+/// `sigwait` would keep SIGTERM from ever reaching them. Async-signal-safe.
+pub(crate) fn unblock_all_signals() -> io::Result<()> {
+    // SAFETY: sigset_t is plain data; sigemptyset fills it; a null old set is allowed.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        cvt(libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn cloexec_from(first: u32) -> io::Result<()> {
     const CLOSE_RANGE_CLOEXEC: i32 = 1 << 2;
     // SAFETY: plain syscall.

@@ -544,3 +544,43 @@ fn output_writes_the_built_files_to_a_directory_or_a_tar() {
         assert_mentions(&err, &["strata writes type=local or type=tar, not registry"], who);
     }
 }
+
+/// Process ids of the running `pasta` processes whose signal mask blocks SIGTERM.
+fn pastas_deaf_to_sigterm() -> Vec<String> {
+    let mut deaf = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        // (pasta runs as passt, passt.avx2 and the like; its first argument names it.)
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if !String::from_utf8_lossy(argv0).rsplit('/').next().is_some_and(|n| n.starts_with("pasta")) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let blocked = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).map(|m| m.trim().to_string());
+        let mask = blocked.and_then(|m| u64::from_str_radix(&m, 16).ok()).unwrap_or(0);
+        if mask & (1 << (libc::SIGTERM - 1)) != 0 {
+            deaf.push(pid);
+        }
+    }
+    deaf
+}
+
+#[test]
+fn run_steps_leave_no_network_helper_behind() {
+    // Each RUN step's network comes from a pasta that is stopped with
+    // SIGTERM when the step ends. The build once kept the signals it proxies
+    // to a step blocked afterwards, every later step's pasta inherited that
+    // mask, ignored the SIGTERM and stayed forever.
+    for unprivileged in [false, true] {
+        let e = setup(unprivileged);
+        let who = if unprivileged { "as strata-test" } else { "as root" };
+        let dir = e.ctx.join("steps");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("Dockerfile"), format!("FROM {}\nRUN true\nRUN true\nRUN true\n", e.bb)).unwrap();
+        run_tool(std::process::Command::new("chmod").args(["-R", "a+rX"]).arg(&dir));
+        e.s.ok(&["build", "--no-cache", "-q", dir.to_str().unwrap()]);
+        let deaf = pastas_deaf_to_sigterm();
+        assert!(deaf.is_empty(), "{who}: pasta processes blocking SIGTERM: {deaf:?}");
+    }
+}

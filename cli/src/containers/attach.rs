@@ -186,12 +186,18 @@ impl SignalSet {
         }
     }
 
-    /// Blocks the set in the calling thread (and the threads it starts later).
-    fn block(&self) -> io::Result<()> {
-        // SAFETY: valid set; a null old set is allowed.
-        let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &self.0, std::ptr::null_mut()) };
+    /// Blocks the set in the calling thread (and the threads it starts
+    /// later) until the guard is dropped. The mask must not outlive the
+    /// attachment: processes this thread starts afterwards (the next build
+    /// step's supervisor, and its pasta) would inherit it, and a pasta
+    /// blocking SIGTERM is never stopped.
+    fn block(&self) -> io::Result<MaskGuard> {
+        // SAFETY: sigset_t is plain data, filled by pthread_sigmask below.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid sets.
+        let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &self.0, &mut old) };
         if r == 0 {
-            Ok(())
+            Ok(MaskGuard(old))
         } else {
             Err(io::Error::from_raw_os_error(r))
         }
@@ -207,6 +213,17 @@ impl SignalSet {
         } else {
             Err(io::Error::from_raw_os_error(r))
         }
+    }
+}
+
+/// The calling thread's signal mask from before [`SignalSet::block`],
+/// restored when dropped.
+struct MaskGuard(libc::sigset_t);
+
+impl Drop for MaskGuard {
+    fn drop(&mut self) {
+        // SAFETY: a valid set taken from pthread_sigmask.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
     }
 }
 
@@ -269,7 +286,7 @@ pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
     let winch = stdin_tty.then_some(libc::SIGWINCH);
     let any_signal = opts.sig_proxy || stdin_tty;
     let set = SignalSet::new(proxied.chain(winch));
-    set.block().context("blocking signals")?;
+    let _mask = set.block().context("blocking signals")?;
 
     let _raw = if stdin_tty && opts.stdin { Some(RawMode::enable()) } else { None };
     let writer = stream.try_clone().context("cloning the attach socket")?;
