@@ -818,6 +818,19 @@ impl State {
             }
             return self.call(name, args);
         }
+        // Docker's one method of listing rows: `.Label "KEY"`, a label's
+        // value from the row's `Labels` (empty when it has none).
+        if let Some(Arg::Field(path)) = cmd.first() {
+            if path.last().is_some_and(|f| f == "Label") && cmd.len() + usize::from(piped.is_some()) == 2 {
+                let key = match (cmd.get(1), piped) {
+                    (Some(a), _) => self.arg(a, dot)?,
+                    (None, p) => p.flatten(),
+                };
+                let owner = self.fields(dot.clone(), &path[..path.len() - 1])?;
+                let labels = owner.as_ref().and_then(|o| o.get("Labels"));
+                return Ok(Some(Value::String(label_value(labels, &go_print(&key)))));
+            }
+        }
         if cmd.len() > 1 || piped.is_some() {
             return err(":1: can't give argument to non-function");
         }
@@ -1086,6 +1099,30 @@ fn go_type_val(v: &Val) -> &'static str {
 }
 
 /// Go's `%v` of a JSON-decoded value.
+/// The value of label `key` in `labels`: an object, or Docker's listing
+/// form `k=v,k2=v2` (a piece without `=` belongs to the value before it, so
+/// values may hold commas).
+fn label_value(labels: Option<&Value>, key: &str) -> String {
+    match labels {
+        Some(Value::Object(m)) => m.get(key).map(|v| go_print(&Some(v.clone()))).unwrap_or_default(),
+        Some(Value::String(text)) => {
+            let mut pairs: Vec<(String, String)> = Vec::new();
+            for piece in text.split(',') {
+                match (piece.split_once('='), pairs.last_mut()) {
+                    (Some((k, v)), _) => pairs.push((k.to_string(), v.to_string())),
+                    (None, Some((_, v))) => {
+                        v.push(',');
+                        v.push_str(piece);
+                    }
+                    (None, None) => {}
+                }
+            }
+            pairs.into_iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_default()
+        }
+        _ => String::new(),
+    }
+}
+
 pub fn go_print(v: &Val) -> String {
     let mut s = String::new();
     go_print_into(v.as_ref(), &mut s, true);
@@ -1245,6 +1282,19 @@ pub fn render_loose(template: &str, data: &Value) -> Result<String, FormatError>
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_label_method_reads_a_rows_labels() {
+        let row = json!({"Names": "p1", "Labels": "env=prod,note=a,b,x=1"});
+        let r = |t: &str| Template::parse(t).unwrap().render(&row, true).unwrap();
+        assert_eq!(r(r#"{{.Label "env"}}"#), "prod");
+        assert_eq!(r(r#"{{.Label "note"}}"#), "a,b");
+        assert_eq!(r(r#"{{.Label "none"}}"#), "");
+        assert_eq!(r(r#"{{"x" | .Label}}"#), "1");
+        assert_eq!(r(r#"{{if eq (.Label "env") "prod"}}yes{{end}}"#), "yes");
+        let row = json!({"Labels": {"a": "b"}});
+        assert_eq!(Template::parse(r#"{{.Label "a"}}"#).unwrap().render(&row, true).unwrap(), "b");
+    }
 
     #[test]
     fn human_sizes_match_go_units() {

@@ -2424,3 +2424,93 @@ fn a_volume_created_with_bind_options_keeps_its_content_in_a_host_directory() {
         assert!(!s.ok(&["volume", "ls", "-q"]).lines().any(|l| l == "refused"), "{who}");
     });
 }
+
+#[test]
+fn listings_filter_format_and_count_as_dockers_do() {
+    let e = setup(false);
+    let s = &e.s;
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "p1",
+        "--label",
+        "env=prod",
+        "-v",
+        "used:/data",
+        &e.bb,
+        "sh",
+        "-c",
+        "head -c 100000 /dev/zero >/f; sleep 600",
+    ]);
+    s.ok(&["run", "--name", "p10", "--label", "env=dev", &e.bb, "sh", "-c", "head -c 5000 /dev/zero >/g"]);
+    s.ok(&["volume", "create", "--label", "tier=cold", "unused"]);
+    s.ok(&["network", "create", "--label", "tier=front", "n1"]);
+    s.ok(&["network", "create", "n10"]);
+    let lines = |out: String| {
+        let mut l: Vec<String> = out.lines().map(String::from).collect();
+        l.sort();
+        l
+    };
+
+    // Name filters are regular expressions, with or without Docker's '/'.
+    let names = |filter: &str| lines(s.ok(&["ps", "-a", "--filter", filter, "--format", "{{.Names}}"]));
+    assert_eq!(names("name=^p1$"), ["p1"]);
+    assert_eq!(names("name=^/p1$"), ["p1"]);
+    assert_eq!(names("name=p1"), ["p1", "p10"]);
+    assert_eq!(names("before=p10"), ["p1"]);
+    assert_eq!(names("since=p1"), ["p10"]);
+    assert_eq!(lines(s.ok(&["volume", "ls", "-q", "--filter", "name=^unu"])), ["unused"]);
+    assert_eq!(lines(s.ok(&["network", "ls", "--filter", "name=^n1$", "--format", "{{.Name}}"])), ["n1"]);
+
+    // `.Label "KEY"` in every listing that has labels.
+    assert_eq!(lines(s.ok(&["ps", "-a", "--format", "{{.Names}} {{.Label \"env\"}}"])), ["p1 prod", "p10 dev"]);
+    assert_eq!(
+        s.ok(&["volume", "ls", "--filter", "name=unused", "--format", "{{.Name}} {{.Label \"tier\"}}"]),
+        "unused cold\n"
+    );
+    assert_eq!(s.ok(&["network", "ls", "--filter", "name=^n1$", "--format", "{{.Label \"tier\"}}"]), "front\n");
+
+    // system df counts containers (the stopped one's layer is reclaimable)
+    // and volumes (the unused one is).
+    let rows = parse_table(&s.ok(&["system", "df"]));
+    let row = |kind: &str| rows.iter().find(|r| r[0] == kind).unwrap_or_else(|| panic!("{rows:?}")).clone();
+    let containers = row("Containers");
+    assert_eq!(&containers[1..3], ["2", "1"], "{rows:?}");
+    assert!(containers[3].starts_with("105"), "both writable layers: {rows:?}");
+    assert!(containers[4].starts_with("5kB"), "the stopped container's: {rows:?}");
+    assert_eq!(&row("Local Volumes")[1..3], ["2", "1"], "{rows:?}");
+    let verbose = s.ok(&["system", "df", "-v"]);
+    let section = |title: &str| {
+        let start = verbose.find(title).unwrap_or_else(|| panic!("{title} in {verbose}"));
+        parse_table(verbose[start..].split("\n\n").nth(1).unwrap_or_default())
+    };
+    let containers = section("Containers space usage:");
+    assert_eq!(containers.len(), 3, "{verbose}");
+    assert!(containers.iter().any(|r| r.last().map(String::as_str) == Some("p1")), "{verbose}");
+    let volumes = section("Local Volumes space usage:");
+    assert!(volumes.contains(&vec!["used".to_string(), "1".into(), "0B".into()]), "{volumes:?}");
+    assert!(volumes.iter().any(|r| r[0] == "unused" && r[1] == "0"), "{volumes:?}");
+    let images = section("Images space usage:");
+    assert_eq!(images[1].last().map(String::as_str), Some("2"), "two containers of the image: {images:?}");
+
+    // Commands other than run/create/start fail with 1, as the Docker CLI does.
+    for args in [
+        vec!["ps", "--filter", "bogus=1"],
+        vec!["kill", "-s", "BOGUS", "p1"],
+        vec!["network", "create", "n1"],
+        vec!["update", "--cpu-quota", "10", "p1"],
+    ] {
+        let (code, err) = s.fails(&args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+    }
+    let (code, _) = s.fails(&["container", "run", "--rm", "--cgroupns", "bad", &e.bb, "true"]);
+    assert_eq!(code, 125, "container run keeps run's status");
+    // -it needs a terminal on standard input (the harness gives none).
+    let (code, err) = s.fails(&["run", "--rm", "-it", &e.bb, "true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the input device is not a TTY"), "{err}");
+    assert_eq!(s.ok(&["ps", "-aq", "--filter", "status=created"]), "", "nothing was created");
+    s.ok(&["rm", "-f", "p1", "p10"]);
+    s.ok(&["network", "rm", "n1", "n10"]);
+}

@@ -346,11 +346,27 @@ pub struct PruneArgs {
     filter: Vec<String>,
 }
 
+/// Runs a container command. `run`, `create` and `start` fail with 125 as
+/// Docker's do; the others, like the Docker CLI's, with 1 unless the error
+/// carries a status of its own.
 pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
     match cmd {
         ContainerCommand::Run(a) => run::run(ctx, a.run),
         ContainerCommand::Create(a) => run::create(ctx, a.create),
         ContainerCommand::Start(a) => run::start(ctx, a.attach, a.interactive, a.detach_keys, a.containers),
+        ContainerCommand::InternalSupervise { id, attach } => supervisor::supervise_main(ctx, &id, attach),
+        ContainerCommand::InternalNetworkHolder { name } => crate::containers::networks::holder_main(ctx, &name),
+        other => dispatch(ctx, other).map_err(|e| exit::or_code(e, exit::COMMAND_FAILED)),
+    }
+}
+
+fn dispatch(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
+    match cmd {
+        ContainerCommand::Run(_)
+        | ContainerCommand::Create(_)
+        | ContainerCommand::Start(_)
+        | ContainerCommand::InternalSupervise { .. }
+        | ContainerCommand::InternalNetworkHolder { .. } => run(ctx, cmd),
         ContainerCommand::Ps(a) => ps(ctx, a),
         ContainerCommand::Stop(a) => stop(ctx, a, false),
         ContainerCommand::Kill(a) => kill(ctx, a),
@@ -374,17 +390,17 @@ pub fn run(ctx: &Context, cmd: ContainerCommand) -> Result<i32> {
         ContainerCommand::Container(sub) => run_sub(ctx, sub),
         ContainerCommand::Volume(v) => crate::commands::volume::run(ctx, v),
         ContainerCommand::Network(n) => crate::commands::network::run(ctx, n),
-        ContainerCommand::InternalSupervise { id, attach } => supervisor::supervise_main(ctx, &id, attach),
-        ContainerCommand::InternalNetworkHolder { name } => crate::containers::networks::holder_main(ctx, &name),
     }
 }
 
 fn run_sub(ctx: &Context, sub: ContainerSub) -> Result<i32> {
     match sub {
         ContainerSub::Ls(a) => ps(ctx, a),
-        ContainerSub::Run(a) => run::run(ctx, a.run),
-        ContainerSub::Create(a) => run::create(ctx, a.create),
-        ContainerSub::Start(a) => run::start(ctx, a.attach, a.interactive, a.detach_keys, a.containers),
+        // (125 as for `run`, `create` and `start`: the caller gives the others 1.)
+        ContainerSub::Run(a) => run::run(ctx, a.run).map_err(|e| exit::or_code(e, exit::STRATA_ERROR)),
+        ContainerSub::Create(a) => run::create(ctx, a.create).map_err(|e| exit::or_code(e, exit::STRATA_ERROR)),
+        ContainerSub::Start(a) => run::start(ctx, a.attach, a.interactive, a.detach_keys, a.containers)
+            .map_err(|e| exit::or_code(e, exit::STRATA_ERROR)),
         ContainerSub::Stop(a) => stop(ctx, a, false),
         ContainerSub::Kill(a) => kill(ctx, a),
         ContainerSub::Pause(a) => pause(ctx, a, true),
@@ -484,8 +500,64 @@ fn command_text(c: &Container) -> String {
     parts.join(" ")
 }
 
+/// Column titles of `ps` rows ([`ps_row`]).
+pub(crate) const PS_HEADERS: &[(&str, &str)] = &[
+    ("ID", "CONTAINER ID"),
+    ("Image", "IMAGE"),
+    ("Command", "COMMAND"),
+    ("CreatedAt", "CREATED AT"),
+    ("RunningFor", "CREATED"),
+    ("Ports", "PORTS"),
+    ("State", "STATE"),
+    ("Status", "STATUS"),
+    ("Size", "SIZE"),
+    ("Names", "NAMES"),
+    ("Labels", "LABELS"),
+    ("Mounts", "MOUNTS"),
+    ("Networks", "NETWORKS"),
+    ("LocalVolumes", "LOCAL VOLUMES"),
+];
+
+/// One `ps` row in Docker's field names; `Size` (a walk of the writable
+/// layer) only `with_size`.
+pub(crate) fn ps_row(ctx: &Context, c: &Container, no_trunc: bool, with_size: bool) -> Value {
+    let cmd = command_text(c);
+    let command = if no_trunc { format!("{cmd:?}") } else { format!("{:?}", format::ellipsis(&cmd, 20)) };
+    let created = parse_time(&Some(c.config.created.clone()));
+    let size = if with_size {
+        let upper = upper_size(c);
+        format!("{} (virtual {})", format::human_size3(upper), format::human_size3(image_size(ctx, c) + upper))
+    } else {
+        String::new()
+    };
+    let labels = c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let mounts = c
+        .config
+        .mounts
+        .iter()
+        .map(|m| if m.kind == "volume" { format::ellipsis(&m.name, 15) } else { m.source.clone() })
+        .collect::<Vec<_>>()
+        .join(",");
+    format::row([
+        ("ID", if no_trunc { c.config.id.clone() } else { c.short_id().to_string() }),
+        ("Image", c.config.image.clone()),
+        ("Command", command),
+        ("CreatedAt", created.map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()).unwrap_or_default()),
+        ("RunningFor", created.map(|t| format!("{} ago", format::human_duration(since(t)))).unwrap_or_default()),
+        ("Ports", ports_text(c)),
+        ("State", c.state.status.as_str().to_string()),
+        ("Status", status_text(c)),
+        ("Size", size),
+        ("Names", c.config.name.clone()),
+        ("Labels", labels),
+        ("Mounts", mounts),
+        ("Networks", docker_network_name(&c.config.network).to_string()),
+        ("LocalVolumes", c.config.mounts.iter().filter(|m| m.kind == "volume").count().to_string()),
+    ])
+}
+
 /// Disk use of the container's writable layer (bytes of regular files).
-fn upper_size(c: &Container) -> u64 {
+pub(crate) fn upper_size(c: &Container) -> u64 {
     fn walk(p: &std::path::Path) -> u64 {
         let Ok(rd) = std::fs::read_dir(p) else { return 0 };
         rd.flatten()
@@ -525,7 +597,11 @@ fn matches_filter(ctx: &Context, c: &Container, key: &str, value: &str) -> Resul
             let status = c.state.health.as_ref().filter(|_| c.running()).map_or("none", |h| h.status.as_str());
             status == value
         }
-        "name" => c.config.name.contains(value.trim_start_matches('/')),
+        // A regular expression, tried on the name with and without Docker's leading '/'.
+        "name" => {
+            let re = regex::Regex::new(value).with_context(|| format!("invalid filter 'name={value}'"))?;
+            re.is_match(&c.config.name) || re.is_match(&format!("/{}", c.config.name))
+        }
         "id" => c.config.id.starts_with(value),
         "label" => match value.split_once('=') {
             Some((k, v)) => c.config.labels.get(k).is_some_and(|x| x == v),
@@ -546,6 +622,17 @@ fn matches_filter(ctx: &Context, c: &Container, key: &str, value: &str) -> Resul
                 .is_some_and(|r| r.id.to_string() == c.config.image_id);
             by_name || by_id || resolved
         }
+        // Created before or after another container.
+        "before" | "since" => {
+            let other = record::find(&ctx.layout, value)?;
+            let (mine, theirs) =
+                (parse_time(&Some(c.config.created.clone())), parse_time(&Some(other.config.created.clone())));
+            match (mine, theirs) {
+                (Some(m), Some(t)) if key == "before" => m < t,
+                (Some(m), Some(t)) => m > t,
+                _ => false,
+            }
+        }
         "volume" => c.config.mounts.iter().any(|m| m.name == value || m.destination == value),
         "network" => docker_network_name(&c.config.network) == value || c.config.network == value,
         _ => bail!("invalid filter '{key}'"),
@@ -565,6 +652,12 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
     let mut filters = Vec::new();
     for f in &a.filter {
         let (k, v) = f.split_once('=').with_context(|| format!("bad format of filter (expected name=value): {f}"))?;
+        // (Checked here too: with no container to test, a bad key would pass.)
+        const KEYS: [&str; 11] =
+            ["status", "health", "name", "id", "label", "exited", "ancestor", "before", "since", "volume", "network"];
+        if !KEYS.contains(&k) {
+            bail!("invalid filter '{k}'");
+        }
         filters.push((k.to_string(), v.to_string()));
     }
     let mut all = record::list_fresh(&ctx.layout)?;
@@ -606,67 +699,9 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
         "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
     };
     let out = format::Output::new(a.format.as_deref(), default).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let rows: Vec<Value> = selected
-        .iter()
-        .map(|c| {
-            let cmd = command_text(c);
-            let command = if a.no_trunc { format!("{cmd:?}") } else { format!("{:?}", format::ellipsis(&cmd, 20)) };
-            let created = parse_time(&Some(c.config.created.clone()));
-            let size = if a.size || a.format.as_deref().is_some_and(|f| f.contains(".Size")) {
-                format!(
-                    "{} (virtual {})",
-                    format::human_size3(upper_size(c)),
-                    format::human_size3(image_size(ctx, c) + upper_size(c))
-                )
-            } else {
-                String::new()
-            };
-            let labels = c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-            let mounts = c
-                .config
-                .mounts
-                .iter()
-                .map(|m| if m.kind == "volume" { format::ellipsis(&m.name, 15) } else { m.source.clone() })
-                .collect::<Vec<_>>()
-                .join(",");
-            format::row([
-                ("ID", if a.no_trunc { c.config.id.clone() } else { c.short_id().to_string() }),
-                ("Image", c.config.image.clone()),
-                ("Command", command),
-                ("CreatedAt", created.map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()).unwrap_or_default()),
-                (
-                    "RunningFor",
-                    created.map(|t| format!("{} ago", format::human_duration(since(t)))).unwrap_or_default(),
-                ),
-                ("Ports", ports_text(c)),
-                ("State", c.state.status.as_str().to_string()),
-                ("Status", status_text(c)),
-                ("Size", size),
-                ("Names", c.config.name.clone()),
-                ("Labels", labels),
-                ("Mounts", mounts),
-                ("Networks", docker_network_name(&c.config.network).to_string()),
-                ("LocalVolumes", c.config.mounts.iter().filter(|m| m.kind == "volume").count().to_string()),
-            ])
-        })
-        .collect();
-    let headers = [
-        ("ID", "CONTAINER ID"),
-        ("Image", "IMAGE"),
-        ("Command", "COMMAND"),
-        ("CreatedAt", "CREATED AT"),
-        ("RunningFor", "CREATED"),
-        ("Ports", "PORTS"),
-        ("State", "STATE"),
-        ("Status", "STATUS"),
-        ("Size", "SIZE"),
-        ("Names", "NAMES"),
-        ("Labels", "LABELS"),
-        ("Mounts", "MOUNTS"),
-        ("Networks", "NETWORKS"),
-        ("LocalVolumes", "LOCAL VOLUMES"),
-    ];
-    let text = out.render(&rows, &headers).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let with_size = a.size || a.format.as_deref().is_some_and(|f| f.contains(".Size"));
+    let rows: Vec<Value> = selected.iter().map(|c| ps_row(ctx, c, a.no_trunc, with_size)).collect();
+    let text = out.render(&rows, PS_HEADERS).map_err(|e| anyhow::anyhow!("{e}"))?;
     print!("{text}");
     Ok(0)
 }
@@ -1491,6 +1526,13 @@ pub fn inspect_value(ctx: &Context, c: &Container, size: bool) -> Value {
         "Mounts": mounts,
         "Config": config,
         "NetworkSettings": {
+            // (Docker's default-bridge fields: strata's default network is
+            // pasta's copy of the host's, with no address of its own to show.)
+            "Bridge": "",
+            "Gateway": "",
+            "IPAddress": "",
+            "IPPrefixLen": 0,
+            "MacAddress": "",
             "Ports": ports,
             "SandboxKey": if pid > 0 { format!("/proc/{pid}/ns/net") } else { String::new() },
             "Networks": user_network_settings(ctx, c),

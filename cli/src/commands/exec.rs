@@ -43,6 +43,9 @@ pub struct ExecArgs {
 }
 
 pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
+    if !a.detach {
+        crate::commands::run::refuse_tty_without_terminal(a.interactive, a.tty)?;
+    }
     let c = match record::find_fresh(&ctx.layout, &a.container) {
         Ok(c) => c,
         Err(e) => {

@@ -234,12 +234,17 @@ fn ls(ctx: &Context, a: LsArgs) -> Result<i32> {
     let user = networks::list(ctx)?;
     let all = NETWORKS
         .iter()
-        .map(|(name, driver, _)| (name.to_string(), driver.to_string(), network_id(name), true))
-        .chain(user.iter().map(|n| (n.name.clone(), "bridge".to_string(), n.id.clone(), false)));
-    for (name, driver, id, builtin) in all {
+        .map(|(name, driver, _)| (name.to_string(), driver.to_string(), network_id(name), true, None))
+        .chain(user.iter().map(|n| (n.name.clone(), "bridge".to_string(), n.id.clone(), false, Some(n))));
+    for (name, driver, id, builtin, user_network) in all {
+        let labels = user_network
+            .map(|n| n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+            .unwrap_or_default();
+        let internal = user_network.is_some_and(|n| n.internal);
         let (name, driver) = (name.as_str(), driver.as_str());
         let keep = a.filter.iter().all(|f| match f.split_once('=') {
-            Some(("name", v)) => name.contains(v),
+            // A regular expression, as Docker takes it (a bad one matches nothing).
+            Some(("name", v)) => regex::Regex::new(v).is_ok_and(|re| re.is_match(name)),
             Some(("driver", v)) => driver == v,
             Some(("id", v)) => id.starts_with(v),
             Some(("scope", v)) => v == "local",
@@ -253,6 +258,9 @@ fn ls(ctx: &Context, a: LsArgs) -> Result<i32> {
                 ("Name", name.to_string()),
                 ("Driver", driver.to_string()),
                 ("Scope", "local".to_string()),
+                ("Labels", labels),
+                ("Internal", internal.to_string()),
+                ("IPv6", "false".to_string()),
             ]));
         }
     }
@@ -271,7 +279,15 @@ fn ls(ctx: &Context, a: LsArgs) -> Result<i32> {
     }
     let out = Output::new(a.format.as_deref(), "table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let headers = [("ID", "NETWORK ID"), ("Name", "NAME"), ("Driver", "DRIVER"), ("Scope", "SCOPE")];
+    let headers = [
+        ("ID", "NETWORK ID"),
+        ("Name", "NAME"),
+        ("Driver", "DRIVER"),
+        ("Scope", "SCOPE"),
+        ("Labels", "LABELS"),
+        ("Internal", "INTERNAL"),
+        ("IPv6", "IPV6"),
+    ];
     print!("{}", out.render(&rows, &headers).map_err(|e| anyhow::anyhow!("{e}"))?);
     Ok(0)
 }

@@ -312,6 +312,9 @@ pub fn create(ctx: &Context, args: CreateArgs) -> Result<i32> {
 
 /// `strata run`.
 pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
+    if !args.detach {
+        refuse_tty_without_terminal(args.create.interactive, args.create.tty)?;
+    }
     let c = create_container(ctx, args.create.clone())?;
     if args.detach {
         let mut start = supervisor::launch(ctx, &c, false).map_err(start_error)?;
@@ -332,6 +335,16 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
         },
     );
     finish_attached(outcome)
+}
+
+/// Docker's CLI check before attaching: `-i` with `-t` relays a terminal,
+/// so standard input must be one (exit 1 otherwise, before anything is created).
+pub fn refuse_tty_without_terminal(interactive: bool, tty: bool) -> Result<()> {
+    if interactive && tty && !nix::unistd::isatty(std::io::stdin()).unwrap_or(false) {
+        eprintln!("the input device is not a TTY");
+        return Err(exit::with_code(exit::COMMAND_FAILED, None));
+    }
+    Ok(())
 }
 
 /// Maps what an attached client saw to strata's exit status.

@@ -133,10 +133,6 @@ pub fn mem_total() -> u64 {
         .unwrap_or(0)
 }
 
-fn count_dirs(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map(|rd| rd.filter_map(Result::ok).filter(|e| e.path().is_dir()).count() as u64).unwrap_or(0)
-}
-
 /// Everything `info` reports, under Docker's field names.
 fn info_value(ctx: &Context) -> anyhow::Result<Value> {
     let store = open_store(ctx)?;
@@ -378,16 +374,66 @@ pub fn df(ctx: &Context, a: DfArgs) -> anyhow::Result<i32> {
     let cache_records: usize = cached.iter().map(|(_, n)| n).sum();
     let cache_size: u64 =
         cached.iter().filter(|(l, _)| !image_layers.contains(&l.diff_id)).map(|(l, _)| l.unpacked_size).sum();
-    let containers = count_dirs(&ctx.layout.containers_dir());
-    let volumes = count_dirs(&ctx.layout.volumes_dir());
-    let volumes_size = tree_size(&ctx.layout.volumes_dir());
+    // Containers: the writable layers; those of stopped ones can be reclaimed.
+    let containers = crate::containers::record::list_fresh(&ctx.layout)?;
+    let uppers: Vec<u64> = containers.iter().map(super::container::upper_size).collect();
+    let running = containers.iter().filter(|c| c.running()).count() as u64;
+    let containers_size: u64 = uppers.iter().sum();
+    let stopped_size: u64 = containers.iter().zip(&uppers).filter(|(c, _)| !c.running()).map(|(_, n)| n).sum();
+    // Volumes: those no container mounts can be reclaimed.
+    let volumes = crate::containers::volumes::list(ctx)?;
+    let mut volume_rows = Vec::new();
+    let (mut volumes_size, mut unused_size, mut in_use) = (0, 0, 0);
+    for v in &volumes {
+        let links = containers
+            .iter()
+            .filter(|c| c.config.mounts.iter().any(|m| m.kind == "volume" && m.name == v.name))
+            .count();
+        let size = tree_size(Path::new(&v.mountpoint));
+        volumes_size += size;
+        if links == 0 {
+            unused_size += size;
+        } else {
+            in_use += 1;
+        }
+        volume_rows.push(format::row([
+            ("Name", v.name.clone()),
+            ("Links", links.to_string()),
+            ("Size", format::human_size(size)),
+        ]));
+    }
     if a.verbose && a.format.is_none() {
-        return df_verbose(&listed);
+        let mut per_image: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for c in &containers {
+            *per_image.entry(c.config.image_id.clone()).or_default() += 1;
+        }
+        let container_rows: Vec<Value> = containers
+            .iter()
+            .zip(&uppers)
+            .map(|(c, size)| {
+                let mut row = super::container::ps_row(ctx, c, false, false);
+                row["Size"] = Value::String(format::human_size(*size));
+                row
+            })
+            .collect();
+        let cache_rows: Vec<Value> = cached
+            .iter()
+            .map(|(l, records)| {
+                format::row([
+                    ("ID", l.diff_id.short()),
+                    ("CacheType", "regular".to_string()),
+                    ("Size", format::human_size(l.unpacked_size)),
+                    ("UsageCount", records.to_string()),
+                    ("Shared", image_layers.contains(&l.diff_id).to_string()),
+                ])
+            })
+            .collect();
+        return df_verbose(&listed, &per_image, &container_rows, &volume_rows, &cache_rows, cache_size);
     }
     let rows = vec![
         df_row("Images", listed.len() as u64, active.len() as u64, size, size.saturating_sub(active_size), true),
-        df_row("Containers", containers, 0, 0, 0, true),
-        df_row("Local Volumes", volumes, 0, volumes_size, volumes_size, true),
+        df_row("Containers", containers.len() as u64, running, containers_size, stopped_size, true),
+        df_row("Local Volumes", volumes.len() as u64, in_use, volumes_size, unused_size, true),
         df_row("Build Cache", cache_records as u64, 0, cache_size, cache_size, false),
     ];
     let output = Output::new(a.format.as_deref(), DF_TABLE)?;
@@ -395,7 +441,15 @@ pub fn df(ctx: &Context, a: DfArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn df_verbose(listed: &[super::images::Listed]) -> anyhow::Result<i32> {
+/// `system df -v`: Docker's four tables.
+fn df_verbose(
+    listed: &[super::images::Listed],
+    containers_per_image: &std::collections::HashMap<String, usize>,
+    containers: &[Value],
+    volumes: &[Value],
+    cache: &[Value],
+    cache_size: u64,
+) -> anyhow::Result<i32> {
     const IMG_TABLE: &str =
         "table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}\t{{.SharedSize}}\t{{.UniqueSize}}\t{{.Containers}}";
     let mut count = std::collections::HashMap::new();
@@ -418,8 +472,9 @@ fn df_verbose(listed: &[super::images::Listed]) -> anyhow::Result<i32> {
                 Some(r) => (r.familiar_name(), r.tag_or_default().to_string()),
                 None => ("<none>".to_string(), "<none>".to_string()),
             };
+            let users = containers_per_image.get(&img.record.id.to_string()).copied().unwrap_or(0);
             format::row([
-                ("Containers", "0".to_string()),
+                ("Containers", users.to_string()),
                 ("CreatedSince", if img.created > 0 { format::human_since(img.created) } else { "N/A".into() }),
                 ("ID", img.record.id.short()),
                 ("Repository", repo),
@@ -441,9 +496,30 @@ fn df_verbose(listed: &[super::images::Listed]) -> anyhow::Result<i32> {
         ("Containers", "CONTAINERS"),
     ];
     print!("Images space usage:\n\n{}", Output::new(None, IMG_TABLE)?.render(&rows, &headers)?);
-    print!("\nContainers space usage:\n\nCONTAINER ID   IMAGE     COMMAND   LOCAL VOLUMES   SIZE      CREATED   STATUS    NAMES\n");
-    print!("\nLocal Volumes space usage:\n\nVOLUME NAME   LINKS     SIZE\n");
-    print!("\nBuild cache usage: 0B\n\nCACHE ID   CACHE TYPE   SIZE      CREATED   LAST USED   USAGE     SHARED\n");
+    const CONTAINER_TABLE: &str =
+        "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.LocalVolumes}}\t{{.Size}}\t{{.RunningFor}}\t{{.Status}}\t{{.Names}}";
+    print!(
+        "\nContainers space usage:\n\n{}",
+        Output::new(None, CONTAINER_TABLE)?.render(containers, super::container::PS_HEADERS)?
+    );
+    let headers = [("Name", "VOLUME NAME"), ("Links", "LINKS"), ("Size", "SIZE")];
+    print!(
+        "\nLocal Volumes space usage:\n\n{}",
+        Output::new(None, "table {{.Name}}\t{{.Links}}\t{{.Size}}")?.render(volumes, &headers)?
+    );
+    let headers = [
+        ("ID", "CACHE ID"),
+        ("CacheType", "CACHE TYPE"),
+        ("Size", "SIZE"),
+        ("UsageCount", "USAGE"),
+        ("Shared", "SHARED"),
+    ];
+    print!(
+        "\nBuild cache usage: {}\n\n{}",
+        format::human_size(cache_size),
+        Output::new(None, "table {{.ID}}\t{{.CacheType}}\t{{.Size}}\t{{.UsageCount}}\t{{.Shared}}")?
+            .render(cache, &headers)?
+    );
     Ok(0)
 }
 

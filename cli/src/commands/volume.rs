@@ -126,7 +126,11 @@ pub fn run(ctx: &Context, cmd: VolumeCommand) -> Result<i32> {
                         }
                         list = keep;
                     }
-                    "name" => list.retain(|vol| vol.name.contains(v)),
+                    // A regular expression, as Docker takes it.
+                    "name" => {
+                        let re = regex::Regex::new(v).with_context(|| format!("invalid filter 'name={v}'"))?;
+                        list.retain(|vol| re.is_match(&vol.name))
+                    }
                     "label" => list.retain(|vol| match v.split_once('=') {
                         Some((lk, lv)) => vol.labels.get(lk).is_some_and(|x| x == lv),
                         None => vol.labels.contains_key(v),
