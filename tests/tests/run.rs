@@ -2514,3 +2514,26 @@ fn listings_filter_format_and_count_as_dockers_do() {
     s.ok(&["rm", "-f", "p1", "p10"]);
     s.ok(&["network", "rm", "n1", "n10"]);
 }
+
+#[test]
+fn add_host_host_gateway_reaches_the_hosts_loopback() {
+    both(|e, who| {
+        // A service the host offers on loopback only.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            if let Ok((mut conn, _)) = listener.accept() {
+                use std::io::Write;
+                let mut request = [0u8; 1024];
+                let _ = conn.read(&mut request);
+                let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\nfrom the host\n");
+                let _ = tx.send(());
+            }
+        });
+        let cmd = format!("grep -w hostside /etc/hosts >&2; wget -q -O - http://hostside:{port}/");
+        let out = e.s.ok(&["run", "--rm", "--add-host", "hostside:host-gateway", &e.bb, "sh", "-c", &cmd]);
+        assert_eq!(out, "from the host\n", "{who}");
+        assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok(), "{who}: the host saw the connection");
+    });
+}

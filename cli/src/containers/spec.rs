@@ -563,6 +563,31 @@ pub fn parse_device(spec: &str) -> Result<(std::path::PathBuf, String, String)> 
     Ok((host.into(), target.to_string(), perms.to_string()))
 }
 
+/// What `--add-host NAME:host-gateway` names: an address of the container's
+/// that reaches the host. pasta gives the container the host's default
+/// gateway as its own and answers connections to it from the host, its
+/// loopback included; on the host's network that is 127.0.0.1.
+fn host_gateway(cfg: &crate::containers::record::ContainerConfig) -> String {
+    if !cfg.uses_pasta() {
+        return "127.0.0.1".into();
+    }
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    default_gateway(&routes).map_or_else(|| "127.0.0.1".into(), |ip| ip.to_string())
+}
+
+/// The IPv4 default gateway of a `/proc/net/route` table (hex, host byte order).
+fn default_gateway(routes: &str) -> Option<std::net::Ipv4Addr> {
+    routes.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (destination, gateway, mask) = (f.get(1)?, f.get(2)?, f.get(7)?);
+        if *destination != "00000000" || *mask != "00000000" || *gateway == "00000000" {
+            return None;
+        }
+        let raw = u32::from_str_radix(gateway, 16).ok()?;
+        Some(std::net::Ipv4Addr::from(raw.to_le_bytes()))
+    })
+}
+
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container.
 pub fn etc_files(c: &Container) -> EtcFiles {
     let cfg = &c.config;
@@ -575,7 +600,7 @@ pub fn etc_files(c: &Container) -> EtcFiles {
     let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     for h in &cfg.request.add_host {
         if let Some((name, ip)) = h.split_once(':').or_else(|| h.split_once('=')) {
-            let ip = if ip == "host-gateway" { "169.254.1.2" } else { ip };
+            let ip = if ip == "host-gateway" { host_gateway(cfg) } else { ip.to_string() };
             hosts.push_str(&format!("{ip}\t{name}\n"));
         }
     }
@@ -661,6 +686,15 @@ mod tests {
         assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
         assert_eq!(parse_bytes("100").unwrap(), 100);
         assert!(parse_bytes("x").is_err());
+    }
+
+    #[test]
+    fn the_default_gateway_of_a_route_table() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_gateway(table), Some(std::net::Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(default_gateway("Iface\n"), None);
     }
 
     #[test]
