@@ -2460,6 +2460,13 @@ fn listings_filter_format_and_count_as_dockers_do() {
     assert_eq!(names("name=p1"), ["p1", "p10"]);
     assert_eq!(names("before=p10"), ["p1"]);
     assert_eq!(names("since=p1"), ["p10"]);
+    s.ok(&["create", "--name", "web", "-p", "127.0.0.1::8080", "--expose", "9000/udp", &e.bb]);
+    assert_eq!(names("publish=8080"), ["web"]);
+    assert_eq!(names("publish=8000-8100/tcp"), ["web"]);
+    assert!(names("publish=8080/udp").is_empty());
+    assert_eq!(names("expose=9000/udp"), ["web"]);
+    assert!(names("publish=9000/udp").is_empty(), "exposed is not published");
+    s.ok(&["rm", "web"]);
     assert_eq!(lines(s.ok(&["volume", "ls", "-q", "--filter", "name=^unu"])), ["unused"]);
     assert_eq!(lines(s.ok(&["network", "ls", "--filter", "name=^n1$", "--format", "{{.Name}}"])), ["n1"]);
 

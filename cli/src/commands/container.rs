@@ -633,6 +633,26 @@ fn matches_filter(ctx: &Context, c: &Container, key: &str, value: &str) -> Resul
                 _ => false,
             }
         }
+        // `PORT[-PORT][/PROTO]` against the ports published (or exposed, which
+        // published ones are too).
+        "publish" | "expose" => {
+            let (ports, proto) = value.split_once('/').unwrap_or((value, "tcp"));
+            let (low, high) = ports.split_once('-').unwrap_or((ports, ports));
+            let range = match (low.parse::<u16>(), high.parse::<u16>()) {
+                (Ok(l), Ok(h)) if l <= h => l..=h,
+                _ => bail!("invalid filter '{key}={value}': expected PORT[-PORT][/PROTO]"),
+            };
+            let published = c.config.ports.iter().map(|p| (p.container_port, p.proto.clone()));
+            let exposed = c.config.exposed_ports.iter().filter_map(|e| {
+                let (port, proto) = e.split_once('/').unwrap_or((e, "tcp"));
+                Some((port.parse::<u16>().ok()?, proto.to_string()))
+            });
+            let mut candidates: Vec<(u16, String)> = published.collect();
+            if key == "expose" {
+                candidates.extend(exposed);
+            }
+            candidates.iter().any(|(port, p)| range.contains(port) && p == proto)
+        }
         "volume" => c.config.mounts.iter().any(|m| m.name == value || m.destination == value),
         "network" => docker_network_name(&c.config.network) == value || c.config.network == value,
         _ => bail!("invalid filter '{key}'"),
@@ -653,8 +673,10 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
     for f in &a.filter {
         let (k, v) = f.split_once('=').with_context(|| format!("bad format of filter (expected name=value): {f}"))?;
         // (Checked here too: with no container to test, a bad key would pass.)
-        const KEYS: [&str; 11] =
-            ["status", "health", "name", "id", "label", "exited", "ancestor", "before", "since", "volume", "network"];
+        const KEYS: [&str; 13] = [
+            "status", "health", "name", "id", "label", "exited", "ancestor", "before", "since", "volume", "network",
+            "publish", "expose",
+        ];
         if !KEYS.contains(&k) {
             bail!("invalid filter '{k}'");
         }
