@@ -60,6 +60,17 @@ fn stdout_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `run --rm FLAGS IMAGE true`, which must be refused with 125; its stderr.
+#[track_caller]
+fn run_refused(s: &Strata, image: &str, flags: &[&str]) -> String {
+    let mut cmd = vec!["run", "--rm"];
+    cmd.extend(flags);
+    cmd.extend([image, "true"]);
+    let (code, err) = s.fails(&cmd);
+    assert_eq!(code, 125, "{flags:?}: {err}");
+    err
+}
+
 /// A directory under the instance's base that its user owns.
 fn host_dir(s: &Strata, name: &str) -> std::path::PathBuf {
     let d = s.base().join(name);
@@ -1982,11 +1993,7 @@ fn sysctls_set_the_containers_own_namespaces() {
             (vec!["--ipc", "host", "--sysctl", "kernel.shmmax=1"], "not allowed with --ipc host"),
             (vec!["--sysctl", "net.ipv4.ip_forward"], "KEY=VALUE"),
         ] {
-            let mut all = vec!["run", "--rm"];
-            all.extend(args.iter().copied());
-            all.extend([e.bb.as_str(), "true"]);
-            let (code, err) = s.fails(&all);
-            assert_eq!(code, 125, "{who}: {args:?}");
+            let err = run_refused(s, &e.bb, &args);
             assert!(err.contains(want), "{who}: {args:?}: {err}");
         }
     });
@@ -2259,11 +2266,7 @@ fn cpu_quota_memory_reservation_and_block_io_limits_reach_the_cgroup() {
         (vec!["--device-write-bps", "sda:1mb"], "is not an absolute path"),
         (vec!["--device-read-iops", &format!("{d}:lots")], "invalid rate for device"),
     ] {
-        let mut cmd = vec!["run", "--rm"];
-        cmd.extend(args.iter().copied());
-        cmd.extend([e.bb.as_str(), "true"]);
-        let (code, err) = s.fails(&cmd);
-        assert_eq!(code, 125, "{args:?}: {err}");
+        let err = run_refused(s, &e.bb, &args);
         assert!(err.contains(message), "{args:?}: {err}");
     }
 }
