@@ -305,16 +305,7 @@ impl RegistryClient {
                 _ => return Err(self.http_error("GET", &url, resp)),
             }
             let next = header(&resp, "link").and_then(|l| next_page(&l)).map(|next| resolve_location(&ep.base, &next));
-            let bytes = resp
-                .into_body()
-                .into_with_config()
-                .limit(MAX_MANIFEST_SIZE)
-                .read_to_vec()
-                .map_err(|e| self.map_err(e, &url, what))?;
-            let page: P = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
-                url: url.clone(),
-                message: format!("the {what} is not valid JSON: {e}"),
-            })?;
+            let page: P = self.json_body(resp, &url, what)?;
             let more = take(page);
             match next {
                 Some(n) if more => url = n,
@@ -387,19 +378,29 @@ impl RegistryClient {
         if resp.status().as_u16() != 200 {
             return Err(self.http_error("GET", &url, resp));
         }
+        let reply: Reply = self.json_body(resp, &url, "search results")?;
+        let mut results = reply.results.unwrap_or_default();
+        results.truncate(limit);
+        Ok(results)
+    }
+
+    /// A response's body (at most [`MAX_MANIFEST_SIZE`]) read as JSON; `what` names it in errors.
+    fn json_body<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: Response<Body>,
+        url: &str,
+        what: &'static str,
+    ) -> Result<T, RegistryError> {
         let bytes = resp
             .into_body()
             .into_with_config()
             .limit(MAX_MANIFEST_SIZE)
             .read_to_vec()
-            .map_err(|e| self.map_err(e, &url, "search results"))?;
-        let reply: Reply = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
-            url: url.clone(),
-            message: format!("the search results are not valid JSON: {e}"),
-        })?;
-        let mut results = reply.results.unwrap_or_default();
-        results.truncate(limit);
-        Ok(results)
+            .map_err(|e| self.map_err(e, url, what))?;
+        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Protocol {
+            url: url.to_string(),
+            message: format!("the {what} is not valid JSON: {e}"),
+        })
     }
 
     fn get_manifest_from(&self, ep: &Endpoint, r: &Reference) -> Result<FetchedManifest, RegistryError> {
