@@ -134,3 +134,33 @@ fn refused_pushes_say_why() {
     let r = http_get(elsewhere.port(), "/v2/e2e/broken/manifests/1", &[], None, 1 << 20);
     assert_eq!(r.status, 404, "no manifest reached the registry");
 }
+
+#[test]
+fn push_all_tags_and_the_default_tag() {
+    let f = fixtures();
+    let reg = Registry::start();
+    let bb = reg.push_oci_layout(&f.oci, "busybox", "e2e/src:1");
+    let s = Strata::new();
+    s.pull(&bb);
+    let repo = reg.reference("e2e/many");
+    for tag in ["a", "b", "latest"] {
+        s.ok(&["tag", &bb, &format!("{repo}:{tag}")]);
+    }
+    // NAME alone is NAME:latest, and says so, as Docker does.
+    let out = s.ok(&["push", &repo]);
+    assert!(out.starts_with("Using default tag: latest\n"), "{out}");
+    assert!(out.contains("latest: digest: sha256:"), "{out}");
+    // -a pushes every tag of the repository.
+    let out = s.ok(&["push", "-a", &repo]);
+    for tag in ["a", "b", "latest"] {
+        assert!(out.contains(&format!("{tag}: digest: sha256:")), "{tag} in {out}");
+    }
+    let tags = http_get(reg.port(), "/v2/e2e/many/tags/list", &[], None, 1 << 20);
+    let tags: serde_json::Value = serde_json::from_slice(&tags.body).unwrap();
+    let mut tags: Vec<&str> = tags["tags"].as_array().unwrap().iter().filter_map(|t| t.as_str()).collect();
+    tags.sort();
+    assert_eq!(tags, ["a", "b", "latest"]);
+    let (code, err) = s.fails(&["push", "-a", &format!("{repo}:a")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("tag can't be used with --all-tags/-a"), "{err}");
+}

@@ -20,7 +20,7 @@ use strata_layers::reference::{Reference, DEFAULT_TAG};
 use strata_layers::registry::RegistryClient;
 use strata_layers::Digest;
 
-use super::support::{open_store, parse_reference};
+use super::support::open_store;
 use crate::context::Context;
 use crate::exit;
 
@@ -70,7 +70,9 @@ impl PushProgress for Lines {
 }
 
 pub fn run(ctx: &Context, a: PushArgs) -> anyhow::Result<i32> {
-    let reference = parse_reference(&a.name)?;
+    // Without the default tag, to tell `NAME` (all tags with -a, else
+    // `NAME:latest`, which is said) from `NAME:latest`.
+    let reference = Reference::parse_bare(&a.name)?;
     if reference.digest.is_some() {
         bail!("cannot push a digest reference");
     }
