@@ -227,7 +227,22 @@ pub fn attach_bridge(pid: libc::pid_t, att: &BridgeAttachment) -> Result<(), Run
              link set {host_veth} master {bridge}\nlink set {host_veth} up\n"
         ),
     )?;
-    ip_in(pid, &format!("addr add {address} dev {interface}\nlink set {interface} up\n"))
+    // The MAC follows from the address (Docker's 02:42 scheme): a container
+    // that comes back at the same address (a restart, or a new one with the
+    // same `--ip`) keeps the MAC its peers' neighbour caches hold, so they
+    // reach it at once rather than after those entries expire.
+    let mac = match mac_for(address) {
+        Some(mac) => format!("link set {interface} address {mac}\n"),
+        None => String::new(),
+    };
+    ip_in(pid, &format!("{mac}addr add {address} dev {interface}\nlink set {interface} up\n"))
+}
+
+/// `02:42:` and the four bytes of the IPv4 address of `A.B.C.D/PREFIX`.
+fn mac_for(address: &str) -> Option<String> {
+    let ip: std::net::Ipv4Addr = address.split('/').next()?.parse().ok()?;
+    let [a, b, c, d] = ip.octets();
+    Some(format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}"))
 }
 
 /// Undoes [`attach_bridge`] for a running container: deleting the bridge's end of the veth
@@ -268,4 +283,13 @@ fn ip_in(pid: libc::pid_t, commands: &str) -> Result<(), RunnerError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_mac_follows_from_the_address() {
+        assert_eq!(super::mac_for("10.89.1.5/24").as_deref(), Some("02:42:0a:59:01:05"));
+        assert_eq!(super::mac_for("not an address"), None);
+    }
 }

@@ -1167,6 +1167,11 @@ fn restart_policies_restart_until_stopped() {
                 && s.ok(&["inspect", "-f", "{{.State.Restarting}} {{.State.Status}}", "looping"]).trim()
                     == "true restarting"
         });
+        // Removing it between two runs takes -f, and ends its supervisor.
+        wait_until("between two runs", READY, || status_of(s, "looping").starts_with("restarting"));
+        let (code, err) = s.fails(&["rm", "looping"]);
+        assert_eq!(code, 1, "{who}");
+        assert!(err.contains("You cannot remove a restarting container"), "{who}: {err}");
         s.ok(&["stop", "-t", "1", "looping"]);
         let count = s.ok(&["inspect", "-f", "{{.RestartCount}}", "looping"]);
         std::thread::sleep(Duration::from_millis(1500));
@@ -1212,6 +1217,19 @@ fn update_changes_a_running_containers_limits_and_restart_policy() {
         s.ok(&["update", "--restart", "on-failure:3", "limited"]);
         let policy = s.ok(&["inspect", "-f", "{{json .HostConfig.RestartPolicy}}", "limited"]);
         assert_eq!(policy.trim(), r#"{"MaximumRetryCount":3,"Name":"on-failure"}"#, "{who}");
+        // The running container's supervisor follows the new policy: it
+        // restarts one that had none, and stops restarting on `no`.
+        s.ok(&["run", "-d", "--name", "flaky", &e.bb, "sh", "-c", "sleep 1; exit 1"]);
+        s.ok(&["update", "--restart", "always", "flaky"]);
+        wait_until("restarted under the new policy", READY, || {
+            s.ok(&["inspect", "-f", "{{.RestartCount}}", "flaky"]).trim() != "0"
+        });
+        s.ok(&["update", "--restart", "no", "flaky"]);
+        let count = s.ok(&["inspect", "-f", "{{.RestartCount}}", "flaky"]);
+        std::thread::sleep(Duration::from_millis(3500));
+        assert_eq!(s.ok(&["inspect", "-f", "{{.RestartCount}}", "flaky"]), count, "{who}: no more restarts");
+        assert_eq!(status_of(s, "flaky").split(' ').next(), Some("exited"), "{who}");
+        s.ok(&["rm", "flaky"]);
         let (_, err) = s.fails(&["update", "limited"]);
         assert!(err.contains("you must provide one or more flags"), "{who}: {err}");
         s.ok(&["rm", "-f", "limited"]);
@@ -1543,6 +1561,18 @@ fn user_defined_networks_connect_their_containers_by_name() {
         let members =
             s.ok(&["network", "inspect", "-f", "{{range .Containers}}{{.Name}} {{.IPv4Address}}{{end}}", "n1"]);
         assert_eq!(members.trim(), format!("srv {}/24", ip.trim()), "{who}");
+
+        // A member restarted at its address keeps its MAC (02:42 and the
+        // address), so a peer that talked to it reaches it again at once.
+        let [a, b, c, d]: [u8; 4] = ip.trim().parse::<std::net::Ipv4Addr>().unwrap().octets();
+        let mac = format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        assert!(s.ok(&["exec", "srv", "ip", "link", "show", "eth1"]).contains(&mac), "{who}");
+        s.ok(&["run", "-d", "--name", "peer", "--network", "n1", &e.bb, "sleep", "600"]);
+        s.ok(&["exec", "peer", "ping", "-c", "1", "-W", "2", "srv"]);
+        s.ok(&["restart", "-t", "0", "srv"]);
+        assert_eq!(s.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.n1.IPAddress}}", "srv"]), ip, "{who}");
+        s.ok(&["exec", "peer", "ping", "-c", "1", "-W", "2", "srv"]);
+        s.ok(&["rm", "-f", "peer"]);
 
         // --ip: that address, once.
         s.ok(&["run", "-d", "--name", "fixed", "--network", "n2", "--ip", "10.123.0.50", &e.bb, "sleep", "600"]);
@@ -1904,10 +1934,41 @@ fn events_record_what_happened_and_stream_what_happens() {
         let plain = s.ok(&["events", "--since", &since, "--until", &until, "--filter", "type=volume"]);
         assert!(plain.lines().all(|l| l.contains(" volume ") && l.ends_with("(driver=local)")), "{who}: {plain}");
 
-        // exec, and commit.
+        // Docker's other fields, and its JSON.
+        let fields = "{{.Status}}|{{.ID}}|{{.From}}|{{.Scope}}|{{.Time}}|{{.TimeNano}}";
+        let died = s.ok(&["events", "--since", &since, "--until", &until, "--filter", "event=die", "--format", fields]);
+        let f: Vec<&str> = died.trim().split('|').collect();
+        assert_eq!(&f[..4], ["die", f[1], e.bb.as_str(), "local"], "{who}: {died}");
+        assert_eq!(f[1].len(), 64, "{who}: {died}");
+        let (secs, nanos): (u64, u64) = (f[4].parse().unwrap(), f[5].parse().unwrap());
+        assert!(secs >= start && nanos / 1_000_000_000 == secs, "{who}: {died}");
+        let json = s.ok(&["events", "--since", &since, "--until", &until, "--filter", "event=die", "--format", "json"]);
+        let json: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+        assert_eq!(
+            (json["status"].as_str(), json["Action"].as_str(), json["scope"].as_str()),
+            (Some("die"), Some("die"), Some("local"))
+        );
+        // Docker's shorter time forms.
+        let day = {
+            // Today in UTC, as YYYY-MM-DDZ (civil date from the Unix day).
+            let days = (chrono_now_secs() / 86_400) as i64;
+            let (z, era) = (days + 719_468, (days + 719_468).div_euclid(146_097));
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let d = doy - (153 * mp + 2) / 5 + 1;
+            let m = if mp < 10 { mp + 3 } else { mp - 9 };
+            let y = yoe + era * 400 + i64::from(m <= 2);
+            format!("{y:04}-{m:02}-{d:02}Z")
+        };
+        s.ok(&["events", "--since", &day, "--until", "0s"]);
+
+        // exec, commit and restart.
         s.ok(&["run", "-d", "--name", "execed", &e.bb, "sleep", "600"]);
         s.ok(&["exec", "execed", "true"]);
         s.ok(&["commit", "execed", "evcommit:1"]);
+        s.ok(&["restart", "-t", "0", "execed"]);
         s.ok(&["rm", "-f", "execed"]);
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let until = chrono_now_secs().to_string();
@@ -1925,7 +1986,20 @@ fn events_record_what_happened_and_stream_what_happens() {
         let actions: Vec<&str> = actions.lines().collect();
         assert_eq!(
             actions,
-            ["create", "start", "exec_start: true", "exec_die", "commit", "kill", "die", "destroy"],
+            [
+                "create",
+                "start",
+                "exec_start: true",
+                "exec_die",
+                "commit",
+                "die",
+                "stop",
+                "start",
+                "restart",
+                "kill",
+                "die",
+                "destroy"
+            ],
             "{who}"
         );
 

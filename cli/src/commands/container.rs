@@ -805,6 +805,8 @@ fn stop(ctx: &Context, a: StopArgs, restart: bool) -> Result<i32> {
                 bail!("container {} is still running", c.short_id());
             }
             supervisor::launch(ctx, &c, false)?.wait_started()?;
+            // (After the die, stop and start events, as Docker's.)
+            supervisor::container_event(ctx, &c, "restart", &[]);
         }
         Ok(())
     }))
@@ -949,6 +951,20 @@ pub fn remove_container(ctx: &Context, key: &str, force: bool, volumes: bool) ->
         }
         supervisor::container_event(ctx, &c, "kill", &[("signal", "9")]);
         kill_container(&ctx.layout, &c);
+    } else if c.state.is_restarting() {
+        if !force {
+            bail!(
+                "You cannot remove a restarting container {}. Stop the container before attempting removal or force \
+                 remove",
+                c.config.id
+            );
+        }
+        // Between two runs: its supervisor gives up within a back-off check.
+        record::update_state(&ctx.layout, &c.dir, |s| s.stop_requested = true)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while c.state.restarting.is_some_and(|p| p.alive()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     } else if c.state.supervisor.is_some_and(|p| p.alive()) {
         // A supervisor that is starting or finishing up (e.g. a failed start).
         supervisor::wait_supervisor(&c, Some(Duration::from_secs(10)));
@@ -1055,7 +1071,7 @@ struct LogRecord {
 /// seconds (fractions allowed), or a Go duration back from now (`42m`,
 /// `1h30m`, `10s`).
 pub(crate) fn log_time_bound(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
-    if let Some(t) = parse_time(&Some(s.to_string())) {
+    if let Some(t) = parse_time(&Some(s.to_string())).or_else(|| partial_time(s)) {
         return Ok(t);
     }
     if let Ok(secs) = s.parse::<f64>() {
@@ -1069,6 +1085,38 @@ pub(crate) fn log_time_bound(s: &str) -> Result<chrono::DateTime<chrono::Utc>> {
         )
     })?;
     Ok(chrono::Utc::now() - ago)
+}
+
+/// Docker's shorter time forms (`timetypes.GetTimestamp`): a date, or a
+/// date and time down to the hour, minute, second or a fraction, in local
+/// time unless a zone (`Z`, `+01:00`) follows.
+fn partial_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone};
+    let date_len = 10;
+    let (local, zone) = match s.get(date_len..).map(|rest| rest.find(['Z', 'z', '+', '-'])) {
+        Some(Some(at)) => (&s[..date_len + at], Some(&s[date_len + at..])),
+        _ => (s, None),
+    };
+    let naive = if local.len() == date_len {
+        NaiveDate::parse_from_str(local, "%Y-%m-%d").ok()?.and_hms_opt(0, 0, 0)?
+    } else {
+        ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H"]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(local, f).ok())
+            .or_else(|| NaiveDateTime::parse_from_str(&format!("{local}:00"), "%Y-%m-%dT%H:%M").ok())?
+    };
+    match zone {
+        None => chrono::Local.from_local_datetime(&naive).earliest().map(|t| t.with_timezone(&chrono::Utc)),
+        Some("Z" | "z") => Some(chrono::Utc.from_utc_datetime(&naive)),
+        Some(offset) => {
+            let fixed =
+                chrono::DateTime::parse_from_str(&format!("2000-01-01T00:00:00{offset}"), "%Y-%m-%dT%H:%M:%S%:z")
+                    .ok()?
+                    .offset()
+                    .to_owned();
+            fixed.from_local_datetime(&naive).single().map(|t| t.with_timezone(&chrono::Utc))
+        }
+    }
 }
 
 fn logs(ctx: &Context, a: LogsArgs) -> Result<i32> {
@@ -1681,6 +1729,20 @@ fn prune_containers_until(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dockers_short_time_forms() {
+        use chrono::TimeZone;
+        let utc = |s: &str| super::log_time_bound(s).unwrap().to_rfc3339();
+        assert_eq!(utc("2026-11-29T05:07Z"), "2026-11-29T05:07:00+00:00");
+        assert_eq!(utc("2026-11-29Z"), "2026-11-29T00:00:00+00:00");
+        assert_eq!(utc("2026-11-29T05:07:30.5+01:00"), "2026-11-29T04:07:30.500+00:00");
+        assert_eq!(utc("2026-11-29T06Z"), "2026-11-29T06:00:00+00:00");
+        // Local time without a zone (this test's TZ is whatever the host's is).
+        let local = chrono::Local.with_ymd_and_hms(2026, 11, 29, 5, 7, 0).unwrap().with_timezone(&chrono::Utc);
+        assert_eq!(utc("2026-11-29T05:07"), local.to_rfc3339());
+        assert!(super::log_time_bound("2026-13-40").is_err());
+    }
+
     use super::*;
     use crate::containers::record::{test_record, Proc};
 

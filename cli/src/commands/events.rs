@@ -51,8 +51,9 @@ pub fn run(ctx: &Context, a: EventsArgs) -> Result<i32> {
     };
     let out = std::io::stdout();
     let print = |e: &Event| -> Result<()> {
-        let line = match &a.format {
-            Some(f) => crate::format::render_loose(f, &serde_json::to_value(e)?)?,
+        let line = match a.format.as_deref() {
+            Some("json") => serde_json::to_string(&docker_json(e))?,
+            Some(f) => crate::format::render_loose(f, &template_data(e))?,
             None => events::text(e),
         };
         let mut out = out.lock();
@@ -128,4 +129,44 @@ fn rotated(path: &std::path::Path, current: &std::fs::File) -> bool {
         (Ok(now), Ok(ours)) => now.ino() != ours.ino(),
         _ => false,
     }
+}
+
+/// Docker's legacy fields of container and image events: `status` (the
+/// action), `id` and `from` (the container's image).
+fn legacy_fields(e: &Event) -> Option<(String, String, String)> {
+    matches!(e.kind.as_str(), "container" | "image").then(|| {
+        let from = e.actor.attributes.get("image").cloned().unwrap_or_default();
+        (e.action.clone(), e.actor.id.clone(), from)
+    })
+}
+
+/// An event as `--format json` prints it: Docker's JSON keys.
+fn docker_json(e: &Event) -> serde_json::Value {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    if let (Some((status, id, from)), serde_json::Value::Object(m)) = (legacy_fields(e), &mut v) {
+        m.insert("status".into(), status.into());
+        m.insert("id".into(), id.into());
+        if !from.is_empty() {
+            m.insert("from".into(), from.into());
+        }
+    }
+    v
+}
+
+/// An event as templates see it: the Go field names of Docker's message
+/// (`.Type`, `.Action`, `.Actor.ID`, `.Scope`, `.Time`, `.TimeNano`,
+/// `.Status`, `.ID`, `.From`).
+fn template_data(e: &Event) -> serde_json::Value {
+    let (status, id, from) = legacy_fields(e).unwrap_or_default();
+    serde_json::json!({
+        "Status": status,
+        "ID": id,
+        "From": from,
+        "Type": e.kind,
+        "Action": e.action,
+        "Actor": e.actor,
+        "Scope": e.scope,
+        "Time": e.time,
+        "TimeNano": e.time_nano,
+    })
 }

@@ -46,6 +46,9 @@ const CLIENT_FD: RawFd = 3;
 /// which a container's `--init` (a fork of the supervisor) shows as its own
 /// /proc/1/cmdline and /proc/1/environ.
 const ROOT_FD: RawFd = 4;
+/// How often a restart back-off looks whether the container was removed,
+/// stopped or given another policy meanwhile.
+const BACKOFF_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
 /// What the supervisor keeps of the launching environment: the search path
 /// (newuidmap, pasta) and diagnostics. Everything else would only be visible
 /// in an `--init` container's /proc/1/environ.
@@ -241,20 +244,38 @@ pub fn supervise_main(ctx: &Context, id: &str, attach_first: bool) -> Result<i32
             let mut code = sup.serve(running);
             // The restart policy (see `restart`): start again after a back-off
             // while it says so and nobody else took the container meanwhile.
-            let policy = crate::containers::restart::Policy::parse(sup.c.config.request.restart.as_deref())
-                .unwrap_or(crate::containers::restart::Policy::No);
+            // The policy is read from the record each time: `update
+            // --restart` changes it under a running container.
+            let restarts = |c: &record::Container, code: i32| {
+                crate::containers::restart::Policy::parse(c.config.request.restart.as_deref())
+                    .unwrap_or(crate::containers::restart::Policy::No)
+                    .restarts(code, c.state.restart_count, c.state.stop_requested)
+            };
             let mut delay = None;
             let mut started = std::time::Instant::now();
             while let Some(now) = record::read_dir_record(&sup.c.dir) {
-                if !policy.restarts(code, now.state.restart_count, now.state.stop_requested) {
+                if !restarts(&now, code) {
                     break;
                 }
                 let wait = crate::containers::restart::next_delay(delay, started.elapsed());
                 delay = Some(wait);
                 let me = Proc::of(std::process::id() as i32);
                 let _ = record::update_state(&ctx.layout, &sup.c.dir, |s| s.restarting = me);
-                std::thread::sleep(wait);
+                // The back-off ends early, and the loop with it, when the
+                // container is removed, stopped or no longer to be restarted.
+                let deadline = std::time::Instant::now() + wait;
+                let mut called_off = false;
+                while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(left.min(BACKOFF_CHECK));
+                    if !record::read_dir_record(&sup.c.dir).is_some_and(|c| restarts(&c, code)) {
+                        called_off = true;
+                        break;
+                    }
+                }
                 let _ = record::update_state(&ctx.layout, &sup.c.dir, |s| s.restarting = None);
+                if called_off {
+                    break;
+                }
                 match claim(ctx, id) {
                     // Stopped during the back-off: it stays stopped.
                     Ok(c) if c.state.stop_requested => {
