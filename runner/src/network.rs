@@ -78,10 +78,17 @@ pub(crate) fn start_pasta(
     let pidfile = dir.join("pasta.pid");
     let mut cmd = Command::new(pasta);
     cmd.args(["--config-net", "--quiet", "-T", "none", "-U", "none"]);
-    let tcp: Vec<String> = ports.iter().filter(|p| p.protocol == Protocol::Tcp).map(port_spec).collect();
-    let udp: Vec<String> = ports.iter().filter(|p| p.protocol == Protocol::Udp).map(port_spec).collect();
-    cmd.arg("-t").arg(if tcp.is_empty() { "none".to_string() } else { tcp.join(",") });
-    cmd.arg("-u").arg(if udp.is_empty() { "none".to_string() } else { udp.join(",") });
+    // One option per port: an address prefix applies to a whole option
+    // (`127.0.0.1/8080:80,8081:81`), so ports of different addresses cannot share one.
+    for (flag, protocol) in [("-t", Protocol::Tcp), ("-u", Protocol::Udp)] {
+        let specs: Vec<String> = ports.iter().filter(|p| p.protocol == protocol).map(port_spec).collect();
+        if specs.is_empty() {
+            cmd.arg(flag).arg("none");
+        }
+        for spec in specs {
+            cmd.arg(flag).arg(spec);
+        }
+    }
     cmd.arg("--pid").arg(&pidfile);
     // pasta becomes a long-lived daemon: it must not keep any of our fds (say, the pipe a
     // `strata run | cat` reads from) open, except the namespace fd it is told about.

@@ -359,6 +359,42 @@ fn published_port_serves_from_the_container() {
             try_http_get(port, "/index.html", &[], None, 4096).is_some_and(|r| r.status == 200)
         });
         s.ok(&["rm", "-f", "web2"]);
+
+        // Ranges: two container ports on two host ports, both served; and a
+        // port without a host port gets a free one, as with Docker.
+        let (p1, p2) = loop {
+            let p = free_port();
+            if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break (p, p + 1);
+            }
+        };
+        let serve = "httpd -p 80 -h /www; httpd -f -p 81 -h /www";
+        let range = format!("127.0.0.1:{p1}-{p2}:80-81");
+        s.ok(&[
+            "run",
+            "-d",
+            "--name",
+            "web3",
+            "-p",
+            &range,
+            "-p",
+            "127.0.0.1::82",
+            "-v",
+            &vol,
+            &e.bb,
+            "sh",
+            "-c",
+            serve,
+        ]);
+        for port in [p1, p2] {
+            wait_until(&format!("{who}: http on the range's port {port}"), READY, || {
+                try_http_get(port, "/index.html", &[], None, 4096).is_some_and(|r| r.status == 200)
+            });
+        }
+        let mapped = s.ok(&["port", "web3"]);
+        assert!(mapped.contains(&format!("80/tcp -> 127.0.0.1:{p1}\n81/tcp -> 127.0.0.1:{p2}\n")), "{who}: {mapped}");
+        assert!(mapped.contains("82/tcp -> 127.0.0.1:") && !mapped.contains("127.0.0.1:82\n"), "{who}: {mapped}");
+        s.ok(&["rm", "-f", "web3"]);
     });
 }
 

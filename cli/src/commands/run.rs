@@ -485,7 +485,10 @@ pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container
     }
     label_flags.extend(args.label.iter().cloned());
     let labels = parse_labels(&ic.labels, &label_flags)?;
-    let mut ports = args.publish.iter().map(|p| parse_publish(p)).collect::<Result<Vec<_>>>()?;
+    let mut ports = Vec::new();
+    for p in &args.publish {
+        ports.extend(parse_publish(p)?);
+    }
     let network = match args.network.as_deref() {
         None | Some("") | Some("default") | Some("bridge") => {
             if which("pasta") {
@@ -791,10 +794,12 @@ fn free_host_port(proto: &str) -> Result<u16> {
     Ok(port)
 }
 
-/// `-p [IP:][HOST:]CTR[/PROTO]`; a missing host port means "same as the
-/// container port" here (Docker would pick an ephemeral one).
-pub fn parse_publish(spec: &str) -> Result<PortBinding> {
-    let bad = || anyhow::anyhow!("invalid publish spec {spec:?}: expected [IP:]HOST_PORT:CONTAINER_PORT[/PROTO]");
+/// `-p [IP:][HOST:]CTR[/PROTO]`, where HOST and CTR may be ranges
+/// (`8000-8001:80-81`), as Docker takes it: ranges of one length pair up;
+/// a host range for one container port means one free port of it; no host
+/// port means a free one from the kernel's ephemeral range.
+pub fn parse_publish(spec: &str) -> Result<Vec<PortBinding>> {
+    let bad = || anyhow::anyhow!("invalid publish spec {spec:?}: expected [IP:][HOST_PORT:]CONTAINER_PORT[/PROTO]");
     let (rest, proto) = match spec.rsplit_once('/') {
         Some((r, p)) if p == "tcp" || p == "udp" => (r, p.to_string()),
         Some(_) => return Err(bad()),
@@ -816,12 +821,45 @@ pub fn parse_publish(spec: &str) -> Result<PortBinding> {
         Some((h, c)) => (h.to_string(), c.to_string()),
         None => (String::new(), ports.clone()),
     };
-    let container_port: u16 = ctr.parse().map_err(|_| bad())?;
-    let host_port: u16 = if host.is_empty() { container_port } else { host.parse().map_err(|_| bad())? };
-    if container_port == 0 {
-        return Err(bad());
+    let range = |text: &str| -> Result<(u16, u16)> {
+        let (low, high) = text.split_once('-').unwrap_or((text, text));
+        match (low.parse::<u16>(), high.parse::<u16>()) {
+            (Ok(l), Ok(h)) if l > 0 && l <= h => Ok((l, h)),
+            _ => Err(bad()),
+        }
+    };
+    let (ctr_low, ctr_high) = range(&ctr)?;
+    let binding = |host_port, container_port| PortBinding {
+        host_ip: ip.clone(),
+        host_port,
+        container_port,
+        proto: proto.clone(),
+    };
+    if host.is_empty() {
+        return (ctr_low..=ctr_high).map(|c| Ok(binding(free_host_port(&proto)?, c))).collect();
     }
-    Ok(PortBinding { host_ip: ip, host_port, container_port, proto })
+    let (host_low, host_high) = range(&host)?;
+    if ctr_low == ctr_high && host_low != host_high {
+        // One container port, a host range: the first port of it that is free.
+        let free = (host_low..=host_high).find(|p| port_is_free(&ip, *p, &proto)).ok_or_else(|| {
+            anyhow::anyhow!("no free host port in {host_low}-{host_high} to publish {ctr_low}/{proto} on")
+        })?;
+        return Ok(vec![binding(free, ctr_low)]);
+    }
+    if host_high - host_low != ctr_high - ctr_low {
+        bail!("Invalid ranges specified for container and host Ports: {ctr} and {host}");
+    }
+    Ok((0..=ctr_high - ctr_low).map(|i| binding(host_low + i, ctr_low + i)).collect())
+}
+
+/// Nothing listens on `port` of `ip` (all addresses when empty) now.
+fn port_is_free(ip: &str, port: u16, proto: &str) -> bool {
+    let ip = if ip.is_empty() { "0.0.0.0" } else { ip };
+    if proto == "udp" {
+        std::net::UdpSocket::bind((ip, port)).is_ok()
+    } else {
+        std::net::TcpListener::bind((ip, port)).is_ok()
+    }
 }
 
 /// `strata start [-a] [-i] CONTAINER...`.
@@ -930,13 +968,28 @@ mod tests {
 
     #[test]
     fn publish_specs() {
-        let p = parse_publish("8080:80").unwrap();
+        let one = |s: &str| {
+            let mut v = parse_publish(s).unwrap();
+            assert_eq!(v.len(), 1, "{s}");
+            v.remove(0)
+        };
+        let p = one("8080:80");
         assert_eq!((p.host_port, p.container_port, p.proto.as_str(), p.host_ip.as_str()), (8080, 80, "tcp", ""));
-        let p = parse_publish("127.0.0.1:8080:80/udp").unwrap();
+        let p = one("127.0.0.1:8080:80/udp");
         assert_eq!((p.host_ip.as_str(), p.host_port, p.proto.as_str()), ("127.0.0.1", 8080, "udp"));
-        let p = parse_publish("[::1]:8080:80").unwrap();
+        let p = one("[::1]:8080:80");
         assert_eq!(p.host_ip, "::1");
         assert!(parse_publish("x:80").is_err());
         assert!(parse_publish("80/sctp").is_err());
+        let pairs: Vec<(u16, u16)> =
+            parse_publish("18094-18095:80-81").unwrap().iter().map(|p| (p.host_port, p.container_port)).collect();
+        assert_eq!(pairs, [(18094, 80), (18095, 81)]);
+        let picked = one("127.0.0.1:18094-18099:80");
+        assert!((18094..=18099).contains(&picked.host_port) && picked.container_port == 80);
+        let ephemeral = parse_publish("80-81").unwrap();
+        assert_eq!(ephemeral.iter().map(|p| p.container_port).collect::<Vec<_>>(), [80, 81]);
+        assert!(ephemeral.iter().all(|p| p.host_port != 0));
+        assert!(parse_publish("8000-8002:80-81").unwrap_err().to_string().contains("Invalid ranges"));
+        assert!(parse_publish("81-80").is_err());
     }
 }
