@@ -227,6 +227,11 @@ pub(crate) fn loopback_up() -> io::Result<()> {
 /// Also for a running container (`network connect`), by a caller with the capabilities above.
 pub fn attach_bridge(pid: libc::pid_t, att: &BridgeAttachment) -> Result<(), RunnerError> {
     let BridgeAttachment { holder_pid, bridge, host_veth, interface, address } = att;
+    // The veth of this container's previous run may outlive it briefly (the
+    // kernel destroys it with the old network namespace, asynchronously): a
+    // quick restart would find its name taken.
+    // (Fails when there is none, which is the usual case.)
+    let _ = ip_in(*holder_pid, &format!("link del {host_veth}\n"));
     ip_in(
         *holder_pid,
         &format!(

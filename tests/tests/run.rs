@@ -1608,7 +1608,11 @@ fn user_defined_networks_connect_their_containers_by_name() {
         s.ok(&["restart", "-t", "0", "srv"]);
         assert_eq!(s.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.n1.IPAddress}}", "srv"]), ip, "{who}");
         s.ok(&["exec", "peer", "ping", "-c", "1", "-W", "2", "srv"]);
-        s.ok(&["rm", "-f", "peer"]);
+        // A renamed member is known by its new name at once, and no longer by the old one.
+        s.ok(&["rename", "peer", "peer2"]);
+        let hosts = s.ok(&["exec", "srv", "cat", "/etc/hosts"]);
+        assert!(hosts.contains("\tpeer2 ") && !hosts.contains("\tpeer "), "{who}: {hosts}");
+        s.ok(&["rm", "-f", "peer2"]);
 
         // --ip: that address, once.
         s.ok(&["run", "-d", "--name", "fixed", "--network", "n2", "--ip", "10.123.0.50", &e.bb, "sleep", "600"]);

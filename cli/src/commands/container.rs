@@ -8,7 +8,7 @@
 
 use crate::commands::run::{self, CreateArgs, RunArgs};
 use crate::containers::record::{self, Container, Status};
-use crate::containers::{attach, signals, supervisor};
+use crate::containers::{attach, networks, signals, supervisor};
 use crate::context::Context;
 use crate::exit;
 use crate::format;
@@ -1350,6 +1350,13 @@ fn rename(ctx: &Context, a: RenameArgs) -> Result<i32> {
     cfg.name = new;
     record::write_json(&c.dir.join("config.json"), &cfg)?;
     let renamed = Container { config: cfg, ..c.clone() };
+    // Its peers on a user network know it by the new name from now on.
+    if let Some(Ok(Some(net))) = c.config.user_network().filter(|_| c.running()).map(|n| networks::find(ctx, n)) {
+        if let Some(ip) = networks::lease_of(ctx, &net, &c.config.id) {
+            networks::update_members_hosts(ctx, &net, &c.config.id, &networks::hosts_line(ip, &c), false);
+            networks::update_members_hosts(ctx, &net, &c.config.id, &networks::hosts_line(ip, &renamed), true);
+        }
+    }
     supervisor::container_event(ctx, &renamed, "rename", &[("oldName", &format!("/{}", c.config.name))]);
     Ok(0)
 }
