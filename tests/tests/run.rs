@@ -1625,6 +1625,28 @@ fn user_defined_networks_connect_their_containers_by_name() {
         let (_, err) = s.fails(&["run", "--rm", "--ip", "10.123.0.9", &e.bb, "true"]);
         assert_mentions(&err, &["user specified IP address is supported on user defined networks only"], who);
         s.ok(&["rm", "-f", "fixed"]);
+        // --gateway: the bridge's address; members get the others.
+        s.ok(&["network", "create", "--subnet", "10.125.0.0/24", "--gateway", "10.125.0.254", "gw"]);
+        let ipam = s.ok(&["network", "inspect", "-f", "{{json .IPAM.Config}}", "gw"]);
+        assert_eq!(ipam.trim(), r#"[{"Gateway":"10.125.0.254","Subnet":"10.125.0.0/24"}]"#, "{who}");
+        s.ok(&["run", "-d", "--name", "first", "--network", "gw", &e.bb, "sleep", "600"]);
+        let first = s.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.gw.IPAddress}}", "first"]);
+        assert_eq!(first.trim(), "10.125.0.1", "{who}");
+        let (_, err) = s.fails(&["run", "--rm", "--network", "gw", "--ip", "10.125.0.254", &e.bb, "true"]);
+        assert_mentions(&err, &["no configured subnet or ip-range contain the IP address 10.125.0.254"], who);
+        s.ok(&["rm", "-f", "first"]);
+        s.ok(&["network", "rm", "gw"]);
+        for (flags, message) in [
+            (&["--gateway", "10.126.0.1"][..], "give --subnet with --gateway"),
+            (&["--subnet", "10.126.0.0/24", "--gateway", "10.127.0.1"][..], "no matching subnet for gateway"),
+        ] {
+            let mut cmd = vec!["network", "create"];
+            cmd.extend(flags);
+            cmd.push("badgw");
+            let (code, err) = s.fails(&cmd);
+            assert_eq!(code, 1, "{who}: {err}");
+            assert_mentions(&err, &[message], who);
+        }
 
         // A later member is named in the running members' /etc/hosts, until it stops.
         s.ok(&["run", "-d", "--name", "late", "--network", "n1", &e.bb, "sleep", "600"]);

@@ -42,6 +42,9 @@ pub struct CreateArgs {
     /// Subnet in CIDR format (default: a free 10.89.N.0/24)
     #[arg(long)]
     subnet: Option<String>,
+    /// IPv4 Gateway for the master subnet (default: its first address)
+    #[arg(long)]
+    gateway: Option<String>,
     /// Set metadata on a network
     #[arg(long = "label")]
     label: Vec<String>,
@@ -169,7 +172,10 @@ fn create(ctx: &Context, a: CreateArgs) -> Result<i32> {
         .iter()
         .map(|l| l.split_once('=').map_or((l.clone(), String::new()), |(k, v)| (k.to_string(), v.to_string())))
         .collect();
-    let net = networks::create(ctx, &a.name, a.subnet.as_deref(), labels, a.internal)?;
+    if a.gateway.is_some() && a.subnet.is_none() {
+        bail!("no matching subnet for gateway {}: give --subnet with --gateway", a.gateway.as_deref().unwrap_or(""));
+    }
+    let net = networks::create(ctx, &a.name, a.subnet.as_deref(), a.gateway.as_deref(), labels, a.internal)?;
     println!("{}", net.id);
     Ok(0)
 }

@@ -57,6 +57,9 @@ pub struct Network {
     /// `--internal`: members get no link outside (no pasta, no ports).
     #[serde(rename = "Internal", default)]
     pub internal: bool,
+    /// `--gateway`: the bridge's address, when not the subnet's first.
+    #[serde(rename = "Gateway", default, skip_serializing_if = "Option::is_none")]
+    pub custom_gateway: Option<Ipv4Addr>,
 }
 
 impl Network {
@@ -66,7 +69,19 @@ impl Network {
     }
     /// The bridge's address: the subnet's first.
     pub fn gateway(&self) -> Result<Ipv4Addr> {
-        Ok(Ipv4Addr::from(self.range()?.0 + 1))
+        match self.custom_gateway {
+            Some(g) => Ok(g),
+            None => Ok(Ipv4Addr::from(self.range()?.0 + 1)),
+        }
+    }
+
+    /// The addresses members may have: the subnet's, but for its own
+    /// address, its broadcast address and the gateway's.
+    fn member_addresses(&self) -> Result<impl Iterator<Item = Ipv4Addr>> {
+        let (base, len) = self.range()?;
+        let last = base | (u32::MAX >> len);
+        let gateway = self.gateway()?;
+        Ok((base + 1..last).map(Ipv4Addr::from).filter(move |ip| *ip != gateway))
     }
     fn dir(&self, ctx: &Context) -> PathBuf {
         dir_of(ctx, &self.name)
@@ -132,6 +147,7 @@ pub fn create(
     ctx: &Context,
     name: &str,
     subnet: Option<&str>,
+    gateway: Option<&str>,
     labels: BTreeMap<String, String>,
     internal: bool,
 ) -> Result<Network> {
@@ -169,8 +185,28 @@ pub fn create(
             .map(|(b, l)| format!("{}/{l}", Ipv4Addr::from(b)))
             .ok_or_else(|| anyhow::anyhow!("no free subnet left in 10.89.0.0/16: give one with --subnet"))?,
     };
-    let net =
-        Network { name: name.to_string(), id: record::new_id(), created: record::now(), subnet, labels, internal };
+    let custom_gateway = match gateway {
+        None => None,
+        Some(g) => {
+            let ip: Ipv4Addr = g.parse().map_err(|_| anyhow::anyhow!("invalid gateway address {g:?}"))?;
+            let (base, len) = parse_subnet(&subnet)?;
+            let last = base | (u32::MAX >> len);
+            let a = u32::from(ip);
+            if a & (u32::MAX << (32 - len)) != base || a == base || a == last {
+                bail!("no matching subnet for gateway {g}: it must be an address of {subnet} (not its first or last)");
+            }
+            Some(ip)
+        }
+    };
+    let net = Network {
+        name: name.to_string(),
+        id: record::new_id(),
+        created: record::now(),
+        subnet,
+        labels,
+        internal,
+        custom_gateway,
+    };
     let dir = net.dir(ctx);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     record::write_json(&dir.join("network.json"), &net)?;
@@ -362,8 +398,7 @@ pub fn check_address(net: &Network, ip: &str) -> std::result::Result<Ipv4Addr, S
     let addr: Ipv4Addr = ip.parse().map_err(|_| format!("invalid IPv4 address: {ip}"))?;
     let (base, len) = net.range().map_err(|e| format!("{e:#}"))?;
     let a = u32::from(addr);
-    let last = base | (u32::MAX >> len);
-    if a & (u32::MAX << (32 - len)) != base || a < base + 2 || a == last {
+    if a & (u32::MAX << (32 - len)) != base || !net.member_addresses().is_ok_and(|mut m| m.any(|ip| ip == addr)) {
         return Err(format!(
             "no configured subnet or ip-range contain the IP address {ip} (network {}: {})",
             net.name, net.subnet
@@ -389,10 +424,8 @@ pub fn lease(ctx: &Context, net: &Network, id: &str, wanted: Option<&str>) -> Re
     if let Some((ip, _)) = leases.iter().find(|(_, owner)| *owner == id) {
         return Ok(*ip);
     }
-    let (base, len) = net.range()?;
-    let last = base | (u32::MAX >> len);
     let ip = wanted
-        .or_else(|| (base + 2..last).map(Ipv4Addr::from).find(|ip| !leases.contains_key(ip)))
+        .or_else(|| net.member_addresses().ok()?.find(|ip| !leases.contains_key(ip)))
         .ok_or_else(|| anyhow::anyhow!("no free address left in network {} ({})", net.name, net.subnet))?;
     leases.insert(ip, id.to_string());
     record::write_json(&net.dir(ctx).join("leases.json"), &leases)?;
@@ -602,6 +635,7 @@ mod tests {
             subnet: subnet.into(),
             labels: Default::default(),
             internal: false,
+            custom_gateway: None,
         }
     }
 
