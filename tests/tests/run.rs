@@ -2683,3 +2683,20 @@ fn add_host_host_gateway_reaches_the_hosts_loopback() {
         assert!(rx.recv_timeout(Duration::from_secs(5)).is_ok(), "{who}: the host saw the connection");
     });
 }
+
+#[test]
+fn concurrent_starts_of_one_container_all_succeed() {
+    let e = setup(false);
+    let s = &e.s;
+    for round in 0..3 {
+        s.ok(&["create", "--name", "raced", &e.bb, "sleep", "600"]);
+        let children: Vec<_> = (0..3).map(|_| s.spawn(&["start", "raced"])).collect();
+        for child in children {
+            let out = wait_output(child, READY, "strata start raced");
+            assert!(out.status.success(), "round {round}: {}", show_output(&out));
+            assert_eq!(stdout_of(&out), "raced\n", "round {round}");
+        }
+        assert_eq!(status_of(s, "raced"), "running 0", "round {round}");
+        s.ok(&["rm", "-f", "raced"]);
+    }
+}

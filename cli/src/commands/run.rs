@@ -908,6 +908,8 @@ pub fn start(
         }
         match supervisor::launch(ctx, &c, false).and_then(|mut s| s.wait_started()) {
             Ok(()) => println!("{key}"),
+            // Another `start` got there first: started is started, as with Docker.
+            Err(_) if started_by_another(ctx, &c) => println!("{key}"),
             Err(e) => {
                 let msg = match e.downcast_ref::<supervisor::StartError>() {
                     Some(s) => s.message.clone(),
@@ -920,6 +922,23 @@ pub fn start(
         }
     }
     Ok(status)
+}
+
+/// True when container `c` runs, or comes up within a few seconds, under
+/// a supervisor that another `start` launched.
+fn started_by_another(ctx: &Context, c: &record::Container) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let Ok(now) = record::find_fresh(&ctx.layout, &c.config.id) else { return false };
+        if now.running() {
+            return true;
+        }
+        let starting = now.state.supervisor.is_some_and(|p| p.alive());
+        if !starting || std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Removes a container's directory and its anonymous volumes (`rm -v`, `--rm`).
