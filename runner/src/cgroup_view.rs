@@ -154,20 +154,20 @@ impl CgroupView {
 /// The options of a v1 cgroup mount that name what the hierarchy holds:
 /// its controllers and `name=...`, not mount flags.
 fn is_controller_option(o: &str) -> bool {
-    o.starts_with("name=")
-        || !matches!(
-            o,
-            "rw" | "ro"
-                | "nosuid"
-                | "nodev"
-                | "noexec"
-                | "relatime"
-                | "noprefix"
-                | "clone_children"
-                | "xattr"
-                | "cpuset_v2_mode"
-                | "favordynmods"
-        ) && !o.contains('=')
+    const MOUNT_FLAGS: [&str; 11] = [
+        "rw",
+        "ro",
+        "nosuid",
+        "nodev",
+        "noexec",
+        "relatime",
+        "noprefix",
+        "clone_children",
+        "xattr",
+        "cpuset_v2_mode",
+        "favordynmods",
+    ];
+    o.starts_with("name=") || (!MOUNT_FLAGS.contains(&o) && !o.contains('='))
 }
 
 fn cname(s: &str) -> Result<CString, String> {
