@@ -1590,6 +1590,17 @@ fn user_defined_networks_connect_their_containers_by_name() {
             let out = s.run(&["run", "--rm", "--network", other, &e.bb, "sh", "-c", "nc -w 1 srv 80 </dev/null"]);
             assert!(!out.status.success(), "{who}: srv is not reachable from {other}");
         }
+        // The network's name server (the bridge's address, listed first)
+        // answers with the members' addresses by name and alias, and
+        // refuses other names so that resolvers ask the next server.
+        let ask = "head -1 /etc/resolv.conf; nslookup srv; nslookup web";
+        let answers = s.ok(&["run", "--rm", "--network", "n1", &e.bb, "sh", "-c", ask]);
+        let srv_ip = s.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.n1.IPAddress}}", "srv"]);
+        assert!(answers.starts_with("nameserver 10.89."), "{who}: {answers}");
+        assert_eq!(answers.matches(&format!("Address: {}", srv_ip.trim())).count(), 2, "{who}: {answers}");
+        let gateway = answers.lines().next().unwrap_or_default().trim_start_matches("nameserver ").to_string();
+        let refused = s.run(&["run", "--rm", "--network", "n1", &e.bb, "nslookup", "no-such-member", &gateway]);
+        assert!(String::from_utf8_lossy(&refused.stdout).contains("REFUSED"), "{who}: {}", show_output(&refused));
         let listed = s.ok(&["ps", "--filter", "network=n1", "--format", "{{.Names}} {{.Networks}}"]);
         assert_eq!(listed, "srv n1\n", "{who}: ps filters and shows by network");
         let ip = s.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.n1.IPAddress}}", "srv"]);

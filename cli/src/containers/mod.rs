@@ -5,6 +5,7 @@
 //! `commands/volume.rs` and `commands/network.rs`.
 
 pub mod attach;
+pub mod dns;
 pub mod health;
 pub mod images;
 pub mod logs;

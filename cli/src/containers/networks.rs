@@ -17,6 +17,9 @@
 //! while (`STRATA_NETWORK_IDLE` seconds, default 60): nothing of strata
 //! runs when no container does. The next member starts a new one.
 //!
+//! The holder also answers DNS on the bridge's address with the members'
+//! addresses (`dns`); members list it as their first nameserver.
+//!
 //! For an ordinary user the holder's namespaces belong to a user namespace
 //! it makes (with the subordinate id mapping every container gets), and
 //! members join that user namespace instead of making their own: only
@@ -325,7 +328,7 @@ pub fn holder_main(ctx: &Context, name: &str) -> Result<i32> {
         libc::fcntl(HOLDER_FD, libc::F_SETFD, libc::FD_CLOEXEC);
         <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(HOLDER_FD)
     };
-    let result = (|| -> Result<()> {
+    let result = (|| -> Result<std::net::UdpSocket> {
         let net = find(ctx, name)?.ok_or_else(|| anyhow::anyhow!("network {name} not found"))?;
         if ctx.rootless {
             let (mapping, _) = strata_runner::rootless_mapping();
@@ -336,29 +339,47 @@ pub fn holder_main(ctx: &Context, name: &str) -> Result<i32> {
         ip_batch(&format!(
             "link set lo up\nlink add {BRIDGE} type bridge\naddr add {}/{len} dev {BRIDGE}\nlink set {BRIDGE} up\n",
             net.gateway()?
-        ))
+        ))?;
+        std::net::UdpSocket::bind((net.gateway()?, 53)).context("opening the network's name server on port 53")
     })();
     match result {
-        Ok(()) => {
+        Ok(dns) => {
             let _ = report.write_all(b"ok");
             drop(report);
             let idle = std::env::var(IDLE_ENV).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(60);
             let idle = std::time::Duration::from_secs(idle.max(1));
-            loop {
-                std::thread::sleep(idle / 2);
-                if let Some(net) = find(ctx, name).ok().flatten() {
-                    if !leave_if_idle(ctx, &net, idle) {
-                        continue;
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                scope.spawn(|| crate::containers::dns::serve(dns, &stop, |asked| member_address(ctx, name, asked)));
+                loop {
+                    std::thread::sleep(idle / 2);
+                    if let Some(net) = find(ctx, name).ok().flatten() {
+                        if !leave_if_idle(ctx, &net, idle) {
+                            continue;
+                        }
                     }
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(0);
                 }
-                return Ok(0);
-            }
+            })
         }
         Err(e) => {
             let _ = report.write_all(format!("{e:#}").as_bytes());
             Err(e)
         }
     }
+}
+
+/// In the holder's name server: the address of the running member of
+/// network `name` that `asked` names (its name, short id or an alias).
+fn member_address(ctx: &Context, name: &str, asked: &str) -> Option<Ipv4Addr> {
+    let net = find(ctx, name).ok().flatten()?;
+    members(ctx, &net, "").into_iter().find_map(|(ip, c)| {
+        let named = c.config.name.eq_ignore_ascii_case(asked)
+            || c.config.id.get(..12) == Some(asked)
+            || c.config.request.network_alias.iter().any(|a| a.eq_ignore_ascii_case(asked));
+        named.then_some(ip)
+    })
 }
 
 /// In the holder: whether to leave now, because no member runs and none

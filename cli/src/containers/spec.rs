@@ -201,7 +201,12 @@ impl<'a> SpecBuilder<'a> {
             spec.mounts.push(Mount { target, kind });
         }
         spec.readonly_rootfs = req.read_only;
-        spec.etc_files = Some(etc_files(self.c));
+        // A user network's members ask its name server first.
+        let network_dns = match cfg.user_network() {
+            Some(n) => crate::containers::networks::find(self.ctx, n)?.and_then(|net| net.gateway().ok()),
+            None => None,
+        };
+        spec.etc_files = Some(etc_files(self.c, network_dns));
         let (add, add_all) = parse_caps(&req.cap_add)?;
         let (drop, drop_all) = parse_caps(&req.cap_drop)?;
         if req.privileged {
@@ -589,12 +594,13 @@ fn default_gateway(routes: &str) -> Option<std::net::Ipv4Addr> {
 }
 
 /// /etc/hosts, /etc/hostname and /etc/resolv.conf for the container.
-pub fn etc_files(c: &Container) -> EtcFiles {
+/// `network_dns`: the name server of the container's user network, listed first.
+pub fn etc_files(c: &Container, network_dns: Option<std::net::Ipv4Addr>) -> EtcFiles {
     let cfg = &c.config;
     // Sharing another container's network: its files (as in Docker).
     if let Some(id) = cfg.network.strip_prefix("container:") {
         if let Some(donor) = c.dir.parent().and_then(|d| crate::containers::record::read_dir_record(&d.join(id))) {
-            return EtcFiles { dir: c.dir.clone(), ..etc_files(&donor) };
+            return EtcFiles { dir: c.dir.clone(), ..etc_files(&donor, network_dns) };
         }
     }
     let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
@@ -625,8 +631,11 @@ pub fn etc_files(c: &Container) -> EtcFiles {
         }
         out
     };
+    let mut resolv = match network_dns {
+        Some(ip) => format!("nameserver {ip}\n{resolv}"),
+        None => resolv,
+    };
     // --dns-search and --dns-option replace the host's lines of their kind.
-    let mut resolv = resolv;
     let req = &cfg.request;
     if !req.dns_search.is_empty() {
         resolv = resolv.lines().filter(|l| !l.starts_with("search ")).map(|l| format!("{l}\n")).collect();
