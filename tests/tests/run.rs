@@ -2065,6 +2065,8 @@ fn events_record_what_happened_and_stream_what_happens() {
                 "exec_start: true",
                 "exec_die",
                 "commit",
+                "kill",
+                "kill",
                 "die",
                 "stop",
                 "start",

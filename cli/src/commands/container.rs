@@ -734,12 +734,8 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
 /// Stops a running container: its stop signal, then SIGKILL after `timeout`
 /// seconds (negative: wait for ever). Returns once the supervisor recorded
 /// the exit.
-pub fn stop_container(
-    layout: &strata_layers::StoreLayout,
-    c: &Container,
-    signal: Option<&str>,
-    timeout: Option<i64>,
-) -> Result<()> {
+pub fn stop_container(ctx: &Context, c: &Container, signal: Option<&str>, timeout: Option<i64>) -> Result<()> {
+    let layout = &ctx.layout;
     // Also between two runs under a restart policy: it is not started again.
     mark_stop_requested(layout, c);
     let fresh;
@@ -765,11 +761,14 @@ pub fn stop_container(
     }
     let sig = signals::parse(signal.unwrap_or(&c.config.stop_signal))?;
     let secs = timeout.or(c.config.stop_timeout).unwrap_or(10);
+    // Each signal sent is a `kill` event, as Docker records them.
+    supervisor::container_event(ctx, c, "kill", &[("signal", &(sig as i32).to_string())]);
     let _ = supervisor::signal_container(c, sig);
     // A paused container handles the signal once thawed, as Docker's does.
     thaw_if_paused(c);
     let wait = if secs < 0 { None } else { Some(Duration::from_secs(secs as u64)) };
     if !supervisor::wait_supervisor(c, wait) {
+        supervisor::container_event(ctx, c, "kill", &[("signal", "9")]);
         kill_container(layout, c);
     }
     Ok(())
@@ -797,7 +796,7 @@ pub fn kill_container(layout: &strata_layers::StoreLayout, c: &Container) {
 
 fn stop(ctx: &Context, a: StopArgs, restart: bool) -> Result<i32> {
     Ok(each_container(ctx, &a.containers, |_, c| {
-        stop_container(&ctx.layout, &c, a.signal.as_deref(), a.time)?;
+        stop_container(ctx, &c, a.signal.as_deref(), a.time)?;
         supervisor::container_event(ctx, &c, "stop", &[]);
         if restart {
             let c = record::find_fresh(&ctx.layout, &c.config.id)?;
