@@ -584,3 +584,23 @@ fn run_steps_leave_no_network_helper_behind() {
         assert!(deaf.is_empty(), "{who}: pasta processes blocking SIGTERM: {deaf:?}");
     }
 }
+
+#[test]
+fn an_interrupted_build_stops_its_step_and_tags_nothing() {
+    let e = setup(false);
+    let dir = e.ctx.join("slow");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), format!("FROM {}\nRUN echo started; sleep 300\n", e.bb)).unwrap();
+    let mut child = e.s.spawn(&["build", "--no-cache", "-t", "interrupted:1", dir.to_str().unwrap()]);
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    // The step runs (its shell, as PID 1, would ignore the signal itself).
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("started"))), "the step never started");
+    let begun = std::time::Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(begun.elapsed() < std::time::Duration::from_secs(30), "the build went on for {:?}", begun.elapsed());
+    assert!(!status.success(), "{status:?}");
+    assert_eq!(e.s.ok(&["images", "-q", "interrupted:1"]), "", "nothing is tagged");
+    assert_eq!(e.s.ok(&["ps", "-aq"]), "", "no step container is left");
+}

@@ -240,8 +240,20 @@ fn run_attached(ctx: &Context, c: &record::Container) -> Result<i32> {
     let mut session = supervisor::launch(ctx, c, true)?;
     let outcome = attach::run_client(
         session.take_stream()?,
-        attach::ClientOptions { stdin: false, tty: false, detach_keys: Vec::new(), sig_proxy: true },
+        attach::ClientOptions {
+            stdin: false,
+            tty: false,
+            detach_keys: Vec::new(),
+            sig_proxy: false,
+            kill_on_interrupt: true,
+        },
     )?;
+    // Interrupted (Ctrl-C, SIGTERM): the step was killed; the build ends
+    // there, with nothing tagged, as a cancelled Docker build.
+    if let Some(sig) = attach::interrupted_by() {
+        let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("a signal");
+        return Err(crate::exit::with_code(128 + sig, Some(format!("build interrupted by {name}"))));
+    }
     match outcome {
         attach::Outcome::Exited(code) => Ok(code),
         attach::Outcome::StartFailed { message, .. } => bail!("{message}"),

@@ -1434,6 +1434,7 @@ fn attach_cmd(ctx: &Context, a: AttachArgs) -> Result<i32> {
             tty: c.config.request.tty,
             detach_keys: keys,
             sig_proxy: a.sig_proxy && !c.config.request.tty,
+            kill_on_interrupt: false,
         },
     );
     run::finish_attached(outcome)

@@ -249,11 +249,31 @@ pub struct CreateArgs {
     /// Override the key sequence for detaching a container
     #[arg(long = "detach-keys", value_name = "string")]
     pub detach_keys: Option<String>,
-    /// The image to create the container from
+    /// The image to create the container from (from `image_and_command`).
+    #[arg(skip)]
     pub image: String,
-    /// Command and arguments
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// Command and arguments (from `image_and_command`).
+    #[arg(skip)]
     pub command: Vec<String>,
+    /// The image, then the command and its arguments. One list, so that
+    /// everything after the image is the container's, as with Docker
+    /// (`run IMG --help`, `run --entrypoint sh IMG -c ...`): options end
+    /// at the first word that is not one.
+    #[arg(value_name = "IMAGE [COMMAND [ARG...]]", required = true, num_args = 1..)]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    #[serde(skip)]
+    pub image_and_command: Vec<String>,
+}
+
+impl CreateArgs {
+    /// Moves the parsed positional words into `image` and `command`.
+    fn take_positionals(&mut self) {
+        let mut words = std::mem::take(&mut self.image_and_command).into_iter();
+        if let Some(image) = words.next() {
+            self.image = image;
+            self.command = words.collect();
+        }
+    }
 }
 
 /// `run`: `create` flags plus detaching and signal proxying.
@@ -332,6 +352,7 @@ pub fn run(ctx: &Context, args: RunArgs) -> Result<i32> {
             tty: c.config.request.tty,
             detach_keys,
             sig_proxy: args.sig_proxy && !c.config.request.tty,
+            kill_on_interrupt: false,
         },
     );
     finish_attached(outcome)
@@ -372,6 +393,7 @@ fn start_error(e: anyhow::Error) -> anyhow::Error {
 
 /// Resolves the request into a container record and writes it.
 pub fn create_container(ctx: &Context, mut args: CreateArgs) -> Result<Container> {
+    args.take_positionals();
     if let Some(f) = args.cidfile.as_ref().filter(|f| f.exists()) {
         return Err(daemon_error(
             exit::STRATA_ERROR,
@@ -902,6 +924,7 @@ pub fn start(
                     tty: c.config.request.tty,
                     detach_keys: keys,
                     sig_proxy: !c.config.request.tty,
+                    kill_on_interrupt: false,
                 },
             );
             return finish_attached(outcome);

@@ -142,6 +142,19 @@ pub struct ClientOptions {
     pub detach_keys: Vec<u8>,
     /// Forward SIGINT, SIGTERM, ... to the container.
     pub sig_proxy: bool,
+    /// Instead, end the container (SIGKILL) on SIGINT, SIGTERM, SIGHUP or
+    /// SIGQUIT, and remember the signal ([`interrupted_by`]): a build step,
+    /// whose init would ignore them, is cancelled as Docker cancels it.
+    pub kill_on_interrupt: bool,
+}
+
+/// The signal that made an attached client with `kill_on_interrupt` end
+/// its container, if one did (0: none).
+static INTERRUPTED_BY: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// See [`ClientOptions::kill_on_interrupt`].
+pub fn interrupted_by() -> Option<i32> {
+    Some(INTERRUPTED_BY.load(std::sync::atomic::Ordering::Relaxed)).filter(|s| *s != 0)
 }
 
 /// How an attached session ended.
@@ -282,9 +295,10 @@ pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
     // Block the proxied signals and SIGWINCH before starting threads, so
     // only the signal thread receives them (via sigwait).
     let stdin_tty = opts.tty && nix::unistd::isatty(io::stdin().as_fd()).unwrap_or(false);
-    let proxied = opts.sig_proxy.then(proxied_signals).into_iter().flatten();
+    let proxied = (opts.sig_proxy || opts.kill_on_interrupt).then(proxied_signals).into_iter().flatten();
+    let kill_on_interrupt = opts.kill_on_interrupt;
     let winch = stdin_tty.then_some(libc::SIGWINCH);
-    let any_signal = opts.sig_proxy || stdin_tty;
+    let any_signal = opts.sig_proxy || opts.kill_on_interrupt || stdin_tty;
     let set = SignalSet::new(proxied.chain(winch));
     let _mask = set.block().context("blocking signals")?;
 
@@ -307,6 +321,12 @@ pub fn run_client(stream: UnixStream, opts: ClientOptions) -> Result<Outcome> {
                     Some((r, c)) => write_frame(&mut &w, RESIZE, &resize_payload(r, c)),
                     None => Ok(()),
                 }
+            } else if kill_on_interrupt {
+                if !matches!(sig, libc::SIGINT | libc::SIGTERM | libc::SIGHUP | libc::SIGQUIT) {
+                    continue;
+                }
+                INTERRUPTED_BY.store(sig, std::sync::atomic::Ordering::Relaxed);
+                write_frame(&mut &w, SIGNAL, &libc::SIGKILL.to_be_bytes())
             } else {
                 write_frame(&mut &w, SIGNAL, &sig.to_be_bytes())
             };
