@@ -206,7 +206,9 @@ fn command(config: &ContainerConfig, args: &str) -> Vec<String> {
 /// `NAME=VALUE ...`, or the old `NAME VALUE WITH SPACES` form.
 fn name_values(ins: &str, args: &str, env: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, ChangeError> {
     let err = |e: WordError| syntax(ins, e.to_string());
-    let first = args.split(char::is_whitespace).next().unwrap_or_default();
+    // The first word as Docker's parser sees it: quotes kept, and white
+    // space inside them part of it (`"my label"=x` is one `name=value`).
+    let first = first_raw_word(args);
     if !first.contains('=') {
         let (name, value) = args.split_once(char::is_whitespace).unwrap_or((args, ""));
         let value = value.trim();
@@ -229,6 +231,24 @@ fn name_values(ins: &str, args: &str, env: &BTreeMap<String, String>) -> Result<
         out.push((k.to_string(), v.to_string()));
     }
     Ok(out)
+}
+
+/// The text up to the first white space outside quotes (a backslash
+/// escapes the next character).
+fn first_raw_word(args: &str) -> &str {
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in args.char_indices() {
+        match (quote, c) {
+            _ if escaped => escaped = false,
+            (q, '\\') if q != Some('\'') => escaped = true,
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), _) if c == q => quote = None,
+            (None, c) if c.is_whitespace() => return &args[..i],
+            _ => {}
+        }
+    }
+    args
 }
 
 /// `80`, `80/udp`, `8000-8002/tcp` as Docker's `ExposedPorts` keys.
@@ -357,6 +377,17 @@ mod tests {
         assert_eq!(c.cmd, None);
         let c = applied(base, &[r#"CMD ["y"]"#, r#"ENTRYPOINT ["x"]"#]).unwrap();
         assert_eq!(c.cmd, Some(vec!["y".into()]));
+    }
+
+    #[test]
+    fn a_quoted_label_key_may_hold_spaces() {
+        let c = applied(ContainerConfig::default(), &[r#"LABEL "my label"="value with spaces" other=x"#]).unwrap();
+        let labels = c.labels.unwrap_or_default();
+        assert_eq!(labels.get("my label").map(String::as_str), Some("value with spaces"));
+        assert_eq!(labels.get("other").map(String::as_str), Some("x"));
+        assert_eq!(first_raw_word(r#"'a b'=c d"#), "'a b'=c");
+        assert_eq!(first_raw_word(r"a\ b=c d"), r"a\ b=c");
+        assert_eq!(first_raw_word("OLD legacy value"), "OLD");
     }
 
     #[test]

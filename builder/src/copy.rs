@@ -143,6 +143,20 @@ impl BuildContext {
         out
     }
 
+    /// Whether an exception (`!pattern`) could take back something below the
+    /// ignored directory `path`: then the walk goes into it, as Docker's
+    /// does (`*` then `!dir/sub/file` keeps `dir/sub/file`). Conservative:
+    /// a `**` in the pattern's leading components always could.
+    fn exception_below(&self, path: &[u8]) -> bool {
+        let path = String::from_utf8_lossy(path);
+        let comps: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        self.ignore.iter().filter(|(negated, _)| *negated).any(|(_, pattern)| {
+            let lead = &pattern[..pattern.len().min(comps.len())];
+            lead.iter().any(|c| c == "**")
+                || (pattern.len() > comps.len() && match_components(&pattern[..comps.len()], &comps))
+        })
+    }
+
     /// Opens `path` (relative) beneath the context, symlinks resolved inside it.
     fn resolve(&self, path: &[u8], flags: OFlags) -> io::Result<OwnedFd> {
         let p = if path.is_empty() { &b"."[..] } else { path };
@@ -439,7 +453,8 @@ fn read_dir_names(fd: BorrowedFd) -> io::Result<Vec<Vec<u8>>> {
 fn walk_context(ctx: &BuildContext, dir: OwnedFd, rel: &[u8], out: &mut Vec<Item>) -> io::Result<()> {
     for name in read_dir_names(dir.as_fd())? {
         let path = if rel.is_empty() { name.clone() } else { [rel, b"/", &name[..]].concat() };
-        if ctx.ignored(&path) {
+        let ignored = ctx.ignored(&path);
+        if ignored && !ctx.exception_below(&path) {
             continue;
         }
         let os = OsStr::from_bytes(&name);
@@ -451,15 +466,24 @@ fn walk_context(ctx: &BuildContext, dir: OwnedFd, rel: &[u8], out: &mut Vec<Item
         };
         let Some(item) = item_of_stat(path.clone(), &st, target) else { continue };
         let is_dir = item.kind == ItemKind::Dir;
-        out.push(item);
-        if is_dir {
-            let sub = rustix::fs::openat(
-                dir.as_fd(),
-                os,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            walk_context(ctx, sub, &path, out)?;
+        if !is_dir {
+            if !ignored {
+                out.push(item);
+            }
+            continue;
+        }
+        let sub = rustix::fs::openat(
+            dir.as_fd(),
+            os,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        // An ignored directory is there only for what an exception keeps below it.
+        let mut below = Vec::new();
+        walk_context(ctx, sub, &path, &mut below)?;
+        if !ignored || !below.is_empty() {
+            out.push(item);
+            out.append(&mut below);
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! The Dockerfile's word rules: splitting an instruction's arguments into
 //! words with quotes and backslash escapes, and substituting `$VAR`,
-//! `${VAR}`, `${VAR:-default}` and `${VAR:+alternative}` from the
-//! environment the instruction sees. These are Docker's rules (BuildKit's
+//! `${VAR}`, `${VAR:-default}`, `${VAR:+alternative}` and `${VAR:?message}`
+//! from the environment the instruction sees; without the colon (`${VAR-x}`)
+//! they test whether VAR is set rather than whether it is non-empty. These are Docker's rules (BuildKit's
 //! shell lexer), not a shell's: no globbing, no command substitution, and
 //! single quotes keep `$` as it is.
 
@@ -14,6 +15,9 @@ pub enum WordError {
     Unterminated(char),
     #[error("missing ':' in substitution")]
     BadSubstitution,
+    /// `${VAR?message}` of a VAR that is not set (or, with `:?`, empty).
+    #[error("{0}: {1}")]
+    Required(String, String),
 }
 
 /// The environment an instruction expands against: `KEY=VALUE` strings, the
@@ -111,18 +115,18 @@ fn expand(chars: &mut Chars, env: &BTreeMap<String, String>, out: &mut String) -
         Some('{') => {
             chars.next();
             let mut name = String::new();
-            loop {
+            let (colon, op) = loop {
                 match chars.next() {
                     Some('}') => {
                         out.push_str(&lookup(&name).unwrap_or_default());
                         return Ok(());
                     }
-                    Some(':') => break,
+                    Some(':') => break (true, chars.next().ok_or(WordError::Unterminated('}'))?),
+                    Some(c @ ('-' | '+' | '?')) if !name.is_empty() => break (false, c),
                     Some(c) => name.push(c),
                     None => return Err(WordError::Unterminated('}')),
                 }
-            }
-            let op = chars.next().ok_or(WordError::Unterminated('}'))?;
+            };
             let mut word = String::new();
             let mut depth = 0;
             loop {
@@ -135,13 +139,19 @@ fn expand(chars: &mut Chars, env: &BTreeMap<String, String>, out: &mut String) -
                     None => return Err(WordError::Unterminated('}')),
                 }
             }
-            let value = lookup(&name).filter(|v| !v.is_empty());
+            // With the colon an empty value counts as unset.
+            let value = lookup(&name).filter(|v| !(colon && v.is_empty()));
             let word = split_words(&word, env)?.join(" ");
             match (op, value) {
                 ('-', Some(v)) => out.push_str(&v),
                 ('-', None) => out.push_str(&word),
                 ('+', Some(_)) => out.push_str(&word),
                 ('+', None) => {}
+                ('?', Some(v)) => out.push_str(&v),
+                ('?', None) => {
+                    let message = if word.is_empty() { "is not set".to_string() } else { word };
+                    return Err(WordError::Required(name, message));
+                }
                 _ => return Err(WordError::BadSubstitution),
             }
             Ok(())
@@ -191,6 +201,18 @@ mod tests {
         assert_eq!(split_words("\"abc", &env()), Err(WordError::Unterminated('"')));
         assert_eq!(split_words("'abc", &env()), Err(WordError::Unterminated('\'')));
         assert_eq!(split_words("${abc", &env()), Err(WordError::Unterminated('}')));
-        assert_eq!(split_words("${a:?x}", &env()), Err(WordError::BadSubstitution));
+        assert_eq!(split_words("${a:=x}", &env()), Err(WordError::BadSubstitution));
+    }
+
+    #[test]
+    fn without_the_colon_set_is_what_counts() {
+        let w = split_words("${NONE-dash} ${EMPTY-dash}. ${EMPTY+plus} ${NONE+plus}. ${EMPTY:+plus}.", &env()).unwrap();
+        assert_eq!(w, ["dash", ".", "plus", ".", "."]);
+        assert_eq!(split_words("${HOME?gone} ${EMPTY?x}.", &env()).unwrap(), ["/root", "."]);
+        assert_eq!(
+            split_words("${NONE?needs a value}", &env()),
+            Err(WordError::Required("NONE".into(), "needs a value".into()))
+        );
+        assert_eq!(split_words("${EMPTY:?}", &env()), Err(WordError::Required("EMPTY".into(), "is not set".into())));
     }
 }

@@ -604,3 +604,58 @@ fn an_interrupted_build_stops_its_step_and_tags_nothing() {
     assert_eq!(e.s.ok(&["images", "-q", "interrupted:1"]), "", "nothing is tagged");
     assert_eq!(e.s.ok(&["ps", "-aq"]), "", "no step container is left");
 }
+
+#[test]
+fn dockerignore_exceptions_reach_into_ignored_directories() {
+    let e = setup(false);
+    let dir = e.ctx.join("exceptions");
+    for f in ["keep/a", "keep/sub/c", "keep/sub/d", "other/x", "top"] {
+        let p = dir.join(f);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, f).unwrap();
+    }
+    std::fs::write(dir.join("Dockerfile"), format!("FROM {}\nCOPY . /c/\n", e.bb)).unwrap();
+    let ctx = dir.to_str().unwrap();
+    for (ignore, kept) in [
+        // Everything out, then one file deep in an ignored directory back in.
+        ("*\n!keep/sub/c\n!Dockerfile\n", &["/c/Dockerfile", "/c/keep", "/c/keep/sub", "/c/keep/sub/c"][..]),
+        (
+            "keep\n!keep/sub\nother\ntop\nDockerfile\n",
+            &["/c/.dockerignore", "/c/keep", "/c/keep/sub", "/c/keep/sub/c", "/c/keep/sub/d"],
+        ),
+        ("**\n!keep/sub/**\n", &["/c/keep", "/c/keep/sub", "/c/keep/sub/c", "/c/keep/sub/d"]),
+    ] {
+        std::fs::write(dir.join(".dockerignore"), ignore).unwrap();
+        e.s.ok(&["build", "-q", "--no-cache", "-t", "ignored:1", ctx]);
+        let found = e.s.ok(&["run", "--rm", "ignored:1", "find", "/c", "-mindepth", "1"]);
+        let mut found: Vec<&str> = found.lines().collect();
+        found.sort();
+        assert_eq!(found, kept, ".dockerignore:\n{ignore}");
+    }
+}
+
+#[test]
+fn unset_build_args_and_substitutions_without_a_colon() {
+    let e = setup(false);
+    let dir = e.ctx.join("words");
+    std::fs::create_dir_all(&dir).unwrap();
+    let dockerfile = format!(
+        "ARG V=outer\nFROM {}\nARG V\nENV H=${{UNSET_VAR-dash}} P=${{V+plus}}\nLABEL \"my label\"=\"two words\"\n\
+         RUN echo \"V=$V H=$H P=$P\" > /out\n",
+        e.bb
+    );
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    // `--build-arg NAME` with NAME unset here leaves the ARG's default alone.
+    let mut cmd =
+        e.s.command(&["build", "-q", "--build-arg", "STRATA_SURELY_UNSET_ARG", "--build-arg", "V", "-t", "words:1"]);
+    cmd.arg(&dir).env_remove("V");
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(e.s.ok(&["run", "--rm", "words:1", "cat", "/out"]), "V=outer H=dash P=plus\n");
+    let label = e.s.ok(&["image", "inspect", "-f", "{{index .Config.Labels \"my label\"}}", "words:1"]);
+    assert_eq!(label.trim(), "two words");
+    // `${VAR?message}` of an unset VAR fails the build with the message.
+    std::fs::write(dir.join("Dockerfile"), format!("FROM {}\nENV X=${{NEEDED?give NEEDED}}\n", e.bb)).unwrap();
+    let (_, err) = e.s.fails(&["build", "-q", dir.to_str().unwrap()]);
+    assert!(err.contains("NEEDED: give NEEDED"), "{err}");
+}

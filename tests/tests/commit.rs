@@ -73,6 +73,8 @@ fn commit_every_kind_of_change(e: &Env, who: &str) -> String {
     let out = s.ok(&["commit", "-a", "A. Author <a@example.com>", "-m", "all the changes", "changer", "committed:v1"]);
     let id = out.trim();
     assert!(id.starts_with("sha256:") && id.len() == 71, "{who}: commit prints the image id: {out:?}");
+    let meta = s.ok(&["image", "inspect", "-f", "{{.Comment}}|{{.Author}}", "committed:v1"]);
+    assert_eq!(meta.trim(), "all the changes|A. Author <a@example.com>", "{who}: the message is the image's comment");
 
     let tree = s.tree("committed:v1");
     let line = |p: &str| listing::find_line(&tree, p).map(str::to_string);

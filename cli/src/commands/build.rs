@@ -296,16 +296,24 @@ pub fn run(ctx: &Context, a: BuildArgs) -> Result<i32> {
         })
         .collect::<Result<Vec<_>>>()?;
     let pairs = |list: &[String], what: &str| -> Result<BTreeMap<String, String>> {
-        list.iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                // `--build-arg NAME` takes the value from this environment, as Docker does.
+        let mut out = BTreeMap::new();
+        for kv in list {
+            match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => {
+                    out.insert(k.to_string(), v.to_string());
+                }
+                // `--build-arg NAME` takes the value from this environment, as
+                // Docker does, and is dropped when it has none (the ARG's
+                // default stands).
                 None if what == "build-arg" && !kv.is_empty() => {
-                    Ok((kv.clone(), std::env::var(kv).unwrap_or_default()))
+                    if let Ok(v) = std::env::var(kv) {
+                        out.insert(kv.clone(), v);
+                    }
                 }
                 _ => bail!("invalid --{what} {kv:?}: expected KEY=VALUE"),
-            })
-            .collect()
+            }
+        }
+        Ok(out)
     };
     let build_args = pairs(&a.build_args, "build-arg")?;
     let labels = pairs(&a.label, "label")?;

@@ -117,6 +117,15 @@ fn new_config(
     config.config = Some(run);
     config.created = Some(created.clone());
     config.author = author.clone();
+    // Docker keeps the message in the image's own `comment` too (`inspect`'s `.Comment`).
+    match &message {
+        Some(m) => {
+            config.other.insert("comment".into(), serde_json::Value::String(m.clone()));
+        }
+        None => {
+            config.other.remove("comment");
+        }
+    }
     let created_by =
         std::iter::once(cc.path.as_str()).chain(cc.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ");
     config.history.get_or_insert_with(Vec::new).push(History {
