@@ -2114,6 +2114,14 @@ fn exec_reads_env_files_and_flags() {
         "echo $A $B $FROM_RUN",
     ]);
     assert_eq!(out, "from-file from-flag 1\n");
+    // A name with white space (a shell's `export`) is refused, as Docker refuses it.
+    let bad = s.base().join("bad.env");
+    std::fs::write(&bad, "A=1\nexport C=2\n").unwrap();
+    let (code, err) = s.fails(&["exec", "--env-file", bad.to_str().unwrap(), "envy", "true"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("variable 'export C' contains whitespaces"), "{err}");
+    let err = run_refused(s, &e.bb, &["--env-file", bad.to_str().unwrap()]);
+    assert!(err.contains("variable 'export C' contains whitespaces"), "{err}");
     s.ok(&["rm", "-f", "envy"]);
 }
 

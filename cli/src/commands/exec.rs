@@ -77,10 +77,7 @@ pub fn exec(ctx: &Context, a: ExecArgs) -> Result<i32> {
     // --env-file lines first: -e wins over them.
     let mut env_args = Vec::new();
     for f in &a.env_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("open {}", f.display()))?;
-        env_args.extend(
-            text.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
-        );
+        env_args.extend(crate::commands::run::read_env_file(f)?);
     }
     env_args.extend(a.env.iter().cloned());
     let spec =

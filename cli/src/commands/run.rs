@@ -775,13 +775,8 @@ fn resolve_env(image_env: &[String], args: &CreateArgs) -> Result<Vec<String>> {
         Ok(())
     };
     for f in &args.env_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("open {}", f.display()))?;
-        for line in text.lines() {
-            let line = line.trim_start();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            add(line, &mut set)?;
+        for line in read_env_file(f)? {
+            add(&line, &mut set)?;
         }
     }
     for e in &args.env {
@@ -789,6 +784,22 @@ fn resolve_env(image_env: &[String], args: &CreateArgs) -> Result<Vec<String>> {
     }
     if !out.iter().any(|e| e.starts_with("PATH=")) {
         out.insert(0, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    Ok(out)
+}
+
+/// The entries of an `--env-file` (`KEY=VALUE`, or `KEY` to take it from
+/// this environment; blank lines and `#` comments skipped), with Docker's
+/// refusal of a name holding white space (`export KEY=...`).
+pub fn read_env_file(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("open {}", path.display()))?;
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let name = line.split('=').next().unwrap_or_default();
+        if name.contains(char::is_whitespace) {
+            bail!("poorly formatted environment: variable '{name}' contains whitespaces ({})", path.display());
+        }
+        out.push(line.to_string());
     }
     Ok(out)
 }
