@@ -82,6 +82,12 @@ fn host_dir(s: &Strata, name: &str) -> std::path::PathBuf {
     d
 }
 
+/// A file with `content` that the instance's user owns.
+fn host_file(s: &Strata, p: &std::path::Path, content: &str) {
+    std::fs::write(p, content).unwrap();
+    chown_to_user(s, p);
+}
+
 fn chown_to_user(s: &Strata, p: &std::path::Path) {
     if s.is_unprivileged() {
         let u = nix::unistd::User::from_name(TEST_USER).unwrap().unwrap();
@@ -260,8 +266,7 @@ fn volumes_bind_named_readonly_and_read_only_root() {
     both(|e, who| {
         let s = &e.s;
         let d = host_dir(s, "shared");
-        std::fs::write(d.join("from-host"), "hello host\n").unwrap();
-        chown_to_user(s, &d.join("from-host"));
+        host_file(s, &d.join("from-host"), "hello host\n");
         let bind = format!("{}:/mnt/shared", d.display());
         let bind_ro = format!("{}:/mnt/ro:ro", d.display());
         let out = s.ok(&[
@@ -323,8 +328,7 @@ fn published_port_serves_from_the_container() {
     both(|e, who| {
         let s = &e.s;
         let www = host_dir(s, "www");
-        std::fs::write(www.join("index.html"), "served by busybox\n").unwrap();
-        chown_to_user(s, &www.join("index.html"));
+        host_file(s, &www.join("index.html"), "served by busybox\n");
         let port = free_port();
         let publish = format!("127.0.0.1:{port}:80");
         let vol = format!("{}:/www:ro", www.display());
@@ -1516,8 +1520,7 @@ fn volumes_from_mounts_another_containers_volumes() {
     both(|e, who| {
         let s = &e.s;
         let host = host_dir(s, "shared");
-        std::fs::write(host.join("h"), "on the host\n").unwrap();
-        chown_to_user(s, &host.join("h"));
+        host_file(s, &host.join("h"), "on the host\n");
         let bind = format!("{}:/hostdata:ro", host.display());
         s.ok(&["create", "--name", "keeper", "-v", "named:/data", "-v", "/anon", "-v", &bind, "--tmpfs", "/scratch"]
             .into_iter()
@@ -2521,8 +2524,7 @@ fn a_volume_created_with_bind_options_keeps_its_content_in_a_host_directory() {
     both(|e, who| {
         let s = &e.s;
         let d = host_dir(s, "bound-volume");
-        std::fs::write(d.join("from-host"), "hello\n").unwrap();
-        chown_to_user(s, &d.join("from-host"));
+        host_file(s, &d.join("from-host"), "hello\n");
         let device = format!("device={}", d.display());
         s.ok(&["volume", "create", "-o", "type=none", "-o", "o=bind", "-o", &device, "hostvol"]);
         let options = s.ok(&["volume", "inspect", "-f", "{{json .Options}}", "hostvol"]);
