@@ -1604,6 +1604,9 @@ fn user_defined_networks_connect_their_containers_by_name() {
         let gateway = answers.lines().next().unwrap_or_default().trim_start_matches("nameserver ").to_string();
         let refused = s.run(&["run", "--rm", "--network", "n1", &e.bb, "nslookup", "no-such-member", &gateway]);
         assert!(String::from_utf8_lossy(&refused.stdout).contains("REFUSED"), "{who}: {}", show_output(&refused));
+        // A container in srv's network namespace asks the same name server.
+        let joined = s.ok(&["run", "--rm", "--network", "container:srv", &e.bb, "head", "-1", "/etc/resolv.conf"]);
+        assert_eq!(joined.trim(), format!("nameserver {gateway}"), "{who}");
         let listed = s.ok(&["ps", "--filter", "network=n1", "--format", "{{.Names}} {{.Networks}}"]);
         assert_eq!(listed, "srv n1\n", "{who}: ps filters and shows by network");
         let ip = s.ok(&["inspect", "-f", "{{.NetworkSettings.Networks.n1.IPAddress}}", "srv"]);

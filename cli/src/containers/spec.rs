@@ -202,7 +202,13 @@ impl<'a> SpecBuilder<'a> {
         }
         spec.readonly_rootfs = req.read_only;
         // A user network's members ask its name server first.
-        let network_dns = match cfg.user_network() {
+        // (With `--network container:X`, X's network: the files are X's.)
+        let donor = match cfg.network.strip_prefix("container:") {
+            Some(id) => crate::containers::record::find(&self.ctx.layout, id).ok(),
+            None => None,
+        };
+        let user_network = donor.as_ref().map_or(cfg.user_network(), |d| d.config.user_network());
+        let network_dns = match user_network {
             Some(n) => crate::containers::networks::find(self.ctx, n)?.and_then(|net| net.gateway().ok()),
             None => None,
         };
