@@ -15,6 +15,7 @@ use crate::format;
 use anyhow::{bail, Context as _, Result};
 use clap::{ArgAction, Args, Subcommand};
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
@@ -577,7 +578,15 @@ fn image_size(ctx: &Context, c: &Container) -> u64 {
     store.image(&id).ok().flatten().map(|r| r.size).unwrap_or(0)
 }
 
-fn matches_filter(ctx: &Context, c: &Container, key: &str, value: &str) -> Result<bool> {
+/// Whether `c` passes filter `key=value`. `anchors`: the creation times of
+/// the containers `before=`/`since=` name, looked up once by the caller.
+fn matches_filter(
+    ctx: &Context,
+    c: &Container,
+    key: &str,
+    value: &str,
+    anchors: &HashMap<String, chrono::DateTime<chrono::Utc>>,
+) -> Result<bool> {
     Ok(match key {
         "status" => {
             if !matches!(value, "created" | "restarting" | "running" | "removing" | "paused" | "exited" | "dead") {
@@ -624,9 +633,7 @@ fn matches_filter(ctx: &Context, c: &Container, key: &str, value: &str) -> Resul
         }
         // Created before or after another container.
         "before" | "since" => {
-            let other = record::find(&ctx.layout, value)?;
-            let (mine, theirs) =
-                (parse_time(&Some(c.config.created.clone())), parse_time(&Some(other.config.created.clone())));
+            let (mine, theirs) = (parse_time(&Some(c.config.created.clone())), anchors.get(value).copied());
             match (mine, theirs) {
                 (Some(m), Some(t)) if key == "before" => m < t,
                 (Some(m), Some(t)) => m > t,
@@ -682,6 +689,13 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
         }
         filters.push((k.to_string(), v.to_string()));
     }
+    let mut anchors = HashMap::new();
+    for (_, v) in filters.iter().filter(|(k, _)| k == "before" || k == "since") {
+        let other = record::find(&ctx.layout, v)?;
+        if let Some(t) = parse_time(&Some(other.config.created.clone())) {
+            anchors.insert(v.clone(), t);
+        }
+    }
     let mut all = record::list_fresh(&ctx.layout)?;
     let show_all = a.all || a.last >= 0 || a.latest || filters.iter().any(|(k, _)| k == "status" || k == "exited");
     if !show_all {
@@ -696,7 +710,7 @@ fn ps(ctx: &Context, a: PsArgs) -> Result<i32> {
         for key in keys {
             let mut any = false;
             for (k, v) in filters.iter().filter(|(k, _)| k == key) {
-                any |= matches_filter(ctx, &c, k, v)?;
+                any |= matches_filter(ctx, &c, k, v, &anchors)?;
             }
             ok &= any;
         }
@@ -1722,7 +1736,7 @@ fn prune_containers_until(
         if until.is_some_and(|u| created.is_none_or(|t| t >= u)) {
             continue;
         }
-        if !labels.iter().all(|f| matches_filter(ctx, &c, "label", f).unwrap_or(false)) {
+        if !labels.iter().all(|f| matches_filter(ctx, &c, "label", f, &HashMap::new()).unwrap_or(false)) {
             continue;
         }
         let size = upper_size(&c);
